@@ -50,7 +50,7 @@ impl HashAlgo {
     }
 
     /// Digest length in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn digest_len(self) -> usize {
         32
     }
 
@@ -129,7 +129,7 @@ pub enum ParseError {
         input: String,
     },
     /// The digest part is not base 32, hex or base 64 of the right length.
-    #[error("Hash `{input}` is not a {algo} digest in base 32 ({b32} characters), hex ({hex}) or base 64 ({b64})", b32 = base32::encoded_len(algo.len()), hex = algo.len() * 2, b64 = (algo.len() + 2) / 3 * 4)]
+    #[error("Hash `{input}` is not a {algo} digest in base 32 ({b32} characters), hex ({hex}) or base 64 ({b64})", b32 = base32::encoded_len(algo.digest_len()), hex = algo.digest_len() * 2, b64 = algo.digest_len().div_ceil(3) * 4)]
     BadLength {
         /// The whole text.
         input: String,
@@ -166,7 +166,7 @@ impl Hash {
 
     /// The raw digest.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.algo.len()]
+        &self.bytes[..self.algo.digest_len()]
     }
 
     /// Nix's base-32 form without the algorithm.
@@ -220,7 +220,7 @@ impl Hash {
     }
 
     fn decode_any(input: &str, algo: HashAlgo, digest: &str) -> Result<Hash, ParseError> {
-        let len = algo.len();
+        let len = algo.digest_len();
         let bytes = if digest.len() == base32::encoded_len(len) {
             base32::decode(digest).map_err(|_| ParseError::BadCharacter {
                 input: input.to_owned(),
@@ -240,7 +240,7 @@ impl Hash {
     }
 
     fn decode_base64(input: &str, algo: HashAlgo, digest: &str) -> Result<Hash, ParseError> {
-        if digest.len() != (algo.len() + 2) / 3 * 4 {
+        if digest.len() != algo.digest_len().div_ceil(3) * 4 {
             return Err(ParseError::BadLength {
                 input: input.to_owned(),
                 algo,
@@ -252,7 +252,7 @@ impl Hash {
                 input: input.to_owned(),
                 encoding: "base 64",
             })?;
-        if bytes.len() != algo.len() {
+        if bytes.len() != algo.digest_len() {
             return Err(ParseError::BadLength {
                 input: input.to_owned(),
                 algo,

@@ -8,6 +8,7 @@
 pub mod base32;
 pub mod content_address;
 pub mod hash;
+pub mod nar;
 pub mod store_path;
 
 pub use content_address::{ContentAddress, ContentAddressMethod};
