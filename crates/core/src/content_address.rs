@@ -21,7 +21,10 @@ use thiserror::Error;
 use crate::hash::{self, Hash, HashAlgo};
 
 /// What a content hash covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ContentAddressMethod {
     /// The bytes of a single regular, non-executable file.

@@ -31,7 +31,10 @@ use thiserror::Error;
 use crate::base32;
 
 /// A hash algorithm bigtop knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum HashAlgo {
     /// BLAKE3 with 256 bits of output: bigtop's own.

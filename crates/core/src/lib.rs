@@ -7,6 +7,7 @@
 
 pub mod base32;
 pub mod content_address;
+pub mod derivation;
 pub mod hash;
 pub mod nar;
 pub mod store_path;

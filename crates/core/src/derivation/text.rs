@@ -1,0 +1,395 @@
+//! The canonical `.drv` text: printer and strict parser.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use thiserror::Error;
+
+use super::{Derivation, DerivationOutput, OutputName, VERSION_LINE};
+use crate::content_address::{ContentAddress, ContentAddressMethod};
+use crate::hash::HashAlgo;
+use crate::store_path::StoreDir;
+
+/// Why a `.drv` text was rejected. Line numbers count from 1.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The first line is not [`VERSION_LINE`].
+    #[error("Derivation text does not start with `{VERSION_LINE}` (found `{found}`)")]
+    BadVersion {
+        /// The first line.
+        found: String,
+    },
+    /// A line that does not fit the format.
+    #[error("Derivation text, line {line}: {reason} in `{text}`")]
+    BadLine {
+        /// The line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+        /// The line.
+        text: String,
+    },
+    /// A required field is missing.
+    #[error("Derivation text has no `{field}` line")]
+    Missing {
+        /// The field.
+        field: &'static str,
+    },
+    /// Everything parsed, but the text is not in the canonical form
+    /// (order, escaping, spacing), so it would hash differently from the
+    /// same derivation printed by bigtop.
+    #[error("Derivation text is not canonical: line {line} should be `{expected}`")]
+    NotCanonical {
+        /// The first line that differs.
+        line: usize,
+        /// What bigtop prints there.
+        expected: String,
+    },
+}
+
+fn quote(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\u{{{:02x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn method_word(m: ContentAddressMethod) -> &'static str {
+    match m {
+        ContentAddressMethod::Flat => "flat",
+        ContentAddressMethod::Recursive => "recursive",
+        ContentAddressMethod::Text => "text",
+    }
+}
+
+/// Prints the text; with `masked_inputs` (input hash text → outputs), the
+/// masked form used for the hash modulo.
+pub(super) fn print(
+    drv: &Derivation,
+    dir: &StoreDir,
+    masked_inputs: Option<&BTreeMap<String, &BTreeSet<OutputName>>>,
+) -> String {
+    let mut o = String::with_capacity(256);
+    o.push_str(VERSION_LINE);
+    o.push('\n');
+    let field = |o: &mut String, key: &str, value: &str| {
+        o.push_str(key);
+        o.push(' ');
+        quote(o, value);
+        o.push('\n');
+    };
+    field(&mut o, "name", &drv.name);
+    field(&mut o, "system", &drv.system);
+    field(&mut o, "builder", &drv.builder);
+    for a in &drv.args {
+        field(&mut o, "arg", a);
+    }
+    for (name, kind) in &drv.outputs {
+        o.push_str("output ");
+        quote(&mut o, name.as_str());
+        match (kind, masked_inputs.is_some()) {
+            (DerivationOutput::InputAddressed(_) | DerivationOutput::Deferred, true) => {
+                o.push_str(" input-addressed \"\"")
+            }
+            (DerivationOutput::InputAddressed(p), false) => {
+                o.push_str(" input-addressed ");
+                quote(&mut o, &dir.full(p));
+            }
+            (DerivationOutput::Deferred, false) => o.push_str(" deferred"),
+            (DerivationOutput::Fixed(ca), _) => {
+                o.push_str(" fixed ");
+                quote(&mut o, &ca.to_string());
+            }
+            (DerivationOutput::Floating { method, algo }, _) => {
+                let _ = write!(o, " floating {} {algo}", method_word(*method));
+            }
+        }
+        o.push('\n');
+    }
+    let input = |o: &mut String, key: &str, outs: &BTreeSet<OutputName>| {
+        o.push_str("input-drv ");
+        quote(o, key);
+        for out in outs {
+            o.push(' ');
+            quote(o, out.as_str());
+        }
+        o.push('\n');
+    };
+    match masked_inputs {
+        Some(masked) => masked.iter().for_each(|(k, outs)| input(&mut o, k, outs)),
+        None => drv
+            .input_drvs
+            .iter()
+            .for_each(|(p, outs)| input(&mut o, &dir.full(p), outs)),
+    }
+    for p in &drv.input_srcs {
+        field(&mut o, "input-src", &dir.full(p));
+    }
+    for (k, v) in &drv.env {
+        o.push_str("env ");
+        quote(&mut o, k);
+        o.push(' ');
+        quote(&mut o, v);
+        o.push('\n');
+    }
+    o
+}
+
+/// One line split into its keyword and fields.
+struct Line<'a> {
+    no: usize,
+    text: &'a str,
+}
+
+enum Token {
+    Quoted(String),
+    Word(String),
+}
+
+impl Line<'_> {
+    fn err(&self, reason: impl Into<String>) -> ParseError {
+        ParseError::BadLine {
+            line: self.no,
+            reason: reason.into(),
+            text: self.text.chars().take(200).collect(),
+        }
+    }
+
+    fn tokens(&self) -> Result<(String, Vec<Token>), ParseError> {
+        let mut chars = self.text.chars().peekable();
+        let mut tokens = Vec::new();
+        while chars.peek().is_some() {
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err(self.err("unterminated string")),
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some('"') => s.push('"'),
+                            Some('\\') => s.push('\\'),
+                            Some('n') => s.push('\n'),
+                            Some('t') => s.push('\t'),
+                            Some('r') => s.push('\r'),
+                            Some('u') => {
+                                let esc: String = chars.by_ref().take(4).collect();
+                                let hex = esc
+                                    .strip_prefix('{')
+                                    .and_then(|e| e.strip_suffix('}'))
+                                    .filter(|h| h.len() == 2)
+                                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                                    .and_then(char::from_u32)
+                                    .ok_or_else(|| self.err(format!("bad escape `\\u{esc}`")))?;
+                                s.push(hex);
+                            }
+                            other => {
+                                return Err(self.err(format!(
+                                    "unknown escape `\\{}`",
+                                    other.map(String::from).unwrap_or_default()
+                                )))
+                            }
+                        },
+                        Some(c) => s.push(c),
+                    }
+                }
+                tokens.push(Token::Quoted(s));
+            } else {
+                let mut w = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c == ' ' {
+                        break;
+                    }
+                    w.push(c);
+                    chars.next();
+                }
+                tokens.push(Token::Word(w));
+            }
+            match chars.next() {
+                None => break,
+                Some(' ') if chars.peek().is_some() => {}
+                Some(_) => return Err(self.err("fields must be separated by exactly one space")),
+            }
+        }
+        let mut iter = tokens.into_iter();
+        match iter.next() {
+            Some(Token::Word(key)) => Ok((key, iter.collect())),
+            _ => Err(self.err("a line starts with a keyword")),
+        }
+    }
+}
+
+fn quoted(line: &Line<'_>, t: &Token, what: &str) -> Result<String, ParseError> {
+    match t {
+        Token::Quoted(s) => Ok(s.clone()),
+        Token::Word(w) => Err(line.err(format!("{what} must be a quoted string, found `{w}`"))),
+    }
+}
+
+fn word<'t>(line: &Line<'_>, t: &'t Token, what: &str) -> Result<&'t str, ParseError> {
+    match t {
+        Token::Word(w) => Ok(w),
+        Token::Quoted(s) => Err(line.err(format!("{what} must be a bare word, found `\"{s}\"`"))),
+    }
+}
+
+pub(super) fn parse(dir: &StoreDir, text: &str) -> Result<Derivation, ParseError> {
+    let mut lines = text.split_inclusive('\n').enumerate();
+    let first = lines.next().map(|(_, l)| l).unwrap_or("");
+    if first != format!("{VERSION_LINE}\n") {
+        return Err(ParseError::BadVersion {
+            found: first.trim_end().chars().take(80).collect(),
+        });
+    }
+    let mut drv = Derivation::new("", "", "");
+    let (mut name, mut system, mut builder) = (None, None, None);
+    for (i, raw) in lines {
+        let line = Line {
+            no: i + 1,
+            text: raw.strip_suffix('\n').unwrap_or(raw),
+        };
+        if !raw.ends_with('\n') {
+            return Err(line.err("the last line must end with a newline"));
+        }
+        let (key, fields) = line.tokens()?;
+        let arity = |n: usize| {
+            if fields.len() == n {
+                Ok(())
+            } else {
+                Err(line.err(format!(
+                    "`{key}` takes {n} field(s), found {}",
+                    fields.len()
+                )))
+            }
+        };
+        let path = |s: &str| dir.parse_path(s).map_err(|e| line.err(e.to_string()));
+        let once = |slot: &mut Option<String>, v: String| {
+            if slot.replace(v).is_some() {
+                Err(line.err(format!("`{key}` appears twice")))
+            } else {
+                Ok(())
+            }
+        };
+        match key.as_str() {
+            "name" => {
+                arity(1)?;
+                once(&mut name, quoted(&line, &fields[0], "the name")?)?
+            }
+            "system" => {
+                arity(1)?;
+                once(&mut system, quoted(&line, &fields[0], "the system")?)?
+            }
+            "builder" => {
+                arity(1)?;
+                once(&mut builder, quoted(&line, &fields[0], "the builder")?)?
+            }
+            "arg" => {
+                arity(1)?;
+                drv.args.push(quoted(&line, &fields[0], "an argument")?)
+            }
+            "output" => {
+                if fields.len() < 2 {
+                    return Err(line.err("`output` takes a name and a kind"));
+                }
+                let out = OutputName::new(&quoted(&line, &fields[0], "the output name")?)
+                    .map_err(|e| line.err(e.to_string()))?;
+                let kind = match (word(&line, &fields[1], "the output kind")?, &fields[2..]) {
+                    ("input-addressed", [p]) => {
+                        DerivationOutput::InputAddressed(path(&quoted(&line, p, "the output path")?)?)
+                    }
+                    ("deferred", []) => DerivationOutput::Deferred,
+                    ("fixed", [ca]) => DerivationOutput::Fixed(
+                        quoted(&line, ca, "the content address")?
+                            .parse::<ContentAddress>()
+                            .map_err(|e| line.err(e.to_string()))?,
+                    ),
+                    ("floating", [m, a]) => {
+                        let method = match word(&line, m, "the method")? {
+                            "flat" => ContentAddressMethod::Flat,
+                            "recursive" => ContentAddressMethod::Recursive,
+                            "text" => ContentAddressMethod::Text,
+                            other => return Err(line.err(format!("unknown method `{other}`"))),
+                        };
+                        let algo: HashAlgo = word(&line, a, "the algorithm")?
+                            .parse()
+                            .map_err(|e: crate::hash::ParseError| line.err(e.to_string()))?;
+                        DerivationOutput::Floating { method, algo }
+                    }
+                    (other, _) => {
+                        return Err(line.err(format!(
+                            "`{other}` with {} field(s) is not an output kind (input-addressed \"<path>\", deferred, fixed \"<ca>\", floating <method> <algo>)",
+                            fields.len() - 2
+                        )))
+                    }
+                };
+                if drv.outputs.insert(out.clone(), kind).is_some() {
+                    return Err(line.err(format!("output `{out}` appears twice")));
+                }
+            }
+            "input-drv" => {
+                if fields.len() < 2 {
+                    return Err(line.err("`input-drv` takes a path and at least one output"));
+                }
+                let p = path(&quoted(&line, &fields[0], "the input path")?)?;
+                let mut outs = BTreeSet::new();
+                for f in &fields[1..] {
+                    let o = OutputName::new(&quoted(&line, f, "an output name")?)
+                        .map_err(|e| line.err(e.to_string()))?;
+                    outs.insert(o);
+                }
+                if drv.input_drvs.insert(p.clone(), outs).is_some() {
+                    return Err(line.err(format!("input `{p}` appears twice")));
+                }
+            }
+            "input-src" => {
+                arity(1)?;
+                let p = path(&quoted(&line, &fields[0], "the input path")?)?;
+                if !drv.input_srcs.insert(p.clone()) {
+                    return Err(line.err(format!("input `{p}` appears twice")));
+                }
+            }
+            "env" => {
+                arity(2)?;
+                let k = quoted(&line, &fields[0], "the variable name")?;
+                let v = quoted(&line, &fields[1], "the value")?;
+                if drv.env.insert(k.clone(), v).is_some() {
+                    return Err(line.err(format!("variable `{k}` appears twice")));
+                }
+            }
+            other => return Err(line.err(format!("unknown keyword `{other}`"))),
+        }
+    }
+    drv.name = name.ok_or(ParseError::Missing { field: "name" })?;
+    drv.system = system.ok_or(ParseError::Missing { field: "system" })?;
+    drv.builder = builder.ok_or(ParseError::Missing { field: "builder" })?;
+    // One derivation, one text: anything that parsed but prints
+    // differently (order, escapes) is rejected rather than silently
+    // accepted under a different hash.
+    let printed = print(&drv, dir, None);
+    if printed != text {
+        let (line, expected) = printed
+            .lines()
+            .zip(text.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .map(|(i, (a, _))| (i + 1, a.to_owned()))
+            .unwrap_or_else(|| {
+                let n = printed.lines().count().min(text.lines().count());
+                (n + 1, printed.lines().nth(n).unwrap_or("").to_owned())
+            });
+        return Err(ParseError::NotCanonical { line, expected });
+    }
+    Ok(drv)
+}
