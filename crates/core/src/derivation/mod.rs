@@ -86,7 +86,8 @@
 //! let mut drv = Derivation::new("hello", "x86_64-linux", "/bin/sh");
 //! drv.args = vec!["-c".into(), "echo hello > $out".into()];
 //! drv.outputs.insert(OutputName::out(), DerivationOutput::Deferred);
-//! drv.fill_output_paths(&dir, |_| unreachable!("no inputs"))?;
+//! // The closure gives the hash modulo of each input derivation (none here).
+//! drv.fill_output_paths(&dir, |_input_drv| None)?;
 //! let out = drv.output_path(&dir, &OutputName::out()).expect("input-addressed");
 //! assert_eq!(out.name(), "hello");
 //! let text = drv.to_text(&dir);
@@ -393,14 +394,11 @@ impl Derivation {
 
     /// The hash modulo (see the [module docs](self)). `input` gives the
     /// hash modulo of each input derivation; the evaluator memoizes these.
-    pub fn hash_modulo<E>(
+    pub fn hash_modulo(
         &self,
         dir: &StoreDir,
-        mut input: impl FnMut(&StorePath) -> Result<DrvHash, E>,
-    ) -> Result<DrvHash, E>
-    where
-        E: From<Error>,
-    {
+        mut input: impl FnMut(&StorePath) -> Option<DrvHash>,
+    ) -> Result<DrvHash, Error> {
         if let (true, Some(DerivationOutput::Fixed(ca))) =
             (self.is_fixed_output(), self.outputs.values().next())
         {
@@ -417,7 +415,10 @@ impl Derivation {
             .any(|o| matches!(o, DerivationOutput::Floating { .. }));
         let mut inputs = BTreeMap::new();
         for (drv, outs) in &self.input_drvs {
-            let h = input(drv)?;
+            let h = input(drv).ok_or_else(|| Error::UnknownInput {
+                name: self.name.clone(),
+                input: drv.clone(),
+            })?;
             deferred |= matches!(h, DrvHash::Deferred(_));
             inputs.insert(h.hash().to_string(), outs);
         }
@@ -444,14 +445,11 @@ impl Derivation {
     /// [`DerivationOutput::Deferred`] or with a stale path) and returns the
     /// hash modulo for dependents. Outputs stay deferred when an input is
     /// floating.
-    pub fn fill_output_paths<E>(
+    pub fn fill_output_paths(
         &mut self,
         dir: &StoreDir,
-        input: impl FnMut(&StorePath) -> Result<DrvHash, E>,
-    ) -> Result<DrvHash, E>
-    where
-        E: From<Error>,
-    {
+        input: impl FnMut(&StorePath) -> Option<DrvHash>,
+    ) -> Result<DrvHash, Error> {
         self.validate()?;
         let h = self.hash_modulo(dir, input)?;
         let name = self.name.clone();
@@ -478,14 +476,11 @@ impl Derivation {
     /// Checks that every recorded input-addressed path is the one the
     /// derivation computes (a `.drv` read from elsewhere cannot claim
     /// another derivation's outputs).
-    pub fn verify_output_paths<E>(
+    pub fn verify_output_paths(
         &self,
         dir: &StoreDir,
-        input: impl FnMut(&StorePath) -> Result<DrvHash, E>,
-    ) -> Result<DrvHash, E>
-    where
-        E: From<Error>,
-    {
+        input: impl FnMut(&StorePath) -> Option<DrvHash>,
+    ) -> Result<DrvHash, Error> {
         let mut copy = self.clone();
         let h = copy.fill_output_paths(dir, input)?;
         if let Some((out, _)) = self
@@ -493,11 +488,9 @@ impl Derivation {
             .iter()
             .find(|(out, kind)| copy.outputs.get(*out) != Some(kind))
         {
-            return Err(self
-                .invalid(format!(
-                    "the recorded path of output `{out}` is not the one its inputs determine"
-                ))
-                .into());
+            return Err(self.invalid(format!(
+                "the recorded path of output `{out}` is not the one its inputs determine"
+            )));
         }
         Ok(h)
     }
@@ -553,13 +546,8 @@ impl Derivation {
             }
         }
         resolved.substitute(&replacements);
-        let name = &self.name;
-        resolved.fill_output_paths(dir, |input| {
-            Err(Error::UnknownInput {
-                name: name.clone(),
-                input: input.clone(),
-            })
-        })?;
+        // A resolved derivation has no input derivations to look up.
+        resolved.fill_output_paths(dir, |_| None)?;
         Ok(Some(resolved))
     }
 }

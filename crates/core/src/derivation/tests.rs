@@ -29,12 +29,7 @@ impl World {
     fn add(&mut self, mut drv: Derivation) -> (StorePath, Derivation) {
         let hashes = &self.hashes;
         let h = drv
-            .fill_output_paths::<Error>(&dir(), |p| {
-                hashes.get(p).copied().ok_or_else(|| Error::UnknownInput {
-                    name: "test".into(),
-                    input: p.clone(),
-                })
-            })
+            .fill_output_paths(&dir(), |p| hashes.get(p).copied())
             .unwrap();
         let path = drv.drv_path(&dir()).unwrap();
         self.hashes.insert(path.clone(), h);
@@ -139,9 +134,8 @@ fn input_changes_reach_exactly_their_dependents() {
 fn store_dir_changes_paths() {
     let mut d = package("hello", &[]);
     let mut e = d.clone();
-    d.fill_output_paths::<Error>(&dir(), |_| unreachable!())
-        .unwrap();
-    e.fill_output_paths::<Error>(&StoreDir::new("/opt/store").unwrap(), |_| unreachable!())
+    d.fill_output_paths(&dir(), |_| None).unwrap();
+    e.fill_output_paths(&StoreDir::new("/opt/store").unwrap(), |_| None)
         .unwrap();
     assert_ne!(d.outputs, e.outputs);
 }
@@ -150,8 +144,7 @@ fn store_dir_changes_paths() {
 fn output_names_and_paths() {
     let mut d = package("hello", &[]);
     d.outputs.insert(name("man"), DerivationOutput::Deferred);
-    d.fill_output_paths::<Error>(&dir(), |_| unreachable!())
-        .unwrap();
+    d.fill_output_paths(&dir(), |_| None).unwrap();
     assert_eq!(d.output_path(&dir(), &out()).unwrap().name(), "hello");
     assert_eq!(
         d.output_path(&dir(), &name("man")).unwrap().name(),
@@ -268,8 +261,7 @@ fn validation_names_the_problem() {
 fn tampered_output_paths_are_detected() {
     let mut w = World::default();
     let (_, mut d) = w.add(package("hello", &[]));
-    d.verify_output_paths::<Error>(&dir(), |_| unreachable!())
-        .unwrap();
+    d.verify_output_paths(&dir(), |_| None).unwrap();
     let other = w
         .add(package("evil", &[]))
         .1
@@ -277,9 +269,7 @@ fn tampered_output_paths_are_detected() {
         .unwrap();
     d.outputs
         .insert(out(), DerivationOutput::InputAddressed(other));
-    let err = d
-        .verify_output_paths::<Error>(&dir(), |_| unreachable!())
-        .unwrap_err();
+    let err = d.verify_output_paths(&dir(), |_| None).unwrap_err();
     assert!(err.to_string().contains("output `out`"), "{err}");
 }
 
@@ -424,7 +414,7 @@ proptest! {
                 *kind = DerivationOutput::InputAddressed(other.clone());
             }
         }
-        let input = |_: &StorePath| Ok::<_, Error>(DrvHash::Known(Hash::digest(HashAlgo::Blake3, b"in")));
+        let input = |_: &StorePath| Some(DrvHash::Known(Hash::digest(HashAlgo::Blake3, b"in")));
         if !a.is_fixed_output() {
             prop_assert_eq!(a.hash_modulo(&dir(), input).unwrap(), b.hash_modulo(&dir(), input).unwrap());
         }
