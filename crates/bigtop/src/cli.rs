@@ -1,0 +1,295 @@
+//! The command line: the `bigtop` binary's commands, reusable by fleet
+//! programs that embed them.
+//!
+//! Every command that prints data takes `--json`. Errors print as a chain
+//! (`error: …` then `caused by: …`) and exit with status 1.
+//!
+//! ```
+//! use bigtop::cli::{Cli, Command};
+//! use clap::Parser;
+//! let cli = Cli::try_parse_from(["bigtop", "hash", "path", ".", "--algo", "sha256", "--base32"])?;
+//! assert!(matches!(cli.command, Command::Hash(_)));
+//! # Ok::<(), clap::Error>(())
+//! ```
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use thiserror::Error;
+
+use bigtop_core::hash::HashAlgo;
+use bigtop_core::nar;
+use bigtop_core::signing::SecretKey;
+
+/// `bigtop`: store-level commands.
+#[derive(Debug, Parser)]
+#[command(name = "bigtop", version, about = "bigtop: typed packages and machines, built into a content-addressed store")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Write and unpack NAR archives.
+    #[command(subcommand)]
+    Nar(NarCommand),
+    /// Hash files and trees.
+    #[command(subcommand)]
+    Hash(HashCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `bigtop nar …`
+#[derive(Debug, Subcommand)]
+pub enum NarCommand {
+    /// Write the NAR of PATH to standard output.
+    Dump {
+        /// The file, directory or symlink to archive.
+        path: PathBuf,
+    },
+    /// Unpack a NAR read from standard input into DIR, which must not exist.
+    Restore {
+        /// Where to unpack.
+        dir: PathBuf,
+    },
+}
+
+/// `bigtop hash …`
+#[derive(Debug, Subcommand)]
+pub enum HashCommand {
+    /// Print the hash of the NAR of PATH (with sha256, what `nix hash path` prints).
+    Path(HashPathArgs),
+}
+
+/// Text form of a printed hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HashFormat {
+    /// `blake3-<base64>` (the default, like `nix hash path`).
+    Sri,
+    /// Nix's base 32.
+    Base32,
+    /// Lower-case hex.
+    Hex,
+}
+
+/// Arguments of `bigtop hash path`.
+#[derive(Debug, Args)]
+pub struct HashPathArgs {
+    /// The file, directory or symlink to hash.
+    pub path: PathBuf,
+    /// Hash algorithm.
+    #[arg(long, value_enum, default_value_t = Algo::Blake3)]
+    pub algo: Algo,
+    /// Print Nix's base-32 form.
+    #[arg(long, group = "format")]
+    pub base32: bool,
+    /// Print the SRI form (the default).
+    #[arg(long, group = "format")]
+    pub sri: bool,
+    /// Print hex.
+    #[arg(long, group = "format")]
+    pub hex: bool,
+    /// Print a JSON object with every form and the NAR size.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A hash algorithm on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Algo {
+    /// BLAKE3 (bigtop's own).
+    Blake3,
+    /// SHA-256 (Nix's).
+    Sha256,
+}
+
+impl From<Algo> for HashAlgo {
+    fn from(a: Algo) -> HashAlgo {
+        match a {
+            Algo::Blake3 => HashAlgo::Blake3,
+            Algo::Sha256 => HashAlgo::Sha256,
+        }
+    }
+}
+
+/// `bigtop key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate an ed25519 key pair in Nix's key-file format (`NAME:base64`).
+    Generate {
+        /// The key's name, e.g. `cache.example.org-1`.
+        name: String,
+        /// Where to write the secret key (created with mode 0600, never overwritten).
+        #[arg(long, default_value_t = String::from("{name}.secret"))]
+        secret_file: String,
+        /// Where to write the public key (never overwritten).
+        #[arg(long, default_value_t = String::from("{name}.public"))]
+        public_file: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Archiving or hashing a tree failed.
+    #[error(transparent)]
+    Dump(#[from] nar::DumpError),
+    /// Unpacking a NAR failed.
+    #[error("Cannot unpack into `{dir}`")]
+    Restore {
+        /// The destination.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: nar::ReadError,
+    },
+    /// A key name was rejected.
+    #[error("Invalid key name `{name}`")]
+    KeyName {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::signing::ParseError,
+    },
+    /// Writing a file failed.
+    #[error("Cannot write `{path}`")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing to standard output failed.
+    #[error("Cannot write to standard output")]
+    Stdout(#[source] io::Error),
+}
+
+/// Runs the command line of the current process and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`bigtop nar dump x | head`) is not a failure.
+        Err(Error::Stdout(e)) | Err(Error::Dump(nar::DumpError::Write(e))) if e.kind() == io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}", render_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, one per line.
+pub fn render_error(e: &dyn std::error::Error) -> String {
+    let mut out = format!("error: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    out
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Nar(NarCommand::Dump { path }) => {
+            let stdout = io::stdout().lock();
+            nar::dump_path(&path, stdout)?;
+            Ok(())
+        }
+        Command::Nar(NarCommand::Restore { dir }) => {
+            let mut stdin = io::stdin().lock();
+            nar::restore(&mut stdin, &dir).map_err(|source| Error::Restore { dir, source })
+        }
+        Command::Hash(HashCommand::Path(args)) => hash_path(&args),
+        Command::Key(KeyCommand::Generate {
+            name,
+            secret_file,
+            public_file,
+            json,
+        }) => generate_key(&name, &secret_file.replace("{name}", &name), &public_file.replace("{name}", &name), json),
+    }
+}
+
+fn hash_path(args: &HashPathArgs) -> Result<(), Error> {
+    let (hash, size) = nar::hash_path(&args.path, args.algo.into())?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let text = if args.json {
+        let v = serde_json::json!({
+            "path": args.path,
+            "algo": hash.algo().name(),
+            "sri": hash.to_sri(),
+            "base32": hash.to_base32(),
+            "hex": hash.to_hex(),
+            "nar_size": size,
+        });
+        v.to_string()
+    } else if args.base32 {
+        hash.to_base32()
+    } else if args.hex {
+        hash.to_hex()
+    } else {
+        hash.to_sri()
+    };
+    writeln!(out, "{text}").and_then(|()| out.flush()).map_err(Error::Stdout)
+}
+
+fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
+    let err = |source| Error::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(contents.as_bytes()).and_then(|()| f.sync_all()).map_err(err)
+}
+
+fn generate_key(name: &str, secret_file: &str, public_file: &str, json: bool) -> Result<(), Error> {
+    let secret = SecretKey::generate(name).map_err(|source| Error::KeyName {
+        name: name.to_owned(),
+        source,
+    })?;
+    let public = secret.public();
+    let (secret_path, public_path) = (Path::new(secret_file), Path::new(public_file));
+    write_new(secret_path, &secret.to_string(), 0o600)?;
+    if let Err(e) = write_new(public_path, &public.to_string(), 0o644) {
+        // Leave no half-made pair behind.
+        let _ = std::fs::remove_file(secret_path);
+        return Err(e);
+    }
+    let mut out = io::stdout().lock();
+    let text = if json {
+        serde_json::json!({
+            "name": name,
+            "public_key": public.to_string(),
+            "secret_file": secret_path,
+            "public_file": public_path,
+        })
+        .to_string()
+    } else {
+        format!("{public}\nsecret key written to {secret_file}, public key to {public_file}")
+    };
+    writeln!(out, "{text}").map_err(Error::Stdout)
+}

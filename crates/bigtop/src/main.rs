@@ -1,0 +1,5 @@
+//! The `bigtop` command: store-level operations.
+
+fn main() -> std::process::ExitCode {
+    bigtop::cli::main()
+}
