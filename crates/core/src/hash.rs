@@ -50,6 +50,8 @@ impl HashAlgo {
     }
 
     /// Digest length in bytes.
+    // A length that is never zero: an `is_empty` would mean nothing.
+    #[allow(clippy::len_without_is_empty)]
     pub const fn len(self) -> usize {
         32
     }
@@ -129,7 +131,7 @@ pub enum ParseError {
         input: String,
     },
     /// The digest part is not base 32, hex or base 64 of the right length.
-    #[error("Hash `{input}` is not a {algo} digest in base 32 ({b32} characters), hex ({hex}) or base 64 ({b64})", b32 = base32::encoded_len(algo.len()), hex = algo.len() * 2, b64 = (algo.len() + 2) / 3 * 4)]
+    #[error("Hash `{input}` is not a {algo} digest in base 32 ({b32} characters), hex ({hex}) or base 64 ({b64})", b32 = base32::encoded_len(algo.len()), hex = algo.len() * 2, b64 = algo.len().div_ceil(3) * 4)]
     BadLength {
         /// The whole text.
         input: String,
@@ -240,7 +242,7 @@ impl Hash {
     }
 
     fn decode_base64(input: &str, algo: HashAlgo, digest: &str) -> Result<Hash, ParseError> {
-        if digest.len() != (algo.len() + 2) / 3 * 4 {
+        if digest.len() != algo.len().div_ceil(3) * 4 {
             return Err(ParseError::BadLength {
                 input: input.to_owned(),
                 algo,
