@@ -17,7 +17,7 @@
 //! - `1` is the version of the format;
 //! - the store path is the full path, store dir included;
 //! - the NAR hash is in typed form, `sha256:<base 32>` or `blake3:<base 32>`
-//!   (the [`Display`](std::fmt::Display) form of [`Hash`]);
+//!   (the [`Display`](std::fmt::Display) form of [`Hash`](struct@Hash));
 //! - the NAR size is in decimal bytes;
 //! - the references are full store paths, sorted as text (byte-wise) and
 //!   joined by `,`; empty when there are none.
