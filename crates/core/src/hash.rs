@@ -2,7 +2,7 @@
 //!
 //! bigtop hashes with blake3; sha256 is there for interoperability with Nix
 //! (`nix hash path`, fetchers pinned by sha256, narinfo from Nix caches).
-//! A [`Hash`] prints in four forms:
+//! A [`Hash`](struct@Hash) prints in four forms:
 //!
 //! | form | example | use |
 //! |---|---|---|
