@@ -27,7 +27,11 @@ use bigtop_core::signing::SecretKey;
 
 /// `bigtop`: store-level commands.
 #[derive(Debug, Parser)]
-#[command(name = "bigtop", version, about = "bigtop: typed packages and machines, built into a content-addressed store")]
+#[command(
+    name = "bigtop",
+    version,
+    about = "bigtop: typed packages and machines, built into a content-addressed store"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -186,7 +190,9 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`bigtop nar dump x | head`) is not a failure.
-        Err(Error::Stdout(e)) | Err(Error::Dump(nar::DumpError::Write(e))) if e.kind() == io::ErrorKind::BrokenPipe => {
+        Err(Error::Stdout(e)) | Err(Error::Dump(nar::DumpError::Write(e)))
+            if e.kind() == io::ErrorKind::BrokenPipe =>
+        {
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -225,7 +231,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             secret_file,
             public_file,
             json,
-        }) => generate_key(&name, &secret_file.replace("{name}", &name), &public_file.replace("{name}", &name), json),
+        }) => generate_key(
+            &name,
+            &secret_file.replace("{name}", &name),
+            &public_file.replace("{name}", &name),
+            json,
+        ),
     }
 }
 
@@ -249,7 +260,9 @@ fn hash_path(args: &HashPathArgs) -> Result<(), Error> {
     } else {
         hash.to_sri()
     };
-    writeln!(out, "{text}").and_then(|()| out.flush()).map_err(Error::Stdout)
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(Error::Stdout)
 }
 
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
@@ -263,7 +276,9 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
         .mode(mode)
         .open(path)
         .map_err(err)?;
-    f.write_all(contents.as_bytes()).and_then(|()| f.sync_all()).map_err(err)
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(err)
 }
 
 fn generate_key(name: &str, secret_file: &str, public_file: &str, json: bool) -> Result<(), Error> {

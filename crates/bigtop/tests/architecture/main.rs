@@ -7,10 +7,19 @@ use std::process::Command;
 /// For each crate, the bigtop crates it must never depend on (directly or
 /// through anything else).
 const FORBIDDEN: &[(&str, &[&str])] = &[
-    ("bigtop-core", &["bigtop-store", "bigtop-eval", "bigtop-activate", "bigtop"]),
+    (
+        "bigtop-core",
+        &["bigtop-store", "bigtop-eval", "bigtop-activate", "bigtop"],
+    ),
     // Evaluation is pure: it computes paths without a store.
-    ("bigtop-eval", &["bigtop-store", "bigtop-activate", "bigtop"]),
-    ("bigtop-store", &["bigtop-eval", "bigtop-activate", "bigtop"]),
+    (
+        "bigtop-eval",
+        &["bigtop-store", "bigtop-activate", "bigtop"],
+    ),
+    (
+        "bigtop-store",
+        &["bigtop-eval", "bigtop-activate", "bigtop"],
+    ),
     ("bigtop-activate", &["bigtop-eval", "bigtop"]),
 ];
 
@@ -21,7 +30,11 @@ fn layers_depend_only_downwards() -> Result<(), Box<dyn std::error::Error>> {
         .args(["metadata", "--format-version", "1", "--offline"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()?;
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let names: BTreeMap<&str, &str> = meta["packages"]
         .as_array()
@@ -31,14 +44,19 @@ fn layers_depend_only_downwards() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     // Normal (non-dev) dependency edges by package name.
     let mut deps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for node in meta["resolve"]["nodes"].as_array().ok_or("no resolve graph")? {
+    for node in meta["resolve"]["nodes"]
+        .as_array()
+        .ok_or("no resolve graph")?
+    {
         let from = names[node["id"].as_str().ok_or("node id")?];
         for dep in node["deps"].as_array().ok_or("deps")? {
             let normal = dep["dep_kinds"]
                 .as_array()
                 .is_some_and(|kinds| kinds.iter().any(|k| k["kind"].is_null()));
             if normal {
-                deps.entry(from).or_default().push(names[dep["pkg"].as_str().ok_or("dep id")?]);
+                deps.entry(from)
+                    .or_default()
+                    .push(names[dep["pkg"].as_str().ok_or("dep id")?]);
             }
         }
     }
@@ -47,14 +65,20 @@ fn layers_depend_only_downwards() -> Result<(), Box<dyn std::error::Error>> {
         let mut todo = vec![*krate];
         while let Some(k) = todo.pop() {
             for d in deps.get(k).into_iter().flatten() {
-                assert!(!forbidden.contains(d), "`{krate}` depends on `{d}` (through `{k}`), which DESIGN.md forbids");
+                assert!(
+                    !forbidden.contains(d),
+                    "`{krate}` depends on `{d}` (through `{k}`), which DESIGN.md forbids"
+                );
                 if !seen.contains(d) {
                     seen.push(d);
                     todo.push(d);
                 }
             }
         }
-        assert!(seen.len() > 1 || *krate == "bigtop-core", "`{krate}` was not found in the workspace");
+        assert!(
+            seen.len() > 1 || *krate == "bigtop-core",
+            "`{krate}` was not found in the workspace"
+        );
     }
     Ok(())
 }

@@ -31,8 +31,8 @@
 //!   argument (in argument order), one `output` per output (sorted by name),
 //!   one `input-drv` per input derivation (sorted by store path, then the
 //!   output names used, sorted), one `input-src` per input source (sorted),
-//!   one `env` per variable (sorted by name). Store paths sort by their
-//!   digest bytes, as [`StorePath`]'s `Ord` does.
+//!   one `env` per variable (sorted by name). Store paths sort as their
+//!   text does (as [`StorePath`]'s `Ord` does).
 //! * Every line ends with `\n`; fields are separated by one space.
 //! * Strings are quoted with `"`. Inside, `\\`, `\"`, `\n`, `\t` and `\r`
 //!   are escaped, any other control character (U+0000–U+001F, U+007F) is
