@@ -107,7 +107,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("build order ({} derivations):", graph.len());
     for drv_path in graph.topo_order()? {
         let drv = &eval.drvs[&drv_path];
-        for (name, _) in &drv.outputs {
+        for name in drv.outputs.keys() {
             let out = drv
                 .output_path(&dir, name)
                 .ok_or("output path not known before building")?;

@@ -1,5 +1,5 @@
-//! Compatibility with the real Nix, against fixtures it generated
-//! (`tests/fixtures/*/generate.sh`).
+// Compatibility with the real Nix, against fixtures it generated
+// (`tests/fixtures/*/generate.sh`).
 
 use std::error::Error;
 use std::path::PathBuf;

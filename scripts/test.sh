@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# bigtop's test command: installs what the tests need, then runs every test
+# of the workspace (unit, integration, doc tests). Extra arguments go to
+# `cargo test`, e.g. `scripts/test.sh -p bigtop-core --test nix`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Nix 2.8 is the peer our formats are checked against, live.
+need=()
+command -v nix-store >/dev/null || need+=(nix-bin)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo test --workspace "$@"
