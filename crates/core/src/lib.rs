@@ -44,6 +44,26 @@
 //! algorithms over reference graphs ([`closure`]).
 #![deny(missing_docs)]
 
+/// Serializes a type as its text form (`Display`) and deserializes it
+/// through `FromStr`, so JSON shows what users see on the command line.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_text;
+
 pub mod base32;
 pub mod closure;
 pub mod content_address;

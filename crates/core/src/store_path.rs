@@ -36,7 +36,6 @@
 //! # Ok::<(), bigtop_core::store_path::ParseError>(())
 //! ```
 
-use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -244,18 +243,7 @@ impl FromStr for StorePath {
     }
 }
 
-impl serde::Serialize for StorePath {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for StorePath {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <Cow<'de, str>>::deserialize(d)?;
-        StorePath::from_base_name(&s).map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_text!(StorePath);
 
 /// The logical store directory: part of every path's identity.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
