@@ -31,10 +31,10 @@ theirs=$(nix hash path --type sha256 --base32 "$tree")
 json=$(mktemp)
 trap 'rm -f "$json"' EXIT
 hyperfine --warmup 2 --runs "${RUNS:-10}" --export-json "$json" \
-  -n "bigtop hash path (blake3)" "$bigtop hash path $tree" \
-  -n "bigtop hash path --algo sha256" "$bigtop hash path --algo sha256 $tree" \
-  -n "nix hash path (sha256)" "nix hash path $tree" \
-  -n "cat (read every file)" "find $tree -type f -print0 | xargs -0 cat > /dev/null"
+  -n "bigtop hash path (blake3)" "'$bigtop' hash path '$tree'" \
+  -n "bigtop hash path --algo sha256" "'$bigtop' hash path --algo sha256 '$tree'" \
+  -n "nix hash path (sha256)" "nix hash path '$tree'" \
+  -n "cat (read every file)" "find '$tree' -type f -print0 | xargs -0 cat > /dev/null"
 
 python3 - "$json" <<'PY'
 import json, sys

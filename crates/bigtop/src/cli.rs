@@ -2,7 +2,8 @@
 //! programs that embed them.
 //!
 //! Every command that prints data takes `--json`. Errors print as a chain
-//! (`error: …` then `caused by: …`) and exit with status 1.
+//! (`error: …` then `caused by: …`) and exit with status 1; usage errors
+//! exit with status 2, as clap reports them.
 //!
 //! ```
 //! use bigtop::cli::{Cli, Command};
@@ -75,17 +76,6 @@ pub enum HashCommand {
     Path(HashPathArgs),
 }
 
-/// Text form of a printed hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HashFormat {
-    /// `blake3-<base64>` (the default, like `nix hash path`).
-    Sri,
-    /// Nix's base 32.
-    Base32,
-    /// Lower-case hex.
-    Hex,
-}
-
 /// Arguments of `bigtop hash path`.
 #[derive(Debug, Args)]
 pub struct HashPathArgs {
@@ -97,7 +87,7 @@ pub struct HashPathArgs {
     /// Print Nix's base-32 form.
     #[arg(long, group = "format")]
     pub base32: bool,
-    /// Print the SRI form (the default).
+    /// Print the SRI form, `blake3-<base64>` (the default, like `nix hash path`).
     #[arg(long, group = "format")]
     pub sri: bool,
     /// Print hex.
@@ -245,7 +235,7 @@ fn hash_path(args: &HashPathArgs) -> Result<(), Error> {
     let mut out = BufWriter::new(io::stdout().lock());
     let text = if args.json {
         let v = serde_json::json!({
-            "path": args.path,
+            "path": args.path.to_string_lossy(),
             "algo": hash.algo().name(),
             "sri": hash.to_sri(),
             "base32": hash.to_base32(),

@@ -139,13 +139,15 @@ pub enum ParseError {
         /// The algorithm it claims.
         algo: HashAlgo,
     },
-    /// The digest part has a character its encoding does not allow.
-    #[error("Hash `{input}` has a character that is not valid {encoding}")]
+    /// The digest part is not valid in the encoding its length implies.
+    #[error("Hash `{input}` is not valid {encoding}: {detail}")]
     BadCharacter {
         /// The whole text.
         input: String,
         /// The encoding its length implied.
         encoding: &'static str,
+        /// What the decoder found wrong.
+        detail: String,
     },
 }
 
@@ -209,10 +211,9 @@ impl Hash {
             let algo: HashAlgo = algo.parse()?;
             return Self::decode_any(s, algo, digest);
         }
-        if let Some((algo, _)) = s.split_once('-') {
-            if algo.parse::<HashAlgo>().is_ok() {
-                return Self::parse_sri(s);
-            }
+        // No bare digest form holds `-`: this is SRI, known algorithm or not.
+        if s.contains('-') {
+            return Self::parse_sri(s);
         }
         match implied {
             Some(algo) => Self::decode_any(s, algo, s),
@@ -225,16 +226,18 @@ impl Hash {
     fn decode_any(input: &str, algo: HashAlgo, digest: &str) -> Result<Hash, ParseError> {
         let len = algo.digest_len();
         let bytes = if digest.len() == base32::encoded_len(len) {
-            base32::decode(digest).map_err(|_| ParseError::BadCharacter {
+            base32::decode(digest).map_err(|e| ParseError::BadCharacter {
                 input: input.to_owned(),
                 encoding: "base 32",
+                detail: e.to_string(),
             })?
         } else if digest.len() == len * 2 {
             HEXLOWER_PERMISSIVE
                 .decode(digest.as_bytes())
-                .map_err(|_| ParseError::BadCharacter {
+                .map_err(|e| ParseError::BadCharacter {
                     input: input.to_owned(),
                     encoding: "hex",
+                    detail: e.to_string(),
                 })?
         } else {
             return Self::decode_base64(input, algo, digest);
@@ -251,9 +254,10 @@ impl Hash {
         }
         let bytes = BASE64
             .decode(digest.as_bytes())
-            .map_err(|_| ParseError::BadCharacter {
+            .map_err(|e| ParseError::BadCharacter {
                 input: input.to_owned(),
                 encoding: "base 64",
+                detail: e.to_string(),
             })?;
         if bytes.len() != algo.digest_len() {
             return Err(ParseError::BadLength {
@@ -422,6 +426,15 @@ mod tests {
             "sha256-AAAA".parse::<Hash>(),
             Err(ParseError::BadLength { .. })
         ));
+        assert_eq!(
+            "sha512-AAAA".parse::<Hash>(),
+            Err(ParseError::UnknownAlgo {
+                input: "sha512".into()
+            })
+        );
+        let padded = format!("sha256:z{}", "0".repeat(51));
+        let err = padded.parse::<Hash>().unwrap_err().to_string();
+        assert!(err.contains("non-zero padding bits"), "{err}");
     }
 
     proptest! {

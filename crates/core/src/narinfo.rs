@@ -187,9 +187,9 @@ pub enum ParseError {
         key: &'static str,
         /// The value given.
         value: String,
-        /// Why it was rejected.
+        /// Why it was rejected (boxed: it nests a hash error and is rare).
         #[source]
-        source: content_address::ParseError,
+        source: Box<content_address::ParseError>,
     },
     /// A required key is absent.
     #[error("Narinfo has no `{key}` line")]
@@ -382,7 +382,7 @@ impl NarInfo {
                             line: l.number,
                             key: l.key,
                             value: l.value.to_owned(),
-                            source,
+                            source: Box::new(source),
                         })
                 })?,
                 _ => unreachable!("every known key has an arm"),

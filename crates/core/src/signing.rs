@@ -199,6 +199,8 @@ fn parse_text<'s, const N: usize>(
     s: &'s str,
     shown: &dyn Fn() -> String,
 ) -> Result<(&'s str, [u8; N]), ParseError> {
+    // Key files end in a newline, which Nix's decoder skips.
+    let s = s.trim_end();
     // Base 64 never holds `:`, so the last one ends the name; splitting there
     // lets a name with a `:` be reported as such.
     let (name, b64) = s.rsplit_once(':').ok_or_else(|| ParseError::MissingColon {

@@ -3,6 +3,7 @@
 use std::error::Error;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -99,6 +100,15 @@ fn hash_path_forms_agree_with_each_other() -> Result {
     bigtop::core::nar::dump_path(&tmp.path().join("t"), &mut nar)?;
     assert_eq!(json["nar_size"], nar.len() as u64);
     assert!(text(&["hash", "path", "t"])?.starts_with("blake3-"));
+    // A path that is not UTF-8 is shown lossily, not a crash.
+    let odd = std::ffi::OsStr::from_bytes(b"t\xff");
+    fs::create_dir(tmp.path().join(odd))?;
+    let out = Command::new(env!("CARGO_BIN_EXE_bigtop"))
+        .args(["hash".as_ref(), "path".as_ref(), odd, "--json".as_ref()])
+        .current_dir(tmp.path())
+        .output()?;
+    let json: serde_json::Value = serde_json::from_slice(&ok(out)?)?;
+    assert_eq!(json["path"], "t\u{fffd}");
     Ok(())
 }
 

@@ -266,6 +266,18 @@ pub enum Error {
     },
 }
 
+/// An error and its sources on one line, for errors that carry text.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// The string that stands for output `output` of the derivation being
 /// built, replaced by its real path when the builder runs.
 pub fn placeholder(output: &OutputName) -> String {
@@ -413,14 +425,19 @@ impl Derivation {
             .outputs
             .values()
             .any(|o| matches!(o, DerivationOutput::Floating { .. }));
-        let mut inputs = BTreeMap::new();
+        // Two input derivations can share a hash modulo (fetchers of the
+        // same content); their output sets merge, as their paths coincide.
+        let mut inputs: BTreeMap<String, BTreeSet<OutputName>> = BTreeMap::new();
         for (drv, outs) in &self.input_drvs {
             let h = input(drv).ok_or_else(|| Error::UnknownInput {
                 name: self.name.clone(),
                 input: drv.clone(),
             })?;
             deferred |= matches!(h, DrvHash::Deferred(_));
-            inputs.insert(h.hash().to_string(), outs);
+            inputs
+                .entry(h.hash().to_string())
+                .or_default()
+                .extend(outs.iter().cloned());
         }
         let h = Hash::digest(
             HashAlgo::Blake3,
@@ -523,16 +540,27 @@ impl Derivation {
         self.env.values_mut().for_each(rewrite);
     }
 
-    /// The derivation with its input derivations replaced by their built
-    /// outputs: `realised(drv, output)` gives each output's path. Upstream
+    /// For a derivation with deferred or floating outputs, the derivation
+    /// with its input derivations replaced by their built outputs: `realised(drv, output)` gives each output's path. Upstream
     /// placeholders become those paths, the outputs become input sources,
     /// and deferred outputs get paths from the resolved derivation. `None`
-    /// if some input output is not realised yet.
+    /// if some input output is not realised yet. Any other derivation is
+    /// returned unchanged: its paths are already final.
     pub fn resolve(
         &self,
         dir: &StoreDir,
         mut realised: impl FnMut(&StorePath, &OutputName) -> Option<StorePath>,
     ) -> Result<Option<Derivation>, Error> {
+        // Only derivations downstream of floating outputs are resolved: an
+        // input-addressed derivation is built as it is, at the paths it has.
+        if !self.outputs.values().any(|o| {
+            matches!(
+                o,
+                DerivationOutput::Deferred | DerivationOutput::Floating { .. }
+            )
+        }) {
+            return Ok(Some(self.clone()));
+        }
         let mut resolved = self.clone();
         resolved.input_drvs.clear();
         let mut replacements = BTreeMap::new();

@@ -130,6 +130,41 @@ fn input_changes_reach_exactly_their_dependents() {
     assert_eq!(other1, w.add(package("other", &[])).1);
 }
 
+/// Regression: two input derivations with the same hash modulo (the same
+/// build fed by fetchers of the same content from different URLs) used to
+/// keep only one of their output sets, so derivations using different
+/// outputs of them got the same paths.
+#[test]
+fn inputs_sharing_a_hash_modulo_keep_all_their_outputs() {
+    let mut w = World::default();
+    let (fa, _) = w.add(fetch("https://a.example/x.tar.gz"));
+    let (fb, _) = w.add(fetch("https://b.example/x.tar.gz"));
+    let two_outputs = |src: &StorePath| {
+        let mut d = package("x", &[(src, "out")]);
+        d.outputs.insert(name("dev"), DerivationOutput::Deferred);
+        d
+    };
+    let (x, _) = w.add(two_outputs(&fa));
+    let (x2, _) = w.add(two_outputs(&fb));
+    assert_ne!(x, x2);
+    assert_eq!(w.hashes[&x], w.hashes[&x2]);
+    let (_, d1) = w.add(package("app", &[(&x, "dev"), (&x2, "out")]));
+    let (_, d2) = w.add(package("app", &[(&x2, "out")]));
+    assert_ne!(
+        d1.output_path(&dir(), &out()),
+        d2.output_path(&dir(), &out())
+    );
+}
+
+#[test]
+fn resolve_leaves_input_addressed_derivations_alone() {
+    let mut w = World::default();
+    let (lib, _) = w.add(package("lib", &[]));
+    let (_, app) = w.add(package("app", &[(&lib, "out")]));
+    let resolved = app.resolve(&dir(), |_, _| None).unwrap().unwrap();
+    assert_eq!(resolved, app);
+}
+
 #[test]
 fn store_dir_changes_paths() {
     let mut d = package("hello", &[]);
@@ -331,6 +366,12 @@ fn parse_rejects_non_canonical_and_malformed_text() {
         err.to_string().contains("unknown keyword `flavour`"),
         "{err}"
     );
+    let invalid = "bigtop-derivation-1\nname \"x\"\nsystem \"s\"\nbuilder \"/bin/sh\"\n";
+    let err = Derivation::parse(&dir(), invalid).unwrap_err();
+    assert!(
+        matches!(&err, ParseError::Invalid { reason } if reason.contains("no outputs")),
+        "{err}"
+    );
     let foreign = text.replace("/bigtop/store/", "/nix/store/");
     assert!(matches!(
         Derivation::parse(&dir(), &foreign),
@@ -356,21 +397,34 @@ fn arb_drv_path() -> impl Strategy<Value = StorePath> {
     })
 }
 
-fn arb_output() -> impl Strategy<Value = DerivationOutput> {
-    prop_oneof![
+fn arb_outputs() -> impl Strategy<Value = BTreeMap<OutputName, DerivationOutput>> {
+    let names = || "[a-z]{1,5}".prop_map(|n| OutputName::new(&n).unwrap());
+    let input_addressed = prop_oneof![
         arb_path().prop_map(DerivationOutput::InputAddressed),
-        Just(DerivationOutput::Deferred),
+        Just(DerivationOutput::Deferred)
+    ];
+    prop_oneof![
+        proptest::collection::btree_map(names(), input_addressed, 1..3),
         (any::<[u8; 32]>(), 0..3usize).prop_map(|(b, m)| {
             let method = [
                 ContentAddressMethod::Flat,
                 ContentAddressMethod::Recursive,
                 ContentAddressMethod::Text,
             ][m];
-            DerivationOutput::Fixed(ContentAddress::new(method, Hash::new(HashAlgo::Sha256, b)))
+            let ca = ContentAddress::new(method, Hash::new(HashAlgo::Sha256, b));
+            BTreeMap::from([(OutputName::out(), DerivationOutput::Fixed(ca))])
         }),
-        Just(DerivationOutput::Floating {
-            method: ContentAddressMethod::Recursive,
-            algo: HashAlgo::Blake3
+        proptest::collection::btree_set(names(), 1..3).prop_map(|names| {
+            names
+                .into_iter()
+                .map(|n| {
+                    let kind = DerivationOutput::Floating {
+                        method: ContentAddressMethod::Recursive,
+                        algo: HashAlgo::Blake3,
+                    };
+                    (n, kind)
+                })
+                .collect()
         }),
     ]
 }
@@ -379,10 +433,10 @@ prop_compose! {
     fn arb_drv()(
         name in "[a-z][a-z0-9.+_-]{0,20}",
         system in arb_string(),
-        builder in arb_string(),
+        builder in arb_string().prop_filter("non-empty", |b| !b.is_empty()),
         args in proptest::collection::vec(arb_string(), 0..4),
-        env in proptest::collection::btree_map(arb_string(), arb_string(), 0..4),
-        outputs in proptest::collection::btree_map("[a-z]{1,5}".prop_map(|n| OutputName::new(&n).unwrap()), arb_output(), 1..3),
+        env in proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,8}", arb_string(), 0..4),
+        outputs in arb_outputs(),
         input_drvs in proptest::collection::btree_map(arb_drv_path(), proptest::collection::btree_set("[a-z]{1,4}".prop_map(|n| OutputName::new(&n).unwrap()), 1..3), 0..3),
         input_srcs in proptest::collection::btree_set(arb_path(), 0..3),
     ) -> Derivation {

@@ -36,6 +36,12 @@ pub enum ParseError {
         /// The field.
         field: &'static str,
     },
+    /// The text is well formed but describes an invalid derivation.
+    #[error("Derivation text describes an invalid derivation: {reason}")]
+    Invalid {
+        /// The rule broken, as [`Derivation::validate`] words it.
+        reason: String,
+    },
     /// Everything parsed, but the text is not in the canonical form
     /// (order, escaping, spacing), so it would hash differently from the
     /// same derivation printed by bigtop.
@@ -79,7 +85,7 @@ fn method_word(m: ContentAddressMethod) -> &'static str {
 pub(super) fn print(
     drv: &Derivation,
     dir: &StoreDir,
-    masked_inputs: Option<&BTreeMap<String, &BTreeSet<OutputName>>>,
+    masked_inputs: Option<&BTreeMap<String, BTreeSet<OutputName>>>,
 ) -> String {
     let mut o = String::with_capacity(256);
     o.push_str(VERSION_LINE);
@@ -374,6 +380,9 @@ pub(super) fn parse(dir: &StoreDir, text: &str) -> Result<Derivation, ParseError
     drv.name = name.ok_or(ParseError::Missing { field: "name" })?;
     drv.system = system.ok_or(ParseError::Missing { field: "system" })?;
     drv.builder = builder.ok_or(ParseError::Missing { field: "builder" })?;
+    drv.validate().map_err(|e| ParseError::Invalid {
+        reason: crate::derivation::error_chain(&e),
+    })?;
     // One derivation, one text: anything that parsed but prints
     // differently (order, escapes) is rejected rather than silently
     // accepted under a different hash.

@@ -79,6 +79,20 @@ pub fn check_entry_name(name: &[u8]) -> Result<(), &'static str> {
     }
 }
 
+/// Checks a symlink target: non-empty, no NUL, at most
+/// [`MAX_TARGET_LEN`] bytes. Returns the rule it breaks.
+pub fn check_symlink_target(target: &[u8]) -> Result<(), &'static str> {
+    if target.is_empty() {
+        Err("it is empty")
+    } else if target.contains(&0) {
+        Err("it contains NUL")
+    } else if target.len() as u64 > MAX_TARGET_LEN {
+        Err("it is longer than 4095 bytes")
+    } else {
+        Ok(())
+    }
+}
+
 /// Number of zero bytes that follow a string of `len` bytes.
 pub(crate) const fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::{check_entry_name, padding, MAGIC};
+use super::{check_entry_name, check_symlink_target, padding, MAGIC};
 
 /// Longest entry name accepted: Linux's `NAME_MAX`.
 pub const MAX_NAME_LEN: u64 = 255;
@@ -322,14 +322,7 @@ impl<R: BufRead> Parser<'_, R> {
             b"symlink" => {
                 self.expect(b"target", "`target`")?;
                 let target = self.string(MAX_TARGET_LEN, "symlink target")?;
-                let reason = if target.is_empty() {
-                    Some("it is empty")
-                } else if target.contains(&0) {
-                    Some("it contains NUL")
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
+                if let Err(reason) = check_symlink_target(&target) {
                     return Err(ReadError::BadTarget {
                         path: self.display(name),
                         reason,

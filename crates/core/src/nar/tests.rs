@@ -281,6 +281,29 @@ fn dump_rejects_sockets_and_fifos() {
 }
 
 #[test]
+fn dump_refuses_fifos_without_blocking_and_absurd_depth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let err = dump_path(tmp.path(), io::sink()).unwrap_err();
+    assert!(
+        matches!(err, DumpError::UnsupportedType { kind: "fifo", .. }),
+        "{err}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+
+    let mut deep = tmp.path().join("deep");
+    for _ in 0..=MAX_DEPTH {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let err = dump_path(&tmp.path().join("deep"), io::sink()).unwrap_err();
+    assert!(matches!(err, DumpError::TooDeep { .. }), "{err}");
+}
+
+#[test]
 fn parse_stops_at_the_end_of_the_archive() {
     let mut stream = encode(&sample());
     stream.extend_from_slice(b"TRAILER");
@@ -498,6 +521,12 @@ fn encoder_refuses_invalid_event_sequences() {
         enc.symlink(Some(b".."), b"t"),
         Err(EncodeError::BadName { .. })
     ));
+    for target in [&b""[..], b"a\0b", &[b'x'; 4096]] {
+        assert!(matches!(
+            enc.symlink(Some(b"z"), target),
+            Err(EncodeError::BadTarget { .. })
+        ));
+    }
     assert!(matches!(
         enc.file(Some(b"c"), false, 10, &mut &b"short"[..]),
         Err(EncodeError::ShortContents { got: 5, size: 10 })

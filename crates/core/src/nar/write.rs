@@ -1,16 +1,17 @@
 //! Writing NARs: from a tree on disk, or from events.
 
-use std::fs::{self, File, Metadata};
+use std::ffi::OsString;
+use std::fs::{self, File, FileType, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{self, Scope, ScopedJoinHandle};
 
 use thiserror::Error;
 
-use super::{check_entry_name, padding, NarSink, MAGIC};
+use super::{check_entry_name, check_symlink_target, padding, NarSink, MAGIC, MAX_DEPTH};
 use crate::hash::{Hash, HashAlgo, Hasher};
 
 /// Why a tree could not be archived.
@@ -34,14 +35,20 @@ pub enum DumpError {
         /// What it is (socket, fifo, device…).
         kind: &'static str,
     },
-    /// A file's size changed while it was being read, so the archive would
-    /// not describe any state the file was ever in.
-    #[error("File `{path}` changed size while being archived (expected {expected} bytes)")]
+    /// A file changed (size, or what the name points at) while it was being
+    /// read, so the archive would not describe any state it was ever in.
+    #[error("File `{path}` changed while being archived (it had {expected} bytes)")]
     Changed {
         /// The file.
         path: PathBuf,
         /// The size seen before reading.
         expected: u64,
+    },
+    /// Directories nest deeper than a NAR reader accepts.
+    #[error("Cannot archive `{path}`: directories nest deeper than {MAX_DEPTH} levels")]
+    TooDeep {
+        /// The directory past the limit.
+        path: PathBuf,
     },
     /// Writing the archive failed.
     #[error("Cannot write the archive")]
@@ -69,9 +76,8 @@ fn read_err(path: &Path) -> impl FnOnce(io::Error) -> DumpError + '_ {
     }
 }
 
-fn kind_of(meta: &Metadata) -> &'static str {
+fn kind_of(t: FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
     if t.is_socket() {
         "socket"
     } else if t.is_fifo() {
@@ -85,17 +91,45 @@ fn kind_of(meta: &Metadata) -> &'static str {
     }
 }
 
-fn dump_node(out: &mut impl Out, path: &Path, meta: &Metadata) -> Result<(), DumpError> {
+/// A directory being archived: its path and the entries still to write.
+struct OpenDir {
+    path: PathBuf,
+    entries: std::vec::IntoIter<(OsString, FileType)>,
+}
+
+/// Writes the node at `path` (its type from `lstat` or the directory
+/// entry). A file or symlink is written whole; a directory only up to its
+/// type, and returned for the caller to write its entries.
+fn begin_node(
+    out: &mut impl Out,
+    path: &Path,
+    t: FileType,
+    depth: usize,
+) -> Result<Option<OpenDir>, DumpError> {
     let w = DumpError::Write;
     out.put_str(b"(").map_err(w)?;
     out.put_str(b"type").map_err(w)?;
-    let t = meta.file_type();
     if t.is_symlink() {
         let target = fs::read_link(path).map_err(read_err(path))?;
         out.put_str(b"symlink").map_err(w)?;
         out.put_str(b"target").map_err(w)?;
         out.put_str(target.as_os_str().as_bytes()).map_err(w)?;
     } else if t.is_file() {
+        // Open without following a symlink and without blocking on a FIFO,
+        // then describe what was opened: a file swapped for something else
+        // since the directory was read is caught, never archived.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_err(path))?;
+        let meta = file.metadata().map_err(read_err(path))?;
+        if !meta.is_file() {
+            return Err(DumpError::Changed {
+                path: path.to_owned(),
+                expected: 0,
+            });
+        }
         out.put_str(b"regular").map_err(w)?;
         // Nix looks at the owner's execute bit only.
         if meta.permissions().mode() & 0o100 != 0 {
@@ -106,42 +140,78 @@ fn dump_node(out: &mut impl Out, path: &Path, meta: &Metadata) -> Result<(), Dum
         let size = meta.len();
         out.put(&size.to_le_bytes()).map_err(w)?;
         if size > 0 {
-            let mut file = File::open(path).map_err(read_err(path))?;
             out.put_file(path, &mut file, size)?;
+        }
+        // A file that grew while being read would be archived cut short.
+        if read_some(&mut file, &mut [0u8; 1]).map_err(read_err(path))? != 0 {
+            return Err(DumpError::Changed {
+                path: path.to_owned(),
+                expected: size,
+            });
         }
         out.put(&[0u8; 8][..padding(size)]).map_err(w)?;
     } else if t.is_dir() {
+        if depth >= MAX_DEPTH {
+            return Err(DumpError::TooDeep {
+                path: path.to_owned(),
+            });
+        }
         out.put_str(b"directory").map_err(w)?;
         let mut entries = Vec::new();
         for entry in fs::read_dir(path).map_err(read_err(path))? {
             let entry = entry.map_err(read_err(path))?;
-            entries.push(entry.file_name());
+            let t = entry.file_type().map_err(read_err(&entry.path()))?;
+            entries.push((entry.file_name(), t));
         }
-        entries.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in entries {
-            let child = path.join(&name);
-            let child_meta = fs::symlink_metadata(&child).map_err(read_err(&child))?;
-            out.put_str(b"entry").map_err(w)?;
-            out.put_str(b"(").map_err(w)?;
-            out.put_str(b"name").map_err(w)?;
-            out.put_str(name.as_bytes()).map_err(w)?;
-            out.put_str(b"node").map_err(w)?;
-            dump_node(out, &child, &child_meta)?;
-            out.put_str(b")").map_err(w)?;
-        }
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        return Ok(Some(OpenDir {
+            path: path.to_owned(),
+            entries: entries.into_iter(),
+        }));
     } else {
         return Err(DumpError::UnsupportedType {
             path: path.to_owned(),
-            kind: kind_of(meta),
+            kind: kind_of(t),
         });
     }
-    out.put_str(b")").map_err(w)
+    out.put_str(b")").map_err(w)?;
+    Ok(None)
 }
 
+/// Archives the tree at `path`. The walk keeps its own stack, so depth
+/// costs heap, not the caller's thread stack.
 fn dump_root(out: &mut impl Out, path: &Path) -> Result<(), DumpError> {
+    let w = DumpError::Write;
     let meta = fs::symlink_metadata(path).map_err(read_err(path))?;
-    out.put_str(MAGIC).map_err(DumpError::Write)?;
-    dump_node(out, path, &meta)
+    out.put_str(MAGIC).map_err(w)?;
+    let mut open: Vec<OpenDir> = begin_node(out, path, meta.file_type(), 0)?
+        .into_iter()
+        .collect();
+    while let Some(dir) = open.last_mut() {
+        match dir.entries.next() {
+            Some((name, t)) => {
+                let child = dir.path.join(&name);
+                out.put_str(b"entry").map_err(w)?;
+                out.put_str(b"(").map_err(w)?;
+                out.put_str(b"name").map_err(w)?;
+                out.put_str(name.as_bytes()).map_err(w)?;
+                out.put_str(b"node").map_err(w)?;
+                match begin_node(out, &child, t, open.len())? {
+                    Some(sub) => open.push(sub),
+                    None => out.put_str(b")").map_err(w)?,
+                }
+            }
+            None => {
+                open.pop();
+                // Closes the directory node, then the entry holding it.
+                out.put_str(b")").map_err(w)?;
+                if !open.is_empty() {
+                    out.put_str(b")").map_err(w)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Size of the buffers file contents are read through.
@@ -363,6 +433,17 @@ pub enum EncodeError {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// A symlink target a NAR cannot hold.
+    #[error(
+        "Invalid symlink target `{}`: {reason}",
+        String::from_utf8_lossy(target)
+    )]
+    BadTarget {
+        /// The target.
+        target: Vec<u8>,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
     /// Entries were not given in strictly increasing name order.
     #[error(
         "Entry `{}` does not sort after `{}`",
@@ -502,6 +583,10 @@ impl<W: Write> NarEncoder<W> {
 
     /// A symlink to `target`.
     pub fn symlink(&mut self, name: Option<&[u8]>, target: &[u8]) -> Result<(), EncodeError> {
+        check_symlink_target(target).map_err(|reason| EncodeError::BadTarget {
+            target: target.to_vec(),
+            reason,
+        })?;
         self.begin(name, b"symlink")?;
         self.s(b"target")?;
         self.s(target)?;

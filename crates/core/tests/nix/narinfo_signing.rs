@@ -17,11 +17,15 @@ fn fixture(relative: &str) -> Result<String> {
     std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
-/// The key pair from `nix-store --generate-binary-cache-key`; Nix writes
-/// the files without a final newline, but tolerate one.
+/// The key pair from `nix-store --generate-binary-cache-key`, parsed as
+/// the files are (Nix writes them without a final newline; editors add one,
+/// which the parser must accept as Nix does).
 fn nix_keys() -> Result<(SecretKey, PublicKey)> {
-    let secret: SecretKey = fixture("keys/secret.key")?.trim_end().parse()?;
-    let public: PublicKey = fixture("keys/public.key")?.trim_end().parse()?;
+    let secret: SecretKey = fixture("keys/secret.key")?.parse()?;
+    let public: PublicKey = fixture("keys/public.key")?.parse()?;
+    let with_newline: PublicKey =
+        format!("{}\n", fixture("keys/public.key")?.trim_end()).parse()?;
+    assert_eq!(with_newline, public);
     Ok((secret, public))
 }
 
