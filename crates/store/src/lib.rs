@@ -1,16 +1,56 @@
-//! bigtop-store: the local store and everything that writes to it.
+//! bigtop-store: the local store — where every build lands and what every
+//! machine runs from.
 //!
-//! Status: a skeleton. This crate will hold the local store (files plus
-//! SQLite metadata), adding paths, reference scanning, garbage collection,
-//! verification, locks, substituters and binary caches, copying closures,
-//! the planner, and the parallel sandboxed builder. It depends only on
-//! [`bigtop_core`], whose formats it stores.
+//! A [`Store`] is a logical [`StoreDir`](bigtop_core::StoreDir) (part of
+//! every path's identity), a physical directory holding the paths (the
+//! logical dir itself, or elsewhere for a *chroot store*), and a state
+//! directory holding the SQLite database, GC roots, locks and logs.
+//!
+//! Its promise: it never holds a registered path that is half-written,
+//! missing, or that refers to an unregistered path, whatever happens to the
+//! process. Paths are staged under temporary names, canonicalized, synced,
+//! renamed into place and only then registered ([`add`]); the collector
+//! coordinates with adders through temporary roots and per-path locks
+//! ([`gc`], [`lock`]); [`Store::verify`] checks the promise and repairs
+//! what a crash left behind.
 //!
 //! ```
-//! // Everything the store will hold is named by bigtop-core's types today:
-//! let dir = bigtop_store::core::StoreDir::default();
-//! assert_eq!(dir.as_str(), "/bigtop/store");
+//! use std::collections::BTreeSet;
+//! use bigtop_store::Store;
+//!
+//! let tmp = tempfile::tempdir()?;
+//! let store = Store::open_chroot(tmp.path())?;
+//! let lib = store.add_text("lib.txt", b"a library", &BTreeSet::new())?;
+//! let app_text = format!("uses {}", store.store_dir().display(&lib));
+//! let app = store.add_text("app.txt", app_text.as_bytes(), &BTreeSet::from([lib.clone()]))?;
+//! assert_eq!(store.closure(&[app.clone()])?, BTreeSet::from([app.clone(), lib.clone()]));
+//! assert!(store.physical(&app).starts_with(tmp.path()));
+//!
+//! // Nothing roots them, so a collection takes both.
+//! drop(store);
+//! let store = Store::open_chroot(tmp.path())?;
+//! let report = store.collect_garbage(&Default::default())?;
+//! assert_eq!(report.deleted.len(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
 
+pub mod add;
+mod db;
+pub mod error;
+pub mod export;
+pub mod gc;
+pub mod lock;
+pub mod scan;
+mod store;
+pub mod verify;
+
 pub use bigtop_core as core;
+
+pub use add::AddBatch;
+pub use db::SCHEMA_VERSION;
+pub use error::Error;
+pub use gc::{GcOptions, GcReport};
+pub use scan::ReferenceScanner;
+pub use store::{PathInfo, Store, StoreBuilder};
+pub use verify::{VerifyOptions, VerifyReport};

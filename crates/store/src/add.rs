@@ -1,0 +1,556 @@
+//! Adding paths: staged under a temporary name, canonicalized, made
+//! durable, renamed into place, then registered with their references in
+//! one transaction.
+//!
+//! Whatever happens to the process, the store never holds a registered
+//! path whose files are missing or half-written: files are synced before
+//! the rename and the renames are synced before the registration commits.
+//! A crash in between leaves unregistered files, which
+//! [`verify`](crate::Store::verify) reports and repairs.
+//!
+//! Adds are batched ([`AddBatch`]): a thousand small paths cost two file
+//! system syncs and one database transaction, not a thousand of each.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufRead, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bigtop_core::content_address::{ContentAddress, ContentAddressMethod};
+use bigtop_core::hash::{Hash, HashAlgo, Hasher};
+use bigtop_core::{nar, StorePath};
+use rusqlite::{params, OptionalExtension};
+
+use crate::error::{io_err, Error};
+use crate::lock::PathLock;
+use crate::store::{now, PathInfo, Store};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A path being added: where it is staged (or its bytes, for texts that
+/// are only written once they are known to be missing).
+#[derive(Debug)]
+struct Pending {
+    info: PathInfo,
+    contents: Staged,
+}
+
+#[derive(Debug)]
+enum Staged {
+    /// Bytes to write as a single read-only file.
+    Text(Vec<u8>),
+    /// A tree already written under a temporary name in the store.
+    Tree(PathBuf),
+}
+
+/// A set of paths added together: one sync, one transaction.
+///
+/// Nothing is visible until [`commit`](Self::commit); dropping the batch
+/// removes what it staged.
+#[derive(Debug)]
+#[must_use = "nothing is added until the batch is committed"]
+pub struct AddBatch<'s> {
+    store: &'s Store,
+    pending: Vec<Pending>,
+}
+
+impl Drop for AddBatch<'_> {
+    fn drop(&mut self) {
+        for p in &self.pending {
+            if let Staged::Tree(tmp) = &p.contents {
+                let _ = remove_tree(tmp);
+            }
+        }
+    }
+}
+
+/// Removes a tree that canonicalization made read-only.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if meta.is_dir() {
+        make_writable(path)?;
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+fn make_writable(dir: &Path) -> io::Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            make_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Canonicalizes a staged tree: read-only, no setuid/setgid/sticky bits,
+/// executable only where the owner could execute, mtime 1 (the epoch plus
+/// one second, as Nix does, so that builds do not depend on when their
+/// inputs arrived).
+fn canonicalize(path: &Path) -> Result<(), Error> {
+    let meta = fs::symlink_metadata(path).map_err(io_err("read", path))?;
+    let t = meta.file_type();
+    if t.is_dir() {
+        for entry in fs::read_dir(path).map_err(io_err("read", path))? {
+            let entry = entry.map_err(io_err("read", path))?;
+            canonicalize(&entry.path())?;
+        }
+    }
+    if !t.is_symlink() {
+        let exec = t.is_dir() || meta.mode() & 0o100 != 0;
+        let mode = if exec { 0o555 } else { 0o444 };
+        if meta.mode() & 0o7777 != mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(io_err("set permissions of", path))?;
+        }
+    }
+    let one = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &one,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err("set the time of", path)(e.into()))?;
+    Ok(())
+}
+
+/// Copies `src` to `dst` (which must not exist), keeping only what
+/// `filter` accepts (given paths relative to the root of the copy).
+fn copy_filtered(
+    src: &Path,
+    dst: &Path,
+    rel: &Path,
+    filter: &dyn Fn(&Path) -> bool,
+) -> Result<(), Error> {
+    let meta = fs::symlink_metadata(src).map_err(io_err("read", src))?;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        let target = fs::read_link(src).map_err(io_err("read", src))?;
+        std::os::unix::fs::symlink(target, dst).map_err(io_err("create", dst))?;
+    } else if t.is_dir() {
+        fs::create_dir(dst).map_err(io_err("create", dst))?;
+        for entry in fs::read_dir(src).map_err(io_err("read", src))? {
+            let entry = entry.map_err(io_err("read", src))?;
+            let name = entry.file_name();
+            let rel = rel.join(&name);
+            if filter(&rel) {
+                copy_filtered(&entry.path(), &dst.join(&name), &rel, filter)?;
+            }
+        }
+    } else if t.is_file() {
+        fs::copy(src, dst).map_err(io_err("copy", src))?;
+    } else {
+        return Err(Error::Dump(nar::DumpError::UnsupportedType {
+            path: src.to_owned(),
+            kind: "special file",
+        }));
+    }
+    Ok(())
+}
+
+/// A [`BufRead`] that hashes exactly the bytes its consumer consumes, so
+/// that a NAR can be unpacked and hashed in one pass, however far ahead
+/// the underlying reader buffers.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+    count: u64,
+}
+
+impl<R: BufRead> HashingReader<R> {
+    pub(crate) fn new(inner: R, algo: HashAlgo) -> Self {
+        HashingReader {
+            inner,
+            hasher: Hasher::new(algo),
+            count: 0,
+        }
+    }
+
+    pub(crate) fn finish(self) -> (Hash, u64, R) {
+        (self.hasher.finish(), self.count, self.inner)
+    }
+}
+
+impl<R: BufRead> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        if let Ok(buf) = self.inner.fill_buf() {
+            self.hasher.update(&buf[..n.min(buf.len())]);
+        }
+        self.count += n as u64;
+        self.inner.consume(n);
+    }
+}
+
+impl Store {
+    /// A new, empty batch of additions.
+    pub fn batch(&self) -> AddBatch<'_> {
+        AddBatch {
+            store: self,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds a text file (builtin builders, `.drv` files) referring to
+    /// `references`; returns its path.
+    pub fn add_text(
+        &self,
+        name: &str,
+        text: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, Error> {
+        let mut b = self.batch();
+        let p = b.add_text(name, text, references)?;
+        b.commit()?;
+        Ok(p)
+    }
+
+    /// Adds a file or tree from disk as a source (no references), keeping
+    /// what `filter` accepts; returns its path.
+    pub fn add_path(
+        &self,
+        name: &str,
+        src: &Path,
+        filter: &dyn Fn(&Path) -> bool,
+    ) -> Result<StorePath, Error> {
+        let mut b = self.batch();
+        let p = b.add_path(name, src, filter)?;
+        b.commit()?;
+        Ok(p)
+    }
+
+    /// Adds a path from its NAR, checking it against `info`.
+    pub fn add_nar(&self, info: PathInfo, nar: &mut impl BufRead) -> Result<(), Error> {
+        let mut b = self.batch();
+        b.add_nar(info, nar)?;
+        b.commit().map(|_| ())
+    }
+
+    pub(crate) fn temp_name(&self, name: &str) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root()
+            .join(format!(".tmp-{}-{n}-{name}", std::process::id()))
+    }
+}
+
+impl AddBatch<'_> {
+    /// Stages a text file; returns the path it will have.
+    pub fn add_text(
+        &mut self,
+        name: &str,
+        text: &[u8],
+        references: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, Error> {
+        let dir = self.store.store_dir();
+        let content = Hash::digest(HashAlgo::Blake3, text);
+        let path = dir.make_text_path(name, &content, references)?;
+        // The NAR of a single regular file, hashed without building it.
+        let mut h = Hasher::new(HashAlgo::Blake3);
+        let mut enc = nar::NarEncoder::new(&mut h);
+        enc.file(None, false, text.len() as u64, &mut &text[..])
+            .map_err(|e| io_err("hash", dir.full(&path))(io::Error::other(e)))?;
+        enc.finish()
+            .map_err(|e| io_err("hash", dir.full(&path))(io::Error::other(e)))?;
+        let nar_size = nar_size_of_file(text.len() as u64);
+        let mut info = PathInfo::new(path.clone(), h.finish(), nar_size, references.clone());
+        info.ca = Some(ContentAddress::new(ContentAddressMethod::Text, content));
+        self.pending.push(Pending {
+            info,
+            contents: Staged::Text(text.to_vec()),
+        });
+        Ok(path)
+    }
+
+    /// Copies a file or tree from disk (keeping what `filter` accepts, given
+    /// paths relative to `src`) and stages it as a source; returns its path.
+    pub fn add_path(
+        &mut self,
+        name: &str,
+        src: &Path,
+        filter: &dyn Fn(&Path) -> bool,
+    ) -> Result<StorePath, Error> {
+        bigtop_core::store_path::validate_name(name)?;
+        let tmp = self.store.temp_name(name);
+        let staged = copy_filtered(src, &tmp, Path::new(""), filter)
+            .and_then(|()| canonicalize(&tmp))
+            .and_then(|()| Ok(nar::hash_path(&tmp, HashAlgo::Blake3)?));
+        let (nar_hash, nar_size) = match staged {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                return Err(e);
+            }
+        };
+        let path = self
+            .store
+            .store_dir()
+            .make_source_path(name, &nar_hash, [], false)?;
+        let mut info = PathInfo::new(path.clone(), nar_hash, nar_size, BTreeSet::new());
+        info.ca = Some(ContentAddress::new(
+            ContentAddressMethod::Recursive,
+            nar_hash,
+        ));
+        self.pending.push(Pending {
+            info,
+            contents: Staged::Tree(tmp),
+        });
+        Ok(path)
+    }
+
+    /// Unpacks a NAR and stages it as `info.path`, checking that it hashes
+    /// to `info.nar_hash` and has `info.nar_size` bytes.
+    pub fn add_nar(&mut self, info: PathInfo, nar: &mut impl BufRead) -> Result<(), Error> {
+        let tmp = self.store.temp_name(info.path.name());
+        let mut reader = HashingReader::new(nar, info.nar_hash.algo());
+        let unpacked = nar::restore(&mut reader, &tmp).map_err(|source| Error::Nar {
+            path: info.path.clone(),
+            source,
+        });
+        let (got, size, _) = reader.finish();
+        let checked = unpacked.and_then(|()| {
+            if got != info.nar_hash {
+                Err(Error::HashMismatch {
+                    path: info.path.clone(),
+                    expected: info.nar_hash,
+                    got,
+                })
+            } else if size != info.nar_size {
+                Err(Error::SizeMismatch {
+                    path: info.path.clone(),
+                    expected: info.nar_size,
+                    got: size,
+                })
+            } else {
+                canonicalize(&tmp)
+            }
+        });
+        if let Err(e) = checked {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+        self.pending.push(Pending {
+            info,
+            contents: Staged::Tree(tmp),
+        });
+        Ok(())
+    }
+
+    /// The paths staged so far.
+    pub fn paths(&self) -> impl Iterator<Item = &StorePath> {
+        self.pending.iter().map(|p| &p.info.path)
+    }
+
+    /// Makes every staged path valid, or none of them.
+    pub fn commit(mut self) -> Result<Vec<StorePath>, Error> {
+        let store = self.store;
+        let pending = std::mem::take(&mut self.pending);
+        let result = commit(store, &pending);
+        if result.is_err() {
+            for p in &pending {
+                if let Staged::Tree(tmp) = &p.contents {
+                    let _ = remove_tree(tmp);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// NAR size of a single regular file of `len` bytes.
+fn nar_size_of_file(len: u64) -> u64 {
+    // magic, "(", "type", "regular", "contents", length, data, padding, ")"
+    let s = |n: u64| 8 + n.div_ceil(8) * 8;
+    s(13) + s(1) + s(4) + s(7) + s(8) + 8 + len.div_ceil(8) * 8 + s(1)
+}
+
+fn sync_store(store: &Store) -> Result<(), Error> {
+    let dir = File::open(store.root()).map_err(io_err("open", store.root()))?;
+    rustix::fs::syncfs(&dir).map_err(|e| io_err("sync", store.root())(e.into()))
+}
+
+fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut paths: Vec<&StorePath> = pending.iter().map(|p| &p.info.path).collect();
+    // Keep every path of the batch, and everything it refers to, alive
+    // before looking at what is valid: the collector then either sees the
+    // root or has unregistered the path first, never neither.
+    let referenced: BTreeSet<&StorePath> =
+        pending.iter().flat_map(|p| &p.info.references).collect();
+    store.add_temp_roots(paths.iter().copied().chain(referenced.iter().copied()))?;
+
+    // Lock in a global order so that overlapping batches cannot deadlock.
+    paths.sort();
+    paths.dedup();
+    let mut locks = Vec::with_capacity(paths.len());
+    for p in &paths {
+        locks.push(PathLock::acquire(&store.locks_dir(), p)?);
+    }
+    let valid = valid_among(store, &paths)?;
+
+    // Stage what is missing, canonicalized, then sync once.
+    let mut todo: Vec<(&Pending, PathBuf)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in pending {
+        if valid.contains(&p.info.path) || !seen.insert(&p.info.path) {
+            continue;
+        }
+        let tmp = match &p.contents {
+            Staged::Tree(tmp) => tmp.clone(),
+            Staged::Text(bytes) => {
+                let tmp = store.temp_name(p.info.path.name());
+                fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+                canonicalize(&tmp)?;
+                tmp
+            }
+        };
+        todo.push((p, tmp));
+    }
+    if todo.is_empty() {
+        return Ok(pending.iter().map(|p| p.info.path.clone()).collect());
+    }
+    sync_store(store)?;
+    let mut placed = Vec::with_capacity(todo.len());
+    let placing = (|| {
+        for (p, tmp) in &todo {
+            let dest = store.physical(&p.info.path);
+            // Left by a crash before registration: not valid, and we hold the lock.
+            remove_tree(&dest).map_err(io_err("remove the invalid", &dest))?;
+            fs::rename(tmp, &dest).map_err(io_err("rename into", &dest))?;
+            placed.push(dest);
+        }
+        sync_store(store)?;
+        register(store, todo.iter().map(|(p, _)| &p.info))
+    })();
+    if placing.is_err() {
+        for dest in &placed {
+            let _ = remove_tree(dest);
+        }
+        for (_, tmp) in &todo {
+            let _ = remove_tree(tmp);
+        }
+    }
+    placing?;
+    drop(locks);
+    Ok(pending.iter().map(|p| p.info.path.clone()).collect())
+}
+
+/// Which of `paths` are registered.
+fn valid_among(store: &Store, paths: &[&StorePath]) -> Result<BTreeSet<StorePath>, Error> {
+    let names: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let conn = store.db();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT path FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?1))",
+        )
+        .map_err(store.db_err())?;
+    let rows = stmt
+        .query_map([crate::store::serde_json_array(&names)], |r| {
+            r.get::<_, String>(0)
+        })
+        .map_err(store.db_err())?;
+    let mut out = BTreeSet::new();
+    for r in rows {
+        out.insert(StorePath::from_base_name(&r.map_err(store.db_err())?)?);
+    }
+    Ok(out)
+}
+
+/// Registers paths whose files are in place, with their references, in
+/// one transaction; a reference to a path neither valid nor in the set
+/// fails the whole set.
+pub(crate) fn register<'a>(
+    store: &Store,
+    infos: impl Iterator<Item = &'a PathInfo> + Clone,
+) -> Result<(), Error> {
+    let mut conn = store.db();
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(store.db_err())?;
+    let time = now();
+    let mut ids: HashMap<&StorePath, i64> = HashMap::new();
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO ValidPaths (path, nar_hash, nar_size, deriver, registration_time, signatures, ca)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(store.db_err())?;
+        for info in infos.clone() {
+            let sigs: Vec<String> = info.signatures.iter().map(|s| s.to_string()).collect();
+            insert
+                .execute(params![
+                    info.path.to_string(),
+                    info.nar_hash.to_string(),
+                    info.nar_size as i64,
+                    info.deriver.as_ref().map(|d| d.to_string()),
+                    if info.registration_time == 0 {
+                        time
+                    } else {
+                        info.registration_time
+                    } as i64,
+                    sigs.join(" "),
+                    info.ca.map(|c| c.to_string()),
+                ])
+                .map_err(store.db_err())?;
+            ids.insert(&info.path, tx.last_insert_rowid());
+        }
+        let mut lookup = tx
+            .prepare_cached("SELECT id FROM ValidPaths WHERE path = ?1")
+            .map_err(store.db_err())?;
+        let mut edge = tx
+            .prepare_cached("INSERT OR IGNORE INTO Refs (referrer, reference) VALUES (?1, ?2)")
+            .map_err(store.db_err())?;
+        for info in infos {
+            let from = ids[&info.path];
+            for r in &info.references {
+                let to = match ids.get(r) {
+                    Some(&id) => id,
+                    None => lookup
+                        .query_row([r.to_string()], |row| row.get::<_, i64>(0))
+                        .optional()
+                        .map_err(store.db_err())?
+                        .ok_or_else(|| Error::MissingReference {
+                            path: info.path.clone(),
+                            reference: r.clone(),
+                        })?,
+                };
+                edge.execute(params![from, to]).map_err(store.db_err())?;
+            }
+        }
+    }
+    tx.commit().map_err(store.db_err())
+}

@@ -1,0 +1,140 @@
+//! The metadata database: schema, migrations and connection settings.
+//!
+//! One SQLite file (`<state>/db/db.sqlite`) in WAL mode, so that readers
+//! in any process never block writers. Foreign keys hold the store's
+//! central invariant: a reference always points at a registered path, so a
+//! registered path can never refer to one that is gone. The schema's
+//! version is SQLite's `user_version`; opening a database newer than this
+//! build knows fails instead of guessing.
+//!
+//! | table | holds |
+//! |---|---|
+//! | `ValidPaths` | every registered path with its NAR hash and size, deriver, registration time, signatures, content address |
+//! | `Refs` | reference edges (referrer → reference), indexed both ways |
+//! | `Unreferenced` | registered paths that no other path refers to, kept by triggers: where garbage collection starts, so it never walks the live store |
+//! | `DerivationOutputs` | for a `.drv`, the path of each output |
+//! | `Processes`, `TempRoots` | processes using the store and the paths they hold alive while they run |
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::error::Error;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `MIGRATIONS[v]` takes a database from version `v` to `v + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: the first schema.
+    r#"
+    CREATE TABLE ValidPaths (
+        id                INTEGER PRIMARY KEY,
+        path              TEXT NOT NULL UNIQUE,
+        nar_hash          TEXT NOT NULL,
+        nar_size          INTEGER NOT NULL,
+        deriver           TEXT,
+        registration_time INTEGER NOT NULL,
+        signatures        TEXT NOT NULL DEFAULT '',
+        ca                TEXT
+    );
+    CREATE TABLE Refs (
+        referrer  INTEGER NOT NULL REFERENCES ValidPaths(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+        reference INTEGER NOT NULL REFERENCES ValidPaths(id) ON DELETE RESTRICT DEFERRABLE INITIALLY DEFERRED,
+        PRIMARY KEY (referrer, reference)
+    ) WITHOUT ROWID;
+    CREATE INDEX RefsByReference ON Refs(reference, referrer);
+    CREATE TABLE Unreferenced (id INTEGER PRIMARY KEY);
+    CREATE TRIGGER PathRegistered AFTER INSERT ON ValidPaths BEGIN
+        INSERT OR IGNORE INTO Unreferenced VALUES (new.id);
+    END;
+    CREATE TRIGGER PathUnregistered AFTER DELETE ON ValidPaths BEGIN
+        DELETE FROM Unreferenced WHERE id = old.id;
+    END;
+    CREATE TRIGGER ReferenceAdded AFTER INSERT ON Refs WHEN new.referrer != new.reference BEGIN
+        DELETE FROM Unreferenced WHERE id = new.reference;
+    END;
+    CREATE TRIGGER ReferenceRemoved AFTER DELETE ON Refs
+        WHEN old.referrer != old.reference
+         AND NOT EXISTS (SELECT 1 FROM Refs WHERE reference = old.reference AND referrer != old.reference)
+         AND EXISTS (SELECT 1 FROM ValidPaths WHERE id = old.reference)
+    BEGIN
+        INSERT OR IGNORE INTO Unreferenced VALUES (old.reference);
+    END;
+    CREATE TABLE DerivationOutputs (
+        drv    INTEGER NOT NULL REFERENCES ValidPaths(id) ON DELETE CASCADE,
+        output TEXT NOT NULL,
+        path   TEXT NOT NULL,
+        PRIMARY KEY (drv, output)
+    );
+    CREATE INDEX DerivationOutputsByPath ON DerivationOutputs(path);
+    CREATE TABLE Processes (
+        id         INTEGER PRIMARY KEY,
+        pid        INTEGER NOT NULL,
+        start_time INTEGER NOT NULL
+    );
+    CREATE TABLE TempRoots (
+        process INTEGER NOT NULL REFERENCES Processes(id) ON DELETE CASCADE,
+        path    TEXT NOT NULL,
+        PRIMARY KEY (path, process)
+    ) WITHOUT ROWID;
+    CREATE INDEX TempRootsByProcess ON TempRoots(process);
+    "#,
+];
+
+/// Opens (creating or migrating) the database at `file`.
+pub(crate) fn open(file: &Path) -> Result<Connection, Error> {
+    let err = |source| Error::Db {
+        path: file.to_owned(),
+        source,
+    };
+    let conn = Connection::open(file).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(600)).map_err(err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(err)?;
+    migrate(&conn, file)?;
+    Ok(conn)
+}
+
+fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+fn migrate(conn: &Connection, file: &Path) -> Result<(), Error> {
+    let err = |source| Error::Db {
+        path: file.to_owned(),
+        source,
+    };
+    let found = version(conn).map_err(err)?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            path: file.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    // Another process may be migrating: take the write lock, then look again.
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    let result = (|| {
+        let mut v = version(conn)?;
+        while v < SCHEMA_VERSION {
+            conn.execute_batch(MIGRATIONS[v as usize])?;
+            v += 1;
+            conn.execute_batch(&format!("PRAGMA user_version = {v}"))?;
+        }
+        conn.execute_batch("COMMIT")
+    })();
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result.map_err(err)
+}

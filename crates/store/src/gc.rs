@@ -1,0 +1,470 @@
+//! Garbage collection: roots, temporary roots, and deleting what nothing
+//! keeps alive.
+//!
+//! **Roots** are symlinks in `<state>/gcroots/`: *direct* ones point at a
+//! store path; *indirect* ones live in `gcroots/auto/` and point at a
+//! symlink elsewhere (a `result` link, a profile) that points into the
+//! store, and die with it. **Temporary roots** are rows in the database
+//! owned by a running process (each open [`Store`] handle): builds and adds
+//! register what they use *before* checking it is valid.
+//!
+//! **Collection** never walks the live store. The database keeps the set
+//! of registered paths that nothing refers to (maintained by triggers as
+//! references come and go); collection starts there, deletes what is not
+//! rooted, and follows the references of what it deleted. Its cost grows
+//! with the garbage, not with the store.
+//!
+//! **Concurrency**: the collector deletes a path in a write transaction
+//! that first checks, inside the same transaction, that no temporary root
+//! names it and nothing refers to it. A builder commits its temporary root
+//! before it looks the path up, so either the collector sees the root or
+//! the builder sees the path gone — SQLite's write lock orders the two.
+//! The collector only *tries* each path's lock and skips paths being
+//! added, so it never waits on a builder, nor a builder on it.
+//!
+//! One limit: paths that refer to each other in a cycle (outputs of one
+//! derivation referring to each other) are never "unreferenced" and are
+//! not collected; a later mark-and-sweep mode will take them.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use bigtop_core::StorePath;
+use rusqlite::{params, OptionalExtension};
+
+use crate::add::remove_tree;
+use crate::error::{io_err, Error};
+use crate::lock::PathLock;
+use crate::store::Store;
+
+/// This process's id and start time (clock ticks since boot), which
+/// together name it even after its pid is reused.
+pub(crate) fn this_process() -> (i64, i64) {
+    let pid = std::process::id() as i64;
+    (pid, start_time(pid).unwrap_or(0))
+}
+
+fn start_time(pid: i64) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) is in parentheses and may hold
+    // spaces, so count from the last `)`.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn alive(pid: i64, started: i64) -> bool {
+    start_time(pid) == Some(started)
+}
+
+/// What to collect.
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Stop once this many bytes have been freed. Default: no limit.
+    pub max_freed: Option<u64>,
+    /// Report what would be deleted, delete nothing. Default: off.
+    pub dry_run: bool,
+}
+
+/// What a collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// The paths deleted (or, in a dry run, that would be).
+    pub deleted: Vec<StorePath>,
+    /// Bytes freed on disk (in a dry run: the NAR sizes that would be).
+    pub freed_bytes: u64,
+}
+
+/// Deletes a tree, returning the bytes it occupied on disk.
+fn remove_counting(path: &Path) -> io::Result<u64> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = meta.blocks() * 512;
+    if meta.is_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+        for entry in fs::read_dir(path)? {
+            bytes += remove_counting(&entry?.path())?;
+        }
+        fs::remove_dir(path)?;
+    } else {
+        fs::remove_file(path)?;
+    }
+    Ok(bytes)
+}
+
+impl Store {
+    fn roots_dir(&self) -> PathBuf {
+        self.state_dir().join("gcroots")
+    }
+
+    /// Makes `path` a direct root named `name` (a symlink in the roots
+    /// folder), replacing a root of that name.
+    pub fn add_root(&self, name: &str, path: &StorePath) -> Result<PathBuf, Error> {
+        if name.is_empty() || name.contains('/') || name == "auto" || name.starts_with('.') {
+            return Err(Error::BadStream {
+                reason: format!("root name `{name}` must be a plain file name other than `auto`"),
+            });
+        }
+        let link = self.roots_dir().join(name);
+        replace_symlink(&self.store_dir().full(path), &link)?;
+        Ok(link)
+    }
+
+    /// Makes the symlink `link` (anywhere, e.g. a `result` link) point at
+    /// `path` and keeps `path` alive for as long as `link` points at it: an
+    /// indirect root, as Nix's auto roots.
+    pub fn add_indirect_root(&self, link: &Path, path: &StorePath) -> Result<(), Error> {
+        let link = std::path::absolute(link).map_err(io_err("resolve", link))?;
+        replace_symlink(&self.store_dir().full(path), &link)?;
+        let id = bigtop_core::Hash::digest(
+            bigtop_core::HashAlgo::Blake3,
+            link.as_os_str().as_encoded_bytes(),
+        );
+        let auto = self.roots_dir().join("auto").join(&id.to_base32()[..32]);
+        replace_symlink(link.to_str().unwrap_or_default(), &auto)
+    }
+
+    /// Removes the direct root `name`.
+    pub fn remove_root(&self, name: &str) -> Result<(), Error> {
+        let link = self.roots_dir().join(name);
+        fs::remove_file(&link).map_err(io_err("remove", &link))
+    }
+
+    /// Every root: the symlink that holds it and the path it keeps alive.
+    /// Indirect roots whose link is gone or points elsewhere are dropped.
+    pub fn roots(&self) -> Result<BTreeMap<PathBuf, StorePath>, Error> {
+        let mut out = BTreeMap::new();
+        self.scan_roots(&self.roots_dir(), &mut out)?;
+        Ok(out)
+    }
+
+    fn scan_roots(&self, dir: &Path, out: &mut BTreeMap<PathBuf, StorePath>) -> Result<(), Error> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("read", dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("read", dir))?;
+            let link = entry.path();
+            let t = entry.file_type().map_err(io_err("read", &link))?;
+            if t.is_dir() {
+                self.scan_roots(&link, out)?;
+            } else if t.is_symlink() {
+                // Follow a short chain of links until one points into the store.
+                let mut at = link.clone();
+                for _ in 0..8 {
+                    let Ok(target) = fs::read_link(&at) else {
+                        break;
+                    };
+                    let target = at.parent().map(|p| p.join(&target)).unwrap_or(target);
+                    if let Some(path) = target.to_str().and_then(|t| self.parse_user_path(t).ok()) {
+                        out.insert(at.clone(), path);
+                        break;
+                    }
+                    at = target;
+                }
+                let is_auto = link.parent() == Some(&self.roots_dir().join("auto"));
+                if is_auto && !out.contains_key(&at) {
+                    // The link it stood for is gone: so is the root.
+                    let _ = fs::remove_file(&link);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the temporary roots of processes that have exited.
+    pub(crate) fn clean_processes(&self) -> Result<(), Error> {
+        let conn = self.db();
+        let rows: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT id, pid, start_time FROM Processes")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(self.db_err())?;
+        for (id, pid, started) in rows {
+            if !alive(pid, started) {
+                conn.execute("DELETE FROM Processes WHERE id = ?1", [id])
+                    .map_err(self.db_err())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every registered path that no root, temporary root or other
+    /// path keeps alive.
+    pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport, Error> {
+        self.clean_processes()?;
+        let roots: HashSet<String> = self.roots()?.into_values().map(|p| p.to_string()).collect();
+        let mut report = GcReport::default();
+        let conn = self.db();
+        let mut queue: VecDeque<(i64, String)> = conn
+            .prepare("SELECT v.id, v.path FROM Unreferenced u JOIN ValidPaths v ON v.id = u.id ORDER BY v.path")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(self.db_err())?;
+        drop(conn);
+        let mut dead: HashSet<i64> = HashSet::new();
+        while !queue.is_empty() {
+            if options.max_freed.is_some_and(|m| report.freed_bytes >= m) {
+                break;
+            }
+            let batch: Vec<(i64, String)> = queue.drain(..queue.len().min(256)).collect();
+            let mut locks = Vec::new();
+            let mut chosen = Vec::new();
+            for (id, name) in batch {
+                if roots.contains(&name) || dead.contains(&id) {
+                    continue;
+                }
+                let path = StorePath::from_base_name(&name)?;
+                if options.dry_run {
+                    chosen.push((id, path));
+                } else if let Some(lock) = PathLock::try_acquire(&self.locks_dir(), &path)? {
+                    locks.push(lock);
+                    chosen.push((id, path));
+                }
+            }
+            let (deleted, next) = if options.dry_run {
+                self.simulate_delete(&chosen, &dead)?
+            } else {
+                self.unregister_unreferenced(&chosen)?
+            };
+            for (id, path, nar_size) in deleted {
+                dead.insert(id);
+                report.freed_bytes += if options.dry_run {
+                    nar_size
+                } else {
+                    let physical = self.physical(&path);
+                    remove_counting(&physical).map_err(io_err("delete", &physical))?
+                };
+                report.deleted.push(path);
+            }
+            drop(locks);
+            queue.extend(next);
+        }
+        report.deleted.sort();
+        Ok(report)
+    }
+
+    /// Unregisters those of `chosen` that are still unreferenced and not
+    /// temporarily rooted, in one transaction; returns them with their NAR
+    /// sizes, and the references that became unreferenced.
+    #[allow(clippy::type_complexity)]
+    fn unregister_unreferenced(
+        &self,
+        chosen: &[(i64, StorePath)],
+    ) -> Result<(Vec<(i64, StorePath, u64)>, Vec<(i64, String)>), Error> {
+        let mut conn = self.db();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let mut deleted = Vec::new();
+        let mut next = Vec::new();
+        {
+            let mut check = tx
+                .prepare_cached(
+                    "SELECT v.nar_size FROM ValidPaths v JOIN Unreferenced u ON u.id = v.id
+                     WHERE v.id = ?1 AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)",
+                )
+                .map_err(self.db_err())?;
+            let mut refs = tx
+                .prepare_cached(
+                    "SELECT v.id, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference
+                     WHERE r.referrer = ?1 AND r.reference != ?1",
+                )
+                .map_err(self.db_err())?;
+            let mut unreferenced = tx
+                .prepare_cached("SELECT 1 FROM Unreferenced WHERE id = ?1")
+                .map_err(self.db_err())?;
+            for (id, path) in chosen {
+                let Some(size): Option<i64> = check
+                    .query_row([id], |r| r.get(0))
+                    .optional()
+                    .map_err(self.db_err())?
+                else {
+                    continue;
+                };
+                let references: Vec<(i64, String)> = refs
+                    .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+                    .map_err(self.db_err())?;
+                tx.execute("DELETE FROM Refs WHERE referrer = ?1", [id])
+                    .map_err(self.db_err())?;
+                tx.execute("DELETE FROM ValidPaths WHERE id = ?1", [id])
+                    .map_err(self.db_err())?;
+                for (rid, rpath) in references {
+                    if unreferenced.exists([rid]).map_err(self.db_err())? {
+                        next.push((rid, rpath));
+                    }
+                }
+                deleted.push((*id, path.clone(), size as u64));
+            }
+        }
+        tx.commit().map_err(self.db_err())?;
+        Ok((deleted, next))
+    }
+
+    /// What [`unregister_unreferenced`](Self::unregister_unreferenced) would
+    /// do, given the paths already counted dead.
+    #[allow(clippy::type_complexity)]
+    fn simulate_delete(
+        &self,
+        chosen: &[(i64, StorePath)],
+        dead: &HashSet<i64>,
+    ) -> Result<(Vec<(i64, StorePath, u64)>, Vec<(i64, String)>), Error> {
+        let conn = self.db();
+        let mut deleted = Vec::new();
+        let mut next = Vec::new();
+        let mut now_dead: HashSet<i64> = dead.clone();
+        let mut info = conn
+            .prepare_cached(
+                "SELECT v.nar_size FROM ValidPaths v
+                 WHERE v.id = ?1 AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)",
+            )
+            .map_err(self.db_err())?;
+        let mut refs = conn
+            .prepare_cached(
+                "SELECT v.id, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference
+                 WHERE r.referrer = ?1 AND r.reference != ?1",
+            )
+            .map_err(self.db_err())?;
+        let mut referrers = conn
+            .prepare_cached("SELECT referrer FROM Refs WHERE reference = ?1 AND referrer != ?1")
+            .map_err(self.db_err())?;
+        for (id, path) in chosen {
+            let Some(size): Option<i64> = info
+                .query_row([id], |r| r.get(0))
+                .optional()
+                .map_err(self.db_err())?
+            else {
+                continue;
+            };
+            now_dead.insert(*id);
+            deleted.push((*id, path.clone(), size as u64));
+            let references: Vec<(i64, String)> = refs
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(self.db_err())?;
+            for (rid, rpath) in references {
+                let live_referrers: Vec<i64> = referrers
+                    .query_map([rid], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+                    .map_err(self.db_err())?;
+                if live_referrers.iter().all(|r| now_dead.contains(r)) {
+                    next.push((rid, rpath));
+                }
+            }
+        }
+        Ok((deleted, next))
+    }
+
+    /// Deletes exactly `paths`, refusing (and deleting nothing) if any of
+    /// them is a root, temporarily rooted, or referred to by a path not
+    /// being deleted.
+    pub fn delete_paths(&self, paths: &[StorePath]) -> Result<GcReport, Error> {
+        self.clean_processes()?;
+        let wanted: BTreeSet<&StorePath> = paths.iter().collect();
+        let roots = self.roots()?;
+        for p in &wanted {
+            if let Some((link, _)) = roots.iter().find(|(_, r)| r == p) {
+                return Err(Error::StillAlive {
+                    path: (*p).clone(),
+                    reason: format!("root `{}`", link.display()),
+                });
+            }
+            for r in self.referrers(p)? {
+                if r != **p && !wanted.contains(&r) {
+                    return Err(Error::StillAlive {
+                        path: (*p).clone(),
+                        reason: format!("referred to by `{r}`"),
+                    });
+                }
+            }
+        }
+        let mut locks = Vec::new();
+        for p in &wanted {
+            locks.push(PathLock::acquire(&self.locks_dir(), p)?);
+        }
+        {
+            let mut conn = self.db();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(self.db_err())?;
+            for p in &wanted {
+                let held: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM TempRoots WHERE path = ?1)",
+                        [p.to_string()],
+                        |r| r.get(0),
+                    )
+                    .map_err(self.db_err())?;
+                if held {
+                    return Err(Error::StillAlive {
+                        path: (*p).clone(),
+                        reason: "held by a running process".into(),
+                    });
+                }
+                tx.execute(
+                    "DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = ?1)",
+                    params![p.to_string()],
+                )
+                .map_err(self.db_err())?;
+            }
+            for p in &wanted {
+                tx.execute(
+                    "DELETE FROM ValidPaths WHERE path = ?1",
+                    params![p.to_string()],
+                )
+                .map_err(|source| match source {
+                    rusqlite::Error::SqliteFailure(e, _)
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        Error::StillAlive {
+                            path: (*p).clone(),
+                            reason: "referred to by a path registered meanwhile".into(),
+                        }
+                    }
+                    source => self.db_err()(source),
+                })?;
+            }
+            tx.commit().map_err(self.db_err())?;
+        }
+        let mut report = GcReport::default();
+        for p in wanted {
+            let physical = self.physical(p);
+            report.freed_bytes +=
+                remove_counting(&physical).map_err(io_err("delete", &physical))?;
+            report.deleted.push(p.clone());
+        }
+        drop(locks);
+        Ok(report)
+    }
+}
+
+/// Points `link` at `target`, atomically replacing what was there.
+fn replace_symlink(target: &str, link: &Path) -> Result<(), Error> {
+    let tmp = link.with_file_name(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        link.file_name().and_then(|n| n.to_str()).unwrap_or("root")
+    ));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("create", &tmp))?;
+    fs::rename(&tmp, link).map_err(io_err("create", link))
+}
+
+/// Removes what a path occupies on disk, for repair.
+pub(crate) fn remove_physical(path: &Path) -> Result<(), Error> {
+    remove_tree(path).map_err(io_err("delete", path))
+}

@@ -1,0 +1,276 @@
+//! Reference scanning: which store paths does a build output mention?
+//!
+//! A store path refers to another when the other's 32-character digest
+//! occurs anywhere in its files — text or binary — or in its symlink
+//! targets. Builds record references by scanning their outputs for the
+//! digests of the candidates that could be referenced (the build's input
+//! closure and its own outputs); a reference is never declared by hand, so
+//! it cannot be forgotten.
+//!
+//! The scan looks for runs of 32 base-32 characters and checks each run
+//! against the candidates. It tests the *last* byte of a 32-byte window
+//! first and, on a byte outside the alphabet, skips the whole window past
+//! it: most bytes of most files are looked at once or not at all, so the
+//! scan keeps up with the disk.
+//!
+//! ```
+//! use bigtop_store::scan::ReferenceScanner;
+//! use bigtop_store::core::StorePath;
+//! let libc: StorePath = "0bgd045z0d4icpbc2yyz4gx48ak44la0-libc-2.39".parse()?;
+//! let mut scanner = ReferenceScanner::new([&libc]);
+//! scanner.feed(b"\x7fELF...\0/bigtop/store/0bgd045z0d4icpbc2yyz4gx48ak44la0-libc-2.39/lib\0");
+//! assert!(scanner.found().contains(&libc));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use bigtop_core::base32::ALPHABET;
+use bigtop_core::store_path::DIGEST_CHARS;
+use bigtop_core::StorePath;
+
+/// Whether each byte is in Nix's base-32 alphabet.
+const IS_B32: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        t[ALPHABET[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Bytes read per step when scanning files.
+const BUF: usize = 1 << 20;
+
+/// Finds which candidate paths' digests occur in streams of bytes.
+///
+/// Feed it any number of streams: [`feed`](Self::feed) parts of one
+/// stream in order (matches across part boundaries are found), and
+/// [`end_stream`](Self::end_stream) between streams so that the end of
+/// one and the start of the next do not form a match.
+#[derive(Debug, Clone)]
+pub struct ReferenceScanner {
+    candidates: HashMap<[u8; DIGEST_CHARS], usize>,
+    paths: Vec<StorePath>,
+    found: Vec<bool>,
+    /// The tail of the stream so far that could start a match.
+    carry: Vec<u8>,
+}
+
+impl ReferenceScanner {
+    /// A scanner for the digests of `candidates`.
+    pub fn new<'a>(candidates: impl IntoIterator<Item = &'a StorePath>) -> Self {
+        let mut scanner = ReferenceScanner {
+            candidates: HashMap::new(),
+            paths: Vec::new(),
+            found: Vec::new(),
+            carry: Vec::with_capacity(DIGEST_CHARS),
+        };
+        for path in candidates {
+            let mut text = [0u8; DIGEST_CHARS];
+            text.copy_from_slice(path.digest().to_string().as_bytes());
+            if let std::collections::hash_map::Entry::Vacant(e) = scanner.candidates.entry(text) {
+                e.insert(scanner.paths.len());
+                scanner.paths.push(path.clone());
+                scanner.found.push(false);
+            }
+        }
+        scanner
+    }
+
+    /// Scans `window` in full (it is contiguous stream bytes).
+    fn scan(&mut self, window: &[u8]) {
+        let n = window.len();
+        let mut i = 0;
+        'outer: while i + DIGEST_CHARS <= n {
+            let mut j = DIGEST_CHARS - 1;
+            loop {
+                if !IS_B32[window[i + j] as usize] {
+                    // No window starting at or before i + j can match.
+                    i += j + 1;
+                    continue 'outer;
+                }
+                if j == 0 {
+                    break;
+                }
+                j -= 1;
+            }
+            let key: &[u8; DIGEST_CHARS] =
+                window[i..i + DIGEST_CHARS].try_into().expect("32 bytes");
+            if let Some(&k) = self.candidates.get(key) {
+                self.found[k] = true;
+            }
+            i += 1;
+        }
+    }
+
+    /// Feeds the next bytes of the current stream.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.candidates.is_empty() || bytes.is_empty() {
+            return;
+        }
+        // Windows that start in the carried tail and end in this part:
+        // the tail is under 32 bytes, so they end within its first 31.
+        if !self.carry.is_empty() {
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(&bytes[..bytes.len().min(DIGEST_CHARS - 1)]);
+            self.scan(&joined);
+            if bytes.len() < DIGEST_CHARS - 1 {
+                // This part is all in `joined`; keep what may still start a match.
+                joined.drain(..joined.len().saturating_sub(DIGEST_CHARS - 1));
+                self.carry = joined;
+                return;
+            }
+        }
+        self.scan(bytes);
+        self.carry
+            .extend_from_slice(&bytes[bytes.len().saturating_sub(DIGEST_CHARS - 1)..]);
+    }
+
+    /// Ends the current stream.
+    pub fn end_stream(&mut self) {
+        self.carry.clear();
+    }
+
+    /// Scans the file, symlink or tree at `path`: file contents and symlink
+    /// targets (not followed).
+    pub fn scan_path(&mut self, path: &Path) -> io::Result<()> {
+        let mut buf = Vec::new();
+        self.scan_node(path, &mut buf)
+    }
+
+    fn scan_node(&mut self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        let meta = fs::symlink_metadata(path)?;
+        let t = meta.file_type();
+        if t.is_symlink() {
+            let target = fs::read_link(path)?;
+            self.feed(target.as_os_str().as_bytes());
+            self.end_stream();
+        } else if t.is_dir() {
+            for entry in fs::read_dir(path)? {
+                self.scan_node(&entry?.path(), buf)?;
+            }
+        } else if t.is_file() && meta.len() > 0 {
+            if buf.is_empty() {
+                buf.resize(BUF, 0);
+            }
+            let mut file = File::open(path)?;
+            loop {
+                let n = match file.read(buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                self.feed(&buf[..n]);
+            }
+            self.end_stream();
+        }
+        Ok(())
+    }
+
+    /// The candidates found so far, sorted.
+    pub fn found(&self) -> BTreeSet<StorePath> {
+        self.paths
+            .iter()
+            .zip(&self.found)
+            .filter(|(_, f)| **f)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn path(digest_seed: u8, name: &str) -> StorePath {
+        let d = blake3_like(digest_seed);
+        StorePath::new(bigtop_core::StorePathDigest(d), name).unwrap()
+    }
+
+    fn blake3_like(seed: u8) -> [u8; 20] {
+        let h = bigtop_core::Hash::digest(bigtop_core::HashAlgo::Blake3, &[seed]);
+        h.as_bytes()[..20].try_into().unwrap()
+    }
+
+    #[test]
+    fn finds_digests_in_binary_and_text() {
+        let a = path(1, "a");
+        let b = path(2, "b");
+        let c = path(3, "c");
+        let mut s = ReferenceScanner::new([&a, &b, &c]);
+        let mut data = vec![0u8, 255, 7];
+        data.extend_from_slice(a.to_string().as_bytes());
+        data.extend_from_slice(b"\0\0 and ");
+        data.extend_from_slice(&c.digest().to_string().as_bytes()[..31]);
+        s.feed(&data);
+        assert_eq!(s.found(), BTreeSet::from([a]));
+    }
+
+    #[test]
+    fn adjacent_base32_runs_still_match() {
+        // The digest is inside a longer run of base-32 characters.
+        let a = path(1, "a");
+        let mut s = ReferenceScanner::new([&a]);
+        let text = format!("zzzz{}zzzz", a.digest());
+        s.feed(text.as_bytes());
+        assert!(s.found().contains(&a));
+    }
+
+    #[test]
+    fn streams_do_not_join() {
+        let a = path(1, "a");
+        let d = a.digest().to_string();
+        let mut s = ReferenceScanner::new([&a]);
+        s.feed(&d.as_bytes()[..10]);
+        s.end_stream();
+        s.feed(&d.as_bytes()[10..]);
+        assert!(s.found().is_empty());
+    }
+
+    #[test]
+    fn scans_trees_and_symlink_targets() {
+        let a = path(1, "a");
+        let b = path(2, "b");
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(format!("/bigtop/store/{a}/bin"), tmp.path().join("d/link"))
+            .unwrap();
+        // b's digest straddles the 1 MiB read boundary.
+        let mut big = vec![b'.'; BUF - 10];
+        big.extend_from_slice(b.to_string().as_bytes());
+        std::fs::write(tmp.path().join("big"), &big).unwrap();
+        let mut s = ReferenceScanner::new([&a, &b]);
+        s.scan_path(tmp.path()).unwrap();
+        assert_eq!(s.found(), BTreeSet::from([a, b]));
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_finds_the_same(noise in proptest::collection::vec(any::<u8>(), 0..200), at in 0usize..200, splits in proptest::collection::vec(1usize..64, 1..8)) {
+            let a = path(9, "x");
+            let mut data = noise.clone();
+            let at = at.min(data.len());
+            data.splice(at..at, a.digest().to_string().into_bytes());
+            let mut whole = ReferenceScanner::new([&a]);
+            whole.feed(&data);
+            prop_assert!(whole.found().contains(&a));
+            let mut parts = ReferenceScanner::new([&a]);
+            let mut rest = &data[..];
+            for s in splits.iter().cycle() {
+                if rest.is_empty() { break; }
+                let n = (*s).min(rest.len());
+                parts.feed(&rest[..n]);
+                rest = &rest[n..];
+            }
+            prop_assert_eq!(parts.found(), whole.found());
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! The store handle: layout, opening, queries and temporary roots.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bigtop_core::derivation::OutputName;
+use bigtop_core::signing::Signature;
+use bigtop_core::{ContentAddress, Hash, StoreDir, StorePath};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::db;
+use crate::error::{io_err, Error};
+
+/// Everything the store records about a valid path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PathInfo {
+    /// The path.
+    pub path: StorePath,
+    /// Hash of its NAR.
+    pub nar_hash: Hash,
+    /// Size of its NAR in bytes.
+    pub nar_size: u64,
+    /// The paths it refers to (itself included, if it does).
+    pub references: BTreeSet<StorePath>,
+    /// The derivation that built it, if known.
+    pub deriver: Option<StorePath>,
+    /// When it was registered, in seconds since the Unix epoch.
+    pub registration_time: u64,
+    /// Signatures over its fingerprint.
+    #[serde(serialize_with = "as_texts")]
+    pub signatures: Vec<Signature>,
+    /// Its content address, if it is content-addressed.
+    pub ca: Option<ContentAddress>,
+}
+
+fn as_texts<S: serde::Serializer>(sigs: &[Signature], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(sigs.iter().map(|sig| sig.to_string()))
+}
+
+impl PathInfo {
+    /// Info for a path about to be added: no deriver, signatures or
+    /// content address, registered now.
+    pub fn new(
+        path: StorePath,
+        nar_hash: Hash,
+        nar_size: u64,
+        references: BTreeSet<StorePath>,
+    ) -> Self {
+        PathInfo {
+            path,
+            nar_hash,
+            nar_size,
+            references,
+            deriver: None,
+            registration_time: 0,
+            signatures: Vec::new(),
+            ca: None,
+        }
+    }
+}
+
+/// Builds a [`Store`] with non-default settings.
+#[derive(Debug, Clone)]
+pub struct StoreBuilder {
+    dir: StoreDir,
+    root: Option<PathBuf>,
+    state: Option<PathBuf>,
+}
+
+impl StoreBuilder {
+    /// The logical store dir. Default: `/bigtop/store`.
+    pub fn store_dir(mut self, dir: StoreDir) -> Self {
+        self.dir = dir;
+        self
+    }
+
+    /// Where the store's paths physically live. Default: the logical dir.
+    pub fn physical_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// Where the database, roots, locks and logs live. Default: `var`
+    /// beside the physical store dir (`/bigtop/var` for `/bigtop/store`).
+    pub fn state_dir(mut self, state: impl Into<PathBuf>) -> Self {
+        self.state = Some(state.into());
+        self
+    }
+
+    /// A chroot store: the logical dir appears under `base` (e.g.
+    /// `base/bigtop/store`), with its state in `base/bigtop/var`.
+    pub fn chroot(mut self, base: impl AsRef<Path>) -> Self {
+        let root = base
+            .as_ref()
+            .join(self.dir.as_str().trim_start_matches('/'));
+        self.state = Some(root.with_file_name("var"));
+        self.root = Some(root);
+        self
+    }
+
+    /// Opens the store, creating it if it does not exist.
+    pub fn open(self) -> Result<Store, Error> {
+        let root = self.root.unwrap_or_else(|| self.dir.as_path().to_owned());
+        let state = self.state.unwrap_or_else(|| root.with_file_name("var"));
+        for d in [
+            &root,
+            &state.join("db"),
+            &state.join("gcroots/auto"),
+            &state.join("locks"),
+            &state.join("logs"),
+        ] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        let db_file = state.join("db/db.sqlite");
+        let conn = db::open(&db_file)?;
+        let (pid, start_time) = crate::gc::this_process();
+        conn.execute(
+            "INSERT INTO Processes (pid, start_time) VALUES (?1, ?2)",
+            params![pid, start_time],
+        )
+        .map_err(|source| Error::Db {
+            path: db_file.clone(),
+            source,
+        })?;
+        let process = conn.last_insert_rowid();
+        Ok(Store {
+            dir: self.dir,
+            root,
+            state,
+            db_file,
+            conn: Mutex::new(conn),
+            process,
+        })
+    }
+}
+
+/// A local store: paths on disk plus their metadata.
+///
+/// Safe to share between threads, and to use from many processes at once.
+#[derive(Debug)]
+pub struct Store {
+    dir: StoreDir,
+    root: PathBuf,
+    state: PathBuf,
+    db_file: PathBuf,
+    conn: Mutex<Connection>,
+    /// This handle's row in `Processes`, which owns its temporary roots.
+    pub(crate) process: i64,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Temporary roots live as long as the handle; a crash leaves the
+        // row behind, and the collector drops it once the pid is gone.
+        if let Ok(conn) = self.conn.get_mut() {
+            let _ = conn.execute("DELETE FROM Processes WHERE id = ?1", [self.process]);
+        }
+    }
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// A builder, for chroot stores and other settings.
+    pub fn builder() -> StoreBuilder {
+        StoreBuilder {
+            dir: StoreDir::default(),
+            root: None,
+            state: None,
+        }
+    }
+
+    /// Opens (creating if needed) a chroot store under `base` with the
+    /// default logical store dir.
+    pub fn open_chroot(base: impl AsRef<Path>) -> Result<Store, Error> {
+        Store::builder().chroot(base).open()
+    }
+
+    /// The logical store dir.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.dir
+    }
+
+    /// The physical store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Where `path` lives on disk.
+    pub fn physical(&self, path: &StorePath) -> PathBuf {
+        self.root.join(path.to_string())
+    }
+
+    /// Parses a path given by a user: a full logical path, a physical path
+    /// in this store, or a bare base name.
+    pub fn parse_user_path(&self, s: &str) -> Result<StorePath, Error> {
+        if let Ok((p, _)) = self.dir.parse_path_prefix(s) {
+            return Ok(p);
+        }
+        if let Some(rest) = Path::new(s)
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(|r| r.to_str())
+        {
+            let base = rest.split('/').next().unwrap_or("");
+            return Ok(StorePath::from_base_name(base)?);
+        }
+        Ok(StorePath::from_base_name(s.trim_end_matches('/'))?)
+    }
+
+    pub(crate) fn locks_dir(&self) -> PathBuf {
+        self.state.join("locks")
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: every
+        // write is a transaction that SQLite rolls back if unfinished.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn db_err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Db {
+            path: self.db_file.clone(),
+            source,
+        }
+    }
+
+    /// Whether `path` is registered.
+    pub fn is_valid(&self, path: &StorePath) -> Result<bool, Error> {
+        let conn = self.db();
+        let mut stmt = conn
+            .prepare_cached("SELECT 1 FROM ValidPaths WHERE path = ?1")
+            .map_err(self.db_err())?;
+        stmt.exists([path.to_string()]).map_err(self.db_err())
+    }
+
+    /// What the store records about `path`, or `None` if it is not valid.
+    pub fn path_info(&self, path: &StorePath) -> Result<Option<PathInfo>, Error> {
+        let conn = self.db();
+        type Row = (
+            i64,
+            String,
+            i64,
+            Option<String>,
+            i64,
+            String,
+            Option<String>,
+        );
+        let row: Option<Row> = conn
+            .prepare_cached(
+                "SELECT id, nar_hash, nar_size, deriver, registration_time, signatures, ca
+                 FROM ValidPaths WHERE path = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([path.to_string()], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(self.db_err())?;
+        let Some((id, nar_hash, nar_size, deriver, time, sigs, ca)) = row else {
+            return Ok(None);
+        };
+        let bad = |reason: String| Error::BadMetadata {
+            path: path.to_string(),
+            reason,
+        };
+        let references = self.references_of(&conn, id)?;
+        Ok(Some(PathInfo {
+            path: path.clone(),
+            nar_hash: nar_hash
+                .parse()
+                .map_err(|e| bad(format!("NAR hash: {e}")))?,
+            nar_size: nar_size as u64,
+            references,
+            deriver: deriver
+                .map(|d| StorePath::from_base_name(&d))
+                .transpose()
+                .map_err(|e| bad(format!("deriver: {e}")))?,
+            registration_time: time as u64,
+            signatures: sigs
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("signature: {e}")))?,
+            ca: ca
+                .map(|c| c.parse())
+                .transpose()
+                .map_err(|e| bad(format!("content address: {e}")))?,
+        }))
+    }
+
+    fn references_of(&self, conn: &Connection, id: i64) -> Result<BTreeSet<StorePath>, Error> {
+        let mut stmt = conn
+            .prepare_cached("SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?1")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([id], |r| r.get::<_, String>(0))
+            .map_err(self.db_err())?;
+        parse_paths(rows, self)
+    }
+
+    fn id_of(&self, conn: &Connection, path: &StorePath) -> Result<i64, Error> {
+        conn.prepare_cached("SELECT id FROM ValidPaths WHERE path = ?1")
+            .and_then(|mut s| s.query_row([path.to_string()], |r| r.get(0)).optional())
+            .map_err(self.db_err())?
+            .ok_or_else(|| Error::NotValid { path: path.clone() })
+    }
+
+    /// The paths `path` refers to.
+    pub fn references(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, Error> {
+        let conn = self.db();
+        let id = self.id_of(&conn, path)?;
+        self.references_of(&conn, id)
+    }
+
+    /// The valid paths that refer to `path`.
+    pub fn referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, Error> {
+        let conn = self.db();
+        let id = self.id_of(&conn, path)?;
+        let mut stmt = conn
+            .prepare_cached("SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer WHERE r.reference = ?1")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([id], |r| r.get::<_, String>(0))
+            .map_err(self.db_err())?;
+        parse_paths(rows, self)
+    }
+
+    /// Runs a recursive walk of the reference graph in SQLite, from `roots`
+    /// along `step` (`referrer → reference` or back).
+    fn walk(&self, roots: &[StorePath], forward: bool) -> Result<BTreeSet<StorePath>, Error> {
+        let conn = self.db();
+        let ids = roots
+            .iter()
+            .map(|p| self.id_of(&conn, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (from, to) = if forward {
+            ("referrer", "reference")
+        } else {
+            ("reference", "referrer")
+        };
+        let sql = format!(
+            "WITH RECURSIVE walk(id) AS (
+                 SELECT value FROM json_each(?1)
+                 UNION SELECT r.{to} FROM Refs r JOIN walk ON r.{from} = walk.id
+             )
+             SELECT v.path FROM walk JOIN ValidPaths v ON v.id = walk.id"
+        );
+        let ids_json = format!(
+            "[{}]",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([ids_json], |r| r.get::<_, String>(0))
+            .map_err(self.db_err())?;
+        parse_paths(rows, self)
+    }
+
+    /// The closure of `roots`: them and everything they refer to, transitively.
+    pub fn closure(&self, roots: &[StorePath]) -> Result<BTreeSet<StorePath>, Error> {
+        self.walk(roots, true)
+    }
+
+    /// The reverse closure: `roots` and every path that refers to them,
+    /// transitively.
+    pub fn reverse_closure(&self, roots: &[StorePath]) -> Result<BTreeSet<StorePath>, Error> {
+        self.walk(roots, false)
+    }
+
+    /// Total NAR size of the closure of `roots`.
+    pub fn closure_size(&self, roots: &[StorePath]) -> Result<u64, Error> {
+        let closure: Vec<String> = self.closure(roots)?.iter().map(|p| p.to_string()).collect();
+        let conn = self.db();
+        let mut stmt = conn
+            .prepare_cached("SELECT sum(nar_size) FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?1))")
+            .map_err(self.db_err())?;
+        let json = serde_json_array(&closure);
+        let sum: Option<i64> = stmt
+            .query_row([json], |r| r.get(0))
+            .map_err(self.db_err())?;
+        Ok(sum.unwrap_or(0) as u64)
+    }
+
+    /// A shortest chain of references from `from` to `to` (both included),
+    /// or `None` if `from` does not depend on `to`. Ties go to the smaller
+    /// path, so the answer is stable.
+    pub fn why_depends(
+        &self,
+        from: &StorePath,
+        to: &StorePath,
+    ) -> Result<Option<Vec<StorePath>>, Error> {
+        let conn = self.db();
+        let start = self.id_of(&conn, from)?;
+        let goal = self.id_of(&conn, to)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.reference FROM Refs r JOIN ValidPaths v ON v.id = r.reference
+                 WHERE r.referrer = ?1 ORDER BY v.path",
+            )
+            .map_err(self.db_err())?;
+        let mut parent: HashMap<i64, i64> = HashMap::from([(start, start)]);
+        let mut queue = VecDeque::from([start]);
+        while let Some(id) = queue.pop_front() {
+            if id == goal {
+                break;
+            }
+            let next: Vec<i64> = stmt
+                .query_map([id], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(self.db_err())?;
+            for n in next {
+                if let std::collections::hash_map::Entry::Vacant(e) = parent.entry(n) {
+                    e.insert(id);
+                    queue.push_back(n);
+                }
+            }
+        }
+        if !parent.contains_key(&goal) {
+            return Ok(None);
+        }
+        let mut chain = vec![goal];
+        while let Some(&p) = chain.last().and_then(|c| parent.get(c)) {
+            if p == *chain.last().expect("non-empty") {
+                break;
+            }
+            chain.push(p);
+        }
+        chain.reverse();
+        let mut by_id = conn
+            .prepare_cached("SELECT path FROM ValidPaths WHERE id = ?1")
+            .map_err(self.db_err())?;
+        chain
+            .into_iter()
+            .map(|id| {
+                let s: String = by_id.query_row([id], |r| r.get(0)).map_err(self.db_err())?;
+                StorePath::from_base_name(&s).map_err(Error::from)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// Records the outputs of a derivation (the `.drv` must be valid).
+    pub fn register_derivation_outputs(
+        &self,
+        drv: &StorePath,
+        outputs: &BTreeMap<OutputName, StorePath>,
+    ) -> Result<(), Error> {
+        let mut conn = self.db();
+        let id = self.id_of(&conn, drv)?;
+        let tx = conn.transaction().map_err(self.db_err())?;
+        for (name, path) in outputs {
+            tx.execute(
+                "INSERT OR REPLACE INTO DerivationOutputs (drv, output, path) VALUES (?1, ?2, ?3)",
+                params![id, name.as_str(), path.to_string()],
+            )
+            .map_err(self.db_err())?;
+        }
+        tx.commit().map_err(self.db_err())
+    }
+
+    /// The outputs recorded for a derivation.
+    pub fn derivation_outputs(
+        &self,
+        drv: &StorePath,
+    ) -> Result<BTreeMap<OutputName, StorePath>, Error> {
+        let conn = self.db();
+        let id = self.id_of(&conn, drv)?;
+        let mut stmt = conn
+            .prepare_cached("SELECT output, path FROM DerivationOutputs WHERE drv = ?1")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(self.db_err())?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (name, path) = row.map_err(self.db_err())?;
+            let bad = |reason: String| Error::BadMetadata {
+                path: drv.to_string(),
+                reason,
+            };
+            out.insert(
+                OutputName::new(&name).map_err(|e| bad(e.to_string()))?,
+                StorePath::from_base_name(&path).map_err(|e| bad(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The derivation recorded as having built `path`, if any.
+    pub fn deriver(&self, path: &StorePath) -> Result<Option<StorePath>, Error> {
+        Ok(self
+            .path_info(path)?
+            .ok_or_else(|| Error::NotValid { path: path.clone() })?
+            .deriver)
+    }
+
+    /// Keeps `paths` alive for as long as this handle is open, even if no
+    /// root reaches them. Builders call this *before* checking that their
+    /// inputs are valid: the collector either sees the root or has already
+    /// unregistered the path, never neither.
+    pub fn add_temp_roots<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<(), Error> {
+        let mut conn = self.db();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR IGNORE INTO TempRoots (process, path) VALUES (?1, ?2)")
+                .map_err(self.db_err())?;
+            for p in paths {
+                stmt.execute(params![self.process, p.to_string()])
+                    .map_err(self.db_err())?;
+            }
+        }
+        tx.commit().map_err(self.db_err())
+    }
+
+    /// Every valid path, sorted.
+    pub fn all_valid_paths(&self) -> Result<BTreeSet<StorePath>, Error> {
+        let conn = self.db();
+        let mut stmt = conn
+            .prepare_cached("SELECT path FROM ValidPaths")
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.db_err())?;
+        parse_paths(rows, self)
+    }
+}
+
+pub(crate) fn serde_json_array(items: &[String]) -> String {
+    let mut out = String::from("[");
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Store path base names need no escaping: their alphabet has no `"` or `\`.
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
+fn parse_paths(
+    rows: impl Iterator<Item = rusqlite::Result<String>>,
+    store: &Store,
+) -> Result<BTreeSet<StorePath>, Error> {
+    rows.map(|r| {
+        let s = r.map_err(store.db_err())?;
+        StorePath::from_base_name(&s).map_err(|e| Error::BadMetadata {
+            path: s.clone(),
+            reason: e.to_string(),
+        })
+    })
+    .collect()
+}

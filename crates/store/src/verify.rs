@@ -1,0 +1,135 @@
+//! Verifying the store against its database, and repairing it.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use bigtop_core::{nar, StorePath};
+
+use crate::error::{io_err, Error};
+use crate::gc::remove_physical;
+use crate::store::Store;
+
+/// What to check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Re-hash every path and compare with its recorded NAR hash (slow:
+    /// reads the whole store). Default: only check that paths exist.
+    pub check_contents: bool,
+    /// Unregister broken paths (with every path that refers to them, which
+    /// would otherwise refer to nothing) and delete unregistered entries.
+    /// Default: report only.
+    pub repair: bool,
+}
+
+/// What verification found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Registered paths checked.
+    pub checked: usize,
+    /// Registered paths whose files are gone.
+    pub missing: Vec<StorePath>,
+    /// Registered paths whose contents no longer hash to the record.
+    pub corrupt: Vec<StorePath>,
+    /// Entries in the store directory that are not registered (left by a
+    /// crash, or put there by hand), by file name.
+    pub unregistered: Vec<String>,
+    /// With repair: the paths unregistered.
+    pub unregistered_paths: Vec<StorePath>,
+}
+
+impl VerifyReport {
+    /// Whether everything checked out.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.corrupt.is_empty() && self.unregistered.is_empty()
+    }
+}
+
+impl Store {
+    /// Checks every registered path against the files, and the files
+    /// against the registrations.
+    pub fn verify(&self, options: VerifyOptions) -> Result<VerifyReport, Error> {
+        let mut report = VerifyReport::default();
+        let valid = self.all_valid_paths()?;
+        report.checked = valid.len();
+        for path in &valid {
+            let physical = self.physical(path);
+            if fs::symlink_metadata(&physical).is_err() {
+                report.missing.push(path.clone());
+                continue;
+            }
+            if options.check_contents {
+                let info = self
+                    .path_info(path)?
+                    .ok_or_else(|| Error::NotValid { path: path.clone() })?;
+                let (hash, size) = nar::hash_path(&physical, info.nar_hash.algo())?;
+                if hash != info.nar_hash || size != info.nar_size {
+                    report.corrupt.push(path.clone());
+                }
+            }
+        }
+        self.clean_processes()?;
+        let live_temp = self.live_temp_prefixes()?;
+        for entry in fs::read_dir(self.root()).map_err(io_err("read", self.root()))? {
+            let entry = entry.map_err(io_err("read", self.root()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if live_temp.iter().any(|p| name.starts_with(p.as_str())) {
+                continue;
+            }
+            let registered = StorePath::from_base_name(&name).is_ok_and(|p| valid.contains(&p));
+            if !registered {
+                report.unregistered.push(name);
+            }
+        }
+        report.unregistered.sort();
+        if options.repair {
+            let broken: Vec<StorePath> = report
+                .missing
+                .iter()
+                .chain(&report.corrupt)
+                .cloned()
+                .collect();
+            if !broken.is_empty() {
+                report.unregistered_paths = self.unregister_with_referrers(&broken)?;
+            }
+            for name in &report.unregistered {
+                remove_physical(&self.root().join(name))?;
+            }
+            for p in &report.unregistered_paths {
+                remove_physical(&self.physical(p))?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Prefixes of temporary names that running processes may be writing.
+    fn live_temp_prefixes(&self) -> Result<Vec<String>, Error> {
+        let conn = self.db();
+        let pids: Vec<i64> = conn
+            .prepare("SELECT DISTINCT pid FROM Processes")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(self.db_err())?;
+        Ok(pids.into_iter().map(|pid| format!(".tmp-{pid}-")).collect())
+    }
+
+    /// Unregisters `paths` and everything that refers to them.
+    fn unregister_with_referrers(&self, paths: &[StorePath]) -> Result<Vec<StorePath>, Error> {
+        let doomed: BTreeSet<StorePath> = self.reverse_closure(paths)?;
+        let mut conn = self.db();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        for p in &doomed {
+            tx.execute(
+                "DELETE FROM Refs WHERE referrer = (SELECT id FROM ValidPaths WHERE path = ?1)",
+                [p.to_string()],
+            )
+            .map_err(self.db_err())?;
+        }
+        for p in &doomed {
+            tx.execute("DELETE FROM ValidPaths WHERE path = ?1", [p.to_string()])
+                .map_err(self.db_err())?;
+        }
+        tx.commit().map_err(self.db_err())?;
+        Ok(doomed.into_iter().collect())
+    }
+}
