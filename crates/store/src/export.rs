@@ -83,7 +83,11 @@ impl Store {
     /// Writes the closure of `paths` to `w`, references first. Each NAR is
     /// checked against its recorded hash as it streams; a corrupt path
     /// fails the export.
-    pub fn export(&self, paths: &[StorePath], w: &mut impl Write) -> Result<Vec<StorePath>, Error> {
+    pub fn export<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+        w: &mut impl Write,
+    ) -> Result<Vec<StorePath>, Error> {
         let closure = self.closure(paths)?;
         let mut infos = Vec::with_capacity(closure.len());
         for p in &closure {

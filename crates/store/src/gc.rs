@@ -66,7 +66,8 @@ fn alive(pid: i64, started: i64) -> bool {
 /// What to collect.
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
-    /// Stop once this many bytes have been freed. Default: no limit.
+    /// Stop once this many bytes have been freed (checked every few paths,
+    /// so a little more may be freed). Default: no limit.
     pub max_freed: Option<u64>,
     /// Report what would be deleted, delete nothing. Default: off.
     pub dry_run: bool,
@@ -220,7 +221,9 @@ impl Store {
             if options.max_freed.is_some_and(|m| report.freed_bytes >= m) {
                 break;
             }
-            let batch: Vec<(i64, String)> = queue.drain(..queue.len().min(256)).collect();
+            // Small batches when a limit is set, so it is not overshot by much.
+            let size = if options.max_freed.is_some() { 8 } else { 256 };
+            let batch: Vec<(i64, String)> = queue.drain(..queue.len().min(size)).collect();
             let mut locks = Vec::new();
             let mut chosen = Vec::new();
             for (id, name) in batch {
@@ -372,9 +375,12 @@ impl Store {
     /// Deletes exactly `paths`, refusing (and deleting nothing) if any of
     /// them is a root, temporarily rooted, or referred to by a path not
     /// being deleted.
-    pub fn delete_paths(&self, paths: &[StorePath]) -> Result<GcReport, Error> {
+    pub fn delete_paths<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<GcReport, Error> {
         self.clean_processes()?;
-        let wanted: BTreeSet<&StorePath> = paths.iter().collect();
+        let wanted: BTreeSet<&StorePath> = paths.into_iter().collect();
         let roots = self.roots()?;
         for p in &wanted {
             if let Some((link, _)) = roots.iter().find(|(_, r)| r == p) {

@@ -348,12 +348,16 @@ impl Store {
         parse_paths(rows, self)
     }
 
-    /// Runs a recursive walk of the reference graph in SQLite, from `roots`
-    /// along `step` (`referrer → reference` or back).
-    fn walk(&self, roots: &[StorePath], forward: bool) -> Result<BTreeSet<StorePath>, Error> {
+    /// Walks the reference graph in SQLite (a recursive query), from
+    /// `roots` forward (`referrer → reference`) or backward.
+    fn walk<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a StorePath>,
+        forward: bool,
+    ) -> Result<BTreeSet<StorePath>, Error> {
         let conn = self.db();
         let ids = roots
-            .iter()
+            .into_iter()
             .map(|p| self.id_of(&conn, p))
             .collect::<Result<Vec<_>, _>>()?;
         let (from, to) = if forward {
@@ -380,18 +384,27 @@ impl Store {
     }
 
     /// The closure of `roots`: them and everything they refer to, transitively.
-    pub fn closure(&self, roots: &[StorePath]) -> Result<BTreeSet<StorePath>, Error> {
+    pub fn closure<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<BTreeSet<StorePath>, Error> {
         self.walk(roots, true)
     }
 
     /// The reverse closure: `roots` and every path that refers to them,
     /// transitively.
-    pub fn reverse_closure(&self, roots: &[StorePath]) -> Result<BTreeSet<StorePath>, Error> {
+    pub fn reverse_closure<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<BTreeSet<StorePath>, Error> {
         self.walk(roots, false)
     }
 
     /// Total NAR size of the closure of `roots`.
-    pub fn closure_size(&self, roots: &[StorePath]) -> Result<u64, Error> {
+    pub fn closure_size<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<u64, Error> {
         let closure: Vec<String> = self.closure(roots)?.iter().map(|p| p.to_string()).collect();
         let conn = self.db();
         let mut stmt = conn

@@ -1,0 +1,248 @@
+//! Crash safety and concurrency, with real processes: this test binary
+//! runs itself again as the children (`child_adder`, `child_collector`),
+//! told what to do through environment variables.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bigtop_store::core::StorePath;
+use bigtop_store::{GcOptions, Store, VerifyOptions};
+
+use crate::{assert_consistent, Result};
+
+const STORE_VAR: &str = "BIGTOP_TEST_STORE";
+const SEED_VAR: &str = "BIGTOP_TEST_SEED";
+const ROUNDS_VAR: &str = "BIGTOP_TEST_ROUNDS";
+
+/// A small deterministic generator, so that a failing trial can be rerun.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn spawn(entry: &str, store: &std::path::Path, seed: u64, rounds: u64) -> Result<Child> {
+    Ok(Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            entry,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(STORE_VAR, store)
+        .env(SEED_VAR, seed.to_string())
+        .env(ROUNDS_VAR, rounds.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?)
+}
+
+fn env_u64(name: &str) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Adds overlapping batches of paths (same names and contents across
+/// processes, so they race for the same paths), each referring to paths
+/// added before, some rooted; checks after every batch that everything it
+/// added is valid and on disk. Reopens the store every few batches, which
+/// drops its temporary roots and lets a collector race it.
+#[test]
+#[ignore = "entry point for child processes of the crash and concurrency tests"]
+fn child_adder() -> Result {
+    let dir = std::env::var(STORE_VAR)?;
+    let mut rng = Rng(env_u64(SEED_VAR) | 1);
+    let rounds = env_u64(ROUNDS_VAR);
+    let mut round = 0;
+    while rounds == 0 || round < rounds {
+        let store = Store::open_chroot(&dir)?;
+        for _ in 0..4 {
+            round += 1;
+            let mut batch = store.batch();
+            let mut added: Vec<StorePath> = Vec::new();
+            let n = 1 + rng.below(30);
+            for _ in 0..n {
+                // Names and contents from a small space: processes collide.
+                let k = rng.below(200);
+                let refs: BTreeSet<StorePath> = match added.len() {
+                    0 => BTreeSet::new(),
+                    len => (0..rng.below(3))
+                        .map(|_| added[rng.below(len as u64) as usize].clone())
+                        .collect(),
+                };
+                let mut body = format!("path {k}");
+                for r in &refs {
+                    body.push_str(&format!("\n{}", store.store_dir().full(r)));
+                }
+                added.push(batch.add_text(&format!("p{k}"), body.as_bytes(), &refs)?);
+            }
+            let committed = batch.commit()?;
+            for p in &committed {
+                assert!(
+                    store.is_valid(p)?,
+                    "{p} lost right after its batch committed"
+                );
+                assert!(store.physical(p).exists(), "{p} registered but missing");
+            }
+            if rng.below(4) == 0 {
+                let last = committed.last().ok_or("empty batch")?;
+                store.add_root(&format!("r{}", rng.below(8)), last)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Collects garbage in a loop, checking the store after every collection.
+#[test]
+#[ignore = "entry point for child processes of the concurrency test"]
+fn child_collector() -> Result {
+    let dir = std::env::var(STORE_VAR)?;
+    let until = Instant::now() + Duration::from_millis(env_u64(ROUNDS_VAR));
+    let mut deleted = 0;
+    while Instant::now() < until {
+        let store = Store::open_chroot(&dir)?;
+        deleted += store.collect_garbage(&GcOptions::default())?.deleted.len();
+        for (_, root) in store.roots()? {
+            for p in store.closure(&[root])? {
+                assert!(store.physical(&p).exists(), "live path {p} deleted");
+            }
+        }
+    }
+    println!("collected {deleted}");
+    Ok(())
+}
+
+fn check_after_crashes(dir: &std::path::Path, check_contents: bool) -> Result {
+    let store = Store::open_chroot(dir)?;
+    let report = store.verify(VerifyOptions {
+        check_contents,
+        repair: false,
+    })?;
+    assert!(
+        report.missing.is_empty(),
+        "registered paths missing: {:?}",
+        report.missing
+    );
+    assert!(
+        report.corrupt.is_empty(),
+        "registered paths corrupt: {:?}",
+        report.corrupt
+    );
+    assert_consistent(&store)
+}
+
+fn crash_trials(trials: u64) -> Result {
+    let tmp = tempfile::tempdir()?;
+    let mut rng = Rng(0x5eed_1234);
+    let mut killed_mid_work = 0;
+    for trial in 0..trials {
+        let mut child = spawn("crash::child_adder", tmp.path(), trial + 1, 0)?;
+        std::thread::sleep(Duration::from_micros(2_000 + rng.below(40_000)));
+        if child.try_wait()?.is_none() {
+            killed_mid_work += 1;
+        }
+        child.kill()?; // SIGKILL
+        let status = child.wait()?;
+        assert!(
+            status.code().is_none() || status.success(),
+            "child failed on its own in trial {trial}"
+        );
+        check_after_crashes(tmp.path(), trial % 10 == 0)?;
+        if trial % 25 == 24 {
+            // Repair what the crashes left (unregistered files) now and then.
+            Store::open_chroot(tmp.path())?.verify(VerifyOptions {
+                check_contents: false,
+                repair: true,
+            })?;
+        }
+    }
+    assert!(
+        killed_mid_work >= trials / 2,
+        "only {killed_mid_work} of {trials} kills hit a running child"
+    );
+    let store = Store::open_chroot(tmp.path())?;
+    assert!(
+        !store.all_valid_paths()?.is_empty(),
+        "the children never registered anything"
+    );
+    Ok(())
+}
+
+/// SIGKILL at random moments while adding and registering: afterwards no
+/// registered path is missing or corrupt, and none refers to an
+/// unregistered one.
+#[test]
+fn sigkill_during_adds_never_leaves_a_broken_registration() -> Result {
+    crash_trials(200)
+}
+
+/// The long version of the crash test.
+#[test]
+#[ignore = "soak: run with --ignored"]
+fn sigkill_soak() -> Result {
+    crash_trials(3000)
+}
+
+/// Four processes add overlapping closures while a fifth collects garbage
+/// in a loop: no registered path is lost and no live path deleted.
+#[test]
+fn concurrent_adders_and_collector() -> Result {
+    let tmp = tempfile::tempdir()?;
+    drop(Store::open_chroot(tmp.path())?);
+    let collector = spawn("crash::child_collector", tmp.path(), 0, 3_000)?;
+    let adders: Vec<Child> = (0..4)
+        .map(|i| spawn("crash::child_adder", tmp.path(), 100 + i, 300))
+        .collect::<Result<_>>()?;
+    let mut collected = 0;
+    let mut collector_out = String::new();
+    for (i, child) in adders.into_iter().chain([collector]).enumerate() {
+        let out = child.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "child {i} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // libtest may print the test's name on the same line.
+        let count = stdout
+            .split("collected ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next());
+        if let Some(n) = count {
+            collected = n.parse()?;
+            collector_out = stdout.into_owned();
+        }
+    }
+    // Otherwise the collector never raced the adders.
+    assert!(
+        collected > 0,
+        "the collector deleted nothing: {collector_out}"
+    );
+    check_after_crashes(tmp.path(), true)?;
+    let store = Store::open_chroot(tmp.path())?;
+    let report = store.verify(VerifyOptions::default())?;
+    assert!(
+        report.unregistered.is_empty(),
+        "left behind: {:?}",
+        report.unregistered
+    );
+    let roots = store.roots()?;
+    assert!(!roots.is_empty(), "the adders rooted nothing");
+    for (_, root) in roots {
+        assert!(store.is_valid(&root)?, "root {root} lost");
+    }
+    Ok(())
+}

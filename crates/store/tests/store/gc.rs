@@ -1,0 +1,164 @@
+use std::collections::BTreeSet;
+
+use bigtop_store::{Error, GcOptions, Store};
+
+use crate::{assert_consistent, text, Result};
+
+#[test]
+fn collects_what_no_root_keeps_alive() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (lib, app, dead, dead_dep, indirect);
+    {
+        let store = Store::open_chroot(tmp.path())?;
+        lib = text(&store, "lib", "lib", &[])?;
+        app = text(&store, "app", "app", &[&lib])?;
+        dead_dep = text(&store, "dead-dep", "x", &[])?;
+        dead = text(&store, "dead", "y", &[&dead_dep])?;
+        indirect = text(&store, "indirect", "z", &[])?;
+        store.add_root("app", &app)?;
+        store.add_indirect_root(&tmp.path().join("result"), &indirect)?;
+    }
+    let store = Store::open_chroot(tmp.path())?;
+    let dry = store.collect_garbage(&GcOptions {
+        dry_run: true,
+        ..Default::default()
+    })?;
+    assert_eq!(dry.deleted, {
+        let mut v = vec![dead.clone(), dead_dep.clone()];
+        v.sort();
+        v
+    });
+    assert!(store.is_valid(&dead)?, "a dry run deletes nothing");
+
+    let report = store.collect_garbage(&GcOptions::default())?;
+    assert_eq!(report.deleted, dry.deleted);
+    assert!(report.freed_bytes > 0);
+    for p in [&dead, &dead_dep] {
+        assert!(!store.is_valid(p)?);
+        assert!(!store.physical(p).exists());
+    }
+    for p in [&lib, &app, &indirect] {
+        assert!(store.is_valid(p)?, "{p} is live");
+    }
+    // The indirect root dies with its link.
+    std::fs::remove_file(tmp.path().join("result"))?;
+    let report = store.collect_garbage(&GcOptions::default())?;
+    assert_eq!(report.deleted, vec![indirect.clone()]);
+    // Dropping the direct root frees the whole closure.
+    store.remove_root("app")?;
+    let report = store.collect_garbage(&GcOptions::default())?;
+    assert_eq!(
+        report.deleted.iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([&app, &lib])
+    );
+    assert!(store.all_valid_paths()?.is_empty());
+    assert_consistent(&store)
+}
+
+#[test]
+fn temporary_roots_live_as_long_as_their_process_handle() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let adder = Store::open_chroot(tmp.path())?;
+    let fresh = text(&adder, "fresh", "just added", &[])?;
+    let collector = Store::open_chroot(tmp.path())?;
+    assert!(collector
+        .collect_garbage(&GcOptions::default())?
+        .deleted
+        .is_empty());
+    assert!(matches!(
+        collector.delete_paths([&fresh]),
+        Err(Error::StillAlive { .. })
+    ));
+    drop(adder);
+    assert_eq!(
+        collector.collect_garbage(&GcOptions::default())?.deleted,
+        vec![fresh]
+    );
+    Ok(())
+}
+
+#[test]
+fn max_freed_stops_early() -> Result {
+    let tmp = tempfile::tempdir()?;
+    {
+        let store = Store::open_chroot(tmp.path())?;
+        for i in 0..20 {
+            text(&store, &format!("g{i}"), &"x".repeat(5000), &[])?;
+        }
+    }
+    let store = Store::open_chroot(tmp.path())?;
+    let report = store.collect_garbage(&GcOptions {
+        max_freed: Some(1),
+        ..Default::default()
+    })?;
+    assert!(
+        !report.deleted.is_empty() && report.deleted.len() <= 8,
+        "{}",
+        report.deleted.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn deleting_given_paths_refuses_live_ones() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (lib, app, rooted);
+    {
+        let store = Store::open_chroot(tmp.path())?;
+        lib = text(&store, "lib", "lib", &[])?;
+        app = text(&store, "app", "app", &[&lib])?;
+        rooted = text(&store, "rooted", "r", &[])?;
+        store.add_root("r", &rooted)?;
+    }
+    let store = Store::open_chroot(tmp.path())?;
+    let err = store.delete_paths([&lib]).unwrap_err();
+    assert!(err.to_string().contains(&app.to_string()), "{err}");
+    let err = store.delete_paths([&rooted]).unwrap_err();
+    assert!(err.to_string().contains("root"), "{err}");
+    assert!(store.is_valid(&lib)? && store.is_valid(&rooted)?);
+    // A path together with its only referrer goes.
+    let report = store.delete_paths([&lib, &app])?;
+    assert_eq!(report.deleted.len(), 2);
+    assert!(!store.is_valid(&lib)? && !store.physical(&lib).exists());
+    assert_consistent(&store)
+}
+
+#[test]
+fn verify_finds_and_repairs_damage() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let lib = text(&store, "lib", "lib", &[])?;
+    let app = text(&store, "app", "app", &[&lib])?;
+    let tampered = text(&store, "tampered", "original", &[])?;
+    assert!(store.verify(Default::default())?.is_clean());
+
+    let make_writable = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))
+    };
+    let lib_file = store.physical(&lib);
+    std::fs::remove_file(&lib_file)?;
+    let t = store.physical(&tampered);
+    make_writable(&t)?;
+    std::fs::write(&t, "changed!")?;
+    std::fs::write(store.root().join("stray-file"), "not registered")?;
+
+    let options = bigtop_store::VerifyOptions {
+        check_contents: true,
+        repair: false,
+    };
+    let report = store.verify(options)?;
+    assert_eq!(report.missing, vec![lib.clone()]);
+    assert_eq!(report.corrupt, vec![tampered.clone()]);
+    assert_eq!(report.unregistered, vec!["stray-file".to_string()]);
+
+    let report = store.verify(bigtop_store::VerifyOptions {
+        check_contents: true,
+        repair: true,
+    })?;
+    // The missing path's referrer goes with it: it would refer to nothing.
+    let gone: BTreeSet<_> = report.unregistered_paths.iter().collect();
+    assert_eq!(gone, BTreeSet::from([&lib, &app, &tampered]));
+    assert!(store.verify(options)?.is_clean());
+    assert_consistent(&store)
+}
