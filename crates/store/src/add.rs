@@ -426,6 +426,10 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
     let mut seen = BTreeSet::new();
     for p in pending {
         if valid.contains(&p.info.path) || !seen.insert(&p.info.path) {
+            // Already there (or staged twice): the copy is not needed.
+            if let Staged::Tree(tmp) = &p.contents {
+                remove_tree(tmp).map_err(io_err("remove", tmp))?;
+            }
             continue;
         }
         let tmp = match &p.contents {

@@ -14,6 +14,7 @@
 //! | `Unreferenced` | registered paths that no other path refers to, kept by triggers: where garbage collection starts, so it never walks the live store |
 //! | `DerivationOutputs` | for a `.drv`, the path of each output |
 //! | `Processes`, `TempRoots` | processes using the store and the paths they hold alive while they run |
+//! | `Roots` | the roots made through the API (link → path), so that the collector's check of a path and a root made meanwhile are ordered by the database |
 
 use std::path::Path;
 use std::time::Duration;
@@ -80,6 +81,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (path, process)
     ) WITHOUT ROWID;
     CREATE INDEX TempRootsByProcess ON TempRoots(process);
+    CREATE TABLE Roots (
+        link TEXT PRIMARY KEY,
+        path TEXT NOT NULL
+    );
+    CREATE INDEX RootsByPath ON Roots(path);
     "#,
 ];
 

@@ -16,7 +16,10 @@
 //!
 //! **Concurrency**: the collector deletes a path in a write transaction
 //! that first checks, inside the same transaction, that no temporary root
-//! names it and nothing refers to it. A builder commits its temporary root
+//! and no root made through the API names it and nothing refers to it.
+//! (API roots are recorded in the database as well as on disk, so a root
+//! made while a path was temporarily rooted stays visible to that check
+//! after the temporary root is gone.) A builder commits its temporary root
 //! before it looks the path up, so either the collector sees the root or
 //! the builder sees the path gone — SQLite's write lock orders the two.
 //! The collector only *tries* each path's lock and skips paths being
@@ -118,7 +121,46 @@ impl Store {
         }
         let link = self.roots_dir().join(name);
         replace_symlink(&self.store_dir().full(path), &link)?;
+        self.record_root(&link, path)?;
         Ok(link)
+    }
+
+    /// Records a root in the database, after its symlink exists. The
+    /// collector checks this table in the same transaction that deletes a
+    /// path, so a root made while the path was temporarily rooted is seen
+    /// even if the temporary root is gone by then.
+    fn record_root(&self, link: &Path, path: &StorePath) -> Result<(), Error> {
+        self.db()
+            .execute(
+                "INSERT OR REPLACE INTO Roots (link, path) VALUES (?1, ?2)",
+                params![link.to_string_lossy(), path.to_string()],
+            )
+            .map(|_| ())
+            .map_err(self.db_err())
+    }
+
+    /// Drops recorded roots whose symlink is gone or points elsewhere.
+    fn reconcile_roots(&self, on_disk: &BTreeMap<PathBuf, StorePath>) -> Result<(), Error> {
+        let conn = self.db();
+        let rows: Vec<(String, String)> = conn
+            .prepare("SELECT link, path FROM Roots")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(self.db_err())?;
+        for (link, path) in rows {
+            let current = match on_disk.get(Path::new(&link)) {
+                Some(p) => Some(p.clone()),
+                // Indirect roots are found through their auto entry; look
+                // at the link itself for those.
+                None => fs::read_link(&link)
+                    .ok()
+                    .and_then(|t| t.to_str().and_then(|t| self.parse_user_path(t).ok())),
+            };
+            if current.map(|p| p.to_string()) != Some(path) {
+                conn.execute("DELETE FROM Roots WHERE link = ?1 AND path = (SELECT path FROM Roots WHERE link = ?1)", [&link])
+                    .map_err(self.db_err())?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes the symlink `link` (anywhere, e.g. a `result` link) point at
@@ -132,13 +174,21 @@ impl Store {
             link.as_os_str().as_encoded_bytes(),
         );
         let auto = self.roots_dir().join("auto").join(&id.to_base32()[..32]);
-        replace_symlink(link.to_str().unwrap_or_default(), &auto)
+        replace_symlink(link.to_str().unwrap_or_default(), &auto)?;
+        self.record_root(&link, path)
     }
 
     /// Removes the direct root `name`.
     pub fn remove_root(&self, name: &str) -> Result<(), Error> {
         let link = self.roots_dir().join(name);
-        fs::remove_file(&link).map_err(io_err("remove", &link))
+        fs::remove_file(&link).map_err(io_err("remove", &link))?;
+        self.db()
+            .execute(
+                "DELETE FROM Roots WHERE link = ?1",
+                [link.to_string_lossy()],
+            )
+            .map(|_| ())
+            .map_err(self.db_err())
     }
 
     /// Every root: the symlink that holds it and the path it keeps alive.
@@ -208,7 +258,9 @@ impl Store {
     /// path keeps alive.
     pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport, Error> {
         self.clean_processes()?;
-        let roots: HashSet<String> = self.roots()?.into_values().map(|p| p.to_string()).collect();
+        let on_disk = self.roots()?;
+        self.reconcile_roots(&on_disk)?;
+        let roots: HashSet<String> = on_disk.into_values().map(|p| p.to_string()).collect();
         let mut report = GcReport::default();
         let conn = self.db();
         let mut queue: VecDeque<(i64, String)> = conn
@@ -278,7 +330,8 @@ impl Store {
             let mut check = tx
                 .prepare_cached(
                     "SELECT v.nar_size FROM ValidPaths v JOIN Unreferenced u ON u.id = v.id
-                     WHERE v.id = ?1 AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)",
+                     WHERE v.id = ?1 AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)
+                       AND NOT EXISTS (SELECT 1 FROM Roots r WHERE r.path = v.path)",
                 )
                 .map_err(self.db_err())?;
             let mut refs = tx
@@ -333,7 +386,8 @@ impl Store {
         let mut info = conn
             .prepare_cached(
                 "SELECT v.nar_size FROM ValidPaths v
-                 WHERE v.id = ?1 AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)",
+                 WHERE v.id = ?1 AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)
+                       AND NOT EXISTS (SELECT 1 FROM Roots r WHERE r.path = v.path)",
             )
             .map_err(self.db_err())?;
         let mut refs = conn
@@ -410,7 +464,8 @@ impl Store {
             for p in &wanted {
                 let held: bool = tx
                     .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM TempRoots WHERE path = ?1)",
+                        "SELECT EXISTS (SELECT 1 FROM TempRoots WHERE path = ?1)
+                             OR EXISTS (SELECT 1 FROM Roots WHERE path = ?1)",
                         [p.to_string()],
                         |r| r.get(0),
                     )
@@ -418,7 +473,7 @@ impl Store {
                 if held {
                     return Err(Error::StillAlive {
                         path: (*p).clone(),
-                        reason: "held by a running process".into(),
+                        reason: "held by a running process or a root made meanwhile".into(),
                     });
                 }
                 tx.execute(

@@ -77,6 +77,9 @@ fn added_paths_are_canonical_and_queryable() -> Result {
     // Same contents, same path, even after the filter dropped a file.
     fs::write(src.join("other.o"), "more junk")?;
     assert_eq!(store.add_path("src", &src, &filter)?, path);
+    // Regression: the second add's staged copy used to stay behind.
+    let report = store.verify(Default::default())?;
+    assert!(report.is_clean(), "{report:?}");
     assert_consistent(&store)
 }
 
