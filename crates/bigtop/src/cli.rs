@@ -3,7 +3,8 @@
 //!
 //! Every command that prints data takes `--json`. Errors print as a chain
 //! (`error: …` then `caused by: …`) and exit with status 1; usage errors
-//! exit with status 2, as clap reports them.
+//! (a bad `--max-freed`, a missing argument) exit with status 2, as clap
+//! reports them. The store commands live in [`store`].
 //!
 //! ```
 //! use bigtop::cli::{Cli, Command};
@@ -25,6 +26,10 @@ use thiserror::Error;
 use bigtop_core::hash::HashAlgo;
 use bigtop_core::nar;
 use bigtop_core::signing::SecretKey;
+
+pub mod store;
+
+pub use store::{StoreArgs, StoreCommand, WhyDependsArgs};
 
 /// `bigtop`: store-level commands.
 #[derive(Debug, Parser)]
@@ -52,6 +57,12 @@ pub enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Query and maintain the local store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Print a shortest chain of references from FROM to TO, one path per
+    /// line; exit 1 if FROM does not depend on TO.
+    WhyDepends(WhyDependsArgs),
 }
 
 /// `bigtop nar …`
@@ -172,6 +183,92 @@ pub enum Error {
     /// Writing to standard output failed.
     #[error("Cannot write to standard output")]
     Stdout(#[source] io::Error),
+    /// Reading a file failed.
+    #[error("Cannot read `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A store could not be opened or created.
+    #[error("Cannot open the store at `{dir}`")]
+    OpenStore {
+        /// The store's root (`--store DIR`, or the default chosen).
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<bigtop_store::Error>,
+    },
+    /// No `--store` was given and there is no default store.
+    #[error("No store to use: `/bigtop` is not writable and neither `$XDG_DATA_HOME` nor `$HOME` is set; pass `--store DIR`")]
+    NoDefaultStore,
+    /// A store operation failed (the error names its path). Boxed: store
+    /// errors are large, and every result of the CLI carries this type.
+    #[error(transparent)]
+    Store(Box<bigtop_store::Error>),
+    /// A command-line argument is not a store path.
+    #[error("`{input}` is not a store path")]
+    UserPath {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: Box<bigtop_store::Error>,
+    },
+    /// A file to add has a name that is not a valid store path name.
+    #[error("Cannot add `{path}`: its file name is not a valid store path name")]
+    AddName {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
+    /// A file to add has no file name (`/`).
+    #[error("Cannot add `{path}`: it has no file name to name its store path after")]
+    NoName {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A directory to add holds the store itself.
+    #[error("Cannot add `{path}`: it holds the store `{store}`")]
+    AddHoldsStore {
+        /// The directory.
+        path: PathBuf,
+        /// The physical store directory.
+        store: PathBuf,
+    },
+    /// `why-depends` found no chain of references.
+    #[error("`{from}` does not depend on `{to}`")]
+    NotDependent {
+        /// The path that was asked about.
+        from: String,
+        /// The path it does not depend on.
+        to: String,
+    },
+    /// `store verify` found problems and was not asked to repair them.
+    #[error("Store `{store}` is broken: {missing} missing, {corrupt} corrupt, {unregistered} unregistered entries; `bigtop store verify --repair` repairs it")]
+    Broken {
+        /// The physical store directory.
+        store: PathBuf,
+        /// How many registered paths are missing.
+        missing: usize,
+        /// How many registered paths no longer hash to their record.
+        corrupt: usize,
+        /// How many entries in the store directory are not registered.
+        unregistered: usize,
+    },
+    /// `store export` was asked to write binary to a terminal.
+    #[error("Refusing to write an export stream to a terminal: redirect standard output to a file or pipe")]
+    ExportToTerminal,
+}
+
+impl From<bigtop_store::Error> for Error {
+    fn from(e: bigtop_store::Error) -> Self {
+        Error::Store(Box::new(e))
+    }
 }
 
 /// Runs the command line of the current process and returns its exit code.
@@ -227,6 +324,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             &public_file.replace("{name}", &name),
             json,
         ),
+        Command::Store(command) => store::run(command),
+        Command::WhyDepends(args) => store::why_depends(&args),
     }
 }
 

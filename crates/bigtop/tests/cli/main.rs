@@ -1,12 +1,17 @@
 //! The `bigtop` binary, run as a user runs it.
 
+use std::collections::BTreeSet;
 use std::error::Error;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use bigtop::core::{HashAlgo, StorePath};
+use bigtop::store::Store;
+use serde_json::Value;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
 
@@ -172,5 +177,571 @@ fn key_generate_writes_a_usable_pair_once() -> Result {
 
     let out = bigtop(&["key", "generate", "bad:name"], b"", tmp.path())?;
     assert!(String::from_utf8(out.stderr)?.contains("Invalid key name `bad:name`"));
+    Ok(())
+}
+
+/// A chroot store in a temporary directory, driven through the binary.
+struct TestStore {
+    /// The `--store` directory.
+    dir: PathBuf,
+}
+
+impl TestStore {
+    fn new(parent: &Path, name: &str) -> TestStore {
+        TestStore {
+            dir: parent.join(name),
+        }
+    }
+
+    /// Runs `bigtop ARGS --store DIR` in the store's parent directory.
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Result<Output> {
+        let mut all = args.to_vec();
+        all.extend(["--store", self.dir.to_str().ok_or("store dir")?]);
+        bigtop(&all, stdin, self.dir.parent().ok_or("parent")?)
+    }
+
+    /// Runs and expects success; returns standard output.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8(ok(self.run(args, b"")?)?)?)
+    }
+
+    /// Runs and expects exit status 1; returns standard output and error.
+    fn fails(&self, args: &[&str]) -> Result<(String, String)> {
+        let out = self.run(args, b"")?;
+        let (stdout, stderr) = (
+            String::from_utf8(out.stdout)?,
+            String::from_utf8(out.stderr)?,
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        Ok((stdout, stderr))
+    }
+
+    /// Opens the store through the library. Drop it before running the
+    /// binary: an open handle's temporary roots keep paths alive.
+    fn open(&self) -> Result<Store> {
+        Ok(Store::open_chroot(&self.dir)?)
+    }
+
+    fn valid(&self, p: &StorePath) -> Result<bool> {
+        Ok(self.open()?.is_valid(p)?)
+    }
+
+    /// Where `p` lives on disk.
+    fn physical(&self, p: &StorePath) -> PathBuf {
+        self.dir.join("bigtop/store").join(p.to_string())
+    }
+}
+
+fn full(p: &StorePath) -> String {
+    format!("/bigtop/store/{p}")
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+/// lib ← mid ← app, lib ← tool, and other alone.
+struct Graph {
+    lib: StorePath,
+    mid: StorePath,
+    app: StorePath,
+    tool: StorePath,
+    other: StorePath,
+}
+
+fn graph(store: &TestStore) -> Result<Graph> {
+    let s = store.open()?;
+    let none = BTreeSet::new();
+    let lib = s.add_text("lib", b"a library", &none)?;
+    let mid = s.add_text(
+        "mid",
+        format!("uses {}", full(&lib)).as_bytes(),
+        &BTreeSet::from([lib.clone()]),
+    )?;
+    let app = s.add_text(
+        "app",
+        format!("uses {}", full(&mid)).as_bytes(),
+        &BTreeSet::from([mid.clone()]),
+    )?;
+    let tool = s.add_text(
+        "tool",
+        format!("uses {}", full(&lib)).as_bytes(),
+        &BTreeSet::from([lib.clone()]),
+    )?;
+    let other = s.add_text("other", b"unrelated", &none)?;
+    Ok(Graph {
+        lib,
+        mid,
+        app,
+        tool,
+        other,
+    })
+}
+
+fn json_paths(v: &Value) -> Result<Vec<String>> {
+    v.as_array()
+        .ok_or("not an array")?
+        .iter()
+        .map(|p| Ok(p.as_str().ok_or("not a string")?.to_owned()))
+        .collect()
+}
+
+#[test]
+fn store_add_then_path_info_shows_what_was_added() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    fs::write(tmp.path().join("hello.txt"), "hello\n")?;
+    tree(&tmp.path().join("pkg"))?;
+
+    let added = store.ok(&["store", "add", "hello.txt", "pkg"])?;
+    let added = lines(&added);
+    assert_eq!(added.len(), 2, "{added:?}");
+    let hello = StorePath::from_base_name(
+        added[0]
+            .strip_prefix("/bigtop/store/")
+            .ok_or("not a full path")?,
+    )?;
+    let pkg = StorePath::from_base_name(
+        added[1]
+            .strip_prefix("/bigtop/store/")
+            .ok_or("not a full path")?,
+    )?;
+    assert_eq!(hello.name(), "hello.txt");
+    assert_eq!(pkg.name(), "pkg");
+    assert_eq!(fs::read(store.physical(&hello))?, b"hello\n");
+    assert_eq!(
+        fs::read(store.physical(&pkg).join("data"))?,
+        vec![7u8; 3000]
+    );
+
+    // JSON: one record per path, in the order asked; each path form accepted.
+    let pkg_physical = store.physical(&pkg);
+    let json: Value = serde_json::from_str(&store.ok(&[
+        "store",
+        "path-info",
+        &full(&hello),
+        pkg_physical.to_str().ok_or("path")?,
+        "--json",
+    ])?)?;
+    let records = json.as_array().ok_or("not an array")?;
+    assert_eq!(records.len(), 2);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    for (record, (p, src)) in records.iter().zip([(&hello, "hello.txt"), (&pkg, "pkg")]) {
+        let (hash, size) = bigtop::core::nar::hash_path(&tmp.path().join(src), HashAlgo::Blake3)?;
+        assert_eq!(record["path"], p.to_string());
+        assert_eq!(record["nar_hash"], hash.to_string());
+        assert_eq!(record["nar_size"], size);
+        assert_eq!(record["references"], serde_json::json!([]));
+        assert_eq!(record["deriver"], Value::Null);
+        assert_eq!(record["signatures"], serde_json::json!([]));
+        assert_eq!(record["ca"], format!("fixed:r:{hash}"));
+        let registered = record["registration_time"].as_u64().ok_or("time")?;
+        assert!(registered.abs_diff(now.as_secs()) < 600, "{registered}");
+        assert!(record.get("closure_size").is_none());
+    }
+
+    // Text, by base name, with the closure size.
+    let text = store.ok(&["store", "path-info", &hello.to_string(), "--closure-size"])?;
+    let (hash, size) =
+        bigtop::core::nar::hash_path(&tmp.path().join("hello.txt"), HashAlgo::Blake3)?;
+    assert_eq!(lines(&text)[0], full(&hello));
+    assert!(text.contains(&format!("NAR hash:      {hash}\n")), "{text}");
+    assert!(text.contains(&format!("NAR size:      {size}\n")), "{text}");
+    assert!(text.contains(&format!("closure size:  {size}\n")), "{text}");
+    assert!(text.contains("references:    none\n"), "{text}");
+    assert!(
+        text.contains(&format!("CA:            fixed:r:{hash}\n")),
+        "{text}"
+    );
+
+    // Adding the same file again gives the same path.
+    assert_eq!(
+        store.ok(&["store", "add", "hello.txt"])?.trim(),
+        full(&hello)
+    );
+    Ok(())
+}
+
+#[test]
+fn store_add_rejects_a_bad_name_naming_the_file_and_adds_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    // The temporary dir's own name starts with `.`: work in one with a valid name.
+    let work = tmp.path().join("work");
+    fs::create_dir(&work)?;
+    let store = TestStore::new(&work, "s");
+    fs::write(work.join("fine.txt"), "ok")?;
+    fs::write(work.join("has space"), "x")?;
+    fs::write(work.join(".hidden"), "x")?;
+    let (stdout, err) = store.fails(&["store", "add", "fine.txt", "has space"])?;
+    assert_eq!(stdout, "");
+    assert!(err.contains("Cannot add `has space`"), "{err}");
+    assert!(err.contains("only the characters"), "{err}");
+    let (_, err) = store.fails(&["store", "add", ".hidden"])?;
+    assert!(err.contains("Cannot add `.hidden`"), "{err}");
+    assert!(err.contains("starts with `.`"), "{err}");
+    let (_, err) = store.fails(&["store", "add", "missing.txt"])?;
+    assert!(err.contains("`missing.txt`"), "{err}");
+    // A directory holding the store would copy into itself.
+    let (_, err) = store.fails(&["store", "add", "."])?;
+    assert!(err.contains("Cannot add `.`: it holds the store"), "{err}");
+    assert!(store.open()?.all_valid_paths()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn requisites_referrers_and_why_depends_follow_the_graph() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+
+    let sorted = |paths: &[&StorePath]| -> Vec<String> {
+        let set: BTreeSet<&StorePath> = paths.iter().copied().collect();
+        set.into_iter().map(full).collect()
+    };
+    let out = store.ok(&["store", "requisites", &full(&g.app)])?;
+    assert_eq!(lines(&out), sorted(&[&g.app, &g.mid, &g.lib]));
+    let out = store.ok(&[
+        "store",
+        "requisites",
+        &g.app.to_string(),
+        &g.other.to_string(),
+    ])?;
+    assert_eq!(lines(&out), sorted(&[&g.app, &g.mid, &g.lib, &g.other]));
+    let json: Value =
+        serde_json::from_str(&store.ok(&["store", "requisites", &full(&g.mid), "--json"])?)?;
+    let expected: BTreeSet<String> = [&g.mid, &g.lib].iter().map(|p| p.to_string()).collect();
+    assert_eq!(json_paths(&json)?, expected.into_iter().collect::<Vec<_>>());
+
+    let out = store.ok(&["store", "referrers", &full(&g.lib)])?;
+    assert_eq!(lines(&out), sorted(&[&g.mid, &g.tool]));
+    let out = store.ok(&["store", "referrers", &full(&g.app)])?;
+    assert_eq!(out, "");
+
+    let out = store.ok(&["why-depends", &full(&g.app), &full(&g.lib)])?;
+    assert_eq!(
+        lines(&out),
+        [
+            full(&g.app),
+            format!("-> {}", full(&g.mid)),
+            format!("-> {}", full(&g.lib))
+        ]
+    );
+    let json: Value = serde_json::from_str(&store.ok(&[
+        "why-depends",
+        &full(&g.app),
+        &full(&g.lib),
+        "--json",
+    ])?)?;
+    assert_eq!(
+        json_paths(&json)?,
+        [g.app.to_string(), g.mid.to_string(), g.lib.to_string()]
+    );
+    let (stdout, err) = store.fails(&["why-depends", &full(&g.lib), &full(&g.app)])?;
+    assert_eq!(stdout, "");
+    assert!(
+        err.contains(&format!(
+            "`{}` does not depend on `{}`",
+            full(&g.lib),
+            full(&g.app)
+        )),
+        "{err}"
+    );
+    let (_, err) = store.fails(&["why-depends", &full(&g.app), &full(&g.other)])?;
+    assert!(err.contains("does not depend on"), "{err}");
+
+    // The closure size is the sum of the closure's NAR sizes.
+    let s = store.open()?;
+    let expected: u64 = [&g.app, &g.mid, &g.lib]
+        .iter()
+        .map(|p| Ok(s.path_info(p)?.ok_or("not valid")?.nar_size))
+        .sum::<Result<u64>>()?;
+    drop(s);
+    let json: Value = serde_json::from_str(&store.ok(&[
+        "store",
+        "path-info",
+        &full(&g.app),
+        "--closure-size",
+        "--json",
+    ])?)?;
+    assert_eq!(json[0]["closure_size"], expected);
+    assert_eq!(
+        json[0]["references"],
+        serde_json::json!([g.mid.to_string()])
+    );
+
+    // Bad input is named.
+    let (_, err) = store.fails(&["store", "requisites", "nonsense"])?;
+    assert!(err.contains("`nonsense` is not a store path"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn gc_dry_run_deletes_nothing_and_gc_keeps_what_a_root_holds() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    let link = store.open()?.add_root("app", &g.app)?;
+    let all = [&g.app, &g.mid, &g.lib, &g.tool, &g.other];
+
+    let roots = store.ok(&["store", "roots"])?;
+    assert_eq!(
+        lines(&roots),
+        [format!("{} -> {}", link.display(), full(&g.app))]
+    );
+    let json: Value = serde_json::from_str(&store.ok(&["store", "roots", "--json"])?)?;
+    assert_eq!(json[link.to_str().ok_or("link")?], g.app.to_string());
+
+    // The garbage: tool and other; lib is kept by mid, which app keeps.
+    let garbage: BTreeSet<&StorePath> = BTreeSet::from([&g.tool, &g.other]);
+    let dry = store.ok(&["store", "gc", "--dry-run"])?;
+    let mut expected: Vec<String> = garbage.iter().map(|p| full(p)).collect();
+    expected.push("2 paths would be deleted, freeing ".to_owned());
+    let got = lines(&dry);
+    assert_eq!(got.len(), 3, "{dry}");
+    assert_eq!(got[..2], expected[..2]);
+    assert!(got[2].starts_with(&expected[2]), "{dry}");
+    for p in all {
+        assert!(store.valid(p)? && store.physical(p).exists(), "{p}");
+    }
+    ok(store.run(&["store", "gc", "--dry-run", "--max-freed", "1K"], b"")?)?;
+
+    let json: Value = serde_json::from_str(&store.ok(&["store", "gc", "--json"])?)?;
+    assert_eq!(
+        json_paths(&json["deleted"])?,
+        garbage.iter().map(|p| p.to_string()).collect::<Vec<_>>()
+    );
+    assert!(json["freed_bytes"].as_u64().ok_or("freed_bytes")? > 0);
+    for p in all {
+        let kept = !garbage.contains(p);
+        assert_eq!(store.valid(p)?, kept, "{p}");
+        assert_eq!(store.physical(p).exists(), kept, "{p}");
+    }
+
+    // Nothing left to collect.
+    let again = store.ok(&["store", "gc"])?;
+    assert_eq!(lines(&again), ["0 paths deleted, 0 bytes freed"]);
+    Ok(())
+}
+
+#[test]
+fn gc_rejects_a_bad_max_freed_naming_it() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    for bad in ["1x", "1.5G", "+3"] {
+        let out = store.run(&["store", "gc", "--max-freed", bad], b"")?;
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8(out.stderr)?;
+        assert!(
+            err.contains(&format!("Invalid byte count `{bad}`")),
+            "{err}"
+        );
+    }
+    assert!(store.valid(&g.other)?, "a rejected command collected");
+    Ok(())
+}
+
+#[test]
+fn delete_refuses_live_paths_and_deletes_a_leaf() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    store.open()?.add_root("tool", &g.tool)?;
+
+    let (stdout, err) = store.fails(&["store", "delete", &full(&g.lib)])?;
+    assert_eq!(stdout, "");
+    assert!(err.contains(&format!("Cannot delete `{}`", g.lib)), "{err}");
+    assert!(err.contains("referred to by"), "{err}");
+    let (_, err) = store.fails(&["store", "delete", &full(&g.tool)])?;
+    assert!(err.contains("root"), "{err}");
+    // One live path among several: none is deleted.
+    let (_, err) = store.fails(&["store", "delete", &full(&g.other), &full(&g.mid)])?;
+    assert!(
+        err.contains(&format!("referred to by `{}`", g.app)),
+        "{err}"
+    );
+    for p in [&g.lib, &g.tool, &g.other, &g.mid] {
+        assert!(store.valid(p)? && store.physical(p).exists(), "{p}");
+    }
+
+    let out = store.ok(&["store", "delete", &full(&g.app)])?;
+    let out = lines(&out);
+    assert_eq!(out[0], full(&g.app));
+    assert!(out[1].starts_with("1 path deleted, "), "{out:?}");
+    assert!(!store.valid(&g.app)? && !store.physical(&g.app).exists());
+    assert!(store.valid(&g.mid)?);
+    // With app gone, mid is a leaf.
+    let json: Value =
+        serde_json::from_str(&store.ok(&["store", "delete", &g.mid.to_string(), "--json"])?)?;
+    assert_eq!(json_paths(&json["deleted"])?, [g.mid.to_string()]);
+    Ok(())
+}
+
+/// Removes a path's files as a user would, behind the store's back.
+fn remove_by_hand(physical: &Path) -> Result {
+    for (cmd, args) in [("chmod", ["-R", "u+w"]), ("rm", ["-rf", "--"])] {
+        let status = Command::new(cmd).args(args).arg(physical).status()?;
+        assert!(status.success(), "{cmd} failed");
+    }
+    assert!(!physical.exists());
+    Ok(())
+}
+
+#[test]
+fn verify_finds_a_missing_path_and_repair_fixes_the_store() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    let clean = store.ok(&["store", "verify", "--check-contents"])?;
+    assert_eq!(
+        lines(&clean),
+        ["5 paths checked: 0 missing, 0 corrupt, 0 unregistered entries"]
+    );
+
+    remove_by_hand(&store.physical(&g.mid))?;
+    let (stdout, err) = store.fails(&["store", "verify"])?;
+    assert!(
+        stdout.contains(&format!("missing: {}\n", full(&g.mid))),
+        "{stdout}"
+    );
+    assert!(err.contains("is broken: 1 missing"), "{err}");
+    let out = store.run(&["store", "verify", "--json"], b"")?;
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(json_paths(&json["missing"])?, [g.mid.to_string()]);
+
+    // Repair unregisters mid and app, which refers to it; the rest stays.
+    let repaired = store.ok(&["store", "verify", "--repair", "--json"])?;
+    let json: Value = serde_json::from_str(&repaired)?;
+    let expected: BTreeSet<String> = [&g.mid, &g.app].iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        json_paths(&json["unregistered_paths"])?,
+        expected.into_iter().collect::<Vec<_>>()
+    );
+    assert!(!store.valid(&g.mid)? && !store.valid(&g.app)?);
+    assert!(!store.physical(&g.app).exists());
+    assert!(store.valid(&g.lib)? && store.valid(&g.tool)?);
+    let again = store.ok(&["store", "verify", "--check-contents"])?;
+    assert_eq!(
+        lines(&again),
+        ["3 paths checked: 0 missing, 0 corrupt, 0 unregistered entries"]
+    );
+    Ok(())
+}
+
+#[test]
+fn verify_check_contents_finds_a_changed_file() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    let physical = store.physical(&g.other);
+    fs::set_permissions(&physical, fs::Permissions::from_mode(0o644))?;
+    fs::write(&physical, "changed")?;
+    // Existence alone looks fine; the contents do not.
+    ok(store.run(&["store", "verify"], b"")?)?;
+    let (stdout, err) = store.fails(&["store", "verify", "--check-contents"])?;
+    assert!(
+        stdout.contains(&format!("corrupt: {}\n", full(&g.other))),
+        "{stdout}"
+    );
+    assert!(err.contains("1 corrupt"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn export_then_import_gives_the_same_paths() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let from = TestStore::new(tmp.path(), "from");
+    let into = TestStore::new(tmp.path(), "into");
+    let g = graph(&from)?;
+    tree(&tmp.path().join("pkg"))?;
+    let pkg = from.ok(&["store", "add", "pkg"])?.trim().to_owned();
+
+    let stream = ok(from.run(&["store", "export", &full(&g.app), &pkg], b"")?)?;
+    let imported = ok(into.run(&["store", "import"], &stream)?)?;
+    let imported: BTreeSet<String> = String::from_utf8(imported)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let expected: BTreeSet<String> = [full(&g.app), full(&g.mid), full(&g.lib), pkg.clone()]
+        .into_iter()
+        .collect();
+    assert_eq!(imported, expected);
+
+    let info = |s: &TestStore| -> Result<Value> {
+        let mut args = vec!["store", "path-info", "--json"];
+        args.extend(expected.iter().map(String::as_str));
+        Ok(serde_json::from_str(&s.ok(&args)?)?)
+    };
+    let (a, b) = (info(&from)?, info(&into)?);
+    for (x, y) in a
+        .as_array()
+        .ok_or("array")?
+        .iter()
+        .zip(b.as_array().ok_or("array")?)
+    {
+        for field in [
+            "path",
+            "nar_hash",
+            "nar_size",
+            "references",
+            "deriver",
+            "ca",
+        ] {
+            assert_eq!(x[field], y[field], "{field} of {}", x["path"]);
+        }
+    }
+    assert_eq!(b.as_array().ok_or("array")?.len(), 4);
+    ok(into.run(&["store", "verify", "--check-contents"], b"")?)?;
+    // Importing again changes nothing.
+    ok(into.run(&["store", "import", "--json"], &stream)?)?;
+    Ok(())
+}
+
+#[test]
+fn import_of_a_truncated_stream_fails_and_registers_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let from = TestStore::new(tmp.path(), "from");
+    let into = TestStore::new(tmp.path(), "into");
+    let g = graph(&from)?;
+    tree(&tmp.path().join("pkg"))?;
+    let pkg = from.ok(&["store", "add", "pkg"])?.trim().to_owned();
+    let stream = ok(from.run(&["store", "export", &full(&g.app), &pkg], b"")?)?;
+    assert!(stream.len() > 3000);
+
+    // Cut in the magic, in metadata, inside the big file's NAR, before `end`.
+    let data = stream
+        .windows(3000)
+        .position(|w| w.iter().all(|&b| b == 7))
+        .ok_or("the data file is not in the stream")?;
+    for cut in [4, 60, data + 1500, stream.len() - 8] {
+        let out = into.run(&["store", "import"], &stream[..cut])?;
+        let err = String::from_utf8(out.stderr)?;
+        assert_eq!(out.status.code(), Some(1), "cut at {cut}: {err}");
+        assert!(out.stdout.is_empty(), "cut at {cut}");
+        assert!(into.open()?.all_valid_paths()?.is_empty(), "cut at {cut}");
+        let left: Vec<_> = fs::read_dir(into.dir.join("bigtop/store"))?.collect();
+        assert!(left.is_empty(), "cut at {cut} left {left:?}");
+    }
+    ok(into.run(&["store", "verify"], b"")?)?;
+    Ok(())
+}
+
+/// Regression test for a bigtop-store bug, kept ignored until the store
+/// is fixed: `AddBatch::commit` skips a staged tree whose path is already
+/// valid without deleting it, so adding (or importing) a path twice leaves
+/// `.tmp-<pid>-…` in the store dir, and `verify` then fails a store nobody
+/// touched.
+#[test]
+#[ignore = "bigtop-store leaves the staged copy of an already-valid path behind"]
+fn adding_a_path_twice_leaves_no_stray_files() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    fs::write(tmp.path().join("hello.txt"), "hello\n")?;
+    let first = store.ok(&["store", "add", "hello.txt"])?;
+    assert_eq!(store.ok(&["store", "add", "hello.txt"])?, first);
+    let entries = fs::read_dir(store.dir.join("bigtop/store"))?.count();
+    assert_eq!(entries, 1);
+    ok(store.run(&["store", "verify"], b"")?)?;
     Ok(())
 }
