@@ -727,13 +727,11 @@ fn import_of_a_truncated_stream_fails_and_registers_nothing() -> Result {
     Ok(())
 }
 
-/// Regression test for a bigtop-store bug, kept ignored until the store
-/// is fixed: `AddBatch::commit` skips a staged tree whose path is already
-/// valid without deleting it, so adding (or importing) a path twice leaves
-/// `.tmp-<pid>-…` in the store dir, and `verify` then fails a store nobody
-/// touched.
+/// Regression: `AddBatch::commit` skipped a staged tree whose path was
+/// already valid without deleting it, so adding (or importing) a path
+/// twice left `.tmp-<pid>-…` in the store dir, and `verify` then failed a
+/// store nobody touched.
 #[test]
-#[ignore = "bigtop-store leaves the staged copy of an already-valid path behind"]
 fn adding_a_path_twice_leaves_no_stray_files() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = TestStore::new(tmp.path(), "s");
