@@ -95,14 +95,21 @@ fn make_writable(dir: &Path) -> io::Result<()> {
 /// Canonicalizes a staged tree: read-only, no setuid/setgid/sticky bits,
 /// executable only where the owner could execute, mtime 1 (the epoch plus
 /// one second, as Nix does, so that builds do not depend on when their
-/// inputs arrived).
-fn canonicalize(path: &Path) -> Result<(), Error> {
+/// inputs arrived), and owned by the store's owner (`owner`, when this
+/// process may change owners).
+fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
     let meta = fs::symlink_metadata(path).map_err(io_err("read", path))?;
     let t = meta.file_type();
     if t.is_dir() {
         for entry in fs::read_dir(path).map_err(io_err("read", path))? {
             let entry = entry.map_err(io_err("read", path))?;
-            canonicalize(&entry.path())?;
+            canonicalize(&entry.path(), owner)?;
+        }
+    }
+    if let Some((uid, gid)) = owner {
+        if (meta.uid(), meta.gid()) != (uid, gid) {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+                .map_err(io_err("change the owner of", path))?;
         }
     }
     if !t.is_symlink() {
@@ -258,6 +265,16 @@ impl Store {
         b.commit().map(|_| ())
     }
 
+    /// The owner paths must have, where this process can set it: the
+    /// store directory's owner, when running as root.
+    fn owner(&self) -> Option<(u32, u32)> {
+        if !rustix::process::geteuid().is_root() {
+            return None;
+        }
+        let meta = fs::metadata(self.root()).ok()?;
+        Some((meta.uid(), meta.gid()))
+    }
+
     pub(crate) fn temp_name(&self, name: &str) -> PathBuf {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root()
@@ -304,7 +321,7 @@ impl AddBatch<'_> {
         bigtop_core::store_path::validate_name(name)?;
         let tmp = self.store.temp_name(name);
         let staged = copy_filtered(src, &tmp, Path::new(""), filter)
-            .and_then(|()| canonicalize(&tmp))
+            .and_then(|()| canonicalize(&tmp, self.store.owner()))
             .and_then(|()| Ok(nar::hash_path(&tmp, HashAlgo::Blake3)?));
         let (nar_hash, nar_size) = match staged {
             Ok(h) => h,
@@ -353,7 +370,7 @@ impl AddBatch<'_> {
                     got: size,
                 })
             } else {
-                canonicalize(&tmp)
+                canonicalize(&tmp, self.store.owner())
             }
         });
         if let Err(e) = checked {
@@ -437,7 +454,7 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
             Staged::Text(bytes) => {
                 let tmp = store.temp_name(p.info.path.name());
                 fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-                canonicalize(&tmp)?;
+                canonicalize(&tmp, store.owner())?;
                 tmp
             }
         };

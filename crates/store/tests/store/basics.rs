@@ -239,3 +239,34 @@ fn many_small_paths_in_one_batch() -> Result {
     assert_eq!(store.closure(&[paths[1999].clone()])?.len(), 2000);
     Ok(())
 }
+
+#[test]
+fn added_paths_belong_to_the_store_owner() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("bigtop/store");
+    fs::create_dir_all(&root)?;
+    let me = rustix::process::geteuid();
+    // As root (CI), the store belongs to someone else and paths follow it;
+    // otherwise nobody can give files away, and they stay ours.
+    let expected = if me.is_root() {
+        std::os::unix::fs::chown(&root, Some(4321), Some(4321))?;
+        (4321, 4321)
+    } else {
+        (me.as_raw(), rustix::process::getegid().as_raw())
+    };
+    let store = Store::open_chroot(tmp.path())?;
+    let src = tmp.path().join("src");
+    fs::create_dir(&src)?;
+    fs::write(src.join("f"), "x")?;
+    let path = store.add_path("src", &src, &|_| true)?;
+    let text = text(&store, "t", "text", &[])?;
+    for p in [
+        store.physical(&path),
+        store.physical(&path).join("f"),
+        store.physical(&text),
+    ] {
+        let m = fs::symlink_metadata(&p)?;
+        assert_eq!((m.uid(), m.gid()), expected, "{}", p.display());
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@ mod basics;
 mod crash;
 mod gc;
 mod hostile;
+mod memory;
 
 use std::collections::BTreeSet;
 use std::error::Error;

@@ -1,0 +1,189 @@
+//! Export and import stream: a closure holding a 4 GiB file moves between
+//! two stores in bounded memory. The two sides run as child processes
+//! (this binary again) joined by a pipe, and their peak resident memory is
+//! read from the kernel's accounting of waited-for children.
+
+use std::collections::BTreeSet;
+use std::io::{self, BufReader, Read};
+use std::process::{Command, Stdio};
+
+use bigtop_store::core::{nar, Hash, HashAlgo, Hasher, StorePath};
+use bigtop_store::{PathInfo, Store};
+
+use crate::Result;
+
+const FILE_SIZE: u64 = 4 << 30;
+const LIMIT_BYTES: i64 = 64 << 20;
+const DIR_VAR: &str = "BIGTOP_TEST_DIR";
+const PATH_VAR: &str = "BIGTOP_TEST_PATH";
+/// A FIFO joining the two children: libtest prints to their stdout.
+const PIPE_VAR: &str = "BIGTOP_TEST_PIPE";
+
+/// The NAR of one regular file of `size` zero bytes, generated as it is
+/// read: nothing the size of the file is ever in memory.
+struct ZeroFileNar {
+    head: Vec<u8>,
+    at: usize,
+    zeros: u64,
+    tail: Vec<u8>,
+    tail_at: usize,
+}
+
+impl ZeroFileNar {
+    fn new(size: u64) -> Self {
+        let s = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            out.extend_from_slice(b);
+            out.resize(out.len() + (8 - b.len() % 8) % 8, 0);
+        };
+        let mut head = Vec::new();
+        for t in [
+            &b"nix-archive-1"[..],
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+        ] {
+            s(&mut head, t);
+        }
+        head.extend_from_slice(&size.to_le_bytes());
+        let mut tail = vec![0u8; ((8 - size % 8) % 8) as usize];
+        s(&mut tail, b")");
+        ZeroFileNar {
+            head,
+            at: 0,
+            zeros: size,
+            tail,
+            tail_at: 0,
+        }
+    }
+}
+
+impl Read for ZeroFileNar {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at < self.head.len() {
+            let n = buf.len().min(self.head.len() - self.at);
+            buf[..n].copy_from_slice(&self.head[self.at..self.at + n]);
+            self.at += n;
+            return Ok(n);
+        }
+        if self.zeros > 0 {
+            let n = buf.len().min(self.zeros.min(usize::MAX as u64) as usize);
+            buf[..n].fill(0);
+            self.zeros -= n as u64;
+            return Ok(n);
+        }
+        let n = buf.len().min(self.tail.len() - self.tail_at);
+        buf[..n].copy_from_slice(&self.tail[self.tail_at..self.tail_at + n]);
+        self.tail_at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+#[ignore = "entry point for a child process of the memory test"]
+fn child_export() -> Result {
+    let store = Store::open_chroot(std::env::var(DIR_VAR)?)?;
+    let path = StorePath::from_base_name(&std::env::var(PATH_VAR)?)?;
+    let mut out = io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(std::env::var(PIPE_VAR)?)?,
+    );
+    store.export([&path], &mut out)?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "entry point for a child process of the memory test"]
+fn child_import() -> Result {
+    let store = Store::open_chroot(std::env::var(DIR_VAR)?)?;
+    let pipe = std::fs::File::open(std::env::var(PIPE_VAR)?)?;
+    let imported = store.import(&mut BufReader::new(pipe))?;
+    eprintln!("imported {}", imported.len());
+    Ok(())
+}
+
+fn peak_rss_of_children() -> i64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss * 1024
+}
+
+#[test]
+fn a_4_gib_closure_moves_in_bounded_memory() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let path = {
+        let store = Store::open_chroot(&src)?;
+        let mut hasher = Hasher::new(HashAlgo::Blake3);
+        let size = io::copy(&mut ZeroFileNar::new(FILE_SIZE), &mut hasher)?;
+        let nar_hash: Hash = hasher.finish();
+        let path = store
+            .store_dir()
+            .make_source_path("big", &nar_hash, [], false)?;
+        let info = PathInfo::new(path.clone(), nar_hash, size, BTreeSet::new());
+        store.add_nar(
+            info,
+            &mut BufReader::with_capacity(1 << 20, ZeroFileNar::new(FILE_SIZE)),
+        )?;
+        store.add_root("big", &path)?;
+        path
+    };
+    let baseline = peak_rss_of_children();
+    let exe = std::env::current_exe()?;
+    let args = |entry: &'static str| {
+        [
+            "--exact",
+            entry,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]
+    };
+    let fifo = tmp.path().join("stream");
+    let c = std::ffi::CString::new(fifo.to_str().ok_or("path")?)?;
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut export = Command::new(&exe)
+        .args(args("memory::child_export"))
+        .env(DIR_VAR, &src)
+        .env(PATH_VAR, path.to_string())
+        .env(PIPE_VAR, &fifo)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let import = Command::new(&exe)
+        .args(args("memory::child_import"))
+        .env(DIR_VAR, &dst)
+        .env(PIPE_VAR, &fifo)
+        .stdout(Stdio::null())
+        .output()?;
+    let exported = export.wait()?;
+    assert!(exported.success(), "export failed");
+    assert!(
+        import.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let peak = peak_rss_of_children();
+    assert!(
+        peak < LIMIT_BYTES,
+        "a child peaked at {} MiB (limit 64 MiB)",
+        peak >> 20
+    );
+    assert!(peak >= baseline);
+
+    let store = Store::open_chroot(&dst)?;
+    let info = store.path_info(&path)?.ok_or("not imported")?;
+    assert_eq!(info.nar_size, FILE_SIZE + 112);
+    assert_eq!(std::fs::metadata(store.physical(&path))?.len(), FILE_SIZE);
+    eprintln!(
+        "peak resident memory of export and import: {} MiB",
+        peak >> 20
+    );
+    Ok(())
+}
