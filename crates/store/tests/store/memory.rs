@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io::{self, BufReader, Read};
 use std::process::{Command, Stdio};
 
-use bigtop_store::core::{nar, Hash, HashAlgo, Hasher, StorePath};
+use bigtop_store::core::{Hash, HashAlgo, Hasher, StorePath};
 use bigtop_store::{PathInfo, Store};
 
 use crate::Result;
