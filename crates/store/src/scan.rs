@@ -10,8 +10,9 @@
 //! The scan looks for runs of 32 base-32 characters and checks each run
 //! against the candidates. It tests the *last* byte of a 32-byte window
 //! first and, on a byte outside the alphabet, skips the whole window past
-//! it: most bytes of most files are looked at once or not at all, so the
-//! scan keeps up with the disk.
+//! it: most bytes of most files are looked at once or not at all. Inside
+//! long base-32 runs, each step checks one new byte and a bit filter before
+//! any hash lookup, so even such input scans at hundreds of MiB/s.
 //!
 //! ```
 //! use bigtop_store::scan::ReferenceScanner;
@@ -46,6 +47,8 @@ const IS_B32: [bool; 256] = {
 
 /// Bytes read per step when scanning files.
 const BUF: usize = 1 << 20;
+/// Log2 of the prefilter's size in bits (2^20 bits: 128 KiB).
+const FILTER_BITS: u32 = 20;
 
 /// Finds which candidate paths' digests occur in streams of bytes.
 ///
@@ -58,6 +61,7 @@ pub struct ReferenceScanner {
     candidates: HashMap<[u8; DIGEST_CHARS], usize>,
     paths: Vec<StorePath>,
     found: Vec<bool>,
+    filter: Box<[u64]>,
     /// The tail of the stream so far that could start a match.
     carry: Vec<u8>,
 }
@@ -69,11 +73,14 @@ impl ReferenceScanner {
             candidates: HashMap::new(),
             paths: Vec::new(),
             found: Vec::new(),
+            filter: vec![0u64; (1 << FILTER_BITS) / 64].into_boxed_slice(),
             carry: Vec::with_capacity(DIGEST_CHARS),
         };
         for path in candidates {
             let mut text = [0u8; DIGEST_CHARS];
             text.copy_from_slice(path.digest().to_string().as_bytes());
+            let b = Self::bit(&text);
+            scanner.filter[b / 64] |= 1 << (b % 64);
             if let std::collections::hash_map::Entry::Vacant(e) = scanner.candidates.entry(text) {
                 e.insert(scanner.paths.len());
                 scanner.paths.push(path.clone());
@@ -87,12 +94,16 @@ impl ReferenceScanner {
     fn scan(&mut self, window: &[u8]) {
         let n = window.len();
         let mut i = 0;
+        // Bytes before `checked` (and from `i` on) are known to be base 32,
+        // so inside a long run each step checks one new byte, not 32.
+        let mut checked = 0;
         'outer: while i + DIGEST_CHARS <= n {
-            let mut j = DIGEST_CHARS - 1;
-            loop {
-                if !IS_B32[window[i + j] as usize] {
-                    // No window starting at or before i + j can match.
-                    i += j + 1;
+            let mut j = i + DIGEST_CHARS - 1;
+            while j >= checked.max(i) {
+                if !IS_B32[window[j] as usize] {
+                    // No window starting at or before j can match.
+                    i = j + 1;
+                    checked = i;
                     continue 'outer;
                 }
                 if j == 0 {
@@ -100,13 +111,30 @@ impl ReferenceScanner {
                 }
                 j -= 1;
             }
+            checked = i + DIGEST_CHARS;
             let key: &[u8; DIGEST_CHARS] =
                 window[i..i + DIGEST_CHARS].try_into().expect("32 bytes");
-            if let Some(&k) = self.candidates.get(key) {
-                self.found[k] = true;
+            if self.maybe(key) {
+                if let Some(&k) = self.candidates.get(key) {
+                    self.found[k] = true;
+                }
             }
             i += 1;
         }
+    }
+
+    /// The prefilter's bit for a digest text.
+    fn bit(key: &[u8; DIGEST_CHARS]) -> usize {
+        let v = u64::from_le_bytes(key[..8].try_into().expect("8 bytes"));
+        (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FILTER_BITS)) as usize
+    }
+
+    /// Whether `key` may be a candidate: a one-bit-per-hash filter that
+    /// rejects almost every non-candidate without hashing 32 bytes, which
+    /// is what keeps text made only of base-32 characters fast.
+    fn maybe(&self, key: &[u8; DIGEST_CHARS]) -> bool {
+        let b = Self::bit(key);
+        self.filter[b / 64] & (1 << (b % 64)) != 0
     }
 
     /// Feeds the next bytes of the current stream.
@@ -253,6 +281,18 @@ mod tests {
     }
 
     proptest! {
+        /// Inside long base-32 runs the scan checks one new byte per step;
+        /// a digest anywhere in such a run must still be found.
+        #[test]
+        fn digests_inside_base32_runs_are_found(run in "[0-9a-df-np-sv-z]{0,150}", at in 0usize..150, noise in "[^0-9a-z]{0,3}") {
+            let a = path(7, "y");
+            let at = at.min(run.len());
+            let text = format!("{noise}{}{}{}{noise}", &run[..at], a.digest(), &run[at..]);
+            let mut s = ReferenceScanner::new([&a]);
+            s.feed(text.as_bytes());
+            prop_assert!(s.found().contains(&a));
+        }
+
         #[test]
         fn any_split_finds_the_same(noise in proptest::collection::vec(any::<u8>(), 0..200), at in 0usize..200, splits in proptest::collection::vec(1usize..64, 1..8)) {
             let a = path(9, "x");
