@@ -24,6 +24,8 @@ use crate::error::{io_err, Error};
 #[derive(Debug)]
 #[must_use = "the lock is released when this is dropped"]
 pub struct PathLock {
+    /// Holds the `flock`: closing it releases the lock.
+    #[allow(dead_code)]
     file: File,
     path: PathBuf,
 }
