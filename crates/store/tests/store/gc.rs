@@ -162,3 +162,32 @@ fn verify_finds_and_repairs_damage() -> Result {
     assert!(store.verify(options)?.is_clean());
     assert_consistent(&store)
 }
+
+#[test]
+fn a_self_referencing_path_is_collected() -> Result {
+    use bigtop_store::core::{nar, HashAlgo};
+    let tmp = tempfile::tempdir()?;
+    let tree = tmp.path().join("tree");
+    std::fs::write(&tree, "refers to itself")?;
+    let mut archive = Vec::new();
+    nar::dump_path(&tree, &mut archive)?;
+    let (hash, size) = nar::hash_path(&tree, HashAlgo::Blake3)?;
+    let path = {
+        let store = Store::open_chroot(tmp.path().join("s"))?;
+        let path = store
+            .store_dir()
+            .make_source_path("selfref", &hash, [], true)?;
+        let info =
+            bigtop_store::PathInfo::new(path.clone(), hash, size, BTreeSet::from([path.clone()]));
+        store.add_nar(info, &mut &archive[..])?;
+        assert_eq!(store.references(&path)?, BTreeSet::from([path.clone()]));
+        assert_eq!(store.referrers(&path)?, BTreeSet::from([path.clone()]));
+        path
+    };
+    let store = Store::open_chroot(tmp.path().join("s"))?;
+    assert_eq!(
+        store.collect_garbage(&GcOptions::default())?.deleted,
+        vec![path]
+    );
+    assert_consistent(&store)
+}
