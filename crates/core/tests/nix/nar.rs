@@ -107,7 +107,7 @@ fn build_tree(root: &Path, seed: u64) -> Result {
         };
         let path = dir.join(format!("f{i}-{}", x % 1000));
         fs::write(&path, &data)?;
-        if x % 2 == 0 {
+        if x.is_multiple_of(2) {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
         }
     }
