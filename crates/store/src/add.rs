@@ -24,7 +24,7 @@ use bigtop_core::{nar, StorePath};
 use rusqlite::{params, OptionalExtension};
 
 use crate::error::{io_err, Error};
-use crate::lock::PathLock;
+use crate::lock::LockSet;
 use crate::store::{now, PathInfo, Store};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -267,12 +267,15 @@ impl Store {
 
     /// The owner paths must have, where this process can set it: the
     /// store directory's owner, when running as root.
-    fn owner(&self) -> Option<(u32, u32)> {
-        if !rustix::process::geteuid().is_root() {
+    pub(crate) fn owner(&self) -> Option<(u32, u32)> {
+        let me = rustix::process::geteuid();
+        if !me.is_root() {
             return None;
         }
         let meta = fs::metadata(self.root()).ok()?;
-        Some((meta.uid(), meta.gid()))
+        let owner = (meta.uid(), meta.gid());
+        // Files this process creates are its own already.
+        (owner != (me.as_raw(), rustix::process::getegid().as_raw())).then_some(owner)
     }
 
     pub(crate) fn temp_name(&self, name: &str) -> PathBuf {
@@ -417,6 +420,46 @@ fn sync_store(store: &Store) -> Result<(), Error> {
     rustix::fs::syncfs(&dir).map_err(|e| io_err("sync", store.root())(e.into()))
 }
 
+/// Writes a text path in place: created read-only and exclusive, its time
+/// and owner set through the open handle. Anything at the name is a
+/// leftover of a crash (the path is not valid and we hold its lock).
+fn write_text(dest: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let create = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(dest)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            remove_tree(dest).map_err(io_err("remove the invalid", dest))?;
+            create()
+        }
+        r => r,
+    }
+    .map_err(io_err("create", dest))?;
+    file.write_all(bytes).map_err(io_err("write", dest))?;
+    let one = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::futimens(&file, &one).map_err(|e| io_err("set the time of", dest)(e.into()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .map_err(io_err("change the owner of", dest))?;
+    }
+    Ok(())
+}
+
 fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
     if pending.is_empty() {
         return Ok(Vec::new());
@@ -429,59 +472,57 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
         pending.iter().flat_map(|p| &p.info.references).collect();
     store.add_temp_roots(paths.iter().copied().chain(referenced.iter().copied()))?;
 
-    // Lock in a global order so that overlapping batches cannot deadlock.
     paths.sort();
     paths.dedup();
-    let mut locks = Vec::with_capacity(paths.len());
-    for p in &paths {
-        locks.push(PathLock::acquire(&store.locks_dir(), p)?);
-    }
+    let mut locks = LockSet::new(&store.locks_dir())?;
+    locks.lock_all(paths.iter().copied())?;
     let valid = valid_among(store, &paths)?;
 
-    // Stage what is missing, canonicalized, then sync once.
-    let mut todo: Vec<(&Pending, PathBuf)> = Vec::new();
+    // Write texts in place and collect staged trees, then sync once. A
+    // crash before registration leaves only unregistered files behind.
+    let owner = store.owner();
+    let mut trees: Vec<(&Pending, &PathBuf)> = Vec::new();
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut registered: Vec<&PathInfo> = Vec::new();
     let mut seen = BTreeSet::new();
-    for p in pending {
-        if valid.contains(&p.info.path) || !seen.insert(&p.info.path) {
-            // Already there (or staged twice): the copy is not needed.
-            if let Staged::Tree(tmp) = &p.contents {
-                remove_tree(tmp).map_err(io_err("remove", tmp))?;
-            }
-            continue;
-        }
-        let tmp = match &p.contents {
-            Staged::Tree(tmp) => tmp.clone(),
-            Staged::Text(bytes) => {
-                let tmp = store.temp_name(p.info.path.name());
-                fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-                canonicalize(&tmp, store.owner())?;
-                tmp
-            }
-        };
-        todo.push((p, tmp));
-    }
-    if todo.is_empty() {
-        return Ok(pending.iter().map(|p| p.info.path.clone()).collect());
-    }
-    sync_store(store)?;
-    let mut placed = Vec::with_capacity(todo.len());
     let placing = (|| {
-        for (p, tmp) in &todo {
-            let dest = store.physical(&p.info.path);
-            // Left by a crash before registration: not valid, and we hold the lock.
-            remove_tree(&dest).map_err(io_err("remove the invalid", &dest))?;
-            fs::rename(tmp, &dest).map_err(io_err("rename into", &dest))?;
-            placed.push(dest);
+        for p in pending {
+            if valid.contains(&p.info.path) || !seen.insert(&p.info.path) {
+                // Already there (or staged twice): the copy is not needed.
+                if let Staged::Tree(tmp) = &p.contents {
+                    remove_tree(tmp).map_err(io_err("remove", tmp))?;
+                }
+                continue;
+            }
+            registered.push(&p.info);
+            match &p.contents {
+                Staged::Tree(tmp) => trees.push((p, tmp)),
+                Staged::Text(bytes) => {
+                    let dest = store.physical(&p.info.path);
+                    written.push(dest.clone());
+                    write_text(&dest, bytes, owner)?;
+                }
+            }
+        }
+        if registered.is_empty() {
+            return Ok(());
         }
         sync_store(store)?;
-        register(store, todo.iter().map(|(p, _)| &p.info))
+        if !trees.is_empty() {
+            for (p, tmp) in &trees {
+                let dest = store.physical(&p.info.path);
+                // Left by a crash before registration: not valid, and we hold the lock.
+                remove_tree(&dest).map_err(io_err("remove the invalid", &dest))?;
+                fs::rename(tmp, &dest).map_err(io_err("rename into", &dest))?;
+                written.push(dest);
+            }
+            sync_store(store)?;
+        }
+        register(store, registered.iter().copied())
     })();
     if placing.is_err() {
-        for dest in &placed {
+        for dest in &written {
             let _ = remove_tree(dest);
-        }
-        for (_, tmp) in &todo {
-            let _ = remove_tree(tmp);
         }
     }
     placing?;

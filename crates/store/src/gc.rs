@@ -40,7 +40,7 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::add::remove_tree;
 use crate::error::{io_err, Error};
-use crate::lock::PathLock;
+use crate::lock::LockSet;
 use crate::store::Store;
 
 /// This process's id and start time (clock ticks since boot), which
@@ -275,62 +275,63 @@ impl Store {
             }
             // Small batches when a limit is set, so it is not overshot by much.
             let size = if options.max_freed.is_some() { 8 } else { 256 };
+            if !options.dry_run {
+                let mut locks = LockSet::new(&self.locks_dir())?;
+                let deleted =
+                    self.unregister_some(&mut queue, &roots, &mut dead, size, &mut locks)?;
+                for (path, _) in deleted {
+                    let physical = self.physical(&path);
+                    report.freed_bytes +=
+                        remove_counting(&physical).map_err(io_err("delete", &physical))?;
+                    report.deleted.push(path);
+                }
+                continue;
+            }
             let batch: Vec<(i64, String)> = queue.drain(..queue.len().min(size)).collect();
-            let mut locks = Vec::new();
             let mut chosen = Vec::new();
             for (id, name) in batch {
                 if roots.contains(&name) || dead.contains(&id) {
                     continue;
                 }
-                let path = StorePath::from_base_name(&name)?;
-                if options.dry_run {
-                    chosen.push((id, path));
-                } else if let Some(lock) = PathLock::try_acquire(&self.locks_dir(), &path)? {
-                    locks.push(lock);
-                    chosen.push((id, path));
-                }
+                chosen.push((id, StorePath::from_base_name(&name)?));
             }
-            let (deleted, next) = if options.dry_run {
-                self.simulate_delete(&chosen, &dead)?
-            } else {
-                self.unregister_unreferenced(&chosen)?
-            };
+            let (deleted, next) = self.simulate_delete(&chosen, &dead)?;
             for (id, path, nar_size) in deleted {
                 dead.insert(id);
-                report.freed_bytes += if options.dry_run {
-                    nar_size
-                } else {
-                    let physical = self.physical(&path);
-                    remove_counting(&physical).map_err(io_err("delete", &physical))?
-                };
+                report.freed_bytes += nar_size;
                 report.deleted.push(path);
             }
-            drop(locks);
             queue.extend(next);
         }
         report.deleted.sort();
         Ok(report)
     }
 
-    /// Unregisters those of `chosen` that are still unreferenced and not
-    /// temporarily rooted, in one transaction; returns them with their NAR
-    /// sizes, and the references that became unreferenced.
-    #[allow(clippy::type_complexity)]
-    fn unregister_unreferenced(
+    /// Unregisters paths from the front of `queue` in one transaction,
+    /// until `limit` are gone or the queue is empty. A path goes only if,
+    /// inside the transaction, nothing refers to it and no root or
+    /// temporary root names it, and if nobody holds its lock. References
+    /// left unreferenced join the queue, so a whole chain of garbage goes
+    /// in one transaction. Returns the paths with their NAR sizes.
+    fn unregister_some(
         &self,
-        chosen: &[(i64, StorePath)],
-    ) -> Result<(Vec<(i64, StorePath, u64)>, Vec<(i64, String)>), Error> {
+        queue: &mut VecDeque<(i64, String)>,
+        roots: &HashSet<String>,
+        dead: &mut HashSet<i64>,
+        limit: usize,
+        locks: &mut LockSet,
+    ) -> Result<Vec<(StorePath, u64)>, Error> {
         let mut conn = self.db();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
         let mut deleted = Vec::new();
-        let mut next = Vec::new();
         {
             let mut check = tx
                 .prepare_cached(
                     "SELECT v.nar_size FROM ValidPaths v JOIN Unreferenced u ON u.id = v.id
-                     WHERE v.id = ?1 AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)
+                     WHERE v.id = ?1
+                       AND NOT EXISTS (SELECT 1 FROM TempRoots t WHERE t.path = v.path)
                        AND NOT EXISTS (SELECT 1 FROM Roots r WHERE r.path = v.path)",
                 )
                 .map_err(self.db_err())?;
@@ -343,7 +344,23 @@ impl Store {
             let mut unreferenced = tx
                 .prepare_cached("SELECT 1 FROM Unreferenced WHERE id = ?1")
                 .map_err(self.db_err())?;
-            for (id, path) in chosen {
+            let mut drop_refs = tx
+                .prepare_cached("DELETE FROM Refs WHERE referrer = ?1")
+                .map_err(self.db_err())?;
+            let mut drop_path = tx
+                .prepare_cached("DELETE FROM ValidPaths WHERE id = ?1")
+                .map_err(self.db_err())?;
+            while deleted.len() < limit {
+                let Some((id, name)) = queue.pop_front() else {
+                    break;
+                };
+                if roots.contains(&name) || dead.contains(&id) {
+                    continue;
+                }
+                let path = StorePath::from_base_name(&name)?;
+                if !locks.try_lock(&path)? {
+                    continue;
+                }
                 let Some(size): Option<i64> = check
                     .query_row([id], |r| r.get(0))
                     .optional()
@@ -355,24 +372,23 @@ impl Store {
                     .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .and_then(|rows| rows.collect())
                     .map_err(self.db_err())?;
-                tx.execute("DELETE FROM Refs WHERE referrer = ?1", [id])
-                    .map_err(self.db_err())?;
-                tx.execute("DELETE FROM ValidPaths WHERE id = ?1", [id])
-                    .map_err(self.db_err())?;
+                drop_refs.execute([id]).map_err(self.db_err())?;
+                drop_path.execute([id]).map_err(self.db_err())?;
+                dead.insert(id);
                 for (rid, rpath) in references {
                     if unreferenced.exists([rid]).map_err(self.db_err())? {
-                        next.push((rid, rpath));
+                        queue.push_back((rid, rpath));
                     }
                 }
-                deleted.push((*id, path.clone(), size as u64));
+                deleted.push((path, size as u64));
             }
         }
         tx.commit().map_err(self.db_err())?;
-        Ok((deleted, next))
+        Ok(deleted)
     }
 
-    /// What [`unregister_unreferenced`](Self::unregister_unreferenced) would
-    /// do, given the paths already counted dead.
+    /// What [`unregister_some`](Self::unregister_some) would do to
+    /// `chosen`, given the paths already counted dead.
     #[allow(clippy::type_complexity)]
     fn simulate_delete(
         &self,
@@ -452,10 +468,8 @@ impl Store {
                 }
             }
         }
-        let mut locks = Vec::new();
-        for p in &wanted {
-            locks.push(PathLock::acquire(&self.locks_dir(), p)?);
-        }
+        let mut locks = LockSet::new(&self.locks_dir())?;
+        locks.lock_all(wanted.iter().copied())?;
         {
             let mut conn = self.db();
             let tx = conn

@@ -6,92 +6,125 @@
 //! path's lock and skips paths someone holds, so collection never waits
 //! on, or stops, a builder.
 //!
-//! Locks are `flock`s on files in `<state>/locks/`, released by the kernel
-//! when their holder exits, however it exits. A holder removes the file
-//! when it is done, so the folder holds only the locks in use; a waiter
-//! that wakes holding a removed file (another has replaced it) starts over.
+//! A path's lock is one byte of one shared file, `<state>/locks/paths.lock`,
+//! at an offset taken from the path's digest, held with an open-file-
+//! description byte-range lock (`F_OFD_SETLKW`). Locking a path is then one
+//! system call, with no file to create or remove per path, and the kernel
+//! releases every lock of a holder that exits, however it exits. Each
+//! [`LockSet`] opens the file afresh, so two sets conflict even inside one
+//! process; sets take their locks in offset order, so they cannot deadlock.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bigtop_core::StorePath;
 
 use crate::error::{io_err, Error};
 
-/// A held lock on one store path; released when dropped.
+/// Locks held on some store paths; all released when dropped.
 #[derive(Debug)]
-#[must_use = "the lock is released when this is dropped"]
-pub struct PathLock {
-    /// Holds the `flock`: closing it releases the lock.
-    #[allow(dead_code)]
+#[must_use = "the locks are released when this is dropped"]
+pub struct LockSet {
     file: File,
     path: PathBuf,
+    held: Vec<i64>,
 }
 
-fn open(locks: &Path, path: &StorePath) -> Result<(File, PathBuf), Error> {
-    let file = locks.join(format!("{}.lock", path.digest()));
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&file)
-        .map_err(io_err("open the lock", &file))?;
-    Ok((f, file))
+/// Where a path's lock byte lies: all 160 bits of the digest folded into
+/// 63. Two paths share a byte only by a 2^-63 chance, and sharing would
+/// only make one wait for the other.
+fn offset(path: &StorePath) -> i64 {
+    let d = &path.digest().0;
+    let word = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&d[r]);
+        u64::from_le_bytes(b)
+    };
+    ((word(0..8) ^ word(8..16) ^ word(16..20).rotate_left(32)) >> 1) as i64
 }
 
-/// Whether the locked file is still the one at its path (it may have been
-/// removed by the holder this process waited for).
-fn still_current(f: &File, file: &Path) -> io::Result<bool> {
-    let held = f.metadata()?;
-    match fs::metadata(file) {
-        Ok(now) => Ok(now.ino() == held.ino() && now.dev() == held.dev()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+impl LockSet {
+    /// An empty set on the store's lock file in `locks` (the folder).
+    pub(crate) fn new(locks: &Path) -> Result<LockSet, Error> {
+        let path = locks.join("paths.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open the lock file", &path))?;
+        Ok(LockSet {
+            file,
+            path,
+            held: Vec::new(),
+        })
     }
-}
 
-impl PathLock {
-    /// Waits for the lock on `path`.
-    pub(crate) fn acquire(locks: &Path, path: &StorePath) -> Result<PathLock, Error> {
+    fn fcntl(&self, at: i64, kind: libc::c_short, wait: bool) -> io::Result<bool> {
+        // SAFETY: an all-zero `flock` is valid; the fields set below
+        // describe one byte of the file.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = at;
+        fl.l_len = 1;
+        let cmd = if wait {
+            libc::F_OFD_SETLKW
+        } else {
+            libc::F_OFD_SETLK
+        };
         loop {
-            let (f, file) = open(locks, path)?;
-            f.lock().map_err(io_err("lock", &file))?;
-            if still_current(&f, &file).map_err(io_err("lock", &file))? {
-                return Ok(PathLock {
-                    file: f,
-                    path: file,
-                });
+            // SAFETY: a valid descriptor and a valid `flock` for this command.
+            let r = unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &mut fl) };
+            if r == 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
+                _ => return Err(e),
             }
         }
     }
 
-    /// Takes the lock on `path` if nobody holds it.
-    pub(crate) fn try_acquire(locks: &Path, path: &StorePath) -> Result<Option<PathLock>, Error> {
-        loop {
-            let (f, file) = open(locks, path)?;
-            match f.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => return Ok(None),
-                Err(TryLockError::Error(e)) => return Err(io_err("lock", &file)(e)),
+    /// Waits for the locks on `paths`, taken in offset order.
+    pub(crate) fn lock_all<'a>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<(), Error> {
+        let mut offsets: Vec<i64> = paths.into_iter().map(offset).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        for at in offsets {
+            if self.held.binary_search(&at).is_ok() {
+                continue;
             }
-            if still_current(&f, &file).map_err(io_err("lock", &file))? {
-                return Ok(Some(PathLock {
-                    file: f,
-                    path: file,
-                }));
-            }
+            self.fcntl(at, libc::F_WRLCK as libc::c_short, true)
+                .map_err(io_err("lock", &self.path))?;
+            let i = self.held.partition_point(|&h| h < at);
+            self.held.insert(i, at);
         }
+        Ok(())
     }
-}
 
-impl Drop for PathLock {
-    fn drop(&mut self) {
-        // Removed while still held: a waiter holding this file then sees
-        // it is no longer current and starts over on a fresh one.
-        let _ = fs::remove_file(&self.path);
+    /// Takes the lock on `path` if nobody else holds it.
+    pub(crate) fn try_lock(&mut self, path: &StorePath) -> Result<bool, Error> {
+        let at = offset(path);
+        if self.held.binary_search(&at).is_ok() {
+            return Ok(true);
+        }
+        let got = self
+            .fcntl(at, libc::F_WRLCK as libc::c_short, false)
+            .map_err(io_err("lock", &self.path))?;
+        if got {
+            let i = self.held.partition_point(|&h| h < at);
+            self.held.insert(i, at);
+        }
+        Ok(got)
     }
 }
 
@@ -103,27 +136,31 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_second_holder_waits_and_lock_files_do_not_pile_up() {
+    fn a_second_holder_waits_until_the_first_lets_go() {
         let tmp = tempfile::tempdir().unwrap();
         let path: StorePath = "00bgd045z0d4icpbc2yyz4gx48ak44la-x".parse().unwrap();
-        let first = PathLock::acquire(tmp.path(), &path).unwrap();
-        assert!(PathLock::try_acquire(tmp.path(), &path).unwrap().is_none());
+        let other: StorePath = "11bgd045z0d4icpbc2yyz4gx48ak44la-y".parse().unwrap();
+        let mut first = LockSet::new(tmp.path()).unwrap();
+        first.lock_all([&path]).unwrap();
+        // Another set, even in this process, cannot take it; other paths are free.
+        let mut probe = LockSet::new(tmp.path()).unwrap();
+        assert!(!probe.try_lock(&path).unwrap());
+        assert!(probe.try_lock(&other).unwrap());
         let released = Arc::new(AtomicBool::new(false));
         let (dir, p, r) = (tmp.path().to_owned(), path.clone(), released.clone());
         let waiter = std::thread::spawn(move || {
-            let lock = PathLock::acquire(&dir, &p).unwrap();
+            let mut set = LockSet::new(&dir).unwrap();
+            set.lock_all([&p]).unwrap();
             // Only possible once the first holder let go.
             assert!(r.load(Ordering::SeqCst), "got the lock while it was held");
-            lock
+            set
         });
         std::thread::sleep(Duration::from_millis(50));
         released.store(true, Ordering::SeqCst);
         drop(first);
         let second = waiter.join().unwrap();
-        // The second holder works on a current file, and only one exists.
-        assert!(still_current(&second.file, &second.path).unwrap());
-        assert!(PathLock::try_acquire(tmp.path(), &path).unwrap().is_none());
+        assert!(!probe.try_lock(&path).unwrap());
         drop(second);
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        assert!(probe.try_lock(&path).unwrap());
     }
 }
