@@ -474,7 +474,7 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
 
     paths.sort();
     paths.dedup();
-    let mut locks = LockSet::new(&store.locks_dir())?;
+    let mut locks = LockSet::new(store);
     locks.lock_all(paths.iter().copied())?;
     let valid = valid_among(store, &paths)?;
 

@@ -14,6 +14,7 @@
 //! | `Unreferenced` | registered paths that no other path refers to, kept by triggers: where garbage collection starts, so it never walks the live store |
 //! | `DerivationOutputs` | for a `.drv`, the path of each output |
 //! | `Processes`, `TempRoots` | processes using the store and the paths they hold alive while they run |
+//! | `Locks` | per-path locks of adders, builders and the collector ([`crate::lock`]) |
 //! | `Roots` | the roots made through the API (link → path), so that the collector's check of a path and a root made meanwhile are ordered by the database |
 
 use std::path::Path;
@@ -86,6 +87,13 @@ const MIGRATIONS: &[&str] = &[
         path TEXT NOT NULL
     );
     CREATE INDEX RootsByPath ON Roots(path);
+    CREATE TABLE Locks (
+        path    TEXT PRIMARY KEY,
+        process INTEGER NOT NULL REFERENCES Processes(id) ON DELETE CASCADE,
+        owner   INTEGER NOT NULL
+    );
+    CREATE INDEX LocksByOwner ON Locks(owner);
+    CREATE INDEX LocksByProcess ON Locks(process);
     "#,
 ];
 

@@ -276,7 +276,7 @@ impl Store {
             // Small batches when a limit is set, so it is not overshot by much.
             let size = if options.max_freed.is_some() { 8 } else { 256 };
             if !options.dry_run {
-                let mut locks = LockSet::new(&self.locks_dir())?;
+                let mut locks = LockSet::new(self);
                 let deleted =
                     self.unregister_some(&mut queue, &roots, &mut dead, size, &mut locks)?;
                 for (path, _) in deleted {
@@ -358,7 +358,7 @@ impl Store {
                     continue;
                 }
                 let path = StorePath::from_base_name(&name)?;
-                if !locks.try_lock(&path)? {
+                if !locks.try_lock_in(&tx, &name)? {
                     continue;
                 }
                 let Some(size): Option<i64> = check
@@ -468,7 +468,7 @@ impl Store {
                 }
             }
         }
-        let mut locks = LockSet::new(&self.locks_dir())?;
+        let mut locks = LockSet::new(self);
         locks.lock_all(wanted.iter().copied())?;
         {
             let mut conn = self.db();

@@ -1,166 +1,181 @@
 //! Per-path locks between processes.
 //!
 //! Two processes adding or building the same path must do the work once:
-//! the first takes the path's lock and works; the second waits on the lock
-//! and then finds the path valid. The garbage collector only *tries* a
-//! path's lock and skips paths someone holds, so collection never waits
-//! on, or stops, a builder.
+//! the first takes the path's lock and works; the second waits for the
+//! lock and then finds the path valid. The garbage collector takes the
+//! locks of what it deletes inside its own transaction, skipping paths
+//! someone holds, so collection never waits on, or stops, a builder.
 //!
-//! A path's lock is one byte of one shared file, `<state>/locks/paths.lock`,
-//! at an offset taken from the path's digest, held with an open-file-
-//! description byte-range lock (`F_OFD_SETLKW`). Locking a path is then one
-//! system call, with no file to create or remove per path, and the kernel
-//! releases every lock of a holder that exits, however it exits. Each
-//! [`LockSet`] opens the file afresh, so two sets conflict even inside one
-//! process; sets take their locks in offset order, so they cannot deadlock.
+//! A lock is a row of the `Locks` table naming its holder — one
+//! [`LockSet`] — and the process it belongs to. Taking the locks of a
+//! batch of ten thousand paths is one transaction, not ten thousand file
+//! operations. A set takes all of its locks or none and waits without
+//! holding any, so sets cannot deadlock. Rows of a process that has exited
+//! go with its `Processes` row, which any waiter (and every collection)
+//! removes once the process is gone.
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use bigtop_core::StorePath;
+use rusqlite::params;
 
-use crate::error::{io_err, Error};
+use crate::error::Error;
+use crate::store::Store;
+
+static NEXT_OWNER: AtomicI64 = AtomicI64::new(1);
 
 /// Locks held on some store paths; all released when dropped.
 #[derive(Debug)]
 #[must_use = "the locks are released when this is dropped"]
-pub struct LockSet {
-    file: File,
-    path: PathBuf,
-    held: Vec<i64>,
+pub struct LockSet<'s> {
+    store: &'s Store,
+    /// Unique among the sets of every process: pid in the high bits.
+    owner: i64,
+    held: bool,
 }
 
-/// Where a path's lock byte lies: all 160 bits of the digest folded into
-/// 63. Two paths share a byte only by a 2^-63 chance, and sharing would
-/// only make one wait for the other.
-fn offset(path: &StorePath) -> i64 {
-    let d = &path.digest().0;
-    let word = |r: std::ops::Range<usize>| {
-        let mut b = [0u8; 8];
-        b[..r.len()].copy_from_slice(&d[r]);
-        u64::from_le_bytes(b)
-    };
-    ((word(0..8) ^ word(8..16) ^ word(16..20).rotate_left(32)) >> 1) as i64
-}
-
-impl LockSet {
-    /// An empty set on the store's lock file in `locks` (the folder).
-    pub(crate) fn new(locks: &Path) -> Result<LockSet, Error> {
-        let path = locks.join("paths.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err("open the lock file", &path))?;
-        Ok(LockSet {
-            file,
-            path,
-            held: Vec::new(),
-        })
-    }
-
-    fn fcntl(&self, at: i64, kind: libc::c_short, wait: bool) -> io::Result<bool> {
-        // SAFETY: an all-zero `flock` is valid; the fields set below
-        // describe one byte of the file.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = kind;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = at;
-        fl.l_len = 1;
-        let cmd = if wait {
-            libc::F_OFD_SETLKW
-        } else {
-            libc::F_OFD_SETLK
-        };
-        loop {
-            // SAFETY: a valid descriptor and a valid `flock` for this command.
-            let r = unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &mut fl) };
-            if r == 0 {
-                return Ok(true);
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
-                _ => return Err(e),
-            }
+impl<'s> LockSet<'s> {
+    /// An empty set.
+    pub(crate) fn new(store: &'s Store) -> LockSet<'s> {
+        let n = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
+        LockSet {
+            store,
+            owner: (i64::from(std::process::id()) << 32) | (n & 0xffff_ffff),
+            held: false,
         }
     }
 
-    /// Waits for the locks on `paths`, taken in offset order.
+    /// Waits until it holds the locks on all of `paths`.
     pub(crate) fn lock_all<'a>(
         &mut self,
         paths: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<(), Error> {
-        let mut offsets: Vec<i64> = paths.into_iter().map(offset).collect();
-        offsets.sort_unstable();
-        offsets.dedup();
-        for at in offsets {
-            if self.held.binary_search(&at).is_ok() {
-                continue;
+        let names: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
+        let mut wait = Duration::from_millis(2);
+        loop {
+            let taken = {
+                let mut conn = self.store.db();
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(self.store.db_err())?;
+                let mut blocked = false;
+                {
+                    let mut take = tx
+                        .prepare_cached("INSERT OR IGNORE INTO Locks (path, process, owner) VALUES (?1, ?2, ?3)")
+                        .map_err(self.store.db_err())?;
+                    let mut holder = tx
+                        .prepare_cached("SELECT owner FROM Locks WHERE path = ?1")
+                        .map_err(self.store.db_err())?;
+                    for name in &names {
+                        if take
+                            .execute(params![name, self.store.process, self.owner])
+                            .map_err(self.store.db_err())?
+                            == 0
+                        {
+                            let owner: i64 = holder
+                                .query_row([name], |r| r.get(0))
+                                .map_err(self.store.db_err())?;
+                            if owner != self.owner {
+                                blocked = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if blocked {
+                    // Take nothing while waiting: no set holds some locks
+                    // while waiting for others, so none can deadlock.
+                    drop(tx);
+                    false
+                } else {
+                    tx.commit().map_err(self.store.db_err())?;
+                    true
+                }
+            };
+            if taken {
+                self.held = true;
+                return Ok(());
             }
-            self.fcntl(at, libc::F_WRLCK as libc::c_short, true)
-                .map_err(io_err("lock", &self.path))?;
-            let i = self.held.partition_point(|&h| h < at);
-            self.held.insert(i, at);
+            // A holder that died leaves rows until its process row goes.
+            self.store.clean_processes()?;
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_millis(100));
         }
-        Ok(())
     }
 
-    /// Takes the lock on `path` if nobody else holds it.
-    pub(crate) fn try_lock(&mut self, path: &StorePath) -> Result<bool, Error> {
-        let at = offset(path);
-        if self.held.binary_search(&at).is_ok() {
+    /// Inside the caller's transaction, takes the lock on `path` if nobody
+    /// else holds it.
+    pub(crate) fn try_lock_in(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        path: &str,
+    ) -> Result<bool, Error> {
+        let mut take = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO Locks (path, process, owner) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(self.store.db_err())?;
+        if take
+            .execute(params![path, self.store.process, self.owner])
+            .map_err(self.store.db_err())?
+            == 1
+        {
+            self.held = true;
             return Ok(true);
         }
-        let got = self
-            .fcntl(at, libc::F_WRLCK as libc::c_short, false)
-            .map_err(io_err("lock", &self.path))?;
-        if got {
-            let i = self.held.partition_point(|&h| h < at);
-            self.held.insert(i, at);
+        let owner: i64 = tx
+            .prepare_cached("SELECT owner FROM Locks WHERE path = ?1")
+            .and_then(|mut s| s.query_row([path], |r| r.get(0)))
+            .map_err(self.store.db_err())?;
+        Ok(owner == self.owner)
+    }
+}
+
+impl Drop for LockSet<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let _ = self
+                .store
+                .db()
+                .execute("DELETE FROM Locks WHERE owner = ?1", [self.owner]);
         }
-        Ok(got)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-    use std::time::Duration;
 
     #[test]
     fn a_second_holder_waits_until_the_first_lets_go() {
         let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
         let path: StorePath = "00bgd045z0d4icpbc2yyz4gx48ak44la-x".parse().unwrap();
-        let other: StorePath = "11bgd045z0d4icpbc2yyz4gx48ak44la-y".parse().unwrap();
-        let mut first = LockSet::new(tmp.path()).unwrap();
+        let store = Store::open_chroot(&dir).unwrap();
+        let mut first = LockSet::new(&store);
         first.lock_all([&path]).unwrap();
-        // Another set, even in this process, cannot take it; other paths are free.
-        let mut probe = LockSet::new(tmp.path()).unwrap();
-        assert!(!probe.try_lock(&path).unwrap());
-        assert!(probe.try_lock(&other).unwrap());
         let released = Arc::new(AtomicBool::new(false));
-        let (dir, p, r) = (tmp.path().to_owned(), path.clone(), released.clone());
+        let (p, r) = (path.clone(), released.clone());
+        // Another process's view: its own handle, in a thread.
         let waiter = std::thread::spawn(move || {
-            let mut set = LockSet::new(&dir).unwrap();
+            let other = Store::open_chroot(&dir).unwrap();
+            let mut set = LockSet::new(&other);
             set.lock_all([&p]).unwrap();
             // Only possible once the first holder let go.
             assert!(r.load(Ordering::SeqCst), "got the lock while it was held");
-            set
         });
         std::thread::sleep(Duration::from_millis(50));
         released.store(true, Ordering::SeqCst);
         drop(first);
-        let second = waiter.join().unwrap();
-        assert!(!probe.try_lock(&path).unwrap());
-        drop(second);
-        assert!(probe.try_lock(&path).unwrap());
+        waiter.join().unwrap();
+        // Everything was released.
+        let n: i64 = store
+            .db()
+            .query_row("SELECT count(*) FROM Locks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
     }
 }

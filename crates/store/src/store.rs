@@ -109,7 +109,6 @@ impl StoreBuilder {
             &root,
             &state.join("db"),
             &state.join("gcroots/auto"),
-            &state.join("locks"),
             &state.join("logs"),
         ] {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
@@ -219,10 +218,6 @@ impl Store {
             return Ok(StorePath::from_base_name(base)?);
         }
         Ok(StorePath::from_base_name(s.trim_end_matches('/'))?)
-    }
-
-    pub(crate) fn locks_dir(&self) -> PathBuf {
-        self.state.join("locks")
     }
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {

@@ -13,7 +13,7 @@ fn opening_creates_the_layout() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
     assert_eq!(store.root(), tmp.path().join("bigtop/store"));
-    for d in ["db/db.sqlite", "gcroots", "gcroots/auto", "locks", "logs"] {
+    for d in ["db/db.sqlite", "gcroots", "gcroots/auto", "logs"] {
         assert!(store.state_dir().join(d).exists(), "{d}");
     }
     assert_eq!(store.state_dir(), tmp.path().join("bigtop/var"));
