@@ -29,6 +29,19 @@ use crate::store::{now, PathInfo, Store};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Access and modification time of every store file: the epoch plus one
+/// second, as in Nix (zero would read as "unset" to some tools).
+const MTIME_ONE: rustix::fs::Timestamps = rustix::fs::Timestamps {
+    last_access: rustix::fs::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    },
+    last_modification: rustix::fs::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    },
+};
+
 /// A path being added: where it is staged (or its bytes, for texts that
 /// are only written once they are known to be missing).
 #[derive(Debug)]
@@ -120,20 +133,10 @@ fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
                 .map_err(io_err("set permissions of", path))?;
         }
     }
-    let one = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        },
-    };
     rustix::fs::utimensat(
         rustix::fs::CWD,
         path,
-        &one,
+        &MTIME_ONE,
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(|e| io_err("set the time of", path)(e.into()))?;
@@ -442,17 +445,8 @@ fn write_text(dest: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<()
     }
     .map_err(io_err("create", dest))?;
     file.write_all(bytes).map_err(io_err("write", dest))?;
-    let one = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        },
-    };
-    rustix::fs::futimens(&file, &one).map_err(|e| io_err("set the time of", dest)(e.into()))?;
+    rustix::fs::futimens(&file, &MTIME_ONE)
+        .map_err(|e| io_err("set the time of", dest)(e.into()))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
             .map_err(io_err("change the owner of", dest))?;

@@ -43,6 +43,11 @@ use crate::error::{io_err, Error};
 use crate::lock::LockSet;
 use crate::store::Store;
 
+/// A path's references other than itself, with their ids.
+const REFERENCES_OTHER_THAN_SELF: &str =
+    "SELECT v.id, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference
+     WHERE r.referrer = ?1 AND r.reference != ?1";
+
 /// This process's id and start time (clock ticks since boot), which
 /// together name it even after its pid is reused.
 pub(crate) fn this_process() -> (i64, i64) {
@@ -336,10 +341,7 @@ impl Store {
                 )
                 .map_err(self.db_err())?;
             let mut refs = tx
-                .prepare_cached(
-                    "SELECT v.id, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference
-                     WHERE r.referrer = ?1 AND r.reference != ?1",
-                )
+                .prepare_cached(REFERENCES_OTHER_THAN_SELF)
                 .map_err(self.db_err())?;
             let mut unreferenced = tx
                 .prepare_cached("SELECT 1 FROM Unreferenced WHERE id = ?1")
@@ -407,10 +409,7 @@ impl Store {
             )
             .map_err(self.db_err())?;
         let mut refs = conn
-            .prepare_cached(
-                "SELECT v.id, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference
-                 WHERE r.referrer = ?1 AND r.reference != ?1",
-            )
+            .prepare_cached(REFERENCES_OTHER_THAN_SELF)
             .map_err(self.db_err())?;
         let mut referrers = conn
             .prepare_cached("SELECT referrer FROM Refs WHERE reference = ?1 AND referrer != ?1")
