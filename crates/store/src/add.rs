@@ -464,12 +464,14 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
     // root or has unregistered the path first, never neither.
     let referenced: BTreeSet<&StorePath> =
         pending.iter().flat_map(|p| &p.info.references).collect();
-    store.add_temp_roots(paths.iter().copied().chain(referenced.iter().copied()))?;
-
     paths.sort();
     paths.dedup();
     let mut locks = LockSet::new(store);
-    locks.lock_all(paths.iter().copied())?;
+    // Temporary roots in the same transaction as the locks, one commit.
+    locks.lock_all_rooting(
+        paths.iter().copied(),
+        paths.iter().copied().chain(referenced.iter().copied()),
+    )?;
     let valid = valid_among(store, &paths)?;
 
     // Write texts in place and collect staged trees, then sync once. A
@@ -512,7 +514,7 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
             }
             sync_store(store)?;
         }
-        register(store, registered.iter().copied())
+        register(store, registered.iter().copied(), Some(&mut locks))
     })();
     if placing.is_err() {
         for dest in &written {
@@ -551,6 +553,7 @@ fn valid_among(store: &Store, paths: &[&StorePath]) -> Result<BTreeSet<StorePath
 pub(crate) fn register<'a>(
     store: &Store,
     infos: impl Iterator<Item = &'a PathInfo> + Clone,
+    mut locks: Option<&mut LockSet<'_>>,
 ) -> Result<(), Error> {
     let mut conn = store.db();
     let tx = conn
@@ -608,5 +611,13 @@ pub(crate) fn register<'a>(
             }
         }
     }
-    tx.commit().map_err(store.db_err())
+    // The locks go in the same commit as the paths they protected.
+    if let Some(l) = &locks {
+        l.release_in(&tx)?;
+    }
+    tx.commit().map_err(store.db_err())?;
+    if let Some(l) = locks.as_mut() {
+        l.released();
+    }
+    Ok(())
 }

@@ -51,7 +51,19 @@ impl<'s> LockSet<'s> {
         &mut self,
         paths: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<(), Error> {
+        self.lock_all_rooting(paths, [])
+    }
+
+    /// Waits until it holds the locks on all of `paths`, and in the same
+    /// transaction makes `temp_roots` temporary roots of the store handle
+    /// (one commit instead of two for a batch).
+    pub(crate) fn lock_all_rooting<'a>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+        temp_roots: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<(), Error> {
         let names: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
+        let roots: Vec<String> = temp_roots.into_iter().map(|p| p.to_string()).collect();
         let mut wait = Duration::from_millis(2);
         loop {
             let taken = {
@@ -81,6 +93,17 @@ impl<'s> LockSet<'s> {
                                 break;
                             }
                         }
+                    }
+                }
+                if !blocked {
+                    let mut root = tx
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO TempRoots (process, path) VALUES (?1, ?2)",
+                        )
+                        .map_err(self.store.db_err())?;
+                    for name in &roots {
+                        root.execute(params![self.store.process, name])
+                            .map_err(self.store.db_err())?;
                     }
                 }
                 if blocked {
@@ -129,6 +152,24 @@ impl<'s> LockSet<'s> {
             .and_then(|mut s| s.query_row([path], |r| r.get(0)))
             .map_err(self.store.db_err())?;
         Ok(owner == self.owner)
+    }
+}
+
+impl LockSet<'_> {
+    /// Releases the locks inside the caller's transaction (the one that
+    /// registers what they protected); once it commits, call
+    /// [`released`](Self::released).
+    pub(crate) fn release_in(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), Error> {
+        tx.prepare_cached("DELETE FROM Locks WHERE owner = ?1")
+            .and_then(|mut s| s.execute([self.owner]))
+            .map_err(self.store.db_err())?;
+        Ok(())
+    }
+
+    /// Records that a committed [`release_in`](Self::release_in) released
+    /// the locks, so that dropping the set has nothing left to do.
+    pub(crate) fn released(&mut self) {
+        self.held = false;
     }
 }
 
