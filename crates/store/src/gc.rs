@@ -25,9 +25,10 @@
 //! The collector only *tries* each path's lock and skips paths being
 //! added, so it never waits on a builder, nor a builder on it.
 //!
-//! One limit: paths that refer to each other in a cycle (outputs of one
-//! derivation referring to each other) are never "unreferenced" and are
-//! not collected; a later mark-and-sweep mode will take them.
+//! Paths that refer to each other in a cycle (outputs of one derivation
+//! referring to each other) are never "unreferenced": the `full` option
+//! adds a mark-and-sweep pass that takes them, at the cost of walking the
+//! live store.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs;
@@ -79,6 +80,10 @@ pub struct GcOptions {
     pub max_freed: Option<u64>,
     /// Report what would be deleted, delete nothing. Default: off.
     pub dry_run: bool,
+    /// After the usual collection, also mark everything reachable from the
+    /// roots and sweep the rest, which takes paths that refer to each other
+    /// in a cycle. Costs a walk of the live store. Default: off.
+    pub full: bool,
 }
 
 /// What a collection did.
@@ -308,8 +313,82 @@ impl Store {
             }
             queue.extend(next);
         }
+        if options.full && !options.max_freed.is_some_and(|m| report.freed_bytes >= m) {
+            self.sweep_unreachable(&roots, options.dry_run, &mut report)?;
+        }
         report.deleted.sort();
         Ok(report)
+    }
+
+    /// Mark and sweep: deletes every valid path that no root, temporary
+    /// root, recorded root or lock reaches. What is unreachable has only
+    /// unreachable referrers, so the whole set goes in one transaction.
+    fn sweep_unreachable(
+        &self,
+        roots: &HashSet<String>,
+        dry_run: bool,
+        report: &mut GcReport,
+    ) -> Result<(), Error> {
+        let mut locks = LockSet::new(self);
+        let mut conn = self.db();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.db_err())?;
+        let seeds: Vec<String> = roots.iter().cloned().collect();
+        // Inside the write transaction, nothing can gain a root or a
+        // referrer between the mark and the sweep.
+        let dead: Vec<(i64, String, i64)> = tx
+            .prepare(
+                "WITH RECURSIVE live(id) AS (
+                     SELECT v.id FROM ValidPaths v
+                     WHERE v.path IN (SELECT value FROM json_each(?1))
+                        OR v.path IN (SELECT path FROM TempRoots)
+                        OR v.path IN (SELECT path FROM Roots)
+                        OR v.path IN (SELECT path FROM Locks)
+                     UNION SELECT r.reference FROM Refs r JOIN live ON r.referrer = live.id
+                 )
+                 SELECT id, path, nar_size FROM ValidPaths WHERE id NOT IN (SELECT id FROM live)",
+            )
+            .and_then(|mut s| {
+                s.query_map([crate::store::serde_json_array(&seeds)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })
+            .map_err(self.db_err())?;
+        if dry_run {
+            for (_, name, size) in dead {
+                report.deleted.push(StorePath::from_base_name(&name)?);
+                report.freed_bytes += size as u64;
+            }
+            return Ok(());
+        }
+        for (id, name, _) in &dead {
+            if !locks.try_lock_in(&tx, name)? {
+                // Unreachable yet locked cannot happen (locks seed the
+                // mark); refuse rather than delete under a holder.
+                return Err(Error::StillAlive {
+                    path: StorePath::from_base_name(name)?,
+                    reason: "locked during the sweep".into(),
+                });
+            }
+            tx.execute("DELETE FROM Refs WHERE referrer = ?1", [id])
+                .map_err(self.db_err())?;
+        }
+        for (id, _, _) in &dead {
+            tx.execute("DELETE FROM ValidPaths WHERE id = ?1", [id])
+                .map_err(self.db_err())?;
+        }
+        tx.commit().map_err(self.db_err())?;
+        drop(conn);
+        for (_, name, _) in dead {
+            let path = StorePath::from_base_name(&name)?;
+            let physical = self.physical(&path);
+            report.freed_bytes +=
+                remove_counting(&physical).map_err(io_err("delete", &physical))?;
+            report.deleted.push(path);
+        }
+        Ok(())
     }
 
     /// Unregisters paths from the front of `queue` in one transaction,

@@ -155,6 +155,10 @@ pub struct GcArgs {
     /// Print what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also mark what the roots reach and sweep the rest, taking paths
+    /// that refer to each other in a cycle (walks the whole live store).
+    #[arg(long)]
+    pub full: bool,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub store: StoreArgs,
@@ -388,6 +392,7 @@ pub fn run(command: StoreCommand) -> Result<(), Error> {
             let report = store.collect_garbage(&GcOptions {
                 max_freed: args.max_freed.map(|b| b.0),
                 dry_run: args.dry_run,
+                full: args.full,
             })?;
             print_gc_report(&store, &report, args.dry_run, args.output.json)
         }

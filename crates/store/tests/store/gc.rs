@@ -191,3 +191,74 @@ fn a_self_referencing_path_is_collected() -> Result {
     );
     assert_consistent(&store)
 }
+
+#[test]
+fn a_full_collection_takes_reference_cycles() -> Result {
+    use bigtop_store::core::{nar, HashAlgo};
+    let tmp = tempfile::tempdir()?;
+    let s = tmp.path().join("s");
+    // Two outputs of one build that refer to each other, twice: one pair
+    // rooted, one pair garbage.
+    let mut pairs = Vec::new();
+    {
+        let store = Store::open_chroot(&s)?;
+        for tag in ["kept", "dropped"] {
+            let mut batch = store.batch();
+            let mut made = Vec::new();
+            let mut nars = Vec::new();
+            for out in ["out", "dev"] {
+                let f = tmp.path().join(format!("{tag}-{out}"));
+                std::fs::write(&f, format!("{tag} {out}"))?;
+                let mut archive = Vec::new();
+                nar::dump_path(&f, &mut archive)?;
+                let (hash, size) = nar::hash_path(&f, HashAlgo::Blake3)?;
+                let path = store.store_dir().make_source_path(
+                    &format!("{tag}-{out}"),
+                    &hash,
+                    [],
+                    false,
+                )?;
+                made.push((path, hash, size));
+                nars.push(archive);
+            }
+            for (i, (path, hash, size)) in made.iter().enumerate() {
+                let other = made[1 - i].0.clone();
+                let info = bigtop_store::PathInfo::new(
+                    path.clone(),
+                    *hash,
+                    *size,
+                    BTreeSet::from([other]),
+                );
+                batch.add_nar(info, &mut &nars[i][..])?;
+            }
+            batch.commit()?;
+            pairs.push((made[0].0.clone(), made[1].0.clone()));
+        }
+        store.add_root("kept", &pairs[0].0)?;
+    }
+    let store = Store::open_chroot(&s)?;
+    // Neither path of a cycle is ever unreferenced: the usual pass leaves them.
+    assert!(store
+        .collect_garbage(&GcOptions::default())?
+        .deleted
+        .is_empty());
+    let full = GcOptions {
+        full: true,
+        ..Default::default()
+    };
+    let dry = store.collect_garbage(&GcOptions {
+        dry_run: true,
+        ..full.clone()
+    })?;
+    let mut dropped = vec![pairs[1].0.clone(), pairs[1].1.clone()];
+    dropped.sort();
+    assert_eq!(dry.deleted, dropped);
+    assert!(store.is_valid(&pairs[1].0)?);
+    let report = store.collect_garbage(&full)?;
+    assert_eq!(report.deleted, dropped);
+    for p in [&pairs[0].0, &pairs[0].1] {
+        assert!(store.is_valid(p)?, "{p} is rooted");
+    }
+    assert!(!store.physical(&pairs[1].0).exists());
+    assert_consistent(&store)
+}
