@@ -313,7 +313,7 @@ impl Store {
             }
             queue.extend(next);
         }
-        if options.full && !options.max_freed.is_some_and(|m| report.freed_bytes >= m) {
+        if options.full && options.max_freed.is_none_or(|m| report.freed_bytes < m) {
             self.sweep_unreachable(&roots, options.dry_run, &mut report)?;
         }
         report.deleted.sort();
