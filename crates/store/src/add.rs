@@ -79,30 +79,25 @@ impl Drop for AddBatch<'_> {
     }
 }
 
-/// Removes a tree that canonicalization made read-only.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+/// Removes a tree that canonicalization made read-only, returning the
+/// bytes it occupied on disk (what a collection reports as freed).
+pub(crate) fn remove_tree(path: &Path) -> io::Result<u64> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
+    let mut bytes = meta.blocks() * 512;
     if meta.is_dir() {
-        make_writable(path)?;
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
-}
-
-fn make_writable(dir: &Path) -> io::Result<()> {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            make_writable(&entry.path())?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+        for entry in fs::read_dir(path)? {
+            bytes += remove_tree(&entry?.path())?;
         }
+        fs::remove_dir(path)?;
+    } else {
+        fs::remove_file(path)?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Canonicalizes a staged tree: read-only, no setuid/setgid/sticky bits,

@@ -33,7 +33,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bigtop_core::StorePath;
@@ -93,27 +92,6 @@ pub struct GcReport {
     pub deleted: Vec<StorePath>,
     /// Bytes freed on disk (in a dry run: the NAR sizes that would be).
     pub freed_bytes: u64,
-}
-
-/// Deletes a tree, returning the bytes it occupied on disk.
-fn remove_counting(path: &Path) -> io::Result<u64> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = meta.blocks() * 512;
-    if meta.is_dir() {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
-        for entry in fs::read_dir(path)? {
-            bytes += remove_counting(&entry?.path())?;
-        }
-        fs::remove_dir(path)?;
-    } else {
-        fs::remove_file(path)?;
-    }
-    Ok(bytes)
 }
 
 impl Store {
@@ -292,7 +270,7 @@ impl Store {
                 for (path, _) in deleted {
                     let physical = self.physical(&path);
                     report.freed_bytes +=
-                        remove_counting(&physical).map_err(io_err("delete", &physical))?;
+                        remove_tree(&physical).map_err(io_err("delete", &physical))?;
                     report.deleted.push(path);
                 }
                 continue;
@@ -384,8 +362,7 @@ impl Store {
         for (_, name, _) in dead {
             let path = StorePath::from_base_name(&name)?;
             let physical = self.physical(&path);
-            report.freed_bytes +=
-                remove_counting(&physical).map_err(io_err("delete", &physical))?;
+            report.freed_bytes += remove_tree(&physical).map_err(io_err("delete", &physical))?;
             report.deleted.push(path);
         }
         Ok(())
@@ -596,8 +573,7 @@ impl Store {
         let mut report = GcReport::default();
         for p in wanted {
             let physical = self.physical(p);
-            report.freed_bytes +=
-                remove_counting(&physical).map_err(io_err("delete", &physical))?;
+            report.freed_bytes += remove_tree(&physical).map_err(io_err("delete", &physical))?;
             report.deleted.push(p.clone());
         }
         drop(locks);
@@ -619,5 +595,7 @@ fn replace_symlink(target: &str, link: &Path) -> Result<(), Error> {
 
 /// Removes what a path occupies on disk, for repair.
 pub(crate) fn remove_physical(path: &Path) -> Result<(), Error> {
-    remove_tree(path).map_err(io_err("delete", path))
+    remove_tree(path)
+        .map(|_| ())
+        .map_err(io_err("delete", path))
 }
