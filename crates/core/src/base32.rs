@@ -82,11 +82,25 @@ pub const fn decoded_len(chars: usize) -> Option<usize> {
 
 /// Encodes `bytes` in Nix's base-32 form.
 pub fn encode(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; encoded_len(bytes.len())];
+    encode_into(bytes, &mut out);
+    // The alphabet is ASCII.
+    String::from_utf8(out).expect("base-32 text is ASCII")
+}
+
+/// Encodes `bytes` in Nix's base-32 form into `out`, which must be
+/// exactly [`encoded_len`] bytes long: for hot paths (every store path is
+/// printed many times) that should not allocate.
+///
+/// # Panics
+///
+/// If `out` has another length.
+pub fn encode_into(bytes: &[u8], out: &mut [u8]) {
     let len = encoded_len(bytes.len());
-    let mut out = String::with_capacity(len);
+    assert_eq!(out.len(), len, "base-32 output buffer of the wrong length");
     // Character n (counting from the end of the text) holds bits
     // [5n, 5n + 5) of the little-endian number the bytes form.
-    for n in (0..len).rev() {
+    for (n, c) in out.iter_mut().rev().enumerate() {
         let bit = n * 5;
         let (i, j) = (bit / 8, bit % 8);
         let low = bytes[i] >> j;
@@ -95,9 +109,8 @@ pub fn encode(bytes: &[u8]) -> String {
         } else {
             0
         };
-        out.push(ALPHABET[((low | high) & 0x1f) as usize] as char);
+        *c = ALPHABET[((low | high) & 0x1f) as usize];
     }
-    out
 }
 
 /// Decodes a text in Nix's base-32 form.

@@ -94,9 +94,19 @@ impl StorePathDigest {
     }
 }
 
+impl StorePathDigest {
+    /// The digest's base-32 text, without allocating.
+    fn encode(&self) -> [u8; DIGEST_CHARS] {
+        let mut text = [0u8; DIGEST_CHARS];
+        base32::encode_into(&self.0, &mut text);
+        text
+    }
+}
+
 impl fmt::Display for StorePathDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&base32::encode(&self.0))
+        // The alphabet is ASCII.
+        f.write_str(std::str::from_utf8(&self.encode()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -226,7 +236,11 @@ impl StorePath {
 
 impl fmt::Display for StorePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.digest, self.name)
+        // Printed for every row a batch registers: no format machinery.
+        let digest = self.digest.encode();
+        f.write_str(std::str::from_utf8(&digest).map_err(|_| fmt::Error)?)?;
+        f.write_str("-")?;
+        f.write_str(&self.name)
     }
 }
 

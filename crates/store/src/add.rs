@@ -531,7 +531,7 @@ fn valid_among(store: &Store, paths: &[&StorePath]) -> Result<BTreeSet<StorePath
         )
         .map_err(store.db_err())?;
     let rows = stmt
-        .query_map([crate::store::serde_json_array(&names)], |r| {
+        .query_map([crate::store::json_array(&names)], |r| {
             r.get::<_, String>(0)
         })
         .map_err(store.db_err())?;

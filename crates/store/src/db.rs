@@ -25,7 +25,7 @@ use rusqlite::Connection;
 use crate::error::Error;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[v]` takes a database from version `v` to `v + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -95,6 +95,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX LocksByOwner ON Locks(owner);
     CREATE INDEX LocksByProcess ON Locks(process);
     "#,
+    // 1 → 2: a lock is one row of one B-tree, not four (rowid, key and
+    // two indexes): a batch takes and releases a lock per path, and the
+    // table only ever holds the locks in flight, so a release by owner or
+    // a process's cascade scans a small table instead of an index.
+    r#"
+    CREATE TABLE LocksNew (
+        path    TEXT PRIMARY KEY,
+        process INTEGER NOT NULL REFERENCES Processes(id) ON DELETE CASCADE,
+        owner   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO LocksNew (path, process, owner) SELECT path, process, owner FROM Locks;
+    DROP TABLE Locks;
+    ALTER TABLE LocksNew RENAME TO Locks;
+    "#,
 ];
 
 /// Opens (creating or migrating) the database at `file`.
@@ -151,4 +165,50 @@ fn migrate(conn: &Connection, file: &Path) -> Result<(), Error> {
         let _ = conn.execute_batch("ROLLBACK");
     }
     result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database as the first release wrote it, with a lock in flight,
+    /// reaches the current schema keeping its rows.
+    #[test]
+    fn a_version_1_database_migrates_keeping_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&file).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO Processes (id, pid, start_time) VALUES (7, 1234, 5);
+                 INSERT INTO Locks (path, process, owner) VALUES ('a-x', 7, 42);",
+            )
+            .unwrap();
+        }
+        let conn = open(&file).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        let lock: (String, i64, i64) = conn
+            .query_row("SELECT path, process, owner FROM Locks", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(lock, ("a-x".to_owned(), 7, 42));
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'Locks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+        // The process's locks still go with it.
+        conn.execute("DELETE FROM Processes WHERE id = 7", [])
+            .unwrap();
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM Locks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
 }

@@ -328,7 +328,7 @@ impl Store {
                  SELECT id, path, nar_size FROM ValidPaths WHERE id NOT IN (SELECT id FROM live)",
             )
             .and_then(|mut s| {
-                s.query_map([crate::store::serde_json_array(&seeds)], |r| {
+                s.query_map([crate::store::json_array(&seeds)], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect()

@@ -63,7 +63,13 @@ impl<'s> LockSet<'s> {
         temp_roots: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<(), Error> {
         let names: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
+        let wanted = crate::store::json_array(&names);
         let roots: Vec<String> = temp_roots.into_iter().map(|p| p.to_string()).collect();
+        let roots = if roots.is_empty() {
+            String::new()
+        } else {
+            crate::store::json_array(&roots)
+        };
         let mut wait = Duration::from_millis(2);
         loop {
             let taken = {
@@ -71,40 +77,26 @@ impl<'s> LockSet<'s> {
                 let tx = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(self.store.db_err())?;
-                let mut blocked = false;
-                {
-                    let mut take = tx
-                        .prepare_cached("INSERT OR IGNORE INTO Locks (path, process, owner) VALUES (?1, ?2, ?3)")
-                        .map_err(self.store.db_err())?;
-                    let mut holder = tx
-                        .prepare_cached("SELECT owner FROM Locks WHERE path = ?1")
-                        .map_err(self.store.db_err())?;
-                    for name in &names {
-                        if take
-                            .execute(params![name, self.store.process, self.owner])
-                            .map_err(self.store.db_err())?
-                            == 0
-                        {
-                            let owner: i64 = holder
-                                .query_row([name], |r| r.get(0))
-                                .map_err(self.store.db_err())?;
-                            if owner != self.owner {
-                                blocked = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-                if !blocked {
-                    let mut root = tx
+                // Whole sets in one statement each: per-row statements
+                // cost more than the rows for a batch of thousands.
+                let taken = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO Locks (path, process, owner)
+                         SELECT value, ?1, ?2 FROM json_each(?3)",
+                    )
+                    .and_then(|mut s| s.execute(params![self.store.process, self.owner, wanted]))
+                    .map_err(self.store.db_err())?;
+                // Fewer rows than names: some were held, by us or another set.
+                let blocked = taken < names.len()
+                    && tx
                         .prepare_cached(
-                            "INSERT OR IGNORE INTO TempRoots (process, path) VALUES (?1, ?2)",
+                            "SELECT EXISTS (SELECT 1 FROM Locks WHERE owner != ?1
+                               AND path IN (SELECT value FROM json_each(?2)))",
                         )
+                        .and_then(|mut s| s.query_row(params![self.owner, wanted], |r| r.get(0)))
                         .map_err(self.store.db_err())?;
-                    for name in &roots {
-                        root.execute(params![self.store.process, name])
-                            .map_err(self.store.db_err())?;
-                    }
+                if !blocked && !roots.is_empty() {
+                    self.store.insert_temp_roots(&tx, &roots)?;
                 }
                 if blocked {
                     // Take nothing while waiting: no set holds some locks

@@ -405,7 +405,7 @@ impl Store {
         let mut stmt = conn
             .prepare_cached("SELECT sum(nar_size) FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?1))")
             .map_err(self.db_err())?;
-        let json = serde_json_array(&closure);
+        let json = json_array(&closure);
         let sum: Option<i64> = stmt
             .query_row([json], |r| r.get(0))
             .map_err(self.db_err())?;
@@ -535,20 +535,28 @@ impl Store {
         &self,
         paths: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<(), Error> {
+        let names = json_array(paths.into_iter().map(|p| p.to_string()));
         let mut conn = self.db();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
-        {
-            let mut stmt = tx
-                .prepare_cached("INSERT OR IGNORE INTO TempRoots (process, path) VALUES (?1, ?2)")
-                .map_err(self.db_err())?;
-            for p in paths {
-                stmt.execute(params![self.process, p.to_string()])
-                    .map_err(self.db_err())?;
-            }
-        }
+        self.insert_temp_roots(&tx, &names)?;
         tx.commit().map_err(self.db_err())
+    }
+
+    /// Inside `tx`, makes the paths named by the JSON array `names`
+    /// temporary roots of this handle: one statement for the whole set.
+    pub(crate) fn insert_temp_roots(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        names: &str,
+    ) -> Result<(), Error> {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO TempRoots (process, path) SELECT ?1, value FROM json_each(?2)",
+        )
+        .and_then(|mut s| s.execute(params![self.process, names]))
+        .map_err(self.db_err())?;
+        Ok(())
     }
 
     /// Every valid path, sorted.
@@ -564,19 +572,36 @@ impl Store {
     }
 }
 
-pub(crate) fn serde_json_array(items: &[String]) -> String {
+/// A JSON array of strings, the form in which a whole set of names goes
+/// to SQLite as one parameter (read back with `json_each`): one statement
+/// for a batch instead of one per row.
+pub(crate) fn json_array<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
     let mut out = String::from("[");
-    for (i, s) in items.iter().enumerate() {
+    for (i, s) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        // Store path base names need no escaping: their alphabet has no `"` or `\`.
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
+        push_json_string(&mut out, s.as_ref());
     }
     out.push(']');
     out
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn parse_paths(
