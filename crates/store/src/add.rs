@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bigtop_core::content_address::{ContentAddress, ContentAddressMethod};
+use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::hash::{Hash, HashAlgo, Hasher};
 use bigtop_core::{nar, StorePath};
 use rusqlite::{params, OptionalExtension};
@@ -67,6 +68,8 @@ enum Staged {
 pub struct AddBatch<'s> {
     store: &'s Store,
     pending: Vec<Pending>,
+    /// `(drv, output, path)` rows recorded with the registration.
+    drv_outputs: Vec<(StorePath, OutputName, StorePath)>,
 }
 
 impl Drop for AddBatch<'_> {
@@ -105,7 +108,7 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<u64> {
 /// one second, as Nix does, so that builds do not depend on when their
 /// inputs arrived), and owned by the store's owner (`owner`, when this
 /// process may change owners).
-fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+pub(crate) fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
     let meta = fs::symlink_metadata(path).map_err(io_err("read", path))?;
     let t = meta.file_type();
     if t.is_dir() {
@@ -225,6 +228,7 @@ impl Store {
         AddBatch {
             store: self,
             pending: Vec::new(),
+            drv_outputs: Vec::new(),
         }
     }
 
@@ -350,39 +354,53 @@ impl AddBatch<'_> {
     /// Unpacks a NAR and stages it as `info.path`, checking that it hashes
     /// to `info.nar_hash` and has `info.nar_size` bytes.
     pub fn add_nar(&mut self, info: PathInfo, nar: &mut impl BufRead) -> Result<(), Error> {
-        let tmp = self.store.temp_name(info.path.name());
-        let mut reader = HashingReader::new(nar, info.nar_hash.algo());
-        let unpacked = nar::restore(&mut reader, &tmp).map_err(|source| Error::Nar {
-            path: info.path.clone(),
-            source,
-        });
-        let (got, size, _) = reader.finish();
-        let checked = unpacked.and_then(|()| {
-            if got != info.nar_hash {
-                Err(Error::HashMismatch {
-                    path: info.path.clone(),
-                    expected: info.nar_hash,
-                    got,
-                })
-            } else if size != info.nar_size {
-                Err(Error::SizeMismatch {
-                    path: info.path.clone(),
-                    expected: info.nar_size,
-                    got: size,
-                })
-            } else {
-                canonicalize(&tmp, self.store.owner())
-            }
-        });
-        if let Err(e) = checked {
-            let _ = remove_tree(&tmp);
-            return Err(e);
-        }
+        let tmp = stage_nar(self.store, &info, nar)?;
         self.pending.push(Pending {
             info,
             contents: Staged::Tree(tmp),
         });
         Ok(())
+    }
+
+    /// Stages a derivation's `.drv` (referring to its input derivations
+    /// and sources, as in Nix) and records the paths of its outputs that
+    /// are known, so that "outputs of this derivation" is answered from
+    /// the database; returns the `.drv` path.
+    pub fn add_derivation(&mut self, drv: &Derivation) -> Result<StorePath, Error> {
+        let dir = self.store.store_dir().clone();
+        let name = format!("{}.drv", drv.name);
+        drv.validate().map_err(|source| Error::BadDerivation {
+            name: name.clone(),
+            source,
+        })?;
+        let refs: BTreeSet<StorePath> = drv
+            .input_drvs
+            .keys()
+            .chain(&drv.input_srcs)
+            .cloned()
+            .collect();
+        let path = self.add_text(&name, drv.to_text(&dir).as_bytes(), &refs)?;
+        for out in drv.outputs.keys() {
+            if let Some(p) = drv.output_path(&dir, out) {
+                self.drv_outputs.push((path.clone(), out.clone(), p));
+            }
+        }
+        Ok(path)
+    }
+
+    /// Stages a tree a build wrote at `tmp` (in the store's physical root,
+    /// so that it can be renamed into place), already canonicalized and
+    /// described by `info`.
+    pub(crate) fn add_built(&mut self, info: PathInfo, tmp: PathBuf) {
+        self.pending.push(Pending {
+            info,
+            contents: Staged::Tree(tmp),
+        });
+    }
+
+    /// Records that `drv` built `output` at `path` (with the registration).
+    pub(crate) fn record_output(&mut self, drv: StorePath, output: OutputName, path: StorePath) {
+        self.drv_outputs.push((drv, output, path));
     }
 
     /// The paths staged so far.
@@ -391,10 +409,21 @@ impl AddBatch<'_> {
     }
 
     /// Makes every staged path valid, or none of them.
-    pub fn commit(mut self) -> Result<Vec<StorePath>, Error> {
+    pub fn commit(self) -> Result<Vec<StorePath>, Error> {
+        self.commit_holding(&mut [])
+    }
+
+    /// [`commit`](Self::commit) for paths whose locks the caller already
+    /// holds in `held` (builds lock their outputs before they start): the
+    /// registration releases those too, in the same transaction.
+    pub(crate) fn commit_holding(
+        mut self,
+        held: &mut [LockSet<'_>],
+    ) -> Result<Vec<StorePath>, Error> {
         let store = self.store;
         let pending = std::mem::take(&mut self.pending);
-        let result = commit(store, &pending);
+        let outputs = std::mem::take(&mut self.drv_outputs);
+        let result = commit(store, &pending, &outputs, held);
         if result.is_err() {
             for p in &pending {
                 if let Staged::Tree(tmp) = &p.contents {
@@ -404,6 +433,45 @@ impl AddBatch<'_> {
         }
         result
     }
+}
+
+/// Unpacks a NAR under a temporary name in the store, checking it against
+/// `info` (hash and size) and canonicalizing it; returns the staged tree.
+/// Nothing is left behind on error.
+pub(crate) fn stage_nar(
+    store: &Store,
+    info: &PathInfo,
+    nar: &mut (impl BufRead + ?Sized),
+) -> Result<PathBuf, Error> {
+    let tmp = store.temp_name(info.path.name());
+    let mut reader = HashingReader::new(nar, info.nar_hash.algo());
+    let unpacked = nar::restore(&mut reader, &tmp).map_err(|source| Error::Nar {
+        path: info.path.clone(),
+        source,
+    });
+    let (got, size, _) = reader.finish();
+    let checked = unpacked.and_then(|()| {
+        if got != info.nar_hash {
+            Err(Error::HashMismatch {
+                path: info.path.clone(),
+                expected: info.nar_hash,
+                got,
+            })
+        } else if size != info.nar_size {
+            Err(Error::SizeMismatch {
+                path: info.path.clone(),
+                expected: info.nar_size,
+                got: size,
+            })
+        } else {
+            canonicalize(&tmp, store.owner())
+        }
+    });
+    if let Err(e) = checked {
+        let _ = remove_tree(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
 }
 
 /// NAR size of a single regular file of `len` bytes.
@@ -449,8 +517,16 @@ fn write_text(dest: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<()
     Ok(())
 }
 
-fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
+fn commit(
+    store: &Store,
+    pending: &[Pending],
+    drv_outputs: &[(StorePath, OutputName, StorePath)],
+    held: &mut [LockSet<'_>],
+) -> Result<Vec<StorePath>, Error> {
     if pending.is_empty() {
+        for l in held.iter_mut() {
+            l.release()?;
+        }
         return Ok(Vec::new());
     }
     let mut paths: Vec<&StorePath> = pending.iter().map(|p| &p.info.path).collect();
@@ -463,11 +539,12 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
     paths.dedup();
     let mut locks = LockSet::new(store);
     // Temporary roots in the same transaction as the locks, one commit.
-    locks.lock_all_rooting(
+    locks.lock_all_beside(
         paths.iter().copied(),
         paths.iter().copied().chain(referenced.iter().copied()),
+        held,
     )?;
-    let valid = valid_among(store, &paths)?;
+    let valid = store.valid_among(paths.iter().copied())?;
 
     // Write texts in place and collect staged trees, then sync once. A
     // crash before registration leaves only unregistered files behind.
@@ -496,7 +573,7 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
             }
         }
         if registered.is_empty() {
-            return Ok(());
+            return record_outputs(store, drv_outputs, &mut locks, held);
         }
         sync_store(store)?;
         if !trees.is_empty() {
@@ -509,7 +586,13 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
             }
             sync_store(store)?;
         }
-        register(store, registered.iter().copied(), Some(&mut locks))
+        register(
+            store,
+            registered.iter().copied(),
+            drv_outputs,
+            &mut locks,
+            held,
+        )
     })();
     if placing.is_err() {
         for dest in &written {
@@ -521,25 +604,15 @@ fn commit(store: &Store, pending: &[Pending]) -> Result<Vec<StorePath>, Error> {
     Ok(pending.iter().map(|p| p.info.path.clone()).collect())
 }
 
-/// Which of `paths` are registered.
-fn valid_among(store: &Store, paths: &[&StorePath]) -> Result<BTreeSet<StorePath>, Error> {
-    let names: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-    let conn = store.db();
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT path FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?1))",
-        )
-        .map_err(store.db_err())?;
-    let rows = stmt
-        .query_map([crate::store::json_array(&names)], |r| {
-            r.get::<_, String>(0)
-        })
-        .map_err(store.db_err())?;
-    let mut out = BTreeSet::new();
-    for r in rows {
-        out.insert(StorePath::from_base_name(&r.map_err(store.db_err())?)?);
-    }
-    Ok(out)
+/// Records derivation outputs when every path was valid already, and lets
+/// the locks go.
+fn record_outputs(
+    store: &Store,
+    drv_outputs: &[(StorePath, OutputName, StorePath)],
+    locks: &mut LockSet<'_>,
+    held: &mut [LockSet<'_>],
+) -> Result<(), Error> {
+    register(store, std::iter::empty(), drv_outputs, locks, held)
 }
 
 /// Registers paths whose files are in place, with their references, in
@@ -548,7 +621,9 @@ fn valid_among(store: &Store, paths: &[&StorePath]) -> Result<BTreeSet<StorePath
 pub(crate) fn register<'a>(
     store: &Store,
     infos: impl Iterator<Item = &'a PathInfo> + Clone,
-    mut locks: Option<&mut LockSet<'_>>,
+    drv_outputs: &[(StorePath, OutputName, StorePath)],
+    locks: &mut LockSet<'_>,
+    held: &mut [LockSet<'_>],
 ) -> Result<(), Error> {
     let mut conn = store.db();
     let tx = conn
@@ -606,12 +681,31 @@ pub(crate) fn register<'a>(
             }
         }
     }
+    if !drv_outputs.is_empty() {
+        let mut row = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO DerivationOutputs (drv, output, path)
+                 SELECT id, ?2, ?3 FROM ValidPaths WHERE path = ?1",
+            )
+            .map_err(store.db_err())?;
+        for (drv, output, path) in drv_outputs {
+            if row
+                .execute(params![drv.to_string(), output.as_str(), path.to_string()])
+                .map_err(store.db_err())?
+                == 0
+            {
+                return Err(Error::NotValid { path: drv.clone() });
+            }
+        }
+    }
     // The locks go in the same commit as the paths they protected.
-    if let Some(l) = &locks {
+    locks.release_in(&tx)?;
+    for l in held.iter() {
         l.release_in(&tx)?;
     }
     tx.commit().map_err(store.db_err())?;
-    if let Some(l) = locks.as_mut() {
+    locks.released();
+    for l in held.iter_mut() {
         l.released();
     }
     Ok(())

@@ -46,6 +46,60 @@ pub enum Error {
         /// The path.
         path: StorePath,
     },
+    /// A derivation is not well formed.
+    #[error("Derivation `{name}` is not valid")]
+    BadDerivation {
+        /// Its `.drv` name or path.
+        name: String,
+        /// What is wrong.
+        #[source]
+        source: bigtop_core::derivation::Error,
+    },
+    /// A `.drv` file in the store does not parse.
+    #[error("Cannot read derivation `{path}`")]
+    DerivationFile {
+        /// The `.drv` path.
+        path: StorePath,
+        /// Why.
+        #[source]
+        source: bigtop_core::derivation::ParseError,
+    },
+    /// A derivation to build is not in the store.
+    #[error("Derivation `{drv}` is not valid in the store (add it first)")]
+    MissingDerivation {
+        /// The `.drv` path.
+        drv: StorePath,
+    },
+    /// An output was asked for that the derivation does not have.
+    #[error("Derivation `{drv}` has no output `{output}`")]
+    NoSuchOutput {
+        /// The `.drv` path.
+        drv: StorePath,
+        /// The output asked for.
+        output: bigtop_core::derivation::OutputName,
+    },
+    /// An input source is neither valid nor substitutable.
+    #[error("Input `{input}` of `{drv}` is not valid and no substituter has it")]
+    MissingInput {
+        /// The `.drv` path.
+        drv: StorePath,
+        /// The missing input.
+        input: StorePath,
+    },
+    /// The derivations depend on each other in a cycle.
+    #[error("Dependency cycle through `{path}`")]
+    DependencyCycle {
+        /// A path on the cycle.
+        path: StorePath,
+    },
+    /// Builds failed; each failure says which and why.
+    #[error("{}", render_failures(.0))]
+    BuildFailed(Vec<crate::build::BuildFailure>),
+    /// Builds must be sandboxed and this machine cannot.
+    #[error(
+        "cannot sandbox builds here: {0} (allow unsandboxed builds explicitly to build anyway)"
+    )]
+    SandboxUnavailable(String),
     /// A path refers to one that is neither registered nor being added.
     #[error("Path `{path}` refers to `{reference}`, which is not valid in the store")]
     MissingReference {
@@ -124,4 +178,26 @@ pub(crate) fn io_err(
         path,
         source,
     }
+}
+
+fn render_failures(failures: &[crate::build::BuildFailure]) -> String {
+    let direct: Vec<String> = failures
+        .iter()
+        .filter(|f| !matches!(f.kind, crate::build::FailureKind::DependencyFailed(_)))
+        .map(|f| f.to_string())
+        .collect();
+    let skipped = failures.len() - direct.len();
+    let mut text = format!(
+        "{} build{} failed",
+        direct.len(),
+        if direct.len() == 1 { "" } else { "s" }
+    );
+    if skipped > 0 {
+        text.push_str(&format!(" ({skipped} dependent jobs not attempted)"));
+    }
+    for d in direct {
+        text.push('\n');
+        text.push_str(&d);
+    }
+    text
 }

@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod add;
+pub mod build;
 mod db;
 pub mod error;
 pub mod export;
@@ -52,5 +53,5 @@ pub use db::SCHEMA_VERSION;
 pub use error::Error;
 pub use gc::{GcOptions, GcReport};
 pub use scan::ReferenceScanner;
-pub use store::{PathInfo, Store, StoreBuilder};
+pub use store::{PathInfo, RecordedOutputs, Store, StoreBuilder};
 pub use verify::{VerifyOptions, VerifyReport};

@@ -62,6 +62,25 @@ impl<'s> LockSet<'s> {
         paths: impl IntoIterator<Item = &'a StorePath>,
         temp_roots: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<(), Error> {
+        self.lock_all_beside(paths, temp_roots, &[])
+    }
+
+    /// [`lock_all_rooting`](Self::lock_all_rooting), counting locks held
+    /// by the sets in `beside` (the caller's others) as taken.
+    pub(crate) fn lock_all_beside<'a>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+        temp_roots: impl IntoIterator<Item = &'a StorePath>,
+        beside: &[LockSet<'_>],
+    ) -> Result<(), Error> {
+        let ours = format!(
+            "[{}]",
+            beside
+                .iter()
+                .map(|l| l.owner.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let names: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
         let wanted = crate::store::json_array(&names);
         let roots: Vec<String> = temp_roots.into_iter().map(|p| p.to_string()).collect();
@@ -91,9 +110,12 @@ impl<'s> LockSet<'s> {
                     && tx
                         .prepare_cached(
                             "SELECT EXISTS (SELECT 1 FROM Locks WHERE owner != ?1
+                               AND owner NOT IN (SELECT value FROM json_each(?3))
                                AND path IN (SELECT value FROM json_each(?2)))",
                         )
-                        .and_then(|mut s| s.query_row(params![self.owner, wanted], |r| r.get(0)))
+                        .and_then(|mut s| {
+                            s.query_row(params![self.owner, wanted, ours], |r| r.get(0))
+                        })
                         .map_err(self.store.db_err())?;
                 if !blocked && !roots.is_empty() {
                     self.store.insert_temp_roots(&tx, &roots)?;
@@ -155,6 +177,18 @@ impl LockSet<'_> {
         tx.prepare_cached("DELETE FROM Locks WHERE owner = ?1")
             .and_then(|mut s| s.execute([self.owner]))
             .map_err(self.store.db_err())?;
+        Ok(())
+    }
+
+    /// Lets every lock of the set go now.
+    pub(crate) fn release(&mut self) -> Result<(), Error> {
+        if self.held {
+            self.store
+                .db()
+                .execute("DELETE FROM Locks WHERE owner = ?1", [self.owner])
+                .map_err(self.store.db_err())?;
+            self.held = false;
+        }
         Ok(())
     }
 

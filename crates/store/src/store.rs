@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bigtop_core::derivation::OutputName;
+use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::signing::Signature;
 use bigtop_core::{ContentAddress, Hash, StoreDir, StorePath};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -61,6 +61,9 @@ impl PathInfo {
         }
     }
 }
+
+/// A derivation's recorded outputs: name → (path, whether it is valid).
+pub type RecordedOutputs = BTreeMap<OutputName, (StorePath, bool)>;
 
 /// Builds a [`Store`] with non-default settings.
 #[derive(Debug, Clone)]
@@ -515,6 +518,111 @@ impl Store {
                 OutputName::new(&name).map_err(|e| bad(e.to_string()))?,
                 StorePath::from_base_name(&path).map_err(|e| bad(e.to_string()))?,
             );
+        }
+        Ok(out)
+    }
+
+    /// Where the (gzip-compressed) build log of `drv` is kept.
+    pub fn log_path(&self, drv: &StorePath) -> PathBuf {
+        let name = drv.to_string();
+        // Two-character fan-out, so that no directory holds every log.
+        self.state
+            .join("logs")
+            .join(&name[..2])
+            .join(format!("{}.gz", &name[2..]))
+    }
+
+    /// The build log of `drv`, if it was built here.
+    pub fn read_log(&self, drv: &StorePath) -> Result<Option<String>, Error> {
+        use std::io::Read;
+        let path = self.log_path(drv);
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let mut text = Vec::new();
+        flate2::read::MultiGzDecoder::new(file)
+            .read_to_end(&mut text)
+            .map_err(io_err("read", &path))?;
+        Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+    }
+
+    /// Adds one derivation (see [`AddBatch::add_derivation`](crate::AddBatch::add_derivation)).
+    pub fn add_derivation(&self, drv: &Derivation) -> Result<StorePath, Error> {
+        let mut b = self.batch();
+        let p = b.add_derivation(drv)?;
+        b.commit()?;
+        Ok(p)
+    }
+
+    /// Reads and parses the `.drv` file `drv`.
+    pub fn read_derivation(&self, drv: &StorePath) -> Result<Derivation, Error> {
+        let file = self.physical(drv);
+        let text = fs::read_to_string(&file).map_err(io_err("read", &file))?;
+        Derivation::parse(&self.dir, &text).map_err(|source| Error::DerivationFile {
+            path: drv.clone(),
+            source,
+        })
+    }
+
+    /// Which of `paths` are registered, in one query.
+    pub fn valid_among<'a>(
+        &self,
+        paths: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<BTreeSet<StorePath>, Error> {
+        let names = json_array(paths.into_iter().map(|p| p.to_string()));
+        let conn = self.db();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT path FROM ValidPaths WHERE path IN (SELECT value FROM json_each(?1))",
+            )
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([names], |r| r.get::<_, String>(0))
+            .map_err(self.db_err())?;
+        parse_paths(rows, self)
+    }
+
+    /// The recorded outputs of each of `drvs` (those with any), with
+    /// whether each output path is valid: one query for a whole set, which
+    /// is all planning an already-built graph costs.
+    pub fn derivation_outputs_many<'a>(
+        &self,
+        drvs: impl IntoIterator<Item = &'a StorePath>,
+    ) -> Result<HashMap<StorePath, RecordedOutputs>, Error> {
+        let names = json_array(drvs.into_iter().map(|p| p.to_string()));
+        let conn = self.db();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT d.path, o.output, o.path,
+                        EXISTS (SELECT 1 FROM ValidPaths v WHERE v.path = o.path)
+                 FROM json_each(?1) j
+                 JOIN ValidPaths d ON d.path = j.value
+                 JOIN DerivationOutputs o ON o.drv = d.id",
+            )
+            .map_err(self.db_err())?;
+        let rows = stmt
+            .query_map([names], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            })
+            .map_err(self.db_err())?;
+        let mut out: HashMap<StorePath, RecordedOutputs> = HashMap::new();
+        for row in rows {
+            let (drv, name, path, valid) = row.map_err(self.db_err())?;
+            let bad = |reason: String| Error::BadMetadata {
+                path: drv.clone(),
+                reason,
+            };
+            let name = OutputName::new(&name).map_err(|e| bad(e.to_string()))?;
+            let path = StorePath::from_base_name(&path).map_err(|e| bad(e.to_string()))?;
+            let drv = StorePath::from_base_name(&drv).map_err(|e| bad(e.to_string()))?;
+            out.entry(drv).or_default().insert(name, (path, valid));
         }
         Ok(out)
     }

@@ -1,0 +1,245 @@
+//! Builtin builders: derivations built in-process, with no process and no
+//! sandbox to start. A system is mostly small files; these cost
+//! microseconds. Their outputs go through the same staging, scanning,
+//! hashing and registration as a process's, so a builtin output is
+//! indistinguishable from the same files written by a builder process.
+//!
+//! | `builder` | environment | output `out` |
+//! |---|---|---|
+//! | `builtin:write-file` | `text`, optional `executable` = `1` | a file holding `text` (mode 0555 if executable) |
+//! | `builtin:symlink-join` | `paths`: store paths separated by spaces | a tree of directories whose files are symlinks into `paths`; two paths providing the same file is an error naming both |
+//! | `builtin:copy` | `src`: a store path | a copy of `src` |
+//!
+//! Every store path a builtin reads must be one of the derivation's inputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bigtop_core::derivation::{Derivation, OutputName};
+use bigtop_core::StorePath;
+use thiserror::Error;
+
+use crate::store::Store;
+
+/// The builder of a file-writing derivation.
+pub const WRITE_FILE: &str = "builtin:write-file";
+/// The builder of a symlink-tree ("profile") derivation.
+pub const SYMLINK_JOIN: &str = "builtin:symlink-join";
+/// The builder of a copying derivation.
+pub const COPY: &str = "builtin:copy";
+
+/// Why a builtin builder failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BuiltinError {
+    /// The builder is `builtin:…` but not one of ours.
+    #[error("unknown builtin builder `{0}` (known: {WRITE_FILE}, {SYMLINK_JOIN}, {COPY})")]
+    Unknown(String),
+    /// A variable the builtin needs is missing.
+    #[error("`{builtin}` needs the environment variable `{var}`")]
+    MissingVar {
+        /// The builder.
+        builtin: &'static str,
+        /// The variable.
+        var: &'static str,
+    },
+    /// Builtins make one output, `out`.
+    #[error("`{0}` makes exactly one output, `out`")]
+    Outputs(&'static str),
+    /// A path read is not an input of the derivation.
+    #[error("`{0}` is not a store path among the derivation's inputs")]
+    NotAnInput(String),
+    /// Two joined paths provide the same file.
+    #[error("`{file}` is provided by both `{first}` and `{second}`")]
+    Conflict {
+        /// The file, relative to the joined tree.
+        file: String,
+        /// The first provider.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// The file system failed.
+    #[error("cannot {action} `{path}`")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// To which path.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuiltinError + 'a {
+    move |source| BuiltinError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Whether `derivation` is built in-process.
+pub fn is_builtin(derivation: &Derivation) -> bool {
+    derivation.builder.starts_with("builtin:")
+}
+
+/// Builds `derivation` into `staging` (where each output is to be
+/// written); `closure` holds the store paths it may read.
+pub(crate) fn run(
+    store: &Store,
+    derivation: &Derivation,
+    outputs: &BTreeMap<OutputName, StorePath>,
+    staging: &BTreeMap<OutputName, PathBuf>,
+    closure: &BTreeSet<StorePath>,
+) -> Result<(), BuiltinError> {
+    let d = super::run::with_placeholders(store, derivation, outputs);
+    let builtin: &'static str = match d.builder.as_str() {
+        WRITE_FILE => WRITE_FILE,
+        SYMLINK_JOIN => SYMLINK_JOIN,
+        COPY => COPY,
+        other => return Err(BuiltinError::Unknown(other.to_owned())),
+    };
+    let out = match (staging.len(), staging.get(&OutputName::out())) {
+        (1, Some(out)) => out,
+        _ => return Err(BuiltinError::Outputs(builtin)),
+    };
+    let var = |name: &'static str| {
+        d.env
+            .get(name)
+            .ok_or(BuiltinError::MissingVar { builtin, var: name })
+    };
+    // An input given by its logical path, checked and found on disk.
+    let input = |text: &str| -> Result<PathBuf, BuiltinError> {
+        let (path, rest) = store
+            .store_dir()
+            .parse_path_prefix(text)
+            .map_err(|_| BuiltinError::NotAnInput(text.to_owned()))?;
+        if !rest.is_empty() || !closure.contains(&path) {
+            return Err(BuiltinError::NotAnInput(text.to_owned()));
+        }
+        Ok(store.physical(&path))
+    };
+    let result = match builtin {
+        WRITE_FILE => {
+            let executable = d.env.get("executable").is_some_and(|v| v == "1");
+            write_file(out, var("text")?.as_bytes(), executable)
+        }
+        SYMLINK_JOIN => {
+            let mut providers: BTreeMap<PathBuf, String> = BTreeMap::new();
+            fs::create_dir(out).map_err(io_err("create", out))?;
+            let mut r = Ok(());
+            for p in var("paths")?.split_whitespace() {
+                let physical = input(p)?;
+                r = join(out, &physical, Path::new(p), Path::new(""), &mut providers);
+                if r.is_err() {
+                    break;
+                }
+            }
+            r
+        }
+        COPY => {
+            let src = input(var("src")?)?;
+            copy_tree(&src, out)
+        }
+        _ => unreachable!("matched above"),
+    };
+    if result.is_err() {
+        let _ = crate::add::remove_tree(out);
+    }
+    result
+}
+
+fn write_file(out: &Path, text: &[u8], executable: bool) -> Result<(), BuiltinError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if executable { 0o555 } else { 0o444 })
+        .open(out)
+        .map_err(io_err("create", out))?;
+    f.write_all(text).map_err(io_err("write", out))
+}
+
+/// Adds the tree at `physical` (logically `logical`), below `rel`, to the
+/// joined tree `out`: directories are made, files and symlinks become
+/// symlinks to the logical path of what provides them.
+fn join(
+    out: &Path,
+    physical: &Path,
+    logical: &Path,
+    rel: &Path,
+    providers: &mut BTreeMap<PathBuf, String>,
+) -> Result<(), BuiltinError> {
+    let here = physical.join(rel);
+    let meta = fs::metadata(&here).map_err(io_err("read", &here))?;
+    if !meta.is_dir() {
+        // Only trees can be merged: a joined path must be a directory.
+        return Err(BuiltinError::NotAnInput(format!(
+            "{} (a symlink join needs directories)",
+            logical.display()
+        )));
+    }
+    let mut entries: Vec<_> = fs::read_dir(&here)
+        .map_err(io_err("read", &here))?
+        .collect::<Result<_, _>>()
+        .map_err(io_err("read", &here))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let rel_child = rel.join(e.file_name());
+        let target = out.join(&rel_child);
+        let is_dir = fs::metadata(e.path()).map(|m| m.is_dir()).unwrap_or(false);
+        if is_dir {
+            match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(conflict(&rel_child, providers, logical));
+                }
+                Err(_) => {
+                    fs::create_dir(&target).map_err(io_err("create", &target))?;
+                    providers.insert(rel_child.clone(), logical.display().to_string());
+                }
+            }
+            join(out, physical, logical, &rel_child, providers)?;
+        } else {
+            if fs::symlink_metadata(&target).is_ok() {
+                return Err(conflict(&rel_child, providers, logical));
+            }
+            std::os::unix::fs::symlink(logical.join(&rel_child), &target)
+                .map_err(io_err("link", &target))?;
+            providers.insert(rel_child, logical.display().to_string());
+        }
+    }
+    Ok(())
+}
+
+fn conflict(rel: &Path, providers: &BTreeMap<PathBuf, String>, second: &Path) -> BuiltinError {
+    BuiltinError::Conflict {
+        file: rel.display().to_string(),
+        first: providers.get(rel).cloned().unwrap_or_default(),
+        second: second.display().to_string(),
+    }
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuiltinError> {
+    let meta = fs::symlink_metadata(src).map_err(io_err("read", src))?;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        let target = fs::read_link(src).map_err(io_err("read", src))?;
+        std::os::unix::fs::symlink(&target, dst).map_err(io_err("link", dst))
+    } else if t.is_dir() {
+        fs::create_dir(dst).map_err(io_err("create", dst))?;
+        for e in fs::read_dir(src).map_err(io_err("read", src))? {
+            let e = e.map_err(io_err("read", src))?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        fs::copy(src, dst).map_err(io_err("copy", src))?;
+        Ok(())
+    }
+}

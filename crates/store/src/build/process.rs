@@ -1,0 +1,277 @@
+//! Running a builder process: its environment, its build directory, its
+//! log, and (unless disabled) its sandbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bigtop_core::derivation::{Derivation, OutputName};
+use bigtop_core::StorePath;
+
+use super::observer::BuildObserver;
+use super::run::{with_placeholders, LogSink};
+use super::{BuildFailure, BuildOptions, FailureKind, Sandboxing};
+use crate::add::remove_tree;
+use crate::store::Store;
+
+static BUILD_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `HOME` of every build: a path that does not exist, so that nothing
+/// reads or writes a home directory.
+pub(crate) const NO_HOME: &str = "/homeless-shelter";
+
+/// `PATH` when the derivation gives none: nothing is found by name.
+pub(crate) const NO_PATH: &str = "/path-not-set";
+
+/// A private, empty directory for one build, removed when dropped.
+pub(crate) struct BuildDir(PathBuf);
+
+impl BuildDir {
+    pub(crate) fn new(store: &Store, name: &str) -> Result<BuildDir, FailureKind> {
+        let base = store.state_dir().join("builds");
+        let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("{}-{n}-{name}", std::process::id()));
+        fs::create_dir_all(&base)
+            .and_then(|()| {
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new().mode(0o700).create(&dir)
+            })
+            .map_err(|e| {
+                FailureKind::Setup(format!("cannot create build dir `{}`: {e}", dir.display()))
+            })?;
+        Ok(BuildDir(dir))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        // Builders may leave read-only directories behind.
+        make_writable(&self.0);
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.is_dir() {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+            if let Ok(entries) = fs::read_dir(path) {
+                for e in entries.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// The complete environment of a build: the derivation's variables, then
+/// the documented ones (which win).
+pub(crate) fn environment(
+    store: &Store,
+    options: &BuildOptions,
+    derivation: &Derivation,
+    outputs: &BTreeMap<OutputName, StorePath>,
+    build_dir: &str,
+) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = derivation.env.clone();
+    env.entry("PATH".into()).or_insert_with(|| NO_PATH.into());
+    for (name, path) in outputs {
+        env.insert(
+            name.as_str().to_owned(),
+            store.store_dir().display(path).to_string(),
+        );
+    }
+    for var in [
+        "TMPDIR",
+        "TEMPDIR",
+        "TMP",
+        "TEMP",
+        "BIGTOP_BUILD_TOP",
+        "PWD",
+    ] {
+        env.insert(var.into(), build_dir.into());
+    }
+    env.insert("HOME".into(), NO_HOME.into());
+    env.insert(
+        "BIGTOP_STORE".into(),
+        store.store_dir().as_path().display().to_string(),
+    );
+    env.insert(
+        "BIGTOP_BUILD_CORES".into(),
+        options.cores.max(1).to_string(),
+    );
+    env.into_iter().collect()
+}
+
+/// Runs the builder of `derivation` and returns where each output was
+/// written (for the caller to stage). `closure` is every store path the
+/// builder may see.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    store: &Store,
+    options: &BuildOptions,
+    drv: &StorePath,
+    derivation: &Derivation,
+    outputs: &BTreeMap<OutputName, StorePath>,
+    closure: &BTreeSet<StorePath>,
+    check: bool,
+    observer: &dyn BuildObserver,
+) -> Result<BTreeMap<OutputName, PathBuf>, BuildFailure> {
+    let fail = |kind: FailureKind, log_tail: Vec<String>| BuildFailure {
+        path: drv.clone(),
+        kind,
+        log_tail,
+    };
+    let d = with_placeholders(store, derivation, outputs);
+    let build_dir = BuildDir::new(store, &d.name).map_err(|k| fail(k, Vec::new()))?;
+    let mut log = LogSink::new(store, drv, observer, options.log_lines)
+        .map_err(|e| fail(FailureKind::Setup(e.to_string()), Vec::new()))?;
+    match options.sandbox {
+        Sandboxing::Disabled => {
+            if check {
+                return Err(fail(
+                    FailureKind::Setup(
+                        "a check rebuilds valid outputs elsewhere, which needs the sandbox".into(),
+                    ),
+                    Vec::new(),
+                ));
+            }
+            let logical = store.store_dir().as_path();
+            if store.root() != logical {
+                return Err(fail(
+                    FailureKind::Setup(format!(
+                        "an unsandboxed build writes its outputs at their logical paths, but this \
+                         store keeps `{}` in `{}`: enable the sandbox",
+                        logical.display(),
+                        store.root().display()
+                    )),
+                    Vec::new(),
+                ));
+            }
+            let mut written = BTreeMap::new();
+            for (name, path) in outputs {
+                let at = store.physical(path);
+                // A crash's leftover: not valid, and we hold its lock.
+                remove_tree(&at).map_err(|e| {
+                    fail(
+                        FailureKind::Setup(format!("cannot remove `{}`: {e}", at.display())),
+                        Vec::new(),
+                    )
+                })?;
+                written.insert(name.clone(), at);
+            }
+            let env = environment(
+                store,
+                options,
+                &d,
+                outputs,
+                &build_dir.path().display().to_string(),
+            );
+            let status = spawn_plain(&d, &env, build_dir.path(), &mut log);
+            let tail = log.finish();
+            match status {
+                Ok(s) if s.success() => Ok(written),
+                Ok(s) => {
+                    for at in written.values() {
+                        let _ = remove_tree(at);
+                    }
+                    Err(fail(FailureKind::Exited(exit_text(s)), tail))
+                }
+                Err(e) => Err(fail(FailureKind::Setup(e), tail)),
+            }
+        }
+        Sandboxing::Required => {
+            super::sandboxed::run(store, options, &d, outputs, closure, &build_dir, &mut log)
+                .map_err(|(kind, _)| fail(kind, Vec::new()))
+                .and_then(|(status, written)| {
+                    let tail = log.finish();
+                    if status.success() {
+                        Ok(written)
+                    } else {
+                        for at in written.values() {
+                            let _ = remove_tree(at);
+                        }
+                        Err(fail(FailureKind::Exited(exit_text(status)), tail))
+                    }
+                })
+        }
+    }
+}
+
+/// "exit code 2", "killed by signal 9".
+pub(crate) fn exit_text(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Spawns the builder without a sandbox, in its own process group (so that
+/// what it leaves running dies with it), copying its output to `log`.
+fn spawn_plain(
+    d: &Derivation,
+    env: &[(String, String)],
+    dir: &Path,
+    log: &mut LogSink<'_>,
+) -> Result<std::process::ExitStatus, String> {
+    use std::os::unix::process::CommandExt;
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let err_writer = writer
+        .try_clone()
+        .map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let mut cmd = std::process::Command::new(&d.builder);
+    cmd.args(&d.args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(err_writer)
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run builder `{}`: {e}", d.builder))?;
+    // The command holds the pipe's write ends: drop them, or the log never ends.
+    drop(cmd);
+    let pgid = child.id() as i32;
+    std::thread::scope(|s| {
+        let pump = s.spawn(|| log.pump(reader));
+        // Wait for the exit without reaping: while the builder is a zombie
+        // its group id cannot be reused, so the kill below reaches only
+        // what it left running (which would otherwise keep the log open).
+        let waited = loop {
+            // SAFETY: waitid writes only into `info`, a plain C struct.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pgid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                break Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                break Err(e);
+            }
+        };
+        // SAFETY: killpg only sends a signal to the group the builder led.
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
+        let status = waited.and_then(|()| child.wait());
+        let _ = pump.join();
+        status.map_err(|e| format!("cannot wait for builder: {e}"))
+    })
+}

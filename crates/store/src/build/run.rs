@@ -1,0 +1,709 @@
+//! Running a plan: at most `max_jobs` builds at once, longest chains
+//! first, outputs registered in groups.
+//!
+//! The calling thread schedules: it keeps, for every job, the number of
+//! dependencies not yet done and a heap of ready jobs ordered by priority,
+//! so that finishing a job costs work in proportion to its own dependents,
+//! never to the size of the graph. Process builds and fetches run on their
+//! own threads; builtin builders run on the scheduling thread (they take
+//! microseconds). Finished jobs are registered together — whatever
+//! finished while the previous group was being registered forms the next
+//! group — so ten thousand small builds do not cost ten thousand syncs,
+//! and builds keep running while a group commits.
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use bigtop_core::content_address::ContentAddressMethod;
+use bigtop_core::derivation::{placeholder, Derivation, DerivationOutput, OutputName};
+use bigtop_core::hash::{Hash, HashAlgo};
+use bigtop_core::{nar, StorePath};
+
+use super::observer::{Activity, BuildObserver, Silent};
+use super::plan::{self, JobKind, Plan, Substituter};
+use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Sandboxing};
+use crate::add::{canonicalize, remove_tree};
+use crate::error::{io_err, Error};
+use crate::lock::LockSet;
+use crate::scan::ReferenceScanner;
+use crate::store::{PathInfo, Store};
+
+/// Runs plans against a store. See the [module docs](self).
+pub struct Builder<'s> {
+    store: &'s Store,
+    options: BuildOptions,
+    substituters: Vec<&'s dyn Substituter>,
+    observer: &'s dyn BuildObserver,
+}
+
+impl std::fmt::Debug for Builder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("store", &self.store.root())
+            .field("options", &self.options)
+            .field("substituters", &self.substituters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a successful [`Builder::build`] produced.
+#[derive(Debug, Clone, Default)]
+pub struct BuildReport {
+    /// For every target, its wanted outputs' paths.
+    pub outputs: BTreeMap<StorePath, BTreeMap<OutputName, StorePath>>,
+    /// Derivations built (builtin ones included).
+    pub built: usize,
+    /// Paths fetched from substituters.
+    pub fetched: usize,
+    /// In check mode: each rebuilt output and whether it came out
+    /// bit-identical to the registered one.
+    pub checks: Vec<CheckResult>,
+}
+
+/// The result of rebuilding one output in check mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// The derivation.
+    pub drv: StorePath,
+    /// The output path.
+    pub path: StorePath,
+    /// The registered NAR hash.
+    pub expected: Hash,
+    /// The rebuilt one.
+    pub got: Hash,
+}
+
+impl CheckResult {
+    /// Whether the rebuild was bit-identical.
+    pub fn identical(&self) -> bool {
+        self.expected == self.got
+    }
+}
+
+impl<'s> Builder<'s> {
+    /// A builder for `store` with default options, no substituters and no
+    /// observer.
+    pub fn new(store: &'s Store) -> Self {
+        Builder {
+            store,
+            options: BuildOptions::default(),
+            substituters: Vec::new(),
+            observer: &Silent,
+        }
+    }
+
+    /// Sets the options.
+    pub fn options(mut self, options: BuildOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Adds a substituter, asked after the ones added before.
+    pub fn substituter(mut self, s: &'s dyn Substituter) -> Self {
+        self.substituters.push(s);
+        self
+    }
+
+    /// Sets the observer of progress.
+    pub fn observer(mut self, o: &'s dyn BuildObserver) -> Self {
+        self.observer = o;
+        self
+    }
+
+    /// The plan for `targets`, without doing anything.
+    pub fn dry_run(&self, targets: &[(StorePath, BTreeSet<OutputName>)]) -> Result<Plan, Error> {
+        plan::plan(self.store, targets, &self.substituters, self.options.check)
+    }
+
+    /// Plans and realises `targets` (`.drv` paths with the outputs wanted;
+    /// empty means all). Fails with every job that failed if any did.
+    pub fn build(
+        &self,
+        targets: &[(StorePath, BTreeSet<OutputName>)],
+    ) -> Result<BuildReport, Error> {
+        if self.options.sandbox == Sandboxing::Required {
+            super::sandbox_available()?;
+        }
+        let plan = self.dry_run(targets)?;
+        self.observer.planned(&plan);
+        let mut report = self.run(&plan)?;
+        for (drv, wanted) in targets {
+            let recorded = self.store.derivation_outputs(drv)?;
+            let outs = recorded
+                .into_iter()
+                .filter(|(o, _)| wanted.is_empty() || wanted.contains(o))
+                .collect();
+            report.outputs.insert(drv.clone(), outs);
+        }
+        Ok(report)
+    }
+
+    fn run(&self, plan: &Plan) -> Result<BuildReport, Error> {
+        let mut report = BuildReport::default();
+        let n = plan.jobs.len();
+        let mut waiting: Vec<usize> = plan.jobs.iter().map(|j| j.deps.len()).collect();
+        let mut ready: BinaryHeap<(u32, std::cmp::Reverse<usize>)> = plan
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| j.deps.is_empty())
+            .map(|(i, j)| (j.priority, std::cmp::Reverse(i)))
+            .collect();
+        let mut failures: Vec<BuildFailure> = Vec::new();
+        let mut done = 0usize;
+        let mut running = 0usize;
+        let mut stopping = false;
+        let max_jobs = self.options.max_jobs.max(1);
+        std::thread::scope(|scope| -> Result<(), Error> {
+            let (tx, rx) = mpsc::channel::<(usize, Result<Finished<'s>, BuildFailure>)>();
+            loop {
+                let mut finished: Vec<(usize, Result<Finished<'s>, BuildFailure>)> = Vec::new();
+                // After a failure without keep_going, nothing new starts.
+                while let Some(&(_, std::cmp::Reverse(i))) = ready.peek().filter(|_| !stopping) {
+                    let job = &plan.jobs[i];
+                    let inline = matches!(&job.kind, JobKind::Build { derivation, .. }
+                        if builtin::is_builtin(derivation));
+                    if !inline && running >= max_jobs {
+                        break;
+                    }
+                    ready.pop();
+                    if inline {
+                        finished.push((i, self.run_job(job)));
+                    } else {
+                        running += 1;
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let r = self.run_job(job);
+                            let _ = tx.send((i, r));
+                        });
+                    }
+                }
+                if finished.is_empty() {
+                    if running == 0 {
+                        break;
+                    }
+                    self.observer.progress(done, running, n - done - running);
+                    let got = rx.recv().expect("a running job reports");
+                    running -= 1;
+                    finished.push(got);
+                }
+                while let Ok(got) = rx.try_recv() {
+                    running -= 1;
+                    finished.push(got);
+                }
+                // Register what succeeded, as one group.
+                let mut ok = Vec::new();
+                for (i, r) in finished {
+                    match r {
+                        Ok(f) => ok.push((i, f)),
+                        Err(failure) => {
+                            self.observer.failed(&failure);
+                            failures.push(failure);
+                            if !self.options.keep_going {
+                                stopping = true;
+                            }
+                            done += 1 + self.fail_dependents(plan, i, &mut waiting, &mut failures);
+                        }
+                    }
+                }
+                if ok.is_empty() {
+                    continue;
+                }
+                let registered = self.register(&mut ok, &mut report);
+                for (i, f) in ok {
+                    match &registered {
+                        Ok(()) => {
+                            done += 1;
+                            self.observer.finished(plan.jobs[i].path(), &f.paths);
+                            for &d in &plan.jobs[i].dependents {
+                                waiting[d] -= 1;
+                                if waiting[d] == 0 {
+                                    ready.push((plan.jobs[d].priority, std::cmp::Reverse(d)));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let failure = BuildFailure {
+                                path: plan.jobs[i].path().clone(),
+                                kind: FailureKind::Register(e.to_string()),
+                                log_tail: Vec::new(),
+                            };
+                            self.observer.failed(&failure);
+                            failures.push(failure);
+                            stopping |= !self.options.keep_going;
+                            done += 1 + self.fail_dependents(plan, i, &mut waiting, &mut failures);
+                        }
+                    }
+                }
+                self.observer.progress(done, running, n - done - running);
+            }
+            Ok(())
+        })?;
+        if failures.is_empty() {
+            Ok(report)
+        } else {
+            Err(Error::BuildFailed(failures))
+        }
+    }
+
+    /// Marks every job downstream of `i` as failed (they never become
+    /// ready); returns how many.
+    fn fail_dependents(
+        &self,
+        plan: &Plan,
+        i: usize,
+        waiting: &mut [usize],
+        failures: &mut Vec<BuildFailure>,
+    ) -> usize {
+        let mut stack = vec![i];
+        let mut count = 0;
+        while let Some(j) = stack.pop() {
+            for &d in &plan.jobs[j].dependents {
+                // usize::MAX marks a job already failed this way.
+                if waiting[d] != usize::MAX {
+                    waiting[d] = usize::MAX;
+                    count += 1;
+                    failures.push(BuildFailure {
+                        path: plan.jobs[d].path().clone(),
+                        kind: FailureKind::DependencyFailed(plan.jobs[i].path().clone()),
+                        log_tail: Vec::new(),
+                    });
+                    stack.push(d);
+                }
+            }
+        }
+        count
+    }
+
+    /// Registers a group of finished jobs in one batch.
+    fn register(
+        &self,
+        group: &mut [(usize, Finished<'s>)],
+        report: &mut BuildReport,
+    ) -> Result<(), Error> {
+        let mut batch = self.store.batch();
+        let mut locks = Vec::new();
+        for (_, f) in group.iter_mut() {
+            for (info, tmp) in f.staged.drain(..) {
+                batch.add_built(info, tmp);
+            }
+            for (drv, out, path) in f.outputs.drain(..) {
+                batch.record_output(drv, out, path);
+            }
+            if let Some(l) = f.locks.take() {
+                locks.push(l);
+            }
+            report.built += f.built as usize;
+            report.fetched += f.fetched as usize;
+            report.checks.append(&mut f.checks);
+        }
+        batch.commit_holding(&mut locks)?;
+        Ok(())
+    }
+
+    fn run_job(&self, job: &plan::Job) -> Result<Finished<'s>, BuildFailure> {
+        match &job.kind {
+            JobKind::Build {
+                drv, derivation, ..
+            } => self.build_one(drv, derivation),
+            JobKind::Fetch {
+                path,
+                substituter,
+                info,
+            } => {
+                self.observer.started(path, Activity::Fetch);
+                let fail = |e: Error| BuildFailure {
+                    path: path.clone(),
+                    kind: FailureKind::Fetch(e.to_string()),
+                    log_tail: Vec::new(),
+                };
+                let mut locks = LockSet::new(self.store);
+                locks
+                    .lock_all_rooting([path], info.info.references.iter())
+                    .map_err(fail)?;
+                if self.store.is_valid(path).map_err(fail)? {
+                    return Ok(Finished::nothing(locks));
+                }
+                let s = self.substituters[*substituter];
+                let mut nar = s.nar(path).map_err(fail)?;
+                let tmp = crate::add::stage_nar(self.store, &info.info, &mut *nar).map_err(fail)?;
+                Ok(Finished {
+                    staged: vec![(info.info.clone(), tmp)],
+                    outputs: Vec::new(),
+                    paths: vec![path.clone()],
+                    locks: Some(locks),
+                    built: false,
+                    fetched: true,
+                    checks: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Builds one derivation: locks its outputs, runs the builder (a
+    /// process or a builtin), and stages the outputs for registration.
+    fn build_one(
+        &self,
+        drv: &StorePath,
+        derivation: &Derivation,
+    ) -> Result<Finished<'s>, BuildFailure> {
+        let fail = |kind: FailureKind| BuildFailure {
+            path: drv.clone(),
+            kind,
+            log_tail: Vec::new(),
+        };
+        let io = |e: Error| fail(FailureKind::Setup(e.to_string()));
+        let dir = self.store.store_dir();
+        let builtin = builtin::is_builtin(derivation);
+        if !builtin && derivation.system != self.options.system {
+            return Err(fail(FailureKind::WrongSystem {
+                wanted: derivation.system.clone(),
+                here: self.options.system.clone(),
+            }));
+        }
+        let mut outputs: BTreeMap<OutputName, StorePath> = BTreeMap::new();
+        for name in derivation.outputs.keys() {
+            match derivation.output_path(dir, name) {
+                Some(p) => outputs.insert(name.clone(), p),
+                None => return Err(fail(FailureKind::FloatingOutput(name.clone()))),
+            };
+        }
+        let inputs = self.inputs_of(derivation).map_err(io)?;
+        let mut locks = LockSet::new(self.store);
+        locks
+            .lock_all_rooting(outputs.values(), inputs.iter())
+            .map_err(io)?;
+        let valid = self.store.valid_among(outputs.values()).map_err(io)?;
+        let check = self.options.check && valid.len() == outputs.len();
+        if valid.len() == outputs.len() && !check {
+            // Another process built it while we waited for the locks.
+            let recorded = outputs
+                .iter()
+                .map(|(o, p)| (drv.clone(), o.clone(), p.clone()))
+                .collect();
+            let mut f = Finished::nothing(locks);
+            f.outputs = recorded;
+            return Ok(f);
+        }
+        let activity = match (check, builtin) {
+            (true, _) => Activity::Check,
+            (false, true) => Activity::Builtin,
+            (false, false) => Activity::Build,
+        };
+        self.observer.started(drv, activity);
+        let closure = self.store.closure(inputs.iter()).map_err(io)?;
+        // Where outputs are written, and where the builder sees them.
+        let run = if builtin {
+            let staging: BTreeMap<OutputName, PathBuf> = outputs
+                .iter()
+                .map(|(o, p)| (o.clone(), self.store.temp_name(p.name())))
+                .collect();
+            builtin::run(self.store, derivation, &outputs, &staging, &closure)
+                .map(|()| staging)
+                .map_err(|e| fail(FailureKind::Builtin(e.to_string())))
+        } else {
+            process::run(
+                self.store,
+                &self.options,
+                drv,
+                derivation,
+                &outputs,
+                &closure,
+                check,
+                self.observer,
+            )
+        };
+        let written = run?;
+        let staged = self.stage_outputs(drv, derivation, &outputs, &closure, written);
+        let staged = staged.map_err(fail)?;
+        if check {
+            let mut checks = Vec::new();
+            for (info, tmp) in staged {
+                let expected = self
+                    .store
+                    .path_info(&info.path)
+                    .map_err(io)?
+                    .map(|i| i.nar_hash)
+                    .unwrap_or(info.nar_hash);
+                let _ = remove_tree(&tmp);
+                checks.push(CheckResult {
+                    drv: drv.clone(),
+                    path: info.path,
+                    expected,
+                    got: info.nar_hash,
+                });
+            }
+            let mut f = Finished::nothing(locks);
+            f.checks = checks;
+            f.built = true;
+            return Ok(f);
+        }
+        Ok(Finished {
+            paths: outputs.values().cloned().collect(),
+            outputs: outputs
+                .iter()
+                .map(|(o, p)| (drv.clone(), o.clone(), p.clone()))
+                .collect(),
+            staged,
+            locks: Some(locks),
+            built: true,
+            fetched: false,
+            checks: Vec::new(),
+        })
+    }
+
+    /// The store paths a derivation's builder may use: its sources and the
+    /// outputs it uses of its input derivations (valid by now).
+    fn inputs_of(&self, derivation: &Derivation) -> Result<BTreeSet<StorePath>, Error> {
+        let mut inputs: BTreeSet<StorePath> = derivation.input_srcs.clone();
+        for (input, outs) in &derivation.input_drvs {
+            let recorded = self.store.derivation_outputs(input)?;
+            for o in outs {
+                let p = recorded.get(o).ok_or_else(|| Error::NoSuchOutput {
+                    drv: input.clone(),
+                    output: o.clone(),
+                })?;
+                inputs.insert(p.clone());
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// Checks, canonicalizes, scans and hashes the outputs a builder wrote
+    /// (at `written`), moving each under a temporary name in the store.
+    /// On failure nothing is left.
+    fn stage_outputs(
+        &self,
+        drv: &StorePath,
+        derivation: &Derivation,
+        outputs: &BTreeMap<OutputName, StorePath>,
+        closure: &BTreeSet<StorePath>,
+        written: BTreeMap<OutputName, PathBuf>,
+    ) -> Result<Vec<(PathInfo, PathBuf)>, FailureKind> {
+        let mut staged: Vec<(PathInfo, PathBuf)> = Vec::new();
+        let result = (|| {
+            let candidates: Vec<&StorePath> = closure.iter().chain(outputs.values()).collect();
+            for (name, path) in outputs {
+                let at = &written[name];
+                if fs::symlink_metadata(at).is_err() {
+                    return Err(FailureKind::OutputMissing(name.clone()));
+                }
+                let tmp = self.store.temp_name(path.name());
+                if at != &tmp {
+                    fs::rename(at, &tmp).map_err(|e| {
+                        FailureKind::Setup(format!("cannot move `{}`: {e}", at.display()))
+                    })?;
+                }
+                staged.push((
+                    PathInfo::new(
+                        path.clone(),
+                        Hash::digest(HashAlgo::Blake3, b""),
+                        0,
+                        BTreeSet::new(),
+                    ),
+                    tmp.clone(),
+                ));
+                canonicalize(&tmp, self.store.owner())
+                    .map_err(|e| FailureKind::Setup(e.to_string()))?;
+                let mut scanner = ReferenceScanner::new(candidates.iter().copied());
+                scanner
+                    .scan_path(&tmp)
+                    .map_err(|e| FailureKind::Setup(format!("cannot scan output `{name}`: {e}")))?;
+                let (nar_hash, nar_size) = nar::hash_path(&tmp, HashAlgo::Blake3)
+                    .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?;
+                let mut info = PathInfo::new(path.clone(), nar_hash, nar_size, scanner.found());
+                info.deriver = Some(drv.clone());
+                if let Some(DerivationOutput::Fixed(ca)) = derivation.outputs.get(name) {
+                    let got = match ca.method {
+                        ContentAddressMethod::Recursive => {
+                            nar::hash_path(&tmp, ca.hash.algo()).map(|(h, _)| h)
+                        }
+                        _ => hash_file(&tmp, ca.hash.algo()),
+                    }
+                    .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?;
+                    if got != ca.hash {
+                        return Err(FailureKind::FixedOutputMismatch(Box::new(
+                            super::HashMismatch {
+                                output: name.clone(),
+                                specified: ca.hash,
+                                got,
+                            },
+                        )));
+                    }
+                    if !info.references.is_empty() {
+                        return Err(FailureKind::BadOutput(
+                            name.clone(),
+                            "a fixed output may not refer to store paths".into(),
+                        ));
+                    }
+                    info.ca = Some(*ca);
+                }
+                staged.last_mut().expect("pushed").0 = info;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(staged),
+            Err(e) => {
+                for (_, tmp) in &staged {
+                    let _ = remove_tree(tmp);
+                }
+                for at in written.values() {
+                    let _ = remove_tree(at);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The flat hash of a regular file (a fixed output fetched "flat").
+fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, nar::DumpError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| nar::DumpError::Read {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    if !meta.is_file() {
+        return Err(nar::DumpError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other("a flat fixed output must be a regular file"),
+        });
+    }
+    let mut h = bigtop_core::hash::Hasher::new(algo);
+    let mut f = fs::File::open(path).map_err(|e| nar::DumpError::Read {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    std::io::copy(&mut f, &mut h).map_err(|e| nar::DumpError::Read {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    Ok(h.finish())
+}
+
+/// A job that finished, waiting to be registered with its group.
+struct Finished<'s> {
+    /// Outputs under temporary names, with their metadata.
+    staged: Vec<(PathInfo, PathBuf)>,
+    /// `(drv, output, path)` to record.
+    outputs: Vec<(StorePath, OutputName, StorePath)>,
+    /// The paths the job made (for the observer).
+    paths: Vec<StorePath>,
+    /// Locks on the outputs, released by the registration.
+    locks: Option<LockSet<'s>>,
+    built: bool,
+    fetched: bool,
+    checks: Vec<CheckResult>,
+}
+
+impl<'s> Finished<'s> {
+    fn nothing(locks: LockSet<'s>) -> Self {
+        Finished {
+            staged: Vec::new(),
+            outputs: Vec::new(),
+            paths: Vec::new(),
+            locks: Some(locks),
+            built: false,
+            fetched: false,
+            checks: Vec::new(),
+        }
+    }
+}
+
+/// Replacements of the derivation's own output placeholders by the paths.
+pub(crate) fn placeholders(
+    store: &Store,
+    outputs: &BTreeMap<OutputName, StorePath>,
+) -> BTreeMap<String, String> {
+    outputs
+        .iter()
+        .map(|(o, p)| (placeholder(o), store.store_dir().display(p).to_string()))
+        .collect()
+}
+
+/// Writes lines of a build's log to its compressed log file, the observer
+/// and a tail kept for the failure report.
+pub(crate) struct LogSink<'a> {
+    file: Option<flate2::write::GzEncoder<fs::File>>,
+    drv: &'a StorePath,
+    observer: &'a dyn BuildObserver,
+    tail: std::collections::VecDeque<String>,
+    keep: usize,
+}
+
+impl<'a> LogSink<'a> {
+    pub(crate) fn new(
+        store: &Store,
+        drv: &'a StorePath,
+        observer: &'a dyn BuildObserver,
+        keep: usize,
+    ) -> Result<Self, Error> {
+        let path = store.log_path(drv);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        let file = fs::File::create(&path).map_err(io_err("create", &path))?;
+        Ok(LogSink {
+            file: Some(flate2::write::GzEncoder::new(
+                file,
+                flate2::Compression::fast(),
+            )),
+            drv,
+            observer,
+            tail: std::collections::VecDeque::new(),
+            keep,
+        })
+    }
+
+    /// Reads `from` to its end, line by line.
+    pub(crate) fn pump(&mut self, from: impl std::io::Read) {
+        let mut r = BufReader::new(from);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Some(f) = &mut self.file {
+                        if f.write_all(&buf).is_err() {
+                            // A full disk loses the log, not the build.
+                            self.file = None;
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf);
+                    let line = text.trim_end_matches(['\n', '\r']);
+                    self.observer.log_line(self.drv, line);
+                    if self.keep > 0 {
+                        if self.tail.len() == self.keep {
+                            self.tail.pop_front();
+                        }
+                        self.tail.push_back(line.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finishes the log file; returns the tail.
+    pub(crate) fn finish(mut self) -> Vec<String> {
+        if let Some(f) = self.file.take() {
+            let _ = f.finish();
+        }
+        self.tail.into_iter().collect()
+    }
+}
+
+/// Shared by process builds: the derivation with its placeholders filled.
+pub(crate) fn with_placeholders(
+    store: &Store,
+    derivation: &Derivation,
+    outputs: &BTreeMap<OutputName, StorePath>,
+) -> Arc<Derivation> {
+    let mut d = derivation.clone();
+    d.substitute(&placeholders(store, outputs));
+    Arc::new(d)
+}

@@ -1,0 +1,167 @@
+use std::collections::BTreeSet;
+
+use bigtop_store::build::{builtin, Builder, FailureKind};
+use bigtop_store::core::derivation::{Derivation, OutputName};
+use bigtop_store::core::hash::HashAlgo;
+use bigtop_store::core::nar;
+use bigtop_store::Error;
+
+use crate::{build_out, direct_store, fill, plain, sh, strays, TestResult};
+
+fn write_file(store: &bigtop_store::Store, name: &str, text: &str) -> Derivation {
+    let mut d = Derivation::new(name, "builtin", builtin::WRITE_FILE);
+    d.env.insert("text".into(), text.into());
+    fill(store, &mut d);
+    d
+}
+
+#[test]
+fn a_written_file_is_registered_with_its_deriver_and_rebuilds_as_a_no_op() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let d = write_file(&store, "greeting", "hello\n");
+    let drv = store.add_derivation(&d)?;
+    let out = build_out(&store, plain(), &d)?;
+    assert_eq!(std::fs::read_to_string(store.physical(&out))?, "hello\n");
+    let info = store.path_info(&out)?.expect("registered");
+    assert_eq!(info.deriver.as_ref(), Some(&drv));
+    assert_eq!(store.derivation_outputs(&drv)?[&OutputName::out()], out);
+    // Built: the plan is empty and says so.
+    let plan = Builder::new(&store)
+        .options(plain())
+        .dry_run(&[(drv.clone(), BTreeSet::new())])?;
+    assert!(plan.is_empty());
+    assert_eq!(plan.already_valid, vec![drv]);
+    Ok(())
+}
+
+/// A builtin output and the same file written by a builder process are
+/// the same archive.
+#[test]
+fn a_builtin_output_is_the_nar_a_process_would_write() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let text = "line one\nline two with $dollar and \"quotes\"\n";
+    let builtin_out = build_out(&store, plain(), &write_file(&store, "t", text))?;
+    let mut by_process = sh(&store, "t", "printf '%s' \"$text\" > $out", &[]);
+    by_process.env.insert("text".into(), text.into());
+    fill(&store, &mut by_process);
+    let process_out = build_out(&store, plain(), &by_process)?;
+    let a = store.path_info(&builtin_out)?.unwrap();
+    let b = store.path_info(&process_out)?.unwrap();
+    assert_eq!(a.nar_hash, b.nar_hash);
+    assert_eq!(
+        nar::hash_path(&store.physical(&builtin_out), HashAlgo::Sha256)?,
+        nar::hash_path(&store.physical(&process_out), HashAlgo::Sha256)?
+    );
+    Ok(())
+}
+
+#[test]
+fn an_executable_script_and_its_references() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let dep_drv = write_file(&store, "dep", "data");
+    let dep = build_out(&store, plain(), &dep_drv)?;
+    let dep_drv_path = store.add_derivation(&dep_drv)?;
+    let mut d = Derivation::new("script", "builtin", builtin::WRITE_FILE);
+    d.env.insert(
+        "text".into(),
+        format!("#!/bin/sh\ncat {}\n", store.store_dir().display(&dep)),
+    );
+    d.env.insert("executable".into(), "1".into());
+    d.input_drvs
+        .insert(dep_drv_path, BTreeSet::from([OutputName::out()]));
+    fill(&store, &mut d);
+    let out = build_out(&store, plain(), &d)?;
+    let out_file = store.physical(&out);
+    let out_text = std::process::Command::new(&out_file).output()?;
+    assert_eq!(out_text.stdout, b"data");
+    assert_eq!(store.references(&out)?, BTreeSet::from([dep]));
+    Ok(())
+}
+
+#[test]
+fn a_symlink_join_merges_trees_and_names_both_sides_of_a_conflict() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let a = sh(&store, "a", "PATH=/bin:/usr/bin; mkdir -p $out/bin $out/share/a; echo a > $out/bin/a; echo x > $out/share/a/x", &[]);
+    let b = sh(
+        &store,
+        "b",
+        "PATH=/bin:/usr/bin; mkdir -p $out/bin; echo b > $out/bin/b",
+        &[],
+    );
+    let c = sh(
+        &store,
+        "c",
+        "PATH=/bin:/usr/bin; mkdir -p $out/bin; echo c > $out/bin/a",
+        &[],
+    );
+    let mut outs = Vec::new();
+    let mut drvs = Vec::new();
+    for d in [&a, &b, &c] {
+        outs.push(build_out(&store, plain(), d)?);
+        drvs.push(store.add_derivation(d)?);
+    }
+    let join = |which: &[usize]| {
+        let mut d = Derivation::new("env", "builtin", builtin::SYMLINK_JOIN);
+        let paths: Vec<String> = which
+            .iter()
+            .map(|&i| store.store_dir().display(&outs[i]).to_string())
+            .collect();
+        d.env.insert("paths".into(), paths.join(" "));
+        for &i in which {
+            d.input_drvs
+                .insert(drvs[i].clone(), BTreeSet::from([OutputName::out()]));
+        }
+        fill(&store, &mut d);
+        d
+    };
+    let env = build_out(&store, plain(), &join(&[0, 1]))?;
+    let root = store.physical(&env);
+    assert_eq!(std::fs::read_to_string(root.join("bin/a"))?, "a\n");
+    assert_eq!(std::fs::read_to_string(root.join("bin/b"))?, "b\n");
+    assert_eq!(
+        std::fs::read_link(root.join("bin/b"))?,
+        store.store_dir().display(&outs[1]).to_string() + "/bin/b"
+    );
+    assert!(std::fs::symlink_metadata(root.join("bin"))?.is_dir());
+    assert_eq!(
+        store.references(&env)?,
+        BTreeSet::from([outs[0].clone(), outs[1].clone()])
+    );
+    // a and c both provide bin/a.
+    let err = build_out(&store, plain(), &join(&[0, 2])).unwrap_err();
+    let Error::BuildFailed(failures) = &err else {
+        panic!("{err}")
+    };
+    let FailureKind::Builtin(why) = &failures[0].kind else {
+        panic!("{err}")
+    };
+    assert!(
+        why.contains("bin/a")
+            && why.contains(&outs[0].to_string())
+            && why.contains(&outs[2].to_string()),
+        "{why}"
+    );
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn a_builtin_may_not_read_what_is_not_its_input() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let secret = build_out(&store, plain(), &write_file(&store, "secret", "s"))?;
+    let mut d = Derivation::new("copy", "builtin", builtin::COPY);
+    d.env
+        .insert("src".into(), store.store_dir().display(&secret).to_string());
+    fill(&store, &mut d);
+    let err = build_out(&store, plain(), &d).unwrap_err().to_string();
+    assert!(
+        err.contains("is not a store path among the derivation's inputs"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -1,0 +1,161 @@
+use std::collections::BTreeSet;
+
+use bigtop_store::build::{builtin, Builder, JobKind, Reason};
+use bigtop_store::core::derivation::{Derivation, OutputName};
+
+use crate::{direct_store, fill, plain, sh, TestResult};
+
+#[test]
+fn a_plan_names_builds_reasons_and_the_critical_path() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let lib = sh(&store, "lib", "echo lib > $out", &[]);
+    let lib_drv = store.add_derivation(&lib)?;
+    let mut app = sh(&store, "app", "echo app > $out", &[]);
+    app.input_drvs
+        .insert(lib_drv.clone(), BTreeSet::from([OutputName::out()]));
+    fill(&store, &mut app);
+    let app_drv = store.add_derivation(&app)?;
+    let mut top = sh(&store, "top", "echo top > $out", &[]);
+    top.input_drvs
+        .insert(app_drv.clone(), BTreeSet::from([OutputName::out()]));
+    fill(&store, &mut top);
+    let top_drv = store.add_derivation(&top)?;
+
+    let plan = Builder::new(&store)
+        .options(plain())
+        .dry_run(&[(top_drv.clone(), BTreeSet::new())])?;
+    assert_eq!(plan.build_count(), 3);
+    assert_eq!(plan.fetch_count(), 0);
+    let order: Vec<_> = plan.jobs.iter().map(|j| j.path().clone()).collect();
+    assert_eq!(order, [lib_drv, app_drv, top_drv]);
+    assert_eq!(
+        plan.jobs[0].reason,
+        Reason::OutputsMissing(vec![OutputName::out()])
+    );
+    assert_eq!(
+        plan.jobs.iter().map(|j| j.priority).collect::<Vec<_>>(),
+        [3, 2, 1]
+    );
+    assert_eq!(plan.critical_path, [0, 1, 2]);
+    let text = plan.to_string();
+    assert!(text.starts_with("3 derivations will be built:"), "{text}");
+    assert!(text.contains("outputs out are not valid"), "{text}");
+    assert!(text.contains("critical path: 3 jobs"), "{text}");
+    Ok(())
+}
+
+/// Outputs a substituter has are fetched, with their references first,
+/// and the derivations that made them are not looked at.
+#[test]
+fn substitutable_outputs_are_fetched_instead_of_built() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    // A cache: another store with the same logical dir, elsewhere.
+    let cache_dir = tempfile::tempdir()?;
+    let cache = bigtop_store::Store::builder()
+        .store_dir(store.store_dir().clone())
+        .physical_root(cache_dir.path().join("store"))
+        .state_dir(cache_dir.path().join("var"))
+        .open()?;
+    // Builtins build anywhere: make `data` and `lib` (referring to it) there.
+    let write = |s: &bigtop_store::Store,
+                 name: &str,
+                 text: String,
+                 inputs: &[&bigtop_store::core::StorePath]| {
+        let mut d = Derivation::new(name, "builtin", builtin::WRITE_FILE);
+        d.env.insert("text".into(), text);
+        for i in inputs {
+            d.input_drvs
+                .insert((*i).clone(), BTreeSet::from([OutputName::out()]));
+        }
+        fill(s, &mut d);
+        d
+    };
+    let data = write(&store, "data", "42".into(), &[]);
+    let data_out = data
+        .output_path(store.store_dir(), &OutputName::out())
+        .unwrap();
+    let data_drv = store.add_derivation(&data)?;
+    let lib = write(
+        &store,
+        "lib",
+        format!("uses {}", store.store_dir().display(&data_out)),
+        &[&data_drv],
+    );
+    let lib_drv = store.add_derivation(&lib)?;
+    for d in [&data, &lib] {
+        let p = cache.add_derivation(d)?;
+        Builder::new(&cache)
+            .options(plain())
+            .build(&[(p, BTreeSet::new())])?;
+    }
+    let lib_out = lib
+        .output_path(store.store_dir(), &OutputName::out())
+        .unwrap();
+    let mut app = sh(&store, "app", "echo app > $out", &[]);
+    app.input_drvs
+        .insert(lib_drv.clone(), BTreeSet::from([OutputName::out()]));
+    fill(&store, &mut app);
+    let app_drv = store.add_derivation(&app)?;
+    // Without the data's .drv file, planning must not need it.
+    std::fs::remove_file(store.physical(&data_drv))?;
+
+    let builder = Builder::new(&store).options(plain()).substituter(&cache);
+    let targets = [(app_drv.clone(), BTreeSet::new())];
+    let plan = builder.dry_run(&targets)?;
+    assert_eq!((plan.build_count(), plan.fetch_count()), (1, 2));
+    let fetched: BTreeSet<_> = plan
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.kind, JobKind::Fetch { .. }))
+        .map(|j| j.path().clone())
+        .collect();
+    assert_eq!(fetched, BTreeSet::from([data_out.clone(), lib_out.clone()]));
+    assert!(
+        plan.to_string().contains("2 paths will be fetched"),
+        "{plan}"
+    );
+    let report = builder.build(&targets)?;
+    assert_eq!((report.built, report.fetched), (1, 2));
+    assert_eq!(
+        store.path_info(&lib_out)?.unwrap().nar_hash,
+        cache.path_info(&lib_out)?.unwrap().nar_hash
+    );
+    assert_eq!(store.references(&lib_out)?, BTreeSet::from([data_out]));
+    Ok(())
+}
+
+#[test]
+fn planning_a_built_graph_reads_no_derivation() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let leaves: Vec<_> = (0..20)
+        .map(|i| sh(&store, &format!("leaf{i}"), "echo > $out", &[]))
+        .collect();
+    let mut top = sh(&store, "top", "echo > $out", &[]);
+    for l in &leaves {
+        let p = store.add_derivation(l)?;
+        top.input_drvs
+            .insert(p, BTreeSet::from([OutputName::out()]));
+    }
+    fill(&store, &mut top);
+    let top_drv = store.add_derivation(&top)?;
+    let targets = [(top_drv.clone(), BTreeSet::new())];
+    let report = Builder::new(&store).options(plain()).build(&targets)?;
+    assert_eq!(report.built, 21);
+    // Remove every input .drv file: an already-built graph must not need them.
+    for l in &leaves {
+        let p = l.drv_path(store.store_dir())?;
+        let f = store.physical(&p);
+        std::fs::remove_file(&f)?;
+    }
+    let plan = Builder::new(&store).options(plain()).dry_run(&targets)?;
+    assert!(plan.is_empty());
+    assert_eq!(plan.already_valid, vec![top_drv]);
+    assert!(plan
+        .jobs
+        .iter()
+        .all(|j| !matches!(j.kind, JobKind::Fetch { .. })));
+    Ok(())
+}

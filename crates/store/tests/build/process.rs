@@ -1,0 +1,251 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use bigtop_store::build::{BuildOptions, Builder, FailureKind, TextRenderer};
+use bigtop_store::core::content_address::{ContentAddress, ContentAddressMethod};
+use bigtop_store::core::derivation::{DerivationOutput, OutputName};
+use bigtop_store::core::hash::{Hash, HashAlgo};
+use bigtop_store::Error;
+
+use crate::{build_out, direct_store, fill, plain, sh, strays, TestResult};
+
+#[test]
+fn a_chain_of_builds_sees_its_inputs_and_records_references() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let a = sh(&store, "a", "echo from-a > $out", &[]);
+    let a_drv = store.add_derivation(&a)?;
+    let b = sh(
+        &store,
+        "b",
+        "read x < $in0; echo \"$x and b, via $in0\" > $out",
+        &[],
+    );
+    let mut b = b;
+    b.input_drvs
+        .insert(a_drv.clone(), BTreeSet::from([OutputName::out()]));
+    let a_out = a
+        .output_path(store.store_dir(), &OutputName::out())
+        .unwrap();
+    b.env
+        .insert("in0".into(), store.store_dir().display(&a_out).to_string());
+    fill(&store, &mut b);
+    let b_out = build_out(&store, plain(), &b)?;
+    let text = std::fs::read_to_string(store.physical(&b_out))?;
+    assert!(text.starts_with("from-a and b, via "), "{text}");
+    assert_eq!(store.references(&b_out)?, BTreeSet::from([a_out.clone()]));
+    assert!(store.is_valid(&a_out)?);
+    Ok(())
+}
+
+#[test]
+fn the_environment_is_clean_and_documented() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let mut d = sh(&store, "env", "/usr/bin/env > $out", &[]);
+    d.env.insert("custom".into(), "value".into());
+    fill(&store, &mut d);
+    let out = build_out(
+        &store,
+        BuildOptions {
+            cores: 3,
+            ..plain()
+        },
+        &d,
+    )?;
+    let text = std::fs::read_to_string(store.physical(&out))?;
+    let vars: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    let names: BTreeSet<&str> = vars.keys().copied().collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "BIGTOP_BUILD_CORES",
+            "BIGTOP_BUILD_TOP",
+            "BIGTOP_STORE",
+            "HOME",
+            "PATH",
+            "PWD",
+            "TEMP",
+            "TEMPDIR",
+            "TMP",
+            "TMPDIR",
+            "custom",
+            "out",
+        ]),
+        "{text}"
+    );
+    assert_eq!(vars["HOME"], "/homeless-shelter");
+    assert_eq!(vars["PATH"], "/path-not-set");
+    assert_eq!(vars["BIGTOP_BUILD_CORES"], "3");
+    assert_eq!(vars["out"], store.store_dir().display(&out).to_string());
+    // The build dir is gone.
+    assert!(!std::path::Path::new(vars["TMPDIR"]).exists());
+    Ok(())
+}
+
+#[test]
+fn a_failed_build_reports_status_and_log_tail_and_leaves_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let d = sh(
+        &store,
+        "fails",
+        "i=1; while [ $i -le 40 ]; do echo line $i; i=$((i+1)); done; echo half > $out; echo x > $TMPDIR/x; echo oops >&2; exit 3",
+        &[],
+    );
+    let drv = store.add_derivation(&d)?;
+    let err = Builder::new(&store)
+        .options(BuildOptions {
+            log_lines: 5,
+            ..plain()
+        })
+        .build(&[(drv.clone(), BTreeSet::new())])
+        .unwrap_err();
+    let Error::BuildFailed(failures) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].path, drv);
+    assert!(matches!(&failures[0].kind, FailureKind::Exited(s) if s == "exit code 3"));
+    assert_eq!(
+        failures[0].log_tail,
+        ["line 37", "line 38", "line 39", "line 40", "oops"]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("failed with exit code 3") && text.contains("> oops"),
+        "{text}"
+    );
+    // Nothing registered, nothing left in the store or the build dirs.
+    let out = d
+        .output_path(store.store_dir(), &OutputName::out())
+        .unwrap();
+    assert!(!store.is_valid(&out)?);
+    assert_eq!(strays(&store), Vec::<String>::new());
+    let builds = store.state_dir().join("builds");
+    assert_eq!(std::fs::read_dir(&builds)?.count(), 0);
+    // The whole log is kept.
+    let log = store.read_log(&drv)?.expect("a log");
+    assert!(log.starts_with("line 1\n") && log.contains("oops"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn a_missing_output_fails_the_build() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let d = sh(&store, "lazy", "true", &[]);
+    let err = build_out(&store, plain(), &d).unwrap_err();
+    assert!(
+        err.to_string().contains("did not produce output `out`"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn keep_going_builds_what_does_not_depend_on_a_failure() -> TestResult {
+    for keep_going in [false, true] {
+        let tmp = tempfile::tempdir()?;
+        let store = direct_store(tmp.path());
+        // The failing build has the longer chain behind it, so it starts first.
+        let bad = sh(&store, "bad", "exit 1", &[]);
+        let bad_drv = store.add_derivation(&bad)?;
+        let mut after = sh(&store, "after-bad", "echo > $out", &[]);
+        after
+            .input_drvs
+            .insert(bad_drv.clone(), BTreeSet::from([OutputName::out()]));
+        fill(&store, &mut after);
+        let after_drv = store.add_derivation(&after)?;
+        let good = sh(&store, "good", "echo good > $out", &[]);
+        let good_drv = store.add_derivation(&good)?;
+        let err = Builder::new(&store)
+            .options(BuildOptions {
+                keep_going,
+                max_jobs: 1,
+                ..plain()
+            })
+            .build(&[
+                (after_drv.clone(), BTreeSet::new()),
+                (good_drv.clone(), BTreeSet::new()),
+            ])
+            .unwrap_err();
+        let Error::BuildFailed(failures) = &err else {
+            panic!("{err}")
+        };
+        let good_out = good
+            .output_path(store.store_dir(), &OutputName::out())
+            .unwrap();
+        assert_eq!(
+            store.is_valid(&good_out)?,
+            keep_going,
+            "keep_going = {keep_going}"
+        );
+        assert!(failures
+            .iter()
+            .any(|f| f.path == after_drv && matches!(f.kind, FailureKind::DependencyFailed(_))));
+        assert!(
+            err.to_string().contains("1 dependent jobs not attempted"),
+            "{err}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_fixed_output_is_checked_against_its_hash() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let content = b"fetched bytes\n";
+    let fixed = |hash: Hash| {
+        let mut d = sh(&store, "fetched", "printf 'fetched bytes\\n' > $out", &[]);
+        d.outputs.insert(
+            OutputName::out(),
+            DerivationOutput::Fixed(ContentAddress::new(ContentAddressMethod::Flat, hash)),
+        );
+        fill(&store, &mut d);
+        d
+    };
+    let right = Hash::digest(HashAlgo::Sha256, content);
+    let out = build_out(&store, plain(), &fixed(right))?;
+    let info = store.path_info(&out)?.unwrap();
+    assert_eq!(info.ca.map(|c| c.hash), Some(right));
+    let wrong = Hash::digest(HashAlgo::Sha256, b"something else");
+    let err = build_out(&store, plain(), &fixed(wrong))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hash mismatch in fixed-output derivation"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("specified: {}", wrong.to_sri())),
+        "{err}"
+    );
+    assert!(err.contains(&format!("got: {}", right.to_sri())), "{err}");
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn progress_is_rendered_as_lines() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let d = sh(
+        &store,
+        "talk",
+        "echo hello from the builder; echo > $out",
+        &[],
+    );
+    let drv = store.add_derivation(&d)?;
+    let renderer = TextRenderer::new(Vec::new(), true);
+    Builder::new(&store)
+        .options(plain())
+        .observer(&renderer)
+        .build(&[(drv.clone(), BTreeSet::new())])?;
+    let text = String::from_utf8(renderer.into_inner())?;
+    assert!(text.contains("1 derivation will be built"), "{text}");
+    assert!(text.contains(&format!("building {drv}")), "{text}");
+    assert!(text.contains("talk> hello from the builder"), "{text}");
+    assert!(text.contains(&format!("done {drv}")), "{text}");
+    Ok(())
+}
