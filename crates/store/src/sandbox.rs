@@ -124,7 +124,9 @@ pub struct SandboxSpec {
     /// `chroot_dir/<store_dir>/<name>` on the host, for the caller to move.
     pub outputs: Vec<String>,
     /// `(host path, path inside)` pairs made visible read-only, files or
-    /// directories (see [`default_extra_paths`]).
+    /// directories (see [`default_extra_paths`]). Repeated pairs are
+    /// mounted once; of two pairs with the same inside path, the later
+    /// one is seen.
     pub extra_paths: Vec<(PathBuf, PathBuf)>,
     /// Share the host's network namespace (fixed-output derivations only).
     /// Then the host's `/etc/resolv.conf` and `/etc/services` are visible
@@ -570,7 +572,8 @@ struct MountAttr {
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 
-/// One mount step of the builder's setup, prepared before the `clone`.
+/// One step of the builder's file system setup, prepared before the
+/// `clone`.
 enum Op {
     /// `mount(2)`.
     Mount {
@@ -589,6 +592,21 @@ enum Op {
         set: u64,
         clear: u64,
     },
+    /// `open_tree(OPEN_TREE_CLONE)`: a detached bind mount of a host
+    /// directory that the root's tmpfs is about to cover, kept for
+    /// [`Op::MoveTree`].
+    OpenTree { path: CString },
+    /// `move_mount(2)` of the tree [`Op::OpenTree`] detached.
+    MoveTree { dst: CString },
+    /// A directory; one that exists already is no error.
+    Mkdir { path: CString },
+    /// An empty file, a mount point for a file; one that exists already
+    /// is no error.
+    Touch { path: CString },
+    /// A new file with these contents.
+    Write { path: CString, contents: Vec<u8> },
+    /// A symbolic link.
+    Symlink { target: CString, path: CString },
 }
 
 impl Op {
@@ -602,8 +620,9 @@ impl Op {
         })
     }
 
-    /// Runs in the builder child: system calls only.
-    unsafe fn apply(&self) -> bool {
+    /// Runs in the builder child: system calls only. `tree` holds the
+    /// descriptor of [`Op::OpenTree`].
+    unsafe fn apply(&self, tree: &AtomicI32) -> bool {
         match self {
             Op::Mount {
                 src,
@@ -643,36 +662,82 @@ impl Op {
                     std::mem::size_of::<MountAttr>(),
                 ) == 0
             }
+            Op::OpenTree { path } => {
+                const OPEN_TREE_CLONE: libc::c_long = 1;
+                let fd = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+                );
+                tree.store(fd as i32, Ordering::Relaxed);
+                fd >= 0
+            }
+            Op::MoveTree { dst } => {
+                const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.load(Ordering::Relaxed),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    dst.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) == 0
+            }
+            Op::Mkdir { path } => libc::mkdir(path.as_ptr(), 0o755) == 0 || errno() == libc::EEXIST,
+            // mknod, not open: an existing file may already be a bind mount
+            // of a host file, which must never be opened for writing.
+            Op::Touch { path } => {
+                libc::mknod(path.as_ptr(), libc::S_IFREG | 0o644, 0) == 0 || errno() == libc::EEXIST
+            }
+            Op::Write { path, contents } => {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd < 0 {
+                    return false;
+                }
+                // Small files on a tmpfs: written whole, or it is an error.
+                let written = libc::write(fd, contents.as_ptr().cast(), contents.len());
+                libc::close(fd);
+                written == contents.len() as isize
+            }
+            Op::Symlink { target, path } => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
         }
     }
 
     fn describe(&self) -> String {
+        let show = |c: &CString| c.to_string_lossy().into_owned();
         match self {
             Op::Mount {
                 src,
                 dst,
                 fstype: Some(fstype),
                 ..
-            } => format!(
-                "mount {} `{}` on `{}`",
-                fstype.to_string_lossy(),
-                src.to_string_lossy(),
-                dst.to_string_lossy()
-            ),
-            Op::Mount { src, dst, .. } => format!(
-                "bind-mount `{}` on `{}`",
-                src.to_string_lossy(),
-                dst.to_string_lossy()
-            ),
+            } => format!("mount {} `{}` on `{}`", show(fstype), show(src), show(dst)),
+            Op::Mount { src, dst, .. } => {
+                format!("bind-mount `{}` on `{}`", show(src), show(dst))
+            }
             Op::SetAttr { path, set, .. } => format!(
                 "make `{}` {}",
-                path.to_string_lossy(),
+                show(path),
                 if set & MOUNT_ATTR_RDONLY != 0 {
                     "read-only"
                 } else {
                     "writable"
                 }
             ),
+            Op::OpenTree { path } => format!("clone the mount tree of `{}`", show(path)),
+            Op::MoveTree { dst } => format!("move the store tree onto `{}`", show(dst)),
+            Op::Mkdir { path } => format!("create directory `{}`", show(path)),
+            Op::Touch { path } | Op::Write { path, .. } => {
+                format!("create file `{}`", show(path))
+            }
+            Op::Symlink { target, path } => {
+                format!("create symlink `{}` -> `{}`", show(path), show(target))
+            }
         }
     }
 }
@@ -689,6 +754,8 @@ struct Report {
     index: AtomicU32,
     /// The failed call's errno.
     errno: AtomicI32,
+    /// The descriptor of [`Op::OpenTree`], in the builder's table.
+    tree: AtomicI32,
 }
 
 #[derive(Clone, Copy)]
@@ -797,7 +864,7 @@ extern "C" fn builder(arg: *mut c_void) -> libc::c_int {
     unsafe {
         let plan = &*(arg as *const Plan);
         for (i, op) in plan.ops.iter().enumerate() {
-            if !op.apply() {
+            if !op.apply(&plan.report.tree) {
                 fail(plan, Step::Mount, i);
             }
         }
@@ -1078,61 +1145,127 @@ fn devices() -> &'static [&'static str] {
     })
 }
 
-/// Creates an empty mount point for `host` at `at`: a directory for a
-/// directory, a file otherwise.
-fn mount_point(host: &Path, at: &Path) -> Result<(), SandboxError> {
+/// Creates an empty mount point on the host for `host` at `at`: a
+/// directory for a directory, a file otherwise.
+fn host_mount_point(host: &Path, at: &Path) -> Result<(), SandboxError> {
     let meta = fs::metadata(host).map_err(prep_err("stat", host))?;
-    if let Some(parent) = at.parent() {
-        fs::create_dir_all(parent).map_err(prep_err("create", parent))?;
-    }
     if meta.is_dir() {
-        fs::create_dir_all(at).map_err(prep_err("create", at))
+        fs::create_dir(at).map_err(prep_err("create", at))
     } else {
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(at)
+        fs::File::create(at)
             .map(drop)
             .map_err(prep_err("create", at))
     }
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), SandboxError> {
-    fs::write(path, text).map_err(prep_err("write", path))
+/// The steps that build the root on a tmpfs inside the sandbox.
+struct RootPlan<'a> {
+    root: &'a Path,
+    ops: Vec<Op>,
+    /// Directories created (or about to be) below the root.
+    dirs: std::collections::HashSet<PathBuf>,
 }
 
-/// Lays out the root on the host and lists the mounts the builder child
-/// makes, in order.
+impl RootPlan<'_> {
+    /// Creates `inside` (absolute, as seen inside) and its parents.
+    fn dir(&mut self, inside: &Path) -> Result<PathBuf, SandboxError> {
+        let at = under(self.root, inside);
+        if at != self.root && !self.dirs.contains(&at) {
+            if let Some(parent) = inside.parent() {
+                self.dir(parent)?;
+            }
+            self.ops.push(Op::Mkdir { path: c_path(&at)? });
+            self.dirs.insert(at.clone());
+        }
+        Ok(at)
+    }
+
+    /// Binds `host` at `inside`, creating the mount point.
+    fn bind(&mut self, host: &Path, inside: &Path) -> Result<(), SandboxError> {
+        let meta = fs::metadata(host).map_err(prep_err("stat", host))?;
+        let at = if meta.is_dir() {
+            self.dir(inside)?
+        } else {
+            if let Some(parent) = inside.parent() {
+                self.dir(parent)?;
+            }
+            let at = under(self.root, inside);
+            self.ops.push(Op::Touch { path: c_path(&at)? });
+            at
+        };
+        self.ops.push(Op::bind(host, &at)?);
+        Ok(())
+    }
+
+    fn write(&mut self, inside: &str, contents: String) -> Result<(), SandboxError> {
+        let at = under(self.root, Path::new(inside));
+        self.ops.push(Op::Write {
+            path: c_path(&at)?,
+            contents: contents.into_bytes(),
+        });
+        Ok(())
+    }
+
+    fn symlink(&mut self, target: &str, inside: &str) -> Result<(), SandboxError> {
+        let at = under(self.root, Path::new(inside));
+        self.ops.push(Op::Symlink {
+            target: c_string("symlink", target)?,
+            path: c_path(&at)?,
+        });
+        Ok(())
+    }
+}
+
+/// Prepares the host side (the store dir, with a mount point for each
+/// input) and lists the steps the builder child takes, in order.
+///
+/// The root itself is a tmpfs mounted on `chroot_dir` inside the sandbox:
+/// its directories, `/etc` files and mount points cost a microsecond each
+/// there, against tens on the host's disk (where the caller would also
+/// have to delete them), and the kernel frees it with the mount namespace.
+/// Only the store dir is on the host, since the outputs must stay there.
 fn prepare_root(spec: &SandboxSpec) -> Result<Vec<Op>, SandboxError> {
-    let root = &spec.chroot_dir;
-    let store = under(root, &spec.store_dir);
-    fs::create_dir_all(&store).map_err(prep_err("create", &store))?;
-
-    let mut ops = vec![
-        // The root must be a mount point for pivot_root.
-        Op::bind(root, root)?,
-        // Its own mount, so that it stays writable when the rest is not.
-        Op::Mount {
-            src: c_path(&store)?,
-            dst: c_path(&store)?,
-            fstype: None,
-            flags: libc::MS_BIND,
-            data: None,
-        },
-    ];
-
+    let root = spec.chroot_dir.as_path();
+    let host_store = under(root, &spec.store_dir);
+    fs::create_dir_all(&host_store).map_err(prep_err("create", &host_store))?;
     for name in &spec.inputs {
         let host = spec.store_root.join(name);
-        let at = store.join(name);
+        let at = host_store.join(name);
         let meta = fs::symlink_metadata(&host).map_err(prep_err("stat input", &host))?;
         if meta.file_type().is_symlink() {
             // A bind mount would follow it; a copy is as read-only.
             let target = fs::read_link(&host).map_err(prep_err("read", &host))?;
             symlink(&target, &at).map_err(prep_err("create", &at))?;
         } else {
-            mount_point(&host, &at)?;
-            ops.push(Op::bind(&host, &at)?);
+            host_mount_point(&host, &at)?;
+        }
+    }
+
+    let mut plan = RootPlan {
+        root,
+        ops: vec![
+            // Taken before the tmpfs hides it.
+            Op::OpenTree {
+                path: c_path(&host_store)?,
+            },
+            Op::Mount {
+                src: c"root".into(),
+                dst: c_path(root)?,
+                fstype: Some(c"tmpfs".into()),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(c"mode=0755,size=4m".into()),
+            },
+        ],
+        dirs: Default::default(),
+    };
+    let store = plan.dir(&spec.store_dir)?;
+    plan.ops.push(Op::MoveTree {
+        dst: c_path(&store)?,
+    });
+    for name in &spec.inputs {
+        let host = spec.store_root.join(name);
+        if !fs::symlink_metadata(&host).is_ok_and(|m| m.file_type().is_symlink()) {
+            plan.ops.push(Op::bind(&host, &store.join(name))?);
         }
     }
 
@@ -1144,88 +1277,77 @@ fn prepare_root(spec: &SandboxSpec) -> Result<Vec<Op>, SandboxError> {
             }
         }
     }
-    let etc = root.join("etc");
-    fs::create_dir_all(&etc).map_err(prep_err("create", &etc))?;
+    plan.dir(Path::new("/etc"))?;
     let (uid, gid) = (spec.uid, spec.gid);
-    write_file(
-        &etc.join("passwd"),
-        &format!(
+    plan.write(
+        "/etc/passwd",
+        format!(
             "bigtop:x:{uid}:{gid}:bigtop build user:{}:/noshell\n\
              nobody:x:65534:65534:nobody:/:/noshell\n",
             spec.build_dir_inside.display()
         ),
     )?;
-    write_file(
-        &etc.join("group"),
-        &format!("bigtop:x:{gid}:\nnogroup:x:65534:\n"),
-    )?;
-    write_file(&etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
-    for (host, inside) in &extras {
-        let at = under(root, inside);
-        mount_point(host, &at)?;
-        ops.push(Op::bind(host, &at)?);
+    plan.write("/etc/group", format!("bigtop:x:{gid}:\nnogroup:x:65534:\n"))?;
+    plan.write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n".into())?;
+    for (i, (host, inside)) in extras.iter().enumerate() {
+        // The same library may come with two programs.
+        if !extras[..i].contains(&(host.clone(), inside.clone())) {
+            plan.bind(host, inside)?;
+        }
     }
 
-    let dev = root.join("dev");
-    fs::create_dir_all(dev.join("shm")).map_err(prep_err("create", &dev))?;
     for name in devices() {
-        let host = Path::new("/dev").join(name);
-        let at = dev.join(name);
-        mount_point(&host, &at)?;
-        ops.push(Op::bind(&host, &at)?);
+        let dev = Path::new("/dev").join(name);
+        plan.bind(&dev, &dev)?;
     }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
+    for (target, link) in [
+        ("/proc/self/fd", "/dev/fd"),
+        ("/proc/self/fd/0", "/dev/stdin"),
+        ("/proc/self/fd/1", "/dev/stdout"),
+        ("/proc/self/fd/2", "/dev/stderr"),
     ] {
-        let at = dev.join(link);
-        symlink(target, &at).map_err(prep_err("create", &at))?;
+        plan.symlink(target, link)?;
+    }
+    let shm = plan.dir(Path::new("/dev/shm"))?;
+    let proc = plan.dir(Path::new("/proc"))?;
+    let build = plan.dir(&spec.build_dir_inside)?;
+    if !plan.dirs.contains(&under(root, Path::new("/tmp"))) {
+        let inside = spec.build_dir_inside.to_string_lossy();
+        plan.symlink(&inside, "/tmp")?;
     }
 
     // Everything so far read-only (device nodes too: the builder owns the
     // host's when the caller is root, and could chmod them), then the
     // store dir writable again.
-    ops.push(Op::SetAttr {
+    plan.ops.push(Op::SetAttr {
         path: c_path(root)?,
         recursive: true,
         set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
         clear: 0,
     });
-    ops.push(Op::SetAttr {
+    plan.ops.push(Op::SetAttr {
         path: c_path(&store)?,
         recursive: false,
         set: 0,
         clear: MOUNT_ATTR_RDONLY,
     });
-
-    let build = under(root, &spec.build_dir_inside);
-    fs::create_dir_all(&build).map_err(prep_err("create", &build))?;
-    ops.push(Op::bind(&spec.build_dir, &build)?);
-    if spec.build_dir_inside != Path::new("/tmp") {
-        let tmp = root.join("tmp");
-        symlink(&spec.build_dir_inside, &tmp).map_err(prep_err("create", &tmp))?;
-    }
-
+    plan.ops.push(Op::bind(&spec.build_dir, &build)?);
     let nodev_nosuid = libc::MS_NOSUID | libc::MS_NODEV;
-    ops.push(Op::Mount {
+    plan.ops.push(Op::Mount {
         src: c"shm".into(),
-        dst: c_path(&dev.join("shm"))?,
+        dst: c_path(&shm)?,
         fstype: Some(c"tmpfs".into()),
         flags: nodev_nosuid,
         data: Some(c"mode=1777,size=50%".into()),
     });
-    let proc = root.join("proc");
-    fs::create_dir_all(&proc).map_err(prep_err("create", &proc))?;
-    ops.push(Op::Mount {
+    plan.ops.push(Op::Mount {
         src: c"proc".into(),
         dst: c_path(&proc)?,
         fstype: Some(c"proc".into()),
         flags: nodev_nosuid | libc::MS_NOEXEC,
         data: None,
     });
-    Ok(ops)
+    Ok(plan.ops)
 }
 
 fn check_spec(spec: &SandboxSpec) -> Result<(), SandboxError> {
