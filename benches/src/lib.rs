@@ -1,6 +1,7 @@
 //! Fixtures shared by bigtop's benchmarks: deterministic trees to hash,
 //! and the store shapes ([`shapes`]) written alike for bigtop and for Nix.
 
+pub mod sandbox;
 pub mod shapes;
 
 use std::fs;

@@ -42,6 +42,7 @@ pub mod error;
 pub mod export;
 pub mod gc;
 pub mod lock;
+pub mod sandbox;
 pub mod scan;
 mod store;
 pub mod verify;
