@@ -688,6 +688,11 @@ impl<'a> LogSink<'a> {
         }
     }
 
+    /// Adds a line of our own (not the builder's) to the log.
+    pub(crate) fn note(&mut self, line: &str) {
+        self.pump(format!("{line}\n").as_bytes());
+    }
+
     /// Finishes the log file; returns the tail.
     pub(crate) fn finish(mut self) -> Vec<String> {
         if let Some(f) = self.file.take() {

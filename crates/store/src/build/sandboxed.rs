@@ -1,28 +1,139 @@
-//! TEMPORARY: replaced when the sandbox module lands.
+//! Process builds in the sandbox ([`crate::sandbox`]): the build's view of
+//! the store is its input closure, its build dir is `/build`, and its
+//! outputs are written in a scratch root beside the store, then moved
+//! under temporary names in the store for staging.
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
-use super::process::BuildDir;
+use super::process::{environment, BuildDir};
 use super::run::LogSink;
 use super::{BuildOptions, FailureKind};
+use crate::add::remove_tree;
 use crate::error::Error;
+use crate::sandbox::{self, SandboxSpec};
 use crate::store::Store;
 
+/// Where builders see their build directory.
+const BUILD_DIR_INSIDE: &str = "/build";
+
+static CHROOT_COUNTER: AtomicU64 = AtomicU64::new(0);
+
 pub(crate) fn available() -> Result<(), Error> {
-    Err(Error::SandboxUnavailable("not integrated yet".into()))
+    sandbox::check_available().map_err(|e| Error::SandboxUnavailable(e.to_string()))
 }
 
+/// `/bin/sh` and what it needs, found once per process.
+fn default_paths() -> Result<&'static [(PathBuf, PathBuf)], String> {
+    static PATHS: OnceLock<Result<Vec<(PathBuf, PathBuf)>, String>> = OnceLock::new();
+    PATHS
+        .get_or_init(|| sandbox::default_extra_paths().map_err(|e| e.to_string()))
+        .as_ref()
+        .map(|v| v.as_slice())
+        .map_err(Clone::clone)
+}
+
+/// The scratch root of one build, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
+    }
+}
+
+/// Runs `d` in the sandbox; returns its exit status and, for each output,
+/// where it now is (a temporary name in the store, or a path that does not
+/// exist if the builder did not make it).
+#[allow(clippy::type_complexity)]
 pub(crate) fn run(
-    _store: &Store,
-    _options: &BuildOptions,
-    _d: &Derivation,
-    _outputs: &BTreeMap<OutputName, StorePath>,
-    _closure: &BTreeSet<StorePath>,
-    _build_dir: &BuildDir,
-    _log: &mut LogSink<'_>,
+    store: &Store,
+    options: &BuildOptions,
+    d: &Derivation,
+    outputs: &BTreeMap<OutputName, StorePath>,
+    closure: &BTreeSet<StorePath>,
+    build_dir: &BuildDir,
+    log: &mut LogSink<'_>,
 ) -> Result<(std::process::ExitStatus, BTreeMap<OutputName, PathBuf>), (FailureKind, ())> {
-    Err((FailureKind::Setup("sandbox not integrated".into()), ()))
+    let setup = |why: String| (FailureKind::Setup(why), ());
+    let extra: Vec<(PathBuf, PathBuf)> = match &options.sandbox_paths {
+        Some(p) => p.clone(),
+        None => default_paths().map_err(setup)?.to_vec(),
+    };
+    // Impurities are visible: the log says which host paths the build saw.
+    log.note(&format!(
+        "bigtop: host paths in the sandbox: {}",
+        extra
+            .iter()
+            .map(|(_, inside)| inside.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    let n = CHROOT_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let scratch = Scratch(store.root().join(format!(
+        ".chroot-{}-{n}-{}",
+        std::process::id(),
+        d.name
+    )));
+    let store_dir = store.store_dir().as_path().to_owned();
+    let env = environment(store, options, d, outputs, BUILD_DIR_INSIDE);
+    let (reader, writer) =
+        std::io::pipe().map_err(|e| setup(format!("cannot make a pipe: {e}")))?;
+    let err_writer = writer
+        .try_clone()
+        .map_err(|e| setup(format!("cannot make a pipe: {e}")))?;
+    let spec = SandboxSpec {
+        program: d.builder.clone(),
+        args: d.args.clone(),
+        env,
+        build_dir: build_dir.path().to_owned(),
+        build_dir_inside: PathBuf::from(BUILD_DIR_INSIDE),
+        store_dir: store_dir.clone(),
+        store_root: store.root().to_owned(),
+        chroot_dir: scratch.0.clone(),
+        inputs: closure.iter().map(|p| p.to_string()).collect(),
+        outputs: outputs.values().map(|p| p.to_string()).collect(),
+        extra_paths: extra,
+        network: d.is_fixed_output(),
+        stdout: OwnedFd::from(writer),
+        stderr: OwnedFd::from(err_writer),
+        uid: sandbox::DEFAULT_UID,
+        gid: sandbox::DEFAULT_GID,
+    };
+    let child = sandbox::spawn(&spec).map_err(|e| setup(e.to_string()))?;
+    // The spec holds the pipe's write ends: the log ends once they close.
+    drop(spec);
+    let status = std::thread::scope(|s| {
+        let pump = s.spawn(|| log.pump(reader));
+        let status = child.wait();
+        let _ = pump.join();
+        status
+    })
+    .map_err(|e| setup(e.to_string()))?;
+    // Move what was made out of the scratch root before it goes.
+    let inside = scratch
+        .0
+        .join(store_dir.strip_prefix("/").unwrap_or(&store_dir));
+    let mut written: BTreeMap<OutputName, PathBuf> = BTreeMap::new();
+    for (name, path) in outputs {
+        let at = inside.join(path.to_string());
+        let tmp = store.temp_name(path.name());
+        if std::fs::symlink_metadata(&at).is_ok() {
+            std::fs::rename(&at, &tmp).map_err(|e| {
+                for w in written.values() {
+                    let _ = remove_tree(w);
+                }
+                setup(format!("cannot move output `{}`: {e}", at.display()))
+            })?;
+        }
+        written.insert(name.clone(), tmp);
+    }
+    drop(scratch);
+    Ok((status, written))
 }

@@ -4,6 +4,7 @@
 mod builtins;
 mod planning;
 mod process;
+mod sandboxed;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,0 +1,125 @@
+//! Builds in the sandbox, in a chroot store (logical `/bigtop/store`,
+//! physical in a temp dir): the store's paths appear at their logical
+//! paths, and only the input closure is visible.
+
+use std::collections::BTreeSet;
+
+use bigtop_store::build::{BuildOptions, Builder};
+use bigtop_store::core::derivation::OutputName;
+use bigtop_store::Store;
+
+use crate::{build_out, fill, sh, strays, TestResult};
+
+fn sandboxed() -> BuildOptions {
+    BuildOptions {
+        max_jobs: 2,
+        ..BuildOptions::default()
+    }
+}
+
+#[test]
+fn a_sandboxed_build_sees_its_inputs_at_their_logical_paths_and_nothing_else() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    assert_ne!(store.root(), store.store_dir().as_path());
+    let unrelated = store.add_text("unrelated", b"secret", &BTreeSet::new())?;
+    let a = sh(&store, "a", "echo from-a > $out", &[]);
+    let a_drv = store.add_derivation(&a)?;
+    let a_out = a
+        .output_path(store.store_dir(), &OutputName::out())
+        .unwrap();
+    let mut b = sh(
+        &store,
+        "b",
+        "read x < $in0; for p in $BIGTOP_STORE/*; do echo \"seen $p\"; done > $out; echo \"$x\" >> $out; \
+         if read y < $BIGTOP_STORE/$hidden; then echo leaked >> $out; fi",
+        &[],
+    );
+    b.input_drvs
+        .insert(a_drv, BTreeSet::from([OutputName::out()]));
+    b.env
+        .insert("in0".into(), store.store_dir().display(&a_out).to_string());
+    b.env.insert("hidden".into(), unrelated.to_string());
+    fill(&store, &mut b);
+    let b_out = build_out(&store, sandboxed(), &b)?;
+    let text = std::fs::read_to_string(store.physical(&b_out))?;
+    let dir = store.store_dir();
+    // Its own output and its input, nothing else (the shell sorts the glob).
+    let mut seen = [
+        dir.display(&a_out).to_string(),
+        dir.display(&b_out).to_string(),
+    ];
+    seen.sort();
+    assert_eq!(
+        text,
+        format!("seen {}\nseen {}\nfrom-a\n", seen[0], seen[1]),
+        "{text}"
+    );
+    // It names itself and its input: both references are found.
+    assert_eq!(store.references(&b_out)?, BTreeSet::from([a_out, b_out]));
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn the_log_records_the_host_paths_a_build_saw() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let d = sh(&store, "x", "echo > $out", &[]);
+    let drv = store.add_derivation(&d)?;
+    Builder::new(&store)
+        .options(sandboxed())
+        .build(&[(drv.clone(), BTreeSet::new())])?;
+    let log = store.read_log(&drv)?.unwrap();
+    assert!(
+        log.starts_with("bigtop: host paths in the sandbox: /bin/sh"),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failed_sandboxed_build_leaves_no_scratch_behind() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let d = sh(&store, "bad", "echo half > $out; exit 2", &[]);
+    let err = build_out(&store, sandboxed(), &d).unwrap_err();
+    assert!(err.to_string().contains("exit code 2"), "{err}");
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn check_mode_tells_a_deterministic_build_from_one_that_is_not() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let same = sh(&store, "same", "echo fixed > $out", &[]);
+    let random = sh(
+        &store,
+        "random",
+        "read -r x < /dev/urandom; echo \"$x\" > $out",
+        &[],
+    );
+    for (d, identical) in [(&same, true), (&random, false)] {
+        let drv = store.add_derivation(d)?;
+        let targets = [(drv.clone(), BTreeSet::new())];
+        Builder::new(&store).options(sandboxed()).build(&targets)?;
+        let before = store.path_info(
+            &d.output_path(store.store_dir(), &OutputName::out())
+                .unwrap(),
+        )?;
+        let report = Builder::new(&store)
+            .options(BuildOptions {
+                check: true,
+                ..sandboxed()
+            })
+            .build(&targets)?;
+        assert_eq!(report.checks.len(), 1);
+        assert_eq!(report.checks[0].identical(), identical, "{}", d.name);
+        // The registered output is untouched.
+        let after = store.path_info(&report.checks[0].path)?;
+        assert_eq!(before.map(|i| i.nar_hash), after.map(|i| i.nar_hash));
+    }
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
