@@ -32,7 +32,7 @@ use crate::lock::LockSet;
 use crate::scan::ReferenceScanner;
 use crate::store::{PathInfo, Store};
 
-/// Runs plans against a store. See the [module docs](self).
+/// Runs plans against a store. See the [build module docs](crate::build).
 pub struct Builder<'s> {
     store: &'s Store,
     options: BuildOptions,
