@@ -50,23 +50,9 @@ impl BuildDir {
 
 impl Drop for BuildDir {
     fn drop(&mut self) {
-        // Builders may leave read-only directories behind.
-        make_writable(&self.0);
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        if meta.is_dir() {
-            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-            if let Ok(entries) = fs::read_dir(path) {
-                for e in entries.flatten() {
-                    make_writable(&e.path());
-                }
-            }
-        }
+        // Builders may leave read-only directories: the store's removal
+        // walk makes each writable before emptying it.
+        let _ = remove_tree(&self.0);
     }
 }
 
