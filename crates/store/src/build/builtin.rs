@@ -9,8 +9,11 @@
 //! | `builtin:write-file` | `text`, optional `executable` = `1` | a file holding `text` (mode 0555 if executable) |
 //! | `builtin:symlink-join` | `paths`: store paths separated by spaces | a tree of directories whose files are symlinks into `paths`; two paths providing the same file is an error naming both |
 //! | `builtin:copy` | `src`: a store path | a copy of `src` |
+//! | `builtin:fetchurl` | `url` (or `urls`: mirrors separated by spaces), optional `executable` = `1`; fixed-output only | the file at the URL (`file://`, `http://`, `https://`), see [`fetch`](super::fetch) |
 //!
 //! Every store path a builtin reads must be one of the derivation's inputs.
+//! All but `builtin:fetchurl` run on the scheduling thread; a fetch may
+//! take minutes and runs beside the process builds, counted among them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -22,6 +25,8 @@ use bigtop_core::StorePath;
 use thiserror::Error;
 
 use crate::store::Store;
+
+use super::fetch::FETCH_URL;
 
 /// The builder of a file-writing derivation.
 pub const WRITE_FILE: &str = "builtin:write-file";
@@ -35,7 +40,9 @@ pub const COPY: &str = "builtin:copy";
 #[non_exhaustive]
 pub enum BuiltinError {
     /// The builder is `builtin:…` but not one of ours.
-    #[error("unknown builtin builder `{0}` (known: {WRITE_FILE}, {SYMLINK_JOIN}, {COPY})")]
+    #[error(
+        "unknown builtin builder `{0}` (known: {WRITE_FILE}, {SYMLINK_JOIN}, {COPY}, {FETCH_URL})"
+    )]
     Unknown(String),
     /// A variable the builtin needs is missing.
     #[error("`{builtin}` needs the environment variable `{var}`")]
@@ -61,6 +68,12 @@ pub enum BuiltinError {
         /// The second.
         second: String,
     },
+    /// A fetching builtin used by a derivation that is not fixed-output.
+    #[error("`{0}` may only build a fixed-output derivation (one with an expected hash)")]
+    NotFixedOutput(&'static str),
+    /// Every URL failed: each with why.
+    #[error("cannot fetch {}", fetch_errors(.0))]
+    Fetch(Vec<(String, String)>),
     /// The file system failed.
     #[error("cannot {action} `{path}`")]
     Io {
@@ -72,6 +85,14 @@ pub enum BuiltinError {
         #[source]
         source: io::Error,
     },
+}
+
+fn fetch_errors(errors: &[(String, String)]) -> String {
+    errors
+        .iter()
+        .map(|(url, why)| format!("`{url}` ({why})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuiltinError + 'a {
@@ -87,20 +108,29 @@ pub fn is_builtin(derivation: &Derivation) -> bool {
     derivation.builder.starts_with("builtin:")
 }
 
+/// Whether `derivation` is a builtin quick enough to run on the
+/// scheduling thread (all but fetches).
+pub(crate) fn is_inline(derivation: &Derivation) -> bool {
+    is_builtin(derivation) && derivation.builder != FETCH_URL
+}
+
 /// Builds `derivation` into `staging` (where each output is to be
-/// written); `closure` holds the store paths it may read.
+/// written); `closure` holds the store paths it may read; `note` receives
+/// lines for the build log.
 pub(crate) fn run(
     store: &Store,
     derivation: &Derivation,
     outputs: &BTreeMap<OutputName, StorePath>,
     staging: &BTreeMap<OutputName, PathBuf>,
     closure: &BTreeSet<StorePath>,
+    note: &mut dyn FnMut(&str),
 ) -> Result<(), BuiltinError> {
     let d = super::run::with_placeholders(store, derivation, outputs);
     let builtin: &'static str = match d.builder.as_str() {
         WRITE_FILE => WRITE_FILE,
         SYMLINK_JOIN => SYMLINK_JOIN,
         COPY => COPY,
+        FETCH_URL => FETCH_URL,
         other => return Err(BuiltinError::Unknown(other.to_owned())),
     };
     let out = match (staging.len(), staging.get(&OutputName::out())) {
@@ -145,6 +175,7 @@ pub(crate) fn run(
             let src = input(var("src")?)?;
             copy_tree(&src, out)
         }
+        FETCH_URL => super::fetch::fetch(&d, out, note),
         _ => unreachable!("matched above"),
     };
     if result.is_err() {

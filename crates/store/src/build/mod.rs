@@ -34,6 +34,7 @@
 //! ```
 
 pub mod builtin;
+pub mod fetch;
 pub mod observer;
 pub mod plan;
 mod process;

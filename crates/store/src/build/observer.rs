@@ -36,6 +36,8 @@ pub enum Activity {
     Builtin,
     /// Copies a path from a substituter.
     Fetch,
+    /// Downloads a fixed output (`builtin:fetchurl`).
+    Download,
     /// Rebuilds valid outputs to compare them.
     Check,
 }
@@ -88,6 +90,7 @@ impl<W: Write + Send> BuildObserver for TextRenderer<W> {
             Activity::Build | Activity::Builtin => "building",
             Activity::Fetch => "fetching",
             Activity::Check => "checking",
+            Activity::Download => "downloading",
         };
         self.line(format_args!("{verb} {path}"));
     }

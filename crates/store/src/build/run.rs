@@ -166,7 +166,7 @@ impl<'s> Builder<'s> {
                 while let Some(&(_, std::cmp::Reverse(i))) = ready.peek().filter(|_| !stopping) {
                     let job = &plan.jobs[i];
                     let inline = matches!(&job.kind, JobKind::Build { derivation, .. }
-                        if builtin::is_builtin(derivation));
+                        if builtin::is_inline(derivation));
                     if !inline && running >= max_jobs {
                         break;
                     }
@@ -391,6 +391,7 @@ impl<'s> Builder<'s> {
         }
         let activity = match (check, builtin) {
             (true, _) => Activity::Check,
+            (false, true) if derivation.builder == super::fetch::FETCH_URL => Activity::Download,
             (false, true) => Activity::Builtin,
             (false, false) => Activity::Build,
         };
@@ -402,9 +403,30 @@ impl<'s> Builder<'s> {
                 .iter()
                 .map(|(o, p)| (o.clone(), self.store.temp_name(p.name())))
                 .collect();
-            builtin::run(self.store, derivation, &outputs, &staging, &closure)
-                .map(|()| staging)
-                .map_err(|e| fail(FailureKind::Builtin(e.to_string())))
+            // Only fetches have something worth a log.
+            let mut log = if builtin::is_inline(derivation) {
+                None
+            } else {
+                Some(
+                    LogSink::new(self.store, drv, self.observer, self.options.log_lines)
+                        .map_err(io)?,
+                )
+            };
+            let mut note = |line: &str| {
+                if let Some(log) = &mut log {
+                    log.note(line);
+                }
+            };
+            let r = builtin::run(
+                self.store, derivation, &outputs, &staging, &closure, &mut note,
+            )
+            .map(|()| staging);
+            let tail = log.map(LogSink::finish).unwrap_or_default();
+            r.map_err(|e| BuildFailure {
+                path: drv.clone(),
+                kind: FailureKind::Builtin(e.to_string()),
+                log_tail: tail,
+            })
         } else {
             process::run(
                 self.store,

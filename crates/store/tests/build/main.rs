@@ -2,6 +2,7 @@
 //! builds, failures, fixed outputs, substitution, logs.
 
 mod builtins;
+mod fetch;
 mod planning;
 mod process;
 mod sandboxed;
