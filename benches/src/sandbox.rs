@@ -64,6 +64,7 @@ impl TrivialBuilds {
             network: false,
             stdout: out_w.try_clone()?.into(),
             stderr: out_w.into(),
+            inherit: Vec::new(),
             uid: sandbox::DEFAULT_UID,
             gid: sandbox::DEFAULT_GID,
         };

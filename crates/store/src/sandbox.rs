@@ -59,6 +59,7 @@
 //!     network: false,
 //!     stdout: stdout_w.into(),
 //!     stderr: stderr_w.into(),
+//!     inherit: Vec::new(),
 //!     uid: sandbox::DEFAULT_UID,
 //!     gid: sandbox::DEFAULT_GID,
 //! };
@@ -137,6 +138,10 @@ pub struct SandboxSpec {
     pub stdout: OwnedFd,
     /// Where the builder's standard error goes.
     pub stderr: OwnedFd,
+    /// Descriptors the builder inherits, as 3, 4, … in this order (a
+    /// jobserver's pipe ends); every other descriptor is closed. The
+    /// caller keeps them open until [`spawn`] returns.
+    pub inherit: Vec<RawFd>,
     /// The builder's uid inside ([`DEFAULT_UID`]). It is mapped to the
     /// calling process's effective uid: files the builder creates are owned
     /// by the caller on the host.
@@ -807,6 +812,7 @@ struct Plan {
     build_dir_inside: CString,
     stdout: RawFd,
     stderr: RawFd,
+    inherit: Vec<RawFd>,
     setgroups: bool,
     program: CString,
     /// Null-terminated; points into `_strings`.
@@ -890,16 +896,27 @@ extern "C" fn builder(arg: *mut c_void) -> libc::c_int {
         if null < 0 {
             fail(plan, Step::OpenNull, 0);
         }
-        // Above 2 first, so that neither is clobbered if it is 0, 1 or 2.
-        let out = libc::fcntl(plan.stdout, libc::F_DUPFD_CLOEXEC, 3);
-        let err = libc::fcntl(plan.stderr, libc::F_DUPFD_CLOEXEC, 3);
+        // Copied above every target first, so that no dup2 below clobbers
+        // a descriptor still to be placed.
+        let first_free = 3 + plan.inherit.len() as libc::c_int;
+        let out = libc::fcntl(plan.stdout, libc::F_DUPFD_CLOEXEC, first_free);
+        let err = libc::fcntl(plan.stderr, libc::F_DUPFD_CLOEXEC, first_free);
         if out < 0
             || err < 0
             || libc::dup2(null, 0) < 0
             || libc::dup2(out, 1) < 0
             || libc::dup2(err, 2) < 0
-            || libc::close_range(3, libc::c_uint::MAX, 0) != 0
         {
+            fail(plan, Step::Stdio, 0);
+        }
+        for (i, &fd) in plan.inherit.iter().enumerate() {
+            let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, first_free);
+            // dup2 clears close-on-exec on the target.
+            if copy < 0 || libc::dup2(copy, 3 + i as libc::c_int) < 0 {
+                fail(plan, Step::Stdio, 0);
+            }
+        }
+        if libc::close_range(first_free as libc::c_uint, libc::c_uint::MAX, 0) != 0 {
             fail(plan, Step::Stdio, 0);
         }
         if libc::setsid() < 0 {
@@ -1433,6 +1450,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed, SandboxError> {
         root: c_path(&spec.chroot_dir)?,
         build_dir_inside: c_path(&spec.build_dir_inside)?,
         stdout: spec.stdout.as_raw_fd(),
+        inherit: spec.inherit.clone(),
         stderr: spec.stderr.as_raw_fd(),
         setgroups: ns.setgroups,
         program,

@@ -7,9 +7,12 @@
 //! Each process build gets a private build directory, a clean environment
 //! (the derivation's variables plus `out` and the other outputs, `TMPDIR`
 //! and friends, `HOME=/homeless-shelter`, `PATH=/path-not-set` unless
-//! given, `BIGTOP_STORE`, `BIGTOP_BUILD_CORES`), a compressed log in the
-//! state dir, and, on Linux, a sandbox in which only its input closure is
-//! visible. Outputs are canonicalized, scanned for references, hashed and
+//! given, `BIGTOP_STORE`, `BIGTOP_BUILD_CORES`, and `MAKEFLAGS` naming
+//! the run's jobserver, so that a plain `make` shares
+//! [`BuildOptions::cores`] with every other build), a compressed log in
+//! the state dir, and, on Linux, a sandbox in which only its input closure
+//! is visible. Fixed-output derivations may use the network; the builtin
+//! `builtin:fetchurl` (see [`fetch`]) downloads one in-process. Outputs are canonicalized, scanned for references, hashed and
 //! registered atomically with their deriver; a failed or killed build
 //! leaves nothing registered and no temporary files.
 //!
@@ -35,6 +38,7 @@
 
 pub mod builtin;
 pub mod fetch;
+mod jobserver;
 pub mod observer;
 pub mod plan;
 mod process;
@@ -70,9 +74,14 @@ pub enum Sandboxing {
 /// How a [`Builder`] builds.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
-    /// Process builds running at once (builtins do not count).
+    /// Builds, fetches and downloads running at once (builtins do not
+    /// count).
     pub max_jobs: usize,
-    /// The machine's CPU budget, shared by all builds (`BIGTOP_BUILD_CORES`).
+    /// The CPU budget shared by all builds of a run: each process build
+    /// holds one token of a GNU make jobserver of this many (so fewer
+    /// process builds than `max_jobs` run if `cores` is smaller), and the
+    /// `make` inside takes the others for its extra jobs (see `MAKEFLAGS`
+    /// in the [module docs](self)). Also given as `BIGTOP_BUILD_CORES`.
     pub cores: usize,
     /// After a failure, go on with everything that does not depend on it;
     /// otherwise running builds finish and nothing new starts.

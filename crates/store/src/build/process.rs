@@ -3,12 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
+use super::jobserver::Jobserver;
 use super::observer::BuildObserver;
 use super::run::{with_placeholders, LogSink};
 use super::{BuildFailure, BuildOptions, FailureKind, Sandboxing};
@@ -64,6 +66,7 @@ pub(crate) fn environment(
     derivation: &Derivation,
     outputs: &BTreeMap<OutputName, StorePath>,
     build_dir: &str,
+    jobserver: Option<[RawFd; 2]>,
 ) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = derivation.env.clone();
     env.entry("PATH".into()).or_insert_with(|| NO_PATH.into());
@@ -92,6 +95,9 @@ pub(crate) fn environment(
         "BIGTOP_BUILD_CORES".into(),
         options.cores.max(1).to_string(),
     );
+    if let Some(fds) = jobserver {
+        env.insert("MAKEFLAGS".into(), Jobserver::makeflags(fds));
+    }
     env.into_iter().collect()
 }
 
@@ -108,6 +114,7 @@ pub(crate) fn run(
     closure: &BTreeSet<StorePath>,
     check: bool,
     observer: &dyn BuildObserver,
+    jobserver: Option<&Jobserver>,
 ) -> Result<BTreeMap<OutputName, PathBuf>, BuildFailure> {
     let fail = |kind: FailureKind, log_tail: Vec<String>| BuildFailure {
         path: drv.clone(),
@@ -158,8 +165,10 @@ pub(crate) fn run(
                 &d,
                 outputs,
                 &build_dir.path().display().to_string(),
+                jobserver.map(Jobserver::fds),
             );
-            let status = spawn_plain(&d, &env, build_dir.path(), &mut log);
+            let inherit = jobserver.map(Jobserver::fds);
+            let status = spawn_plain(&d, &env, build_dir.path(), inherit, &mut log);
             let tail = log.finish();
             match status {
                 Ok(s) if s.success() => Ok(written),
@@ -173,19 +182,22 @@ pub(crate) fn run(
             }
         }
         Sandboxing::Required => {
-            super::sandboxed::run(store, options, &d, outputs, closure, &build_dir, &mut log)
-                .map_err(|(kind, _)| fail(kind, Vec::new()))
-                .and_then(|(status, written)| {
-                    let tail = log.finish();
-                    if status.success() {
-                        Ok(written)
-                    } else {
-                        for at in written.values() {
-                            let _ = remove_tree(at);
-                        }
-                        Err(fail(FailureKind::Exited(exit_text(status)), tail))
+            let inherit = jobserver.map(Jobserver::fds);
+            super::sandboxed::run(
+                store, options, &d, outputs, closure, &build_dir, inherit, &mut log,
+            )
+            .map_err(|(kind, _)| fail(kind, Vec::new()))
+            .and_then(|(status, written)| {
+                let tail = log.finish();
+                if status.success() {
+                    Ok(written)
+                } else {
+                    for at in written.values() {
+                        let _ = remove_tree(at);
                     }
-                })
+                    Err(fail(FailureKind::Exited(exit_text(status)), tail))
+                }
+            })
         }
     }
 }
@@ -206,6 +218,7 @@ fn spawn_plain(
     d: &Derivation,
     env: &[(String, String)],
     dir: &Path,
+    inherit: Option<[RawFd; 2]>,
     log: &mut LogSink<'_>,
 ) -> Result<std::process::ExitStatus, String> {
     use std::os::unix::process::CommandExt;
@@ -222,6 +235,22 @@ fn spawn_plain(
         .stdout(writer)
         .stderr(err_writer)
         .process_group(0);
+    if let Some(fds) = inherit {
+        // SAFETY: the closure only makes fcntl calls, which are
+        // async-signal-safe, on descriptors this process keeps open.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in fds {
+                    // The builder keeps the pool's ends across exec, at
+                    // the numbers MAKEFLAGS gives.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run builder `{}`: {e}", d.builder))?;

@@ -23,6 +23,7 @@ use bigtop_core::derivation::{placeholder, Derivation, DerivationOutput, OutputN
 use bigtop_core::hash::{Hash, HashAlgo};
 use bigtop_core::{nar, StorePath};
 
+use super::jobserver::Jobserver;
 use super::observer::{Activity, BuildObserver, Silent};
 use super::plan::{self, JobKind, Plan, Substituter};
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Sandboxing};
@@ -146,54 +147,110 @@ impl<'s> Builder<'s> {
         let mut report = BuildReport::default();
         let n = plan.jobs.len();
         let mut waiting: Vec<usize> = plan.jobs.iter().map(|j| j.deps.len()).collect();
-        let mut ready: BinaryHeap<(u32, std::cmp::Reverse<usize>)> = plan
-            .jobs
-            .iter()
-            .enumerate()
-            .filter(|(_, j)| j.deps.is_empty())
-            .map(|(i, j)| (j.priority, std::cmp::Reverse(i)))
-            .collect();
+        // Builtins never wait for a slot, so they get their own heap: a
+        // process build waiting for one must not hold them back.
+        let mut ready = Ready::default();
+        for (i, j) in plan.jobs.iter().enumerate() {
+            if j.deps.is_empty() {
+                ready.push(plan, i);
+            }
+        }
+        let jobserver = if plan.jobs.iter().any(|j| needs_token(&j.kind)) {
+            Some(Jobserver::new(self.options.cores).map_err(|e| Error::Io {
+                action: "create",
+                path: "a jobserver pipe".into(),
+                source: e,
+            })?)
+        } else {
+            None
+        };
+        let jobserver = jobserver.as_ref();
         let mut failures: Vec<BuildFailure> = Vec::new();
         let mut done = 0usize;
         let mut running = 0usize;
+        // Process builds holding a token.
+        let mut holding = 0usize;
         let mut stopping = false;
         let max_jobs = self.options.max_jobs.max(1);
         std::thread::scope(|scope| -> Result<(), Error> {
-            let (tx, rx) = mpsc::channel::<(usize, Result<Finished<'s>, BuildFailure>)>();
+            type Outcome<'s> = (usize, bool, Result<Finished<'s>, BuildFailure>);
+            let (tx, rx) = mpsc::channel::<Outcome<'s>>();
             loop {
                 let mut finished: Vec<(usize, Result<Finished<'s>, BuildFailure>)> = Vec::new();
                 // After a failure without keep_going, nothing new starts.
-                while let Some(&(_, std::cmp::Reverse(i))) = ready.peek().filter(|_| !stopping) {
-                    let job = &plan.jobs[i];
-                    let inline = matches!(&job.kind, JobKind::Build { derivation, .. }
-                        if builtin::is_inline(derivation));
-                    if !inline && running >= max_jobs {
+                let mut out_of_tokens = false;
+                while let Some(i) = ready.threaded.peek().filter(|_| !stopping).map(|e| e.1 .0) {
+                    if running >= max_jobs {
                         break;
                     }
-                    ready.pop();
-                    if inline {
-                        finished.push((i, self.run_job(job)));
-                    } else {
-                        running += 1;
-                        let tx = tx.clone();
-                        scope.spawn(move || {
-                            let r = self.run_job(job);
-                            let _ = tx.send((i, r));
-                        });
+                    let job = &plan.jobs[i];
+                    let token = needs_token(&job.kind);
+                    if let (true, Some(js)) = (token, jobserver) {
+                        if !js.try_acquire() {
+                            if holding > 0 {
+                                out_of_tokens = true;
+                                break;
+                            }
+                            // No build holds one, so every token is lost
+                            // (with killed builders): the pool starts over.
+                            js.refill().map_err(|e| Error::Io {
+                                action: "refill",
+                                path: "the jobserver pipe".into(),
+                                source: e,
+                            })?;
+                            if !js.try_acquire() {
+                                out_of_tokens = true;
+                                break;
+                            }
+                        }
+                        holding += 1;
                     }
+                    ready.threaded.pop();
+                    running += 1;
+                    let tx = tx.clone();
+                    let js = jobserver.filter(|_| token);
+                    scope.spawn(move || {
+                        let r = self.run_job(job, js);
+                        let _ = tx.send((i, token, r));
+                    });
                 }
+                // A bounded round of builtins, so that finished process
+                // builds are picked up between rounds.
+                while finished.len() < INLINE_ROUND && !stopping {
+                    let Some(e) = ready.inline.pop() else { break };
+                    let i = e.1 .0;
+                    finished.push((i, self.run_job(&plan.jobs[i], None)));
+                }
+                let mut outcomes: Vec<Outcome<'s>> = Vec::new();
                 if finished.is_empty() {
                     if running == 0 {
                         break;
                     }
                     self.observer.progress(done, running, n - done - running);
-                    let got = rx.recv().expect("a running job reports");
-                    running -= 1;
-                    finished.push(got);
+                    if out_of_tokens {
+                        // Builders return tokens without ending (a make
+                        // finishing a job): look again soon.
+                        match rx.recv_timeout(TOKEN_POLL) {
+                            Ok(got) => outcomes.push(got),
+                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                unreachable!("the scheduler holds a sender")
+                            }
+                        }
+                    } else {
+                        outcomes.push(rx.recv().expect("a running job reports"));
+                    }
                 }
-                while let Ok(got) = rx.try_recv() {
+                outcomes.extend(rx.try_iter());
+                for (i, token, r) in outcomes {
                     running -= 1;
-                    finished.push(got);
+                    if token {
+                        holding -= 1;
+                        if let Some(js) = jobserver {
+                            js.release();
+                        }
+                    }
+                    finished.push((i, r));
                 }
                 // Register what succeeded, as one group.
                 let mut ok = Vec::new();
@@ -222,7 +279,7 @@ impl<'s> Builder<'s> {
                             for &d in &plan.jobs[i].dependents {
                                 waiting[d] -= 1;
                                 if waiting[d] == 0 {
-                                    ready.push((plan.jobs[d].priority, std::cmp::Reverse(d)));
+                                    ready.push(plan, d);
                                 }
                             }
                         }
@@ -305,11 +362,15 @@ impl<'s> Builder<'s> {
         Ok(())
     }
 
-    fn run_job(&self, job: &plan::Job) -> Result<Finished<'s>, BuildFailure> {
+    fn run_job(
+        &self,
+        job: &plan::Job,
+        jobserver: Option<&Jobserver>,
+    ) -> Result<Finished<'s>, BuildFailure> {
         match &job.kind {
             JobKind::Build {
                 drv, derivation, ..
-            } => self.build_one(drv, derivation),
+            } => self.build_one(drv, derivation, jobserver),
             JobKind::Fetch {
                 path,
                 substituter,
@@ -350,6 +411,7 @@ impl<'s> Builder<'s> {
         &self,
         drv: &StorePath,
         derivation: &Derivation,
+        jobserver: Option<&Jobserver>,
     ) -> Result<Finished<'s>, BuildFailure> {
         let fail = |kind: FailureKind| BuildFailure {
             path: drv.clone(),
@@ -437,6 +499,7 @@ impl<'s> Builder<'s> {
                 &closure,
                 check,
                 self.observer,
+                jobserver,
             )
         };
         let written = run?;
@@ -605,6 +668,42 @@ fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, nar::DumpError> {
         source: e,
     })?;
     Ok(h.finish())
+}
+
+/// Builtins run per round of the scheduling loop, at most.
+const INLINE_ROUND: usize = 1024;
+
+/// How often the scheduler looks for a free token while builds run.
+const TOKEN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether a job runs a builder process (and so takes a token).
+fn needs_token(kind: &JobKind) -> bool {
+    matches!(kind, JobKind::Build { derivation, .. } if !builtin::is_builtin(derivation))
+}
+
+/// A ready job's place in a heap: priority first, then plan order.
+type Entry = (u32, std::cmp::Reverse<usize>);
+
+/// Jobs whose dependencies are done.
+#[derive(Default)]
+struct Ready {
+    /// Builtins run on the scheduling thread.
+    inline: BinaryHeap<Entry>,
+    /// Process builds, fetches and downloads, on threads of their own.
+    threaded: BinaryHeap<Entry>,
+}
+
+impl Ready {
+    fn push(&mut self, plan: &Plan, i: usize) {
+        let job = &plan.jobs[i];
+        let e = (job.priority, std::cmp::Reverse(i));
+        match &job.kind {
+            JobKind::Build { derivation, .. } if builtin::is_inline(derivation) => {
+                self.inline.push(e)
+            }
+            _ => self.threaded.push(e),
+        }
+    }
 }
 
 /// A job that finished, waiting to be registered with its group.

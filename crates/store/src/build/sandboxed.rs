@@ -4,7 +4,7 @@
 //! under temporary names in the store for staging.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -51,7 +51,7 @@ impl Drop for Scratch {
 /// Runs `d` in the sandbox; returns its exit status and, for each output,
 /// where it now is (a temporary name in the store, or a path that does not
 /// exist if the builder did not make it).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn run(
     store: &Store,
     options: &BuildOptions,
@@ -59,6 +59,7 @@ pub(crate) fn run(
     outputs: &BTreeMap<OutputName, StorePath>,
     closure: &BTreeSet<StorePath>,
     build_dir: &BuildDir,
+    jobserver: Option<[RawFd; 2]>,
     log: &mut LogSink<'_>,
 ) -> Result<(std::process::ExitStatus, BTreeMap<OutputName, PathBuf>), (FailureKind, ())> {
     let setup = |why: String| (FailureKind::Setup(why), ());
@@ -82,7 +83,15 @@ pub(crate) fn run(
         d.name
     )));
     let store_dir = store.store_dir().as_path().to_owned();
-    let env = environment(store, options, d, outputs, BUILD_DIR_INSIDE);
+    // Inside, the pool's ends are descriptors 3 and 4.
+    let env = environment(
+        store,
+        options,
+        d,
+        outputs,
+        BUILD_DIR_INSIDE,
+        jobserver.map(|_| [3, 4]),
+    );
     let (reader, writer) =
         std::io::pipe().map_err(|e| setup(format!("cannot make a pipe: {e}")))?;
     let err_writer = writer
@@ -103,6 +112,7 @@ pub(crate) fn run(
         network: d.is_fixed_output(),
         stdout: OwnedFd::from(writer),
         stderr: OwnedFd::from(err_writer),
+        inherit: jobserver.map(Vec::from).unwrap_or_default(),
         uid: sandbox::DEFAULT_UID,
         gid: sandbox::DEFAULT_GID,
     };

@@ -3,6 +3,7 @@
 
 mod builtins;
 mod fetch;
+mod jobserver;
 mod planning;
 mod process;
 mod sandboxed;

@@ -62,6 +62,7 @@ fn the_environment_is_clean_and_documented() -> TestResult {
             "BIGTOP_BUILD_TOP",
             "BIGTOP_STORE",
             "HOME",
+            "MAKEFLAGS",
             "PATH",
             "PWD",
             "TEMP",
@@ -76,6 +77,7 @@ fn the_environment_is_clean_and_documented() -> TestResult {
     assert_eq!(vars["HOME"], "/homeless-shelter");
     assert_eq!(vars["PATH"], "/path-not-set");
     assert_eq!(vars["BIGTOP_BUILD_CORES"], "3");
+    assert!(vars["MAKEFLAGS"].contains("--jobserver-auth="), "{text}");
     assert_eq!(vars["out"], store.store_dir().display(&out).to_string());
     // The build dir is gone.
     assert!(!std::path::Path::new(vars["TMPDIR"]).exists());

@@ -78,6 +78,7 @@ impl Fixture {
             network: false,
             stdout: out_w.into(),
             stderr: err_w.into(),
+            inherit: Vec::new(),
             uid: sandbox::DEFAULT_UID,
             gid: sandbox::DEFAULT_GID,
         };
