@@ -33,6 +33,12 @@ pub struct LockSet<'s> {
     /// Unique among the sets of every process: pid in the high bits.
     owner: i64,
     held: bool,
+    /// The paths held, as JSON arrays (one per successful call): releasing
+    /// by path finds each row through the primary key, where releasing by
+    /// owner would scan every lock in flight.
+    names: Vec<String>,
+    /// Paths taken one at a time (by the collector).
+    singles: Vec<String>,
 }
 
 impl<'s> LockSet<'s> {
@@ -43,6 +49,8 @@ impl<'s> LockSet<'s> {
             store,
             owner: (i64::from(std::process::id()) << 32) | (n & 0xffff_ffff),
             held: false,
+            names: Vec::new(),
+            singles: Vec::new(),
         }
     }
 
@@ -92,7 +100,7 @@ impl<'s> LockSet<'s> {
         let mut wait = Duration::from_millis(2);
         loop {
             let taken = {
-                let mut conn = self.store.db();
+                let mut conn = self.store.volatile_db();
                 let tx = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(self.store.db_err())?;
@@ -132,6 +140,7 @@ impl<'s> LockSet<'s> {
             };
             if taken {
                 self.held = true;
+                self.names.push(wanted);
                 return Ok(());
             }
             // A holder that died leaves rows until its process row goes.
@@ -159,6 +168,7 @@ impl<'s> LockSet<'s> {
             == 1
         {
             self.held = true;
+            self.singles.push(path.to_owned());
             return Ok(true);
         }
         let owner: i64 = tx
@@ -173,21 +183,26 @@ impl LockSet<'_> {
     /// Releases the locks inside the caller's transaction (the one that
     /// registers what they protected); once it commits, call
     /// [`released`](Self::released).
-    pub(crate) fn release_in(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), Error> {
-        tx.prepare_cached("DELETE FROM Locks WHERE owner = ?1")
-            .and_then(|mut s| s.execute([self.owner]))
+    pub(crate) fn release_in(&self, tx: &rusqlite::Connection) -> Result<(), Error> {
+        let singles = (!self.singles.is_empty()).then(|| crate::store::json_array(&self.singles));
+        for names in self.names.iter().chain(&singles) {
+            tx.prepare_cached(
+                "DELETE FROM Locks WHERE owner = ?1
+                   AND path IN (SELECT value FROM json_each(?2))",
+            )
+            .and_then(|mut s| s.execute(params![self.owner, names]))
             .map_err(self.store.db_err())?;
+        }
         Ok(())
     }
 
     /// Lets every lock of the set go now.
     pub(crate) fn release(&mut self) -> Result<(), Error> {
         if self.held {
-            self.store
-                .db()
-                .execute("DELETE FROM Locks WHERE owner = ?1", [self.owner])
-                .map_err(self.store.db_err())?;
+            self.release_in(&self.store.volatile_db())?;
             self.held = false;
+            self.names.clear();
+            self.singles.clear();
         }
         Ok(())
     }
@@ -196,16 +211,15 @@ impl LockSet<'_> {
     /// the locks, so that dropping the set has nothing left to do.
     pub(crate) fn released(&mut self) {
         self.held = false;
+        self.names.clear();
+        self.singles.clear();
     }
 }
 
 impl Drop for LockSet<'_> {
     fn drop(&mut self) {
         if self.held {
-            let _ = self
-                .store
-                .db()
-                .execute("DELETE FROM Locks WHERE owner = ?1", [self.owner]);
+            let _ = self.release_in(&self.store.volatile_db());
         }
     }
 }

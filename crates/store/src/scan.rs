@@ -47,8 +47,10 @@ const IS_B32: [bool; 256] = {
 
 /// Bytes read per step when scanning files.
 const BUF: usize = 1 << 20;
-/// Log2 of the prefilter's size in bits (2^20 bits: 128 KiB).
+/// Log2 of the prefilter's largest size in bits (2^20 bits: 128 KiB).
 const FILTER_BITS: u32 = 20;
+/// Log2 of its smallest size (4 Kibit: 512 bytes).
+const MIN_FILTER_BITS: u32 = 12;
 
 /// Finds which candidate paths' digests occur in streams of bytes.
 ///
@@ -62,6 +64,8 @@ pub struct ReferenceScanner {
     paths: Vec<StorePath>,
     found: Vec<bool>,
     filter: Box<[u64]>,
+    /// Log2 of the filter's size in bits.
+    filter_bits: u32,
     /// The tail of the stream so far that could start a match.
     carry: Vec<u8>,
 }
@@ -69,17 +73,25 @@ pub struct ReferenceScanner {
 impl ReferenceScanner {
     /// A scanner for the digests of `candidates`.
     pub fn new<'a>(candidates: impl IntoIterator<Item = &'a StorePath>) -> Self {
+        let candidates: Vec<&StorePath> = candidates.into_iter().collect();
+        // About 64 bits per candidate keeps false positives near 1.5%; a
+        // build's few inputs need a small filter, cheap to make per output.
+        let filter_bits = (candidates.len().max(1) * 64)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(MIN_FILTER_BITS, FILTER_BITS);
         let mut scanner = ReferenceScanner {
-            candidates: HashMap::new(),
-            paths: Vec::new(),
-            found: Vec::new(),
-            filter: vec![0u64; (1 << FILTER_BITS) / 64].into_boxed_slice(),
+            candidates: HashMap::with_capacity(candidates.len()),
+            paths: Vec::with_capacity(candidates.len()),
+            found: Vec::with_capacity(candidates.len()),
+            filter: vec![0u64; (1 << filter_bits) / 64].into_boxed_slice(),
+            filter_bits,
             carry: Vec::with_capacity(DIGEST_CHARS),
         };
         for path in candidates {
             let mut text = [0u8; DIGEST_CHARS];
             text.copy_from_slice(path.digest().to_string().as_bytes());
-            let b = Self::bit(&text);
+            let b = scanner.bit(&text);
             scanner.filter[b / 64] |= 1 << (b % 64);
             if let std::collections::hash_map::Entry::Vacant(e) = scanner.candidates.entry(text) {
                 e.insert(scanner.paths.len());
@@ -124,16 +136,16 @@ impl ReferenceScanner {
     }
 
     /// The prefilter's bit for a digest text.
-    fn bit(key: &[u8; DIGEST_CHARS]) -> usize {
+    fn bit(&self, key: &[u8; DIGEST_CHARS]) -> usize {
         let v = u64::from_le_bytes(key[..8].try_into().expect("8 bytes"));
-        (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FILTER_BITS)) as usize
+        (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.filter_bits)) as usize
     }
 
     /// Whether `key` may be a candidate: a one-bit-per-hash filter that
     /// rejects almost every non-candidate without hashing 32 bytes, which
     /// is what keeps text made only of base-32 characters fast.
     fn maybe(&self, key: &[u8; DIGEST_CHARS]) -> bool {
-        let b = Self::bit(key);
+        let b = self.bit(key);
         self.filter[b / 64] & (1 << (b % 64)) != 0
     }
 
@@ -184,8 +196,11 @@ impl ReferenceScanner {
                 self.scan_node(&entry?.path(), buf)?;
             }
         } else if t.is_file() && meta.len() > 0 {
-            if buf.is_empty() {
-                buf.resize(BUF, 0);
+            // Sized to the file, up to BUF: zeroing a whole buffer for a
+            // few bytes would cost more than scanning them.
+            let want = usize::try_from(meta.len()).map_or(BUF, |n| n.saturating_add(1).min(BUF));
+            if buf.len() < want {
+                buf.resize(want, 0);
             }
             let mut file = File::open(path)?;
             loop {

@@ -229,6 +229,18 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The connection, with commits that are not made durable until the
+    /// guard drops: for rows that mean something only while this process
+    /// lives (locks, temporary roots), which a crash ends anyway. In WAL
+    /// mode the database stays consistent, and the next durable commit
+    /// syncs these frames too; what is saved is an fsync per lock.
+    pub(crate) fn volatile_db(&self) -> VolatileDb<'_> {
+        let conn = self.db();
+        // Failing to relax only costs the fsync.
+        let _ = conn.execute_batch("PRAGMA synchronous = NORMAL");
+        VolatileDb(conn)
+    }
+
     pub(crate) fn db_err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         move |source| Error::Db {
             path: self.db_file.clone(),
@@ -644,7 +656,7 @@ impl Store {
         paths: impl IntoIterator<Item = &'a StorePath>,
     ) -> Result<(), Error> {
         let names = json_array(paths.into_iter().map(|p| p.to_string()));
-        let mut conn = self.db();
+        let mut conn = self.volatile_db();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.db_err())?;
@@ -724,4 +736,30 @@ fn parse_paths(
         })
     })
     .collect()
+}
+
+/// See [`Store::volatile_db`].
+pub(crate) struct VolatileDb<'a>(MutexGuard<'a, Connection>);
+
+impl std::ops::Deref for VolatileDb<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for VolatileDb<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0
+    }
+}
+
+impl Drop for VolatileDb<'_> {
+    fn drop(&mut self) {
+        // Every other commit stays durable. Should this fail, the next
+        // open connection is FULL again; this one would have to be
+        // replaced, and a failed PRAGMA on a healthy connection does not
+        // happen short of memory exhaustion.
+        let _ = self.0.execute_batch("PRAGMA synchronous = FULL");
+    }
 }

@@ -287,7 +287,8 @@ const DEPTH: usize = 4;
 /// one goes on reading, so reading and hashing overlap on two cores.
 struct HashOut<'scope, 'env> {
     scope: &'scope Scope<'scope, 'env>,
-    chunk: Box<[u8]>,
+    /// Initialized bytes (at most CHUNK); `filled` of them are archive.
+    chunk: Vec<u8>,
     filled: usize,
     total: u64,
     inline: Option<Hasher>,
@@ -295,13 +296,20 @@ struct HashOut<'scope, 'env> {
 }
 
 struct Worker<'scope> {
-    full: SyncSender<(Box<[u8]>, usize)>,
-    empty: Receiver<Box<[u8]>>,
-    spare: Vec<Box<[u8]>>,
+    full: SyncSender<(Vec<u8>, usize)>,
+    empty: Receiver<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
     handle: ScopedJoinHandle<'scope, Hasher>,
 }
 
 impl<'scope> HashOut<'scope, '_> {
+    /// Makes `n` bytes after `filled` writable.
+    fn room(&mut self, n: usize) {
+        if self.chunk.len() < self.filled + n {
+            self.chunk.resize(self.filled + n, 0);
+        }
+    }
+
     /// Hands the full chunk to the hashing thread, starting it the first time.
     fn ship(&mut self) {
         if self.filled == 0 {
@@ -312,8 +320,8 @@ impl<'scope> HashOut<'scope, '_> {
                 .inline
                 .take()
                 .expect("no worker means an inline hasher");
-            let (full, full_rx) = mpsc::sync_channel::<(Box<[u8]>, usize)>(DEPTH);
-            let (empty_tx, empty) = mpsc::sync_channel::<Box<[u8]>>(DEPTH + 1);
+            let (full, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(DEPTH);
+            let (empty_tx, empty) = mpsc::sync_channel::<Vec<u8>>(DEPTH + 1);
             let handle = self.scope.spawn(move || {
                 for (chunk, len) in full_rx {
                     hasher.update(&chunk[..len]);
@@ -325,9 +333,7 @@ impl<'scope> HashOut<'scope, '_> {
             self.worker = Some(Worker {
                 full,
                 empty,
-                spare: (0..DEPTH)
-                    .map(|_| vec![0u8; CHUNK].into_boxed_slice())
-                    .collect(),
+                spare: (0..DEPTH).map(|_| vec![0u8; CHUNK]).collect(),
                 handle,
             });
         }
@@ -336,10 +342,7 @@ impl<'scope> HashOut<'scope, '_> {
             Some(buf) => buf,
             // The hasher only stops early by panicking; a fresh buffer lets
             // `finish` surface that panic instead of hanging here.
-            None => worker
-                .empty
-                .recv()
-                .unwrap_or_else(|_| vec![0u8; CHUNK].into_boxed_slice()),
+            None => worker.empty.recv().unwrap_or_else(|_| vec![0u8; CHUNK]),
         };
         let full = std::mem::replace(&mut self.chunk, next);
         let _ = worker.full.send((full, self.filled));
@@ -366,6 +369,7 @@ impl Out for HashOut<'_, '_> {
         self.total += bytes.len() as u64;
         while !bytes.is_empty() {
             let n = bytes.len().min(CHUNK - self.filled);
+            self.room(n);
             self.chunk[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
             self.filled += n;
             bytes = &bytes[n..];
@@ -381,6 +385,7 @@ impl Out for HashOut<'_, '_> {
         let mut left = size;
         while left > 0 {
             let want = left.min((CHUNK - self.filled) as u64) as usize;
+            self.room(want);
             let n = read_some(file, &mut self.chunk[self.filled..self.filled + want])
                 .map_err(read_err(path))?;
             if n == 0 {
@@ -409,7 +414,9 @@ pub fn hash_path(path: &Path, algo: HashAlgo) -> Result<(Hash, u64), DumpError> 
     thread::scope(|scope| {
         let mut out = HashOut {
             scope,
-            chunk: vec![0u8; CHUNK].into_boxed_slice(),
+            // Grown as the archive needs it: a small file's hash does not
+            // pay for zeroing a whole chunk.
+            chunk: Vec::new(),
             filled: 0,
             total: 0,
             inline: Some(Hasher::new(algo)),
