@@ -263,6 +263,15 @@ pub enum Error {
     /// `store export` was asked to write binary to a terminal.
     #[error("Refusing to write an export stream to a terminal: redirect standard output to a file or pipe")]
     ExportToTerminal,
+    /// `--store-dir` is not a valid store dir.
+    #[error("Invalid store dir `{input}`")]
+    StoreDir {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
 }
 
 impl From<bigtop_store::Error> for Error {

@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use bigtop_core::StorePath;
+use bigtop_core::{StoreDir, StorePath};
 use bigtop_store::{GcOptions, GcReport, PathInfo, Store, VerifyOptions, VerifyReport};
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -29,15 +29,35 @@ pub struct StoreArgs {
     /// `$XDG_DATA_HOME/bigtop` (or `~/.local/share/bigtop`).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// The logical store dir, part of every path's identity (default
+    /// `/bigtop/store`). Without `--store`, the store's paths are kept in
+    /// it (state beside it, in `var`), so that unsandboxed builders can
+    /// write there; with `--store DIR`, in DIR under its path.
+    #[arg(long, value_name = "PATH")]
+    pub store_dir: Option<String>,
 }
 
 impl StoreArgs {
     /// Opens the store these arguments name, creating it if needed.
     pub fn open(&self) -> Result<Store, Error> {
-        match &self.store {
-            Some(dir) => open_chroot(dir),
-            None => open_default(),
-        }
+        let Some(logical) = &self.store_dir else {
+            return match &self.store {
+                Some(dir) => open_chroot(dir),
+                None => open_default(),
+            };
+        };
+        let dir = StoreDir::new(logical).map_err(|source| Error::StoreDir {
+            input: logical.clone(),
+            source,
+        })?;
+        let (builder, at) = match &self.store {
+            Some(base) => (Store::builder().store_dir(dir).chroot(base), base.clone()),
+            None => (Store::builder().store_dir(dir), PathBuf::from(logical)),
+        };
+        builder.open().map_err(|source| Error::OpenStore {
+            dir: at,
+            source: Box::new(source),
+        })
     }
 }
 
