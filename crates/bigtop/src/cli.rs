@@ -4,7 +4,8 @@
 //! Every command that prints data takes `--json`. Errors print as a chain
 //! (`error: …` then `caused by: …`) and exit with status 1; usage errors
 //! (a bad `--max-freed`, a missing argument) exit with status 2, as clap
-//! reports them. The store commands live in [`store`].
+//! reports them. The store commands live in [`store`]; derivations as
+//! JSON in [`derivation`].
 //!
 //! ```
 //! use bigtop::cli::{Cli, Command};
@@ -27,8 +28,10 @@ use bigtop_core::hash::HashAlgo;
 use bigtop_core::nar;
 use bigtop_core::signing::SecretKey;
 
+pub mod derivation;
 pub mod store;
 
+pub use derivation::{DerivationAddArgs, DerivationCommand, ShowDerivationArgs};
 pub use store::{StoreArgs, StoreCommand, WhyDependsArgs};
 
 /// `bigtop`: store-level commands.
@@ -63,6 +66,11 @@ pub enum Command {
     /// Print a shortest chain of references from FROM to TO, one path per
     /// line; exit 1 if FROM does not depend on TO.
     WhyDepends(WhyDependsArgs),
+    /// Create derivations from their JSON form, and show them.
+    #[command(subcommand)]
+    Derivation(DerivationCommand),
+    /// Print derivations as JSON, in the form `derivation add` reads.
+    ShowDerivation(ShowDerivationArgs),
 }
 
 /// `bigtop nar …`
@@ -272,6 +280,80 @@ pub enum Error {
         #[source]
         source: bigtop_core::store_path::ParseError,
     },
+    /// Reading standard input failed.
+    #[error("Cannot read standard input")]
+    Stdin(#[source] io::Error),
+    /// `derivation add` was given nothing.
+    #[error("No derivations on standard input: expected a JSON derivation or an array of them")]
+    NoDerivations,
+    /// Standard input is not JSON at all.
+    #[error("Standard input is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// A derivation's JSON does not have the derivation form.
+    #[error("Derivation {which} is not in the JSON form of a derivation")]
+    DerivationJson {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A derivation breaks a rule of derivations.
+    #[error("Derivation {which} is invalid")]
+    InvalidDerivation {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::derivation::Error,
+    },
+    /// A derivation gives an output path other than the one it determines.
+    #[error("Derivation {which} gives output `{output}` the path `{given}`, but its inputs determine `{computed}` (leave it empty to have it computed)")]
+    WrongOutputPath {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The output.
+        output: bigtop_core::derivation::OutputName,
+        /// The path given.
+        given: String,
+        /// The path computed, or `deferred`.
+        computed: String,
+    },
+    /// An input derivation is neither in the store nor in the batch.
+    #[error("Derivation {which} needs `{input}`, which is neither valid in the store nor in this batch{hint}")]
+    UnknownInput {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input `.drv`.
+        input: String,
+        /// A likelier path, if the batch has one of that name.
+        hint: String,
+    },
+    /// An input source is not valid in the store.
+    #[error("Derivation {which} needs source `{input}`, which is not valid in the store")]
+    MissingSource {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input source.
+        input: String,
+    },
+    /// An input derivation in the store could not be read.
+    #[error("Derivation {which} needs `{input}`, which cannot be read")]
+    InputDerivation {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input `.drv`.
+        input: String,
+        /// Why.
+        #[source]
+        source: Box<bigtop_store::Error>,
+    },
+    /// An output path has no recorded deriver.
+    #[error("`{path}` has no recorded deriver (it was added, not built)")]
+    NoDeriver {
+        /// The path.
+        path: String,
+    },
 }
 
 impl From<bigtop_store::Error> for Error {
@@ -335,6 +417,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         ),
         Command::Store(command) => store::run(command),
         Command::WhyDepends(args) => store::why_depends(&args),
+        Command::Derivation(DerivationCommand::Add(args)) => derivation::add(&args),
+        Command::Derivation(DerivationCommand::Show(args)) | Command::ShowDerivation(args) => {
+            derivation::show(&args)
+        }
     }
 }
 

@@ -333,25 +333,33 @@ fn format_utc(secs: u64) -> String {
 }
 
 /// Standard output, buffered; every failure is [`Error::Stdout`].
-struct Out(BufWriter<io::StdoutLock<'static>>);
+pub(crate) struct Out(BufWriter<io::StdoutLock<'static>>);
 
 impl Out {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Out(BufWriter::new(io::stdout().lock()))
     }
 
-    fn line(&mut self, text: impl fmt::Display) -> Result<(), Error> {
+    pub(crate) fn line(&mut self, text: impl fmt::Display) -> Result<(), Error> {
         writeln!(self.0, "{text}").map_err(Error::Stdout)
     }
 
-    fn json(&mut self, value: &impl Serialize) -> Result<(), Error> {
+    pub(crate) fn json(&mut self, value: &impl Serialize) -> Result<(), Error> {
         serde_json::to_writer(&mut self.0, value)
             .map_err(io::Error::from)
             .and_then(|()| writeln!(self.0))
             .map_err(Error::Stdout)
     }
 
-    fn finish(mut self) -> Result<(), Error> {
+    /// JSON indented for people to read.
+    pub(crate) fn pretty_json(&mut self, value: &impl Serialize) -> Result<(), Error> {
+        serde_json::to_writer_pretty(&mut self.0, value)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(self.0))
+            .map_err(Error::Stdout)
+    }
+
+    pub(crate) fn finish(mut self) -> Result<(), Error> {
         self.0.flush().map_err(Error::Stdout)
     }
 }
@@ -363,7 +371,7 @@ fn parse_paths(store: &Store, inputs: &[String]) -> Result<Vec<StorePath>, Error
         .collect()
 }
 
-fn parse_path(store: &Store, input: &str) -> Result<StorePath, Error> {
+pub(crate) fn parse_path(store: &Store, input: &str) -> Result<StorePath, Error> {
     store
         .parse_user_path(input)
         .map_err(|source| Error::UserPath {

@@ -1,5 +1,7 @@
 //! The `bigtop` binary, run as a user runs it.
 
+mod derivation;
+
 use std::collections::BTreeSet;
 use std::error::Error;
 use std::fs;
