@@ -5,7 +5,8 @@
 //! (`error: …` then `caused by: …`) and exit with status 1; usage errors
 //! (a bad `--max-freed`, a missing argument) exit with status 2, as clap
 //! reports them. The store commands live in [`store`]; derivations as
-//! JSON in [`derivation`].
+//! JSON in [`derivation`]; building and build logs in [`build`], with
+//! progress rendered by [`progress`].
 //!
 //! ```
 //! use bigtop::cli::{Cli, Command};
@@ -28,9 +29,12 @@ use bigtop_core::hash::HashAlgo;
 use bigtop_core::nar;
 use bigtop_core::signing::SecretKey;
 
+pub mod build;
 pub mod derivation;
+pub mod progress;
 pub mod store;
 
+pub use build::{BuildArgs, LogArgs};
 pub use derivation::{DerivationAddArgs, DerivationCommand, ShowDerivationArgs};
 pub use store::{StoreArgs, StoreCommand, WhyDependsArgs};
 
@@ -71,6 +75,10 @@ pub enum Command {
     Derivation(DerivationCommand),
     /// Print derivations as JSON, in the form `derivation add` reads.
     ShowDerivation(ShowDerivationArgs),
+    /// Build derivations and print their output paths, one per line.
+    Build(BuildArgs),
+    /// Print the build log of a derivation, or of an output's deriver.
+    Log(LogArgs),
 }
 
 /// `bigtop nar …`
@@ -348,12 +356,81 @@ pub enum Error {
         #[source]
         source: Box<bigtop_store::Error>,
     },
+    /// A path given as a derivation is not a `.drv`.
+    #[error("`{input}` is not a derivation (`.drv`): build takes derivations (`bigtop store path-info` names a path's deriver)")]
+    NotDerivation {
+        /// The argument.
+        input: String,
+    },
+    /// An output named after `^` is not a valid output name.
+    #[error("Invalid output name in `{input}`")]
+    BadOutputName {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
     /// An output path has no recorded deriver.
     #[error("`{path}` has no recorded deriver (it was added, not built)")]
     NoDeriver {
         /// The path.
         path: String,
     },
+    /// A derivation has no build log in this store.
+    #[error("No build log for `{drv}`: it has not been built by this store")]
+    NoLog {
+        /// The `.drv`.
+        drv: String,
+    },
+    /// Builds must be sandboxed and this machine cannot.
+    #[error("Cannot sandbox builds on this machine: {reason}; pass `--no-sandbox` to build without isolation")]
+    NoSandbox {
+        /// Why.
+        reason: String,
+    },
+    /// `--no-sandbox` with a store that is not at its logical path.
+    #[error("Cannot build `{drv}` without the sandbox: unsandboxed builders write outputs at their logical paths, and this store keeps `{logical}` in `{physical}`; drop `--no-sandbox`, or use a store at its logical path (`--store-dir DIR` without `--store`)")]
+    UnsandboxedChroot {
+        /// A derivation that would run a builder process.
+        drv: String,
+        /// The logical store dir.
+        logical: PathBuf,
+        /// Where the store keeps it.
+        physical: PathBuf,
+    },
+    /// An out-link would replace something that is not a symlink.
+    #[error("Refusing to replace `{path}` with an out-link: it exists and is not a symlink")]
+    OutLinkInTheWay {
+        /// The file in the way.
+        path: PathBuf,
+    },
+    /// Builds failed (each was reported on standard error as it failed).
+    #[error("{failed} build{} failed{}{details}", if *.failed == 1 { "" } else { "s" }, skipped_text(*.skipped))]
+    BuildFailed {
+        /// How many builds failed.
+        failed: usize,
+        /// One line per failure: the derivation and why.
+        details: String,
+        /// How many jobs were not attempted because a dependency failed.
+        skipped: usize,
+    },
+    /// `--check` rebuilt outputs that differ from the registered ones.
+    #[error("{count} output{} not deterministic: a rebuild differs from the registered output{details}", if *.count == 1 { " is" } else { "s are" })]
+    NotDeterministic {
+        /// How many outputs differ.
+        count: usize,
+        /// One line per output: the path, its deriver, both hashes.
+        details: String,
+    },
+}
+
+fn skipped_text(skipped: usize) -> String {
+    match skipped {
+        0 => ":".to_owned(),
+        1 => " (1 dependent job not attempted):".to_owned(),
+        n => format!(" ({n} dependent jobs not attempted):"),
+    }
 }
 
 impl From<bigtop_store::Error> for Error {
@@ -421,6 +498,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Derivation(DerivationCommand::Show(args)) | Command::ShowDerivation(args) => {
             derivation::show(&args)
         }
+        Command::Build(args) => build::build(&args),
+        Command::Log(args) => build::log(&args),
     }
 }
 

@@ -359,6 +359,11 @@ impl Out {
             .map_err(Error::Stdout)
     }
 
+    /// Bytes as they are.
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.0.write_all(bytes).map_err(Error::Stdout)
+    }
+
     pub(crate) fn finish(mut self) -> Result<(), Error> {
         self.0.flush().map_err(Error::Stdout)
     }

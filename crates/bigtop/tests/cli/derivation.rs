@@ -38,6 +38,20 @@ impl Cli {
         })
     }
 
+    /// A store at its logical path, `tmp/store`, where unsandboxed builders
+    /// can write.
+    pub(crate) fn direct(tmp: &Path) -> Result<Cli> {
+        let logical = tmp.join("store").to_str().ok_or("path")?.to_owned();
+        let dir = StoreDir::new(&logical)?;
+        let for_open = dir.clone();
+        Ok(Cli {
+            store_args: vec!["--store-dir".into(), logical],
+            cwd: tmp.to_owned(),
+            dir,
+            open: Box::new(move || Ok(Store::builder().store_dir(for_open.clone()).open()?)),
+        })
+    }
+
     pub(crate) fn run(&self, args: &[&str], stdin: &[u8]) -> Result<Output> {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(self.store_args.iter().map(String::as_str));
@@ -89,6 +103,12 @@ impl Cli {
 
     pub(crate) fn valid(&self, full: &str) -> Result<bool> {
         Ok((self.open)()?.is_valid(&self.path(full)?)?)
+    }
+
+    /// The contents of an output, read from where the store keeps it.
+    pub(crate) fn read(&self, full: &str) -> Result<String> {
+        let store = (self.open)()?;
+        Ok(fs::read_to_string(store.physical(&self.path(full)?))?)
     }
 }
 

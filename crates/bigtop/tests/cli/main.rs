@@ -1,5 +1,6 @@
 //! The `bigtop` binary, run as a user runs it.
 
+mod build;
 mod derivation;
 
 use std::collections::BTreeSet;
