@@ -4,7 +4,9 @@
 //! Every command that prints data takes `--json`. Errors print as a chain
 //! (`error: …` then `caused by: …`) and exit with status 1; usage errors
 //! (a bad `--max-freed`, a missing argument) exit with status 2, as clap
-//! reports them. The store commands live in [`store`].
+//! reports them. The store commands live in [`store`]; derivations as
+//! JSON in [`derivation`]; building and build logs in [`build`], with
+//! progress rendered by [`progress`].
 //!
 //! ```
 //! use bigtop::cli::{Cli, Command};
@@ -27,8 +29,13 @@ use bigtop_core::hash::HashAlgo;
 use bigtop_core::nar;
 use bigtop_core::signing::SecretKey;
 
+pub mod build;
+pub mod derivation;
+pub mod progress;
 pub mod store;
 
+pub use build::{BuildArgs, LogArgs};
+pub use derivation::{DerivationAddArgs, DerivationCommand, ShowDerivationArgs};
 pub use store::{StoreArgs, StoreCommand, WhyDependsArgs};
 
 /// `bigtop`: store-level commands.
@@ -63,6 +70,15 @@ pub enum Command {
     /// Print a shortest chain of references from FROM to TO, one path per
     /// line; exit 1 if FROM does not depend on TO.
     WhyDepends(WhyDependsArgs),
+    /// Create derivations from their JSON form, and show them.
+    #[command(subcommand)]
+    Derivation(DerivationCommand),
+    /// Print derivations as JSON, in the form `derivation add` reads.
+    ShowDerivation(ShowDerivationArgs),
+    /// Build derivations and print their output paths, one per line.
+    Build(BuildArgs),
+    /// Print the build log of a derivation, or of an output's deriver.
+    Log(LogArgs),
 }
 
 /// `bigtop nar …`
@@ -263,6 +279,158 @@ pub enum Error {
     /// `store export` was asked to write binary to a terminal.
     #[error("Refusing to write an export stream to a terminal: redirect standard output to a file or pipe")]
     ExportToTerminal,
+    /// `--store-dir` is not a valid store dir.
+    #[error("Invalid store dir `{input}`")]
+    StoreDir {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
+    /// Reading standard input failed.
+    #[error("Cannot read standard input")]
+    Stdin(#[source] io::Error),
+    /// `derivation add` was given nothing.
+    #[error("No derivations on standard input: expected a JSON derivation or an array of them")]
+    NoDerivations,
+    /// Standard input is not JSON at all.
+    #[error("Standard input is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// A derivation's JSON does not have the derivation form.
+    #[error("Derivation {which} is not in the JSON form of a derivation")]
+    DerivationJson {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A derivation breaks a rule of derivations.
+    #[error("Derivation {which} is invalid")]
+    InvalidDerivation {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::derivation::Error,
+    },
+    /// A derivation gives an output path other than the one it determines.
+    #[error("Derivation {which} gives output `{output}` the path `{given}`, but its inputs determine `{computed}` (leave it empty to have it computed)")]
+    WrongOutputPath {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The output.
+        output: bigtop_core::derivation::OutputName,
+        /// The path given.
+        given: String,
+        /// The path computed, or `deferred`.
+        computed: String,
+    },
+    /// An input derivation is neither in the store nor in the batch.
+    #[error("Derivation {which} needs `{input}`, which is neither valid in the store nor in this batch{hint}")]
+    UnknownInput {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input `.drv`.
+        input: String,
+        /// A likelier path, if the batch has one of that name.
+        hint: String,
+    },
+    /// An input source is not valid in the store.
+    #[error("Derivation {which} needs source `{input}`, which is not valid in the store")]
+    MissingSource {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input source.
+        input: String,
+    },
+    /// An input derivation in the store could not be read.
+    #[error("Derivation {which} needs `{input}`, which cannot be read")]
+    InputDerivation {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input `.drv`.
+        input: String,
+        /// Why.
+        #[source]
+        source: Box<bigtop_store::Error>,
+    },
+    /// A path given as a derivation is not a `.drv`.
+    #[error("`{input}` is not a derivation (`.drv`): build takes derivations (`bigtop store path-info` names a path's deriver)")]
+    NotDerivation {
+        /// The argument.
+        input: String,
+    },
+    /// An output named after `^` is not a valid output name.
+    #[error("Invalid output name in `{input}`")]
+    BadOutputName {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
+    /// An output path has no recorded deriver.
+    #[error("`{path}` has no recorded deriver (it was added, not built)")]
+    NoDeriver {
+        /// The path.
+        path: String,
+    },
+    /// A derivation has no build log in this store.
+    #[error("No build log for `{drv}`: it has not been built by this store")]
+    NoLog {
+        /// The `.drv`.
+        drv: String,
+    },
+    /// Builds must be sandboxed and this machine cannot.
+    #[error("Cannot sandbox builds on this machine: {reason}; pass `--no-sandbox` to build without isolation")]
+    NoSandbox {
+        /// Why.
+        reason: String,
+    },
+    /// `--no-sandbox` with a store that is not at its logical path.
+    #[error("Cannot build `{drv}` without the sandbox: unsandboxed builders write outputs at their logical paths, and this store keeps `{logical}` in `{physical}`; drop `--no-sandbox`, or use a store at its logical path (`--store-dir DIR` without `--store`)")]
+    UnsandboxedChroot {
+        /// A derivation that would run a builder process.
+        drv: String,
+        /// The logical store dir.
+        logical: PathBuf,
+        /// Where the store keeps it.
+        physical: PathBuf,
+    },
+    /// An out-link would replace something that is not a symlink.
+    #[error("Refusing to replace `{path}` with an out-link: it exists and is not a symlink")]
+    OutLinkInTheWay {
+        /// The file in the way.
+        path: PathBuf,
+    },
+    /// Builds failed (each was reported on standard error as it failed).
+    #[error("{failed} build{} failed{}{details}", if *.failed == 1 { "" } else { "s" }, skipped_text(*.skipped))]
+    BuildFailed {
+        /// How many builds failed.
+        failed: usize,
+        /// One line per failure: the derivation and why.
+        details: String,
+        /// How many jobs were not attempted because a dependency failed.
+        skipped: usize,
+    },
+    /// `--check` rebuilt outputs that differ from the registered ones.
+    #[error("{count} output{} not deterministic: a rebuild differs from the registered output{details}", if *.count == 1 { " is" } else { "s are" })]
+    NotDeterministic {
+        /// How many outputs differ.
+        count: usize,
+        /// One line per output: the path, its deriver, both hashes.
+        details: String,
+    },
+}
+
+fn skipped_text(skipped: usize) -> String {
+    match skipped {
+        0 => ":".to_owned(),
+        1 => " (1 dependent job not attempted):".to_owned(),
+        n => format!(" ({n} dependent jobs not attempted):"),
+    }
 }
 
 impl From<bigtop_store::Error> for Error {
@@ -326,6 +494,12 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         ),
         Command::Store(command) => store::run(command),
         Command::WhyDepends(args) => store::why_depends(&args),
+        Command::Derivation(DerivationCommand::Add(args)) => derivation::add(&args),
+        Command::Derivation(DerivationCommand::Show(args)) | Command::ShowDerivation(args) => {
+            derivation::show(&args)
+        }
+        Command::Build(args) => build::build(&args),
+        Command::Log(args) => build::log(&args),
     }
 }
 

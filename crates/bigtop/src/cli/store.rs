@@ -13,7 +13,7 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use bigtop_core::StorePath;
+use bigtop_core::{StoreDir, StorePath};
 use bigtop_store::{GcOptions, GcReport, PathInfo, Store, VerifyOptions, VerifyReport};
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -29,15 +29,35 @@ pub struct StoreArgs {
     /// `$XDG_DATA_HOME/bigtop` (or `~/.local/share/bigtop`).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// The logical store dir, part of every path's identity (default
+    /// `/bigtop/store`). Without `--store`, the store's paths are kept in
+    /// it (state beside it, in `var`), so that unsandboxed builders can
+    /// write there; with `--store DIR`, in DIR under its path.
+    #[arg(long, value_name = "PATH")]
+    pub store_dir: Option<String>,
 }
 
 impl StoreArgs {
     /// Opens the store these arguments name, creating it if needed.
     pub fn open(&self) -> Result<Store, Error> {
-        match &self.store {
-            Some(dir) => open_chroot(dir),
-            None => open_default(),
-        }
+        let Some(logical) = &self.store_dir else {
+            return match &self.store {
+                Some(dir) => open_chroot(dir),
+                None => open_default(),
+            };
+        };
+        let dir = StoreDir::new(logical).map_err(|source| Error::StoreDir {
+            input: logical.clone(),
+            source,
+        })?;
+        let (builder, at) = match &self.store {
+            Some(base) => (Store::builder().store_dir(dir).chroot(base), base.clone()),
+            None => (Store::builder().store_dir(dir), PathBuf::from(logical)),
+        };
+        builder.open().map_err(|source| Error::OpenStore {
+            dir: at,
+            source: Box::new(source),
+        })
     }
 }
 
@@ -313,25 +333,38 @@ fn format_utc(secs: u64) -> String {
 }
 
 /// Standard output, buffered; every failure is [`Error::Stdout`].
-struct Out(BufWriter<io::StdoutLock<'static>>);
+pub(crate) struct Out(BufWriter<io::StdoutLock<'static>>);
 
 impl Out {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Out(BufWriter::new(io::stdout().lock()))
     }
 
-    fn line(&mut self, text: impl fmt::Display) -> Result<(), Error> {
+    pub(crate) fn line(&mut self, text: impl fmt::Display) -> Result<(), Error> {
         writeln!(self.0, "{text}").map_err(Error::Stdout)
     }
 
-    fn json(&mut self, value: &impl Serialize) -> Result<(), Error> {
+    pub(crate) fn json(&mut self, value: &impl Serialize) -> Result<(), Error> {
         serde_json::to_writer(&mut self.0, value)
             .map_err(io::Error::from)
             .and_then(|()| writeln!(self.0))
             .map_err(Error::Stdout)
     }
 
-    fn finish(mut self) -> Result<(), Error> {
+    /// JSON indented for people to read.
+    pub(crate) fn pretty_json(&mut self, value: &impl Serialize) -> Result<(), Error> {
+        serde_json::to_writer_pretty(&mut self.0, value)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(self.0))
+            .map_err(Error::Stdout)
+    }
+
+    /// Bytes as they are.
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.0.write_all(bytes).map_err(Error::Stdout)
+    }
+
+    pub(crate) fn finish(mut self) -> Result<(), Error> {
         self.0.flush().map_err(Error::Stdout)
     }
 }
@@ -343,7 +376,7 @@ fn parse_paths(store: &Store, inputs: &[String]) -> Result<Vec<StorePath>, Error
         .collect()
 }
 
-fn parse_path(store: &Store, input: &str) -> Result<StorePath, Error> {
+pub(crate) fn parse_path(store: &Store, input: &str) -> Result<StorePath, Error> {
     store
         .parse_user_path(input)
         .map_err(|source| Error::UserPath {

@@ -1,5 +1,8 @@
 //! The `bigtop` binary, run as a user runs it.
 
+mod build;
+mod derivation;
+
 use std::collections::BTreeSet;
 use std::error::Error;
 use std::fs;
@@ -741,5 +744,33 @@ fn adding_a_path_twice_leaves_no_stray_files() -> Result {
     let entries = fs::read_dir(store.dir.join("bigtop/store"))?.count();
     assert_eq!(entries, 1);
     ok(store.run(&["store", "verify"], b"")?)?;
+    Ok(())
+}
+
+#[test]
+fn store_dir_without_store_keeps_the_store_at_its_logical_path() -> Result {
+    let tmp = tempfile::tempdir()?;
+    fs::write(tmp.path().join("hello.txt"), "hello\n")?;
+    let logical = tmp.path().join("store");
+    let logical = logical.to_str().ok_or("path")?;
+    let added = ok(bigtop(
+        &["store", "add", "hello.txt", "--store-dir", logical],
+        b"",
+        tmp.path(),
+    )?)?;
+    let added = String::from_utf8(added)?;
+    let path = added.trim();
+    assert!(path.starts_with(&format!("{logical}/")), "{path}");
+    assert_eq!(fs::read_to_string(path)?, "hello\n");
+    assert!(tmp.path().join("var/db").is_dir());
+
+    let out = bigtop(
+        &["store", "roots", "--store-dir", "relative"],
+        b"",
+        tmp.path(),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.contains("Invalid store dir `relative`"), "{err}");
     Ok(())
 }

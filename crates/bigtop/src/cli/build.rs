@@ -1,0 +1,411 @@
+//! `bigtop build` and `bigtop log`: building derivations from the command
+//! line, and reading what their builders printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bigtop_core::derivation::OutputName;
+use bigtop_core::{StoreDir, StorePath};
+use bigtop_store::build::{
+    builtin, BuildOptions, BuildReport, Builder, FailureKind, JobKind, Plan, Sandboxing,
+};
+use bigtop_store::Store;
+use clap::Args;
+use serde::Serialize;
+
+use super::derivation::derivation_of;
+use super::progress::Progress;
+use super::store::{Out, StoreArgs};
+use super::Error;
+
+/// Arguments of `bigtop build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// `.drv` paths, each optionally followed by the outputs wanted:
+    /// `DRV^out,dev` (default: all of them, also written `DRV^*`).
+    #[arg(required = true, value_name = "DRV[^OUTPUTS]")]
+    pub targets: Vec<String>,
+    /// Print what would be built or fetched; build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Builder processes running at once (default: the number of CPUs).
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_jobs: Option<u32>,
+    /// The CPUs all builds share, told to each builder as
+    /// `BIGTOP_BUILD_CORES` (default and 0: all of them).
+    #[arg(long, value_name = "N")]
+    pub cores: Option<u32>,
+    /// After a failure, go on building everything that does not depend on
+    /// it.
+    #[arg(short, long)]
+    pub keep_going: bool,
+    /// Rebuild targets whose outputs are valid and fail unless the result
+    /// is bit-identical (needs the sandbox).
+    #[arg(long, conflicts_with = "no_sandbox")]
+    pub check: bool,
+    /// Run builders without any isolation. The store must be at its
+    /// logical path (`--store-dir` without `--store`), since builders
+    /// write their outputs there.
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// Make PATH a symlink to the output and a garbage collector root; more
+    /// outputs get `PATH-<output>`, later targets `PATH-2`, `PATH-3`… (as
+    /// `nix build` names them). An existing file that is not a symlink is
+    /// never replaced.
+    #[arg(short, long, value_name = "PATH")]
+    pub out_link: Option<PathBuf>,
+    /// Show every line of every build's log on standard error, prefixed
+    /// by the derivation's name.
+    #[arg(short = 'L', long)]
+    pub print_build_logs: bool,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the targets and their output paths (the plan, with
+    /// `--dry-run`) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `bigtop log`.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// A `.drv` path, or an output path (the log of its deriver).
+    #[arg(value_name = "PATH")]
+    pub path: String,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Parses `DRV`, `DRV^out,dev` or `DRV^*`; an empty set means all outputs.
+fn parse_target(store: &Store, input: &str) -> Result<(StorePath, BTreeSet<OutputName>), Error> {
+    let (path, outputs) = match input.split_once('^') {
+        Some((p, o)) => (p, Some(o)),
+        None => (input, None),
+    };
+    let drv = super::store::parse_path(store, path)?;
+    if !drv.is_derivation() {
+        return Err(Error::NotDerivation {
+            input: input.to_owned(),
+        });
+    }
+    let wanted = match outputs {
+        None | Some("*") => BTreeSet::new(),
+        Some(list) => list
+            .split(',')
+            .map(|o| {
+                OutputName::new(o).map_err(|source| Error::BadOutputName {
+                    input: input.to_owned(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok((drv, wanted))
+}
+
+/// Runs `bigtop build`.
+pub fn build(args: &BuildArgs) -> Result<(), Error> {
+    let store = args.store.open()?;
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| parse_target(&store, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut options = BuildOptions {
+        keep_going: args.keep_going,
+        check: args.check,
+        sandbox: if args.no_sandbox {
+            Sandboxing::Disabled
+        } else {
+            Sandboxing::Required
+        },
+        ..BuildOptions::default()
+    };
+    if let Some(j) = args.max_jobs {
+        options.max_jobs = j as usize;
+    }
+    if let Some(c) = args.cores.filter(|&c| c > 0) {
+        options.cores = c as usize;
+    }
+    let progress = Progress::stderr(store.store_dir().clone(), args.print_build_logs);
+    let builder = Builder::new(&store).options(options).observer(&progress);
+    if args.dry_run {
+        let plan = builder.dry_run(&targets)?;
+        return print_plan(&plan, args.json);
+    }
+    if args.no_sandbox {
+        refuse_unsandboxed_chroot(&store, &builder.dry_run(&targets)?)?;
+    }
+    if let Some(link) = &args.out_link {
+        // Before building: a build that cannot deliver its links should
+        // say so before it spends an hour.
+        check_out_links(&store, link, &targets)?;
+    }
+    let result = builder.build(&targets);
+    progress.finish();
+    let report = result.map_err(|e| build_error(store.store_dir(), e))?;
+    // In target order (out-links are numbered by it), not the report's.
+    let outputs: Vec<(&StorePath, BTreeMap<OutputName, StorePath>)> = targets
+        .iter()
+        .map(|(drv, _)| (drv, report.outputs.get(drv).cloned().unwrap_or_default()))
+        .collect();
+    if args.check {
+        check_results(&store, &report, &targets)?;
+    }
+    if let Some(link) = &args.out_link {
+        for (i, (_, outs)) in outputs.iter().enumerate() {
+            for (name, path) in outs {
+                store.add_indirect_root(&out_link_name(link, i, name), path)?;
+            }
+        }
+    }
+    let dir = store.store_dir();
+    let mut out = Out::new();
+    if args.json {
+        let json: Vec<BuiltJson<'_>> = outputs
+            .iter()
+            .map(|(drv, outs)| BuiltJson {
+                drv,
+                outputs: outs,
+                identical: args.check.then(|| {
+                    report
+                        .checks
+                        .iter()
+                        .filter(|c| &c.drv == *drv)
+                        .filter_map(|c| {
+                            let name = outs.iter().find(|(_, p)| **p == c.path)?.0;
+                            Some((name, c.identical()))
+                        })
+                        .collect()
+                }),
+            })
+            .collect();
+        out.json(&json)?;
+    } else {
+        for (_, outs) in &outputs {
+            for path in outs.values() {
+                out.line(dir.display(path))?;
+            }
+        }
+    }
+    out.finish()
+}
+
+/// What `build --json` prints for each target.
+#[derive(Serialize)]
+struct BuiltJson<'a> {
+    drv: &'a StorePath,
+    outputs: &'a BTreeMap<OutputName, StorePath>,
+    /// With `--check`: for each output rebuilt, whether it came out the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identical: Option<BTreeMap<&'a OutputName, bool>>,
+}
+
+/// `result`, `result-dev`, `result-2`, `result-2-dev`: `nix build`'s names.
+fn out_link_name(base: &Path, target: usize, output: &OutputName) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    if target > 0 {
+        name.push(format!("-{}", target + 1));
+    }
+    if output.as_str() != "out" {
+        name.push(format!("-{output}"));
+    }
+    PathBuf::from(name)
+}
+
+/// Fails if any link the build would make is in the way: an existing file
+/// or directory that is not a symlink.
+fn check_out_links(
+    store: &Store,
+    base: &Path,
+    targets: &[(StorePath, BTreeSet<OutputName>)],
+) -> Result<(), Error> {
+    for (i, (drv, wanted)) in targets.iter().enumerate() {
+        let names: Vec<OutputName> = if wanted.is_empty() {
+            // One that cannot be read is reported by the planner, better.
+            match store.read_derivation(drv) {
+                Ok(d) => d.outputs.into_keys().collect(),
+                Err(_) => continue,
+            }
+        } else {
+            wanted.iter().cloned().collect()
+        };
+        for name in names {
+            let link = out_link_name(base, i, &name);
+            if fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
+                return Err(Error::OutLinkInTheWay { path: link });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unsandboxed builders write their outputs at their logical paths: in a
+/// chroot store those are elsewhere, so any process build would fail.
+fn refuse_unsandboxed_chroot(store: &Store, plan: &Plan) -> Result<(), Error> {
+    let logical = store.store_dir().as_path();
+    if store.root() == logical {
+        return Ok(());
+    }
+    let process_build = plan.jobs.iter().find_map(|j| match &j.kind {
+        JobKind::Build {
+            drv, derivation, ..
+        } if !builtin::is_builtin(derivation) => Some(drv),
+        _ => None,
+    });
+    match process_build {
+        Some(drv) => Err(Error::UnsandboxedChroot {
+            drv: store.store_dir().full(drv),
+            logical: logical.to_owned(),
+            physical: store.root().to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The CLI's form of a build error: failures were shown as they happened,
+/// so the error summarises; a missing sandbox says how to do without.
+fn build_error(dir: &StoreDir, e: bigtop_store::Error) -> Error {
+    match e {
+        bigtop_store::Error::BuildFailed(failures) => {
+            let (skipped, failed): (Vec<_>, Vec<_>) = failures
+                .iter()
+                .partition(|f| matches!(f.kind, FailureKind::DependencyFailed(_)));
+            let mut text = String::new();
+            for f in &failed {
+                let _ = write!(
+                    text,
+                    "\n  {}: {}",
+                    dir.display(&f.path),
+                    super::progress::reason(f)
+                );
+            }
+            Error::BuildFailed {
+                failed: failed.len(),
+                details: text,
+                skipped: skipped.len(),
+            }
+        }
+        bigtop_store::Error::SandboxUnavailable(reason) => Error::NoSandbox { reason },
+        other => other.into(),
+    }
+}
+
+/// With `--check`: says on standard error what was compared, and fails
+/// if any output came out different.
+fn check_results(
+    store: &Store,
+    report: &BuildReport,
+    targets: &[(StorePath, BTreeSet<OutputName>)],
+) -> Result<(), Error> {
+    let dir = store.store_dir();
+    let checked: BTreeSet<&StorePath> = report.checks.iter().map(|c| &c.drv).collect();
+    for (drv, _) in targets {
+        if !checked.contains(drv) {
+            eprintln!(
+                "not checked {}: its outputs were not valid, so it was built for the first time",
+                dir.display(drv)
+            );
+        }
+    }
+    let mut differ = String::new();
+    let mut n = 0;
+    for c in &report.checks {
+        if c.identical() {
+            eprintln!("checked {}: identical", dir.display(&c.path));
+        } else {
+            n += 1;
+            let _ = write!(
+                differ,
+                "\n  {} (built by {}): registered {}, rebuilt {}",
+                dir.display(&c.path),
+                dir.display(&c.drv),
+                c.expected.to_sri(),
+                c.got.to_sri()
+            );
+        }
+    }
+    if n > 0 {
+        return Err(Error::NotDeterministic {
+            count: n,
+            details: differ,
+        });
+    }
+    Ok(())
+}
+
+/// `--dry-run`: the plan as `Plan`'s text, or as JSON.
+fn print_plan(plan: &Plan, json: bool) -> Result<(), Error> {
+    let mut out = Out::new();
+    if json {
+        let mut build = Vec::new();
+        let mut fetch = Vec::new();
+        for j in &plan.jobs {
+            match &j.kind {
+                JobKind::Build { drv, .. } => build.push(serde_json::json!({
+                    "drv": drv,
+                    "reason": j.reason.to_string(),
+                })),
+                JobKind::Fetch { path, info, .. } => fetch.push(serde_json::json!({
+                    "path": path,
+                    "download_size": info.download_size,
+                })),
+                _ => {}
+            }
+        }
+        out.json(&serde_json::json!({
+            "build": build,
+            "fetch": fetch,
+            "already_valid": plan.already_valid,
+        }))?;
+    } else {
+        for line in plan.to_string().lines() {
+            out.line(line)?;
+        }
+    }
+    out.finish()
+}
+
+/// Runs `bigtop log`.
+pub fn log(args: &LogArgs) -> Result<(), Error> {
+    let store = args.store.open()?;
+    let drv = derivation_of(&store, &args.path)?;
+    let text = store.read_log(&drv)?.ok_or_else(|| Error::NoLog {
+        drv: store.store_dir().full(&drv),
+    })?;
+    let mut out = Out::new();
+    out.raw(text.as_bytes())?;
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_links_are_named_as_nix_build_names_them() {
+        let out = OutputName::out();
+        let dev = OutputName::new("dev").expect("valid");
+        let base = Path::new("dir/result");
+        assert_eq!(out_link_name(base, 0, &out), Path::new("dir/result"));
+        assert_eq!(out_link_name(base, 0, &dev), Path::new("dir/result-dev"));
+        assert_eq!(out_link_name(base, 1, &out), Path::new("dir/result-2"));
+        assert_eq!(out_link_name(base, 2, &dev), Path::new("dir/result-3-dev"));
+    }
+
+    #[test]
+    fn a_missing_sandbox_says_how_to_build_without_it() {
+        let e = build_error(
+            &StoreDir::default(),
+            bigtop_store::Error::SandboxUnavailable("no user namespaces".into()),
+        );
+        assert_eq!(
+            e.to_string(),
+            "Cannot sandbox builds on this machine: no user namespaces; pass `--no-sandbox` to build without isolation"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Rendering a build's progress on standard error.
+//!
+//! On a terminal, [`Progress`] keeps one status line at the bottom,
+//! redrawn in place: `[done/running/remaining] building a, b …`, cut to
+//! the terminal's width. What must stay readable (failures with the last
+//! lines of their logs, and with `-L` every log line) is printed above
+//! it. Anywhere else it writes plain lines (`building X`, `built X`,
+//! `failed X: …`), which read well in a CI log. Standard output is left
+//! to the command's results.
+
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bigtop_core::{StoreDir, StorePath};
+use bigtop_store::build::{Activity, BuildFailure, BuildObserver, FailureKind, Plan};
+
+/// How often the status line is redrawn at most: builtin builds finish by
+/// the thousand per second, and a terminal need not see each.
+const REDRAW_EVERY: Duration = Duration::from_millis(50);
+
+/// A [`BuildObserver`] that renders on standard error.
+#[derive(Debug)]
+pub struct Progress {
+    dir: StoreDir,
+    /// The terminal's width, if standard error is a terminal.
+    width: Option<usize>,
+    logs: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Jobs started and not yet over, in the order they started.
+    running: Vec<(StorePath, Activity)>,
+    counts: (usize, usize, usize),
+    /// Whether a status line is on screen (and must be erased first).
+    shown: bool,
+    last_draw: Option<Instant>,
+}
+
+impl Progress {
+    /// A renderer for this process's standard error; with `logs`, every
+    /// line of every build's log is shown, prefixed by its name.
+    pub fn stderr(dir: StoreDir, logs: bool) -> Self {
+        let width = io::stderr().is_terminal().then(terminal_width);
+        Progress {
+            dir,
+            width,
+            logs,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Erases the status line; call before printing results.
+    pub fn finish(&self) {
+        let mut state = self.lock();
+        if state.shown {
+            let _ = io::stderr().lock().write_all(b"\r\x1b[K");
+            state.shown = false;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Prints `text` (whole lines) above the status line, then redraws it.
+    fn print(&self, state: &mut State, text: &str) {
+        let mut buf = String::new();
+        if state.shown {
+            buf.push_str("\r\x1b[K");
+            state.shown = false;
+        }
+        buf.push_str(text);
+        if !text.ends_with('\n') {
+            buf.push('\n');
+        }
+        // Progress is best effort: a closed stderr must not fail a build.
+        let _ = io::stderr().lock().write_all(buf.as_bytes());
+        self.redraw(state, true);
+    }
+
+    fn redraw(&self, state: &mut State, force: bool) {
+        let Some(width) = self.width else {
+            return;
+        };
+        let now = Instant::now();
+        if !force && state.last_draw.is_some_and(|t| now - t < REDRAW_EVERY) {
+            return;
+        }
+        state.last_draw = Some(now);
+        let line = status_line(&state.running, state.counts, width);
+        let _ = io::stderr()
+            .lock()
+            .write_all(format!("\r\x1b[K{line}").as_bytes());
+        state.shown = true;
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The derivation's name, without `.drv`.
+fn short(path: &StorePath) -> &str {
+    path.name().strip_suffix(".drv").unwrap_or(path.name())
+}
+
+/// `[done/running/remaining] building a, b; fetching c`, at most `width`
+/// characters (one less, so that the cursor never wraps).
+fn status_line(
+    running: &[(StorePath, Activity)],
+    counts: (usize, usize, usize),
+    width: usize,
+) -> String {
+    let (done, active, left) = counts;
+    let mut line = format!("[{done}/{active}/{left}]");
+    for (verb, kinds) in [
+        ("building", &[Activity::Build, Activity::Builtin][..]),
+        ("checking", &[Activity::Check][..]),
+        ("fetching", &[Activity::Fetch][..]),
+    ] {
+        let names: Vec<&str> = running
+            .iter()
+            .filter(|(_, a)| kinds.contains(a))
+            .map(|(p, _)| short(p))
+            .collect();
+        if !names.is_empty() {
+            let sep = if line.ends_with(']') { " " } else { "; " };
+            let _ = write!(line, "{sep}{verb} {}", names.join(", "));
+        }
+    }
+    truncate(&line, width.saturating_sub(1).max(10))
+}
+
+/// `text` cut to `max` characters, ending in `…` where it was cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// The width of the terminal on standard error: from the terminal, else
+/// `$COLUMNS`, else 80.
+fn terminal_width() -> usize {
+    rustix::termios::tcgetwinsize(io::stderr())
+        .ok()
+        .map(|w| usize::from(w.ws_col))
+        .filter(|&w| w > 0)
+        .or_else(|| {
+            std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .filter(|&w| w > 0)
+        })
+        .unwrap_or(80)
+}
+
+/// Why a job failed, without the path (which the line already names).
+pub(crate) fn reason(failure: &BuildFailure) -> String {
+    match &failure.kind {
+        FailureKind::Exited(status) => format!("builder failed with {status}"),
+        FailureKind::OutputMissing(o) => format!("builder did not produce output `{o}`"),
+        // The others name the path in their own words.
+        _ => failure
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+impl BuildObserver for Progress {
+    fn planned(&self, plan: &Plan) {
+        if !plan.is_empty() {
+            let mut state = self.lock();
+            state.counts = (0, 0, plan.jobs.len());
+            self.print(&mut state, &plan.to_string());
+        }
+    }
+
+    fn started(&self, path: &StorePath, what: Activity) {
+        let mut state = self.lock();
+        state.running.push((path.clone(), what));
+        if self.width.is_some() {
+            self.redraw(&mut state, false);
+        } else {
+            let verb = match what {
+                Activity::Fetch => "fetching",
+                Activity::Check => "checking",
+                _ => "building",
+            };
+            self.print(&mut state, &format!("{verb} {}", self.dir.display(path)));
+        }
+    }
+
+    fn log_line(&self, drv: &StorePath, line: &str) {
+        if self.logs {
+            let mut state = self.lock();
+            self.print(&mut state, &format!("{}> {line}", short(drv)));
+        }
+    }
+
+    fn finished(&self, path: &StorePath, _outputs: &[StorePath]) {
+        let mut state = self.lock();
+        // A job can finish without starting: another process built it
+        // while this one waited for its locks. Say nothing of those.
+        let Some(at) = state.running.iter().position(|(p, _)| p == path) else {
+            return;
+        };
+        let (_, what) = state.running.remove(at);
+        if self.width.is_some() {
+            self.redraw(&mut state, false);
+        } else {
+            let verb = match what {
+                Activity::Fetch => "fetched",
+                Activity::Check => "checked",
+                _ => "built",
+            };
+            self.print(&mut state, &format!("{verb} {}", self.dir.display(path)));
+        }
+    }
+
+    fn failed(&self, failure: &BuildFailure) {
+        let mut state = self.lock();
+        state.running.retain(|(p, _)| p != &failure.path);
+        let mut text = format!(
+            "failed {}: {}",
+            self.dir.display(&failure.path),
+            reason(failure)
+        );
+        // With -L the log has just been shown in full.
+        if !self.logs && !failure.log_tail.is_empty() {
+            let _ = write!(text, "\nlast {} log lines:", failure.log_tail.len());
+            for l in &failure.log_tail {
+                let _ = write!(text, "\n  > {l}");
+            }
+        }
+        self.print(&mut state, &text);
+    }
+
+    fn progress(&self, done: usize, running: usize, remaining: usize) {
+        let mut state = self.lock();
+        state.counts = (done, running, remaining);
+        self.redraw(&mut state, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drv(name: &str) -> StorePath {
+        format!("00000000000000000000000000000000-{name}.drv")
+            .parse()
+            .expect("a valid base name")
+    }
+
+    #[test]
+    fn the_status_line_names_running_jobs_by_kind() {
+        let running = [
+            (drv("a"), Activity::Build),
+            (drv("b"), Activity::Builtin),
+            (drv("c"), Activity::Fetch),
+        ];
+        assert_eq!(
+            status_line(&running, (3, 3, 10), 80),
+            "[3/3/10] building a, b; fetching c"
+        );
+        assert_eq!(status_line(&[], (0, 0, 0), 80), "[0/0/0]");
+    }
+
+    #[test]
+    fn the_status_line_fits_the_terminal_without_wrapping() {
+        let running: Vec<_> = (0..40)
+            .map(|i| (drv(&format!("package-{i}")), Activity::Build))
+            .collect();
+        let line = status_line(&running, (1, 40, 2), 60);
+        assert_eq!(line.chars().count(), 59);
+        assert!(line.ends_with('…'), "{line}");
+        // Cut on a character boundary, never inside one.
+        assert_eq!(truncate("ééééé", 3), "éé…");
+    }
+}

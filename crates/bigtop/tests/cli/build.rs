@@ -1,0 +1,247 @@
+//! `build` and `log`, run as a user runs them: derivations added as
+//! JSON, built with and without the sandbox.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::derivation::{lines, sh, Cli};
+use crate::Result;
+
+/// a, and b that reads a's output and echoes to its log.
+fn small_graph(cli: &Cli) -> Result<(String, String, String)> {
+    let (a_drv, a_out) = cli.add(&sh("a", "echo from-a > $out", &[]))?;
+    let b = sh(
+        "b",
+        &format!("read x < {a_out}; echo \"$x, and b from {a_out}\" > $out; echo b-says-hello"),
+        &[&a_drv],
+    );
+    let (b_drv, b_out) = cli.add(&b)?;
+    Ok((b_drv, a_out, b_out))
+}
+
+/// Builds the small graph, with an out-link; checks outputs, the log and
+/// that the link is a root.
+fn build_small_graph(cli: &Cli, extra: &[&str]) -> Result {
+    let (b_drv, a_out, b_out) = small_graph(cli)?;
+    let mut args = vec!["build", &b_drv, "--out-link", "result"];
+    args.extend(extra);
+    let out = cli.run(&args, b"")?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8(out.stdout)?, format!("{b_out}\n"));
+    assert!(stderr.contains("2 derivations will be built"), "{stderr}");
+    assert!(stderr.contains(&format!("built {b_drv}")), "{stderr}");
+    if extra.contains(&"-L") {
+        assert!(stderr.contains("\nb> b-says-hello\n"), "{stderr}");
+    } else {
+        assert!(!stderr.contains("b-says-hello"), "{stderr}");
+    }
+    assert_eq!(cli.read(&b_out)?, format!("from-a, and b from {a_out}\n"));
+    assert!(cli.valid(&a_out)?);
+    assert_eq!(fs::read_link(cli.cwd.join("result"))?, Path::new(&b_out));
+
+    let log = cli.ok(&["log", &b_drv], b"")?;
+    assert!(log.contains("b-says-hello\n"), "{log}");
+    assert_eq!(cli.ok(&["log", &b_out], b"")?, log);
+
+    // Built already: nothing to do, same answer.
+    let again = cli.run(&["build", &b_drv], b"")?;
+    assert_eq!(String::from_utf8(again.stdout)?, format!("{b_out}\n"));
+    assert!(!String::from_utf8(again.stderr)?.contains("building"));
+
+    // The link is a root: a collection keeps b and what b refers to.
+    let roots = cli.ok(&["store", "roots"], b"")?;
+    assert!(roots.contains(&format!("-> {b_out}")), "{roots}");
+    let deleted = cli.ok(&["store", "gc"], b"")?;
+    assert!(
+        !deleted.contains(&b_out) && !deleted.contains(&a_out),
+        "{deleted}"
+    );
+    assert!(cli.valid(&b_out)? && cli.valid(&a_out)?);
+    assert_eq!(cli.read(&b_out)?, format!("from-a, and b from {a_out}\n"));
+    Ok(())
+}
+
+#[test]
+fn build_without_the_sandbox_in_a_store_at_its_logical_path() -> Result {
+    let tmp = tempfile::tempdir()?;
+    build_small_graph(
+        &Cli::direct(tmp.path())?,
+        &["--no-sandbox", "-j", "2", "-L"],
+    )
+}
+
+#[test]
+fn build_in_the_sandbox_in_a_chroot_store() -> Result {
+    let tmp = tempfile::tempdir()?;
+    build_small_graph(&Cli::chroot(tmp.path())?, &["--cores", "1"])
+}
+
+#[test]
+fn no_sandbox_in_a_chroot_store_is_refused_before_building() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (b_drv, a_out, _) = small_graph(&cli)?;
+    let err = cli.fails(&["build", &b_drv, "--no-sandbox"], b"")?;
+    assert!(err.contains("without the sandbox"), "{err}");
+    assert!(err.contains("drop `--no-sandbox`"), "{err}");
+    assert!(!cli.valid(&a_out)?);
+    Ok(())
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_builds_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (b_drv, a_out, b_out) = small_graph(&cli)?;
+    let plan = cli.ok(&["build", &b_drv, "--dry-run", "--out-link", "result"], b"")?;
+    assert!(plan.starts_with("2 derivations will be built:\n"), "{plan}");
+    let b_base = cli.path(&b_drv)?.to_string();
+    assert!(
+        plan.contains(&format!("  {b_base}  (outputs out are not valid)")),
+        "{plan}"
+    );
+    let json: Value =
+        serde_json::from_str(&cli.ok(&["build", &b_drv, "--dry-run", "--json"], b"")?)?;
+    assert_eq!(json["build"][1]["drv"], b_base.as_str());
+    assert!(!cli.valid(&a_out)? && !cli.valid(&b_out)?);
+    assert!(!cli.cwd.join("result").exists());
+    Ok(())
+}
+
+#[test]
+fn a_failed_build_exits_1_with_its_log_tail_and_registers_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (bad_drv, bad_out) = cli.add(&sh(
+        "bad",
+        "echo half > $out; echo it-went-wrong; exit 3",
+        &[],
+    ))?;
+    let (good_drv, good_out) = cli.add(&sh("good", "echo > $out", &[]))?;
+    let mut after = Vec::new();
+    for i in 0..3 {
+        after.push(
+            cli.add(&sh(&format!("after{i}"), "echo > $out", &[&bad_drv]))?
+                .0,
+        );
+    }
+    let mut args = vec!["build", "--keep-going", &good_drv];
+    args.extend(after.iter().map(String::as_str));
+    let err = cli.fails(&args, b"")?;
+    assert!(
+        err.contains(&format!(
+            "failed {bad_drv}: builder failed with exit code 3"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("  > it-went-wrong"), "{err}");
+    assert!(
+        err.contains("error: 1 build failed (3 dependent jobs not attempted):"),
+        "{err}"
+    );
+    // The dependents are counted, not listed one by one.
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("failed ")).count(),
+        1,
+        "{err}"
+    );
+    let summary = &err[err.find("error:").ok_or("no error line")?..];
+    assert!(!summary.contains("after"), "{err}");
+    assert!(!cli.valid(&bad_out)?);
+    // --keep-going: what did not depend on the failure was built.
+    assert!(cli.valid(&good_out)?);
+    // The log is kept for a failure too.
+    assert!(cli.ok(&["log", &bad_drv], b"")?.contains("it-went-wrong"));
+    Ok(())
+}
+
+#[test]
+fn check_tells_a_deterministic_build_from_one_that_is_not() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (same_drv, same_out) = cli.add(&sh("same", "echo fixed > $out", &[]))?;
+    cli.ok(&["build", &same_drv], b"")?;
+    let out = cli.run(&["build", &same_drv, "--check"], b"")?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8(out.stdout)?, format!("{same_out}\n"));
+    assert!(
+        stderr.contains(&format!("checked {same_out}: identical")),
+        "{stderr}"
+    );
+
+    let (random_drv, random_out) = cli.add(&sh(
+        "random",
+        "read -r x < /dev/urandom; echo \"$x\" > $out",
+        &[],
+    ))?;
+    cli.ok(&["build", &random_drv], b"")?;
+    let err = cli.fails(&["build", &random_drv, "--check"], b"")?;
+    assert!(err.contains("1 output is not deterministic"), "{err}");
+    assert!(err.contains(&random_out), "{err}");
+    Ok(())
+}
+
+#[test]
+fn out_links_follow_nix_naming_and_never_replace_a_file() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let mut two = sh("two", "echo > $out; echo > $dev", &[]);
+    two["outputs"]["dev"] = json!("deferred");
+    let (two_drv, two_out) = cli.add(&two)?;
+    let (one_drv, one_out) = cli.add(&sh("one", "echo > $out", &[]))?;
+
+    fs::write(cli.cwd.join("r-2"), "precious")?;
+    let err = cli.fails(&["build", &two_drv, &one_drv, "-o", "r"], b"")?;
+    assert!(err.contains("Refusing to replace `r-2`"), "{err}");
+    assert_eq!(fs::read_to_string(cli.cwd.join("r-2"))?, "precious");
+    assert!(
+        !cli.valid(&one_out)?,
+        "nothing is built when a link is in the way"
+    );
+    fs::remove_file(cli.cwd.join("r-2"))?;
+
+    let printed = cli.ok(
+        &["build", &format!("{two_drv}^*"), &one_drv, "-o", "r"],
+        b"",
+    )?;
+    let printed = lines(&printed);
+    assert_eq!(printed.len(), 3, "{printed:?}");
+    assert_eq!(printed[1], two_out);
+    assert_eq!(fs::read_link(cli.cwd.join("r"))?, Path::new(&two_out));
+    assert_eq!(fs::read_link(cli.cwd.join("r-dev"))?, Path::new(printed[0]));
+    assert_eq!(fs::read_link(cli.cwd.join("r-2"))?, Path::new(&one_out));
+
+    // One output asked for: one path, one link.
+    let dev = cli.ok(&["build", &format!("{two_drv}^dev"), "--json"], b"")?;
+    let dev: Value = serde_json::from_str(&dev)?;
+    assert_eq!(dev[0]["outputs"].as_object().ok_or("object")?.len(), 1);
+    let err = cli.fails(&["build", &format!("{two_drv}^lib")], b"")?;
+    assert!(err.contains("has no output `lib`"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn build_and_log_name_what_they_cannot_use() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (drv, out) = cli.add(&sh("x", "echo > $out", &[]))?;
+    let err = cli.fails(&["log", &drv], b"")?;
+    assert!(err.contains(&format!("No build log for `{drv}`")), "{err}");
+    let err = cli.fails(&["log", &out], b"")?;
+    assert!(err.contains("is not valid in the store"), "{err}");
+
+    fs::write(tmp.path().join("src.txt"), "source")?;
+    let src = cli.ok(&["store", "add", "src.txt"], b"")?;
+    let src = src.trim();
+    let err = cli.fails(&["log", src], b"")?;
+    assert!(err.contains("has no recorded deriver"), "{err}");
+    let err = cli.fails(&["build", src], b"")?;
+    assert!(err.contains("is not a derivation"), "{err}");
+    let err = cli.fails(&["build", &format!("{drv}^no/pe")], b"")?;
+    assert!(err.contains("Invalid output name"), "{err}");
+    Ok(())
+}
