@@ -123,6 +123,7 @@ fn status_line(
         ("building", &[Activity::Build, Activity::Builtin][..]),
         ("checking", &[Activity::Check][..]),
         ("fetching", &[Activity::Fetch][..]),
+        ("downloading", &[Activity::Download][..]),
     ] {
         let names: Vec<&str> = running
             .iter()
@@ -195,6 +196,7 @@ impl BuildObserver for Progress {
         } else {
             let verb = match what {
                 Activity::Fetch => "fetching",
+                Activity::Download => "downloading",
                 Activity::Check => "checking",
                 _ => "building",
             };
@@ -222,6 +224,7 @@ impl BuildObserver for Progress {
         } else {
             let verb = match what {
                 Activity::Fetch => "fetched",
+                Activity::Download => "downloaded",
                 Activity::Check => "checked",
                 _ => "built",
             };
