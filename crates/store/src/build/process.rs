@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -221,42 +221,12 @@ fn spawn_plain(
     inherit: Option<[RawFd; 2]>,
     log: &mut LogSink<'_>,
 ) -> Result<std::process::ExitStatus, String> {
-    use std::os::unix::process::CommandExt;
+    use std::os::unix::process::ExitStatusExt;
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
-    let err_writer = writer
-        .try_clone()
-        .map_err(|e| format!("cannot make a pipe: {e}"))?;
-    let mut cmd = std::process::Command::new(&d.builder);
-    cmd.args(&d.args)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(writer)
-        .stderr(err_writer)
-        .process_group(0);
-    if let Some(fds) = inherit {
-        // SAFETY: the closure only makes fcntl calls, which are
-        // async-signal-safe, on descriptors this process keeps open.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in fds {
-                    // The builder keeps the pool's ends across exec, at
-                    // the numbers MAKEFLAGS gives.
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
-    let mut child = cmd
-        .spawn()
+    let pid = posix_spawn(d, env, dir, writer.as_raw_fd(), inherit.unwrap_or([-1, -1]))
         .map_err(|e| format!("cannot run builder `{}`: {e}", d.builder))?;
-    // The command holds the pipe's write ends: drop them, or the log never ends.
-    drop(cmd);
-    let pgid = child.id() as i32;
+    // Our copy of the write end must go, or the log never ends.
+    drop(writer);
     std::thread::scope(|s| {
         let pump = s.spawn(|| log.pump(reader));
         // Wait for the exit without reaping: while the builder is a zombie
@@ -268,7 +238,7 @@ fn spawn_plain(
             let r = unsafe {
                 libc::waitid(
                     libc::P_PID,
-                    pgid as libc::id_t,
+                    pid as libc::id_t,
                     &mut info,
                     libc::WEXITED | libc::WNOWAIT,
                 )
@@ -283,10 +253,134 @@ fn spawn_plain(
         };
         // SAFETY: killpg only sends a signal to the group the builder led.
         unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
+            libc::killpg(pid, libc::SIGKILL);
         }
-        let status = waited.and_then(|()| child.wait());
+        let status = waited.and_then(|()| loop {
+            let mut status = 0;
+            // SAFETY: reaps our own child, writing only `status`.
+            if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                break Ok(std::process::ExitStatus::from_raw(status));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                break Err(e);
+            }
+        });
         let _ = pump.join();
         status.map_err(|e| format!("cannot wait for builder: {e}"))
     })
+}
+
+/// Starts the builder with `posix_spawn`, which glibc implements with
+/// `CLONE_VM | CLONE_VFORK`: unlike `fork` (what `Command` falls back to
+/// as soon as descriptors must be passed), it does not copy this
+/// process's page tables, which for a builder process with a big heap
+/// costs more than the builder itself. Standard input is `/dev/null`,
+/// output and error go to `out`, the builder leads a new process group
+/// and `jobserver`'s descriptors (unless -1) stay open at their numbers.
+fn posix_spawn(
+    d: &Derivation,
+    env: &[(String, String)],
+    dir: &Path,
+    out: RawFd,
+    jobserver: [RawFd; 2],
+) -> std::io::Result<libc::pid_t> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |s: &[u8]| {
+        CString::new(s).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a NUL byte in the builder, an argument or the environment",
+            )
+        })
+    };
+    let program = cstr(d.builder.as_bytes())?;
+    let mut strings = vec![program.clone()];
+    for a in &d.args {
+        strings.push(cstr(a.as_bytes())?);
+    }
+    let argc = strings.len();
+    for (k, v) in env {
+        strings.push(cstr(format!("{k}={v}").as_bytes())?);
+    }
+    let mut argv: Vec<*mut libc::c_char> = strings[..argc]
+        .iter()
+        .map(|c| c.as_ptr() as *mut _)
+        .collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> = strings[argc..]
+        .iter()
+        .map(|c| c.as_ptr() as *mut _)
+        .collect();
+    envp.push(std::ptr::null_mut());
+    let dir = cstr(dir.as_os_str().as_bytes())?;
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(r))
+        }
+    };
+    // SAFETY: the attribute and action objects are initialized before use
+    // and destroyed on every path; every pointer handed over (program,
+    // argv, envp, dir, "/dev/null") outlives the call.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, out, 1))?;
+            check(libc::posix_spawn_file_actions_adddup2(&mut actions, out, 2))?;
+            for fd in jobserver.into_iter().filter(|&fd| fd >= 0) {
+                // Onto itself: glibc then clears close-on-exec, and the
+                // builder finds the pool at the numbers MAKEFLAGS gives.
+                check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, fd))?;
+            }
+            check(libc::posix_spawn_file_actions_addchdir_np(
+                &mut actions,
+                dir.as_ptr(),
+            ))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+            // Rust ignores SIGPIPE; a builder expects the default, and an
+            // empty signal mask.
+            let mut default: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut default);
+            libc::sigaddset(&mut default, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &default))?;
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut mask);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &mask))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                (libc::POSIX_SPAWN_SETPGROUP
+                    | libc::POSIX_SPAWN_SETSIGDEF
+                    | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short,
+            ))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                program.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))?;
+            Ok(pid)
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result
+    }
 }

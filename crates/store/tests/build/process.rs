@@ -145,6 +145,42 @@ fn a_missing_output_fails_the_build() -> TestResult {
 }
 
 #[test]
+fn a_missing_builder_is_named() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let mut d = sh(&store, "nobuilder", "", &[]);
+    d.builder = "/no/such/builder".into();
+    fill(&store, &mut d);
+    let err = build_out(&store, plain(), &d).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot run builder `/no/such/builder`: No such file"),
+        "{err}"
+    );
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn a_builder_gets_the_default_sigpipe() -> TestResult {
+    // `yes` dies of SIGPIPE once `head` exits, as it does outside; with
+    // SIGPIPE ignored (Rust's own setting, inherited unless reset) it
+    // would exit 1 on EPIPE instead. Its status is the output.
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let mut d = sh(
+        &store,
+        "sigpipe",
+        "{ /usr/bin/yes; echo $? > $out; } | /usr/bin/head -n1 > /dev/null",
+        &[],
+    );
+    fill(&store, &mut d);
+    let out = build_out(&store, plain(), &d)?;
+    // 128 + SIGPIPE (13).
+    assert_eq!(std::fs::read_to_string(store.physical(&out))?.trim(), "141");
+    Ok(())
+}
+
+#[test]
 fn keep_going_builds_what_does_not_depend_on_a_failure() -> TestResult {
     for keep_going in [false, true] {
         let tmp = tempfile::tempdir()?;
