@@ -216,10 +216,13 @@ impl<'s> Builder<'s> {
                 }
                 // A bounded round of builtins, so that finished process
                 // builds are picked up between rounds.
-                while finished.len() < INLINE_ROUND && !stopping {
+                let mut round = Vec::new();
+                while round.len() < INLINE_ROUND && !stopping {
                     let Some(e) = ready.inline.pop() else { break };
-                    let i = e.1 .0;
-                    finished.push((i, self.run_job(&plan.jobs[i], None)));
+                    round.push(e.1 .0);
+                }
+                if !round.is_empty() {
+                    finished.extend(self.run_inline_round(plan, &round));
                 }
                 let mut outcomes: Vec<Outcome<'s>> = Vec::new();
                 if finished.is_empty() {
@@ -387,7 +390,7 @@ impl<'s> Builder<'s> {
                     .lock_all_rooting([path], info.info.references.iter())
                     .map_err(fail)?;
                 if self.store.is_valid(path).map_err(fail)? {
-                    return Ok(Finished::nothing(locks));
+                    return Ok(Finished::nothing(Some(locks)));
                 }
                 let s = self.substituters[*substituter];
                 let mut nar = s.nar(path).map_err(fail)?;
@@ -405,6 +408,35 @@ impl<'s> Builder<'s> {
         }
     }
 
+    /// The paths of `derivation`'s outputs, or why it cannot be built
+    /// here.
+    fn outputs_of(
+        &self,
+        drv: &StorePath,
+        derivation: &Derivation,
+    ) -> Result<BTreeMap<OutputName, StorePath>, BuildFailure> {
+        let fail = |kind: FailureKind| BuildFailure {
+            path: drv.clone(),
+            kind,
+            log_tail: Vec::new(),
+        };
+        if !builtin::is_builtin(derivation) && derivation.system != self.options.system {
+            return Err(fail(FailureKind::WrongSystem {
+                wanted: derivation.system.clone(),
+                here: self.options.system.clone(),
+            }));
+        }
+        let dir = self.store.store_dir();
+        let mut outputs: BTreeMap<OutputName, StorePath> = BTreeMap::new();
+        for name in derivation.outputs.keys() {
+            match derivation.output_path(dir, name) {
+                Some(p) => outputs.insert(name.clone(), p),
+                None => return Err(fail(FailureKind::FloatingOutput(name.clone()))),
+            };
+        }
+        Ok(outputs)
+    }
+
     /// Builds one derivation: locks its outputs, runs the builder (a
     /// process or a builtin), and stages the outputs for registration.
     fn build_one(
@@ -413,27 +445,8 @@ impl<'s> Builder<'s> {
         derivation: &Derivation,
         jobserver: Option<&Jobserver>,
     ) -> Result<Finished<'s>, BuildFailure> {
-        let fail = |kind: FailureKind| BuildFailure {
-            path: drv.clone(),
-            kind,
-            log_tail: Vec::new(),
-        };
-        let io = |e: Error| fail(FailureKind::Setup(e.to_string()));
-        let dir = self.store.store_dir();
-        let builtin = builtin::is_builtin(derivation);
-        if !builtin && derivation.system != self.options.system {
-            return Err(fail(FailureKind::WrongSystem {
-                wanted: derivation.system.clone(),
-                here: self.options.system.clone(),
-            }));
-        }
-        let mut outputs: BTreeMap<OutputName, StorePath> = BTreeMap::new();
-        for name in derivation.outputs.keys() {
-            match derivation.output_path(dir, name) {
-                Some(p) => outputs.insert(name.clone(), p),
-                None => return Err(fail(FailureKind::FloatingOutput(name.clone()))),
-            };
-        }
+        let io = |e: Error| setup_failure(drv, e);
+        let outputs = self.outputs_of(drv, derivation)?;
         let inputs = self.inputs_of(derivation).map_err(io)?;
         let mut locks = LockSet::new(self.store);
         locks
@@ -441,16 +454,115 @@ impl<'s> Builder<'s> {
             .map_err(io)?;
         let valid = self.store.valid_among(outputs.values()).map_err(io)?;
         let check = self.options.check && valid.len() == outputs.len();
-        if valid.len() == outputs.len() && !check {
+        let mut f = if valid.len() == outputs.len() && !check {
             // Another process built it while we waited for the locks.
-            let recorded = outputs
+            Finished::valid(drv, &outputs)
+        } else {
+            self.make(drv, derivation, &outputs, &inputs, check, jobserver)?
+        };
+        f.locks = Some(locks);
+        Ok(f)
+    }
+
+    /// Runs a round of builtins whose dependencies are all done: one lock
+    /// transaction and one validity query for the whole round instead of
+    /// one each, which is most of what a small builtin costs.
+    fn run_inline_round(
+        &self,
+        plan: &Plan,
+        round: &[usize],
+    ) -> Vec<(usize, Result<Finished<'s>, BuildFailure>)> {
+        if self.options.check || round.len() == 1 {
+            return round
                 .iter()
-                .map(|(o, p)| (drv.clone(), o.clone(), p.clone()))
+                .map(|&i| (i, self.run_job(&plan.jobs[i], None)))
                 .collect();
-            let mut f = Finished::nothing(locks);
-            f.outputs = recorded;
-            return Ok(f);
         }
+        let job = |i: usize| match &plan.jobs[i].kind {
+            JobKind::Build {
+                drv, derivation, ..
+            } => (drv, derivation),
+            JobKind::Fetch { .. } => unreachable!("only builtins are run inline"),
+        };
+        let mut results = Vec::with_capacity(round.len());
+        let recorded = self
+            .store
+            .derivation_outputs_many(round.iter().flat_map(|&i| job(i).1.input_drvs.keys()));
+        let mut prepared = Vec::with_capacity(round.len());
+        for &i in round {
+            let (drv, derivation) = job(i);
+            let inputs = recorded
+                .as_ref()
+                .map_err(|e| setup_failure(drv, e.to_string()))
+                .and_then(|r| {
+                    inputs_from(derivation, r).map_err(|e| setup_failure(drv, e.to_string()))
+                });
+            match self
+                .outputs_of(drv, derivation)
+                .and_then(|o| Ok((o, inputs?)))
+            {
+                Ok((outputs, inputs)) => prepared.push((i, outputs, inputs)),
+                Err(f) => results.push((i, Err(f))),
+            }
+        }
+        let mut locks = LockSet::new(self.store);
+        let taken = locks
+            .lock_all_rooting(
+                prepared.iter().flat_map(|(_, o, _)| o.values()),
+                prepared.iter().flat_map(|(_, _, inputs)| inputs.iter()),
+            )
+            .and_then(|()| {
+                self.store
+                    .valid_among(prepared.iter().flat_map(|(_, o, _)| o.values()))
+            });
+        let valid = match taken {
+            Ok(v) => v,
+            Err(e) => {
+                let why = e.to_string();
+                for (i, _, _) in prepared {
+                    results.push((i, Err(setup_failure(job(i).0, why.clone()))));
+                }
+                return results;
+            }
+        };
+        let mut locks = Some(locks);
+        for (i, outputs, inputs) in prepared {
+            let (drv, derivation) = job(i);
+            let r = if outputs.values().all(|p| valid.contains(p)) {
+                Ok(Finished::valid(drv, &outputs))
+            } else {
+                self.make(drv, derivation, &outputs, &inputs, false, None)
+            };
+            // The round's locks go with its first success: its group's
+            // registration releases them (with a failure's outputs, which
+            // are not registered).
+            let r = r.map(|mut f| {
+                f.locks = locks.take();
+                f
+            });
+            results.push((i, r));
+        }
+        results
+    }
+
+    /// Runs the builder of a locked derivation whose outputs are to be
+    /// made (or remade, in check mode) and stages them.
+    fn make(
+        &self,
+        drv: &StorePath,
+        derivation: &Derivation,
+        outputs: &BTreeMap<OutputName, StorePath>,
+        inputs: &BTreeSet<StorePath>,
+        check: bool,
+        jobserver: Option<&Jobserver>,
+    ) -> Result<Finished<'s>, BuildFailure> {
+        let fail = |kind: FailureKind| BuildFailure {
+            path: drv.clone(),
+            kind,
+            log_tail: Vec::new(),
+        };
+        let io = |e: Error| setup_failure(drv, e);
+        let builtin = builtin::is_builtin(derivation);
         let activity = match (check, builtin) {
             (true, _) => Activity::Check,
             (false, true) if derivation.builder == super::fetch::FETCH_URL => Activity::Download,
@@ -458,7 +570,11 @@ impl<'s> Builder<'s> {
             (false, false) => Activity::Build,
         };
         self.observer.started(drv, activity);
-        let closure = self.store.closure(inputs.iter()).map_err(io)?;
+        let closure = if inputs.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.store.closure(inputs.iter()).map_err(io)?
+        };
         // Where outputs are written, and where the builder sees them.
         let run = if builtin {
             let staging: BTreeMap<OutputName, PathBuf> = outputs
@@ -480,7 +596,7 @@ impl<'s> Builder<'s> {
                 }
             };
             let r = builtin::run(
-                self.store, derivation, &outputs, &staging, &closure, &mut note,
+                self.store, derivation, outputs, &staging, &closure, &mut note,
             )
             .map(|()| staging);
             let tail = log.map(LogSink::finish).unwrap_or_default();
@@ -495,7 +611,7 @@ impl<'s> Builder<'s> {
                 &self.options,
                 drv,
                 derivation,
-                &outputs,
+                outputs,
                 &closure,
                 check,
                 self.observer,
@@ -503,18 +619,18 @@ impl<'s> Builder<'s> {
             )
         };
         let written = run?;
-        let staged = self.stage_outputs(drv, derivation, &outputs, &closure, written);
+        let staged = self.stage_outputs(drv, derivation, outputs, &closure, written);
         let staged = staged.map_err(fail)?;
         if check {
             let mut checks = Vec::new();
             for (info, tmp) in staged {
+                let _ = remove_tree(&tmp);
                 let expected = self
                     .store
                     .path_info(&info.path)
                     .map_err(io)?
                     .map(|i| i.nar_hash)
                     .unwrap_or(info.nar_hash);
-                let _ = remove_tree(&tmp);
                 checks.push(CheckResult {
                     drv: drv.clone(),
                     path: info.path,
@@ -522,7 +638,7 @@ impl<'s> Builder<'s> {
                     got: info.nar_hash,
                 });
             }
-            let mut f = Finished::nothing(locks);
+            let mut f = Finished::nothing(None);
             f.checks = checks;
             f.built = true;
             return Ok(f);
@@ -534,7 +650,7 @@ impl<'s> Builder<'s> {
                 .map(|(o, p)| (drv.clone(), o.clone(), p.clone()))
                 .collect(),
             staged,
-            locks: Some(locks),
+            locks: None,
             built: true,
             fetched: false,
             checks: Vec::new(),
@@ -544,18 +660,10 @@ impl<'s> Builder<'s> {
     /// The store paths a derivation's builder may use: its sources and the
     /// outputs it uses of its input derivations (valid by now).
     fn inputs_of(&self, derivation: &Derivation) -> Result<BTreeSet<StorePath>, Error> {
-        let mut inputs: BTreeSet<StorePath> = derivation.input_srcs.clone();
-        for (input, outs) in &derivation.input_drvs {
-            let recorded = self.store.derivation_outputs(input)?;
-            for o in outs {
-                let p = recorded.get(o).ok_or_else(|| Error::NoSuchOutput {
-                    drv: input.clone(),
-                    output: o.clone(),
-                })?;
-                inputs.insert(p.clone());
-            }
-        }
-        Ok(inputs)
+        let recorded = self
+            .store
+            .derivation_outputs_many(derivation.input_drvs.keys())?;
+        inputs_from(derivation, &recorded)
     }
 
     /// Checks, canonicalizes, scans and hashes the outputs a builder wrote
@@ -722,17 +830,62 @@ struct Finished<'s> {
 }
 
 impl<'s> Finished<'s> {
-    fn nothing(locks: LockSet<'s>) -> Self {
+    fn nothing(locks: Option<LockSet<'s>>) -> Self {
         Finished {
             staged: Vec::new(),
             outputs: Vec::new(),
             paths: Vec::new(),
-            locks: Some(locks),
+            locks,
             built: false,
             fetched: false,
             checks: Vec::new(),
         }
     }
+}
+
+impl Finished<'_> {
+    /// A derivation whose outputs are all valid already: only its outputs
+    /// are recorded (another process may have built them).
+    fn valid(drv: &StorePath, outputs: &BTreeMap<OutputName, StorePath>) -> Self {
+        let mut f = Finished::nothing(None);
+        f.outputs = outputs
+            .iter()
+            .map(|(o, p)| (drv.clone(), o.clone(), p.clone()))
+            .collect();
+        f
+    }
+}
+
+/// The failure of `drv` before its builder ran.
+fn setup_failure(drv: &StorePath, why: impl std::fmt::Display) -> BuildFailure {
+    BuildFailure {
+        path: drv.clone(),
+        kind: FailureKind::Setup(why.to_string()),
+        log_tail: Vec::new(),
+    }
+}
+
+/// The inputs of `derivation` (see `Builder::inputs_of`), given the
+/// recorded outputs of its input derivations.
+fn inputs_from(
+    derivation: &Derivation,
+    recorded: &std::collections::HashMap<StorePath, crate::store::RecordedOutputs>,
+) -> Result<BTreeSet<StorePath>, Error> {
+    let mut inputs: BTreeSet<StorePath> = derivation.input_srcs.clone();
+    for (input, outs) in &derivation.input_drvs {
+        for o in outs {
+            let (p, _) =
+                recorded
+                    .get(input)
+                    .and_then(|r| r.get(o))
+                    .ok_or_else(|| Error::NoSuchOutput {
+                        drv: input.clone(),
+                        output: o.clone(),
+                    })?;
+            inputs.insert(p.clone());
+        }
+    }
+    Ok(inputs)
 }
 
 /// Replacements of the derivation's own output placeholders by the paths.

@@ -165,3 +165,48 @@ fn a_builtin_may_not_read_what_is_not_its_input() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn builtins_ready_together_fail_and_succeed_independently() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let mut targets = Vec::new();
+    let mut good = Vec::new();
+    for i in 0..6 {
+        let mut d = write_file(&store, &format!("f{i}"), &format!("{i}\n"));
+        if i == 3 {
+            // No `text`: this one fails inside the round.
+            d.env.clear();
+            fill(&store, &mut d);
+        } else {
+            good.push(
+                d.output_path(store.store_dir(), &OutputName::out())
+                    .ok_or("known")?,
+            );
+        }
+        targets.push((store.add_derivation(&d)?, BTreeSet::new()));
+    }
+    let options = bigtop_store::build::BuildOptions {
+        keep_going: true,
+        ..plain()
+    };
+    let err = Builder::new(&store)
+        .options(options)
+        .build(&targets)
+        .unwrap_err();
+    let Error::BuildFailed(failures) = &err else {
+        return Err(format!("unexpected: {err}").into());
+    };
+    assert_eq!(failures.len(), 1, "{err}");
+    assert!(err.to_string().contains("`text`"), "{err}");
+    assert_eq!(store.valid_among(good.iter())?.len(), 5);
+    assert_eq!(strays(&store), Vec::<String>::new());
+    // The round's locks went with its registration: building the failed
+    // one again fails again at once instead of waiting for its lock.
+    let again = Builder::new(&store)
+        .options(plain())
+        .build(&targets[3..4])
+        .unwrap_err();
+    assert!(again.to_string().contains("`text`"), "{again}");
+    Ok(())
+}
