@@ -123,7 +123,8 @@ pub(crate) fn open(file: &Path) -> Result<Connection, Error> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -65536;",
     )
     .map_err(err)?;
     migrate(&conn, file)?;

@@ -357,6 +357,14 @@ impl Planner<'_> {
             }
             frontier = next;
         }
+        // Edges were pushed as found; a job reached through several of
+        // its outputs appears more than once.
+        for job in &mut self.jobs {
+            job.deps.sort_unstable();
+            job.deps.dedup();
+            job.dependents.sort_unstable();
+            job.dependents.dedup();
+        }
         let mut plan = Plan {
             jobs: self.jobs,
             already_valid,
@@ -543,12 +551,11 @@ impl Planner<'_> {
         self.jobs.len() - 1
     }
 
-    /// `dependent` waits for `dep`.
+    /// `dependent` waits for `dep` (duplicates are removed at the end: a
+    /// search here would make a job with many inputs quadratic).
     fn edge(&mut self, dep: usize, dependent: usize) {
-        if !self.jobs[dependent].deps.contains(&dep) {
-            self.jobs[dependent].deps.push(dep);
-            self.jobs[dep].dependents.push(dependent);
-        }
+        self.jobs[dependent].deps.push(dep);
+        self.jobs[dep].dependents.push(dependent);
     }
 }
 
