@@ -69,10 +69,14 @@ impl Store {
         }
         self.clean_processes()?;
         let live_temp = self.live_temp_prefixes()?;
+        let locked = self.locked_names()?;
         for entry in fs::read_dir(self.root()).map_err(io_err("read", self.root()))? {
             let entry = entry.map_err(io_err("read", self.root()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if live_temp.iter().any(|p| name.starts_with(p.as_str())) {
+            // What running processes are writing: staged trees, sandbox
+            // roots, and outputs an unsandboxed build writes in place
+            // (locked while it runs).
+            if live_temp.iter().any(|p| name.starts_with(p.as_str())) || locked.contains(&name) {
                 continue;
             }
             let registered = StorePath::from_base_name(&name).is_ok_and(|p| valid.contains(&p));
@@ -108,7 +112,18 @@ impl Store {
             .prepare("SELECT DISTINCT pid FROM Processes")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(self.db_err())?;
-        Ok(pids.into_iter().map(|pid| format!(".tmp-{pid}-")).collect())
+        Ok(pids
+            .into_iter()
+            .flat_map(|pid| [format!(".tmp-{pid}-"), format!(".chroot-{pid}-")])
+            .collect())
+    }
+
+    /// Store entries locked by running processes.
+    fn locked_names(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let conn = self.db();
+        conn.prepare("SELECT path FROM Locks")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(self.db_err())
     }
 
     /// Unregisters `paths` and everything that refers to them.

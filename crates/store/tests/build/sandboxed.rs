@@ -123,3 +123,76 @@ fn check_mode_tells_a_deterministic_build_from_one_that_is_not() -> TestResult {
     assert_eq!(strays(&store), Vec::<String>::new());
     Ok(())
 }
+
+/// `verify --repair` from another handle while builds run leaves their
+/// work alone: a sandbox's scratch root and an unsandboxed build's
+/// output, both unregistered while the build runs.
+#[test]
+fn verify_leaves_running_builds_alone() -> TestResult {
+    let host: Vec<(std::path::PathBuf, std::path::PathBuf)> = ["/bin", "/usr", "/lib", "/lib64"]
+        .into_iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .map(|p| (p.into(), p.into()))
+        .collect();
+    for in_sandbox in [true, false] {
+        let tmp = tempfile::tempdir()?;
+        let store = if in_sandbox {
+            Store::open_chroot(tmp.path())?
+        } else {
+            crate::direct_store(tmp.path())
+        };
+        let mut d = sh(
+            &store,
+            "slow",
+            "mkdir $out; /bin/sleep 1; echo done > $out/f",
+            &[],
+        );
+        d.env.insert("PATH".into(), "/bin:/usr/bin".into());
+        fill(&store, &mut d);
+        let options = if in_sandbox {
+            BuildOptions {
+                sandbox_paths: Some(host.clone()),
+                ..sandboxed()
+            }
+        } else {
+            crate::plain()
+        };
+        let root = store.root().to_owned();
+        let verified = std::thread::scope(|s| {
+            let build = s.spawn(|| build_out(&store, options, &d));
+            // Until the build's work shows in the store dir.
+            let busy = |n: &str| n.starts_with(".chroot-") || n.ends_with("-slow");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !std::fs::read_dir(&root)
+                .map(|r| r.flatten().any(|e| busy(&e.file_name().to_string_lossy())))
+                .unwrap_or(false)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the build never started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let other = if in_sandbox {
+                Store::open_chroot(tmp.path())
+            } else {
+                Ok(crate::direct_store(tmp.path()))
+            };
+            let report = other.and_then(|o| {
+                o.verify(bigtop_store::VerifyOptions {
+                    repair: true,
+                    ..Default::default()
+                })
+            });
+            (report, build.join().expect("no panic"))
+        });
+        let (report, built) = verified;
+        assert!(report?.unregistered.is_empty(), "sandboxed: {in_sandbox}");
+        let out = built?;
+        assert_eq!(
+            std::fs::read_to_string(store.physical(&out).join("f"))?,
+            "done\n"
+        );
+    }
+    Ok(())
+}
