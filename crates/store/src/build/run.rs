@@ -172,9 +172,20 @@ impl<'s> Builder<'s> {
         let mut holding = 0usize;
         let mut stopping = false;
         let max_jobs = self.options.max_jobs.max(1);
+        let (job_tx, job_rx) = mpsc::channel::<(usize, bool)>();
+        let queue = std::sync::Mutex::new(job_rx);
         std::thread::scope(|scope| -> Result<(), Error> {
             type Outcome<'s> = (usize, bool, Result<Finished<'s>, BuildFailure>);
             let (tx, rx) = mpsc::channel::<Outcome<'s>>();
+            // Jobs that succeeded, registered after the next builds start:
+            // a slot freed by a finished build is not kept idle while its
+            // outputs are registered.
+            let mut to_register: Vec<(usize, Finished<'s>)> = Vec::new();
+            // Owned by this closure, so that any way out of it ends the
+            // workers' queue (and the scope can join them).
+            let job_tx = job_tx;
+            let mut workers = 0usize;
+            let mut oldest = std::time::Instant::now();
             loop {
                 let mut finished: Vec<(usize, Result<Finished<'s>, BuildFailure>)> = Vec::new();
                 // After a failure without keep_going, nothing new starts.
@@ -183,8 +194,7 @@ impl<'s> Builder<'s> {
                     if running >= max_jobs {
                         break;
                     }
-                    let job = &plan.jobs[i];
-                    let token = needs_token(&job.kind);
+                    let token = needs_token(&plan.jobs[i].kind);
                     if let (true, Some(js)) = (token, jobserver) {
                         if !js.try_acquire() {
                             if holding > 0 {
@@ -207,12 +217,68 @@ impl<'s> Builder<'s> {
                     }
                     ready.threaded.pop();
                     running += 1;
-                    let tx = tx.clone();
-                    let js = jobserver.filter(|_| token);
-                    scope.spawn(move || {
-                        let r = self.run_job(job, js);
-                        let _ = tx.send((i, token, r));
-                    });
+                    if workers < running {
+                        // Workers are made as needed, at most max_jobs, and
+                        // reused: a thread per build costs a stack's page
+                        // faults each time.
+                        workers += 1;
+                        let tx = tx.clone();
+                        let queue = &queue;
+                        scope.spawn(move || loop {
+                            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                            let Ok((i, token)) = next else { break };
+                            let js = jobserver.filter(|_| token);
+                            let r = self.run_job(&plan.jobs[i], js);
+                            if tx.send((i, token, r)).is_err() {
+                                break;
+                            }
+                        });
+                    }
+                    let _ = job_tx.send((i, token));
+                }
+                // A group is registered when something may wait for it (no
+                // other work is ready, or nothing runs), when it is big, or
+                // when it has waited long enough; until then builds go on
+                // and the group grows, so that a thousand quick builds are
+                // a few registrations (each with a file-system sync), not a
+                // thousand.
+                let due = !to_register.is_empty()
+                    && (running == 0
+                        || stopping
+                        || (ready.threaded.is_empty() && ready.inline.is_empty())
+                        || to_register.len() >= REGISTER_GROUP
+                        || oldest.elapsed() >= REGISTER_DELAY);
+                if due {
+                    let mut ok = std::mem::take(&mut to_register);
+                    let registered = self.register(&mut ok, &mut report);
+                    for (i, f) in ok {
+                        match &registered {
+                            Ok(()) => {
+                                done += 1;
+                                self.observer.finished(plan.jobs[i].path(), &f.paths);
+                                for &d in &plan.jobs[i].dependents {
+                                    waiting[d] -= 1;
+                                    if waiting[d] == 0 {
+                                        ready.push(plan, d);
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                let failure = BuildFailure {
+                                    path: plan.jobs[i].path().clone(),
+                                    kind: FailureKind::Register(e.to_string()),
+                                    log_tail: Vec::new(),
+                                };
+                                self.observer.failed(&failure);
+                                failures.push(failure);
+                                stopping |= !self.options.keep_going;
+                                done +=
+                                    1 + self.fail_dependents(plan, i, &mut waiting, &mut failures);
+                            }
+                        }
+                    }
+                    self.observer.progress(done, running, n - done - running);
+                    continue;
                 }
                 // A bounded round of builtins, so that finished process
                 // builds are picked up between rounds.
@@ -230,9 +296,10 @@ impl<'s> Builder<'s> {
                         break;
                     }
                     self.observer.progress(done, running, n - done - running);
-                    if out_of_tokens {
+                    if out_of_tokens || !to_register.is_empty() {
                         // Builders return tokens without ending (a make
-                        // finishing a job): look again soon.
+                        // finishing a job), and a waiting group falls due:
+                        // look again soon.
                         match rx.recv_timeout(TOKEN_POLL) {
                             Ok(got) => outcomes.push(got),
                             Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -255,11 +322,16 @@ impl<'s> Builder<'s> {
                     }
                     finished.push((i, r));
                 }
-                // Register what succeeded, as one group.
-                let mut ok = Vec::new();
+                // What succeeded is registered as one group, at the top of
+                // the next turn.
                 for (i, r) in finished {
                     match r {
-                        Ok(f) => ok.push((i, f)),
+                        Ok(f) => {
+                            if to_register.is_empty() {
+                                oldest = std::time::Instant::now();
+                            }
+                            to_register.push((i, f));
+                        }
                         Err(failure) => {
                             self.observer.failed(&failure);
                             failures.push(failure);
@@ -270,37 +342,9 @@ impl<'s> Builder<'s> {
                         }
                     }
                 }
-                if ok.is_empty() {
-                    continue;
-                }
-                let registered = self.register(&mut ok, &mut report);
-                for (i, f) in ok {
-                    match &registered {
-                        Ok(()) => {
-                            done += 1;
-                            self.observer.finished(plan.jobs[i].path(), &f.paths);
-                            for &d in &plan.jobs[i].dependents {
-                                waiting[d] -= 1;
-                                if waiting[d] == 0 {
-                                    ready.push(plan, d);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let failure = BuildFailure {
-                                path: plan.jobs[i].path().clone(),
-                                kind: FailureKind::Register(e.to_string()),
-                                log_tail: Vec::new(),
-                            };
-                            self.observer.failed(&failure);
-                            failures.push(failure);
-                            stopping |= !self.options.keep_going;
-                            done += 1 + self.fail_dependents(plan, i, &mut waiting, &mut failures);
-                        }
-                    }
-                }
-                self.observer.progress(done, running, n - done - running);
             }
+            // The workers end when the queue does.
+            drop(job_tx);
             Ok(())
         })?;
         if failures.is_empty() {
@@ -780,6 +824,12 @@ fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, nar::DumpError> {
 
 /// Builtins run per round of the scheduling loop, at most.
 const INLINE_ROUND: usize = 1024;
+
+/// Finished jobs registered together at most.
+const REGISTER_GROUP: usize = 1024;
+
+/// How long a finished job waits for its group to be registered, at most.
+const REGISTER_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How often the scheduler looks for a free token while builds run.
 const TOKEN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
