@@ -246,6 +246,11 @@ impl Store {
     /// path keeps alive.
     pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport, Error> {
         self.clean_processes()?;
+        let leftovers = if options.dry_run {
+            0
+        } else {
+            self.remove_leftovers()?
+        };
         let on_disk = self.roots()?;
         self.reconcile_roots(&on_disk)?;
         let roots: HashSet<String> = on_disk.into_values().map(|p| p.to_string()).collect();
@@ -295,7 +300,53 @@ impl Store {
             self.sweep_unreachable(&roots, options.dry_run, &mut report)?;
         }
         report.deleted.sort();
+        report.freed_bytes += leftovers;
         Ok(report)
+    }
+
+    /// Removes what processes that died left half-made: staged trees
+    /// (`.tmp-<pid>-…`) and sandbox roots (`.chroot-<pid>-…`) in the store
+    /// dir, build dirs (`<pid>-…`) in the state dir. None of it was ever
+    /// registered; a process killed mid-build cannot clean up itself.
+    /// Returns the bytes freed.
+    fn remove_leftovers(&self) -> Result<u64, Error> {
+        let live: HashSet<i64> = {
+            let conn = self.db();
+            conn.prepare("SELECT pid FROM Processes")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(self.db_err())?
+        };
+        let dead = |rest: &str| {
+            rest.split('-')
+                .next()
+                .and_then(|pid| pid.parse::<i64>().ok())
+                .is_some_and(|pid| !live.contains(&pid))
+        };
+        let mut freed = 0;
+        let builds = self.state_dir().join("builds");
+        for (dir, prefixes) in [
+            (self.root().to_owned(), &[".tmp-", ".chroot-"][..]),
+            (builds, &[""][..]),
+        ] {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("read", &dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_err("read", &dir))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let stale = prefixes
+                    .iter()
+                    .any(|p| name.strip_prefix(p).is_some_and(&dead));
+                if stale {
+                    let path = entry.path();
+                    freed += remove_tree(&path).map_err(io_err("delete", &path))?;
+                }
+            }
+        }
+        Ok(freed)
     }
 
     /// Mark and sweep: deletes every valid path that no root, temporary

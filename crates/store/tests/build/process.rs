@@ -287,3 +287,25 @@ fn progress_is_rendered_as_lines() -> TestResult {
     assert!(text.contains(&format!("done {drv}")), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_killed_builder_fails_its_build_and_leaves_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let d = sh(
+        &store,
+        "killed",
+        "mkdir $out; echo partial > $out/f; kill -9 $$",
+        &[],
+    );
+    let err = build_out(&store, plain(), &d).unwrap_err().to_string();
+    assert!(err.contains("killed by signal 9"), "{err}");
+    assert_eq!(strays(&store), Vec::<String>::new());
+    let builds = store.state_dir().join("builds");
+    assert_eq!(
+        std::fs::read_dir(&builds)?.count(),
+        0,
+        "no build dir is left"
+    );
+    Ok(())
+}

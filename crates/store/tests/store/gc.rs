@@ -262,3 +262,44 @@ fn a_full_collection_takes_reference_cycles() -> Result {
     assert!(!store.physical(&pairs[1].0).exists());
     assert_consistent(&store)
 }
+
+#[test]
+fn a_collection_removes_what_dead_processes_left_half_made() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    // No process has this pid (above the kernel's maximum).
+    let dead = 4_194_305;
+    let live = std::process::id();
+    let root = store.root().to_owned();
+    let builds = store.state_dir().join("builds");
+    std::fs::create_dir_all(&builds)?;
+    let made = [
+        root.join(format!(".tmp-{dead}-1-half")),
+        root.join(format!(".chroot-{dead}-2-build")),
+        builds.join(format!("{dead}-3-build")),
+    ];
+    let kept = [
+        root.join(format!(".tmp-{live}-1-busy")),
+        root.join(format!(".chroot-{live}-2-busy")),
+        builds.join(format!("{live}-3-busy")),
+    ];
+    for dir in made.iter().chain(&kept) {
+        std::fs::create_dir_all(dir.join("sub"))?;
+        std::fs::write(dir.join("sub/file"), "x")?;
+    }
+    let dry = store.collect_garbage(&GcOptions {
+        dry_run: true,
+        ..GcOptions::default()
+    })?;
+    assert_eq!(dry.freed_bytes, 0);
+    assert!(made.iter().all(|d| d.exists()), "a dry run removes nothing");
+    let report = store.collect_garbage(&GcOptions::default())?;
+    assert!(report.freed_bytes > 0);
+    for d in &made {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    for d in &kept {
+        assert!(d.exists(), "{} of a live process was removed", d.display());
+    }
+    Ok(())
+}
