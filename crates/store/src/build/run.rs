@@ -2,14 +2,15 @@
 //! first, outputs registered in groups.
 //!
 //! The calling thread schedules: it keeps, for every job, the number of
-//! dependencies not yet done and a heap of ready jobs ordered by priority,
+//! dependencies not yet done and heaps of ready jobs ordered by priority,
 //! so that finishing a job costs work in proportion to its own dependents,
-//! never to the size of the graph. Process builds and fetches run on their
-//! own threads; builtin builders run on the scheduling thread (they take
-//! microseconds). Finished jobs are registered together — whatever
-//! finished while the previous group was being registered forms the next
-//! group — so ten thousand small builds do not cost ten thousand syncs,
-//! and builds keep running while a group commits.
+//! never to the size of the graph. Process builds, fetches and downloads
+//! run on up to `max_jobs` reused worker threads; builtin builders run on
+//! the scheduling thread in rounds (they take microseconds). Finished jobs
+//! are registered in groups by a registrar thread, so that scheduling goes
+//! on while a group is synced and committed; a group goes when something
+//! may wait for it, when it is large or after a short delay, so ten
+//! thousand small builds do not cost ten thousand syncs.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fs;
@@ -174,20 +175,33 @@ impl<'s> Builder<'s> {
         let max_jobs = self.options.max_jobs.max(1);
         let (job_tx, job_rx) = mpsc::channel::<(usize, bool)>();
         let queue = std::sync::Mutex::new(job_rx);
+        let (reg_tx, reg_rx) = mpsc::channel::<Vec<(usize, Finished<'s>)>>();
         std::thread::scope(|scope| -> Result<(), Error> {
-            type Outcome<'s> = (usize, bool, Result<Finished<'s>, BuildFailure>);
-            let (tx, rx) = mpsc::channel::<Outcome<'s>>();
-            // Jobs that succeeded, registered after the next builds start:
-            // a slot freed by a finished build is not kept idle while its
-            // outputs are registered.
-            let mut to_register: Vec<(usize, Finished<'s>)> = Vec::new();
+            let (tx, rx) = mpsc::channel::<Event<'s>>();
             // Owned by this closure, so that any way out of it ends the
-            // workers' queue (and the scope can join them).
+            // workers' and the registrar's queues (and the scope can join
+            // them).
             let job_tx = job_tx;
-            let mut workers = 0usize;
+            let reg_tx = reg_tx;
+            // Registration has a thread of its own, so that the scheduler
+            // goes on starting builds while a group is synced and
+            // committed; whatever finishes meanwhile forms the next group.
+            {
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    for mut group in reg_rx {
+                        let r = self.register(&mut group).map_err(|e| e.to_string());
+                        if tx.send(Event::Registered(group, r)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            let mut to_register: Vec<(usize, Finished<'s>)> = Vec::new();
+            let mut registering = false;
             let mut oldest = std::time::Instant::now();
+            let mut workers = 0usize;
             loop {
-                let mut finished: Vec<(usize, Result<Finished<'s>, BuildFailure>)> = Vec::new();
                 // After a failure without keep_going, nothing new starts.
                 let mut out_of_tokens = false;
                 while let Some(i) = ready.threaded.peek().filter(|_| !stopping).map(|e| e.1 .0) {
@@ -229,18 +243,18 @@ impl<'s> Builder<'s> {
                             let Ok((i, token)) = next else { break };
                             let js = jobserver.filter(|_| token);
                             let r = self.run_job(&plan.jobs[i], js);
-                            if tx.send((i, token, r)).is_err() {
+                            if tx.send(Event::Done(i, token, r)).is_err() {
                                 break;
                             }
                         });
                     }
                     let _ = job_tx.send((i, token));
                 }
-                // A group is registered when something may wait for it (no
-                // other work is ready, or nothing runs), when it is big, or
-                // when it has waited long enough; until then builds go on
-                // and the group grows, so that a thousand quick builds are
-                // a few registrations (each with a file-system sync), not a
+                // A group goes when something may wait for it (nothing else
+                // is ready, or nothing runs), when it is big, or when it has
+                // waited long enough; until then builds go on and the group
+                // grows, so that a thousand quick builds are a few
+                // registrations (each with a file-system sync), not a
                 // thousand.
                 let due = !to_register.is_empty()
                     && (running == 0
@@ -248,37 +262,9 @@ impl<'s> Builder<'s> {
                         || (ready.threaded.is_empty() && ready.inline.is_empty())
                         || to_register.len() >= REGISTER_GROUP
                         || oldest.elapsed() >= REGISTER_DELAY);
-                if due {
-                    let mut ok = std::mem::take(&mut to_register);
-                    let registered = self.register(&mut ok, &mut report);
-                    for (i, f) in ok {
-                        match &registered {
-                            Ok(()) => {
-                                done += 1;
-                                self.observer.finished(plan.jobs[i].path(), &f.paths);
-                                for &d in &plan.jobs[i].dependents {
-                                    waiting[d] -= 1;
-                                    if waiting[d] == 0 {
-                                        ready.push(plan, d);
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                let failure = BuildFailure {
-                                    path: plan.jobs[i].path().clone(),
-                                    kind: FailureKind::Register(e.to_string()),
-                                    log_tail: Vec::new(),
-                                };
-                                self.observer.failed(&failure);
-                                failures.push(failure);
-                                stopping |= !self.options.keep_going;
-                                done +=
-                                    1 + self.fail_dependents(plan, i, &mut waiting, &mut failures);
-                            }
-                        }
-                    }
-                    self.observer.progress(done, running, n - done - running);
-                    continue;
+                if due && !registering {
+                    registering = true;
+                    let _ = reg_tx.send(std::mem::take(&mut to_register));
                 }
                 // A bounded round of builtins, so that finished process
                 // builds are picked up between rounds.
@@ -287,43 +273,85 @@ impl<'s> Builder<'s> {
                     let Some(e) = ready.inline.pop() else { break };
                     round.push(e.1 .0);
                 }
-                if !round.is_empty() {
-                    finished.extend(self.run_inline_round(plan, &round));
-                }
-                let mut outcomes: Vec<Outcome<'s>> = Vec::new();
+                let mut finished: Vec<(usize, Result<Finished<'s>, BuildFailure>)> =
+                    if round.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.run_inline_round(plan, &round)
+                    };
+                let mut events: Vec<Event<'s>> = Vec::new();
                 if finished.is_empty() {
-                    if running == 0 {
+                    if running == 0 && !registering {
                         break;
                     }
                     self.observer.progress(done, running, n - done - running);
-                    if out_of_tokens || !to_register.is_empty() {
+                    if out_of_tokens || (!registering && !to_register.is_empty()) {
                         // Builders return tokens without ending (a make
                         // finishing a job), and a waiting group falls due:
                         // look again soon.
                         match rx.recv_timeout(TOKEN_POLL) {
-                            Ok(got) => outcomes.push(got),
+                            Ok(e) => events.push(e),
                             Err(mpsc::RecvTimeoutError::Timeout) => continue,
                             Err(mpsc::RecvTimeoutError::Disconnected) => {
                                 unreachable!("the scheduler holds a sender")
                             }
                         }
                     } else {
-                        outcomes.push(rx.recv().expect("a running job reports"));
+                        events.push(rx.recv().expect("the scheduler holds a sender"));
                     }
                 }
-                outcomes.extend(rx.try_iter());
-                for (i, token, r) in outcomes {
-                    running -= 1;
-                    if token {
-                        holding -= 1;
-                        if let Some(js) = jobserver {
-                            js.release();
+                events.extend(rx.try_iter());
+                for event in events {
+                    match event {
+                        Event::Done(i, token, r) => {
+                            running -= 1;
+                            if token {
+                                holding -= 1;
+                                if let Some(js) = jobserver {
+                                    js.release();
+                                }
+                            }
+                            finished.push((i, r));
+                        }
+                        Event::Registered(group, r) => {
+                            registering = false;
+                            for (i, mut f) in group {
+                                match &r {
+                                    Ok(()) => {
+                                        done += 1;
+                                        report.built += f.built as usize;
+                                        report.fetched += f.fetched as usize;
+                                        report.checks.append(&mut f.checks);
+                                        self.observer.finished(plan.jobs[i].path(), &f.paths);
+                                        for &d in &plan.jobs[i].dependents {
+                                            waiting[d] -= 1;
+                                            if waiting[d] == 0 {
+                                                ready.push(plan, d);
+                                            }
+                                        }
+                                    }
+                                    Err(e) => {
+                                        let failure = BuildFailure {
+                                            path: plan.jobs[i].path().clone(),
+                                            kind: FailureKind::Register(e.clone()),
+                                            log_tail: Vec::new(),
+                                        };
+                                        self.observer.failed(&failure);
+                                        failures.push(failure);
+                                        stopping |= !self.options.keep_going;
+                                        done += 1 + self.fail_dependents(
+                                            plan,
+                                            i,
+                                            &mut waiting,
+                                            &mut failures,
+                                        );
+                                    }
+                                }
+                            }
+                            self.observer.progress(done, running, n - done - running);
                         }
                     }
-                    finished.push((i, r));
                 }
-                // What succeeded is registered as one group, at the top of
-                // the next turn.
                 for (i, r) in finished {
                     match r {
                         Ok(f) => {
@@ -343,8 +371,6 @@ impl<'s> Builder<'s> {
                     }
                 }
             }
-            // The workers end when the queue does.
-            drop(job_tx);
             Ok(())
         })?;
         if failures.is_empty() {
@@ -384,11 +410,7 @@ impl<'s> Builder<'s> {
     }
 
     /// Registers a group of finished jobs in one batch.
-    fn register(
-        &self,
-        group: &mut [(usize, Finished<'s>)],
-        report: &mut BuildReport,
-    ) -> Result<(), Error> {
+    fn register(&self, group: &mut [(usize, Finished<'s>)]) -> Result<(), Error> {
         let mut batch = self.store.batch();
         let mut locks = Vec::new();
         for (_, f) in group.iter_mut() {
@@ -401,9 +423,6 @@ impl<'s> Builder<'s> {
             if let Some(l) = f.locks.take() {
                 locks.push(l);
             }
-            report.built += f.built as usize;
-            report.fetched += f.fetched as usize;
-            report.checks.append(&mut f.checks);
         }
         batch.commit_holding(&mut locks)?;
         Ok(())
@@ -825,18 +844,27 @@ fn hash_file(path: &Path, algo: HashAlgo) -> Result<Hash, nar::DumpError> {
 /// Builtins run per round of the scheduling loop, at most.
 const INLINE_ROUND: usize = 1024;
 
-/// Finished jobs registered together at most.
-const REGISTER_GROUP: usize = 1024;
-
-/// How long a finished job waits for its group to be registered, at most.
-const REGISTER_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// How often the scheduler looks for a free token while builds run.
 const TOKEN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Whether a job runs a builder process (and so takes a token).
 fn needs_token(kind: &JobKind) -> bool {
     matches!(kind, JobKind::Build { derivation, .. } if !builtin::is_builtin(derivation))
+}
+
+/// Finished jobs registered together at most.
+const REGISTER_GROUP: usize = 1024;
+
+/// How long a finished job waits for its group to be registered, at most
+/// (unless the registrar is still busy with the previous group).
+const REGISTER_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What the scheduler hears from workers and the registrar.
+enum Event<'s> {
+    /// Job `i` ended (`true`: it held a token).
+    Done(usize, bool, Result<Finished<'s>, BuildFailure>),
+    /// A group was registered, or not (why).
+    Registered(Vec<(usize, Finished<'s>)>, Result<(), String>),
 }
 
 /// A ready job's place in a heap: priority first, then plan order.
