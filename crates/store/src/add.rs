@@ -537,14 +537,22 @@ fn commit(
         pending.iter().flat_map(|p| &p.info.references).collect();
     paths.sort();
     paths.dedup();
+    store.add_temp_roots(paths.iter().copied().chain(referenced.iter().copied()))?;
+    // Only what is not valid yet needs a lock: re-adding what is there
+    // (derivations evaluated again, say) costs one query, not a lock row
+    // taken and released per path.
+    let valid_before = store.valid_among(paths.iter().copied())?;
     let mut locks = LockSet::new(store);
-    // Temporary roots in the same transaction as the locks, one commit.
     locks.lock_all_beside(
-        paths.iter().copied(),
-        paths.iter().copied().chain(referenced.iter().copied()),
+        paths.iter().copied().filter(|p| !valid_before.contains(*p)),
+        std::iter::empty(),
         held,
     )?;
-    let valid = store.valid_among(paths.iter().copied())?;
+    let valid = if valid_before.len() == paths.len() {
+        valid_before
+    } else {
+        store.valid_among(paths.iter().copied())?
+    };
 
     // Write texts in place and collect staged trees, then sync once. A
     // crash before registration leaves only unregistered files behind.
@@ -684,15 +692,24 @@ pub(crate) fn register<'a>(
     if !drv_outputs.is_empty() {
         let mut row = tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO DerivationOutputs (drv, output, path)
-                 SELECT id, ?2, ?3 FROM ValidPaths WHERE path = ?1",
+                "INSERT INTO DerivationOutputs (drv, output, path)
+                 SELECT id, ?2, ?3 FROM ValidPaths WHERE path = ?1
+                 ON CONFLICT (drv, output) DO UPDATE SET path = excluded.path
+                   WHERE path != excluded.path",
             )
             .map_err(store.db_err())?;
+        let mut is_valid = tx
+            .prepare_cached("SELECT 1 FROM ValidPaths WHERE path = ?1")
+            .map_err(store.db_err())?;
         for (drv, output, path) in drv_outputs {
+            let drv_name = drv.to_string();
+            // No change: the row was there already, or the derivation is
+            // not valid (which is an error).
             if row
-                .execute(params![drv.to_string(), output.as_str(), path.to_string()])
+                .execute(params![drv_name, output.as_str(), path.to_string()])
                 .map_err(store.db_err())?
                 == 0
+                && !is_valid.exists([&drv_name]).map_err(store.db_err())?
             {
                 return Err(Error::NotValid { path: drv.clone() });
             }
