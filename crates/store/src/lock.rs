@@ -90,8 +90,13 @@ impl<'s> LockSet<'s> {
                 .join(",")
         );
         let names: Vec<String> = paths.into_iter().map(|p| p.to_string()).collect();
-        let wanted = crate::store::json_array(&names);
         let roots: Vec<String> = temp_roots.into_iter().map(|p| p.to_string()).collect();
+        if names.is_empty() && roots.is_empty() {
+            // Nothing to lock or root (a batch of valid paths): no
+            // transaction at all.
+            return Ok(());
+        }
+        let wanted = crate::store::json_array(&names);
         let roots = if roots.is_empty() {
             String::new()
         } else {
