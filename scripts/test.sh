@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # Nix 2.8 is the peer our formats are checked against, live.
 need=()
 command -v nix-store >/dev/null || need+=(nix-bin)
+# GNU make: the jobserver tests run two `make` builds side by side.
+command -v make >/dev/null || need+=(make)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=
   [ "$(id -u)" = 0 ] || sudo=sudo
