@@ -194,12 +194,7 @@ impl BuildObserver for Progress {
         if self.width.is_some() {
             self.redraw(&mut state, false);
         } else {
-            let verb = match what {
-                Activity::Fetch => "fetching",
-                Activity::Download => "downloading",
-                Activity::Check => "checking",
-                _ => "building",
-            };
+            let (verb, _) = verbs(what);
             self.print(&mut state, &format!("{verb} {}", self.dir.display(path)));
         }
     }
@@ -222,12 +217,7 @@ impl BuildObserver for Progress {
         if self.width.is_some() {
             self.redraw(&mut state, false);
         } else {
-            let verb = match what {
-                Activity::Fetch => "fetched",
-                Activity::Download => "downloaded",
-                Activity::Check => "checked",
-                _ => "built",
-            };
+            let (_, verb) = verbs(what);
             self.print(&mut state, &format!("{verb} {}", self.dir.display(path)));
         }
     }
@@ -254,6 +244,16 @@ impl BuildObserver for Progress {
         let mut state = self.lock();
         state.counts = (done, running, remaining);
         self.redraw(&mut state, false);
+    }
+}
+
+/// What a job of each kind is doing, and has done, in plain lines.
+fn verbs(what: Activity) -> (&'static str, &'static str) {
+    match what {
+        Activity::Fetch => ("fetching", "fetched"),
+        Activity::Download => ("downloading", "downloaded"),
+        Activity::Check => ("checking", "checked"),
+        _ => ("building", "built"),
     }
 }
 
