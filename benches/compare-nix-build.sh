@@ -24,9 +24,11 @@
 # after many were deleted is several times slower).
 #
 #   benches/compare-nix-build.sh
-#     env: RUNS (10), SLOW_RUNS (3: Nix at 10,000, several minutes a run),
+#     env: RUNS (10), SLOW_RUNS (3: Nix at 10,000, about 25 minutes a run),
 #     BENCH_DIR (a new dir in the target dir), KEEP=1 (keep it), N_SMALL
-#     (1000), N_BIG (10000), SKIP_NIX_BIG=1 (no Nix run at N_BIG)
+#     (1000), N_BIG (10000), NIX_BIG ("sandboxed unsandboxed": which Nix
+#     runs at N_BIG; SKIP_NIX_BIG=1 means none). The Nix no-op peer needs
+#     a Nix run at N_BIG (the sandboxed one if both).
 #
 # Needs hyperfine, nix-bin and python3, and root (or unprivileged user
 # namespaces) for the sandboxes. Prints hyperfine's tables and the medians
@@ -50,6 +52,8 @@ runs=${RUNS:-10}
 slow_runs=${SLOW_RUNS:-3}
 n_small=${N_SMALL:-1000}
 n_big=${N_BIG:-10000}
+nix_big=${NIX_BIG:-sandboxed unsandboxed}
+[ "${SKIP_NIX_BIG:-}" != 1 ] || nix_big=
 
 # On the same file system as the build, not a tmpfs: a store lives on disk.
 mkdir -p "$target"
@@ -114,11 +118,11 @@ for n in $n_small $n_big; do
     hf --export-json "$json/nix-sb-$n.json" \
       --prepare "$fresh nix-sb" -n "nix-build trivial $n sandboxed" "$nix sb $n $cur"
     check_top "$(last)/nix/store" "$n"
-  elif [ "${SKIP_NIX_BIG:-}" != 1 ]; then
+  elif [[ " $nix_big " == *" sandboxed "* ]]; then
     hf_slow --export-json "$json/nix-sb-$n.json" \
       --prepare "$fresh nix-sb" -n "nix-build trivial $n sandboxed" "$nix sb $n $cur"
     check_top "$(last)/nix/store" "$n"
-    cp "$work/cur" "$work/noop-nix"
+    echo "sb $(last)" > "$work/noop-nix"
   fi
 
   echo; echo "== 1. $n trivial derivations + 1, unsandboxed, 2 jobs"
@@ -129,10 +133,11 @@ for n in $n_small $n_big; do
     hf --export-json "$json/nix-nosb-$n.json" \
       --prepare "$fresh nix-nosb" -n "nix-build trivial $n unsandboxed" "$nix nosb $n $cur"
     check_top "$(last)/store" "$n"
-  elif [ "${SKIP_NIX_BIG:-}" != 1 ]; then
+  elif [[ " $nix_big " == *" unsandboxed "* ]]; then
     hf_slow --export-json "$json/nix-nosb-$n.json" \
       --prepare "$fresh nix-nosb" -n "nix-build trivial $n unsandboxed" "$nix nosb $n $cur"
     check_top "$(last)/store" "$n"
+    [ -f "$work/noop-nix" ] || echo "nosb $(last)" > "$work/noop-nix"
   fi
 
   echo; echo "== 2. $n processes, no store, 2 at a time"
@@ -157,7 +162,9 @@ noop_ours_nosb=$(cat "$work/noop-ours-nosb")
 noop=(-n "bigtop no-op $n_big (sandboxed store)" "'$bb' trivial $n_big --store '$noop_ours' -j 2 > /dev/null"
       -n "bigtop no-op $n_big (unsandboxed store)" "'$bb' trivial $n_big --store '$noop_ours_nosb' --no-sandbox -j 2 > /dev/null")
 if [ -f "$work/noop-nix" ]; then
-  noop+=(-n "nix-build no-op $n_big (sandboxed)" "$nix sb $n_big '$(cat "$work/noop-nix")'")
+  read -r kind dir < "$work/noop-nix"
+  what=$([ "$kind" = sb ] && echo sandboxed || echo unsandboxed)
+  noop+=(-n "nix-build no-op $n_big ($what)" "$nix $kind $n_big '$dir'")
 fi
 hyperfine --warmup 2 --runs "$runs" --export-json "$json/noop.json" "${noop[@]}"
 # Inside the binary: adding the (valid) derivations, and the build call.
@@ -176,7 +183,12 @@ print()
 print("medians:")
 for cmd, t in r.items():
     n = n_big if str(n_big) in cmd else n_small
-    print(f"  {cmd}: {ms(t)}  ({t*1000/(n+1):.2f} ms a derivation)" if "no-op" not in cmd else f"  {cmd}: {ms(t)}")
+    if "no-op" in cmd:
+        print(f"  {cmd}: {ms(t)}")
+    elif cmd.startswith("spawn"):
+        print(f"  {cmd}: {ms(t)}  ({t*1000/n:.2f} ms a process)")
+    else:
+        print(f"  {cmd}: {ms(t)}  ({t*1000/(n+1):.2f} ms a derivation)")
 def ratio(a, b, what, target):
     if a in r and b in r:
         print(f"{what}: {r[a]/r[b]:.2f}x  ({target})")
@@ -191,8 +203,9 @@ for n in [n_small, n_big]:
           f"bigtop sandboxed / plain spawn, {n}", "no target")
 print(f"bigtop builtin {n_big}: {ms(r[f'bigtop builtin {n_big}'])}  (target < 1,000 ms)")
 print(f"bigtop no-op {n_big}: {ms(r[f'bigtop no-op {n_big} (sandboxed store)'])}  (target < 50 ms)")
-ratio(f"nix-build no-op {n_big} (sandboxed)", f"bigtop no-op {n_big} (sandboxed store)",
-      f"nix-build / bigtop, no-op {n_big}", "no target")
+for what in ["sandboxed", "unsandboxed"]:
+    ratio(f"nix-build no-op {n_big} ({what})", f"bigtop no-op {n_big} ({what} store)",
+          f"nix-build / bigtop, no-op {n_big} ({what})", "no target")
 for name in ["noop-ours", "noop-ours-nosb"]:
     lines = open(f"{d}/{name}.txt").read().splitlines()
     phase = lambda p: statistics.median(float(re.search(p + r" ([0-9.]+) ms", l).group(1)) for l in lines)
