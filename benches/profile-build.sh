@@ -9,9 +9,11 @@
 #     env: N (10000), PROFILE_DIR (a new dir in the target dir), KEEP=1
 #
 # For each case it prints
-#   - on-CPU: `perf record -F 499 --call-graph dwarf` of the process and its
-#     children, as the self time of the hottest symbols (`perf report
-#     --no-children`) and the inclusive time of bigtop's functions;
+#   - on-CPU: `perf record -c 1000000` (a sample a millisecond of CPU, DWARF
+#     call graphs; a fixed period, since frequency mode undercounts the
+#     thousands of short-lived children) of the process and its children,
+#     as the self time of the hottest symbols (`perf report --no-children`)
+#     and the inclusive time of bigtop's functions;
 #   - off-CPU: every context switch of the process's threads, recorded
 #     system-wide (`sched:sched_switch`, filtered on the comm) with its
 #     stack, and the time until the thread ran again, summed per function
@@ -145,7 +147,7 @@ for c in "${cases[@]}"; do
   on=$(mktemp -d "$work/$c-on.XXXXXX") off=$(mktemp -d "$work/$c-off.XXXXXX")
   store "$c" "$on"
   store "$c" "$off"
-  perf record -q -F 499 --call-graph dwarf,16384 -o "$on.data" -- sh -c "$(cmd "$c" "$on")"
+  perf record -q -e cpu-clock -c 1000000 --call-graph dwarf,16384 -o "$on.data" -- sh -c "$(cmd "$c" "$on")"
   perf record -q -a -e sched:sched_switch \
     --filter 'prev_comm == "build-bench" || next_comm == "build-bench"' \
     --call-graph dwarf,16384 -o "$off.data" -- sh -c "$(cmd "$c" "$off")"
