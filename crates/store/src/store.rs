@@ -106,8 +106,15 @@ impl StoreBuilder {
 
     /// Opens the store, creating it if it does not exist.
     pub fn open(self) -> Result<Store, Error> {
-        let root = self.root.unwrap_or_else(|| self.dir.as_path().to_owned());
-        let state = self.state.unwrap_or_else(|| root.with_file_name("var"));
+        // Absolute from here on: builders run in other directories and the
+        // sandbox mounts these paths, so a relative root would point
+        // elsewhere (or nowhere) once a build starts.
+        let absolute = |p: PathBuf| std::path::absolute(&p).map_err(io_err("resolve", &p));
+        let root = absolute(self.root.unwrap_or_else(|| self.dir.as_path().to_owned()))?;
+        let state = match self.state {
+            Some(s) => absolute(s)?,
+            None => root.with_file_name("var"),
+        };
         for d in [
             &root,
             &state.join("db"),

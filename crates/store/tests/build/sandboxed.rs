@@ -62,6 +62,24 @@ fn a_sandboxed_build_sees_its_inputs_at_their_logical_paths_and_nothing_else() -
 }
 
 #[test]
+fn a_chroot_store_opened_by_a_relative_path_builds_in_the_sandbox() -> TestResult {
+    // Relative to the test's working directory, which the builder is not in.
+    let tmp = tempfile::tempdir_in(".")?;
+    let relative = tmp
+        .path()
+        .strip_prefix(std::env::current_dir()?)
+        .unwrap_or(tmp.path());
+    assert!(relative.is_relative(), "{}", relative.display());
+    let store = Store::open_chroot(relative)?;
+    assert!(store.root().is_absolute() && store.state_dir().is_absolute());
+    let d = sh(&store, "rel", "echo hi > $out", &[]);
+    let out = build_out(&store, sandboxed(), &d)?;
+    assert_eq!(std::fs::read_to_string(store.physical(&out))?, "hi\n");
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
 fn the_log_records_the_host_paths_a_build_saw() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
