@@ -541,30 +541,39 @@ impl Store {
         Ok(out)
     }
 
-    /// Where the (gzip-compressed) build log of `drv` is kept.
-    pub fn log_path(&self, drv: &StorePath) -> PathBuf {
+    /// Where the build log of `drv` is kept: gzip-compressed when it was
+    /// big, plain text when small (not worth a compressor per build).
+    pub(crate) fn log_file(&self, drv: &StorePath, compressed: bool) -> PathBuf {
         let name = drv.to_string();
         // Two-character fan-out, so that no directory holds every log.
-        self.state
-            .join("logs")
-            .join(&name[..2])
-            .join(format!("{}.gz", &name[2..]))
+        let file = if compressed {
+            format!("{}.gz", &name[2..])
+        } else {
+            name[2..].to_owned()
+        };
+        self.state.join("logs").join(&name[..2]).join(file)
     }
 
     /// The build log of `drv`, if it was built here.
     pub fn read_log(&self, drv: &StorePath) -> Result<Option<String>, Error> {
         use std::io::Read;
-        let path = self.log_path(drv);
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("open", &path)(e)),
-        };
-        let mut text = Vec::new();
-        flate2::read::MultiGzDecoder::new(file)
-            .read_to_end(&mut text)
+        for compressed in [false, true] {
+            let path = self.log_file(drv, compressed);
+            let mut file = match fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("open", &path)(e)),
+            };
+            let mut text = Vec::new();
+            if compressed {
+                flate2::read::MultiGzDecoder::new(file).read_to_end(&mut text)
+            } else {
+                file.read_to_end(&mut text)
+            }
             .map_err(io_err("read", &path))?;
-        Ok(Some(String::from_utf8_lossy(&text).into_owned()))
+            return Ok(Some(String::from_utf8_lossy(&text).into_owned()));
+        }
+        Ok(None)
     }
 
     /// Adds one derivation (see [`AddBatch::add_derivation`](crate::AddBatch::add_derivation)).

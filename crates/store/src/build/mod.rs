@@ -39,6 +39,7 @@
 pub mod builtin;
 pub mod fetch;
 mod jobserver;
+mod log;
 pub mod observer;
 pub mod plan;
 mod process;

@@ -11,8 +11,9 @@ use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
 use super::jobserver::Jobserver;
+use super::log::LogSink;
 use super::observer::BuildObserver;
-use super::run::{with_placeholders, LogSink};
+use super::run::with_placeholders;
 use super::{BuildFailure, BuildOptions, FailureKind, Sandboxing};
 use crate::add::remove_tree;
 use crate::store::Store;
@@ -123,8 +124,7 @@ pub(crate) fn run(
     };
     let d = with_placeholders(store, derivation, outputs);
     let build_dir = BuildDir::new(store, &d.name).map_err(|k| fail(k, Vec::new()))?;
-    let mut log = LogSink::new(store, drv, observer, options.log_lines)
-        .map_err(|e| fail(FailureKind::Setup(e.to_string()), Vec::new()))?;
+    let mut log = LogSink::new(store, drv, observer, options.log_lines);
     match options.sandbox {
         Sandboxing::Disabled => {
             if check {
@@ -227,48 +227,63 @@ fn spawn_plain(
         .map_err(|e| format!("cannot run builder `{}`: {e}", d.builder))?;
     // Our copy of the write end must go, or the log never ends.
     drop(writer);
-    std::thread::scope(|s| {
-        let pump = s.spawn(|| log.pump(reader));
-        // Wait for the exit without reaping: while the builder is a zombie
-        // its group id cannot be reused, so the kill below reaches only
-        // what it left running (which would otherwise keep the log open).
-        let waited = loop {
-            // SAFETY: waitid writes only into `info`, a plain C struct.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    pid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOWAIT,
-                )
-            };
-            if r == 0 {
-                break Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                break Err(e);
-            }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let pidfd = (pidfd >= 0).then(|| {
+        // SAFETY: a descriptor the call just opened, owned by nobody else.
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as RawFd) }
+    });
+    // Whether the builder has exited, without reaping it: while it is a
+    // zombie its group id cannot be reused, so the kill below reaches only
+    // what it left running (which would otherwise keep the log open).
+    let exited = |flags: libc::c_int| {
+        // SAFETY: waitid writes only into `info`, a plain C struct.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | flags,
+            )
         };
+        // With WNOHANG and nothing to report, waitid leaves the pid 0.
+        r == 0 && unsafe { info.si_pid() } == pid
+    };
+    // One thread reads the log and notices the exit; usually the log ends
+    // first (the builder's exit closes it).
+    let ended = log.pump_until_exit(
+        &reader,
+        pidfd.as_ref().map(std::os::fd::AsFd::as_fd),
+        || exited(libc::WNOHANG),
+    );
+    if !ended {
         // SAFETY: killpg only sends a signal to the group the builder led.
         unsafe {
             libc::killpg(pid, libc::SIGKILL);
         }
-        let status = waited.and_then(|()| loop {
-            let mut status = 0;
-            // SAFETY: reaps our own child, writing only `status`.
-            if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
-                break Ok(std::process::ExitStatus::from_raw(status));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                break Err(e);
-            }
-        });
-        let _ = pump.join();
-        status.map_err(|e| format!("cannot wait for builder: {e}"))
-    })
+        log.pump(&reader);
+    }
+    let status = loop {
+        let mut status = 0;
+        // SAFETY: reaps our own child, writing only `status`.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            break Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            break Err(e);
+        }
+    };
+    if ended {
+        // What it left running is killed all the same (it may not hold
+        // the log, but it must not outlive its build).
+        // SAFETY: as above; after reaping, the group may be empty.
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+    }
+    status.map_err(|e| format!("cannot wait for builder: {e}"))
 }
 
 /// Starts the builder with `posix_spawn`, which glibc implements with

@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -25,11 +24,12 @@ use bigtop_core::hash::{Hash, HashAlgo};
 use bigtop_core::{nar, StorePath};
 
 use super::jobserver::Jobserver;
+use super::log::LogSink;
 use super::observer::{Activity, BuildObserver, Silent};
 use super::plan::{self, JobKind, Plan, Substituter};
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Sandboxing};
 use crate::add::{canonicalize, remove_tree};
-use crate::error::{io_err, Error};
+use crate::error::Error;
 use crate::lock::LockSet;
 use crate::scan::ReferenceScanner;
 use crate::store::{PathInfo, Store};
@@ -648,10 +648,12 @@ impl<'s> Builder<'s> {
             let mut log = if builtin::is_inline(derivation) {
                 None
             } else {
-                Some(
-                    LogSink::new(self.store, drv, self.observer, self.options.log_lines)
-                        .map_err(io)?,
-                )
+                Some(LogSink::new(
+                    self.store,
+                    drv,
+                    self.observer,
+                    self.options.log_lines,
+                ))
             };
             let mut note = |line: &str| {
                 if let Some(log) = &mut log {
@@ -975,83 +977,6 @@ pub(crate) fn placeholders(
         .iter()
         .map(|(o, p)| (placeholder(o), store.store_dir().display(p).to_string()))
         .collect()
-}
-
-/// Writes lines of a build's log to its compressed log file, the observer
-/// and a tail kept for the failure report.
-pub(crate) struct LogSink<'a> {
-    file: Option<flate2::write::GzEncoder<fs::File>>,
-    drv: &'a StorePath,
-    observer: &'a dyn BuildObserver,
-    tail: std::collections::VecDeque<String>,
-    keep: usize,
-}
-
-impl<'a> LogSink<'a> {
-    pub(crate) fn new(
-        store: &Store,
-        drv: &'a StorePath,
-        observer: &'a dyn BuildObserver,
-        keep: usize,
-    ) -> Result<Self, Error> {
-        let path = store.log_path(drv);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-        }
-        let file = fs::File::create(&path).map_err(io_err("create", &path))?;
-        Ok(LogSink {
-            file: Some(flate2::write::GzEncoder::new(
-                file,
-                flate2::Compression::fast(),
-            )),
-            drv,
-            observer,
-            tail: std::collections::VecDeque::new(),
-            keep,
-        })
-    }
-
-    /// Reads `from` to its end, line by line.
-    pub(crate) fn pump(&mut self, from: impl std::io::Read) {
-        let mut r = BufReader::new(from);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if let Some(f) = &mut self.file {
-                        if f.write_all(&buf).is_err() {
-                            // A full disk loses the log, not the build.
-                            self.file = None;
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&buf);
-                    let line = text.trim_end_matches(['\n', '\r']);
-                    self.observer.log_line(self.drv, line);
-                    if self.keep > 0 {
-                        if self.tail.len() == self.keep {
-                            self.tail.pop_front();
-                        }
-                        self.tail.push_back(line.to_owned());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Adds a line of our own (not the builder's) to the log.
-    pub(crate) fn note(&mut self, line: &str) {
-        self.pump(format!("{line}\n").as_bytes());
-    }
-
-    /// Finishes the log file; returns the tail.
-    pub(crate) fn finish(mut self) -> Vec<String> {
-        if let Some(f) = self.file.take() {
-            let _ = f.finish();
-        }
-        self.tail.into_iter().collect()
-    }
 }
 
 /// Shared by process builds: the derivation with its placeholders filled.

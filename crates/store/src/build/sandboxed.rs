@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
+use super::log::LogSink;
 use super::process::{environment, BuildDir};
-use super::run::LogSink;
 use super::{BuildOptions, FailureKind};
 use crate::add::remove_tree;
 use crate::error::Error;
@@ -119,13 +119,10 @@ pub(crate) fn run(
     let child = sandbox::spawn(&spec).map_err(|e| setup(e.to_string()))?;
     // The spec holds the pipe's write ends: the log ends once they close.
     drop(spec);
-    let status = std::thread::scope(|s| {
-        let pump = s.spawn(|| log.pump(reader));
-        let status = child.wait();
-        let _ = pump.join();
-        status
-    })
-    .map_err(|e| setup(e.to_string()))?;
+    // The builder is the sandbox's init: when it exits, the kernel kills
+    // everything else inside, so the log ends no later than the build.
+    log.pump(reader);
+    let status = child.wait().map_err(|e| setup(e.to_string()))?;
     // Move what was made out of the scratch root before it goes.
     let inside = scratch
         .0

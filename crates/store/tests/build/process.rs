@@ -309,3 +309,88 @@ fn a_killed_builder_fails_its_build_and_leaves_nothing() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn what_a_builder_leaves_running_is_killed_and_does_not_hold_the_build() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    // The sleeper keeps the log's pipe open: without the kill, the build
+    // would wait for it (here: forever, as far as the test is concerned).
+    let d = sh(
+        &store,
+        "leaves",
+        "/bin/sleep 100000 & echo $! > $out; echo started",
+        &[],
+    );
+    let drv = store.add_derivation(&d)?;
+    let out = build_out(&store, plain(), &d)?;
+    let pid: u32 = std::fs::read_to_string(store.physical(&out))?
+        .trim()
+        .parse()?;
+    // Killed with its group (then reaped by whoever inherited it).
+    let gone = (0..200).any(|_| {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        if alive {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        !alive
+    });
+    assert!(gone, "the builder's sleeper {pid} is still running");
+    assert_eq!(store.read_log(&drv)?.as_deref(), Some("started\n"));
+    Ok(())
+}
+
+#[test]
+fn a_long_log_is_kept_whole_and_compressed_and_a_short_one_plain() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    // About 600 KiB, across many pipe reads; the last line has no newline.
+    let long = sh(
+        &store,
+        "long",
+        "i=0; while [ $i -lt 40000 ]; do echo \"line $i of the long log\"; i=$((i+1)); done; \
+         printf 'no newline'; echo > $out",
+        &[],
+    );
+    let short = sh(&store, "short", "echo one; echo two >&2; echo > $out", &[]);
+    let long_drv = store.add_derivation(&long)?;
+    let short_drv = store.add_derivation(&short)?;
+    build_out(&store, plain(), &long)?;
+    build_out(&store, plain(), &short)?;
+    let mut expected: String = (0..40000)
+        .map(|i| format!("line {i} of the long log\n"))
+        .collect();
+    expected.push_str("no newline");
+    assert_eq!(store.read_log(&long_drv)?.as_deref(), Some(&*expected));
+    assert_eq!(store.read_log(&short_drv)?.as_deref(), Some("one\ntwo\n"));
+    let logs = store.state_dir().join("logs");
+    let files: Vec<(String, u64)> = walk(&logs)
+        .into_iter()
+        .map(|p| {
+            (
+                p.to_string_lossy().into_owned(),
+                p.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    let (gz, plain_files): (Vec<_>, Vec<_>) = files.iter().partition(|(p, _)| p.ends_with(".gz"));
+    assert_eq!((gz.len(), plain_files.len()), (1, 1), "{files:?}");
+    assert!(gz[0].1 < expected.len() as u64 / 4, "{files:?}");
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -214,3 +214,23 @@ fn verify_leaves_running_builds_alone() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn what_a_sandboxed_builder_leaves_running_dies_with_it() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    // Only /bin/sh is inside: a subshell spinning forever, holding the
+    // log's pipe. The build ends when the builder does.
+    let d = sh(
+        &store,
+        "spinner",
+        "(while :; do :; done) & echo started; echo > $out",
+        &[],
+    );
+    let drv = store.add_derivation(&d)?;
+    build_out(&store, sandboxed(), &d)?;
+    let log = store.read_log(&drv)?.unwrap();
+    assert!(log.ends_with("\nstarted\n"), "{log}");
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
