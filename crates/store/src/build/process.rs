@@ -27,35 +27,70 @@ pub(crate) const NO_HOME: &str = "/homeless-shelter";
 /// `PATH` when the derivation gives none: nothing is found by name.
 pub(crate) const NO_PATH: &str = "/path-not-set";
 
-/// A private, empty directory for one build, removed when dropped.
-pub(crate) struct BuildDir(PathBuf);
+/// A worker's build directory: made on its first process build, emptied
+/// after each (so that the next build finds it as new), removed with the
+/// worker. Making and removing a directory per build costs a disk-backed
+/// state dir a block allocation and a discard each time.
+#[derive(Default)]
+pub(crate) struct BuildDirSlot(Option<PathBuf>);
 
-impl BuildDir {
-    pub(crate) fn new(store: &Store, name: &str) -> Result<BuildDir, FailureKind> {
-        let base = store.state_dir().join("builds");
-        let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("{}-{n}-{name}", std::process::id()));
-        fs::create_dir_all(&base)
-            .and_then(|()| {
-                use std::os::unix::fs::DirBuilderExt;
-                fs::DirBuilder::new().mode(0o700).create(&dir)
-            })
-            .map_err(|e| {
-                FailureKind::Setup(format!("cannot create build dir `{}`: {e}", dir.display()))
-            })?;
-        Ok(BuildDir(dir))
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
+impl BuildDirSlot {
+    /// The directory for one build; emptied again when the loan ends.
+    pub(crate) fn lend(&mut self, store: &Store) -> Result<LentDir<'_>, FailureKind> {
+        if self.0.is_none() {
+            let base = store.state_dir().join("builds");
+            let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
+            // The pid first: GC removes the directories of dead processes.
+            let dir = base.join(format!("{}-{n}", std::process::id()));
+            fs::create_dir_all(&base)
+                .and_then(|()| {
+                    use std::os::unix::fs::DirBuilderExt;
+                    fs::DirBuilder::new().mode(0o700).create(&dir)
+                })
+                .map_err(|e| {
+                    FailureKind::Setup(format!("cannot create build dir `{}`: {e}", dir.display()))
+                })?;
+            self.0 = Some(dir);
+        }
+        Ok(LentDir(self))
     }
 }
 
-impl Drop for BuildDir {
+impl Drop for BuildDirSlot {
     fn drop(&mut self) {
-        // Builders may leave read-only directories: the store's removal
-        // walk makes each writable before emptying it.
-        let _ = remove_tree(&self.0);
+        if let Some(dir) = self.0.take() {
+            // Builders may leave read-only directories: the store's removal
+            // walk makes each writable before emptying it.
+            let _ = remove_tree(&dir);
+        }
+    }
+}
+
+/// A build directory lent to one build.
+pub(crate) struct LentDir<'a>(&'a mut BuildDirSlot);
+
+impl LentDir<'_> {
+    pub(crate) fn path(&self) -> &Path {
+        self.0 .0.as_deref().expect("a lent build dir exists")
+    }
+}
+
+impl Drop for LentDir<'_> {
+    fn drop(&mut self) {
+        let Some(dir) = &self.0 .0 else { return };
+        // The builder may have changed the directory's mode as well as its
+        // contents; anything that cannot be undone costs a new directory.
+        let emptied = fs::read_dir(dir).and_then(|entries| {
+            for e in entries {
+                remove_tree(&e?.path())?;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        });
+        if emptied.is_err() {
+            let _ = remove_tree(dir);
+            self.0 .0 = None;
+        }
     }
 }
 
@@ -116,6 +151,7 @@ pub(crate) fn run(
     check: bool,
     observer: &dyn BuildObserver,
     jobserver: Option<&Jobserver>,
+    build_dir: &mut BuildDirSlot,
 ) -> Result<BTreeMap<OutputName, PathBuf>, BuildFailure> {
     let fail = |kind: FailureKind, log_tail: Vec<String>| BuildFailure {
         path: drv.clone(),
@@ -123,7 +159,7 @@ pub(crate) fn run(
         log_tail,
     };
     let d = with_placeholders(store, derivation, outputs);
-    let build_dir = BuildDir::new(store, &d.name).map_err(|k| fail(k, Vec::new()))?;
+    let build_dir = build_dir.lend(store).map_err(|k| fail(k, Vec::new()))?;
     let mut log = LogSink::new(store, drv, observer, options.log_lines);
     match options.sandbox {
         Sandboxing::Disabled => {

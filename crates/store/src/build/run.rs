@@ -27,6 +27,7 @@ use super::jobserver::Jobserver;
 use super::log::LogSink;
 use super::observer::{Activity, BuildObserver, Silent};
 use super::plan::{self, JobKind, Plan, Substituter};
+use super::process::BuildDirSlot;
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Sandboxing};
 use crate::add::{canonicalize, remove_tree};
 use crate::error::Error;
@@ -238,13 +239,16 @@ impl<'s> Builder<'s> {
                         workers += 1;
                         let tx = tx.clone();
                         let queue = &queue;
-                        scope.spawn(move || loop {
-                            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                            let Ok((i, token)) = next else { break };
-                            let js = jobserver.filter(|_| token);
-                            let r = self.run_job(&plan.jobs[i], js);
-                            if tx.send(Event::Done(i, token, r)).is_err() {
-                                break;
+                        scope.spawn(move || {
+                            let mut dir = BuildDirSlot::default();
+                            loop {
+                                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                                let Ok((i, token)) = next else { break };
+                                let js = jobserver.filter(|_| token);
+                                let r = self.run_job(&plan.jobs[i], js, &mut dir);
+                                if tx.send(Event::Done(i, token, r)).is_err() {
+                                    break;
+                                }
                             }
                         });
                     }
@@ -432,11 +436,12 @@ impl<'s> Builder<'s> {
         &self,
         job: &plan::Job,
         jobserver: Option<&Jobserver>,
+        dir: &mut BuildDirSlot,
     ) -> Result<Finished<'s>, BuildFailure> {
         match &job.kind {
             JobKind::Build {
                 drv, derivation, ..
-            } => self.build_one(drv, derivation, jobserver),
+            } => self.build_one(drv, derivation, jobserver, dir),
             JobKind::Fetch {
                 path,
                 substituter,
@@ -507,6 +512,7 @@ impl<'s> Builder<'s> {
         drv: &StorePath,
         derivation: &Derivation,
         jobserver: Option<&Jobserver>,
+        dir: &mut BuildDirSlot,
     ) -> Result<Finished<'s>, BuildFailure> {
         let io = |e: Error| setup_failure(drv, e);
         let outputs = self.outputs_of(drv, derivation)?;
@@ -521,7 +527,7 @@ impl<'s> Builder<'s> {
             // Another process built it while we waited for the locks.
             Finished::valid(drv, &outputs)
         } else {
-            self.make(drv, derivation, &outputs, &inputs, check, jobserver)?
+            self.make(drv, derivation, &outputs, &inputs, check, jobserver, dir)?
         };
         f.locks = Some(locks);
         Ok(f)
@@ -538,7 +544,12 @@ impl<'s> Builder<'s> {
         if self.options.check || round.len() == 1 {
             return round
                 .iter()
-                .map(|&i| (i, self.run_job(&plan.jobs[i], None)))
+                .map(|&i| {
+                    (
+                        i,
+                        self.run_job(&plan.jobs[i], None, &mut BuildDirSlot::default()),
+                    )
+                })
                 .collect();
         }
         let job = |i: usize| match &plan.jobs[i].kind {
@@ -594,7 +605,15 @@ impl<'s> Builder<'s> {
             let r = if outputs.values().all(|p| valid.contains(p)) {
                 Ok(Finished::valid(drv, &outputs))
             } else {
-                self.make(drv, derivation, &outputs, &inputs, false, None)
+                self.make(
+                    drv,
+                    derivation,
+                    &outputs,
+                    &inputs,
+                    false,
+                    None,
+                    &mut BuildDirSlot::default(),
+                )
             };
             // The round's locks go with its first success: its group's
             // registration releases them (with a failure's outputs, which
@@ -610,6 +629,7 @@ impl<'s> Builder<'s> {
 
     /// Runs the builder of a locked derivation whose outputs are to be
     /// made (or remade, in check mode) and stages them.
+    #[allow(clippy::too_many_arguments)]
     fn make(
         &self,
         drv: &StorePath,
@@ -618,6 +638,7 @@ impl<'s> Builder<'s> {
         inputs: &BTreeSet<StorePath>,
         check: bool,
         jobserver: Option<&Jobserver>,
+        dir: &mut BuildDirSlot,
     ) -> Result<Finished<'s>, BuildFailure> {
         let fail = |kind: FailureKind| BuildFailure {
             path: drv.clone(),
@@ -681,6 +702,7 @@ impl<'s> Builder<'s> {
                 check,
                 self.observer,
                 jobserver,
+                dir,
             )
         };
         let written = run?;

@@ -13,7 +13,7 @@ use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
 use super::log::LogSink;
-use super::process::{environment, BuildDir};
+use super::process::{environment, LentDir};
 use super::{BuildOptions, FailureKind};
 use crate::add::remove_tree;
 use crate::error::Error;
@@ -58,7 +58,7 @@ pub(crate) fn run(
     d: &Derivation,
     outputs: &BTreeMap<OutputName, StorePath>,
     closure: &BTreeSet<StorePath>,
-    build_dir: &BuildDir,
+    build_dir: &LentDir<'_>,
     jobserver: Option<[RawFd; 2]>,
     log: &mut LogSink<'_>,
 ) -> Result<(std::process::ExitStatus, BTreeMap<OutputName, PathBuf>), (FailureKind, ())> {
