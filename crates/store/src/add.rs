@@ -57,6 +57,19 @@ enum Staged {
     Text(Vec<u8>),
     /// A tree already written under a temporary name in the store.
     Tree(PathBuf),
+    /// A tree a build wrote at its final place, holding its lock: nothing
+    /// to move, and not valid until registered.
+    InPlace(PathBuf),
+}
+
+impl Staged {
+    /// What to remove if the batch fails.
+    fn scratch(&self) -> Option<&PathBuf> {
+        match self {
+            Staged::Text(_) => None,
+            Staged::Tree(p) | Staged::InPlace(p) => Some(p),
+        }
+    }
 }
 
 /// A set of paths added together: one sync, one transaction.
@@ -75,7 +88,7 @@ pub struct AddBatch<'s> {
 impl Drop for AddBatch<'_> {
     fn drop(&mut self) {
         for p in &self.pending {
-            if let Staged::Tree(tmp) = &p.contents {
+            if let Some(tmp) = p.contents.scratch() {
                 let _ = remove_tree(tmp);
             }
         }
@@ -389,13 +402,16 @@ impl AddBatch<'_> {
     }
 
     /// Stages a tree a build wrote at `tmp` (in the store's physical root,
-    /// so that it can be renamed into place), already canonicalized and
-    /// described by `info`.
+    /// so that it can be renamed into place, or at its own physical path,
+    /// whose lock the caller holds), already canonicalized and described by
+    /// `info`.
     pub(crate) fn add_built(&mut self, info: PathInfo, tmp: PathBuf) {
-        self.pending.push(Pending {
-            info,
-            contents: Staged::Tree(tmp),
-        });
+        let contents = if tmp == self.store.physical(&info.path) {
+            Staged::InPlace(tmp)
+        } else {
+            Staged::Tree(tmp)
+        };
+        self.pending.push(Pending { info, contents });
     }
 
     /// Records that `drv` built `output` at `path` (with the registration).
@@ -426,7 +442,7 @@ impl AddBatch<'_> {
         let result = commit(store, &pending, &outputs, held);
         if result.is_err() {
             for p in &pending {
-                if let Staged::Tree(tmp) = &p.contents {
+                if let Some(tmp) = p.contents.scratch() {
                     let _ = remove_tree(tmp);
                 }
             }
@@ -573,6 +589,7 @@ fn commit(
             registered.push(&p.info);
             match &p.contents {
                 Staged::Tree(tmp) => trees.push((p, tmp)),
+                Staged::InPlace(dest) => written.push(dest.clone()),
                 Staged::Text(bytes) => {
                     let dest = store.physical(&p.info.path);
                     written.push(dest.clone());

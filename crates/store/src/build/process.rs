@@ -220,7 +220,7 @@ pub(crate) fn run(
         Sandboxing::Required => {
             let inherit = jobserver.map(Jobserver::fds);
             super::sandboxed::run(
-                store, options, &d, outputs, closure, &build_dir, inherit, &mut log,
+                store, options, &d, outputs, closure, &build_dir, inherit, check, &mut log,
             )
             .map_err(|(kind, _)| fail(kind, Vec::new()))
             .and_then(|(status, written)| {

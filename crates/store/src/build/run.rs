@@ -661,10 +661,24 @@ impl<'s> Builder<'s> {
         };
         // Where outputs are written, and where the builder sees them.
         let run = if builtin {
-            let staging: BTreeMap<OutputName, PathBuf> = outputs
-                .iter()
-                .map(|(o, p)| (o.clone(), self.store.temp_name(p.name())))
-                .collect();
+            // In place (the outputs are locked and not valid; a crash's
+            // leftover is removed), or beside the valid ones when checking.
+            let mut staging: BTreeMap<OutputName, PathBuf> = BTreeMap::new();
+            for (o, p) in outputs {
+                let at = if check {
+                    self.store.temp_name(p.name())
+                } else {
+                    let at = self.store.physical(p);
+                    remove_tree(&at).map_err(|e| {
+                        fail(FailureKind::Setup(format!(
+                            "cannot remove `{}`: {e}",
+                            at.display()
+                        )))
+                    })?;
+                    at
+                };
+                staging.insert(o.clone(), at);
+            }
             // Only fetches have something worth a log.
             let mut log = if builtin::is_inline(derivation) {
                 None
@@ -754,8 +768,8 @@ impl<'s> Builder<'s> {
     }
 
     /// Checks, canonicalizes, scans and hashes the outputs a builder wrote
-    /// (at `written`), moving each under a temporary name in the store.
-    /// On failure nothing is left.
+    /// (at `written`: in the store's physical root, at their own paths or
+    /// under temporary names). On failure nothing is left.
     fn stage_outputs(
         &self,
         drv: &StorePath,
@@ -772,12 +786,9 @@ impl<'s> Builder<'s> {
                 if fs::symlink_metadata(at).is_err() {
                     return Err(FailureKind::OutputMissing(name.clone()));
                 }
-                let tmp = self.store.temp_name(path.name());
-                if at != &tmp {
-                    fs::rename(at, &tmp).map_err(|e| {
-                        FailureKind::Setup(format!("cannot move `{}`: {e}", at.display()))
-                    })?;
-                }
+                // Where the builder left it (its final place, or a
+                // temporary name when checking) is where it is registered.
+                let tmp = at.clone();
                 staged.push((
                     PathInfo::new(
                         path.clone(),

@@ -49,8 +49,8 @@ impl Drop for Scratch {
 }
 
 /// Runs `d` in the sandbox; returns its exit status and, for each output,
-/// where it now is (a temporary name in the store, or a path that does not
-/// exist if the builder did not make it).
+/// where it now is (its own physical path, or a temporary name when
+/// `check`ing; a path that does not exist if the builder did not make it).
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn run(
     store: &Store,
@@ -60,6 +60,7 @@ pub(crate) fn run(
     closure: &BTreeSet<StorePath>,
     build_dir: &LentDir<'_>,
     jobserver: Option<[RawFd; 2]>,
+    check: bool,
     log: &mut LogSink<'_>,
 ) -> Result<(std::process::ExitStatus, BTreeMap<OutputName, PathBuf>), (FailureKind, ())> {
     let setup = |why: String| (FailureKind::Setup(why), ());
@@ -130,8 +131,15 @@ pub(crate) fn run(
     let mut written: BTreeMap<OutputName, PathBuf> = BTreeMap::new();
     for (name, path) in outputs {
         let at = inside.join(path.to_string());
-        let tmp = store.temp_name(path.name());
+        // To its own path (not valid, and locked by this build), or beside
+        // the valid one when checking.
+        let tmp = if check {
+            store.temp_name(path.name())
+        } else {
+            store.physical(path)
+        };
         if std::fs::symlink_metadata(&at).is_ok() {
+            let _ = remove_tree(&tmp);
             std::fs::rename(&at, &tmp).map_err(|e| {
                 for w in written.values() {
                     let _ = remove_tree(w);
