@@ -554,7 +554,7 @@ impl Store {
         self.state.join("logs").join(&name[..2]).join(file)
     }
 
-    /// The build log of `drv`, if it was built here.
+    /// The build log of `drv`, if it was built here and printed something.
     pub fn read_log(&self, drv: &StorePath) -> Result<Option<String>, Error> {
         use std::io::Read;
         for compressed in [false, true] {

@@ -374,9 +374,20 @@ fn print_plan(plan: &Plan, json: bool) -> Result<(), Error> {
 pub fn log(args: &LogArgs) -> Result<(), Error> {
     let store = args.store.open()?;
     let drv = derivation_of(&store, &args.path)?;
-    let text = store.read_log(&drv)?.ok_or_else(|| Error::NoLog {
-        drv: store.store_dir().full(&drv),
-    })?;
+    let text = match store.read_log(&drv)? {
+        Some(text) => text,
+        None => {
+            // Built, and silent (no file is kept for an empty log): the
+            // log is empty. Otherwise it was never built here.
+            let outputs = store.derivation_outputs(&drv)?;
+            if outputs.is_empty() || store.valid_among(outputs.values())?.len() < outputs.len() {
+                return Err(Error::NoLog {
+                    drv: store.store_dir().full(&drv),
+                });
+            }
+            String::new()
+        }
+    };
     let mut out = Out::new();
     out.raw(text.as_bytes())?;
     out.finish()

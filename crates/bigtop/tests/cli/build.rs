@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use bigtop::store::build::host_system;
+
 use crate::derivation::{lines, sh, Cli};
 use crate::Result;
 
@@ -233,6 +235,16 @@ fn build_and_log_name_what_they_cannot_use() -> Result {
     assert!(err.contains(&format!("No build log for `{drv}`")), "{err}");
     let err = cli.fails(&["log", &out], b"")?;
     assert!(err.contains("is not valid in the store"), "{err}");
+    // Built, and printed nothing: an empty log.
+    let (quiet, _) = cli.add(&json!({
+        "name": "quiet",
+        "system": host_system(),
+        "builder": "builtin:write-file",
+        "env": {"text": "hi"},
+        "outputs": {"out": "deferred"},
+    }))?;
+    cli.ok(&["build", &quiet], b"")?;
+    assert_eq!(cli.ok(&["log", &quiet], b"")?, "");
 
     fs::write(tmp.path().join("src.txt"), "source")?;
     let src = cli.ok(&["store", "add", "src.txt"], b"")?;

@@ -4,7 +4,8 @@
 //! Most builders print little or nothing, and a build's serial path is
 //! what a 2-core machine waits on: a log stays in memory until it is big
 //! enough to be worth compressing, and a small one is written once, as
-//! plain text, when the build ends (no gzip state per build).
+//! plain text, when the build ends (no gzip state per build); an empty
+//! one is not written at all.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -202,11 +203,15 @@ impl<'a> LogSink<'a> {
         }
         match std::mem::replace(&mut self.sink, Sink::Lost) {
             Sink::Memory(buf) => {
-                let path = self.store.log_file(self.drv, false);
-                if let Some(mut f) = create(&path) {
+                let plain = self.store.log_file(self.drv, false);
+                // A builder that printed nothing (most builders of small
+                // files) costs no file; a log of an earlier build goes.
+                if buf.is_empty() {
+                    let _ = fs::remove_file(&plain);
+                } else if let Some(mut f) = create(&plain) {
                     if f.write_all(&buf).is_err() {
                         drop(f);
-                        let _ = fs::remove_file(&path);
+                        let _ = fs::remove_file(&plain);
                     }
                 }
                 let _ = fs::remove_file(self.store.log_file(self.drv, true));
