@@ -326,6 +326,7 @@ impl Planner<'_> {
             let drvs: Vec<&StorePath> = frontier.iter().map(|w| &w.drv).collect();
             let recorded = self.store.derivation_outputs_many(drvs.iter().copied())?;
             let mut next = Vec::new();
+            let mut unknown = Vec::new();
             for w in frontier {
                 if let Some(&job) = self.build_of.get(&w.drv) {
                     // Met before: widen what is wanted, add the edge.
@@ -353,8 +354,9 @@ impl Planner<'_> {
                         continue;
                     }
                 }
-                self.classify(w, check, &mut next, &mut already_valid)?;
+                unknown.push(w);
             }
+            self.classify_level(unknown, check, &mut next, &mut already_valid)?;
             frontier = next;
         }
         // Edges were pushed as found; a job reached through several of
@@ -374,18 +376,77 @@ impl Planner<'_> {
         Ok(plan)
     }
 
+    /// Classifies the derivations of one level not known to be done: the
+    /// validity of the derivations, of their outputs and of their sources
+    /// is asked in one query each for the whole level, and each
+    /// derivation is read once.
+    fn classify_level(
+        &mut self,
+        level: Vec<Wanted>,
+        check: bool,
+        next: &mut Vec<Wanted>,
+        already_valid: &mut Vec<StorePath>,
+    ) -> Result<(), Error> {
+        if level.is_empty() {
+            return Ok(());
+        }
+        let dir = self.store.store_dir().clone();
+        let valid_drvs = self.store.valid_among(level.iter().map(|w| &w.drv))?;
+        let mut read: HashMap<StorePath, Arc<Derivation>> = HashMap::new();
+        for w in &level {
+            if !valid_drvs.contains(&w.drv) {
+                return Err(Error::MissingDerivation { drv: w.drv.clone() });
+            }
+            if !read.contains_key(&w.drv) {
+                let d = Arc::new(self.store.read_derivation(&w.drv)?);
+                read.insert(w.drv.clone(), d);
+            }
+        }
+        let outputs: Vec<StorePath> = read
+            .values()
+            .flat_map(|d| {
+                d.outputs
+                    .keys()
+                    .filter_map(|o| d.output_path(&dir, o))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let valid = self.store.valid_among(&outputs)?;
+        let srcs: BTreeSet<&StorePath> = read.values().flat_map(|d| &d.input_srcs).collect();
+        let valid_srcs = if srcs.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.store.valid_among(srcs)?
+        };
+        for w in level {
+            // Met earlier in this level (a job now): widen, add the edge.
+            if let Some(&job) = self.build_of.get(&w.drv) {
+                if let JobKind::Build { wanted, .. } = &mut self.jobs[job].kind {
+                    wanted.extend(w.outputs.iter().cloned());
+                }
+                if let Some(by) = w.needed_by {
+                    self.edge(job, by);
+                }
+                continue;
+            }
+            let derivation = read[&w.drv].clone();
+            self.classify(w, derivation, &valid, &valid_srcs, check, next, already_valid)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn classify(
         &mut self,
         w: Wanted,
+        derivation: Arc<Derivation>,
+        valid: &BTreeSet<StorePath>,
+        valid_srcs: &BTreeSet<StorePath>,
         check: bool,
         next: &mut Vec<Wanted>,
         already_valid: &mut Vec<StorePath>,
     ) -> Result<(), Error> {
         let dir = self.store.store_dir().clone();
-        if !self.store.is_valid(&w.drv)? {
-            return Err(Error::MissingDerivation { drv: w.drv });
-        }
-        let derivation = Arc::new(self.store.read_derivation(&w.drv)?);
         let wanted: BTreeSet<OutputName> = if w.outputs.is_empty() {
             derivation.outputs.keys().cloned().collect()
         } else {
@@ -403,7 +464,6 @@ impl Planner<'_> {
             .iter()
             .filter_map(|o| derivation.output_path(&dir, o).map(|p| (o, p)))
             .collect();
-        let valid = self.store.valid_among(known.values())?;
         let missing: Vec<OutputName> = wanted
             .iter()
             .filter(|o| known.get(o).is_none_or(|p| !valid.contains(p)))
@@ -448,9 +508,11 @@ impl Planner<'_> {
             self.edge(job, by);
         }
         // Input sources: valid, or fetched first.
-        let srcs = &derivation.input_srcs;
-        let valid = self.store.valid_among(srcs)?;
-        let absent: BTreeSet<StorePath> = srcs.difference(&valid).cloned().collect();
+        let absent: BTreeSet<StorePath> = derivation
+            .input_srcs
+            .difference(valid_srcs)
+            .cloned()
+            .collect();
         if !absent.is_empty() {
             match self.fetch_closure(&absent)? {
                 Some(fetches) => {
