@@ -17,6 +17,7 @@ use std::io::{self, BufRead, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bigtop_core::content_address::{ContentAddress, ContentAddressMethod};
 use bigtop_core::derivation::{Derivation, OutputName};
@@ -83,6 +84,8 @@ pub struct AddBatch<'s> {
     pending: Vec<Pending>,
     /// `(drv, output, path)` rows recorded with the registration.
     drv_outputs: Vec<(StorePath, OutputName, StorePath)>,
+    /// The derivations added, for the store's plans once committed.
+    derivations: Vec<(StorePath, Arc<Derivation>)>,
 }
 
 impl Drop for AddBatch<'_> {
@@ -242,6 +245,7 @@ impl Store {
             store: self,
             pending: Vec::new(),
             drv_outputs: Vec::new(),
+            derivations: Vec::new(),
         }
     }
 
@@ -398,6 +402,10 @@ impl AddBatch<'_> {
                 self.drv_outputs.push((path.clone(), out.clone(), p));
             }
         }
+        let room = crate::store::ADDED_KEPT.saturating_sub(self.derivations.len());
+        if room > 0 && self.store.added_len() < room {
+            self.derivations.push((path.clone(), Arc::new(drv.clone())));
+        }
         Ok(path)
     }
 
@@ -440,6 +448,9 @@ impl AddBatch<'_> {
         let pending = std::mem::take(&mut self.pending);
         let outputs = std::mem::take(&mut self.drv_outputs);
         let result = commit(store, &pending, &outputs, held);
+        if result.is_ok() {
+            store.keep_added(std::mem::take(&mut self.derivations));
+        }
         if result.is_err() {
             for p in &pending {
                 if let Some(tmp) = p.contents.scratch() {
@@ -743,4 +754,76 @@ pub(crate) fn register<'a>(
         l.released();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use bigtop_core::content_address::{ContentAddress, ContentAddressMethod};
+    use bigtop_core::derivation::{Derivation, DerivationOutput, OutputName};
+    use bigtop_core::hash::{Hash, HashAlgo};
+
+    use crate::Store;
+
+    /// What a plan takes from the handle is what it would read from disk.
+    #[test]
+    fn an_added_derivation_is_kept_as_its_file_reads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_chroot(tmp.path()).unwrap();
+        let dir = store.store_dir().clone();
+        let src = store.add_text("src", b"s", &BTreeSet::new()).unwrap();
+        let mut fixed = Derivation::new("fixed", "x86_64-linux", "builtin:fetchurl");
+        fixed.outputs.insert(
+            OutputName::out(),
+            DerivationOutput::Fixed(ContentAddress {
+                method: ContentAddressMethod::Recursive,
+                hash: Hash::digest(HashAlgo::Sha256, b"x"),
+            }),
+        );
+        fixed.env.insert("url".into(), "file:///dev/null".into());
+        let mut floating = Derivation::new("floating", "x86_64-linux", "/bin/sh");
+        floating.outputs.insert(
+            OutputName::out(),
+            DerivationOutput::Floating {
+                method: ContentAddressMethod::Recursive,
+                algo: HashAlgo::Blake3,
+            },
+        );
+        let mut b = store.batch();
+        let fixed_drv = b.add_derivation(&fixed).unwrap();
+        let floating_drv = b.add_derivation(&floating).unwrap();
+        let mut multi = Derivation::new("multi", "x86_64-linux", "/bin/sh");
+        multi.args = vec!["-c".into(), "quotes \" and \\ and\nnewlines\t".into()];
+        multi.env.insert("k".into(), "v \"q\"".into());
+        multi.input_srcs.insert(src);
+        multi
+            .input_drvs
+            .insert(fixed_drv.clone(), BTreeSet::from([OutputName::out()]));
+        multi
+            .input_drvs
+            .insert(floating_drv.clone(), BTreeSet::from([OutputName::out()]));
+        for o in ["out", "dev", "doc"] {
+            multi
+                .outputs
+                .insert(OutputName::new(o).unwrap(), DerivationOutput::Deferred);
+        }
+        let mut plain = Derivation::new("plain", "x86_64-linux", "/bin/sh");
+        plain
+            .outputs
+            .insert(OutputName::out(), DerivationOutput::Deferred);
+        plain.fill_output_paths(&dir, |_| None).unwrap();
+        let multi_drv = b.add_derivation(&multi).unwrap();
+        let plain_drv = b.add_derivation(&plain).unwrap();
+        b.commit().unwrap();
+        let all = [fixed_drv, floating_drv, multi_drv, plain_drv];
+        let taken: BTreeMap<_, _> = all
+            .iter()
+            .map(|p| (p.clone(), store.take_derivation(p).unwrap()))
+            .collect();
+        assert_eq!(store.added_len(), 0, "a plan takes what it uses");
+        for p in &all {
+            assert_eq!(*taken[p], store.read_derivation(p).unwrap(), "{p}");
+        }
+    }
 }

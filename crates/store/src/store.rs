@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bigtop_core::derivation::{Derivation, OutputName};
@@ -141,6 +141,7 @@ impl StoreBuilder {
             state,
             db_file,
             conn: Mutex::new(conn),
+            added: Mutex::new(HashMap::new()),
             process,
         })
     }
@@ -158,7 +159,16 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// This handle's row in `Processes`, which owns its temporary roots.
     pub(crate) process: i64,
+    /// Derivations this handle added and no plan has read yet: planning
+    /// what was just added (what a fleet program does) need not read and
+    /// parse every `.drv` back. A `.drv`'s contents never change, so an
+    /// entry cannot go stale; it is only used for a path found valid.
+    pub(crate) added: Mutex<HashMap<StorePath, Arc<Derivation>>>,
 }
+
+/// At most this many derivations wait in [`Store::added`]: past it, plans
+/// read the rest from disk.
+pub(crate) const ADDED_KEPT: usize = 100_000;
 
 impl Drop for Store {
     fn drop(&mut self) {
@@ -582,6 +592,36 @@ impl Store {
         let p = b.add_derivation(drv)?;
         b.commit()?;
         Ok(p)
+    }
+
+    /// The derivation `drv`, from what this handle added if it is there
+    /// (taking it: a plan reads each derivation once), else read from its
+    /// file. The caller has checked that `drv` is valid.
+    pub(crate) fn take_derivation(&self, drv: &StorePath) -> Result<Arc<Derivation>, Error> {
+        let added = self
+            .added
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(drv);
+        match added {
+            Some(d) => Ok(d),
+            None => self.read_derivation(drv).map(Arc::new),
+        }
+    }
+
+    pub(crate) fn added_len(&self) -> usize {
+        self.added.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Keeps committed derivations for the next plan, up to the bound.
+    pub(crate) fn keep_added(&self, derivations: Vec<(StorePath, Arc<Derivation>)>) {
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        for (path, d) in derivations {
+            if added.len() >= ADDED_KEPT {
+                break;
+            }
+            added.insert(path, d);
+        }
     }
 
     /// Reads and parses the `.drv` file `drv`.

@@ -398,7 +398,7 @@ impl Planner<'_> {
                 return Err(Error::MissingDerivation { drv: w.drv.clone() });
             }
             if !read.contains_key(&w.drv) {
-                let d = Arc::new(self.store.read_derivation(&w.drv)?);
+                let d = self.store.take_derivation(&w.drv)?;
                 read.insert(w.drv.clone(), d);
             }
         }
@@ -430,7 +430,15 @@ impl Planner<'_> {
                 continue;
             }
             let derivation = read[&w.drv].clone();
-            self.classify(w, derivation, &valid, &valid_srcs, check, next, already_valid)?;
+            self.classify(
+                w,
+                derivation,
+                &valid,
+                &valid_srcs,
+                check,
+                next,
+                already_valid,
+            )?;
         }
         Ok(())
     }

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
 
 use bigtop_core::content_address::ContentAddressMethod;
 use bigtop_core::derivation::{placeholder, Derivation, DerivationOutput, OutputName};
@@ -1013,12 +1012,22 @@ pub(crate) fn placeholders(
 }
 
 /// Shared by process builds: the derivation with its placeholders filled.
-pub(crate) fn with_placeholders(
+/// Borrowed when it has none (most derivations: a copy per build is
+/// what a small builtin would mostly cost).
+pub(crate) fn with_placeholders<'d>(
     store: &Store,
-    derivation: &Derivation,
+    derivation: &'d Derivation,
     outputs: &BTreeMap<OutputName, StorePath>,
-) -> Arc<Derivation> {
+) -> std::borrow::Cow<'d, Derivation> {
+    let replacements = placeholders(store, outputs);
+    let has = |s: &String| replacements.keys().any(|p| s.contains(p.as_str()));
+    if !has(&derivation.builder)
+        && !derivation.args.iter().any(has)
+        && !derivation.env.values().any(has)
+    {
+        return std::borrow::Cow::Borrowed(derivation);
+    }
     let mut d = derivation.clone();
-    d.substitute(&placeholders(store, outputs));
-    Arc::new(d)
+    d.substitute(&replacements);
+    std::borrow::Cow::Owned(d)
 }
