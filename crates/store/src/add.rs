@@ -287,6 +287,10 @@ impl Store {
     /// The owner paths must have, where this process can set it: the
     /// store directory's owner, when running as root.
     pub(crate) fn owner(&self) -> Option<(u32, u32)> {
+        *self.owner.get_or_init(|| self.find_owner())
+    }
+
+    fn find_owner(&self) -> Option<(u32, u32)> {
         let me = rustix::process::geteuid();
         if !me.is_root() {
             return None;
@@ -516,14 +520,30 @@ fn sync_store(store: &Store) -> Result<(), Error> {
 /// Writes a text path in place: created read-only and exclusive, its time
 /// and owner set through the open handle. Anything at the name is a
 /// leftover of a crash (the path is not valid and we hold its lock).
-fn write_text(dest: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<(), Error> {
+pub(crate) fn write_text(
+    dest: &Path,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
+    write_file_canonical(dest, bytes, false, owner)
+}
+
+/// [`write_text`], executable or not: the file is created as
+/// canonicalization would leave it (mode, time, owner), so that nothing
+/// needs to look at it again.
+pub(crate) fn write_file_canonical(
+    dest: &Path,
+    bytes: &[u8],
+    executable: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     let create = || {
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o444)
+            .mode(if executable { 0o555 } else { 0o444 })
             .open(dest)
     };
     let mut file = match create() {

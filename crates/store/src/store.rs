@@ -142,6 +142,7 @@ impl StoreBuilder {
             db_file,
             conn: Mutex::new(conn),
             added: Mutex::new(HashMap::new()),
+            owner: std::sync::OnceLock::new(),
             process,
         })
     }
@@ -164,6 +165,8 @@ pub struct Store {
     /// parse every `.drv` back. A `.drv`'s contents never change, so an
     /// entry cannot go stale; it is only used for a path found valid.
     pub(crate) added: Mutex<HashMap<StorePath, Arc<Derivation>>>,
+    /// Who must own the store's files, when not this process (asked once).
+    pub(crate) owner: std::sync::OnceLock<Option<(u32, u32)>>,
 }
 
 /// At most this many derivations wait in [`Store::added`]: past it, plans

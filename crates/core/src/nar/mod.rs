@@ -58,7 +58,7 @@ mod read;
 mod write;
 
 pub use read::{parse, restore, NarSink, ReadError, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN};
-pub use write::{dump_path, hash_path, DumpError, EncodeError, NarEncoder};
+pub use write::{dump_path, hash_file_bytes, hash_path, DumpError, EncodeError, NarEncoder};
 
 /// The first string of every NAR.
 pub const MAGIC: &[u8] = b"nix-archive-1";

@@ -581,3 +581,24 @@ proptest! {
         prop_assert_eq!(dumped, nar);
     }
 }
+
+proptest! {
+    /// A file's NAR hashed from its bytes is the one hashed from disk.
+    #[test]
+    fn a_file_hashed_from_its_bytes_matches_the_file_on_disk(
+        contents in proptest::collection::vec(any::<u8>(), 0..300),
+        executable: bool,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, &contents).unwrap();
+        let mode = if executable { 0o555 } else { 0o444 };
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        for algo in HashAlgo::ALL {
+            prop_assert_eq!(
+                hash_file_bytes(&contents, executable, algo),
+                hash_path(&f, algo).unwrap()
+            );
+        }
+    }
+}

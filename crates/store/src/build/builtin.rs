@@ -114,6 +114,13 @@ pub(crate) fn is_inline(derivation: &Derivation) -> bool {
     is_builtin(derivation) && derivation.builder != FETCH_URL
 }
 
+/// A single-file output whose bytes a builtin wrote itself, canonical
+/// already: staging need not read it back to hash and scan it.
+pub(crate) struct Written {
+    pub(crate) contents: Vec<u8>,
+    pub(crate) executable: bool,
+}
+
 /// Builds `derivation` into `staging` (where each output is to be
 /// written); `closure` holds the store paths it may read; `note` receives
 /// lines for the build log.
@@ -124,7 +131,7 @@ pub(crate) fn run(
     staging: &BTreeMap<OutputName, PathBuf>,
     closure: &BTreeSet<StorePath>,
     note: &mut dyn FnMut(&str),
-) -> Result<(), BuiltinError> {
+) -> Result<Option<Written>, BuiltinError> {
     let d = super::run::with_placeholders(store, derivation, outputs);
     let builtin: &'static str = match d.builder.as_str() {
         WRITE_FILE => WRITE_FILE,
@@ -156,7 +163,32 @@ pub(crate) fn run(
     let result = match builtin {
         WRITE_FILE => {
             let executable = d.env.get("executable").is_some_and(|v| v == "1");
-            write_file(out, var("text")?.as_bytes(), executable)
+            let text = var("text")?.as_bytes();
+            return match crate::add::write_file_canonical(out, text, executable, store.owner()) {
+                Ok(()) => Ok(Some(Written {
+                    contents: text.to_vec(),
+                    executable,
+                })),
+                Err(e) => {
+                    let _ = crate::add::remove_tree(out);
+                    Err(match e {
+                        crate::Error::Io {
+                            action,
+                            path,
+                            source,
+                        } => BuiltinError::Io {
+                            action,
+                            path,
+                            source,
+                        },
+                        other => BuiltinError::Io {
+                            action: "write",
+                            path: out.clone(),
+                            source: io::Error::other(other.to_string()),
+                        },
+                    })
+                }
+            };
         }
         SYMLINK_JOIN => {
             let mut providers: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -181,19 +213,7 @@ pub(crate) fn run(
     if result.is_err() {
         let _ = crate::add::remove_tree(out);
     }
-    result
-}
-
-fn write_file(out: &Path, text: &[u8], executable: bool) -> Result<(), BuiltinError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if executable { 0o555 } else { 0o444 })
-        .open(out)
-        .map_err(io_err("create", out))?;
-    f.write_all(text).map_err(io_err("write", out))
+    result.map(|()| None)
 }
 
 /// Adds the tree at `physical` (logically `logical`), below `rel`, to the

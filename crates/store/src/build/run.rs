@@ -697,7 +697,7 @@ impl<'s> Builder<'s> {
             let r = builtin::run(
                 self.store, derivation, outputs, &staging, &closure, &mut note,
             )
-            .map(|()| staging);
+            .map(|known| (staging, known));
             let tail = log.map(LogSink::finish).unwrap_or_default();
             r.map_err(|e| BuildFailure {
                 path: drv.clone(),
@@ -717,9 +717,10 @@ impl<'s> Builder<'s> {
                 jobserver,
                 dir,
             )
+            .map(|written| (written, None))
         };
-        let written = run?;
-        let staged = self.stage_outputs(drv, derivation, outputs, &closure, written);
+        let (written, known) = run?;
+        let staged = self.stage_outputs(drv, derivation, outputs, &closure, written, known);
         let staged = staged.map_err(fail)?;
         if check {
             let mut checks = Vec::new();
@@ -776,6 +777,7 @@ impl<'s> Builder<'s> {
         outputs: &BTreeMap<OutputName, StorePath>,
         closure: &BTreeSet<StorePath>,
         written: BTreeMap<OutputName, PathBuf>,
+        known: Option<builtin::Written>,
     ) -> Result<Vec<(PathInfo, PathBuf)>, FailureKind> {
         let mut staged: Vec<(PathInfo, PathBuf)> = Vec::new();
         let result = (|| {
@@ -797,14 +799,23 @@ impl<'s> Builder<'s> {
                     ),
                     tmp.clone(),
                 ));
-                canonicalize(&tmp, self.store.owner())
-                    .map_err(|e| FailureKind::Setup(e.to_string()))?;
                 let mut scanner = ReferenceScanner::new(candidates.iter().copied());
-                scanner
-                    .scan_path(&tmp)
-                    .map_err(|e| FailureKind::Setup(format!("cannot scan output `{name}`: {e}")))?;
-                let (nar_hash, nar_size) = nar::hash_path(&tmp, HashAlgo::Blake3)
-                    .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?;
+                let (nar_hash, nar_size) = match &known {
+                    // Written canonical by a builtin, bytes in hand.
+                    Some(w) if outputs.len() == 1 => {
+                        scanner.feed(&w.contents);
+                        nar::hash_file_bytes(&w.contents, w.executable, HashAlgo::Blake3)
+                    }
+                    _ => {
+                        canonicalize(&tmp, self.store.owner())
+                            .map_err(|e| FailureKind::Setup(e.to_string()))?;
+                        scanner.scan_path(&tmp).map_err(|e| {
+                            FailureKind::Setup(format!("cannot scan output `{name}`: {e}"))
+                        })?;
+                        nar::hash_path(&tmp, HashAlgo::Blake3)
+                            .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?
+                    }
+                };
                 let mut info = PathInfo::new(path.clone(), nar_hash, nar_size, scanner.found());
                 info.deriver = Some(drv.clone());
                 if let Some(DerivationOutput::Fixed(ca)) = derivation.outputs.get(name) {
