@@ -1,18 +1,44 @@
-//! bigtop-eval: the typed model users write their fleet in.
+//! bigtop-eval: the typed model users write their packages (and, later,
+//! their machines) in.
 //!
-//! Status: a skeleton. This crate will hold the derivation and package
-//! builders, builtin builders, sources and fetchers, package sets and
-//! overlays, the module system, services, the system toplevel and fleets.
-//! Evaluation is pure: it computes every store path of a fleet from
-//! [`bigtop_core`] types alone, without a store, so this crate never
-//! depends on `bigtop-store` (a test in the `bigtop` crate enforces it).
+//! Evaluation is pure: it computes every store path from [`bigtop_core`]
+//! types alone, without a store, so this crate never depends on
+//! `bigtop-store` (a test in the `bigtop` crate enforces it). What it
+//! produces — [`Drv`](drv::Drv) values, each a derivation with its `.drv`
+//! path and output paths, and [`Source`](source::Source)s to import —
+//! is what a store adds and builds.
+//!
+//! * [`drv`]: strings that carry the outputs they name ([`Str`](drv::Str),
+//!   [`text!`]), typed outputs, the raw derivation builder;
+//! * [`source`]: local trees as content-addressed inputs, filtered;
+//! * [`trivial`]: files, scripts, JSON/TOML, symlink trees;
+//! * [`set`]: package sets, evaluated lazily, with overlays and overrides;
+//! * [`closure`]: closures computed without building, for tests.
 //!
 //! ```
-//! use bigtop_eval::core::derivation::{Derivation, DerivationOutput, OutputName};
-//! let mut drv = Derivation::new("hello", "x86_64-linux", "/bin/sh");
-//! drv.outputs.insert(OutputName::out(), DerivationOutput::Deferred);
-//! assert!(drv.validate().is_ok());
+//! use bigtop_eval::drv::Platform;
+//! use bigtop_eval::set::PackageSet;
+//! use bigtop_eval::{text, trivial};
+//! let pkgs = PackageSet::new(Platform::default())
+//!     .add("motd", |a| trivial::write_text(a.platform(), "motd", "welcome\n"))
+//!     .add("login", |a| {
+//!         let motd = a.get("motd")?;
+//!         trivial::write_script(a.platform(), "login", "/bin/sh", text!("cat {}\n", motd))
+//!     })
+//!     .eval();
+//! let login = pkgs.get("login")?;
+//! assert_eq!(login.closure().len(), 2);
+//! # Ok::<(), bigtop_eval::Error>(())
 //! ```
 #![deny(missing_docs)]
 
 pub use bigtop_core as core;
+
+pub mod closure;
+pub mod drv;
+mod error;
+pub mod set;
+pub mod source;
+pub mod trivial;
+
+pub use error::Error;

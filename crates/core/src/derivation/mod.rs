@@ -95,6 +95,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod builtins;
 mod text;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -28,12 +28,7 @@ use crate::store::Store;
 
 use super::fetch::FETCH_URL;
 
-/// The builder of a file-writing derivation.
-pub const WRITE_FILE: &str = "builtin:write-file";
-/// The builder of a symlink-tree ("profile") derivation.
-pub const SYMLINK_JOIN: &str = "builtin:symlink-join";
-/// The builder of a copying derivation.
-pub const COPY: &str = "builtin:copy";
+pub use bigtop_core::derivation::builtins::{COPY, SYMLINK_JOIN, WRITE_FILE};
 
 /// Why a builtin builder failed.
 #[derive(Debug, Error)]

@@ -19,10 +19,7 @@ use bigtop_core::derivation::Derivation;
 
 use super::builtin::BuiltinError;
 
-/// The builder of a fetching derivation. Environment: `url` (or `urls`,
-/// mirrors separated by spaces, tried in order), optional `executable` =
-/// `1`. The output `out` is the fetched file.
-pub const FETCH_URL: &str = "builtin:fetchurl";
+pub use bigtop_core::derivation::builtins::FETCH_URL;
 
 /// Attempts per URL for transient failures.
 const ATTEMPTS: u32 = 3;

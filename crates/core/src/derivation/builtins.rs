@@ -1,0 +1,14 @@
+//! The builders a store runs in-process (no process, no sandbox), by
+//! name, and the environment variables each reads. Evaluation writes
+//! derivations with these builders; `bigtop-store` builds them.
+
+/// Writes a file: `text`, and `executable` = `1` for mode 0555.
+pub const WRITE_FILE: &str = "builtin:write-file";
+/// Joins store paths into one tree of symlinks: `paths`, separated by
+/// spaces; two paths providing the same file is an error.
+pub const SYMLINK_JOIN: &str = "builtin:symlink-join";
+/// Copies the store path `src`.
+pub const COPY: &str = "builtin:copy";
+/// Fetches `url` (or `urls`: mirrors separated by spaces, tried in order)
+/// into a fixed output; `executable` = `1` for mode 0555.
+pub const FETCH_URL: &str = "builtin:fetchurl";

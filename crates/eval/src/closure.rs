@@ -1,0 +1,170 @@
+//! Closures computed without building, for tests that assert on what a
+//! definition generates.
+//!
+//! [`BuildClosure`] is everything needed to build some derivations: every
+//! derivation and every source, reached through inputs. It renders as
+//! stable, sorted text for `insta` snapshots (with or without the hashes),
+//! and answers "why does this need that" with the chain of derivations.
+//!
+//! ```
+//! use bigtop_eval::closure::BuildClosure;
+//! use bigtop_eval::drv::Platform;
+//! use bigtop_eval::{text, trivial};
+//! let p = Platform::default();
+//! let gcc = trivial::write_text(&p, "gcc-13", "a compiler")?;
+//! let app = trivial::write_text(&p, "app", text!("built with {}", gcc))?;
+//! let closure = BuildClosure::of([&app]);
+//! assert_eq!(closure.render_names(), "app\ngcc-13\n");
+//! let why = closure.why("gcc-13").expect("it is in");
+//! assert_eq!(why.iter().map(|d| d.name()).collect::<Vec<_>>(), ["app", "gcc-13"]);
+//! assert!(closure.check_excludes("gcc").is_err());
+//! # Ok::<(), bigtop_eval::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+
+use bigtop_core::StorePath;
+
+use crate::drv::{closure_of, Drv};
+use crate::source::Source;
+
+/// Every derivation and source needed to build some roots.
+#[derive(Debug, Clone)]
+pub struct BuildClosure {
+    roots: Vec<Drv>,
+    /// Inputs before their dependents.
+    drvs: Vec<Drv>,
+    sources: BTreeMap<StorePath, Source>,
+}
+
+impl BuildClosure {
+    /// The closure of `roots`.
+    pub fn of<'a>(roots: impl IntoIterator<Item = &'a Drv>) -> Self {
+        let roots: Vec<Drv> = roots.into_iter().cloned().collect();
+        let drvs = closure_of(&roots);
+        let sources = drvs
+            .iter()
+            .flat_map(|d| d.input_sources())
+            .map(|s| (s.path().clone(), s.clone()))
+            .collect();
+        BuildClosure {
+            roots,
+            drvs,
+            sources,
+        }
+    }
+
+    /// The derivations, inputs first.
+    pub fn derivations(&self) -> &[Drv] {
+        &self.drvs
+    }
+
+    /// The sources, by path.
+    pub fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.sources.values()
+    }
+
+    /// Whether a derivation named `name` (exactly, or `name-<version>`)
+    /// is in it.
+    pub fn contains_named(&self, name: &str) -> bool {
+        self.drvs.iter().any(|d| named(d, name))
+    }
+
+    /// Sorted derivation names, one a line: a snapshot that changes only
+    /// when what is built changes, not when a hash does.
+    pub fn render_names(&self) -> String {
+        let names: BTreeSet<&str> = self.drvs.iter().map(|d| d.name()).collect();
+        names.into_iter().fold(String::new(), |mut s, n| {
+            s.push_str(n);
+            s.push('\n');
+            s
+        })
+    }
+
+    /// Every derivation (`.drv` path and outputs) and source, sorted by
+    /// name then path: a snapshot that changes with any hash.
+    pub fn render(&self) -> String {
+        let mut drvs: Vec<&Drv> = self.drvs.iter().collect();
+        drvs.sort_by(|a, b| (a.name(), a.drv_path()).cmp(&(b.name(), b.drv_path())));
+        let mut s = String::new();
+        for d in drvs {
+            let _ = writeln!(s, "{} {}", d.name(), d.drv_path());
+            for o in d.outputs() {
+                let _ = writeln!(s, "  {} {}", o.name(), o.path());
+            }
+        }
+        let mut srcs: Vec<&Source> = self.sources.values().collect();
+        srcs.sort_by(|a, b| (a.path().name(), a.path()).cmp(&(b.path().name(), b.path())));
+        for src in srcs {
+            let _ = writeln!(s, "source {}", src.path());
+        }
+        s
+    }
+
+    /// A shortest chain from a root to a derivation named `name`: why
+    /// the closure holds it (what `nix why-depends` prints).
+    pub fn why(&self, name: &str) -> Option<Vec<Drv>> {
+        // Breadth first from the roots, remembering how each was reached.
+        let mut came_from: BTreeMap<&StorePath, Option<&Drv>> = BTreeMap::new();
+        let mut queue: VecDeque<&Drv> = VecDeque::new();
+        for r in &self.roots {
+            if came_from.insert(r.drv_path(), None).is_none() {
+                queue.push_back(r);
+            }
+        }
+        while let Some(d) = queue.pop_front() {
+            if named(d, name) {
+                let mut chain = vec![d.clone()];
+                let mut at = d;
+                while let Some(Some(prev)) = came_from.get(at.drv_path()) {
+                    chain.push((*prev).clone());
+                    at = prev;
+                }
+                chain.reverse();
+                return Some(chain);
+            }
+            for i in d.input_derivations() {
+                if !came_from.contains_key(i.drv_path()) {
+                    came_from.insert(i.drv_path(), Some(d));
+                    queue.push_back(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// `Ok` if no derivation named `name` is in it; otherwise the chain
+    /// that pulls it in, rendered.
+    pub fn check_excludes(&self, name: &str) -> Result<(), String> {
+        match self.why(name) {
+            None => Ok(()),
+            Some(chain) => Err(format!(
+                "the closure contains `{name}`, needed through:\n{}",
+                chain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| format!("{}{} ({})", "  ".repeat(i + 1), d.name(), d.drv_path()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )),
+        }
+    }
+
+    /// Panics, printing why, if a derivation named `name` is in it.
+    #[track_caller]
+    pub fn assert_excludes(&self, name: &str) {
+        if let Err(why) = self.check_excludes(name) {
+            panic!("{why}");
+        }
+    }
+}
+
+/// `name` exactly, or `name-<version>` (a version starts with a digit).
+fn named(d: &Drv, name: &str) -> bool {
+    let n = d.name();
+    n == name
+        || n.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+}

@@ -1,0 +1,406 @@
+//! Package sets: named recipes, evaluated lazily and once, layered with
+//! overlays, overridable — what nixpkgs' `callPackage`, overlays and
+//! `override` do.
+//!
+//! A [`PackageSet`] is a value: a base layer of recipes and any number of
+//! overlays. [`PackageSet::eval`] gives its [`Pkgs`], where a package is
+//! evaluated on first use and then shared. A recipe asks its inputs of
+//! [`Args`]: by name, from the *final* set (after every overlay), so an
+//! overlay that replaces a library changes every package that uses it. In
+//! an overlay, [`Args::prev`] is the package as the layers below made it.
+//! Two sets (last year's release and this year's) are evaluated side by
+//! side without sharing anything but identical derivations.
+//!
+//! ```
+//! use bigtop_eval::drv::{DrvBuilder, Platform};
+//! use bigtop_eval::set::PackageSet;
+//! use bigtop_eval::text;
+//! let base = PackageSet::new(Platform::default())
+//!     .add("zlib", |a| DrvBuilder::new("zlib-1.3").builder("/bin/sh").build(a.platform()))
+//!     .add("curl", |a| {
+//!         let zlib = a.get("zlib")?;
+//!         DrvBuilder::new("curl-8")
+//!             .builder("/bin/sh")
+//!             .env("ZLIB", text!("{}", zlib))
+//!             .build(a.platform())
+//!     });
+//! let patched = base.clone().overlay(|o| {
+//!     o.add("zlib", |a| {
+//!         let old = a.prev()?;
+//!         DrvBuilder::new("zlib-1.3-patched")
+//!             .builder("/bin/sh")
+//!             .env("BASE", text!("{}", old))
+//!             .build(a.platform())
+//!     });
+//! });
+//! let (v1, v2) = (base.eval(), patched.eval());
+//! assert_ne!(v1.get("curl")?.drv_path(), v2.get("curl")?.drv_path());
+//! # Ok::<(), bigtop_eval::Error>(())
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::drv::{Drv, Origin, Platform};
+use crate::error::closest;
+use crate::Error;
+
+/// A recipe: makes a package from its inputs.
+pub type Recipe = Arc<dyn Fn(&Args) -> Result<Drv, Error> + Send + Sync>;
+
+/// Recipes, in layers: the base, then each overlay. Cheap to clone.
+#[derive(Clone)]
+pub struct PackageSet {
+    platform: Platform,
+    layers: Vec<Arc<BTreeMap<String, Recipe>>>,
+}
+
+impl fmt::Debug for PackageSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackageSet")
+            .field("platform", &self.platform)
+            .field(
+                "layers",
+                &self
+                    .layers
+                    .iter()
+                    .map(|l| l.keys().collect::<Vec<_>>())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// An overlay being written: its recipes replace or add packages.
+#[derive(Default)]
+pub struct Overlay {
+    recipes: BTreeMap<String, Recipe>,
+}
+
+impl Overlay {
+    /// Replaces or adds `name`.
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        recipe: impl Fn(&Args) -> Result<Drv, Error> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.recipes.insert(name.into(), Arc::new(recipe));
+        self
+    }
+}
+
+impl PackageSet {
+    /// An empty set evaluated for `platform`.
+    pub fn new(platform: Platform) -> Self {
+        PackageSet {
+            platform,
+            layers: vec![Arc::new(BTreeMap::new())],
+        }
+    }
+
+    /// Adds (or replaces) a recipe in the top layer.
+    pub fn add(
+        mut self,
+        name: impl Into<String>,
+        recipe: impl Fn(&Args) -> Result<Drv, Error> + Send + Sync + 'static,
+    ) -> Self {
+        let top = self.layers.last_mut().expect("a set has a layer");
+        Arc::make_mut(top).insert(name.into(), Arc::new(recipe));
+        self
+    }
+
+    /// A new layer on top: its recipes see the final set through
+    /// [`Args::get`] and what they replace through [`Args::prev`].
+    pub fn overlay(mut self, write: impl FnOnce(&mut Overlay)) -> Self {
+        let mut o = Overlay::default();
+        write(&mut o);
+        self.layers.push(Arc::new(o.recipes));
+        self
+    }
+
+    /// Every package name, sorted.
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.keys().map(String::as_str))
+            .collect()
+    }
+
+    /// The set, ready to evaluate packages as they are asked for.
+    pub fn eval(&self) -> Pkgs {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Pkgs(Arc::new(Inner {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            set: self.clone(),
+            memo: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+type Slot = Arc<OnceLock<Result<Drv, Arc<Error>>>>;
+
+/// An evaluated package set: each package is made on first use, once.
+/// Cheap to clone (clones share what was evaluated); safe to use from
+/// several threads.
+#[derive(Clone)]
+pub struct Pkgs(Arc<Inner>);
+
+struct Inner {
+    id: u64,
+    set: PackageSet,
+    /// (layer, name) → the package as that layer makes it.
+    memo: Mutex<HashMap<(usize, String), Slot>>,
+}
+
+impl fmt::Debug for Pkgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.memo.lock().map(|m| m.len()).unwrap_or(0);
+        write!(
+            f,
+            "Pkgs({} packages, {n} evaluated)",
+            self.0.set.names().len()
+        )
+    }
+}
+
+thread_local! {
+    /// The packages this thread is evaluating, innermost last: a package
+    /// asked for again while it is being made is a cycle.
+    static EVALUATING: RefCell<Vec<(u64, usize, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pkgs {
+    /// The platform its packages are evaluated for.
+    pub fn platform(&self) -> &Platform {
+        &self.0.set.platform
+    }
+
+    /// The package `name`, as the final set makes it.
+    pub fn get(&self, name: &str) -> Result<Drv, Error> {
+        match self.top_layer_of(name, usize::MAX) {
+            Some(layer) => self.eval_at(layer, name, &BTreeMap::new()),
+            None => Err(self.missing(name)),
+        }
+    }
+
+    /// Every package of the set, evaluated (errors included, by name).
+    pub fn all(&self) -> BTreeMap<String, Result<Drv, Error>> {
+        self.0
+            .set
+            .names()
+            .into_iter()
+            .map(|n| (n.to_owned(), self.get(n)))
+            .collect()
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::NoSuchPackage {
+            name: name.to_owned(),
+            suggestions: closest(name, self.0.set.names()),
+        }
+    }
+
+    /// The highest layer below `below` that defines `name`.
+    fn top_layer_of(&self, name: &str, below: usize) -> Option<usize> {
+        let layers = &self.0.set.layers;
+        (0..layers.len().min(below))
+            .rev()
+            .find(|&l| layers[l].contains_key(name))
+    }
+
+    /// `name` as layer `layer` makes it, with `overrides` for inputs;
+    /// memoized when there are none.
+    fn eval_at(
+        &self,
+        layer: usize,
+        name: &str,
+        overrides: &BTreeMap<String, Drv>,
+    ) -> Result<Drv, Error> {
+        let key = (self.0.id, layer, name.to_owned());
+        let cycle = EVALUATING.with(|s| {
+            let s = s.borrow();
+            s.iter().position(|k| *k == key).map(|start| {
+                let mut chain: Vec<String> = s[start..].iter().map(|k| k.2.clone()).collect();
+                chain.push(name.to_owned());
+                chain
+            })
+        });
+        if let Some(chain) = cycle {
+            return Err(Error::Cycle { chain });
+        }
+        let run = || -> Result<Drv, Arc<Error>> {
+            EVALUATING.with(|s| s.borrow_mut().push(key.clone()));
+            let r = self.call(layer, name, overrides);
+            EVALUATING.with(|s| s.borrow_mut().pop());
+            r.map_err(Arc::new)
+        };
+        let wrap = |e: Arc<Error>| match &*e {
+            // A cycle reads best as one chain, not nested per package.
+            Error::Cycle { chain } => Error::Cycle {
+                chain: chain.clone(),
+            },
+            _ => Error::InPackage {
+                name: name.to_owned(),
+                source: e,
+            },
+        };
+        if !overrides.is_empty() {
+            return run().map_err(wrap);
+        }
+        let slot: Slot = self
+            .0
+            .memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((layer, name.to_owned()))
+            .or_default()
+            .clone();
+        slot.get_or_init(run).clone().map_err(wrap)
+    }
+
+    fn call(
+        &self,
+        layer: usize,
+        name: &str,
+        overrides: &BTreeMap<String, Drv>,
+    ) -> Result<Drv, Error> {
+        let recipe = self.0.set.layers[layer][name].clone();
+        let args = Args {
+            pkgs: self.clone(),
+            layer,
+            name: name.to_owned(),
+            overrides: overrides.clone(),
+            asked: Mutex::new(BTreeSet::new()),
+        };
+        let drv = recipe(&args)?;
+        let call = Call {
+            pkgs: self.clone(),
+            layer,
+            name: name.to_owned(),
+            overrides: overrides.clone(),
+            inputs: args.asked.into_inner().unwrap_or_else(|e| e.into_inner()),
+        };
+        Ok(drv.with_origin(Origin::Recipe(Arc::new(call))))
+    }
+}
+
+/// What a recipe asks its inputs of.
+pub struct Args {
+    pkgs: Pkgs,
+    layer: usize,
+    name: String,
+    overrides: BTreeMap<String, Drv>,
+    /// The inputs asked for: what `override` may replace.
+    asked: Mutex<BTreeSet<String>>,
+}
+
+impl fmt::Debug for Args {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Args(for `{}`)", self.name)
+    }
+}
+
+impl Args {
+    /// The package `name` from the final set (or as overridden).
+    pub fn get(&self, name: &str) -> Result<Drv, Error> {
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned());
+        match self.overrides.get(name) {
+            Some(d) => Ok(d.clone()),
+            None => self.pkgs.get(name),
+        }
+    }
+
+    /// This package as the layers below this recipe's make it: what an
+    /// overlay builds on.
+    pub fn prev(&self) -> Result<Drv, Error> {
+        self.prev_of(&self.name)
+    }
+
+    /// The package `name` as the layers below this recipe's make it.
+    pub fn prev_of(&self, name: &str) -> Result<Drv, Error> {
+        match self.pkgs.top_layer_of(name, self.layer) {
+            Some(l) => self.pkgs.eval_at(l, name, &BTreeMap::new()),
+            None => Err(Error::NoSuchPackage {
+                name: name.to_owned(),
+                suggestions: Vec::new(),
+            }),
+        }
+    }
+
+    /// The platform to evaluate for.
+    pub fn platform(&self) -> &Platform {
+        self.pkgs.platform()
+    }
+
+    /// The whole final set.
+    pub fn pkgs(&self) -> &Pkgs {
+        &self.pkgs
+    }
+
+    /// The package being made.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How a recipe made a package: enough to make it again with other
+/// inputs.
+pub(crate) struct Call {
+    pkgs: Pkgs,
+    layer: usize,
+    name: String,
+    overrides: BTreeMap<String, Drv>,
+    inputs: BTreeSet<String>,
+}
+
+impl Drv {
+    pub(crate) fn with_origin(self, origin: Origin) -> Drv {
+        match std::sync::Arc::try_unwrap(self.0) {
+            Ok(mut node) => {
+                node.origin = origin;
+                Drv(Arc::new(node))
+            }
+            // Shared already (a recipe returning another package as is):
+            // that package keeps its own origin.
+            Err(shared) => Drv(shared),
+        }
+    }
+
+    /// The same package made by its recipe with some inputs replaced —
+    /// nixpkgs' `override`. Only inputs the recipe asked for can be
+    /// replaced; the result is not shared with the set.
+    pub fn override_inputs<'a, I>(&self, replace: I) -> Result<Drv, Error>
+    where
+        I: IntoIterator<Item = (&'a str, Drv)>,
+    {
+        let Origin::Recipe(call) = &self.0.origin else {
+            return Err(Error::NotOverridable {
+                name: self.name().to_owned(),
+                why: "it was not made by a package-set recipe",
+            });
+        };
+        let mut overrides = call.overrides.clone();
+        for (input, drv) in replace {
+            if !call.inputs.contains(input) {
+                return Err(Error::NoSuchInput {
+                    package: call.name.clone(),
+                    input: input.to_owned(),
+                    takes: call
+                        .inputs
+                        .iter()
+                        .map(|i| format!("`{i}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            overrides.insert(input.to_owned(), drv);
+        }
+        call.pkgs.eval_at(call.layer, &call.name, &overrides)
+    }
+}

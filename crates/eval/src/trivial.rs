@@ -1,0 +1,97 @@
+//! Trivial builders: files, scripts and symlink trees made by the store's
+//! builtin builders (no process, no sandbox), and small shell commands.
+//!
+//! ```
+//! use bigtop_eval::drv::Platform;
+//! use bigtop_eval::{text, trivial};
+//! let p = Platform::default();
+//! let conf = trivial::write_json(&p, "app.json", &serde_json::json!({"port": 8080}))?;
+//! let run = trivial::write_script(&p, "run-app", "/bin/sh", text!("exec app --config {}\n", conf))?;
+//! // The script names the configuration: building it needs it.
+//! assert_eq!(run.input_derivations(), [conf]);
+//! # Ok::<(), bigtop_eval::Error>(())
+//! ```
+
+use bigtop_core::derivation::builtins::{SYMLINK_JOIN, WRITE_FILE};
+
+use crate::drv::{Drv, DrvBuilder, Interpolate, Platform, Str};
+use crate::Error;
+
+/// A file holding `text`.
+pub fn write_text(p: &Platform, name: &str, text: impl Into<Str>) -> Result<Drv, Error> {
+    DrvBuilder::new(name)
+        .builder(WRITE_FILE)
+        .env("text", text)
+        .build(p)
+}
+
+/// An executable file: `#!interpreter` then `body`. The interpreter is
+/// usually a package's program (`text!("{}/bin/bash", bash)`), which makes
+/// that package a dependency of the script.
+pub fn write_script(
+    p: &Platform,
+    name: &str,
+    interpreter: impl Into<Str>,
+    body: impl Into<Str>,
+) -> Result<Drv, Error> {
+    let mut text = Str::from("#!");
+    text.push(interpreter.into());
+    text.push("\n");
+    text.push(body.into());
+    DrvBuilder::new(name)
+        .builder(WRITE_FILE)
+        .env("text", text)
+        .env("executable", "1")
+        .build(p)
+}
+
+/// `value` as pretty-printed JSON (with a final newline).
+pub fn write_json<T: serde::Serialize + ?Sized>(
+    p: &Platform,
+    name: &str,
+    value: &T,
+) -> Result<Drv, Error> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::Serialize {
+        name: name.to_owned(),
+        format: "JSON",
+        reason: e.to_string(),
+    })?;
+    text.push('\n');
+    write_text(p, name, text)
+}
+
+/// `value` as TOML.
+pub fn write_toml<T: serde::Serialize + ?Sized>(
+    p: &Platform,
+    name: &str,
+    value: &T,
+) -> Result<Drv, Error> {
+    let text = toml::to_string(value).map_err(|e| Error::Serialize {
+        name: name.to_owned(),
+        format: "TOML",
+        reason: e.to_string(),
+    })?;
+    write_text(p, name, text)
+}
+
+/// One tree of symlinks into every one of `paths` (a profile, nixpkgs'
+/// `symlinkJoin`/`buildEnv`); two paths providing the same file fail the
+/// build, naming both.
+pub fn symlink_join<I>(p: &Platform, name: &str, paths: I) -> Result<Drv, Error>
+where
+    I: IntoIterator,
+    I::Item: Interpolate,
+{
+    DrvBuilder::new(name)
+        .builder(SYMLINK_JOIN)
+        .env("paths", Str::join(paths, " "))
+        .build(p)
+}
+
+/// A small process derivation: `shell -c script`, with `$out` to write;
+/// add variables to the builder returned, then `build` it. `shell` is a
+/// program the build can run: a bootstrap or package shell
+/// (`text!("{}/bin/sh", sh)`), or `/bin/sh`, which the sandbox provides.
+pub fn run_command(name: &str, shell: impl Into<Str>, script: impl Into<Str>) -> DrvBuilder {
+    DrvBuilder::new(name).builder(shell).arg("-c").arg(script)
+}

@@ -1,0 +1,7 @@
+//! bigtop-eval's integration tests: one binary, a module per area.
+
+mod context;
+mod overlays;
+mod sources;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;

@@ -1,0 +1,170 @@
+//! Package sets: laziness, overlays, overrides, cycles, releases side by
+//! side.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bigtop_eval::drv::{Drv, DrvBuilder, Platform, Str};
+use bigtop_eval::set::{Args, PackageSet};
+use bigtop_eval::{text, Error};
+
+use crate::TestResult;
+
+/// A package `name-version` whose script names each of `deps`.
+fn pkg(a: &Args, name: &str, version: &str, deps: &[&str]) -> Result<Drv, Error> {
+    let mut script = Str::from("echo");
+    for d in deps {
+        script.push(text!(" {}", a.get(d)?));
+    }
+    script.push(" > $out");
+    DrvBuilder::new(format!("{name}-{version}"))
+        .builder("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .build(a.platform())
+}
+
+fn base() -> PackageSet {
+    PackageSet::new(Platform::default())
+        .add("zlib", |a| pkg(a, "zlib", "1.3", &[]))
+        .add("openssl", |a| pkg(a, "openssl", "3.0", &["zlib"]))
+        .add("curl", |a| pkg(a, "curl", "8.5", &["openssl", "zlib"]))
+        .add("git", |a| pkg(a, "git", "2.43", &["curl", "zlib"]))
+        .add("python", |a| pkg(a, "python", "3.12", &["openssl"]))
+        .add("jq", |a| pkg(a, "jq", "1.7", &[]))
+}
+
+fn paths(set: &PackageSet) -> Result<BTreeMap<String, String>, Error> {
+    let pkgs = set.eval();
+    pkgs.all()
+        .into_iter()
+        .map(|(n, d)| Ok((n, d?.drv_path().to_string())))
+        .collect()
+}
+
+#[test]
+fn an_overlay_replacing_a_library_changes_exactly_its_dependents() -> TestResult {
+    let before = paths(&base())?;
+    let patched = base().overlay(|o| {
+        o.add("openssl", |a| {
+            // Built on what it replaces, as an overlay usually is.
+            let old = a.prev()?;
+            DrvBuilder::new("openssl-3.0")
+                .builder("/bin/sh")
+                .arg("-c")
+                .arg(text!("cp {} $out; echo patched >> $out", old))
+                .build(a.platform())
+        });
+    });
+    let after = paths(&patched)?;
+    let changed: Vec<&String> = before.keys().filter(|n| before[*n] != after[*n]).collect();
+    insta::assert_snapshot!(
+        changed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+        @r"
+    curl
+    git
+    openssl
+    python
+    "
+    );
+    // The replaced package is built from the old one.
+    let pkgs = patched.eval();
+    let openssl = pkgs.get("openssl")?;
+    assert_eq!(
+        openssl.input_derivations()[0].drv_path().to_string(),
+        before["openssl"]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_package_is_evaluated_once_on_first_use() -> TestResult {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let set = base().add("counted", move |a| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        pkg(a, "counted", "1", &["zlib"])
+    });
+    let pkgs = set.eval();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "nothing is evaluated up front"
+    );
+    let first = pkgs.get("counted")?;
+    let second = pkgs.clone().get("counted")?;
+    assert_eq!(first, second);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[test]
+fn override_replaces_an_input_and_override_of_an_unknown_input_is_named() -> TestResult {
+    let pkgs = base().eval();
+    let curl = pkgs.get("curl")?;
+    let other_zlib = DrvBuilder::new("zlib-ng-2.1")
+        .builder("/bin/sh")
+        .build(pkgs.platform())?;
+    let curl2 = curl.override_inputs([("zlib", other_zlib.clone())])?;
+    assert_ne!(curl2.drv_path(), curl.drv_path());
+    assert!(curl2.input_derivations().contains(&other_zlib));
+    // The set is unchanged.
+    assert_eq!(pkgs.get("curl")?, curl);
+    let err = curl.override_inputs([("zlb", other_zlib)]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`curl` takes no input `zlb` (it takes: `openssl`, `zlib`)"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_cycle_is_reported_with_its_chain() -> TestResult {
+    let set = base()
+        .add("a", |a| pkg(a, "a", "1", &["b"]))
+        .add("b", |a| pkg(a, "b", "1", &["c"]))
+        .add("c", |a| pkg(a, "c", "1", &["a"]));
+    let err = set.eval().get("a").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Packages depend on each other: a -> b -> c -> a"
+    );
+    // What does not touch the cycle is fine.
+    assert!(set.eval().get("git").is_ok());
+    Ok(())
+}
+
+#[test]
+fn a_missing_package_suggests_close_names() -> TestResult {
+    let set = base().add("app", |a| pkg(a, "app", "1", &["opensll"]));
+    let err = set.eval().get("app").unwrap_err();
+    let mut chain = err.to_string();
+    let mut src = std::error::Error::source(&err);
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    assert_eq!(
+        chain,
+        "In package `app`: No package `opensll` in this package set; did you mean `openssl`?"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_releases_evaluate_side_by_side_and_share_what_is_identical() -> TestResult {
+    let last_year = base();
+    let this_year = base().overlay(|o| {
+        o.add("curl", |a| pkg(a, "curl", "8.6", &["openssl", "zlib"]));
+    });
+    let (old, new) = (last_year.eval(), this_year.eval());
+    assert_eq!(old.get("openssl")?, new.get("openssl")?);
+    assert_ne!(old.get("git")?, new.get("git")?);
+    assert_eq!(old.get("curl")?.name(), "curl-8.5");
+    assert_eq!(new.get("curl")?.name(), "curl-8.6");
+    // The old release's paths are exactly what they were.
+    assert_eq!(paths(&last_year)?, paths(&base())?);
+    Ok(())
+}
