@@ -8,7 +8,7 @@ use thiserror::Error;
 use super::{Derivation, DerivationOutput, OutputName, VERSION_LINE};
 use crate::content_address::{ContentAddress, ContentAddressMethod};
 use crate::hash::HashAlgo;
-use crate::store_path::StoreDir;
+use crate::store_path::{StoreDir, StorePath};
 
 /// Why a `.drv` text was rejected. Line numbers count from 1.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -55,21 +55,43 @@ pub enum ParseError {
 }
 
 fn quote(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\u{{{:02x}}}", c as u32);
-            }
-            c => out.push(c),
+    escape(out, s);
+    out.push('"');
+}
+
+fn escape(out: &mut String, s: &str) {
+    // Runs of plain text are copied whole: every escaped character is
+    // ASCII, so splitting at its byte keeps UTF-8 intact.
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\t' => "\\t",
+            b'\r' => "\\r",
+            b if b < 0x20 || b == 0x7f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{{{b:02x}}}");
+        } else {
+            out.push_str(escaped);
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
+}
+
+/// A full store path, quoted, without building it as a string first (a
+/// base name never needs escaping: its characters are validated).
+fn quote_path(out: &mut String, dir: &StoreDir, p: &StorePath) {
     out.push('"');
+    escape(out, dir.as_str());
+    let _ = write!(out, "/{p}\"");
 }
 
 fn method_word(m: ContentAddressMethod) -> &'static str {
@@ -111,7 +133,7 @@ pub(super) fn print(
             }
             (DerivationOutput::InputAddressed(p), false) => {
                 o.push_str(" input-addressed ");
-                quote(&mut o, &dir.full(p));
+                quote_path(&mut o, dir, p);
             }
             (DerivationOutput::Deferred, false) => o.push_str(" deferred"),
             (DerivationOutput::Fixed(ca), _) => {
@@ -135,13 +157,20 @@ pub(super) fn print(
     };
     match masked_inputs {
         Some(masked) => masked.iter().for_each(|(k, outs)| input(&mut o, k, outs)),
-        None => drv
-            .input_drvs
-            .iter()
-            .for_each(|(p, outs)| input(&mut o, &dir.full(p), outs)),
+        None => drv.input_drvs.iter().for_each(|(p, outs)| {
+            o.push_str("input-drv ");
+            quote_path(&mut o, dir, p);
+            for out in outs {
+                o.push(' ');
+                quote(&mut o, out.as_str());
+            }
+            o.push('\n');
+        }),
     }
     for p in &drv.input_srcs {
-        field(&mut o, "input-src", &dir.full(p));
+        o.push_str("input-src ");
+        quote_path(&mut o, dir, p);
+        o.push('\n');
     }
     for (k, v) in &drv.env {
         o.push_str("env ");
