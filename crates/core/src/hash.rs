@@ -354,6 +354,43 @@ impl io::Write for Hasher {
     }
 }
 
+/// A writer that hashes and counts what passes through it on the way to
+/// `inner` (`io::sink()` to only hash).
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl<W: io::Write> HashingWriter<W> {
+    /// Hashes with `algo` what is written to `inner`.
+    pub fn new(inner: W, algo: HashAlgo) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(algo),
+            written: 0,
+        }
+    }
+
+    /// The hash and size of what was written, and the inner writer.
+    pub fn finish(self) -> (Hash, u64, W) {
+        (self.hasher.finish(), self.written, self.inner)
+    }
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bigtop_core::hash::{Hash, HashAlgo, Hasher};
+use bigtop_core::hash::{Hash, HashAlgo, HashingWriter};
 use bigtop_core::nar::NarEncoder;
 use bigtop_core::{StoreDir, StorePath};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -314,10 +314,9 @@ impl SourceBuilder {
                 .unwrap_or_else(|| "source".into()),
         };
         let selection = Selection::new(&self, &root)?;
-        let mut hasher = Counting(Hasher::new(HashAlgo::Blake3), 0);
+        let mut hasher = HashingWriter::new(io::sink(), HashAlgo::Blake3);
         selection.encode(&root, &mut hasher)?;
-        let Counting(h, nar_size) = hasher;
-        let nar_hash = h.finish();
+        let (nar_hash, nar_size, _) = hasher.finish();
         let path = platform
             .store_dir
             .make_source_path(&name, &nar_hash, [], false)
@@ -350,19 +349,6 @@ fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
-}
-
-struct Counting(Hasher, u64);
-
-impl Write for Counting {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        self.1 += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The compiled filters of a source.
@@ -713,34 +699,15 @@ impl Source {
     /// add. An edit since evaluation is an error, not a silently different
     /// path.
     pub fn write_nar(&self, w: impl Write) -> Result<(), Error> {
-        let mut check = Checking {
-            inner: w,
-            hasher: Hasher::new(HashAlgo::Blake3),
-        };
+        let mut check = HashingWriter::new(w, HashAlgo::Blake3);
         self.0.selection.encode(&self.0.root, &mut check)?;
-        if check.hasher.finish() != self.0.nar_hash {
+        if check.finish().0 != self.0.nar_hash {
             return Err(Error::Source {
                 path: self.0.root.clone(),
                 source: io::Error::other("it changed since it was evaluated"),
             });
         }
         Ok(())
-    }
-}
-
-struct Checking<W> {
-    inner: W,
-    hasher: Hasher,
-}
-
-impl<W: Write> Write for Checking<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -23,6 +23,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, Read, Write};
 
+use bigtop_core::hash::HashingWriter;
 use bigtop_core::nar;
 use bigtop_core::{ReferenceGraph, StorePath};
 
@@ -140,12 +141,9 @@ impl Store {
                 put(w, s.to_string().as_bytes()).map_err(out_err)?;
             }
             put(w, b"nar").map_err(out_err)?;
-            let mut hashing = HashingWriter {
-                inner: &mut *w,
-                hasher: bigtop_core::Hasher::new(info.nar_hash.algo()),
-            };
+            let mut hashing = HashingWriter::new(&mut *w, info.nar_hash.algo());
             nar::dump_path(&self.physical(p), &mut hashing)?;
-            let got = hashing.hasher.finish();
+            let (got, _, _) = hashing.finish();
             if got != info.nar_hash {
                 return Err(Error::HashMismatch {
                     path: p.clone(),
@@ -228,19 +226,3 @@ impl Store {
     }
 }
 
-/// A writer that hashes what passes through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: bigtop_core::Hasher,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}

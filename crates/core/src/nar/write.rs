@@ -432,25 +432,14 @@ pub fn hash_path(path: &Path, algo: HashAlgo) -> Result<(Hash, u64), DumpError> 
 /// hash and the archive's size: what [`hash_path`] gives for such a file,
 /// for a writer that has the bytes in hand and need not read them back.
 pub fn hash_file_bytes(contents: &[u8], executable: bool, algo: HashAlgo) -> (Hash, u64) {
-    struct Counting(Hasher, u64);
-    impl Write for Counting {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.update(buf);
-            self.1 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut nar = NarEncoder::new(Counting(Hasher::new(algo), 0));
+    let mut nar = NarEncoder::new(crate::hash::HashingWriter::new(io::sink(), algo));
     let mut reader = contents;
     let done = nar
         .file(None, executable, contents.len() as u64, &mut reader)
         .and_then(|()| nar.finish());
     // Writing to memory with the exact size given cannot fail.
-    let Counting(hasher, size) = done.expect("a file NAR in memory");
-    (hasher.finish(), size)
+    let (hash, size, _) = done.expect("a file NAR in memory").finish();
+    (hash, size)
 }
 
 /// Why an event could not be encoded.

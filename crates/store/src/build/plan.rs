@@ -328,14 +328,7 @@ impl Planner<'_> {
             let mut next = Vec::new();
             let mut unknown = Vec::new();
             for w in frontier {
-                if let Some(&job) = self.build_of.get(&w.drv) {
-                    // Met before: widen what is wanted, add the edge.
-                    if let JobKind::Build { wanted, .. } = &mut self.jobs[job].kind {
-                        wanted.extend(w.outputs.iter().cloned());
-                    }
-                    if let Some(by) = w.needed_by {
-                        self.edge(job, by);
-                    }
+                if self.join_known(&w) {
                     continue;
                 }
                 // Fast path: recorded outputs, all valid.
@@ -374,6 +367,21 @@ impl Planner<'_> {
         };
         order(&mut plan)?;
         Ok(plan)
+    }
+
+    /// When `w`'s derivation has a build job already: widens what is
+    /// wanted of it, adds the edge, and says so.
+    fn join_known(&mut self, w: &Wanted) -> bool {
+        let Some(&job) = self.build_of.get(&w.drv) else {
+            return false;
+        };
+        if let JobKind::Build { wanted, .. } = &mut self.jobs[job].kind {
+            wanted.extend(w.outputs.iter().cloned());
+        }
+        if let Some(by) = w.needed_by {
+            self.edge(job, by);
+        }
+        true
     }
 
     /// Classifies the derivations of one level not known to be done: the
@@ -419,14 +427,8 @@ impl Planner<'_> {
             self.store.valid_among(srcs)?
         };
         for w in level {
-            // Met earlier in this level (a job now): widen, add the edge.
-            if let Some(&job) = self.build_of.get(&w.drv) {
-                if let JobKind::Build { wanted, .. } = &mut self.jobs[job].kind {
-                    wanted.extend(w.outputs.iter().cloned());
-                }
-                if let Some(by) = w.needed_by {
-                    self.edge(job, by);
-                }
+            // Met earlier in this level (a job now).
+            if self.join_known(&w) {
                 continue;
             }
             let derivation = read[&w.drv].clone();
