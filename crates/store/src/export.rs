@@ -225,4 +225,3 @@ impl Store {
         batch.commit()
     }
 }
-
