@@ -356,11 +356,18 @@ impl io::Write for Hasher {
 
 /// A writer that hashes and counts what passes through it on the way to
 /// `inner` (`io::sink()` to only hash).
-#[derive(Debug)]
 pub struct HashingWriter<W> {
     inner: W,
     hasher: Hasher,
     written: u64,
+}
+
+impl<W> std::fmt::Debug for HashingWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingWriter")
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<W: io::Write> HashingWriter<W> {
