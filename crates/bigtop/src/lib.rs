@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | [`core`] | `bigtop-core` | digests, store paths, NAR, derivations, narinfo, signatures, closures |
 //! | [`store`] | `bigtop-store` | the local store, builder, caches (in progress) |
-//! | [`eval`] | `bigtop-eval` | the typed DSL: packages, modules, services, fleets (in progress) |
+//! | [`eval`] | `bigtop-eval` | the typed DSL: packages, sources, package sets (modules, services, fleets in progress) |
+//! | [`realise`] | | evaluated packages into a store: sources imported, derivations added, built |
 //! | [`activate`] | `bigtop-activate` | generations, switching, rollback, deploys (in progress) |
 //!
 //! ```
@@ -31,3 +32,4 @@ pub use bigtop_eval as eval;
 pub use bigtop_store as store;
 
 pub mod cli;
+pub mod realise;

@@ -93,14 +93,13 @@ pub(crate) struct Node {
     pub(crate) origin: Origin,
 }
 
-/// How a derivation was made, for `override` and `override_attrs`.
+/// How a derivation was made, for `override_inputs` and `override_attrs`.
 #[derive(Clone, Default)]
-pub(crate) enum Origin {
-    /// By hand: nothing to remake it from.
-    #[default]
-    Raw,
+pub(crate) struct Origin {
     /// By a package-set recipe, from named inputs.
-    Recipe(Arc<crate::set::Call>),
+    pub(crate) recipe: Option<Arc<crate::set::Call>>,
+    /// By the package builder, from its attributes and stdenv.
+    pub(crate) package: Option<Arc<(crate::package::Package, crate::package::Stdenv)>>,
 }
 
 impl PartialEq for Drv {
@@ -136,6 +135,29 @@ impl fmt::Debug for Drv {
 }
 
 impl Drv {
+    /// This derivation, remembering how it was made (a fresh value, or
+    /// one shared already, which keeps its own origin).
+    fn with(self, set: impl FnOnce(&mut Origin)) -> Drv {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut node) => {
+                set(&mut node.origin);
+                Drv(Arc::new(node))
+            }
+            Err(shared) => Drv(shared),
+        }
+    }
+
+    pub(crate) fn with_recipe(self, call: Arc<crate::set::Call>) -> Drv {
+        self.with(|o| o.recipe = Some(call))
+    }
+
+    pub(crate) fn with_package(
+        self,
+        made: Arc<(crate::package::Package, crate::package::Stdenv)>,
+    ) -> Drv {
+        self.with(|o| o.package = Some(made))
+    }
+
     /// The derivation's name.
     pub fn name(&self) -> &str {
         &self.0.derivation.name
@@ -665,10 +687,6 @@ impl DrvBuilder {
 
     /// Computes the derivation, its `.drv` path and its output paths.
     pub fn build(self, platform: &Platform) -> Result<Drv, Error> {
-        self.build_with(platform, Origin::Raw)
-    }
-
-    pub(crate) fn build_with(self, platform: &Platform, origin: Origin) -> Result<Drv, Error> {
         let name = self.name;
         let Some(builder) = self.builder else {
             return Err(Error::NoBuilder { name });
@@ -752,7 +770,7 @@ impl DrvBuilder {
             sources: ctx.srcs.into_values().collect(),
             platform: platform.clone(),
             meta: self.meta,
-            origin,
+            origin: Origin::default(),
         })))
     }
 }

@@ -12,6 +12,8 @@
 //!   [`text!`]), typed outputs, the raw derivation builder;
 //! * [`source`]: local trees as content-addressed inputs, filtered;
 //! * [`trivial`]: files, scripts, JSON/TOML, symlink trees;
+//! * [`package`]: the package builder (phases, hooks, outputs, metadata)
+//!   and the [`Stdenv`](package::Stdenv) it builds with;
 //! * [`set`]: package sets, evaluated lazily, with overlays and overrides;
 //! * [`closure`]: closures computed without building, for tests.
 //!
@@ -37,6 +39,7 @@ pub use bigtop_core as core;
 pub mod closure;
 pub mod drv;
 mod error;
+pub mod package;
 pub mod set;
 pub mod source;
 pub mod trivial;

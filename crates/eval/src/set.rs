@@ -44,7 +44,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::drv::{Drv, Origin, Platform};
+use crate::drv::{Drv, Platform};
 use crate::error::closest;
 use crate::Error;
 
@@ -283,7 +283,7 @@ impl Pkgs {
             overrides: overrides.clone(),
             inputs: args.asked.into_inner().unwrap_or_else(|e| e.into_inner()),
         };
-        Ok(drv.with_origin(Origin::Recipe(Arc::new(call))))
+        Ok(drv.with_recipe(Arc::new(call)))
     }
 }
 
@@ -360,18 +360,6 @@ pub(crate) struct Call {
 }
 
 impl Drv {
-    pub(crate) fn with_origin(self, origin: Origin) -> Drv {
-        match std::sync::Arc::try_unwrap(self.0) {
-            Ok(mut node) => {
-                node.origin = origin;
-                Drv(Arc::new(node))
-            }
-            // Shared already (a recipe returning another package as is):
-            // that package keeps its own origin.
-            Err(shared) => Drv(shared),
-        }
-    }
-
     /// The same package made by its recipe with some inputs replaced —
     /// nixpkgs' `override`. Only inputs the recipe asked for can be
     /// replaced; the result is not shared with the set.
@@ -379,7 +367,7 @@ impl Drv {
     where
         I: IntoIterator<Item = (&'a str, Drv)>,
     {
-        let Origin::Recipe(call) = &self.0.origin else {
+        let Some(call) = &self.0.origin.recipe else {
             return Err(Error::NotOverridable {
                 name: self.name().to_owned(),
                 why: "it was not made by a package-set recipe",

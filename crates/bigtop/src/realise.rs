@@ -1,0 +1,172 @@
+//! From evaluated packages to built store paths: the sources they name
+//! are imported, their derivations added, and the builder runs — the step
+//! between `bigtop-eval` (which never touches a store) and
+//! `bigtop-store`.
+//!
+//! ```no_run
+//! use bigtop::eval::drv::Platform;
+//! use bigtop::eval::trivial;
+//! use bigtop::store::build::Builder;
+//! use bigtop::store::Store;
+//! let store = Store::open_chroot("/tmp/bigtop-demo")?;
+//! let motd = trivial::write_text(&Platform::default(), "motd", "welcome\n")?;
+//! let built = bigtop::realise::realise(&store, &Builder::new(&store), &[motd.clone()])?;
+//! println!("{}", store.store_dir().full(&built.path(&motd.out())?));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufReader;
+
+use bigtop_core::derivation::OutputName;
+use bigtop_core::{ContentAddress, ContentAddressMethod, StorePath};
+use bigtop_eval::drv::{closure_of, Drv, Output};
+use bigtop_eval::source::Source;
+use bigtop_store::build::{BuildReport, Builder};
+use bigtop_store::{PathInfo, Store};
+use thiserror::Error;
+
+/// Why realising failed, naming the package or source.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A source could not be read (or changed since it was evaluated).
+    #[error("Cannot import source `{}`", source_path.display())]
+    Source {
+        /// The source's root.
+        source_path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: bigtop_eval::Error,
+    },
+    /// The store refused something.
+    #[error(transparent)]
+    Store(#[from] bigtop_store::Error),
+    /// The store computed another `.drv` path than evaluation did: a bug
+    /// in one of the two, never a user's error.
+    #[error("Derivation `{name}`: evaluated as `{evaluated}`, added as `{added}`")]
+    DrvPathMismatch {
+        /// The derivation.
+        name: String,
+        /// The path evaluation computed.
+        evaluated: StorePath,
+        /// The path the store computed.
+        added: StorePath,
+    },
+    /// An output asked of the result was not built.
+    #[error("`{0}` was not among the outputs realised")]
+    NotRealised(String),
+}
+
+/// What [`realise`] built.
+#[derive(Debug)]
+pub struct Realised {
+    /// The builder's report.
+    pub report: BuildReport,
+}
+
+impl Realised {
+    /// The store path of an output of one of the roots (outputs of
+    /// input-addressed and fixed derivations are known in advance; this
+    /// checks that it was built).
+    pub fn path(&self, output: &Output) -> Result<StorePath, Error> {
+        self.report
+            .outputs
+            .get(output.drv().drv_path())
+            .and_then(|outs| outs.get(output.name()))
+            .cloned()
+            .ok_or_else(|| Error::NotRealised(format!("{output:?}")))
+    }
+}
+
+/// Imports the sources and adds the derivations `roots` need, in one
+/// batch: afterwards every `.drv` of their closure is in the store.
+pub fn add(store: &Store, roots: &[Drv]) -> Result<(), Error> {
+    let drvs = closure_of(roots);
+    let sources: BTreeMap<StorePath, Source> = drvs
+        .iter()
+        .flat_map(|d| d.input_sources())
+        .map(|s| (s.path().clone(), s.clone()))
+        .collect();
+    let missing: Vec<&Source> = {
+        let valid = store.valid_among(sources.keys())?;
+        sources
+            .values()
+            .filter(|s| !valid.contains(s.path()))
+            .collect()
+    };
+    let mut batch = store.batch();
+    for src in missing {
+        add_source(&mut batch, src)?;
+    }
+    for d in &drvs {
+        let added = batch.add_derivation(d.derivation())?;
+        if &added != d.drv_path() {
+            return Err(Error::DrvPathMismatch {
+                name: d.name().to_owned(),
+                evaluated: d.drv_path().clone(),
+                added,
+            });
+        }
+    }
+    batch.commit()?;
+    Ok(())
+}
+
+/// Streams a source's NAR into the batch: one thread writes it (reading
+/// the tree again and checking it still hashes the same), the store
+/// unpacks and checks it.
+fn add_source(batch: &mut bigtop_store::AddBatch<'_>, src: &Source) -> Result<(), Error> {
+    let mut info = PathInfo::new(
+        src.path().clone(),
+        *src.nar_hash(),
+        src.nar_size(),
+        BTreeSet::new(),
+    );
+    info.ca = Some(ContentAddress::new(
+        ContentAddressMethod::Recursive,
+        *src.nar_hash(),
+    ));
+    let (reader, writer) = std::io::pipe().map_err(|e| Error::Source {
+        source_path: src.root().to_owned(),
+        source: bigtop_eval::Error::Source {
+            path: src.root().to_owned(),
+            source: e,
+        },
+    })?;
+    std::thread::scope(|s| {
+        let w = s.spawn(move || src.write_nar(writer));
+        let added = batch.add_nar(info, &mut BufReader::new(reader));
+        let written = w.join().unwrap_or_else(|_| {
+            Err(bigtop_eval::Error::Source {
+                path: src.root().to_owned(),
+                source: std::io::Error::other("the NAR writer panicked"),
+            })
+        });
+        // The reader's complaint (a short or changed stream) is the
+        // writer's error, said better.
+        written.map_err(|e| Error::Source {
+            source_path: src.root().to_owned(),
+            source: e,
+        })?;
+        added.map_err(Error::Store)
+    })
+}
+
+/// Adds what `roots` need and builds every output of each with `builder`.
+pub fn realise(store: &Store, builder: &Builder<'_>, roots: &[Drv]) -> Result<Realised, Error> {
+    add(store, roots)?;
+    let targets: Vec<(StorePath, BTreeSet<OutputName>)> = roots
+        .iter()
+        .map(|d| (d.drv_path().clone(), BTreeSet::new()))
+        .collect();
+    let report = builder.build(&targets)?;
+    Ok(Realised { report })
+}
+
+/// The runtime closure of built outputs: every store path they refer to,
+/// directly or not, themselves included (for tests asserting on what a
+/// machine would receive).
+pub fn runtime_closure(store: &Store, outputs: &[StorePath]) -> Result<BTreeSet<StorePath>, Error> {
+    Ok(store.closure(outputs)?)
+}

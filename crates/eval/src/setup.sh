@@ -1,0 +1,101 @@
+# The generic builder of bigtop packages (POSIX sh), run as
+# `$shell -e setup.sh`: it puts the inputs' bin, include and lib
+# directories on the search paths, then runs the phases. Each phase runs
+# `$pre<Phase>`, then `$<phase>Phase` if the package replaced it (else the
+# default below), then `$post<Phase>`; all are shell text, `eval`ed.
+
+# The store's "nowhere" PATH goes: only inputs are found by name.
+[ "$PATH" = /path-not-set ] && PATH=
+for p in $stdenvTools $buildInputs $runtimeInputs; do
+    [ -d "$p/bin" ] && PATH="${PATH:+$PATH:}$p/bin"
+    [ -d "$p/include" ] && CPATH="${CPATH:+$CPATH:}$p/include"
+    [ -d "$p/lib" ] && LIBRARY_PATH="${LIBRARY_PATH:+$LIBRARY_PATH:}$p/lib"
+done
+export PATH CPATH LIBRARY_PATH
+
+defaultUnpack() {
+    [ -n "${src:-}" ] || return 0
+    if [ -d "$src" ]; then
+        cp -R "$src" source
+        chmod -R u+w source
+    else
+        mkdir source
+        tar -xf "$src" -C source
+        # A tarball of one directory: that directory is the source.
+        entries=0
+        for e in source/* source/.[!.]*; do
+            [ -e "$e" ] && entries=$((entries + 1)) && only=$e
+        done
+        if [ "$entries" -eq 1 ] && [ -d "$only" ]; then
+            mv "$only" source.tmp && rmdir source && mv source.tmp source
+        fi
+    fi
+    cd source
+}
+
+defaultPatch() {
+    for p in ${patches:-}; do
+        echo "applying $p"
+        patch -p1 < "$p"
+    done
+}
+
+defaultConfigure() {
+    if [ -x ./configure ]; then
+        ./configure --prefix="$out" ${configureFlags:-}
+    fi
+}
+
+hasMakefile() {
+    [ -f Makefile ] || [ -f makefile ] || [ -f GNUmakefile ]
+}
+
+defaultBuild() {
+    if hasMakefile; then
+        make -j"${BIGTOP_BUILD_CORES:-1}" ${makeFlags:-}
+    fi
+}
+
+defaultCheck() {
+    if [ "${doCheck:-}" = 1 ] && hasMakefile; then
+        make check ${makeFlags:-}
+    fi
+}
+
+defaultInstall() {
+    if hasMakefile; then
+        make install PREFIX="$out" prefix="$out" ${makeFlags:-} ${installFlags:-}
+    fi
+}
+
+defaultFixup() {
+    # Runtime inputs are recorded in the output, so that they stay in its
+    # runtime closure even where nothing else names them.
+    if [ -n "${runtimeInputs:-}" ] && [ -d "$out" ]; then
+        mkdir -p "$out/share/bigtop"
+        printf '%s\n' $runtimeInputs > "$out/share/bigtop/runtime-inputs"
+    fi
+}
+
+runPhase() {
+    name=$1 lower=$2
+    echo "bigtop: $lower phase"
+    eval "pre=\${pre$name:-}"
+    eval "$pre"
+    eval "custom=\${${lower}Phase:-}"
+    if [ -n "$custom" ]; then
+        eval "$custom"
+    else
+        "default$name"
+    fi
+    eval "post=\${post$name:-}"
+    eval "$post"
+}
+
+runPhase Unpack unpack
+runPhase Patch patch
+runPhase Configure configure
+runPhase Build build
+runPhase Check check
+runPhase Install install
+runPhase Fixup fixup
