@@ -10,6 +10,11 @@ need=()
 command -v nix-store >/dev/null || need+=(nix-bin)
 # GNU make: the jobserver tests run two `make` builds side by side.
 command -v make >/dev/null || need+=(make)
+# The bootstrap imports the host's C compiler and tools: the package tests
+# build a C library and a program with them.
+command -v gcc >/dev/null || need+=(gcc)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+command -v patch >/dev/null || need+=(patch)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -31,5 +31,6 @@ pub use bigtop_core as core;
 pub use bigtop_eval as eval;
 pub use bigtop_store as store;
 
+pub mod bootstrap;
 pub mod cli;
 pub mod realise;

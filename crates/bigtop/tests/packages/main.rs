@@ -1,0 +1,155 @@
+//! Packages built for real: the host bootstrap, the package builder and
+//! `realise`, on the C sources of `examples/packages/`, into a temp store
+//! whose logical dir is its physical one (so built programs run here).
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+use bigtop::core::StoreDir;
+use bigtop::eval::closure::BuildClosure;
+use bigtop::eval::drv::{Drv, Platform};
+use bigtop::eval::package::{Package, Phase, Stdenv};
+use bigtop::eval::source::SourceBuilder;
+use bigtop::eval::text;
+use bigtop::store::build::{BuildOptions, Builder};
+use bigtop::store::Store;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages")
+}
+
+fn store(tmp: &Path) -> Result<(Store, Platform)> {
+    let dir = StoreDir::new(&tmp.join("store").to_string_lossy())?;
+    let store = Store::builder()
+        .store_dir(dir.clone())
+        .state_dir(tmp.join("var"))
+        .open()?;
+    Ok((
+        store,
+        Platform {
+            store_dir: dir,
+            ..Platform::default()
+        },
+    ))
+}
+
+fn greet_and_hello(stdenv: &Stdenv) -> Result<(Drv, Drv)> {
+    let p = stdenv.platform();
+    let greet = Package::new("greet")
+        .version("1.0")
+        .src(&SourceBuilder::new(examples().join("greet")).build(p)?)
+        .build(stdenv)?;
+    let hello = Package::new("hello")
+        .version("1.0")
+        .src(
+            &SourceBuilder::new(examples().join("hello"))
+                .gitignore()
+                .build(p)?,
+        )
+        .build_input(&greet)
+        .env("GREET", &greet)
+        .build(stdenv)?;
+    Ok((greet, hello))
+}
+
+fn builder(store: &Store) -> Builder<'_> {
+    Builder::new(store).options(BuildOptions {
+        max_jobs: 2,
+        ..BuildOptions::default()
+    })
+}
+
+#[test]
+fn a_c_program_and_its_library_build_in_the_sandbox_and_run() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (store, platform) = store(tmp.path())?;
+    let boot = bigtop::bootstrap::host(&platform)?;
+    let (greet, hello) = greet_and_hello(&boot.stdenv)?;
+
+    // Before building: the build closure holds the bootstrap's source and
+    // both packages (and the builder script), nothing else.
+    let closure = BuildClosure::of([&hello]);
+    assert_eq!(
+        closure.render_names(),
+        "bigtop-setup.sh\ngreet-1.0\nhello-1.0\n"
+    );
+    assert!(closure.sources().any(|s| s == &boot.tools));
+    closure.assert_excludes("openssl");
+
+    let built = bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&hello))?;
+    assert_eq!(built.report.built, 3);
+    let exe = store.physical(&built.path(&hello.out())?).join("bin/hello");
+    let out = std::process::Command::new(&exe).arg("tests").output()?;
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        "Hello, tests, from libgreet!\n"
+    );
+
+    // At run time it needs its library (the run path names it), not the
+    // compiler that built it.
+    let runtime = bigtop::realise::runtime_closure(&store, &[hello.out().path().clone()])?;
+    let names: Vec<&str> = runtime.iter().map(|p| p.name()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(runtime.contains(greet.out().path()) && runtime.contains(hello.out().path()));
+
+    // Evaluated again, nothing to build.
+    let again = bigtop::realise::realise(
+        &store,
+        &builder(&store),
+        &[greet_and_hello(&boot.stdenv)?.1],
+    )?;
+    assert_eq!(again.report.built, 0);
+    Ok(())
+}
+
+#[test]
+fn phases_hooks_and_overrides_change_what_is_built() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (store, platform) = store(tmp.path())?;
+    let boot = bigtop::bootstrap::host(&platform)?;
+    let base = Package::new("phases")
+        .version("1")
+        .phase(Phase::Unpack, "")
+        .pre(Phase::Build, "echo pre-build >> log")
+        .phase(Phase::Build, "echo build >> log")
+        .post(Phase::Build, "echo post-build >> log")
+        .post(Phase::Build, "echo second-post >> log")
+        .phase(Phase::Install, "mkdir -p $out && cp log $out/log")
+        .outputs(["out", "doc"])
+        .post(Phase::Install, "mkdir -p $doc && echo docs > $doc/README")
+        .build(&boot.stdenv)?;
+    let checked = base.override_attrs(|p| {
+        p.version("2")
+            .do_check(true)
+            .phase(Phase::Check, "echo check >> log")
+    })?;
+    assert_eq!(checked.name(), "phases-2");
+    let built =
+        bigtop::realise::realise(&store, &builder(&store), &[base.clone(), checked.clone()])?;
+    let read = |d: &Drv, o: &str, f: &str| -> Result<String> {
+        let path = built.path(&d.output(o)?)?;
+        Ok(std::fs::read_to_string(store.physical(&path).join(f))?)
+    };
+    assert_eq!(
+        read(&base, "out", "log")?,
+        "pre-build\nbuild\npost-build\nsecond-post\n"
+    );
+    assert_eq!(
+        read(&checked, "out", "log")?,
+        "pre-build\nbuild\npost-build\nsecond-post\ncheck\n"
+    );
+    assert_eq!(read(&base, "doc", "README")?, "docs\n");
+
+    // A failing phase fails the build, naming it in the log.
+    let broken = Package::new("broken")
+        .phase(Phase::Unpack, "")
+        .phase(Phase::Configure, text!("echo configuring; false"))
+        .build(&boot.stdenv)?;
+    let err = bigtop::realise::realise(&store, &builder(&store), &[broken])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broken"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Real packages built from sources kept in `examples/packages/`: a
+//! shared C library, a program linked against it, a script wrapped with
+//! its runtime dependencies and a configuration file made from a serde
+//! value — evaluated, planned, built in the sandbox with the host's
+//! tools imported as the bootstrap, and run.
+//!
+//! ```text
+//! cargo run -p bigtop --example packages [STORE_PARENT_DIR]
+//! ```
+//!
+//! The store lives in `STORE_PARENT_DIR/store` (default
+//! `target/bigtop-packages`), with that as its logical dir too, so the
+//! built programs run on this host as they are. A second run builds
+//! nothing.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+use bigtop::core::StoreDir;
+use bigtop::eval::drv::Platform;
+use bigtop::eval::package::{Package, Phase};
+use bigtop::eval::set::PackageSet;
+use bigtop::eval::source::SourceBuilder;
+use bigtop::eval::{text, trivial};
+use bigtop::store::build::{BuildOptions, Builder, TextRenderer};
+use bigtop::store::Store;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let parent = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/bigtop-packages"));
+    std::fs::create_dir_all(&parent)?;
+    let parent = std::fs::canonicalize(&parent)?;
+    let dir = StoreDir::new(&parent.join("store").to_string_lossy())?;
+    let store = Store::builder()
+        .store_dir(dir.clone())
+        .state_dir(parent.join("var"))
+        .open()?;
+    let platform = Platform {
+        store_dir: dir,
+        ..Platform::default()
+    };
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages");
+
+    // Evaluation: pure, no store.
+    let boot = bigtop::bootstrap::host(&platform)?;
+    let stdenv = boot.stdenv.clone();
+    let src_dir = sources.clone();
+    let set = PackageSet::new(platform.clone())
+        .add("greet", {
+            let (stdenv, src_dir) = (stdenv.clone(), src_dir.clone());
+            move |_| {
+                Package::new("greet")
+                    .version("1.0")
+                    .src(
+                        &SourceBuilder::new(src_dir.join("greet"))
+                            .gitignore()
+                            .build(stdenv.platform())?,
+                    )
+                    .description("A shared library that greets")
+                    .license("MIT")
+                    .build(&stdenv)
+            }
+        })
+        .add("hello", {
+            let (stdenv, src_dir) = (stdenv.clone(), src_dir.clone());
+            move |a| {
+                let greet = a.get("greet")?;
+                Package::new("hello")
+                    .version("1.0")
+                    .src(
+                        &SourceBuilder::new(src_dir.join("hello"))
+                            .gitignore()
+                            .build(stdenv.platform())?,
+                    )
+                    .build_input(&greet)
+                    .env("GREET", &greet)
+                    .description("Says hello through libgreet")
+                    .build(&stdenv)
+            }
+        })
+        .add("config", |a| {
+            let value = serde_json::json!({"owner": "platform team", "port": 8080});
+            trivial::write_json(a.platform(), "report.json", &value)
+        })
+        .add("report", move |a| {
+            let (hello, config) = (a.get("hello")?, a.get("config")?);
+            let body = std::fs::read_to_string(src_dir.join("report/report.sh")).map_err(|e| {
+                bigtop::eval::Error::Source {
+                    path: src_dir.join("report/report.sh"),
+                    source: e,
+                }
+            })?;
+            let script = text!(
+                "PATH={}/bin:$PATH\nCONFIG={}\nOWNER='platform team'\n{}",
+                hello,
+                config,
+                body
+            );
+            trivial::write_script(a.platform(), "report", "/bin/sh", script)
+        })
+        .add("smoke-test", {
+            let stdenv = stdenv.clone();
+            move |a| {
+                // A package whose build runs another: the check phase
+                // runs hello in the sandbox.
+                let hello = a.get("hello")?;
+                Package::new("hello-smoke-test")
+                    .phase(Phase::Unpack, "")
+                    .do_check(true)
+                    .phase(
+                        Phase::Check,
+                        text!("{}/bin/hello sandbox > greeting", hello),
+                    )
+                    .phase(Phase::Install, "mkdir -p $out && cp greeting $out/")
+                    .build(&stdenv)
+            }
+        });
+    let pkgs = set.eval();
+    let roots = vec![pkgs.get("report")?, pkgs.get("smoke-test")?];
+
+    // Plan, build, show.
+    let renderer = TextRenderer::new(std::io::stderr(), false);
+    let builder = Builder::new(&store)
+        .options(BuildOptions {
+            max_jobs: 2,
+            ..BuildOptions::default()
+        })
+        .observer(&renderer);
+    // The renderer prints the plan, then each build.
+    let built = bigtop::realise::realise(&store, &builder, &roots)?;
+    println!("built {} derivations", built.report.built);
+    let full = |p: &bigtop::core::StorePath| store.store_dir().full(p);
+    for d in &roots {
+        println!("{} -> {}", d.name(), full(&built.path(&d.out())?));
+    }
+    let report = built.path(&roots[0].out())?;
+    println!("runtime closure of report:");
+    for p in bigtop::realise::runtime_closure(&store, std::slice::from_ref(&report))? {
+        println!("  {}", full(&p));
+    }
+    let greeting = std::fs::read_to_string(
+        store
+            .physical(&built.path(&roots[1].out())?)
+            .join("greeting"),
+    )?;
+    print!("in the sandbox: {greeting}");
+    let out = std::process::Command::new(store.physical(&report)).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        return Err(format!("report failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
