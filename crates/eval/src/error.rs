@@ -96,16 +96,15 @@ pub enum Error {
         #[source]
         source: std::sync::Arc<Error>,
     },
-    /// A fixed-output derivation was given no hash.
-    #[error(
-        "`{name}` ({url}) has no expected hash: build it once to learn it (the failure prints \
-         `got:`), then pin it with `.sha256(…)`"
-    )]
-    MissingHash {
-        /// The fetcher's name.
-        name: String,
-        /// What it fetches.
+    /// An expected hash does not parse.
+    #[error("Bad hash `{hash}` for `{url}`: {reason}")]
+    BadHash {
+        /// What is fetched.
         url: String,
+        /// The hash given.
+        hash: String,
+        /// Why.
+        reason: String,
     },
     /// A value could not be serialized (a JSON or TOML file).
     #[error("Cannot write `{name}` as {format}: {reason}")]

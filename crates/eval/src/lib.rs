@@ -11,6 +11,7 @@
 //! * [`drv`]: strings that carry the outputs they name ([`Str`](drv::Str),
 //!   [`text!`]), typed outputs, the raw derivation builder;
 //! * [`source`]: local trees as content-addressed inputs, filtered;
+//! * [`fetch`]: downloads and tarballs, pinned by hash;
 //! * [`trivial`]: files, scripts, JSON/TOML, symlink trees;
 //! * [`package`]: the package builder (phases, hooks, outputs, metadata)
 //!   and the [`Stdenv`](package::Stdenv) it builds with;
@@ -39,6 +40,7 @@ pub use bigtop_core as core;
 pub mod closure;
 pub mod drv;
 mod error;
+pub mod fetch;
 pub mod package;
 pub mod set;
 pub mod source;

@@ -153,3 +153,52 @@ fn phases_hooks_and_overrides_change_what_is_built() -> Result {
     assert!(err.contains("broken"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_fetched_tarball_is_a_source_and_an_unpinned_one_says_what_to_pin() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (store, platform) = store(tmp.path())?;
+    let boot = bigtop::bootstrap::host(&platform)?;
+    // A release tarball of the example's library, made with the host's tar.
+    let release = tmp.path().join("release");
+    std::fs::create_dir_all(release.join("greet-1.0"))?;
+    for f in ["greet.c", "greet.h", "Makefile"] {
+        std::fs::copy(
+            examples().join("greet").join(f),
+            release.join("greet-1.0").join(f),
+        )?;
+    }
+    let status = std::process::Command::new("tar")
+        .args(["-czf", "greet-1.0.tar.gz", "greet-1.0"])
+        .current_dir(&release)
+        .status()?;
+    assert!(status.success());
+    let url = format!("file://{}", release.join("greet-1.0.tar.gz").display());
+
+    let unpinned = bigtop::eval::fetch::FetchUrl::tarball(&url).build(&platform)?;
+    let err = bigtop::realise::realise(&store, &builder(&store), &[unpinned])
+        .unwrap_err()
+        .to_string();
+    let got = err
+        .split("got: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| format!("no `got:` in: {err}"))?
+        .to_owned();
+    assert!(err.contains("no hash pinned yet"), "{err}");
+
+    // Pinned with what the failure printed: fetched, unpacked, built from.
+    let src = bigtop::eval::fetch::FetchUrl::tarball(&url)
+        .sha256(&got)?
+        .build(&platform)?;
+    let greet = Package::new("greet")
+        .version("1.0")
+        .src(&src)
+        .build(&boot.stdenv)?;
+    let built = bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&greet))?;
+    let lib = store
+        .physical(&built.path(&greet.out())?)
+        .join("lib/libgreet.so");
+    assert!(lib.is_file(), "{}", lib.display());
+    Ok(())
+}

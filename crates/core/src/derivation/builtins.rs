@@ -10,5 +10,7 @@ pub const SYMLINK_JOIN: &str = "builtin:symlink-join";
 /// Copies the store path `src`.
 pub const COPY: &str = "builtin:copy";
 /// Fetches `url` (or `urls`: mirrors separated by spaces, tried in order)
-/// into a fixed output; `executable` = `1` for mode 0555.
+/// into a fixed output; `executable` = `1` for mode 0555; `unpack` = `1`
+/// to unpack a tar or gzip-compressed tar instead (a tarball of one
+/// directory gives that directory's contents).
 pub const FETCH_URL: &str = "builtin:fetchurl";

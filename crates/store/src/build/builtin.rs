@@ -69,6 +69,14 @@ pub enum BuiltinError {
     /// Every URL failed: each with why.
     #[error("cannot fetch {}", fetch_errors(.0))]
     Fetch(Vec<(String, String)>),
+    /// A fetched tarball could not be unpacked.
+    #[error("cannot unpack what `{url}` gave: {reason}")]
+    Unpack {
+        /// Where it came from.
+        url: String,
+        /// Why (not a tarball, a broken one, an entry outside the output).
+        reason: String,
+    },
     /// The file system failed.
     #[error("cannot {action} `{path}`")]
     Io {

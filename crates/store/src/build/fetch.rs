@@ -53,17 +53,30 @@ pub(crate) fn fetch(
         });
     }
     let executable = d.env.get("executable").is_some_and(|v| v == "1");
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(if executable { 0o555 } else { 0o444 })
-        .open(out)
-        .map_err(|source| BuiltinError::Io {
-            action: "create",
-            path: out.to_owned(),
-            source,
-        })?;
+    let unpack = d.env.get("unpack").is_some_and(|v| v == "1");
+    let mut file = if unpack {
+        // A tarball is unpacked into `out`: the download itself gets no
+        // name in the store (an unnamed file beside it, gone when closed).
+        let dir = out.parent().unwrap_or(Path::new("/"));
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)
+    } else {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(if executable { 0o555 } else { 0o444 })
+            .open(out)
+    }
+    .map_err(|source| BuiltinError::Io {
+        action: "create",
+        path: out.to_owned(),
+        source,
+    })?;
     let mut errors: Vec<(String, String)> = Vec::new();
     for url in urls {
         for attempt in 1..=ATTEMPTS {
@@ -72,6 +85,14 @@ pub(crate) fn fetch(
             match result {
                 Ok(n) => {
                     note(&format!("bigtop: fetched {n} bytes from {url}"));
+                    if unpack {
+                        return unpack_tarball(&mut file, out, note).map_err(|reason| {
+                            BuiltinError::Unpack {
+                                url: url.to_owned(),
+                                reason,
+                            }
+                        });
+                    }
                     return file.sync_all().map_err(|source| BuiltinError::Io {
                         action: "write",
                         path: out.to_owned(),
@@ -90,6 +111,63 @@ pub(crate) fn fetch(
         }
     }
     Err(BuiltinError::Fetch(errors))
+}
+
+/// Unpacks the tar (or gzip-compressed tar) in `file` into the new
+/// directory `out`; a tarball holding one directory gives that
+/// directory's contents, as Nix's `fetchTarball` does. Entries that
+/// would land outside `out` are refused by the unpacker.
+fn unpack_tarball(
+    file: &mut fs::File,
+    out: &Path,
+    note: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    let at =
+        |what: &str, path: &Path, e: io::Error| format!("cannot {what} `{}`: {e}", path.display());
+    file.rewind().map_err(|e| at("read", out, e))?;
+    let mut magic = [0u8; 2];
+    let gzip = io::Read::read_exact(file, &mut magic).is_ok() && magic == [0x1f, 0x8b];
+    file.rewind().map_err(|e| at("read", out, e))?;
+    fs::create_dir(out).map_err(|e| at("create", out, e))?;
+    let reader: Box<dyn io::Read> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(
+            &*file,
+        )))
+    } else {
+        Box::new(io::BufReader::new(&*file))
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(false);
+    archive
+        .unpack(out)
+        .map_err(|e| format!("not a tarball, or a broken one: {e}"))?;
+    let entries: Vec<PathBuf> = fs::read_dir(out)
+        .and_then(|d| d.map(|e| e.map(|e| e.path())).collect())
+        .map_err(|e| at("read", out, e))?;
+    if let [only] = entries.as_slice() {
+        if fs::symlink_metadata(only)
+            .map_err(|e| at("read", only, e))?
+            .is_dir()
+        {
+            // Its children move up; first out of the way of a child of
+            // the same name.
+            let mut aside = out.join(".bigtop-top");
+            while aside.exists() || only.join(aside.file_name().unwrap_or_default()).exists() {
+                aside.as_mut_os_string().push("_");
+            }
+            fs::rename(only, &aside).map_err(|e| at("rename", only, e))?;
+            for child in fs::read_dir(&aside).map_err(|e| at("read", &aside, e))? {
+                let child = child.map_err(|e| at("read", &aside, e))?;
+                let to = out.join(child.file_name());
+                fs::rename(child.path(), &to).map_err(|e| at("rename", &to, e))?;
+            }
+            fs::remove_dir(&aside).map_err(|e| at("remove", &aside, e))?;
+        }
+    }
+    note("bigtop: unpacked");
+    Ok(())
 }
 
 fn rewind(file: &mut fs::File) -> Result<(), FetchError> {

@@ -187,6 +187,16 @@ impl fmt::Display for BuildFailure {
                 write!(f, "builder for `{p}` did not produce output `{o}`")?
             }
             FailureKind::BadOutput(o, why) => write!(f, "output `{o}` of `{p}`: {why}")?,
+            // All zeros: the placeholder of a fetch given no hash yet.
+            FailureKind::FixedOutputMismatch(m) if m.specified.as_bytes().iter().all(|&b| b == 0) => {
+                write!(
+                    f,
+                    "fixed-output derivation `{p}` (output `{}`) has no hash pinned yet:\n       got: {}\n  pin it (for a fetch: `.sha256(\"{}\")`)",
+                    m.output,
+                    m.got.to_sri(),
+                    m.got.to_sri()
+                )?
+            }
             FailureKind::FixedOutputMismatch(m) => write!(
                 f,
                 "hash mismatch in fixed-output derivation `{p}` (output `{}`):\n  specified: {}\n       got: {}",

@@ -364,3 +364,165 @@ fn in_the_sandbox_only_a_fixed_output_builder_reaches_the_network() -> TestResul
     assert_eq!(server.hits(), vec!["/x"]);
     Ok(())
 }
+
+/// A tarball: directories, files (`(path, contents, mode)`) and symlinks
+/// (`(path, target)`), gzip-compressed or not.
+fn tarball(files: &[(&str, &str, u32)], links: &[(&str, &str)], gzip: bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, contents, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(contents.len() as u64);
+        h.set_mode(*mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, contents.as_bytes()).unwrap();
+    }
+    for (path, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    if !gzip {
+        return bytes;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The NAR sha256 of the tree the tarball of the tests unpacks to.
+fn unpacked_hash(tmp: &std::path::Path) -> Result<Hash, Box<dyn std::error::Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    let r = tmp.join("reference");
+    std::fs::create_dir_all(r.join("src"))?;
+    std::fs::write(r.join("src/main.c"), "int main(){}\n")?;
+    std::fs::write(r.join("run.sh"), "#!/bin/sh\n")?;
+    std::fs::set_permissions(r.join("run.sh"), std::fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::symlink("src/main.c", r.join("link"))?;
+    Ok(nar::hash_path(&r, HashAlgo::Sha256)?.0)
+}
+
+#[test]
+fn a_tarball_is_unpacked_its_top_directory_stripped_and_checked_as_a_tree() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let tgz = tarball(
+        &[
+            ("hello-1.0/src/main.c", "int main(){}\n", 0o644),
+            ("hello-1.0/run.sh", "#!/bin/sh\n", 0o755),
+        ],
+        &[("hello-1.0/link", "src/main.c")],
+        true,
+    );
+    let server = Server::start(vec![("/hello-1.0.tar.gz", vec![Answer::Body(tgz)])])?;
+    let url = server.url("/hello-1.0.tar.gz");
+    let hash = unpacked_hash(tmp.path())?;
+    let env = [("url", url.as_str()), ("unpack", "1")];
+
+    // Unpinned (a hash of zeros): the failure gives the hash to pin.
+    let unpinned = fetch_drv(
+        &store,
+        "hello-src",
+        &env,
+        ContentAddressMethod::Recursive,
+        Hash::new(HashAlgo::Sha256, [0; 32]),
+    );
+    let err = build_out(&store, plain(), &unpinned)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has no hash pinned yet") && err.contains(&format!("got: {}", hash.to_sri())),
+        "{err}"
+    );
+    assert_eq!(strays(&store), Vec::<String>::new());
+
+    let d = fetch_drv(
+        &store,
+        "hello-src",
+        &env,
+        ContentAddressMethod::Recursive,
+        hash,
+    );
+    let out = store.physical(&build_out(&store, plain(), &d)?);
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/main.c"))?,
+        "int main(){}\n"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link"))?,
+        PathBuf::from("src/main.c")
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&out)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["link", "run.sh", "src"]);
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn a_tarball_of_several_entries_is_kept_whole_and_a_bad_one_is_refused() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let plain_tar = tarball(&[("a", "a\n", 0o644), ("b/c", "c\n", 0o644)], &[], false);
+    std::fs::write(tmp.path().join("two.tar"), &plain_tar)?;
+    let reference = tmp.path().join("ref-two");
+    std::fs::create_dir_all(reference.join("b"))?;
+    std::fs::write(reference.join("a"), "a\n")?;
+    std::fs::write(reference.join("b/c"), "c\n")?;
+    let (hash, _) = nar::hash_path(&reference, HashAlgo::Sha256)?;
+    let url = format!("file://{}", tmp.path().join("two.tar").display());
+    let d = fetch_drv(
+        &store,
+        "two",
+        &[("url", &url), ("unpack", "1")],
+        ContentAddressMethod::Recursive,
+        hash,
+    );
+    let out = store.physical(&build_out(&store, plain(), &d)?);
+    assert_eq!(std::fs::read_to_string(out.join("b/c"))?, "c\n");
+
+    // Not a tarball at all: refused, naming why, leaving nothing.
+    std::fs::write(
+        tmp.path().join("junk.tar"),
+        "this is not a tarball, not even close",
+    )?;
+    let url = format!("file://{}", tmp.path().join("junk.tar").display());
+    let bad = fetch_drv(
+        &store,
+        "junk",
+        &[("url", &url), ("unpack", "1")],
+        ContentAddressMethod::Recursive,
+        hash,
+    );
+    let err = build_out(&store, plain(), &bad).unwrap_err().to_string();
+    assert!(err.contains("not a tarball"), "{err}");
+    assert_eq!(strays(&store), Vec::<String>::new());
+
+    // An entry climbing out of the output: refused, nothing written there.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_old();
+    let name = b"../escaped";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, &b"evil"[..])?;
+    std::fs::write(tmp.path().join("evil.tar"), b.into_inner()?)?;
+    let url = format!("file://{}", tmp.path().join("evil.tar").display());
+    let evil = fetch_drv(
+        &store,
+        "evil",
+        &[("url", &url), ("unpack", "1")],
+        ContentAddressMethod::Recursive,
+        hash,
+    );
+    assert!(build_out(&store, plain(), &evil).is_err());
+    assert!(!store.root().join("escaped").exists());
+    assert!(!tmp.path().join("escaped").exists());
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
