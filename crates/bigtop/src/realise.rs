@@ -165,8 +165,106 @@ pub fn realise(store: &Store, builder: &Builder<'_>, roots: &[Drv]) -> Result<Re
 }
 
 /// The runtime closure of built outputs: every store path they refer to,
-/// directly or not, themselves included (for tests asserting on what a
-/// machine would receive).
-pub fn runtime_closure(store: &Store, outputs: &[StorePath]) -> Result<BTreeSet<StorePath>, Error> {
-    Ok(store.closure(outputs)?)
+/// directly or not, themselves included — what a machine receives with
+/// them. The counterpart of
+/// [`BuildClosure`](bigtop_eval::closure::BuildClosure) for tests, once
+/// built (in a temp store).
+#[derive(Debug, Clone)]
+pub struct RuntimeClosure {
+    roots: Vec<StorePath>,
+    paths: BTreeSet<StorePath>,
+    /// Each path's references within the closure.
+    refs: BTreeMap<StorePath, BTreeSet<StorePath>>,
+}
+
+impl RuntimeClosure {
+    /// The runtime closure of `outputs` (valid paths of `store`).
+    pub fn of(store: &Store, outputs: &[StorePath]) -> Result<RuntimeClosure, Error> {
+        let paths = store.closure(outputs)?;
+        let mut refs = BTreeMap::new();
+        for p in &paths {
+            refs.insert(p.clone(), store.references(p)?);
+        }
+        Ok(RuntimeClosure {
+            roots: outputs.to_vec(),
+            paths,
+            refs,
+        })
+    }
+
+    /// The paths.
+    pub fn paths(&self) -> &BTreeSet<StorePath> {
+        &self.paths
+    }
+
+    /// Sorted names (the part after the hash), one a line: a snapshot that
+    /// changes only when what a machine receives does.
+    pub fn render_names(&self) -> String {
+        let names: BTreeSet<&str> = self.paths.iter().map(|p| p.name()).collect();
+        names.into_iter().map(|n| format!("{n}\n")).collect()
+    }
+
+    /// A shortest chain of references from a root to a path named `name`
+    /// (or `name-<version>`).
+    pub fn why(&self, name: &str) -> Option<Vec<StorePath>> {
+        let mut came_from: BTreeMap<&StorePath, Option<&StorePath>> = BTreeMap::new();
+        let mut queue: std::collections::VecDeque<&StorePath> = std::collections::VecDeque::new();
+        for r in &self.roots {
+            if came_from.insert(r, None).is_none() {
+                queue.push_back(r);
+            }
+        }
+        while let Some(p) = queue.pop_front() {
+            if named(p.name(), name) {
+                let mut chain = vec![p.clone()];
+                let mut at = p;
+                while let Some(Some(prev)) = came_from.get(at) {
+                    chain.push((*prev).clone());
+                    at = prev;
+                }
+                chain.reverse();
+                return Some(chain);
+            }
+            for r in self.refs.get(p).into_iter().flatten() {
+                if !came_from.contains_key(r) {
+                    came_from.insert(r, Some(p));
+                    queue.push_back(r);
+                }
+            }
+        }
+        None
+    }
+
+    /// `Ok` if no path named `name` is in it; otherwise the chain of
+    /// references that pulls it in, rendered.
+    pub fn check_excludes(&self, name: &str) -> Result<(), String> {
+        match self.why(name) {
+            None => Ok(()),
+            Some(chain) => Err(format!(
+                "the runtime closure contains `{name}`, referred to through:\n{}",
+                chain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| format!("{}{p}", "  ".repeat(i + 1)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )),
+        }
+    }
+
+    /// Panics, printing why, if a path named `name` is in it.
+    #[track_caller]
+    pub fn assert_excludes(&self, name: &str) {
+        if let Err(why) = self.check_excludes(name) {
+            panic!("{why}");
+        }
+    }
+}
+
+/// `name` exactly, or `name-<version>` (a version starts with a digit).
+fn named(n: &str, name: &str) -> bool {
+    n == name
+        || n.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
 }

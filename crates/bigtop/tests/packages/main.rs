@@ -11,6 +11,7 @@ use bigtop::eval::drv::{Drv, Platform};
 use bigtop::eval::package::{Package, Phase, Stdenv};
 use bigtop::eval::source::SourceBuilder;
 use bigtop::eval::text;
+use bigtop::realise::RuntimeClosure;
 use bigtop::store::build::{BuildOptions, Builder};
 use bigtop::store::Store;
 
@@ -89,10 +90,19 @@ fn a_c_program_and_its_library_build_in_the_sandbox_and_run() -> Result {
 
     // At run time it needs its library (the run path names it), not the
     // compiler that built it.
-    let runtime = bigtop::realise::runtime_closure(&store, &[hello.out().path().clone()])?;
-    let names: Vec<&str> = runtime.iter().map(|p| p.name()).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
-    assert!(runtime.contains(greet.out().path()) && runtime.contains(hello.out().path()));
+    let runtime = RuntimeClosure::of(&store, &[hello.out().path().clone()])?;
+    assert_eq!(runtime.render_names(), "greet-1.0\nhello-1.0\n");
+    runtime.assert_excludes("bootstrap-tools");
+    let why = runtime.why("greet").ok_or("greet is in")?;
+    assert_eq!(
+        why,
+        [hello.out().path().clone(), greet.out().path().clone()]
+    );
+    let err = runtime.check_excludes("greet").unwrap_err();
+    assert!(
+        err.contains("greet-1.0") && err.contains("hello-1.0"),
+        "{err}"
+    );
 
     // Evaluated again, nothing to build.
     let again = bigtop::realise::realise(
