@@ -5,6 +5,7 @@
 //! ```text
 //! eval-bench run N     build a package set of N packages and evaluate
 //!                      every package to its .drv and output paths
+//! eval-bench raw N     the same derivations made directly, no set
 //! eval-bench nix N     print the same set as a Nix expression: a list of
 //!                      `derivation` calls (import it, map drvPath)
 //! ```
@@ -99,6 +100,42 @@ fn run(n: usize) -> Result<(), bigtop_eval::Error> {
     Ok(())
 }
 
+/// The same derivations made directly, without a package set: what the
+/// set's laziness and memoization cost on top.
+fn raw(n: usize) -> Result<(), bigtop_eval::Error> {
+    let start = Instant::now();
+    let platform = Platform {
+        system: SYSTEM.into(),
+        ..Platform::default()
+    };
+    let mut made: Vec<bigtop_eval::drv::Drv> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut inputs = Str::default();
+        for (k, d) in deps(i).into_iter().enumerate() {
+            if k > 0 {
+                inputs.push(" ");
+            }
+            inputs.push(&made[d]);
+        }
+        let d = DrvBuilder::new(format!("p{i}"))
+            .builder("/bin/sh")
+            .args(["-c", "eval \"$buildPhase\" && eval \"$installPhase\""])
+            .env("version", "1.0")
+            .env("buildPhase", BUILD)
+            .env("installPhase", INSTALL)
+            .env("configureFlags", CONFIGURE)
+            .env("deps", inputs)
+            .build(&platform)?;
+        made.push(d);
+    }
+    println!(
+        "{n} derivations without a set: {:.1} ms; last {}",
+        start.elapsed().as_secs_f64() * 1e3,
+        text!("{}", made[n - 1]).as_str()
+    );
+    Ok(())
+}
+
 fn nix(n: usize) {
     let quote = |s: &str| {
         s.replace('\\', "\\\\")
@@ -137,6 +174,13 @@ fn main() -> ExitCode {
         .and_then(|s| s.replace('_', "").parse::<usize>().ok());
     match (args.first().map(String::as_str), n) {
         (Some("run"), Some(n)) if n > 0 => match run(n) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        (Some("raw"), Some(n)) if n > 0 => match raw(n) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

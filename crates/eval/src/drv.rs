@@ -29,7 +29,6 @@
 //! # Ok::<(), bigtop_eval::Error>(())
 //! ```
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
@@ -84,6 +83,9 @@ pub(crate) struct Node {
     pub(crate) drv_path: StorePath,
     pub(crate) hash: DrvHash,
     pub(crate) outputs: BTreeMap<OutputName, StorePath>,
+    /// Each output's full path as text: what interpolating it writes, made
+    /// once rather than at every use.
+    pub(crate) full_paths: BTreeMap<OutputName, Box<str>>,
     /// The output a bare reference means: the first one declared.
     pub(crate) default_output: OutputName,
     pub(crate) inputs: Vec<Drv>,
@@ -343,11 +345,20 @@ impl fmt::Debug for Context {
 impl Context {
     /// Adds an output.
     pub fn add_output(&mut self, o: &Output) {
-        self.drvs
-            .entry(o.drv.0.drv_path.clone())
-            .or_insert_with(|| (o.drv.clone(), BTreeSet::new()))
-            .1
-            .insert(o.name.clone());
+        self.add(&o.drv, &o.name);
+    }
+
+    fn add(&mut self, drv: &Drv, output: &OutputName) {
+        let entry = match self.drvs.get_mut(&drv.0.drv_path) {
+            Some(e) => e,
+            None => self
+                .drvs
+                .entry(drv.0.drv_path.clone())
+                .or_insert_with(|| (drv.clone(), BTreeSet::new())),
+        };
+        if !entry.1.contains(output) {
+            entry.1.insert(output.clone());
+        }
     }
 
     /// Adds a source.
@@ -419,8 +430,7 @@ impl Str {
 
     /// Appends `more`, with its context.
     pub fn push(&mut self, more: impl Interpolate) {
-        let text = more.interpolate(&mut self.ctx);
-        self.text.push_str(&text);
+        more.interpolate(&mut self.text, &mut self.ctx);
     }
 
     /// `parts` joined by `sep`, with all their contexts.
@@ -449,62 +459,63 @@ impl Str {
 /// derivations (their default output) and sources. Outputs and sources
 /// add themselves to the context.
 pub trait Interpolate {
-    /// The text to insert; context goes into `ctx`.
-    fn interpolate(&self, ctx: &mut Context) -> Cow<'_, str>;
+    /// Appends the text to `out`; context goes into `ctx`.
+    fn interpolate(&self, out: &mut String, ctx: &mut Context);
 }
 
 impl<T: Interpolate + ?Sized> Interpolate for &T {
-    fn interpolate(&self, ctx: &mut Context) -> Cow<'_, str> {
-        (**self).interpolate(ctx)
+    fn interpolate(&self, out: &mut String, ctx: &mut Context) {
+        (**self).interpolate(out, ctx)
     }
 }
 
 impl Interpolate for str {
-    fn interpolate(&self, _: &mut Context) -> Cow<'_, str> {
-        Cow::Borrowed(self)
+    fn interpolate(&self, out: &mut String, _: &mut Context) {
+        out.push_str(self)
     }
 }
 
 impl Interpolate for String {
-    fn interpolate(&self, _: &mut Context) -> Cow<'_, str> {
-        Cow::Borrowed(self)
+    fn interpolate(&self, out: &mut String, _: &mut Context) {
+        out.push_str(self)
     }
 }
 
 impl Interpolate for Str {
-    fn interpolate(&self, ctx: &mut Context) -> Cow<'_, str> {
+    fn interpolate(&self, out: &mut String, ctx: &mut Context) {
         ctx.extend(&self.ctx);
-        Cow::Borrowed(&self.text)
+        out.push_str(&self.text)
     }
 }
 
 impl Interpolate for Output {
-    fn interpolate(&self, ctx: &mut Context) -> Cow<'_, str> {
+    fn interpolate(&self, out: &mut String, ctx: &mut Context) {
         ctx.add_output(self);
-        Cow::Owned(self.drv.0.platform.store_dir.full(self.path()))
+        out.push_str(&self.drv.0.full_paths[&self.name])
     }
 }
 
 impl Interpolate for Drv {
-    fn interpolate(&self, ctx: &mut Context) -> Cow<'_, str> {
-        let out = self.out();
-        ctx.add_output(&out);
-        Cow::Owned(self.0.platform.store_dir.full(out.path()))
+    fn interpolate(&self, out: &mut String, ctx: &mut Context) {
+        let name = &self.0.default_output;
+        ctx.add(self, name);
+        out.push_str(&self.0.full_paths[name])
     }
 }
 
 impl Interpolate for Source {
-    fn interpolate(&self, ctx: &mut Context) -> Cow<'_, str> {
+    fn interpolate(&self, out: &mut String, ctx: &mut Context) {
         ctx.add_source(self);
-        Cow::Owned(self.full_path())
+        out.push_str(&self.full_path())
     }
 }
 
 macro_rules! interpolate_display {
     ($($t:ty),*) => {$(
         impl Interpolate for $t {
-            fn interpolate(&self, _: &mut Context) -> Cow<'_, str> {
-                Cow::Owned(self.to_string())
+            fn interpolate(&self, out: &mut String, _: &mut Context) {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{self}");
             }
         }
     )*};
@@ -543,7 +554,9 @@ pub struct Capture(Context);
 impl Capture {
     #[doc(hidden)]
     pub fn arg(&mut self, v: impl Interpolate) -> Piece {
-        Piece(v.interpolate(&mut self.0).into_owned())
+        let mut text = String::new();
+        v.interpolate(&mut text, &mut self.0);
+        Piece(text)
     }
 
     #[doc(hidden)]
@@ -669,7 +682,7 @@ impl DrvBuilder {
     /// Declares an input that no string names (rarely needed: naming it
     /// in the builder, an argument or a variable declares it).
     pub fn input(mut self, what: impl Interpolate) -> Self {
-        let _ = what.interpolate(&mut self.extra);
+        what.interpolate(&mut String::new(), &mut self.extra);
         self
     }
 
@@ -749,6 +762,7 @@ impl DrvBuilder {
             source,
         })?;
         let mut outputs = BTreeMap::new();
+        let mut full_paths = BTreeMap::new();
         for o in d.outputs.keys() {
             // Every output is input-addressed (its inputs are) or fixed.
             let p = d.output_path(dir, o).ok_or_else(|| Error::Derivation {
@@ -758,6 +772,7 @@ impl DrvBuilder {
                     reason: format!("the path of output `{o}` is not known before building"),
                 },
             })?;
+            full_paths.insert(o.clone(), dir.full(&p).into_boxed_str());
             outputs.insert(o.clone(), p);
         }
         Ok(Drv(Arc::new(Node {
@@ -765,6 +780,7 @@ impl DrvBuilder {
             drv_path,
             hash,
             outputs,
+            full_paths,
             default_output,
             inputs: ctx.drvs.into_values().map(|(d, _)| d).collect(),
             sources: ctx.srcs.into_values().collect(),

@@ -55,7 +55,7 @@ pub type Recipe = Arc<dyn Fn(&Args) -> Result<Drv, Error> + Send + Sync>;
 #[derive(Clone)]
 pub struct PackageSet {
     platform: Platform,
-    layers: Vec<Arc<BTreeMap<String, Recipe>>>,
+    layers: Vec<Arc<BTreeMap<Arc<str>, Recipe>>>,
 }
 
 impl fmt::Debug for PackageSet {
@@ -77,7 +77,7 @@ impl fmt::Debug for PackageSet {
 /// An overlay being written: its recipes replace or add packages.
 #[derive(Default)]
 pub struct Overlay {
-    recipes: BTreeMap<String, Recipe>,
+    recipes: BTreeMap<Arc<str>, Recipe>,
 }
 
 impl Overlay {
@@ -87,7 +87,8 @@ impl Overlay {
         name: impl Into<String>,
         recipe: impl Fn(&Args) -> Result<Drv, Error> + Send + Sync + 'static,
     ) -> &mut Self {
-        self.recipes.insert(name.into(), Arc::new(recipe));
+        self.recipes
+            .insert(Arc::from(name.into()), Arc::new(recipe));
         self
     }
 }
@@ -108,7 +109,7 @@ impl PackageSet {
         recipe: impl Fn(&Args) -> Result<Drv, Error> + Send + Sync + 'static,
     ) -> Self {
         let top = self.layers.last_mut().expect("a set has a layer");
-        Arc::make_mut(top).insert(name.into(), Arc::new(recipe));
+        Arc::make_mut(top).insert(Arc::from(name.into()), Arc::new(recipe));
         self
     }
 
@@ -125,7 +126,7 @@ impl PackageSet {
     pub fn names(&self) -> BTreeSet<&str> {
         self.layers
             .iter()
-            .flat_map(|l| l.keys().map(String::as_str))
+            .flat_map(|l| l.keys().map(|k| &**k))
             .collect()
     }
 
@@ -135,12 +136,15 @@ impl PackageSet {
         Pkgs(Arc::new(Inner {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             set: self.clone(),
-            memo: Mutex::new(HashMap::new()),
+            memo: self.layers.iter().map(|_| Memo::default()).collect(),
         }))
     }
 }
 
 type Slot = Arc<OnceLock<Result<Drv, Arc<Error>>>>;
+
+/// Evaluated packages of one layer, by name.
+type Memo = Mutex<HashMap<Arc<str>, Slot>>;
 
 /// An evaluated package set: each package is made on first use, once.
 /// Cheap to clone (clones share what was evaluated); safe to use from
@@ -151,13 +155,18 @@ pub struct Pkgs(Arc<Inner>);
 struct Inner {
     id: u64,
     set: PackageSet,
-    /// (layer, name) → the package as that layer makes it.
-    memo: Mutex<HashMap<(usize, String), Slot>>,
+    /// Per layer: name → the package as that layer makes it.
+    memo: Vec<Memo>,
 }
 
 impl fmt::Debug for Pkgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.memo.lock().map(|m| m.len()).unwrap_or(0);
+        let n: usize = self
+            .0
+            .memo
+            .iter()
+            .map(|m| m.lock().map(|m| m.len()).unwrap_or(0))
+            .sum();
         write!(
             f,
             "Pkgs({} packages, {n} evaluated)",
@@ -169,7 +178,7 @@ impl fmt::Debug for Pkgs {
 thread_local! {
     /// The packages this thread is evaluating, innermost last: a package
     /// asked for again while it is being made is a cycle.
-    static EVALUATING: RefCell<Vec<(u64, usize, String)>> = const { RefCell::new(Vec::new()) };
+    static EVALUATING: RefCell<Vec<(u64, usize, Arc<str>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Pkgs {
@@ -219,23 +228,8 @@ impl Pkgs {
         name: &str,
         overrides: &BTreeMap<String, Drv>,
     ) -> Result<Drv, Error> {
-        let key = (self.0.id, layer, name.to_owned());
-        let cycle = EVALUATING.with(|s| {
-            let s = s.borrow();
-            s.iter().position(|k| *k == key).map(|start| {
-                let mut chain: Vec<String> = s[start..].iter().map(|k| k.2.clone()).collect();
-                chain.push(name.to_owned());
-                chain
-            })
-        });
-        if let Some(chain) = cycle {
-            return Err(Error::Cycle { chain });
-        }
-        let run = || -> Result<Drv, Arc<Error>> {
-            EVALUATING.with(|s| s.borrow_mut().push(key.clone()));
-            let r = self.call(layer, name, overrides);
-            EVALUATING.with(|s| s.borrow_mut().pop());
-            r.map_err(Arc::new)
+        let Some((key_name, _)) = self.0.set.layers[layer].get_key_value(name) else {
+            return Err(self.missing(name));
         };
         let wrap = |e: Arc<Error>| match &*e {
             // A cycle reads best as one chain, not nested per package.
@@ -247,31 +241,64 @@ impl Pkgs {
                 source: e,
             },
         };
-        if !overrides.is_empty() {
-            return run().map_err(wrap);
+        let slot = if overrides.is_empty() {
+            let memo = &self.0.memo[layer];
+            let found = memo
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned();
+            let slot = match found {
+                Some(slot) => slot,
+                None => memo
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key_name.clone())
+                    .or_default()
+                    .clone(),
+            };
+            if let Some(done) = slot.get() {
+                return done.clone().map_err(wrap);
+            }
+            Some(slot)
+        } else {
+            None
+        };
+        let key = (self.0.id, layer, key_name.clone());
+        let cycle = EVALUATING.with(|s| {
+            let s = s.borrow();
+            s.iter().position(|k| *k == key).map(|start| {
+                let mut chain: Vec<String> = s[start..].iter().map(|k| k.2.to_string()).collect();
+                chain.push(name.to_owned());
+                chain
+            })
+        });
+        if let Some(chain) = cycle {
+            return Err(Error::Cycle { chain });
         }
-        let slot: Slot = self
-            .0
-            .memo
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((layer, name.to_owned()))
-            .or_default()
-            .clone();
-        slot.get_or_init(run).clone().map_err(wrap)
+        let run = || -> Result<Drv, Arc<Error>> {
+            EVALUATING.with(|s| s.borrow_mut().push(key.clone()));
+            let r = self.call(layer, key_name, overrides);
+            EVALUATING.with(|s| s.borrow_mut().pop());
+            r.map_err(Arc::new)
+        };
+        match slot {
+            None => run().map_err(wrap),
+            Some(slot) => slot.get_or_init(run).clone().map_err(wrap),
+        }
     }
 
     fn call(
         &self,
         layer: usize,
-        name: &str,
+        name: &Arc<str>,
         overrides: &BTreeMap<String, Drv>,
     ) -> Result<Drv, Error> {
         let recipe = self.0.set.layers[layer][name].clone();
         let args = Args {
             pkgs: self.clone(),
             layer,
-            name: name.to_owned(),
+            name: name.clone(),
             overrides: overrides.clone(),
             asked: Mutex::new(BTreeSet::new()),
         };
@@ -279,7 +306,7 @@ impl Pkgs {
         let call = Call {
             pkgs: self.clone(),
             layer,
-            name: name.to_owned(),
+            name: name.to_string(),
             overrides: overrides.clone(),
             inputs: args.asked.into_inner().unwrap_or_else(|e| e.into_inner()),
         };
@@ -291,7 +318,7 @@ impl Pkgs {
 pub struct Args {
     pkgs: Pkgs,
     layer: usize,
-    name: String,
+    name: Arc<str>,
     overrides: BTreeMap<String, Drv>,
     /// The inputs asked for: what `override` may replace.
     asked: Mutex<BTreeSet<String>>,
