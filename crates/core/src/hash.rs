@@ -278,7 +278,15 @@ impl Hash {
 impl fmt::Display for Hash {
     /// The typed form, `algo:<base32>`, as Nix writes it in narinfo files.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algo, self.to_base32())
+        // Printed for every input of every derivation hashed: no
+        // allocation (a 32-byte digest is 52 base-32 characters).
+        let bytes = self.as_bytes();
+        let mut text = [0u8; 52];
+        let text = &mut text[..base32::encoded_len(bytes.len())];
+        base32::encode_into(bytes, text);
+        f.write_str(self.algo.name())?;
+        f.write_str(":")?;
+        f.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -357,13 +357,31 @@ impl StoreDir {
         name: &str,
     ) -> Result<StorePath, ParseError> {
         validate_name(name)?;
-        let fingerprint = format!(
-            "{kind}:{}:{}:{}:{name}",
-            inner.algo(),
-            inner.to_hex(),
-            self.0
-        );
-        let full = blake3::hash(fingerprint.as_bytes());
+        // `<kind>:<algo>:<hex digest>:<store dir>:<name>`, hashed as it is
+        // written (every evaluated derivation makes several of these).
+        let mut h = blake3::Hasher::new();
+        let mut hex = [0u8; 128];
+        let digest_bytes = inner.as_bytes();
+        let hex = &mut hex[..digest_bytes.len() * 2];
+        for (i, b) in digest_bytes.iter().enumerate() {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            hex[2 * i] = DIGITS[usize::from(b >> 4)];
+            hex[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        for part in [
+            kind.as_bytes(),
+            b":",
+            inner.algo().name().as_bytes(),
+            b":",
+            hex,
+            b":",
+            self.0.as_bytes(),
+            b":",
+            name.as_bytes(),
+        ] {
+            h.update(part);
+        }
+        let full = h.finalize();
         let mut digest = [0u8; DIGEST_BYTES];
         digest.copy_from_slice(&full.as_bytes()[..DIGEST_BYTES]);
         Ok(StorePath {
@@ -380,10 +398,11 @@ impl StoreDir {
         let mut refs: Vec<&StorePath> = refs.into_iter().collect();
         refs.sort();
         refs.dedup();
-        let mut out = kind.to_owned();
+        let mut out = String::with_capacity(kind.len() + refs.len() * (self.0.len() + 64));
+        out.push_str(kind);
         for r in refs {
-            out.push(':');
-            out.push_str(&self.full(r));
+            use fmt::Write as _;
+            let _ = write!(out, ":{}", self.display(r));
         }
         out
     }

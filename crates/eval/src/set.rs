@@ -41,6 +41,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -55,7 +56,7 @@ pub type Recipe = Arc<dyn Fn(&Args) -> Result<Drv, Error> + Send + Sync>;
 #[derive(Clone)]
 pub struct PackageSet {
     platform: Platform,
-    layers: Vec<Arc<BTreeMap<Arc<str>, Recipe>>>,
+    layers: Vec<Arc<Layer>>,
 }
 
 impl fmt::Debug for PackageSet {
@@ -77,7 +78,7 @@ impl fmt::Debug for PackageSet {
 /// An overlay being written: its recipes replace or add packages.
 #[derive(Default)]
 pub struct Overlay {
-    recipes: BTreeMap<Arc<str>, Recipe>,
+    recipes: Layer,
 }
 
 impl Overlay {
@@ -98,7 +99,7 @@ impl PackageSet {
     pub fn new(platform: Platform) -> Self {
         PackageSet {
             platform,
-            layers: vec![Arc::new(BTreeMap::new())],
+            layers: vec![Arc::new(Layer::default())],
         }
     }
 
@@ -143,8 +144,35 @@ impl PackageSet {
 
 type Slot = Arc<OnceLock<Result<Drv, Arc<Error>>>>;
 
+/// Recipes of one layer by name. Looked up for every input of every
+/// package: hashed with FNV-1a, which for short names costs a fraction
+/// of the standard hasher (names are the user's own, not an attacker's).
+type Layer = HashMap<Arc<str>, Recipe, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64 bits.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 /// Evaluated packages of one layer, by name.
-type Memo = Mutex<HashMap<Arc<str>, Slot>>;
+type Memo = Mutex<HashMap<Arc<str>, Slot, BuildHasherDefault<Fnv>>>;
 
 /// An evaluated package set: each package is made on first use, once.
 /// Cheap to clone (clones share what was evaluated); safe to use from

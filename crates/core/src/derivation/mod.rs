@@ -396,7 +396,7 @@ impl Derivation {
     /// The store path of the `.drv` file: a text path over its bytes,
     /// referring to every input.
     pub fn drv_path(&self, dir: &StoreDir) -> Result<StorePath, Error> {
-        let content = Hash::digest(HashAlgo::Blake3, self.to_text(dir).as_bytes());
+        let content = text::hash_of(HashAlgo::Blake3, self, dir, None);
         let refs = self.input_drvs.keys().chain(&self.input_srcs);
         dir.make_text_path(&format!("{}.drv", self.name), &content, refs)
             .map_err(|source| Error::BadName {
@@ -440,10 +440,7 @@ impl Derivation {
                 .or_default()
                 .extend(outs.iter().cloned());
         }
-        let h = Hash::digest(
-            HashAlgo::Blake3,
-            text::print(self, dir, Some(&inputs)).as_bytes(),
-        );
+        let h = text::hash_of(HashAlgo::Blake3, self, dir, Some(&inputs));
         Ok(if deferred {
             DrvHash::Deferred(h)
         } else {

@@ -110,6 +110,40 @@ pub(super) fn print(
     masked_inputs: Option<&BTreeMap<String, BTreeSet<OutputName>>>,
 ) -> String {
     let mut o = String::with_capacity(256);
+    print_into(&mut o, drv, dir, masked_inputs);
+    o
+}
+
+/// The hash of the text [`print`] gives, printed into a buffer this
+/// thread keeps (evaluation hashes two texts per derivation).
+pub(super) fn hash_of(
+    algo: HashAlgo,
+    drv: &Derivation,
+    dir: &StoreDir,
+    masked_inputs: Option<&BTreeMap<String, BTreeSet<OutputName>>>,
+) -> crate::hash::Hash {
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        print_into(&mut b, drv, dir, masked_inputs);
+        let h = crate::hash::Hash::digest(algo, b.as_bytes());
+        // A huge derivation's buffer is not kept.
+        if b.capacity() > 1 << 20 {
+            *b = String::new();
+        }
+        h
+    })
+}
+
+fn print_into(
+    o: &mut String,
+    drv: &Derivation,
+    dir: &StoreDir,
+    masked_inputs: Option<&BTreeMap<String, BTreeSet<OutputName>>>,
+) {
     o.push_str(VERSION_LINE);
     o.push('\n');
     let field = |o: &mut String, key: &str, value: &str| {
@@ -118,27 +152,27 @@ pub(super) fn print(
         quote(o, value);
         o.push('\n');
     };
-    field(&mut o, "name", &drv.name);
-    field(&mut o, "system", &drv.system);
-    field(&mut o, "builder", &drv.builder);
+    field(o, "name", &drv.name);
+    field(o, "system", &drv.system);
+    field(o, "builder", &drv.builder);
     for a in &drv.args {
-        field(&mut o, "arg", a);
+        field(o, "arg", a);
     }
     for (name, kind) in &drv.outputs {
         o.push_str("output ");
-        quote(&mut o, name.as_str());
+        quote(o, name.as_str());
         match (kind, masked_inputs.is_some()) {
             (DerivationOutput::InputAddressed(_) | DerivationOutput::Deferred, true) => {
                 o.push_str(" input-addressed \"\"")
             }
             (DerivationOutput::InputAddressed(p), false) => {
                 o.push_str(" input-addressed ");
-                quote_path(&mut o, dir, p);
+                quote_path(o, dir, p);
             }
             (DerivationOutput::Deferred, false) => o.push_str(" deferred"),
             (DerivationOutput::Fixed(ca), _) => {
                 o.push_str(" fixed ");
-                quote(&mut o, &ca.to_string());
+                quote(o, &ca.to_string());
             }
             (DerivationOutput::Floating { method, algo }, _) => {
                 let _ = write!(o, " floating {} {algo}", method_word(*method));
@@ -156,30 +190,29 @@ pub(super) fn print(
         o.push('\n');
     };
     match masked_inputs {
-        Some(masked) => masked.iter().for_each(|(k, outs)| input(&mut o, k, outs)),
+        Some(masked) => masked.iter().for_each(|(k, outs)| input(o, k, outs)),
         None => drv.input_drvs.iter().for_each(|(p, outs)| {
             o.push_str("input-drv ");
-            quote_path(&mut o, dir, p);
+            quote_path(o, dir, p);
             for out in outs {
                 o.push(' ');
-                quote(&mut o, out.as_str());
+                quote(o, out.as_str());
             }
             o.push('\n');
         }),
     }
     for p in &drv.input_srcs {
         o.push_str("input-src ");
-        quote_path(&mut o, dir, p);
+        quote_path(o, dir, p);
         o.push('\n');
     }
     for (k, v) in &drv.env {
         o.push_str("env ");
-        quote(&mut o, k);
+        quote(o, k);
         o.push(' ');
-        quote(&mut o, v);
+        quote(o, v);
         o.push('\n');
     }
-    o
 }
 
 /// One line split into its keyword and fields.
