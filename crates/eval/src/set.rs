@@ -43,7 +43,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::ThreadId;
 
 use crate::drv::{Drv, Platform};
 use crate::error::closest;
@@ -142,7 +143,34 @@ impl PackageSet {
     }
 }
 
-type Slot = Arc<OnceLock<Result<Drv, Arc<Error>>>>;
+/// One package of one layer: evaluated by the first thread that asks,
+/// waited for by the others.
+#[derive(Default)]
+struct SlotInner {
+    state: Mutex<SlotState>,
+    done: Condvar,
+}
+
+type Slot = Arc<SlotInner>;
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    Running(ThreadId),
+    Done(Result<Drv, Arc<Error>>),
+}
+
+impl SlotInner {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Which thread waits for which package (and the package's name): a
+/// thread about to wait follows this to find a cycle that runs across
+/// threads, which would otherwise wait forever.
+static WAITING: Mutex<Option<HashMap<ThreadId, (Slot, Arc<str>)>>> = Mutex::new(None);
 
 /// Recipes of one layer by name. Looked up for every input of every
 /// package: hashed with FNV-1a, which for short names costs a fraction
@@ -223,13 +251,37 @@ impl Pkgs {
         }
     }
 
-    /// Every package of the set, evaluated (errors included, by name).
+    /// Every package of the set, evaluated on every core (errors
+    /// included, by name).
     pub fn all(&self) -> BTreeMap<String, Result<Drv, Error>> {
-        self.0
-            .set
-            .names()
+        let names: Vec<&str> = self.0.set.names().into_iter().collect();
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(names.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<(usize, Result<Drv, Error>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(name) = names.get(i) else { break };
+                            mine.push((i, self.get(name)));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        results
             .into_iter()
-            .map(|n| (n.to_owned(), self.get(n)))
+            .map(|(i, r)| (names[i].to_owned(), r))
             .collect()
     }
 
@@ -285,7 +337,7 @@ impl Pkgs {
                     .or_default()
                     .clone(),
             };
-            if let Some(done) = slot.get() {
+            if let SlotState::Done(done) = &*slot.lock() {
                 return done.clone().map_err(wrap);
             }
             Some(slot)
@@ -310,9 +362,43 @@ impl Pkgs {
             EVALUATING.with(|s| s.borrow_mut().pop());
             r.map_err(Arc::new)
         };
-        match slot {
-            None => run().map_err(wrap),
-            Some(slot) => slot.get_or_init(run).clone().map_err(wrap),
+        let Some(slot) = slot else {
+            return run().map_err(wrap);
+        };
+        let me = std::thread::current().id();
+        loop {
+            let mut state = slot.lock();
+            match &*state {
+                SlotState::Done(done) => return done.clone().map_err(wrap),
+                SlotState::Empty => {
+                    *state = SlotState::Running(me);
+                    drop(state);
+                    // A recipe that panics leaves the slot empty again (the
+                    // next to ask runs it, and panics in its own thread),
+                    // not running forever.
+                    let reset = ResetOnUnwind(&slot);
+                    let r = run();
+                    std::mem::forget(reset);
+                    *slot.lock() = SlotState::Done(r.clone());
+                    slot.done.notify_all();
+                    return r.map_err(wrap);
+                }
+                SlotState::Running(owner) => {
+                    let owner = *owner;
+                    drop(state);
+                    if let Some(chain) = wait_cycle(me, owner, key_name, &slot) {
+                        return Err(Error::Cycle { chain });
+                    }
+                    let mut state = slot.lock();
+                    while matches!(*state, SlotState::Running(_)) {
+                        state = slot.done.wait(state).unwrap_or_else(|e| e.into_inner());
+                    }
+                    drop(state);
+                    if let Some(w) = WAITING.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        w.remove(&me);
+                    }
+                }
+            }
         }
     }
 
@@ -340,6 +426,40 @@ impl Pkgs {
         };
         Ok(drv.with_recipe(Arc::new(call)))
     }
+}
+
+struct ResetOnUnwind<'a>(&'a Slot);
+
+impl Drop for ResetOnUnwind<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = SlotState::Empty;
+        self.0.done.notify_all();
+    }
+}
+
+/// Before `me` waits for `name` (which `owner` is evaluating): whether
+/// the threads' waits close a cycle back to `me` — then the packages
+/// along it, and `me` does not wait. Otherwise `me` is recorded as
+/// waiting.
+fn wait_cycle(me: ThreadId, owner: ThreadId, name: &Arc<str>, slot: &Slot) -> Option<Vec<String>> {
+    let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+    let w = waiting.get_or_insert_with(HashMap::new);
+    let mut chain = vec![name.to_string()];
+    let mut t = owner;
+    while let Some((s, n)) = w.get(&t) {
+        chain.push(n.to_string());
+        let runner = match &*s.lock() {
+            SlotState::Running(r) => *r,
+            _ => break,
+        };
+        if runner == me {
+            chain.push(name.to_string());
+            return Some(chain);
+        }
+        t = runner;
+    }
+    w.insert(me, (slot.clone(), name.clone()));
+    None
 }
 
 /// What a recipe asks its inputs of.

@@ -168,3 +168,34 @@ fn two_releases_evaluate_side_by_side_and_share_what_is_identical() -> TestResul
     assert_eq!(paths(&last_year)?, paths(&base())?);
     Ok(())
 }
+
+#[test]
+fn all_evaluates_on_every_core_and_a_cycle_across_threads_is_an_error_not_a_hang() -> TestResult {
+    // Each recipe waits before asking for the other, so that with two
+    // threads each holds one package while asking for the other's.
+    let slow = |me: &'static str, other: &'static str| {
+        move |a: &Args| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            pkg(a, me, "1", &[other])
+        }
+    };
+    let set = base().add("a", slow("a", "b")).add("b", slow("b", "a"));
+    let all = set.eval().all();
+    for name in ["a", "b"] {
+        let err = all[name].as_ref().unwrap_err();
+        let mut text = err.to_string();
+        let mut src = std::error::Error::source(err);
+        while let Some(s) = src {
+            text.push_str(&s.to_string());
+            src = s.source();
+        }
+        assert!(text.contains("depend on each other"), "{name}: {text}");
+    }
+    // Everything else evaluated, identical to one thread's evaluation.
+    assert_eq!(
+        all["git"].as_ref().map_err(|e| e.to_string())?,
+        &base().eval().get("git")?
+    );
+    assert_eq!(all.len(), base().names().len() + 2);
+    Ok(())
+}
