@@ -170,7 +170,10 @@ impl SlotInner {
 /// Which thread waits for which package (and the package's name): a
 /// thread about to wait follows this to find a cycle that runs across
 /// threads, which would otherwise wait forever.
-static WAITING: Mutex<Option<HashMap<ThreadId, (Slot, Arc<str>)>>> = Mutex::new(None);
+static WAITING: Mutex<Option<Waits>> = Mutex::new(None);
+
+/// Waiting thread → the package it waits for, and its name.
+type Waits = HashMap<ThreadId, (Slot, Arc<str>)>;
 
 /// Recipes of one layer by name. Looked up for every input of every
 /// package: hashed with FNV-1a, which for short names costs a fraction
