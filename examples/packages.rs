@@ -8,15 +8,15 @@
 //! cargo run -p bigtop --example packages [STORE_PARENT_DIR]
 //! ```
 //!
-//! The store lives in `STORE_PARENT_DIR/store` (default
-//! `target/bigtop-packages`), with that as its logical dir too, so the
-//! built programs run on this host as they are. A second run builds
+//! The store is a chroot store in `STORE_PARENT_DIR` (default
+//! `target/bigtop-packages`): its paths are `/bigtop/store/…` wherever it
+//! physically lives, so the programs built into it run in a sandbox that
+//! shows them there (`bigtop::realise::run`). A second run builds
 //! nothing.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
-use bigtop::core::StoreDir;
 use bigtop::eval::drv::Platform;
 use bigtop::eval::package::{Package, Phase};
 use bigtop::eval::set::PackageSet;
@@ -30,17 +30,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bigtop-packages"));
-    std::fs::create_dir_all(&parent)?;
-    let parent = std::fs::canonicalize(&parent)?;
-    let dir = StoreDir::new(&parent.join("store").to_string_lossy())?;
-    let store = Store::builder()
-        .store_dir(dir.clone())
-        .state_dir(parent.join("var"))
-        .open()?;
-    let platform = Platform {
-        store_dir: dir,
-        ..Platform::default()
-    };
+    let store = Store::open_chroot(&parent)?;
+    let platform = Platform::default();
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages");
 
     // Evaluation: pure, no store.
@@ -149,7 +140,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             .join("greeting"),
     )?;
     print!("in the sandbox: {greeting}");
-    let out = std::process::Command::new(store.physical(&report)).output()?;
+    // The report script, run where it sees only its runtime closure.
+    let out = bigtop::realise::run(&store, &report, "", &[])?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
         return Err(format!("report failed: {}", String::from_utf8_lossy(&out.stderr)).into());

@@ -56,6 +56,9 @@ pub enum Error {
     /// An output asked of the result was not built.
     #[error("`{0}` was not among the outputs realised")]
     NotRealised(String),
+    /// A built program could not be run.
+    #[error("Cannot run a built program: {0}")]
+    Run(String),
 }
 
 /// What [`realise`] built.
@@ -162,6 +165,103 @@ pub fn realise(store: &Store, builder: &Builder<'_>, roots: &[Drv]) -> Result<Re
         .collect();
     let report = builder.build(&targets)?;
     Ok(Realised { report })
+}
+
+/// What [`run`] gives back.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// How the program ended.
+    pub status: std::process::ExitStatus,
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `program` (a file inside the built store path `path`, e.g.
+/// `bin/hello`, or `""` when the path is the program) with `args`, in a sandbox that shows exactly the runtime
+/// closure of `path` at the store's logical paths (and `/bin/sh` with the
+/// C library, as builds see them), without network: how a program built
+/// into a chroot store runs on the machine building it.
+pub fn run(
+    store: &Store,
+    path: &StorePath,
+    program: &str,
+    args: &[&str],
+) -> Result<RunOutput, Error> {
+    use bigtop_store::sandbox::{self, SandboxSpec};
+    use std::io::Read;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let sandbox_err = |e: sandbox::SandboxError| Error::Run(e.to_string());
+    let closure = store.closure([path])?;
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    // Named as the collector expects leftovers of a dead process to be.
+    let chroot_dir = store.root().join(format!(".chroot-{pid}-run-{n}"));
+    let build_dir = store
+        .state_dir()
+        .join("builds")
+        .join(format!("{pid}-run-{n}"));
+    std::fs::create_dir_all(&build_dir)
+        .map_err(|e| Error::Run(format!("cannot create `{}`: {e}", build_dir.display())))?;
+    let cleanup = || {
+        let _ = std::fs::remove_dir_all(&build_dir);
+        let _ = std::fs::remove_dir_all(&chroot_dir);
+    };
+    let io = |e: std::io::Error| Error::Run(format!("cannot make a pipe: {e}"));
+    let (mut out_r, out_w) = std::io::pipe().map_err(io)?;
+    let (mut err_r, err_w) = std::io::pipe().map_err(io)?;
+    let dir = store.store_dir();
+    let spec = SandboxSpec {
+        program: if program.is_empty() {
+            dir.full(path)
+        } else {
+            format!("{}/{program}", dir.full(path))
+        },
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec![
+            ("PATH".into(), "/path-not-set".into()),
+            ("HOME".into(), "/homeless-shelter".into()),
+        ],
+        build_dir: build_dir.clone(),
+        build_dir_inside: "/build".into(),
+        store_dir: dir.as_path().to_owned(),
+        store_root: store.root().to_owned(),
+        chroot_dir: chroot_dir.clone(),
+        inputs: closure.iter().map(|p| p.to_string()).collect(),
+        outputs: Vec::new(),
+        extra_paths: sandbox::default_extra_paths().map_err(sandbox_err)?,
+        network: false,
+        stdout: out_w.into(),
+        stderr: err_w.into(),
+        inherit: Vec::new(),
+        uid: sandbox::DEFAULT_UID,
+        gid: sandbox::DEFAULT_GID,
+    };
+    let child = sandbox::spawn(&spec).map_err(|e| {
+        cleanup();
+        sandbox_err(e)
+    });
+    drop(spec);
+    let child = child?;
+    let (stdout, stderr) = std::thread::scope(|s| {
+        let e = s.spawn(move || {
+            let mut v = Vec::new();
+            let _ = err_r.read_to_end(&mut v);
+            v
+        });
+        let mut o = Vec::new();
+        let _ = out_r.read_to_end(&mut o);
+        (o, e.join().unwrap_or_default())
+    });
+    let status = child.wait().map_err(sandbox_err);
+    cleanup();
+    Ok(RunOutput {
+        status: status?,
+        stdout,
+        stderr,
+    })
 }
 
 /// The runtime closure of built outputs: every store path they refer to,

@@ -212,3 +212,81 @@ fn a_fetched_tarball_is_a_source_and_an_unpinned_one_says_what_to_pin() -> Resul
     assert!(lib.is_file(), "{}", lib.display());
     Ok(())
 }
+
+#[test]
+fn a_program_built_into_a_chroot_store_runs_in_a_sandbox_of_its_closure() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let p = Platform::default();
+    let greeting = bigtop::eval::trivial::write_text(&p, "greeting", "hello from the store\n")?;
+    let script = bigtop::eval::trivial::write_script(
+        &p,
+        "greet",
+        "/bin/sh",
+        text!(
+            "while IFS= read -r l; do echo \"$l ($1)\"; done < {}\n",
+            greeting
+        ),
+    )?;
+    let built = bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&script))?;
+    let path = built.path(&script.out())?;
+    // Its paths are /bigtop/store/…: only a sandbox shows them there.
+    assert!(store.store_dir().full(&path).starts_with("/bigtop/store/"));
+    let out = bigtop::realise::run(&store, &path, "", &["arg"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        "hello from the store (arg)\n"
+    );
+    // Nothing of the run is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(store.root())?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    Ok(())
+}
+
+/// The example itself, twice: `cargo test` builds examples beside the
+/// test binaries.
+#[test]
+fn the_packages_example_builds_runs_and_then_builds_nothing() -> Result {
+    let exe = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target dir")?
+        .join("examples/packages");
+    if !exe.is_file() {
+        return Err(format!(
+            "`{}` is missing: run the whole test suite (`cargo test -p bigtop` builds the examples)",
+            exe.display()
+        )
+        .into());
+    }
+    let tmp = tempfile::tempdir()?;
+    let run = || -> Result<String> {
+        let out = std::process::Command::new(&exe).arg(tmp.path()).output()?;
+        let stdout = String::from_utf8(out.stdout)?;
+        if !out.status.success() {
+            return Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(stdout)
+    };
+    let first = run()?;
+    assert!(first.contains("built 6 derivations"), "{first}");
+    assert!(
+        first.contains("in the sandbox: Hello, sandbox, from libgreet!"),
+        "{first}"
+    );
+    assert!(
+        first.ends_with("Hello, platform team, from libgreet!\n"),
+        "{first}"
+    );
+    let second = run()?;
+    assert!(second.contains("built 0 derivations"), "{second}");
+    Ok(())
+}
