@@ -18,6 +18,13 @@ use crate::drv::{Drv, DrvBuilder, Interpolate, Platform, Str};
 use crate::Error;
 
 /// A file holding `text`.
+///
+/// ```
+/// # use bigtop_eval::{drv::Platform, trivial};
+/// let motd = trivial::write_text(&Platform::default(), "motd", "welcome\n")?;
+/// assert_eq!(motd.derivation().env["text"], "welcome\n");
+/// # Ok::<(), bigtop_eval::Error>(())
+/// ```
 pub fn write_text(p: &Platform, name: &str, text: impl Into<Str>) -> Result<Drv, Error> {
     DrvBuilder::new(name)
         .builder(WRITE_FILE)
@@ -61,6 +68,15 @@ pub fn write_json<T: serde::Serialize + ?Sized>(
 }
 
 /// `value` as TOML.
+///
+/// ```
+/// # use bigtop_eval::{drv::Platform, trivial};
+/// #[derive(serde::Serialize)]
+/// struct Server { port: u16 }
+/// let conf = trivial::write_toml(&Platform::default(), "server.toml", &Server { port: 80 })?;
+/// assert_eq!(conf.derivation().env["text"], "port = 80\n");
+/// # Ok::<(), bigtop_eval::Error>(())
+/// ```
 pub fn write_toml<T: serde::Serialize + ?Sized>(
     p: &Platform,
     name: &str,
@@ -77,6 +93,16 @@ pub fn write_toml<T: serde::Serialize + ?Sized>(
 /// One tree of symlinks into every one of `paths` (a profile, nixpkgs'
 /// `symlinkJoin`/`buildEnv`); two paths providing the same file fail the
 /// build, naming both.
+///
+/// ```
+/// # use bigtop_eval::{drv::Platform, trivial};
+/// let p = Platform::default();
+/// let a = trivial::write_script(&p, "a", "/bin/sh", "echo a\n")?;
+/// let b = trivial::write_script(&p, "b", "/bin/sh", "echo b\n")?;
+/// let env = trivial::symlink_join(&p, "tools", [&a, &b])?;
+/// assert_eq!(env.input_derivations().len(), 2);
+/// # Ok::<(), bigtop_eval::Error>(())
+/// ```
 pub fn symlink_join<I>(p: &Platform, name: &str, paths: I) -> Result<Drv, Error>
 where
     I: IntoIterator,
@@ -92,6 +118,16 @@ where
 /// add variables to the builder returned, then `build` it. `shell` is a
 /// program the build can run: a bootstrap or package shell
 /// (`text!("{}/bin/sh", sh)`), or `/bin/sh`, which the sandbox provides.
+///
+/// ```
+/// # use bigtop_eval::{drv::Platform, trivial};
+/// let p = Platform::default();
+/// let date = trivial::run_command("build-info", "/bin/sh", "echo built > $out")
+///     .env("LANG", "C")
+///     .build(&p)?;
+/// assert_eq!(date.derivation().args, ["-c", "echo built > $out"]);
+/// # Ok::<(), bigtop_eval::Error>(())
+/// ```
 pub fn run_command(name: &str, shell: impl Into<Str>, script: impl Into<Str>) -> DrvBuilder {
     DrvBuilder::new(name).builder(shell).arg("-c").arg(script)
 }
