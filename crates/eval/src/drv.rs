@@ -160,6 +160,16 @@ impl Drv {
         self.with(|o| o.package = Some(made))
     }
 
+    /// The bit of `output` among this derivation's outputs (as a
+    /// [`Context`] records it).
+    fn output_bit(&self, output: &OutputName) -> u64 {
+        self.0
+            .outputs
+            .keys()
+            .position(|o| o == output)
+            .map_or(0, |i| 1 << i)
+    }
+
     /// The derivation's name.
     pub fn name(&self) -> &str {
         &self.0.derivation.name
@@ -306,21 +316,27 @@ impl Output {
 }
 
 /// The outputs and sources a string names.
+///
+/// Kept as short lists (a string names a handful of paths), outputs as a
+/// bit per output of their derivation: adding one allocates nothing, and
+/// every string of every derivation adds some.
 #[derive(Clone, Default)]
 pub struct Context {
-    drvs: BTreeMap<StorePath, (Drv, BTreeSet<OutputName>)>,
-    srcs: BTreeMap<StorePath, Source>,
+    drvs: Vec<(Drv, u64)>,
+    srcs: Vec<Source>,
 }
 
 impl PartialEq for Context {
     fn eq(&self, other: &Self) -> bool {
-        self.drvs.len() == other.drvs.len()
-            && self
-                .drvs
-                .iter()
-                .zip(&other.drvs)
-                .all(|((a, (_, ao)), (b, (_, bo)))| a == b && ao == bo)
-            && self.srcs.keys().eq(other.srcs.keys())
+        fn sorted(c: &Context) -> (Vec<(&StorePath, u64)>, Vec<&StorePath>) {
+            let mut d: Vec<(&StorePath, u64)> =
+                c.drvs.iter().map(|(d, m)| (d.drv_path(), *m)).collect();
+            d.sort();
+            let mut s: Vec<&StorePath> = c.srcs.iter().map(Source::path).collect();
+            s.sort();
+            (d, s)
+        }
+        sorted(self) == sorted(other)
     }
 }
 
@@ -332,12 +348,14 @@ impl fmt::Debug for Context {
             .field(
                 "outputs",
                 &self
-                    .drvs
-                    .iter()
-                    .map(|(p, (_, o))| (p, o))
+                    .outputs()
+                    .map(|(d, o)| (d.drv_path(), o))
                     .collect::<Vec<_>>(),
             )
-            .field("sources", &self.srcs.keys().collect::<Vec<_>>())
+            .field(
+                "sources",
+                &self.srcs.iter().map(Source::path).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -349,36 +367,35 @@ impl Context {
     }
 
     fn add(&mut self, drv: &Drv, output: &OutputName) {
-        let entry = match self.drvs.get_mut(&drv.0.drv_path) {
-            Some(e) => e,
-            None => self
-                .drvs
-                .entry(drv.0.drv_path.clone())
-                .or_insert_with(|| (drv.clone(), BTreeSet::new())),
-        };
-        if !entry.1.contains(output) {
-            entry.1.insert(output.clone());
+        let bit = drv.output_bit(output);
+        self.add_bits(drv, bit);
+    }
+
+    fn add_bits(&mut self, drv: &Drv, bits: u64) {
+        match self
+            .drvs
+            .iter_mut()
+            .find(|(d, _)| Arc::ptr_eq(&d.0, &drv.0) || d.0.drv_path == drv.0.drv_path)
+        {
+            Some((_, m)) => *m |= bits,
+            None => self.drvs.push((drv.clone(), bits)),
         }
     }
 
     /// Adds a source.
     pub fn add_source(&mut self, s: &Source) {
-        self.srcs
-            .entry(s.path().clone())
-            .or_insert_with(|| s.clone());
+        if !self.srcs.iter().any(|x| x == s) {
+            self.srcs.push(s.clone());
+        }
     }
 
     /// Adds everything `other` names.
     pub fn extend(&mut self, other: &Context) {
-        for (p, (d, outs)) in &other.drvs {
-            self.drvs
-                .entry(p.clone())
-                .or_insert_with(|| (d.clone(), BTreeSet::new()))
-                .1
-                .extend(outs.iter().cloned());
+        for (d, bits) in &other.drvs {
+            self.add_bits(d, *bits);
         }
-        for (p, s) in &other.srcs {
-            self.srcs.entry(p.clone()).or_insert_with(|| s.clone());
+        for s in &other.srcs {
+            self.add_source(s);
         }
     }
 
@@ -387,14 +404,23 @@ impl Context {
         self.drvs.is_empty() && self.srcs.is_empty()
     }
 
-    /// The outputs named, by derivation.
-    pub fn outputs(&self) -> impl Iterator<Item = (&Drv, &BTreeSet<OutputName>)> {
-        self.drvs.values().map(|(d, o)| (d, o))
+    /// The outputs named, by derivation (in the order first named).
+    pub fn outputs(&self) -> impl Iterator<Item = (&Drv, Vec<&OutputName>)> {
+        self.drvs.iter().map(|(d, bits)| {
+            let names =
+                d.0.outputs
+                    .keys()
+                    .enumerate()
+                    .filter(|(i, _)| bits & (1 << i) != 0)
+                    .map(|(_, o)| o)
+                    .collect();
+            (d, names)
+        })
     }
 
     /// The sources named.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
-        self.srcs.values()
+        self.srcs.iter()
     }
 }
 
@@ -728,6 +754,19 @@ impl DrvBuilder {
                 .collect::<Result<_, _>>()
                 .map_err(bad)?
         };
+        if declared.len() > 64 {
+            // Contexts keep a bit per output.
+            return Err(Error::Derivation {
+                name: name.clone(),
+                source: bigtop_core::derivation::Error::Invalid {
+                    name: name.clone(),
+                    reason: format!(
+                        "it has {} outputs; at most 64 are supported",
+                        declared.len()
+                    ),
+                },
+            });
+        }
         match self.fixed {
             Some(ca) => {
                 d.outputs
@@ -745,14 +784,18 @@ impl DrvBuilder {
             declared[0].clone()
         };
         d.input_drvs = ctx
-            .drvs
-            .iter()
-            .map(|(p, (_, outs))| (p.clone(), outs.clone()))
+            .outputs()
+            .map(|(drv, outs)| (drv.0.drv_path.clone(), outs.into_iter().cloned().collect()))
             .collect();
-        d.input_srcs = ctx.srcs.keys().cloned().collect();
+        d.input_srcs = ctx.srcs.iter().map(|s| s.path().clone()).collect();
         let dir = &platform.store_dir;
         let hash = d
-            .fill_output_paths(dir, |p| ctx.drvs.get(p).map(|(drv, _)| drv.0.hash))
+            .fill_output_paths(dir, |p| {
+                ctx.drvs
+                    .iter()
+                    .find(|(drv, _)| &drv.0.drv_path == p)
+                    .map(|(drv, _)| drv.0.hash)
+            })
             .map_err(|source| Error::Derivation {
                 name: name.clone(),
                 source,
@@ -782,8 +825,16 @@ impl DrvBuilder {
             outputs,
             full_paths,
             default_output,
-            inputs: ctx.drvs.into_values().map(|(d, _)| d).collect(),
-            sources: ctx.srcs.into_values().collect(),
+            inputs: {
+                let mut inputs: Vec<Drv> = ctx.drvs.into_iter().map(|(d, _)| d).collect();
+                inputs.sort();
+                inputs
+            },
+            sources: {
+                let mut sources = ctx.srcs;
+                sources.sort_by(|a, b| a.path().cmp(b.path()));
+                sources
+            },
             platform: platform.clone(),
             meta: self.meta,
             origin: Origin::default(),
