@@ -19,7 +19,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use bigtop_eval::drv::{DrvBuilder, Platform, Str};
+use bigtop_eval::drv::{Drv, DrvBuilder, Platform, Str};
 use bigtop_eval::set::PackageSet;
 use bigtop_eval::text;
 
@@ -55,6 +55,19 @@ const INSTALL: &str = "make install PREFIX=$out";
 const CONFIGURE: &str = "--prefix=$out --enable-shared --disable-static";
 const SYSTEM: &str = "x86_64-linux";
 
+/// Package `i`, naming `deps` (its dependencies' outputs).
+fn package(i: usize, deps: Str, platform: &Platform) -> Result<Drv, bigtop_eval::Error> {
+    DrvBuilder::new(format!("p{i}"))
+        .builder("/bin/sh")
+        .args(["-c", "eval \"$buildPhase\" && eval \"$installPhase\""])
+        .env("version", "1.0")
+        .env("buildPhase", BUILD)
+        .env("installPhase", INSTALL)
+        .env("configureFlags", CONFIGURE)
+        .env("deps", deps)
+        .build(platform)
+}
+
 fn run(n: usize) -> Result<(), bigtop_eval::Error> {
     let start = Instant::now();
     let platform = Platform {
@@ -71,15 +84,7 @@ fn run(n: usize) -> Result<(), bigtop_eval::Error> {
                 }
                 inputs.push(a.get(&format!("p{d}"))?);
             }
-            DrvBuilder::new(format!("p{i}"))
-                .builder("/bin/sh")
-                .args(["-c", "eval \"$buildPhase\" && eval \"$installPhase\""])
-                .env("version", "1.0")
-                .env("buildPhase", BUILD)
-                .env("installPhase", INSTALL)
-                .env("configureFlags", CONFIGURE)
-                .env("deps", inputs)
-                .build(a.platform())
+            package(i, inputs, a.platform())
         });
     }
     let built = start.elapsed();
@@ -109,7 +114,7 @@ fn raw(n: usize) -> Result<(), bigtop_eval::Error> {
         system: SYSTEM.into(),
         ..Platform::default()
     };
-    let mut made: Vec<bigtop_eval::drv::Drv> = Vec::with_capacity(n);
+    let mut made: Vec<Drv> = Vec::with_capacity(n);
     for i in 0..n {
         let mut inputs = Str::default();
         for (k, d) in deps(i).into_iter().enumerate() {
@@ -118,15 +123,7 @@ fn raw(n: usize) -> Result<(), bigtop_eval::Error> {
             }
             inputs.push(&made[d]);
         }
-        let d = DrvBuilder::new(format!("p{i}"))
-            .builder("/bin/sh")
-            .args(["-c", "eval \"$buildPhase\" && eval \"$installPhase\""])
-            .env("version", "1.0")
-            .env("buildPhase", BUILD)
-            .env("installPhase", INSTALL)
-            .env("configureFlags", CONFIGURE)
-            .env("deps", inputs)
-            .build(&platform)?;
+        let d = package(i, inputs, &platform)?;
         made.push(d);
     }
     println!(

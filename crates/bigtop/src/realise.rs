@@ -307,32 +307,11 @@ impl RuntimeClosure {
     /// A shortest chain of references from a root to a path named `name`
     /// (or `name-<version>`).
     pub fn why(&self, name: &str) -> Option<Vec<StorePath>> {
-        let mut came_from: BTreeMap<&StorePath, Option<&StorePath>> = BTreeMap::new();
-        let mut queue: std::collections::VecDeque<&StorePath> = std::collections::VecDeque::new();
-        for r in &self.roots {
-            if came_from.insert(r, None).is_none() {
-                queue.push_back(r);
-            }
-        }
-        while let Some(p) = queue.pop_front() {
-            if named(p.name(), name) {
-                let mut chain = vec![p.clone()];
-                let mut at = p;
-                while let Some(Some(prev)) = came_from.get(at) {
-                    chain.push((*prev).clone());
-                    at = prev;
-                }
-                chain.reverse();
-                return Some(chain);
-            }
-            for r in self.refs.get(p).into_iter().flatten() {
-                if !came_from.contains_key(r) {
-                    came_from.insert(r, Some(p));
-                    queue.push_back(r);
-                }
-            }
-        }
-        None
+        bigtop_eval::closure::shortest_chain(
+            &self.roots,
+            |p| self.refs.get(p).into_iter().flatten().cloned().collect(),
+            |p| bigtop_eval::closure::is_named(p.name(), name),
+        )
     }
 
     /// `Ok` if no path named `name` is in it; otherwise the chain of
@@ -359,12 +338,4 @@ impl RuntimeClosure {
             panic!("{why}");
         }
     }
-}
-
-/// `name` exactly, or `name-<version>` (a version starts with a digit).
-fn named(n: &str, name: &str) -> bool {
-    n == name
-        || n.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
 }

@@ -68,7 +68,7 @@ impl BuildClosure {
     /// Whether a derivation named `name` (exactly, or `name-<version>`)
     /// is in it.
     pub fn contains_named(&self, name: &str) -> bool {
-        self.drvs.iter().any(|d| named(d, name))
+        self.drvs.iter().any(|d| is_named(d.name(), name))
     }
 
     /// Sorted derivation names, one a line: a snapshot that changes only
@@ -105,33 +105,11 @@ impl BuildClosure {
     /// A shortest chain from a root to a derivation named `name`: why
     /// the closure holds it (what `nix why-depends` prints).
     pub fn why(&self, name: &str) -> Option<Vec<Drv>> {
-        // Breadth first from the roots, remembering how each was reached.
-        let mut came_from: BTreeMap<&StorePath, Option<&Drv>> = BTreeMap::new();
-        let mut queue: VecDeque<&Drv> = VecDeque::new();
-        for r in &self.roots {
-            if came_from.insert(r.drv_path(), None).is_none() {
-                queue.push_back(r);
-            }
-        }
-        while let Some(d) = queue.pop_front() {
-            if named(d, name) {
-                let mut chain = vec![d.clone()];
-                let mut at = d;
-                while let Some(Some(prev)) = came_from.get(at.drv_path()) {
-                    chain.push((*prev).clone());
-                    at = prev;
-                }
-                chain.reverse();
-                return Some(chain);
-            }
-            for i in d.input_derivations() {
-                if !came_from.contains_key(i.drv_path()) {
-                    came_from.insert(i.drv_path(), Some(d));
-                    queue.push_back(i);
-                }
-            }
-        }
-        None
+        shortest_chain(
+            &self.roots,
+            |d| d.input_derivations().to_vec(),
+            |d| is_named(d.name(), name),
+        )
     }
 
     /// `Ok` if no derivation named `name` is in it; otherwise the chain
@@ -160,11 +138,48 @@ impl BuildClosure {
     }
 }
 
-/// `name` exactly, or `name-<version>` (a version starts with a digit).
-fn named(d: &Drv, name: &str) -> bool {
-    let n = d.name();
+/// Whether a package or path named `n` is the one called `name`: `name`
+/// exactly, or `name-<version>` (a version starts with a digit).
+pub fn is_named(n: &str, name: &str) -> bool {
     n == name
         || n.strip_prefix(name)
             .and_then(|rest| rest.strip_prefix('-'))
             .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// A shortest chain from one of `roots` to a node `hit` accepts,
+/// following `next` (breadth first): the why-depends answer for any graph
+/// of derivations or store paths.
+pub fn shortest_chain<T: Clone + Ord>(
+    roots: &[T],
+    mut next: impl FnMut(&T) -> Vec<T>,
+    hit: impl Fn(&T) -> bool,
+) -> Option<Vec<T>> {
+    let mut came_from: BTreeMap<T, Option<T>> = BTreeMap::new();
+    let mut queue: VecDeque<T> = VecDeque::new();
+    for r in roots {
+        if !came_from.contains_key(r) {
+            came_from.insert(r.clone(), None);
+            queue.push_back(r.clone());
+        }
+    }
+    while let Some(node) = queue.pop_front() {
+        if hit(&node) {
+            let mut chain = vec![node.clone()];
+            let mut at = node;
+            while let Some(Some(prev)) = came_from.get(&at) {
+                chain.push(prev.clone());
+                at = prev.clone();
+            }
+            chain.reverse();
+            return Some(chain);
+        }
+        for n in next(&node) {
+            if !came_from.contains_key(&n) {
+                came_from.insert(n.clone(), Some(node.clone()));
+                queue.push_back(n);
+            }
+        }
+    }
+    None
 }
