@@ -195,6 +195,10 @@ pub fn run(
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let sandbox_err = |e: sandbox::SandboxError| Error::Run(e.to_string());
     let closure = store.closure([path])?;
+    let extra_paths = sandbox::default_extra_paths().map_err(sandbox_err)?;
+    let io = |e: std::io::Error| Error::Run(format!("cannot make a pipe: {e}"));
+    let (mut out_r, out_w) = std::io::pipe().map_err(io)?;
+    let (mut err_r, err_w) = std::io::pipe().map_err(io)?;
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
     // Named as the collector expects leftovers of a dead process to be.
@@ -209,9 +213,6 @@ pub fn run(
         let _ = std::fs::remove_dir_all(&build_dir);
         let _ = std::fs::remove_dir_all(&chroot_dir);
     };
-    let io = |e: std::io::Error| Error::Run(format!("cannot make a pipe: {e}"));
-    let (mut out_r, out_w) = std::io::pipe().map_err(io)?;
-    let (mut err_r, err_w) = std::io::pipe().map_err(io)?;
     let dir = store.store_dir();
     let spec = SandboxSpec {
         program: if program.is_empty() {
@@ -231,7 +232,7 @@ pub fn run(
         chroot_dir: chroot_dir.clone(),
         inputs: closure.iter().map(|p| p.to_string()).collect(),
         outputs: Vec::new(),
-        extra_paths: sandbox::default_extra_paths().map_err(sandbox_err)?,
+        extra_paths,
         network: false,
         stdout: out_w.into(),
         stderr: err_w.into(),
