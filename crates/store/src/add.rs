@@ -451,9 +451,15 @@ impl AddBatch<'_> {
         let store = self.store;
         let pending = std::mem::take(&mut self.pending);
         let outputs = std::mem::take(&mut self.drv_outputs);
-        let result = commit(store, &pending, &outputs, held);
+        let mut newly = BTreeSet::new();
+        let result = commit(store, &pending, &outputs, held, &mut newly);
         if result.is_ok() {
-            store.keep_added(std::mem::take(&mut self.derivations));
+            // Plans need what was just made valid; a derivation that was
+            // valid already (evaluated again) is either built or read back
+            // then, and keeping it would only cost memory.
+            let mut kept = std::mem::take(&mut self.derivations);
+            kept.retain(|(p, _)| newly.contains(p));
+            store.keep_added(kept);
         }
         if result.is_err() {
             for p in &pending {
@@ -569,6 +575,7 @@ fn commit(
     pending: &[Pending],
     drv_outputs: &[(StorePath, OutputName, StorePath)],
     held: &mut [LockSet<'_>],
+    newly: &mut BTreeSet<StorePath>,
 ) -> Result<Vec<StorePath>, Error> {
     if pending.is_empty() {
         for l in held.iter_mut() {
@@ -657,6 +664,7 @@ fn commit(
     }
     placing?;
     drop(locks);
+    newly.extend(registered.iter().map(|i| i.path.clone()));
     Ok(pending.iter().map(|p| p.info.path.clone()).collect())
 }
 
@@ -738,29 +746,47 @@ pub(crate) fn register<'a>(
         }
     }
     if !drv_outputs.is_empty() {
-        let mut row = tx
-            .prepare_cached(
-                "INSERT INTO DerivationOutputs (drv, output, path)
-                 SELECT id, ?2, ?3 FROM ValidPaths WHERE path = ?1
-                 ON CONFLICT (drv, output) DO UPDATE SET path = excluded.path
-                   WHERE path != excluded.path",
-            )
-            .map_err(store.db_err())?;
-        let mut is_valid = tx
-            .prepare_cached("SELECT 1 FROM ValidPaths WHERE path = ?1")
-            .map_err(store.db_err())?;
-        for (drv, output, path) in drv_outputs {
-            let drv_name = drv.to_string();
-            // No change: the row was there already, or the derivation is
-            // not valid (which is an error).
-            if row
-                .execute(params![drv_name, output.as_str(), path.to_string()])
-                .map_err(store.db_err())?
-                == 0
-                && !is_valid.exists([&drv_name]).map_err(store.db_err())?
-            {
-                return Err(Error::NotValid { path: drv.clone() });
+        // One statement for the whole set: re-adding derivations that are
+        // there already (evaluating again) changes no row and costs no
+        // statement per output.
+        let mut rows = String::with_capacity(drv_outputs.len() * 120);
+        rows.push('[');
+        for (i, (drv, output, path)) in drv_outputs.iter().enumerate() {
+            if i > 0 {
+                rows.push(',');
             }
+            use std::fmt::Write as _;
+            // Base names and output names hold no character JSON escapes.
+            let _ = write!(rows, "[\"{drv}\",\"{}\",\"{path}\"]", output.as_str());
+        }
+        rows.push(']');
+        tx.prepare_cached(
+            "INSERT INTO DerivationOutputs (drv, output, path)
+             SELECT v.id, j.value ->> 1, j.value ->> 2
+             FROM json_each(?1) j JOIN ValidPaths v ON v.path = j.value ->> 0
+             WHERE true
+             ON CONFLICT (drv, output) DO UPDATE SET path = excluded.path
+               WHERE path != excluded.path",
+        )
+        .and_then(|mut st| st.execute([&rows]))
+        .map_err(store.db_err())?;
+        // A derivation that is not valid got no row: an error.
+        let missing: Option<String> = tx
+            .prepare_cached(
+                "SELECT j.value ->> 0 FROM json_each(?1) j
+                 WHERE NOT EXISTS (SELECT 1 FROM ValidPaths v WHERE v.path = j.value ->> 0)
+                 LIMIT 1",
+            )
+            .and_then(|mut st| st.query_row([&rows], |r| r.get(0)).optional())
+            .map_err(store.db_err())?;
+        if let Some(drv) = missing {
+            let path = drv_outputs
+                .iter()
+                .map(|(d, _, _)| d)
+                .find(|d| d.to_string() == drv)
+                .cloned()
+                .unwrap_or_else(|| drv_outputs[0].0.clone());
+            return Err(Error::NotValid { path });
         }
     }
     // The locks go in the same commit as the paths they protected.
