@@ -320,14 +320,9 @@ impl RuntimeClosure {
     pub fn check_excludes(&self, name: &str) -> Result<(), String> {
         match self.why(name) {
             None => Ok(()),
-            Some(chain) => Err(format!(
-                "the runtime closure contains `{name}`, referred to through:\n{}",
-                chain
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| format!("{}{p}", "  ".repeat(i + 1)))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+            Some(chain) => Err(bigtop_eval::closure::chain_message(
+                &format!("the runtime closure contains `{name}`, referred to through"),
+                chain.iter().map(|p| p.to_string()),
             )),
         }
     }

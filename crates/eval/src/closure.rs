@@ -117,14 +117,11 @@ impl BuildClosure {
     pub fn check_excludes(&self, name: &str) -> Result<(), String> {
         match self.why(name) {
             None => Ok(()),
-            Some(chain) => Err(format!(
-                "the closure contains `{name}`, needed through:\n{}",
+            Some(chain) => Err(chain_message(
+                &format!("the closure contains `{name}`, needed through"),
                 chain
                     .iter()
-                    .enumerate()
-                    .map(|(i, d)| format!("{}{} ({})", "  ".repeat(i + 1), d.name(), d.drv_path()))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                    .map(|d| format!("{} ({})", d.name(), d.drv_path())),
             )),
         }
     }
@@ -136,6 +133,18 @@ impl BuildClosure {
             panic!("{why}");
         }
     }
+}
+
+/// `headline:` and the chain, one step a line, each indented one more
+/// level: how closure assertions explain themselves.
+pub fn chain_message(headline: &str, steps: impl IntoIterator<Item = String>) -> String {
+    let mut out = format!("{headline}:");
+    for (i, step) in steps.into_iter().enumerate() {
+        out.push('\n');
+        out.push_str(&"  ".repeat(i + 1));
+        out.push_str(&step);
+    }
+    out
 }
 
 /// Whether a package or path named `n` is the one called `name`: `name`
