@@ -106,6 +106,7 @@ impl Phase {
 #[derive(Clone)]
 pub struct Stdenv(Arc<StdenvInner>);
 
+#[derive(Clone)]
 struct StdenvInner {
     platform: Platform,
     shell: Str,
@@ -146,13 +147,7 @@ impl Stdenv {
     /// Sets a variable every package built with it gets (a package's own
     /// setting wins).
     pub fn with_env(&self, key: impl Into<String>, value: impl Into<Str>) -> Stdenv {
-        let mut inner = StdenvInner {
-            platform: self.0.platform.clone(),
-            shell: self.0.shell.clone(),
-            tools: self.0.tools.clone(),
-            setup: self.0.setup.clone(),
-            env: self.0.env.clone(),
-        };
+        let mut inner = (*self.0).clone();
         inner.env.insert(key.into(), value.into());
         Stdenv(Arc::new(inner))
     }
@@ -342,11 +337,7 @@ impl Package {
         let mut d = DrvBuilder::new(self.full_name())
             .builder(s.shell.clone())
             .args([Str::from("-e"), Str::from(&s.setup)])
-            .outputs(if self.outputs.is_empty() {
-                vec!["out".to_owned()]
-            } else {
-                self.outputs.clone()
-            })
+            .outputs(self.outputs.clone())
             .meta(self.meta.clone());
         for (k, v) in &s.env {
             d = d.env(k.clone(), v.clone());

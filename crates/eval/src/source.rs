@@ -451,11 +451,7 @@ impl Selection {
     /// Encodes the root as a NAR into `w`.
     fn encode(&self, root: &Path, w: impl Write) -> Result<(), Error> {
         let mut nar = NarEncoder::new(w);
-        let err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Source { path, source }
-        };
-        let kind = self.fs.kind(root).map_err(err(root))?;
+        let kind = self.fs.kind(root).map_err(read_err(root))?;
         let mut ignores = self.ignores.clone().unwrap_or_default();
         match kind {
             Kind::Directory => {
@@ -466,7 +462,7 @@ impl Selection {
             _ => self.encode_leaf(&mut nar, root, None, kind)?,
         }
         let mut w = nar.finish().map_err(|e| unstorable(root, e))?;
-        w.flush().map_err(err(root))
+        w.flush().map_err(read_err(root))
     }
 
     /// Encodes what is kept of directory `abs` (with `include`, a
@@ -478,12 +474,8 @@ impl Selection {
         rel: &Path,
         ignores: &mut Vec<Gitignore>,
     ) -> Result<(), Error> {
-        let err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Source { path, source }
-        };
         let pushed = self.enter(abs, ignores)?;
-        let mut names = self.fs.read_dir(abs).map_err(err(abs))?;
+        let mut names = self.fs.read_dir(abs).map_err(read_err(abs))?;
         // NAR order: by the bytes of the name.
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in names {
@@ -544,13 +536,9 @@ impl Selection {
         rel: &Path,
         ignores: &mut Vec<Gitignore>,
     ) -> Result<bool, Error> {
-        let err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Source { path, source }
-        };
         let pushed = self.enter(abs, ignores)?;
         let mut found = false;
-        for name in self.fs.read_dir(abs).map_err(err(abs))? {
+        for name in self.fs.read_dir(abs).map_err(read_err(abs))? {
             let child = abs.join(&name);
             let child_rel = rel.join(&name);
             let Ok(kind) = self.fs.kind(&child) else {
@@ -585,24 +573,24 @@ impl Selection {
     ) -> Result<(), Error> {
         match kind {
             Kind::File { executable, size } => {
-                let mut r = self.fs.open(abs).map_err(|source| Error::Source {
-                    path: abs.to_owned(),
-                    source,
-                })?;
+                let mut r = self.fs.open(abs).map_err(read_err(abs))?;
                 nar.file(name, executable, size, &mut r)
                     .map_err(|e| unstorable(abs, e))
             }
             Kind::Symlink => {
-                let target = self.fs.read_link(abs).map_err(|source| Error::Source {
-                    path: abs.to_owned(),
-                    source,
-                })?;
+                let target = self.fs.read_link(abs).map_err(read_err(abs))?;
                 nar.symlink(name, target.as_os_str().as_bytes())
                     .map_err(|e| unstorable(abs, e))
             }
             Kind::Directory => unreachable!("directories are walked"),
         }
     }
+}
+
+/// An I/O failure reading `path` of a source tree.
+fn read_err(path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Source { path, source }
 }
 
 fn unstorable(path: &Path, e: bigtop_core::nar::EncodeError) -> Error {
