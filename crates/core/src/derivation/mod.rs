@@ -426,20 +426,29 @@ impl Derivation {
             .outputs
             .values()
             .any(|o| matches!(o, DerivationOutput::Floating { .. }));
-        // Two input derivations can share a hash modulo (fetchers of the
-        // same content); their output sets merge, as their paths coincide.
-        let mut inputs: BTreeMap<String, BTreeSet<OutputName>> = BTreeMap::new();
+        let mut inputs: Vec<text::MaskedInput<'_>> = Vec::with_capacity(self.input_drvs.len());
         for (drv, outs) in &self.input_drvs {
             let h = input(drv).ok_or_else(|| Error::UnknownInput {
                 name: self.name.clone(),
                 input: drv.clone(),
             })?;
             deferred |= matches!(h, DrvHash::Deferred(_));
-            inputs
-                .entry(h.hash().to_string())
-                .or_default()
-                .extend(outs.iter().cloned());
+            inputs.push(text::MaskedInput {
+                hash: text::HashText::of(h.hash()),
+                outputs: std::borrow::Cow::Borrowed(outs),
+            });
         }
+        inputs.sort_unstable_by(|a, b| a.hash.cmp(&b.hash));
+        // Two input derivations can share a hash modulo (fetchers of the
+        // same content); their output sets merge, as their paths coincide.
+        inputs.dedup_by(|later, kept| {
+            let same = later.hash == kept.hash;
+            if same {
+                let more = std::mem::take(later.outputs.to_mut());
+                kept.outputs.to_mut().extend(more);
+            }
+            same
+        });
         let h = text::hash_of(HashAlgo::Blake3, self, dir, Some(&inputs));
         Ok(if deferred {
             DrvHash::Deferred(h)

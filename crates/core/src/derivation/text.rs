@@ -1,6 +1,6 @@
 //! The canonical `.drv` text: printer and strict parser.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use thiserror::Error;
@@ -129,12 +129,55 @@ fn method_word(m: ContentAddressMethod) -> &'static str {
     }
 }
 
-/// Prints the text; with `masked_inputs` (input hash text → outputs), the
-/// masked form used for the hash modulo.
+/// An input derivation as the masked text names it: by its hash modulo
+/// (in its text form, which orders the inputs), with the outputs used.
+pub(super) struct MaskedInput<'a> {
+    pub(super) hash: HashText,
+    pub(super) outputs: std::borrow::Cow<'a, BTreeSet<OutputName>>,
+}
+
+/// A hash's text form kept on the stack: made for every input of every
+/// derivation hashed, so not worth an allocation each.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct HashText {
+    len: u8,
+    // `algo:` and the base-32 digest: `sha512:` and 103 characters at most.
+    buf: [u8; 112],
+}
+
+impl HashText {
+    pub(super) fn of(h: &crate::hash::Hash) -> Self {
+        struct Fill<'a>(&'a mut HashText);
+        impl std::fmt::Write for Fill<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                let at = usize::from(self.0.len);
+                let end = at + s.len();
+                let dst = self.0.buf.get_mut(at..end).ok_or(std::fmt::Error)?;
+                dst.copy_from_slice(s.as_bytes());
+                self.0.len = end as u8;
+                Ok(())
+            }
+        }
+        let mut t = HashText {
+            len: 0,
+            buf: [0; 112],
+        };
+        write!(Fill(&mut t), "{h}").expect("a hash's text fits in 112 bytes");
+        t
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        // Only ever filled from `str`s.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// Prints the text; with `masked_inputs` (sorted by hash text, each hash
+/// once), the masked form used for the hash modulo.
 pub(super) fn print(
     drv: &Derivation,
     dir: &StoreDir,
-    masked_inputs: Option<&BTreeMap<String, BTreeSet<OutputName>>>,
+    masked_inputs: Option<&[MaskedInput<'_>]>,
 ) -> String {
     let mut o = String::with_capacity(256);
     print_into(&mut o, drv, dir, masked_inputs);
@@ -147,7 +190,7 @@ pub(super) fn hash_of(
     algo: HashAlgo,
     drv: &Derivation,
     dir: &StoreDir,
-    masked_inputs: Option<&BTreeMap<String, BTreeSet<OutputName>>>,
+    masked_inputs: Option<&[MaskedInput<'_>]>,
 ) -> crate::hash::Hash {
     thread_local! {
         static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -169,7 +212,7 @@ fn print_into(
     o: &mut String,
     drv: &Derivation,
     dir: &StoreDir,
-    masked_inputs: Option<&BTreeMap<String, BTreeSet<OutputName>>>,
+    masked_inputs: Option<&[MaskedInput<'_>]>,
 ) {
     o.push_str(VERSION_LINE);
     o.push('\n');
@@ -217,7 +260,9 @@ fn print_into(
         o.push('\n');
     };
     match masked_inputs {
-        Some(masked) => masked.iter().for_each(|(k, outs)| input(o, k, outs)),
+        Some(masked) => masked
+            .iter()
+            .for_each(|m| input(o, m.hash.as_str(), &m.outputs)),
         None => drv.input_drvs.iter().for_each(|(p, outs)| {
             o.push_str("input-drv ");
             quote_path(o, dir, p);
