@@ -138,7 +138,14 @@ impl PackageSet {
         Pkgs(Arc::new(Inner {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             set: self.clone(),
-            memo: self.layers.iter().map(|_| Memo::default()).collect(),
+            // Every slot is made up front (one allocation per package),
+            // so that looking one up takes no lock: every input of every
+            // package is looked up, from every core.
+            memo: self
+                .layers
+                .iter()
+                .map(|l| l.keys().map(|k| (k.clone(), Slot::default())).collect())
+                .collect(),
         }))
     }
 }
@@ -202,8 +209,9 @@ impl Hasher for Fnv {
     }
 }
 
-/// Evaluated packages of one layer, by name.
-type Memo = Mutex<HashMap<Arc<str>, Slot, BuildHasherDefault<Fnv>>>;
+/// Evaluated packages of one layer, by name: a slot for each of its
+/// recipes.
+type Memo = HashMap<Arc<str>, Slot, BuildHasherDefault<Fnv>>;
 
 /// An evaluated package set: each package is made on first use, once.
 /// Cheap to clone (clones share what was evaluated); safe to use from
@@ -224,8 +232,9 @@ impl fmt::Debug for Pkgs {
             .0
             .memo
             .iter()
-            .map(|m| m.lock().map(|m| m.len()).unwrap_or(0))
-            .sum();
+            .flat_map(|m| m.values())
+            .filter(|s| matches!(*s.lock(), SlotState::Done(_)))
+            .count();
         write!(
             f,
             "Pkgs({} packages, {n} evaluated)",
@@ -311,7 +320,7 @@ impl Pkgs {
         name: &str,
         overrides: &BTreeMap<String, Drv>,
     ) -> Result<Drv, Error> {
-        let Some((key_name, _)) = self.0.set.layers[layer].get_key_value(name) else {
+        let Some((key_name, slot)) = self.0.memo[layer].get_key_value(name) else {
             return Err(self.missing(name));
         };
         let wrap = |e: Arc<Error>| match &*e {
@@ -325,21 +334,6 @@ impl Pkgs {
             },
         };
         let slot = if overrides.is_empty() {
-            let memo = &self.0.memo[layer];
-            let found = memo
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(name)
-                .cloned();
-            let slot = match found {
-                Some(slot) => slot,
-                None => memo
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key_name.clone())
-                    .or_default()
-                    .clone(),
-            };
             if let SlotState::Done(done) = &*slot.lock() {
                 return done.clone().map_err(wrap);
             }
@@ -379,7 +373,7 @@ impl Pkgs {
                     // A recipe that panics leaves the slot empty again (the
                     // next to ask runs it, and panics in its own thread),
                     // not running forever.
-                    let reset = ResetOnUnwind(&slot);
+                    let reset = ResetOnUnwind(slot);
                     let r = run();
                     std::mem::forget(reset);
                     *slot.lock() = SlotState::Done(r.clone());
@@ -389,7 +383,7 @@ impl Pkgs {
                 SlotState::Running(owner) => {
                     let owner = *owner;
                     drop(state);
-                    if let Some(chain) = wait_cycle(me, owner, key_name, &slot) {
+                    if let Some(chain) = wait_cycle(me, owner, key_name, slot) {
                         return Err(Error::Cycle { chain });
                     }
                     let mut state = slot.lock();
