@@ -438,7 +438,7 @@ impl Derivation {
                 outputs: std::borrow::Cow::Borrowed(outs),
             });
         }
-        inputs.sort_unstable_by(|a, b| a.hash.cmp(&b.hash));
+        inputs.sort_unstable_by_key(|a| a.hash);
         // Two input derivations can share a hash modulo (fetchers of the
         // same content); their output sets merge, as their paths coincide.
         inputs.dedup_by(|later, kept| {

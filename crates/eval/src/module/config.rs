@@ -1,0 +1,644 @@
+//! Collecting modules and evaluating their options.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::error::{Error, Errors, Loc, Shown, Warning};
+use super::types::Forced;
+use super::value::{FromValue, Value};
+use super::{Check, Cond, DefValue, Migration, Module, Opt, OptionDecl, OPTION_DEFAULT};
+use crate::set::Pkgs;
+
+/// A definition placed on its option.
+struct Def {
+    sub: Vec<String>,
+    value: DefValue,
+    priority: u32,
+    order: u32,
+    conds: Vec<Cond>,
+    loc: Loc,
+    module: Arc<str>,
+    seq: usize,
+}
+
+enum Slot {
+    Running,
+    Done(Result<Value, Error>),
+}
+
+/// An evaluated configuration: every option of a set of modules, merged
+/// on first read and then kept.
+///
+/// Not shared between threads (each machine of a fleet is evaluated by
+/// one); it may be sent to another.
+pub struct Config {
+    decls: BTreeMap<String, OptionDecl>,
+    defs: HashMap<String, Vec<Def>>,
+    modules: Vec<Module>,
+    pkgs: Option<Pkgs>,
+    warnings: Vec<Warning>,
+    memo: RefCell<HashMap<String, Slot>>,
+    /// The options being merged, innermost last.
+    stack: RefCell<Vec<String>>,
+}
+
+/// One definition of an option, as [`Config::definitions`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionInfo {
+    /// The definition: module, place, priority, value (when it could be
+    /// computed).
+    pub shown: Shown,
+    /// The path below the option it was given for (`alice.uid` of
+    /// `users`), empty when for the option itself.
+    pub sub: Vec<String>,
+    /// Whether its conditions hold.
+    pub active: bool,
+    /// Whether it is at the winning priority (and active).
+    pub wins: bool,
+}
+
+impl Config {
+    /// Collects `modules` with their imports and evaluates every option
+    /// and assertion. `pkgs` is the package set definitions read with
+    /// [`Config::pkgs`]. Every error (and every warning) is returned
+    /// together.
+    pub fn eval(modules: &[Module], pkgs: Option<Pkgs>) -> Result<Config, Errors> {
+        // What collecting finds does not stop the evaluation: a definition
+        // that could not be placed is left out, and everything else is
+        // still checked, so that one run reports every error.
+        let (cfg, mut errors) = Config::gather(modules, pkgs);
+        for path in cfg.decls.keys() {
+            if let Err(e) = cfg.option(path) {
+                // An option that only failed because another did is
+                // reported once, by the other.
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+            }
+        }
+        let mut warnings = cfg.warnings.clone();
+        for m in &cfg.modules {
+            for c in &m.0.checks {
+                match cfg.run_check(c) {
+                    Ok(None) => {}
+                    Ok(Some(message)) if c.warning => warnings.push(Warning {
+                        module: m.0.name.clone(),
+                        loc: c.loc.clone(),
+                        message,
+                    }),
+                    Ok(Some(message)) => errors.push(Error::Assertion {
+                        module: m.0.name.clone(),
+                        loc: c.loc.clone(),
+                        message,
+                    }),
+                    Err(e) => {
+                        if !errors.contains(&e) {
+                            errors.push(e)
+                        }
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(Config { warnings, ..cfg })
+        } else {
+            Err(Errors { errors, warnings })
+        }
+    }
+
+    /// Collects `modules` without evaluating anything: options are
+    /// merged when read. Fails only on what collecting finds (unknown or
+    /// removed options, declarations that do not merge).
+    pub fn collect(modules: &[Module], pkgs: Option<Pkgs>) -> Result<Config, Errors> {
+        let (cfg, errors) = Config::gather(modules, pkgs);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(Errors {
+                errors,
+                warnings: cfg.warnings,
+            })
+        }
+    }
+
+    fn gather(modules: &[Module], pkgs: Option<Pkgs>) -> (Config, Vec<Error>) {
+        let mut errors = Vec::new();
+        let modules = gather(modules);
+        let mut decls: BTreeMap<String, OptionDecl> = BTreeMap::new();
+        for m in &modules {
+            for (path, d) in &m.0.options {
+                let merged = match decls.remove(path) {
+                    None => d.clone(),
+                    Some(old) => {
+                        let first = old.locs[0].clone();
+                        match old.clone().merge(d.clone()) {
+                            Ok(m) => m,
+                            Err(reason) => {
+                                errors.push(Error::Declaration {
+                                    option: path.clone(),
+                                    reason,
+                                    first,
+                                    second: d.locs[0].clone(),
+                                });
+                                old
+                            }
+                        }
+                    }
+                };
+                decls.insert(path.clone(), merged);
+            }
+        }
+        // An option cannot also be a group of options.
+        for (path, d) in &decls {
+            let mut prefix = path.as_str();
+            while let Some((head, _)) = prefix.rsplit_once('.') {
+                if let Some(outer) = decls.get(head) {
+                    errors.push(Error::Declaration {
+                        option: head.to_owned(),
+                        reason: format!("it is an option, and `{path}` is declared inside it"),
+                        first: outer.locs[0].clone(),
+                        second: d.locs[0].clone(),
+                    });
+                }
+                prefix = head;
+            }
+        }
+        let mut cfg = Config {
+            decls,
+            defs: HashMap::new(),
+            modules: Vec::new(),
+            pkgs,
+            warnings: Vec::new(),
+            memo: RefCell::new(HashMap::new()),
+            stack: RefCell::new(Vec::new()),
+        };
+        let migrations: Vec<(&Migration, Arc<str>)> = modules
+            .iter()
+            .flat_map(|m| m.0.migrations.iter().map(|x| (x, m.0.name.clone())))
+            .collect();
+        let mut seq = 0;
+        for m in &modules {
+            for d in &m.0.defs {
+                seq += 1;
+                let def = Def {
+                    sub: Vec::new(),
+                    value: d.def.value.clone(),
+                    priority: d.def.priority,
+                    order: d.def.order,
+                    conds: d.conds.clone(),
+                    loc: d.loc.clone(),
+                    module: m.0.name.clone(),
+                    seq,
+                };
+                if let Err(e) = cfg.place(&d.path, def, &migrations) {
+                    errors.push(e);
+                }
+            }
+        }
+        cfg.modules = modules;
+        (cfg, errors)
+    }
+
+    /// Puts a definition of `path` on the option it is for.
+    fn place(
+        &mut self,
+        path: &[String],
+        def: Def,
+        migrations: &[(&Migration, Arc<str>)],
+    ) -> Result<(), Error> {
+        let dotted = path.join(".");
+        for (m, _) in migrations {
+            match m {
+                Migration::Renamed { from, to, .. } => {
+                    if let Some(rest) = under(path, from) {
+                        let new: Vec<String> = to
+                            .split('.')
+                            .map(str::to_owned)
+                            .chain(rest.iter().cloned())
+                            .collect();
+                        let shown = new.join(".");
+                        self.warnings.push(Warning {
+                            module: def.module.clone(),
+                            loc: def.loc.clone(),
+                            message: format!(
+                                "The option `{dotted}` has been renamed to `{shown}`: define `{shown}` instead"
+                            ),
+                        });
+                        return self.place(&new, def, migrations);
+                    }
+                }
+                Migration::Removed {
+                    path: removed,
+                    instructions,
+                    ..
+                } => {
+                    if under(path, removed).is_some() {
+                        return Err(Error::Removed {
+                            option: removed.clone(),
+                            module: def.module,
+                            loc: def.loc,
+                            instructions: instructions.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if let Some((option, sub)) = self.option_of_segments(path) {
+            let def = Def { sub, ..def };
+            self.defs.entry(option).or_default().push(def);
+            return Ok(());
+        }
+        if self.is_group(&dotted) {
+            let fields = match def.value {
+                DefValue::Value(Value::Map(fields)) => fields,
+                other => {
+                    return Err(Error::BadDefinition {
+                        path: dotted,
+                        module: def.module,
+                        loc: def.loc,
+                        reason: format!(
+                        "gives {} to a group of options; give a map of them, or define each option",
+                        match &other {
+                            DefValue::Value(v) => v.kind(),
+                            DefValue::Lazy(_) => "code",
+                        }
+                    ),
+                    })
+                }
+            };
+            let mut first_error = None;
+            for (k, v) in fields {
+                let one = Def {
+                    sub: Vec::new(),
+                    value: DefValue::Value(v),
+                    conds: def.conds.clone(),
+                    loc: def.loc.clone(),
+                    module: def.module.clone(),
+                    priority: def.priority,
+                    order: def.order,
+                    seq: def.seq,
+                };
+                let mut at = path.to_vec();
+                at.push(k);
+                if let Err(e) = self.place(&at, one, migrations) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            return first_error.map_or(Ok(()), Err);
+        }
+        Err(Error::Unknown {
+            suggestions: self.suggest(&dotted),
+            path: dotted,
+            module: def.module,
+            loc: def.loc,
+        })
+    }
+
+    /// The declared option a path of segments is, or is inside (with the
+    /// rest, which may hold keys with dots).
+    fn option_of_segments(&self, path: &[String]) -> Option<(String, Vec<String>)> {
+        (1..=path.len()).rev().find_map(|n| {
+            let key = path[..n].join(".");
+            self.decls
+                .contains_key(&key)
+                .then(|| (key, path[n..].to_vec()))
+        })
+    }
+
+    /// The declared option `path` is, or is inside (with the rest).
+    fn option_of<'a>(&'a self, path: &str) -> Option<(&'a str, Vec<String>)> {
+        let mut prefix = path;
+        loop {
+            if let Some((k, _)) = self.decls.get_key_value(prefix) {
+                let rest = path[prefix.len()..]
+                    .split('.')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                return Some((k.as_str(), rest));
+            }
+            prefix = prefix.rsplit_once('.')?.0;
+        }
+    }
+
+    /// Whether options are declared under `path`.
+    fn is_group(&self, path: &str) -> bool {
+        let dotted = format!("{path}.");
+        self.decls
+            .range(dotted.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&dotted))
+    }
+
+    fn suggest(&self, path: &str) -> Vec<String> {
+        crate::error::nearest(path, self.decls.keys().map(|k| &**k))
+    }
+
+    /// The package set of the machine's release, if one was given.
+    pub fn pkgs(&self) -> Result<&Pkgs, Error> {
+        self.pkgs
+            .as_ref()
+            .ok_or_else(|| Error::msg("This configuration was evaluated without a package set"))
+    }
+
+    /// The value at `path` (an option, something inside one, or a group
+    /// of options as a map), read as `T`.
+    pub fn get<T: FromValue>(&self, path: &str) -> Result<T, Error> {
+        let v = self.value(path)?;
+        T::from_value(v).map_err(|reason| Error::Convert {
+            option: path.to_owned(),
+            rust_type: std::any::type_name::<T>(),
+            reason,
+        })
+    }
+
+    /// The option `key` names, as its type.
+    pub fn read<T: FromValue>(&self, key: Opt<T>) -> Result<T, Error> {
+        self.get(key.path())
+    }
+
+    /// The value at `path`, untyped.
+    pub fn value(&self, path: &str) -> Result<Value, Error> {
+        if let Some((option, sub)) = self.option_of(path) {
+            let mut v = self.option(option)?;
+            let mut at = option.to_owned();
+            for key in sub {
+                v = match v {
+                    Value::Map(mut m) => match m.remove(&key) {
+                        Some(v) => v,
+                        None => {
+                            return Err(Error::NoSuchOption {
+                                path: format!("{at}.{key}"),
+                                suggestions: crate::error::nearest(&key, m.keys().map(|k| &**k))
+                                    .into_iter()
+                                    .map(|k| format!("{at}.{k}"))
+                                    .collect(),
+                            })
+                        }
+                    },
+                    Value::List(mut l) => match key.parse::<usize>() {
+                        Ok(i) if i < l.len() => l.swap_remove(i),
+                        _ => {
+                            return Err(Error::NoSuchOption {
+                                path: format!("{at}.{key}"),
+                                suggestions: Vec::new(),
+                            })
+                        }
+                    },
+                    _ => {
+                        return Err(Error::NoSuchOption {
+                            path: format!("{at}.{key}"),
+                            suggestions: Vec::new(),
+                        })
+                    }
+                };
+                at = format!("{at}.{key}");
+            }
+            return Ok(v);
+        }
+        if self.is_group(path) {
+            let dotted = format!("{path}.");
+            let mut out = BTreeMap::new();
+            let children: Vec<String> = self
+                .decls
+                .range(dotted.clone()..)
+                .take_while(|(k, _)| k.starts_with(&dotted))
+                .map(|(k, _)| k[dotted.len()..].split('.').next().unwrap_or("").to_owned())
+                .collect();
+            for c in children {
+                if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(c) {
+                    let v = self.value(&format!("{path}.{}", slot.key()))?;
+                    slot.insert(v);
+                }
+            }
+            return Ok(Value::Map(out));
+        }
+        Err(Error::NoSuchOption {
+            path: path.to_owned(),
+            suggestions: self.suggest(path),
+        })
+    }
+
+    /// The merged value of the declared option `path`, once.
+    fn option(&self, path: &str) -> Result<Value, Error> {
+        match self.memo.borrow().get(path) {
+            Some(Slot::Done(r)) => return r.clone(),
+            Some(Slot::Running) => {
+                let stack = self.stack.borrow();
+                let start = stack.iter().position(|p| p == path).unwrap_or(0);
+                let mut chain: Vec<String> = stack[start..].to_vec();
+                chain.push(path.to_owned());
+                return Err(Error::Cycle { chain });
+            }
+            None => {}
+        }
+        self.memo
+            .borrow_mut()
+            .insert(path.to_owned(), Slot::Running);
+        self.stack.borrow_mut().push(path.to_owned());
+        let r = self.merge(path);
+        self.stack.borrow_mut().pop();
+        self.memo
+            .borrow_mut()
+            .insert(path.to_owned(), Slot::Done(r.clone()));
+        r
+    }
+
+    fn merge(&self, path: &str) -> Result<Value, Error> {
+        let decl = &self.decls[path];
+        let mut forced = Vec::new();
+        for d in self.defs.get(path).into_iter().flatten() {
+            if self.holds(&d.conds)? {
+                forced.push(self.force(d)?);
+            }
+        }
+        if let Some(d) = self.default_of(decl, path)? {
+            forced.push(d);
+        }
+        if forced.is_empty() {
+            return Err(Error::NoValue {
+                option: path.to_owned(),
+                declared: decl.locs[0].clone(),
+            });
+        }
+        decl.ty.merge(self, path, forced)
+    }
+
+    fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
+        for c in conds {
+            if !c(self)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn force(&self, d: &Def) -> Result<Forced, Error> {
+        let value = match &d.value {
+            DefValue::Value(v) => v.clone(),
+            DefValue::Lazy(f) => f(self)?,
+        };
+        Ok(Forced {
+            sub: d.sub.clone(),
+            value,
+            priority: d.priority,
+            order: d.order,
+            loc: d.loc.clone(),
+            module: d.module.clone(),
+            seq: d.seq,
+        })
+    }
+
+    /// The declaration's default as a definition of `path`.
+    pub(crate) fn default_of(
+        &self,
+        decl: &OptionDecl,
+        path: &str,
+    ) -> Result<Option<Forced>, Error> {
+        let Some(dv) = &decl.default else {
+            return Ok(None);
+        };
+        let value = match dv {
+            DefValue::Value(v) => v.clone(),
+            DefValue::Lazy(f) => f(self).map_err(|e| match e {
+                // A default's own failure names the option it is for.
+                Error::Other { message } => Error::Other {
+                    message: format!("The default of `{path}`: {message}"),
+                },
+                e => e,
+            })?,
+        };
+        Ok(Some(Forced {
+            sub: Vec::new(),
+            value,
+            priority: OPTION_DEFAULT,
+            order: super::ORDER,
+            loc: decl.locs[0].clone(),
+            module: decl
+                .modules
+                .first()
+                .cloned()
+                .unwrap_or_else(|| Arc::from("(declaration)")),
+            seq: 0,
+        }))
+    }
+
+    fn run_check(&self, c: &Check) -> Result<Option<String>, Error> {
+        if !self.holds(&c.conds)? {
+            return Ok(None);
+        }
+        (c.test)(self)
+    }
+
+    /// Who defined the option `path`, with which value, at which
+    /// priority: every definition (the declaration's default last), and
+    /// whether it is active and wins.
+    pub fn definitions(&self, path: &str) -> Result<Vec<DefinitionInfo>, Error> {
+        let Some(decl) = self.decls.get(path) else {
+            return Err(Error::NoSuchOption {
+                path: path.to_owned(),
+                suggestions: self.suggest(path),
+            });
+        };
+        let mut out = Vec::new();
+        for d in self.defs.get(path).into_iter().flatten() {
+            let active = self.holds(&d.conds)?;
+            let value = match &d.value {
+                DefValue::Value(v) => Some(v.clone()),
+                DefValue::Lazy(f) if active => f(self).ok(),
+                DefValue::Lazy(_) => None,
+            };
+            out.push(DefinitionInfo {
+                shown: Shown {
+                    module: d.module.clone(),
+                    loc: d.loc.clone(),
+                    priority: d.priority,
+                    value,
+                },
+                sub: d.sub.clone(),
+                active,
+                wins: false,
+            });
+        }
+        if let Ok(Some(d)) = self.default_of(decl, path) {
+            out.push(DefinitionInfo {
+                shown: Shown {
+                    module: d.module,
+                    loc: d.loc,
+                    priority: d.priority,
+                    value: Some(d.value),
+                },
+                sub: Vec::new(),
+                active: true,
+                wins: false,
+            });
+        }
+        let level = |i: &DefinitionInfo| {
+            if i.sub.is_empty() {
+                i.shown.priority
+            } else {
+                super::NORMAL
+            }
+        };
+        if let Some(best) = out.iter().filter(|i| i.active).map(level).min() {
+            for i in out.iter_mut() {
+                i.wins = i.active && level(i) == best;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The declared options, by path.
+    pub fn options(&self) -> impl Iterator<Item = (&str, &OptionDecl)> {
+        self.decls.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The warnings the modules gave (and the option migrations).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// The modules collected (imports included, disabled ones left out),
+    /// in the order their definitions count.
+    pub fn modules(&self) -> &[Module] {
+        &self.modules
+    }
+}
+
+/// `path` is the dotted `prefix` or inside it: the rest.
+fn under<'a>(path: &'a [String], prefix: &str) -> Option<&'a [String]> {
+    let mut n = 0;
+    for seg in prefix.split('.') {
+        if path.get(n)? != seg {
+            return None;
+        }
+        n += 1;
+    }
+    Some(&path[n..])
+}
+
+/// Every module reachable from `roots`, each once (by name), depth
+/// first, leaving out disabled ones and what only they import.
+fn gather(roots: &[Module]) -> Vec<Module> {
+    let mut disabled: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<Arc<str>> = HashSet::new();
+    let mut stack: Vec<Module> = roots.iter().rev().cloned().collect();
+    while let Some(m) = stack.pop() {
+        if seen.insert(m.0.name.clone()) {
+            disabled.extend(m.0.disabled.iter().map(|(n, _)| n.clone()));
+            stack.extend(m.0.imports.iter().rev().cloned());
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen: HashSet<Arc<str>> = HashSet::new();
+    let mut stack: Vec<Module> = roots.iter().rev().cloned().collect();
+    while let Some(m) = stack.pop() {
+        if disabled.contains(&*m.0.name) || !seen.insert(m.0.name.clone()) {
+            continue;
+        }
+        stack.extend(m.0.imports.iter().rev().cloned());
+        out.push(m);
+    }
+    out
+}

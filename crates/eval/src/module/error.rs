@@ -1,0 +1,316 @@
+//! What can go wrong evaluating modules: each error names the option and
+//! every definition involved, with where it came from.
+
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::value::Value;
+
+/// Where a declaration or definition came from: a Rust call site, or a
+/// key of a data file. Small and cheap to clone: every definition keeps
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Loc {
+    /// A call in Rust code (taken with `#[track_caller]`).
+    Code(&'static std::panic::Location<'static>),
+    /// A key of a TOML or JSON document.
+    Data(Arc<DataKey>),
+}
+
+/// A key of a data document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataKey {
+    /// The document's name (usually its path).
+    pub file: Arc<str>,
+    /// The dotted key.
+    pub key: String,
+}
+
+impl Loc {
+    /// The caller's location.
+    #[track_caller]
+    pub fn caller() -> Loc {
+        Loc::Code(std::panic::Location::caller())
+    }
+
+    /// The key `key` of the document `file`.
+    pub fn data(file: Arc<str>, key: String) -> Loc {
+        Loc::Data(Arc::new(DataKey { file, key }))
+    }
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loc::Code(l) => write!(f, "{}:{}:{}", l.file(), l.line(), l.column()),
+            Loc::Data(d) => write!(f, "{}, key `{}`", d.file, d.key),
+        }
+    }
+}
+
+/// One definition as an error shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// The module that made it.
+    pub module: Arc<str>,
+    /// Where.
+    pub loc: Loc,
+    /// Its priority.
+    pub priority: u32,
+    /// Its value, when it could be computed.
+    pub value: Option<Value>,
+}
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{v}")?,
+            None => f.write_str("(not computed)")?,
+        }
+        write!(
+            f,
+            " at priority {} in module `{}` ({})",
+            self.priority, self.module, self.loc
+        )
+    }
+}
+
+fn list(defs: &[Shown]) -> String {
+    defs.iter().map(|d| format!("\n  - {d}")).collect()
+}
+
+fn suggest(s: &[String]) -> String {
+    match s {
+        [] => String::new(),
+        [one] => format!("; did you mean `{one}`?"),
+        many => format!(
+            "; did you mean one of {}?",
+            many.iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Why a configuration cannot be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A definition names an option nobody declared.
+    #[error("The option `{path}` defined in module `{module}` ({loc}) does not exist{}", suggest(.suggestions))]
+    Unknown {
+        /// The path defined.
+        path: String,
+        /// The defining module.
+        module: Arc<str>,
+        /// Where.
+        loc: Loc,
+        /// The closest declared options.
+        suggestions: Vec<String>,
+    },
+    /// An option read by path that nobody declared.
+    #[error("The option `{path}` is read but does not exist{}", suggest(.suggestions))]
+    NoSuchOption {
+        /// The path read.
+        path: String,
+        /// The closest declared options.
+        suggestions: Vec<String>,
+    },
+    /// Definitions at the winning priority disagree.
+    #[error("The option `{option}` has conflicting definitions at priority {priority}:{}\nRaise the priority of the one that should win (`force(…)` or `priority(n, …)`; lower numbers win), or make them equal", list(.defs))]
+    Conflict {
+        /// The option.
+        option: String,
+        /// The winning priority.
+        priority: u32,
+        /// Every definition at that priority.
+        defs: Vec<Shown>,
+    },
+    /// A custom type's merge refused the definitions.
+    #[error("The option `{option}` cannot merge its definitions ({reason}):{}", list(.defs))]
+    Merge {
+        /// The option.
+        option: String,
+        /// What the type said.
+        reason: String,
+        /// The definitions.
+        defs: Vec<Shown>,
+    },
+    /// An option of a unique type is defined more than once.
+    #[error("The option `{option}` may be defined only once, but has {} definitions:{}", .defs.len(), list(.defs))]
+    NotUnique {
+        /// The option.
+        option: String,
+        /// Its definitions.
+        defs: Vec<Shown>,
+    },
+    /// A value that is not of the option's type.
+    #[error("The option `{option}` is {expected}, but module `{module}` ({loc}) defines it as {value}: {reason}")]
+    Type {
+        /// The option (with the key or index inside it).
+        option: String,
+        /// The type, described.
+        expected: String,
+        /// The value given.
+        value: Box<Value>,
+        /// Why it does not fit.
+        reason: String,
+        /// The defining module.
+        module: Arc<str>,
+        /// Where.
+        loc: Loc,
+    },
+    /// An option read with no definition and no default.
+    #[error("The option `{option}` is used but has no value: define it in a module (declared at {declared})")]
+    NoValue {
+        /// The option.
+        option: String,
+        /// Where it was declared.
+        declared: Loc,
+    },
+    /// Options that need each other's values.
+    #[error("The options form a cycle: {}", .chain.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" -> "))]
+    Cycle {
+        /// The options, each needing the next; the first and last are the
+        /// same.
+        chain: Vec<String>,
+    },
+    /// A removed option is still defined.
+    #[error(
+        "The option `{option}` defined in module `{module}` ({loc}) was removed: {instructions}"
+    )]
+    Removed {
+        /// The option.
+        option: String,
+        /// The defining module.
+        module: Arc<str>,
+        /// Where.
+        loc: Loc,
+        /// What the removing module says to do instead.
+        instructions: String,
+    },
+    /// A definition that cannot be placed.
+    #[error("The definition of `{path}` in module `{module}` ({loc}) {reason}")]
+    BadDefinition {
+        /// The path defined.
+        path: String,
+        /// The defining module.
+        module: Arc<str>,
+        /// Where.
+        loc: Loc,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two declarations of one option that do not merge.
+    #[error("The option `{option}` is declared twice, and the declarations do not merge ({reason}): at {first} and at {second}")]
+    Declaration {
+        /// The option.
+        option: String,
+        /// Why they do not merge.
+        reason: String,
+        /// The first declaration.
+        first: Loc,
+        /// The second.
+        second: Loc,
+    },
+    /// An option's value read as a Rust type it does not convert to.
+    #[error("The option `{option}` cannot be read as `{rust_type}`: {reason}")]
+    Convert {
+        /// The option.
+        option: String,
+        /// The Rust type asked for.
+        rust_type: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A module's assertion failed.
+    #[error("Assertion of module `{module}` ({loc}) failed: {message}")]
+    Assertion {
+        /// The module.
+        module: Arc<str>,
+        /// Where the assertion is.
+        loc: Loc,
+        /// Its message.
+        message: String,
+    },
+    /// A data document that cannot be read.
+    #[error("Data document `{file}`: {reason}")]
+    Data {
+        /// Its name.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An error from a definition's own code.
+    #[error("{message}")]
+    Other {
+        /// What the definition said.
+        message: String,
+    },
+}
+
+impl Error {
+    /// An error with a message, for a definition's own checks.
+    pub fn msg(message: impl Into<String>) -> Error {
+        Error::Other {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::Error> for Error {
+    fn from(e: crate::Error) -> Error {
+        Error::Other {
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Everything wrong with a configuration, found together, and the
+/// warnings its modules gave.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct Errors {
+    /// The errors, in the order found.
+    pub errors: Vec<Error>,
+    /// The warnings.
+    pub warnings: Vec<Warning>,
+}
+
+impl fmt::Display for Errors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(f, "{n} error{}:", if n == 1 { "" } else { "s" })?;
+        for e in &self.errors {
+            write!(f, "\n- {}", e.to_string().replace('\n', "\n  "))?;
+        }
+        for w in &self.warnings {
+            write!(f, "\n- warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A warning of a module (or of an option migration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The module that gave it.
+    pub module: Arc<str>,
+    /// Where.
+    pub loc: Loc,
+    /// What it says.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (module `{}`, {})",
+            self.message, self.module, self.loc
+        )
+    }
+}

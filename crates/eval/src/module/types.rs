@@ -1,0 +1,821 @@
+//! Option types: what a value may be, and how several definitions of one
+//! option merge into its value.
+//!
+//! Scalars (booleans, integers, strings, enums, paths, packages) merge
+//! only when every definition at the winning priority agrees; lists
+//! concatenate in definition order (see [`before`](super::before) and
+//! [`after`](super::after)); maps merge key by key; submodules field by
+//! field, each field with its own type, default and priorities. A type of
+//! your own implements [`CustomType`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::config::Config;
+use super::error::{Error, Loc, Shown};
+use super::value::Value;
+use super::{OptionDecl, NORMAL};
+use crate::drv::Str;
+
+/// A type of your own: how to check one value and merge several.
+///
+/// ```
+/// use bigtop_eval::module::types::{self, CustomType};
+/// use bigtop_eval::module::Value;
+/// /// The largest of the values given.
+/// struct Max;
+/// impl CustomType for Max {
+///     fn description(&self) -> String { "integer (the largest definition wins)".into() }
+///     fn check(&self, v: &Value) -> Result<(), String> {
+///         matches!(v, Value::Int(_)).then_some(()).ok_or_else(|| "not an integer".into())
+///     }
+///     fn merge(&self, values: Vec<Value>) -> Result<Value, String> {
+///         Ok(values.into_iter().max_by_key(|v| match v { Value::Int(i) => *i, _ => i64::MIN }).unwrap_or_default())
+///     }
+/// }
+/// let t = types::custom(Max);
+/// assert_eq!(t.to_string(), "integer (the largest definition wins)");
+/// ```
+pub trait CustomType: Send + Sync {
+    /// How documentation and errors name it.
+    fn description(&self) -> String;
+    /// Whether one value fits, and why not.
+    fn check(&self, value: &Value) -> Result<(), String>;
+    /// The value of the definitions at the winning priority (each has
+    /// passed [`check`](CustomType::check)), in definition order.
+    fn merge(&self, values: Vec<Value>) -> Result<Value, String>;
+}
+
+/// An option type. Cheap to clone.
+#[derive(Clone)]
+pub struct Type(pub(crate) Arc<Kind>);
+
+pub(crate) enum Kind {
+    Bool,
+    Int {
+        min: i64,
+        max: i64,
+        name: Option<&'static str>,
+    },
+    Str {
+        single_line: bool,
+        non_empty: bool,
+        pattern: Option<regex::Regex>,
+    },
+    Enum(Vec<String>),
+    Path,
+    Package,
+    List(Type),
+    Map(Type),
+    Optional(Type),
+    OneOf(Vec<Type>),
+    Separated(String),
+    Unique(Type),
+    Anything,
+    Submodule(Submodule),
+    Custom(Arc<dyn CustomType>),
+}
+
+/// The fields of a submodule type: options of their own, each with a
+/// type, a default and a description.
+#[derive(Clone, Default)]
+pub struct Submodule {
+    pub(crate) fields: BTreeMap<String, OptionDecl>,
+}
+
+impl Submodule {
+    /// Declares a field; `configure` sets its default, description and
+    /// example.
+    #[track_caller]
+    pub fn option(
+        &mut self,
+        name: &str,
+        ty: Type,
+        configure: impl FnOnce(&mut OptionDecl),
+    ) -> &mut Self {
+        let mut d = OptionDecl::new(ty, Loc::caller());
+        configure(&mut d);
+        // Declaring a field twice in one submodule merges the two, as
+        // declarations in different modules do; a clash is reported when
+        // the submodule is used.
+        match self.fields.remove(name) {
+            Some(old) => {
+                let merged = old.clone().merge(d.clone()).unwrap_or(d);
+                self.fields.insert(name.to_owned(), merged);
+            }
+            None => {
+                self.fields.insert(name.to_owned(), d);
+            }
+        }
+        self
+    }
+}
+
+/// `true` or `false`.
+pub fn bool() -> Type {
+    Type::new(Kind::Bool)
+}
+
+/// Any 64-bit integer.
+pub fn int() -> Type {
+    between(i64::MIN, i64::MAX)
+}
+
+/// An integer from `min` to `max`, both included.
+pub fn between(min: i64, max: i64) -> Type {
+    Type::new(Kind::Int {
+        min,
+        max,
+        name: None,
+    })
+}
+
+/// A TCP or UDP port: 0 to 65535.
+pub fn port() -> Type {
+    Type::new(Kind::Int {
+        min: 0,
+        max: 65535,
+        name: Some("port"),
+    })
+}
+
+/// An integer that is 0 or more.
+pub fn unsigned() -> Type {
+    Type::new(Kind::Int {
+        min: 0,
+        max: i64::MAX,
+        name: Some("unsigned integer"),
+    })
+}
+
+/// Any string.
+pub fn str() -> Type {
+    Type::new(Kind::Str {
+        single_line: false,
+        non_empty: false,
+        pattern: None,
+    })
+}
+
+/// A string without a line break.
+pub fn single_line_str() -> Type {
+    Type::new(Kind::Str {
+        single_line: true,
+        non_empty: false,
+        pattern: None,
+    })
+}
+
+/// A string that is not empty.
+pub fn non_empty_str() -> Type {
+    Type::new(Kind::Str {
+        single_line: false,
+        non_empty: true,
+        pattern: None,
+    })
+}
+
+/// A string matching the regular expression `pattern` (anchor it with
+/// `^…$` to match the whole string). Fails if the pattern does not parse.
+pub fn matching(pattern: &str) -> Result<Type, regex::Error> {
+    Ok(Type::new(Kind::Str {
+        single_line: false,
+        non_empty: false,
+        pattern: Some(regex::Regex::new(pattern)?),
+    }))
+}
+
+/// One of the given strings. Declaring the option again with another
+/// enum adds values.
+pub fn one_of_str<I, S>(values: I) -> Type
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut v: Vec<String> = values.into_iter().map(Into::into).collect();
+    v.sort();
+    v.dedup();
+    Type::new(Kind::Enum(v))
+}
+
+/// An absolute path, or a package (which stands for its output path).
+pub fn path() -> Type {
+    Type::new(Kind::Path)
+}
+
+/// A package.
+pub fn package() -> Type {
+    Type::new(Kind::Package)
+}
+
+/// A list of `elem`: definitions concatenate.
+pub fn list(elem: Type) -> Type {
+    Type::new(Kind::List(elem))
+}
+
+/// A map from string keys to `elem`: definitions merge key by key.
+pub fn map(elem: Type) -> Type {
+    Type::new(Kind::Map(elem))
+}
+
+/// `elem` or null. Every definition at the winning priority must be null,
+/// or none.
+pub fn optional(elem: Type) -> Type {
+    Type::new(Kind::Optional(elem))
+}
+
+/// A value of the first of `types` that every definition fits.
+pub fn either(types: impl IntoIterator<Item = Type>) -> Type {
+    Type::new(Kind::OneOf(types.into_iter().collect()))
+}
+
+/// Strings joined by `separator` in definition order.
+pub fn separated(separator: &str) -> Type {
+    Type::new(Kind::Separated(separator.to_owned()))
+}
+
+/// Lines: strings joined by newlines in definition order.
+pub fn lines() -> Type {
+    separated("\n")
+}
+
+/// `elem`, defined exactly once (after priorities are applied).
+pub fn unique(elem: Type) -> Type {
+    Type::new(Kind::Unique(elem))
+}
+
+/// Any value: maps merge key by key, lists concatenate, other values must
+/// agree (for free-form settings rendered to a file).
+pub fn anything() -> Type {
+    Type::new(Kind::Anything)
+}
+
+/// A struct of options, declared by `fields`. Declaring the option again
+/// with another submodule adds fields.
+pub fn submodule(fields: impl FnOnce(&mut Submodule)) -> Type {
+    let mut s = Submodule::default();
+    fields(&mut s);
+    Type::new(Kind::Submodule(s))
+}
+
+/// A type of your own.
+pub fn custom(t: impl CustomType + 'static) -> Type {
+    Type::new(Kind::Custom(Arc::new(t)))
+}
+
+impl Type {
+    fn new(k: Kind) -> Type {
+        Type(Arc::new(k))
+    }
+
+    /// The submodule's fields, if it is one.
+    pub(crate) fn submodule(&self) -> Option<&Submodule> {
+        match &*self.0 {
+            Kind::Submodule(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The two declarations of one option as one type: submodules gain
+    /// fields, enums gain values, containers merge their element types.
+    pub(crate) fn merge_decl(&self, other: &Type) -> Result<Type, String> {
+        use Kind as K;
+        Ok(match (&*self.0, &*other.0) {
+            (K::Enum(a), K::Enum(b)) => one_of_str(a.iter().chain(b).cloned()),
+            (K::Submodule(a), K::Submodule(b)) => {
+                let mut fields = a.fields.clone();
+                for (name, d) in &b.fields {
+                    let merged = match fields.remove(name) {
+                        Some(old) => old
+                            .merge(d.clone())
+                            .map_err(|e| format!("field `{name}`: {e}"))?,
+                        None => d.clone(),
+                    };
+                    fields.insert(name.clone(), merged);
+                }
+                Type::new(K::Submodule(Submodule { fields }))
+            }
+            (K::List(a), K::List(b)) => list(a.merge_decl(b)?),
+            (K::Map(a), K::Map(b)) => map(a.merge_decl(b)?),
+            (K::Optional(a), K::Optional(b)) => optional(a.merge_decl(b)?),
+            _ if Arc::ptr_eq(&self.0, &other.0) => self.clone(),
+            _ => {
+                return Err(format!(
+                    "{self} and {other}; only submodules, enums and containers of them merge"
+                ))
+            }
+        })
+    }
+
+    /// Whether `v` fits, as the value it stands for (a package given for
+    /// a path is its output path).
+    fn coerce(&self, v: Value) -> Result<Value, (Value, String)> {
+        use Kind as K;
+        let fail = |v: Value, why: String| Err((v, why));
+        match (&*self.0, v) {
+            (K::Bool, v @ Value::Bool(_)) => Ok(v),
+            (K::Int { min, max, .. }, Value::Int(i)) => {
+                if (*min..=*max).contains(&i) {
+                    Ok(Value::Int(i))
+                } else {
+                    fail(Value::Int(i), format!("it is not between {min} and {max}"))
+                }
+            }
+            (
+                K::Str {
+                    single_line,
+                    non_empty,
+                    pattern,
+                },
+                Value::Str(s),
+            ) => {
+                let t = s.as_str();
+                if *single_line && t.contains('\n') {
+                    fail(Value::Str(s), "it has a line break".into())
+                } else if *non_empty && t.is_empty() {
+                    fail(Value::Str(s), "it is empty".into())
+                } else if let Some(p) = pattern.as_ref().filter(|p| !p.is_match(t)) {
+                    fail(Value::Str(s), format!("it does not match `{}`", p.as_str()))
+                } else {
+                    Ok(Value::Str(s))
+                }
+            }
+            (K::Enum(values), Value::Str(s)) => {
+                if values.iter().any(|x| x == s.as_str()) {
+                    Ok(Value::Str(s))
+                } else {
+                    let near = crate::error::nearest(s.as_str(), values.iter().map(|x| &**x));
+                    let hint = match near.first() {
+                        Some(n) => format!("; did you mean `{n}`?"),
+                        None => String::new(),
+                    };
+                    fail(Value::Str(s), format!("it is not one of the values{hint}"))
+                }
+            }
+            (K::Path, Value::Str(s)) => {
+                if s.as_str().starts_with('/') {
+                    Ok(Value::Str(s))
+                } else {
+                    fail(Value::Str(s), "it is not an absolute path".into())
+                }
+            }
+            (K::Path, Value::Package(d)) => Ok(Value::Str(Str::from(d))),
+            (K::Package, v @ Value::Package(_)) => Ok(v),
+            (K::Custom(c), v) => match c.check(&v) {
+                Ok(()) => Ok(v),
+                Err(why) => fail(v, why),
+            },
+            (K::Separated(_), v @ Value::Str(_)) => Ok(v),
+            (K::Anything, v) => Ok(v),
+            (_, v) => {
+                let why = format!("it is {}", v.kind());
+                fail(v, why)
+            }
+        }
+    }
+
+    /// Merges the definitions of the option `option` (forced, conditions
+    /// applied, its default among them at its priority).
+    pub(crate) fn merge(
+        &self,
+        cx: &Config,
+        option: &str,
+        defs: Vec<Forced>,
+    ) -> Result<Value, Error> {
+        use Kind as K;
+        let (priority, defs) = winners(defs);
+        match &*self.0 {
+            K::Submodule(s) => merge_submodule(cx, s, option, defs),
+            K::Map(elem) => {
+                let mut by_key: BTreeMap<String, Vec<Forced>> = BTreeMap::new();
+                for d in defs {
+                    for (key, d) in split(d, self)? {
+                        by_key.entry(key).or_default().push(d);
+                    }
+                }
+                by_key
+                    .into_iter()
+                    .map(|(k, defs)| {
+                        let v = elem.merge(cx, &format!("{option}.{k}"), defs)?;
+                        Ok((k, v))
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Value::Map)
+            }
+            K::List(elem) => {
+                let mut defs = leaves(defs, option, self)?;
+                defs.sort_by_key(|d| (d.order, d.seq));
+                let mut out = Vec::new();
+                for d in defs {
+                    let base = d.shallow();
+                    let Value::List(items) = d.value else {
+                        return Err(type_error(
+                            option,
+                            self,
+                            &d,
+                            format!("it is {}", d.value.kind()),
+                        ));
+                    };
+                    for item in items {
+                        let at = format!("{option}.{}", out.len());
+                        let one = Forced {
+                            value: item,
+                            ..base.clone()
+                        };
+                        out.push(elem.merge(cx, &at, vec![one])?);
+                    }
+                }
+                Ok(Value::List(out))
+            }
+            K::Optional(elem) => {
+                let defs = leaves(defs, option, self)?;
+                let nulls = defs.iter().filter(|d| d.value == Value::Null).count();
+                if nulls == defs.len() {
+                    Ok(Value::Null)
+                } else if nulls == 0 {
+                    elem.merge(cx, option, defs)
+                } else {
+                    Err(Error::Conflict {
+                        option: option.to_owned(),
+                        priority,
+                        defs: defs.iter().map(Forced::shown).collect(),
+                    })
+                }
+            }
+            K::Unique(elem) => {
+                if defs.len() == 1 {
+                    elem.merge(cx, option, defs)
+                } else {
+                    Err(Error::NotUnique {
+                        option: option.to_owned(),
+                        defs: defs.iter().map(Forced::shown).collect(),
+                    })
+                }
+            }
+            K::OneOf(types) => {
+                let defs = leaves(defs, option, self)?;
+                match types
+                    .iter()
+                    .find(|t| defs.iter().all(|d| t.coerce(d.value.clone()).is_ok()))
+                {
+                    Some(t) => t.merge(cx, option, defs),
+                    None => {
+                        let d = defs
+                            .iter()
+                            .find(|d| types.iter().all(|t| t.coerce(d.value.clone()).is_err()))
+                            .unwrap_or(&defs[0]);
+                        Err(type_error(option, self, d, "it fits none of them".into()))
+                    }
+                }
+            }
+            K::Separated(sep) => {
+                let mut defs = checked(self, option, leaves(defs, option, self)?)?;
+                defs.sort_by_key(|d| (d.order, d.seq));
+                let parts = defs.into_iter().map(|d| match d.value {
+                    Value::Str(s) => s,
+                    _ => Str::default(),
+                });
+                Ok(Value::Str(Str::join(parts, sep)))
+            }
+            K::Anything => {
+                // Maps merge key by key, each key with its own priorities
+                // (a data document's key overrides a module's default for
+                // that key only).
+                if defs
+                    .iter()
+                    .all(|d| !d.sub.is_empty() || matches!(d.value, Value::Map(_)))
+                {
+                    let mut by_key: BTreeMap<String, Vec<Forced>> = BTreeMap::new();
+                    for d in defs {
+                        for (key, d) in split(d, self)? {
+                            by_key.entry(key).or_default().push(d);
+                        }
+                    }
+                    return by_key
+                        .into_iter()
+                        .map(|(k, defs)| {
+                            Ok((k.clone(), self.merge(cx, &format!("{option}.{k}"), defs)?))
+                        })
+                        .collect::<Result<_, _>>()
+                        .map(Value::Map);
+                }
+                let mut defs = leaves(defs, option, self)?;
+                if defs.iter().all(|d| matches!(d.value, Value::List(_))) {
+                    defs.sort_by_key(|d| (d.order, d.seq));
+                    let mut out = Vec::new();
+                    for d in defs {
+                        if let Value::List(l) = d.value {
+                            out.extend(l);
+                        }
+                    }
+                    return Ok(Value::List(out));
+                }
+                let first = &defs[0].value;
+                if defs.iter().all(|d| &d.value == first) {
+                    Ok(first.clone())
+                } else {
+                    Err(Error::Conflict {
+                        option: option.to_owned(),
+                        priority,
+                        defs: defs.iter().map(Forced::shown).collect(),
+                    })
+                }
+            }
+            K::Custom(c) => {
+                let defs = checked(self, option, leaves(defs, option, self)?)?;
+                let shown: Vec<Shown> = defs.iter().map(Forced::shown).collect();
+                c.merge(defs.into_iter().map(|d| d.value).collect())
+                    .map_err(|reason| Error::Merge {
+                        option: option.to_owned(),
+                        reason,
+                        defs: shown,
+                    })
+            }
+            K::Bool | K::Int { .. } | K::Str { .. } | K::Enum(_) | K::Path | K::Package => {
+                let defs = checked(self, option, leaves(defs, option, self)?)?;
+                let first = &defs[0].value;
+                if defs.iter().all(|d| &d.value == first) {
+                    Ok(first.clone())
+                } else {
+                    Err(Error::Conflict {
+                        option: option.to_owned(),
+                        priority,
+                        defs: defs.iter().map(Forced::shown).collect(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// A definition with its value computed.
+#[derive(Clone)]
+pub(crate) struct Forced {
+    /// The path below the option being merged.
+    pub(crate) sub: Vec<String>,
+    pub(crate) value: Value,
+    pub(crate) priority: u32,
+    pub(crate) order: u32,
+    pub(crate) loc: Loc,
+    pub(crate) module: Arc<str>,
+    /// Its place among all definitions: breaks ties in ordering.
+    pub(crate) seq: usize,
+}
+
+impl Forced {
+    fn shown(&self) -> Shown {
+        Shown {
+            module: self.module.clone(),
+            loc: self.loc.clone(),
+            priority: self.priority,
+            value: Some(self.value.clone()),
+        }
+    }
+
+    /// Everything but the value and sub-path.
+    fn shallow(&self) -> Forced {
+        Forced {
+            sub: Vec::new(),
+            value: Value::Null,
+            priority: self.priority,
+            order: self.order,
+            loc: self.loc.clone(),
+            module: self.module.clone(),
+            seq: self.seq,
+        }
+    }
+}
+
+/// The definitions at the winning priority (the lowest number). One
+/// addressed below this option (`users.alice.uid` for `users`) takes part
+/// at the normal priority here: its own priority applies where it lands.
+fn winners(defs: Vec<Forced>) -> (u32, Vec<Forced>) {
+    let level = |d: &Forced| {
+        if d.sub.is_empty() {
+            d.priority
+        } else {
+            NORMAL
+        }
+    };
+    let best = defs.iter().map(level).min().unwrap_or(NORMAL);
+    (
+        best,
+        defs.into_iter().filter(|d| level(d) == best).collect(),
+    )
+}
+
+/// Definitions that must address this option itself, not something in it.
+fn leaves(defs: Vec<Forced>, option: &str, ty: &Type) -> Result<Vec<Forced>, Error> {
+    if let Some(d) = defs.iter().find(|d| !d.sub.is_empty()) {
+        return Err(Error::BadDefinition {
+            path: format!("{option}.{}", d.sub.join(".")),
+            module: d.module.clone(),
+            loc: d.loc.clone(),
+            reason: format!("reaches into `{option}`, which is {ty} and has no options inside"),
+        });
+    }
+    Ok(defs)
+}
+
+fn checked(ty: &Type, option: &str, defs: Vec<Forced>) -> Result<Vec<Forced>, Error> {
+    defs.into_iter()
+        .map(|mut d| match ty.coerce(std::mem::take(&mut d.value)) {
+            Ok(v) => Ok(Forced { value: v, ..d }),
+            Err((v, why)) => {
+                d.value = v;
+                Err(type_error(option, ty, &d, why))
+            }
+        })
+        .collect()
+}
+
+fn type_error(option: &str, ty: &Type, d: &Forced, reason: String) -> Error {
+    Error::Type {
+        option: option.to_owned(),
+        expected: article(&ty.to_string()),
+        value: Box::new(d.value.clone()),
+        reason,
+        module: d.module.clone(),
+        loc: d.loc.clone(),
+    }
+}
+
+fn article(t: &str) -> String {
+    let an = t.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {t}", if an { "an" } else { "a" })
+}
+
+/// A definition of a map or submodule, split by key: a map value gives
+/// one definition per key, a definition addressed below gives one.
+fn split(d: Forced, ty: &Type) -> Result<Vec<(String, Forced)>, Error> {
+    if let Some((key, rest)) = d.sub.split_first() {
+        let key = key.clone();
+        let rest = rest.to_vec();
+        return Ok(vec![(key, Forced { sub: rest, ..d })]);
+    }
+    let base = d.shallow();
+    match d.value {
+        Value::Map(m) => Ok(m
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    Forced {
+                        value: v,
+                        ..base.clone()
+                    },
+                )
+            })
+            .collect()),
+        ref other => {
+            let reason = format!("it is {}", other.kind());
+            Err(Error::Type {
+                option: String::new(),
+                expected: article(&ty.to_string()),
+                value: Box::new(d.value.clone()),
+                reason,
+                module: d.module.clone(),
+                loc: d.loc.clone(),
+            })
+        }
+    }
+}
+
+fn merge_submodule(
+    cx: &Config,
+    s: &Submodule,
+    option: &str,
+    defs: Vec<Forced>,
+) -> Result<Value, Error> {
+    let mut by_field: BTreeMap<String, Vec<Forced>> = BTreeMap::new();
+    for d in defs {
+        for (field, d) in split(d, &submodule(|_| {})).map_err(|e| with_option(e, option))? {
+            if !s.fields.contains_key(&field) {
+                return Err(Error::Unknown {
+                    path: format!("{option}.{field}"),
+                    module: d.module,
+                    loc: d.loc,
+                    suggestions: crate::error::nearest(&field, s.fields.keys().map(|k| &**k))
+                        .into_iter()
+                        .map(|f| format!("{option}.{f}"))
+                        .collect(),
+                });
+            }
+            by_field.entry(field).or_default().push(d);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (name, decl) in &s.fields {
+        let path = format!("{option}.{name}");
+        let mut defs = by_field.remove(name).unwrap_or_default();
+        if let Some(d) = cx.default_of(decl, &path)? {
+            defs.push(d);
+        }
+        if defs.is_empty() {
+            return Err(Error::NoValue {
+                option: path,
+                declared: decl.locs[0].clone(),
+            });
+        }
+        out.insert(name.clone(), decl.ty.merge(cx, &path, defs)?);
+    }
+    Ok(Value::Map(out))
+}
+
+fn with_option(e: Error, option: &str) -> Error {
+    match e {
+        Error::Type {
+            option: o,
+            expected,
+            value,
+            reason,
+            module,
+            loc,
+        } if o.is_empty() => Error::Type {
+            option: option.to_owned(),
+            expected,
+            value,
+            reason,
+            module,
+            loc,
+        },
+        e => e,
+    }
+}
+
+impl fmt::Display for Type {
+    /// The type as documentation and errors name it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            Kind::Bool => f.write_str("boolean"),
+            Kind::Int {
+                name: Some(n),
+                max: i64::MAX,
+                ..
+            } => f.write_str(n),
+            Kind::Int {
+                name: Some(n),
+                min,
+                max,
+            } => write!(f, "{n} ({min} to {max})"),
+            Kind::Int { min, max, .. } if (*min, *max) == (i64::MIN, i64::MAX) => {
+                f.write_str("integer")
+            }
+            Kind::Int { min, max, .. } => write!(f, "integer from {min} to {max}"),
+            Kind::Str {
+                single_line,
+                non_empty,
+                pattern,
+            } => {
+                if *non_empty {
+                    f.write_str("non-empty ")?;
+                }
+                if *single_line {
+                    f.write_str("single-line ")?;
+                }
+                f.write_str("string")?;
+                match pattern {
+                    Some(p) => write!(f, " matching `{}`", p.as_str()),
+                    None => Ok(()),
+                }
+            }
+            Kind::Enum(v) => write!(
+                f,
+                "one of {}",
+                v.iter()
+                    .map(|x| format!("{x:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Kind::Path => f.write_str("absolute path"),
+            Kind::Package => f.write_str("package"),
+            Kind::List(t) => write!(f, "list of ({t})"),
+            Kind::Map(t) => write!(f, "map of ({t})"),
+            Kind::Optional(t) => write!(f, "null or ({t})"),
+            Kind::OneOf(ts) => write!(
+                f,
+                "either {}",
+                ts.iter()
+                    .map(|t| format!("({t})"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+            Kind::Separated(sep) => write!(f, "strings joined by {sep:?}"),
+            Kind::Unique(t) => write!(f, "{t}, defined once"),
+            Kind::Anything => f.write_str("anything"),
+            Kind::Submodule(s) => write!(
+                f,
+                "submodule ({})",
+                s.fields.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Kind::Custom(c) => f.write_str(&c.description()),
+        }
+    }
+}
+
+impl fmt::Debug for Type {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Type({self})")
+    }
+}
