@@ -7,6 +7,11 @@ pub const WRITE_FILE: &str = "builtin:write-file";
 /// Joins store paths into one tree of symlinks: `paths`, separated by
 /// spaces; two paths providing the same file is an error.
 pub const SYMLINK_JOIN: &str = "builtin:symlink-join";
+/// Makes a tree of files and symlinks from `entries`: a JSON array of
+/// `{"path": "etc/hosts", "text": "…", "executable": false}` (a file) and
+/// `{"path": "sw", "link": "/bigtop/store/…"}` (a symlink), with paths
+/// relative to the output; parent directories are made.
+pub const WRITE_TREE: &str = "builtin:write-tree";
 /// Copies the store path `src`.
 pub const COPY: &str = "builtin:copy";
 /// Fetches `url` (or `urls`: mirrors separated by spaces, tried in order)

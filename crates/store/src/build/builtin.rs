@@ -9,6 +9,7 @@
 //! | `builtin:write-file` | `text`, optional `executable` = `1` | a file holding `text` (mode 0555 if executable) |
 //! | `builtin:symlink-join` | `paths`: store paths separated by spaces | a tree of directories whose files are symlinks into `paths`; two paths providing the same file is an error naming both |
 //! | `builtin:copy` | `src`: a store path | a copy of `src` |
+//! | `builtin:write-tree` | `entries`: a JSON array of `{"path", "text", "executable"}` (files) and `{"path", "link"}` (symlinks) | a directory holding them, parents made; a path given twice, inside a file, or leaving the tree is an error naming it |
 //! | `builtin:fetchurl` | `url` (or `urls`: mirrors separated by spaces), optional `executable` = `1`; fixed-output only | the file at the URL (`file://`, `http://`, `https://`), see [`fetch`](super::fetch) |
 //!
 //! Every store path a builtin reads must be one of the derivation's inputs.
@@ -28,7 +29,7 @@ use crate::store::Store;
 
 use super::fetch::FETCH_URL;
 
-pub use bigtop_core::derivation::builtins::{COPY, SYMLINK_JOIN, WRITE_FILE};
+pub use bigtop_core::derivation::builtins::{COPY, SYMLINK_JOIN, WRITE_FILE, WRITE_TREE};
 
 /// Why a builtin builder failed.
 #[derive(Debug, Error)]
@@ -36,7 +37,7 @@ pub use bigtop_core::derivation::builtins::{COPY, SYMLINK_JOIN, WRITE_FILE};
 pub enum BuiltinError {
     /// The builder is `builtin:…` but not one of ours.
     #[error(
-        "unknown builtin builder `{0}` (known: {WRITE_FILE}, {SYMLINK_JOIN}, {COPY}, {FETCH_URL})"
+        "unknown builtin builder `{0}` (known: {WRITE_FILE}, {WRITE_TREE}, {SYMLINK_JOIN}, {COPY}, {FETCH_URL})"
     )]
     Unknown(String),
     /// A variable the builtin needs is missing.
@@ -63,6 +64,9 @@ pub enum BuiltinError {
         /// The second.
         second: String,
     },
+    /// A tree's `entries` that cannot be made.
+    #[error("`{WRITE_TREE}`: {0}")]
+    Tree(String),
     /// A fetching builtin used by a derivation that is not fixed-output.
     #[error("`{0}` may only build a fixed-output derivation (one with an expected hash)")]
     NotFixedOutput(&'static str),
@@ -138,6 +142,7 @@ pub(crate) fn run(
     let d = super::run::with_placeholders(store, derivation, outputs);
     let builtin: &'static str = match d.builder.as_str() {
         WRITE_FILE => WRITE_FILE,
+        WRITE_TREE => WRITE_TREE,
         SYMLINK_JOIN => SYMLINK_JOIN,
         COPY => COPY,
         FETCH_URL => FETCH_URL,
@@ -210,6 +215,7 @@ pub(crate) fn run(
             let src = input(var("src")?)?;
             copy_tree(&src, out)
         }
+        WRITE_TREE => write_tree(out, var("entries")?),
         FETCH_URL => super::fetch::fetch(&d, out, note),
         _ => unreachable!("matched above"),
     };
@@ -277,6 +283,75 @@ fn conflict(rel: &Path, providers: &BTreeMap<PathBuf, String>, second: &Path) ->
         first: providers.get(rel).cloned().unwrap_or_default(),
         second: second.display().to_string(),
     }
+}
+
+/// One entry of `builtin:write-tree`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeEntry {
+    path: String,
+    text: Option<String>,
+    #[serde(default)]
+    executable: bool,
+    link: Option<String>,
+}
+
+fn write_tree(out: &Path, entries: &str) -> Result<(), BuiltinError> {
+    let entries: Vec<TreeEntry> = serde_json::from_str(entries)
+        .map_err(|e| BuiltinError::Tree(format!("`entries` is not a list of entries: {e}")))?;
+    // Checked before anything is written: a bad entry leaves no tree.
+    let mut kinds: BTreeMap<&str, bool> = BTreeMap::new();
+    for e in &entries {
+        let p = e.path.as_str();
+        if p.is_empty()
+            || p.starts_with('/')
+            || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(BuiltinError::Tree(format!(
+                "`{p}` is not a relative path inside the tree"
+            )));
+        }
+        if e.text.is_some() == e.link.is_some() {
+            return Err(BuiltinError::Tree(format!(
+                "`{p}` needs exactly one of `text` and `link`"
+            )));
+        }
+        if kinds.insert(p, false).is_some() {
+            return Err(BuiltinError::Tree(format!("`{p}` is given twice")));
+        }
+    }
+    for p in kinds.keys() {
+        let mut parent = *p;
+        while let Some((head, _)) = parent.rsplit_once('/') {
+            if kinds.contains_key(head) {
+                return Err(BuiltinError::Tree(format!(
+                    "`{p}` is inside `{head}`, which is a file or a link"
+                )));
+            }
+            parent = head;
+        }
+    }
+    fs::create_dir(out).map_err(io_err("create", out))?;
+    for e in &entries {
+        let target = out.join(&e.path);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        match (&e.text, &e.link) {
+            (Some(text), _) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::write(&target, text).map_err(io_err("write", &target))?;
+                let mode = if e.executable { 0o555 } else { 0o444 };
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(io_err("chmod", &target))?;
+            }
+            (None, Some(link)) => {
+                std::os::unix::fs::symlink(link, &target).map_err(io_err("link", &target))?
+            }
+            (None, None) => unreachable!("checked above"),
+        }
+    }
+    Ok(())
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuiltinError> {

@@ -210,3 +210,103 @@ fn builtins_ready_together_fail_and_succeed_independently() -> TestResult {
     assert!(again.to_string().contains("`text`"), "{again}");
     Ok(())
 }
+
+fn write_tree(store: &bigtop_store::Store, entries: serde_json::Value) -> Derivation {
+    let mut d = Derivation::new("tree", "builtin", builtin::WRITE_TREE);
+    d.env.insert("entries".into(), entries.to_string());
+    fill(store, &mut d);
+    d
+}
+
+/// A tree of files and links made in-process is the archive a builder
+/// process makes of the same tree, and refers to what it links to.
+#[test]
+fn a_written_tree_is_the_nar_a_process_would_write() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let dep_drv = write_file(&store, "dep", "data");
+    let dep = build_out(&store, plain(), &dep_drv)?;
+    let dep_path = store.store_dir().display(&dep).to_string();
+    let mut d = write_tree(
+        &store,
+        serde_json::json!([
+            {"path": "etc/motd", "text": "hello\n"},
+            {"path": "etc/ssh/sshd_config", "text": "Port 22\n"},
+            {"path": "bin/start", "text": "#!/bin/sh\nexit 0\n", "executable": true},
+            {"path": "etc/data", "link": dep_path},
+        ]),
+    );
+    d.input_drvs.insert(
+        store.add_derivation(&dep_drv)?,
+        BTreeSet::from([OutputName::out()]),
+    );
+    fill(&store, &mut d);
+    let out = build_out(&store, plain(), &d)?;
+    let root = store.physical(&out);
+    assert_eq!(std::fs::read_to_string(root.join("etc/motd"))?, "hello\n");
+    assert_eq!(
+        std::fs::read_link(root.join("etc/data"))?.to_str(),
+        Some(dep_path.as_str())
+    );
+    assert!(std::process::Command::new(root.join("bin/start"))
+        .status()?
+        .success());
+    assert_eq!(store.references(&out)?, BTreeSet::from([dep.clone()]));
+
+    let mut by_process = sh(
+        &store,
+        "tree",
+        "PATH=/bin:/usr/bin; mkdir -p $out/etc/ssh $out/bin; printf 'hello\\n' > $out/etc/motd; \
+         printf 'Port 22\\n' > $out/etc/ssh/sshd_config; printf '#!/bin/sh\\nexit 0\\n' > $out/bin/start; \
+         chmod +x $out/bin/start; ln -s $dep $out/etc/data",
+        &[],
+    );
+    by_process.env.insert("dep".into(), dep_path);
+    fill(&store, &mut by_process);
+    let process_out = build_out(&store, plain(), &by_process)?;
+    assert_eq!(
+        nar::hash_path(&root, HashAlgo::Sha256)?,
+        nar::hash_path(&store.physical(&process_out), HashAlgo::Sha256)?
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tree_with_a_bad_entry_fails_naming_it_and_leaves_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let cases = [
+        (
+            serde_json::json!([{"path": "a", "text": "1"}, {"path": "a", "text": "2"}]),
+            "`a` is given twice",
+        ),
+        (
+            serde_json::json!([{"path": "a", "text": "1"}, {"path": "a/b", "text": "2"}]),
+            "`a/b` is inside `a`",
+        ),
+        (
+            serde_json::json!([{"path": "../x", "text": "1"}]),
+            "`../x` is not a relative path",
+        ),
+        (
+            serde_json::json!([{"path": "/etc/x", "text": "1"}]),
+            "`/etc/x` is not a relative path",
+        ),
+        (
+            serde_json::json!([{"path": "x", "text": "1", "link": "/y"}]),
+            "exactly one of",
+        ),
+        (serde_json::json!({"path": "x"}), "not a list of entries"),
+    ];
+    for (entries, why) in cases {
+        let d = write_tree(&store, entries);
+        let err = build_out(&store, plain(), &d).unwrap_err().to_string();
+        assert!(err.contains(why), "{why}: {err}");
+        let out = d
+            .output_path(store.store_dir(), &OutputName::out())
+            .expect("input-addressed");
+        assert!(!store.physical(&out).exists(), "{why}: a tree was left");
+    }
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
