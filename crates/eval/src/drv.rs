@@ -475,6 +475,13 @@ impl Str {
         s
     }
 
+    /// Text with a context gathered elsewhere (text made from other
+    /// `Str`s by a transformation that keeps their paths, such as JSON
+    /// escaping).
+    pub(crate) fn from_parts(text: String, ctx: Context) -> Str {
+        Str { text, ctx }
+    }
+
     /// Splits into text and context.
     pub fn into_parts(self) -> (String, Context) {
         (self.text, self.ctx)

@@ -45,6 +45,7 @@ pub mod module;
 pub mod package;
 pub mod set;
 pub mod source;
+pub mod system;
 pub mod trivial;
 
 pub use error::Error;

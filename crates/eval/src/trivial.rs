@@ -12,9 +12,9 @@
 //! # Ok::<(), bigtop_eval::Error>(())
 //! ```
 
-use bigtop_core::derivation::builtins::{SYMLINK_JOIN, WRITE_FILE};
+use bigtop_core::derivation::builtins::{SYMLINK_JOIN, WRITE_FILE, WRITE_TREE};
 
-use crate::drv::{Drv, DrvBuilder, Interpolate, Platform, Str};
+use crate::drv::{Context, Drv, DrvBuilder, Interpolate, Platform, Str};
 use crate::Error;
 
 /// A file holding `text`.
@@ -130,4 +130,77 @@ where
 /// ```
 pub fn run_command(name: &str, shell: impl Into<Str>, script: impl Into<Str>) -> DrvBuilder {
     DrvBuilder::new(name).builder(shell).arg("-c").arg(script)
+}
+
+/// One entry of [`write_tree`]: a file or a symlink at a path relative to
+/// the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeEntry {
+    /// A file holding `text`.
+    File {
+        /// Where, relative to the tree (`etc/hosts`).
+        path: String,
+        /// Its contents.
+        text: Str,
+        /// Mode 0555 instead of 0444.
+        executable: bool,
+    },
+    /// A symlink to `target` (usually a store path, which the tree then
+    /// depends on).
+    Link {
+        /// Where, relative to the tree.
+        path: String,
+        /// What it points to.
+        target: Str,
+    },
+}
+
+/// A directory of files and symlinks, made in one builtin step: the
+/// system toplevel's `/etc` and links. Paths must be relative, distinct,
+/// and not inside one another (the build fails naming the first that is
+/// not).
+///
+/// ```
+/// # use bigtop_eval::{drv::Platform, trivial::{self, TreeEntry}, text};
+/// let p = Platform::default();
+/// let motd = trivial::write_text(&p, "motd", "welcome\n")?;
+/// let etc = trivial::write_tree(&p, "etc", [
+///     TreeEntry::File { path: "hostname".into(), text: "web1\n".into(), executable: false },
+///     TreeEntry::Link { path: "motd".into(), target: text!("{}", motd) },
+/// ])?;
+/// assert_eq!(etc.input_derivations(), [motd]);
+/// # Ok::<(), bigtop_eval::Error>(())
+/// ```
+pub fn write_tree(
+    p: &Platform,
+    name: &str,
+    entries: impl IntoIterator<Item = TreeEntry>,
+) -> Result<Drv, Error> {
+    let mut ctx = Context::default();
+    let mut items = Vec::new();
+    for e in entries {
+        items.push(match e {
+            TreeEntry::File {
+                path,
+                text,
+                executable,
+            } => {
+                let (text, c) = text.into_parts();
+                ctx.extend(&c);
+                serde_json::json!({"path": path, "text": text, "executable": executable})
+            }
+            TreeEntry::Link { path, target } => {
+                let (target, c) = target.into_parts();
+                ctx.extend(&c);
+                serde_json::json!({"path": path, "link": target})
+            }
+        });
+    }
+    // JSON escaping leaves store paths as they are, so the context still
+    // names every path in the text.
+    let json = serde_json::Value::Array(items).to_string();
+    DrvBuilder::new(name)
+        .builder(WRITE_TREE)
+        .env("entries", Str::from_parts(json, ctx))
+        .build(p)
 }

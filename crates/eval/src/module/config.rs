@@ -306,22 +306,6 @@ impl Config {
         })
     }
 
-    /// The declared option `path` is, or is inside (with the rest).
-    fn option_of<'a>(&'a self, path: &str) -> Option<(&'a str, Vec<String>)> {
-        let mut prefix = path;
-        loop {
-            if let Some((k, _)) = self.decls.get_key_value(prefix) {
-                let rest = path[prefix.len()..]
-                    .split('.')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                return Some((k.as_str(), rest));
-            }
-            prefix = prefix.rsplit_once('.')?.0;
-        }
-    }
-
     /// Whether options are declared under `path`.
     fn is_group(&self, path: &str) -> bool {
         let dotted = format!("{path}.");
@@ -360,8 +344,9 @@ impl Config {
 
     /// The value at `path`, untyped.
     pub fn value(&self, path: &str) -> Result<Value, Error> {
-        if let Some((option, sub)) = self.option_of(path) {
-            let mut v = self.option(option)?;
+        let segments = super::parse_path(path);
+        if let Some((option, sub)) = self.option_of_segments(&segments) {
+            let mut v = self.option(&option)?;
             let mut at = option.to_owned();
             for key in sub {
                 v = match v {

@@ -254,6 +254,23 @@ impl OptionDecl {
     }
 }
 
+/// The segments of a dotted path; a segment in double quotes may hold
+/// dots (`etc."nginx/nginx.conf".text`).
+pub(crate) fn parse_path(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in path.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
 /// A typed key for an option: reading it with [`Config::read`] gives a
 /// `T`.
 ///
@@ -399,14 +416,11 @@ impl ModuleBuilder {
 
     /// Defines `path`: an option, something inside one (a key of a map
     /// option, a field of a submodule), or a group of options given a map.
+    /// A key holding dots is quoted, as in Nix: `etc."nginx/nginx.conf".text`.
     #[track_caller]
     pub fn define(&mut self, path: &str, def: impl Into<Definition>) -> &mut Self {
         let loc = Loc::caller();
-        self.push_def(
-            path.split('.').map(str::to_owned).collect(),
-            def.into(),
-            loc,
-        )
+        self.push_def(parse_path(path), def.into(), loc)
     }
 
     /// Defines the path given as its segments, for keys that hold dots

@@ -4,5 +4,6 @@ mod context;
 mod modules;
 mod overlays;
 mod sources;
+mod system;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;

@@ -1,0 +1,298 @@
+//! Services, /etc, users, activation steps and the system toplevel.
+
+use std::collections::BTreeMap;
+
+use bigtop_eval::drv::Platform;
+use bigtop_eval::module::{lazy, types, Config, Error, Module, Value};
+use bigtop_eval::system::{self, OnChange, Restart};
+use bigtop_eval::{text, trivial};
+
+use crate::TestResult;
+
+/// A web server that other modules extend with virtual hosts (the Guix
+/// way): it owns how they merge (a map of submodules) and renders them.
+fn web_server() -> Module {
+    Module::new("web-server", |m| {
+        m.option(
+            "services.web.vhosts",
+            types::map(types::submodule(|s| {
+                s.option("root", types::path(), |_| {});
+                s.option("port", types::port(), |o| {
+                    o.default(80);
+                });
+            })),
+            |o| {
+                o.default(BTreeMap::<String, Value>::new())
+                    .description("Virtual hosts, added by each application.");
+            },
+        );
+        m.define("users.users.www", BTreeMap::from([("group", "www")]));
+        m.define("users.groups.www", BTreeMap::<String, Value>::new());
+        m.define(
+            r#"etc."web/vhosts.conf".text"#,
+            lazy(|c| {
+                let hosts: BTreeMap<String, Value> = c.get("services.web.vhosts")?;
+                let mut out = String::new();
+                for (name, h) in hosts {
+                    let Value::Map(f) = h else { continue };
+                    out.push_str(&format!("server {name} {} {}\n", f["port"], f["root"]));
+                }
+                Ok(out)
+            }),
+        );
+        m.define("system.services.web.description", "The web server");
+        m.define(
+            "system.services.web.argv",
+            vec!["/bin/sh", "-c", "exec sleep 1000"],
+        );
+        m.define("system.services.web.user", "www");
+        m.define("system.services.web.group", "www");
+        m.define(
+            "system.services.web.restart_triggers",
+            lazy(|c| Ok(vec![c.get::<String>(r#"etc."web/vhosts.conf".text"#)?])),
+        );
+        m.define(
+            "system.services.web.ready",
+            BTreeMap::from([("tcp_port", Value::Int(80))]),
+        );
+    })
+}
+
+fn app(name: &'static str, port: u16) -> Module {
+    Module::new(format!("app-{name}"), move |m| {
+        m.define(
+            &format!("services.web.vhosts.{name}.root"),
+            format!("/srv/{name}"),
+        );
+        m.define(&format!("services.web.vhosts.{name}.port"), port);
+        m.define(
+            &format!("system.services.{name}.argv"),
+            vec!["/bin/sh", "-c", "exec sleep 1000"],
+        );
+        m.define(&format!("system.services.{name}.requires"), vec!["web"]);
+        m.define(&format!("system.services.{name}.environment.APP"), name);
+        m.define(&format!("system.services.{name}.on_change"), "reload");
+        m.define(
+            &format!("system.services.{name}.reload"),
+            vec!["/bin/kill", "-HUP", "1"],
+        );
+    })
+}
+
+fn host(extra: impl FnOnce(&mut bigtop_eval::module::ModuleBuilder) + 'static) -> Module {
+    Module::new("host", move |m| {
+        m.import(&system::module());
+        m.import(&web_server());
+        m.define("system.name", "web1");
+        m.define("etc.motd.text", "welcome\n");
+        m.define("system.activation.dirs.script", "mkdir -p /var/lib/web");
+        m.define("system.activation.perms.script", "chown www /var/lib/web");
+        m.define("system.activation.perms.after", vec!["dirs"]);
+        extra(m);
+    })
+}
+
+#[test]
+fn services_render_for_systemd_and_s6_and_the_manifest_hashes_each() -> TestResult {
+    let p = Platform::default();
+    let tool = trivial::write_script(&p, "hello", "/bin/sh", "echo hello\n")?;
+    let t2 = tool.clone();
+    let cfg = Config::eval(
+        &[
+            host(move |m| {
+                m.define("system.services.hello.argv", vec![text!("{}", t2)]);
+                m.define("system.services.hello.restart", "never");
+                m.define("system.packages", vec![t2.clone()]);
+            }),
+            app("shop", 8080),
+            app("blog", 8081),
+        ],
+        None,
+    )?;
+    let services = system::services(&cfg)?;
+    assert_eq!(
+        services.keys().collect::<Vec<_>>(),
+        ["blog", "hello", "shop", "web"]
+    );
+    let shop = &services["shop"];
+    assert_eq!(shop.on_change, OnChange::Reload);
+    assert_eq!(services["hello"].restart, Restart::Never);
+    assert_eq!(
+        services["web"].restart_triggers,
+        ["server blog 8081 \"/srv/blog\"\nserver shop 8080 \"/srv/shop\"\n"]
+    );
+
+    let top = system::toplevel(&cfg, &p)?;
+    let m = &top.manifest;
+    assert_eq!(m["name"], "web1");
+    assert_eq!(
+        m["activation"]["order"],
+        serde_json::json!(["dirs", "perms"])
+    );
+    assert!(m["services"]["web"]["hash"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("blake3:"));
+    assert_eq!(
+        m["services"]["shop"]["requires"],
+        serde_json::json!(["web"])
+    );
+    assert_eq!(m["etc"]["motd"]["mode"], "0444");
+    // The service's program is a dependency of the toplevel.
+    let inputs = top.drv.closure();
+    assert!(inputs.iter().any(|d| d.name() == "hello"), "{inputs:?}");
+
+    let entries: serde_json::Value = serde_json::from_str(&top.drv.derivation().env["entries"])?;
+    let file = |path: &str| -> String {
+        entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["path"] == path)
+            .and_then(|e| e["text"].as_str())
+            .unwrap_or_else(|| panic!("no `{path}` in the toplevel"))
+            .to_owned()
+    };
+    insta::assert_snapshot!(file("systemd/shop.service"), @r#"
+    [Unit]
+    Requires=web.service
+    After=web.service
+
+    [Service]
+    Type=simple
+    ExecStart="/bin/sh" "-c" "exec sleep 1000"
+    ExecReload="/bin/kill" "-HUP" "1"
+    Environment="APP=shop"
+    User=root
+    Group=root
+    Restart=on-failure
+    RestartSec=1000ms
+
+    [Install]
+    WantedBy=multi-user.target
+    "#);
+    insta::assert_snapshot!(file("s6/web/run"), @r#"
+    #!/bin/sh
+    exec 2>&1
+    exec env -i s6-setuidgid 'www:www' '/bin/sh' '-c' 'exec sleep 1000'
+    "#);
+    assert_eq!(file("s6/hello/finish"), "#!/bin/sh\nexit 125\n");
+    assert_eq!(
+        file("s6/web/check"),
+        "#!/bin/sh\nnc -z 127.0.0.1 80 || exit 1\nexit 0\n"
+    );
+    assert_eq!(file("etc/motd"), "welcome\n");
+    assert_eq!(
+        file("activation/perms"),
+        "#!/bin/sh\nset -e\nchown www /var/lib/web\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_service_hash_changes_only_with_that_service() -> TestResult {
+    let p = Platform::default();
+    let hashes = |port: u16,
+                  env: &'static str|
+     -> Result<BTreeMap<String, String>, Box<dyn std::error::Error>> {
+        let cfg = Config::eval(
+            &[
+                host(move |m| {
+                    m.define(
+                        "system.services.worker.argv",
+                        vec!["/bin/sh", "-c", "exec sleep 1000"],
+                    );
+                    m.define("system.services.worker.environment.MODE", env);
+                }),
+                app("shop", port),
+            ],
+            None,
+        )?;
+        let top = system::toplevel(&cfg, &p)?;
+        Ok(top.manifest["services"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v["hash"].as_str().unwrap_or("").to_owned()))
+            .collect())
+    };
+    let a = hashes(8080, "fast")?;
+    let b = hashes(8080, "slow")?;
+    let c = hashes(9090, "fast")?;
+    let changed = |x: &BTreeMap<String, String>, y: &BTreeMap<String, String>| -> Vec<String> {
+        x.iter()
+            .filter(|(k, v)| y[*k] != **v)
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    assert_eq!(changed(&a, &b), ["worker"]);
+    // The vhost's port changes the web server's configuration file, a
+    // restart trigger of `web`: only `web` changes.
+    assert_eq!(changed(&a, &c), ["web"]);
+    Ok(())
+}
+
+#[test]
+fn two_applications_claiming_one_vhost_differently_conflict_naming_both() {
+    let other_shop = Module::new("other-shop", |m| {
+        m.define("services.web.vhosts.shop.root", "/srv/elsewhere");
+    });
+    let errs = Config::eval(&[host(|_| {}), app("shop", 8080), other_shop], None)
+        .err()
+        .expect("a conflict")
+        .errors;
+    assert!(
+        errs.iter().any(|e| matches!(e, Error::Conflict { option, defs, .. }
+            if option == "services.web.vhosts.shop.root"
+                && defs.iter().map(|d| &*d.module).collect::<Vec<_>>() == ["app-shop", "other-shop"])),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn the_system_module_checks_what_the_toplevel_relies_on() {
+    let broken = host(|m| {
+        m.define("system.services.a.argv", Vec::<String>::new());
+        m.define("system.services.a.requires", vec!["nonexistent"]);
+        m.define("system.services.a.user", "nobody-here");
+        m.define("system.services.b.argv", vec!["/bin/true"]);
+        m.define("system.services.b.on_change", "reload");
+        m.define("etc.both.text", "x");
+        m.define("etc.both.source", "/etc/hosts");
+        m.define("system.activation.x.script", "true");
+        m.define("system.activation.x.after", vec!["y"]);
+        m.define("system.activation.y.script", "true");
+        m.define("system.activation.y.after", vec!["x"]);
+    });
+    let errs = Config::eval(&[broken], None).err().expect("errors").errors;
+    let [Error::Assertion {
+        module, message, ..
+    }] = &errs[..]
+    else {
+        panic!("expected the system module's assertion, got {errs:?}");
+    };
+    assert_eq!(&**module, "bigtop/system");
+    for want in [
+        "service `a` has an empty `argv`",
+        "service `a` depends on `nonexistent`",
+        "service `a` runs as user `nobody-here`",
+        "service `b` reloads on change but has no `reload` command",
+        "`etc.both` needs exactly one of `text` and `source`",
+        "activation steps `x`, `y` come after each other in a cycle",
+    ] {
+        assert!(message.contains(want), "missing {want:?} in {message}");
+    }
+}
+
+#[test]
+fn a_disabled_service_is_left_out() -> TestResult {
+    let cfg = Config::eval(
+        &[host(|m| {
+            m.define("system.services.web.enable", false);
+        })],
+        None,
+    )?;
+    let top = system::toplevel(&cfg, &Platform::default())?;
+    assert_eq!(top.manifest["services"], serde_json::json!({}));
+    Ok(())
+}
