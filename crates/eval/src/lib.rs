@@ -41,6 +41,7 @@ pub mod closure;
 pub mod drv;
 mod error;
 pub mod fetch;
+pub mod fleet;
 pub mod module;
 pub mod package;
 pub mod set;

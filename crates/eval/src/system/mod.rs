@@ -340,7 +340,23 @@ pub fn services(cfg: &Config) -> Result<BTreeMap<String, Service>, Error> {
 
 /// What the toplevel relies on and types alone cannot say.
 fn check(c: &Config) -> Result<Vec<String>, Error> {
+    // Each part is checked even when another cannot be read: what failed
+    // to evaluate is reported by its option, and the problems found
+    // elsewhere are reported with it.
     let mut problems = Vec::new();
+    let mut failed = None;
+    for part in [check_accounts, check_etc, check_activation] {
+        if let Err(e) = part(c, &mut problems) {
+            failed.get_or_insert(e);
+        }
+    }
+    match failed {
+        Some(e) if problems.is_empty() => Err(e),
+        _ => Ok(problems),
+    }
+}
+
+fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
     let services = services(c)?;
     let users: BTreeMap<String, Value> = c.get("users.users")?;
     let groups: BTreeMap<String, Value> = c.get("users.groups")?;
@@ -389,6 +405,10 @@ fn check(c: &Config) -> Result<Vec<String>, Error> {
             }
         }
     }
+    Ok(())
+}
+
+fn check_etc(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
     let etc: BTreeMap<String, Value> = c.get("etc")?;
     for (path, e) in &etc {
         if let Value::Map(f) = e {
@@ -404,11 +424,15 @@ fn check(c: &Config) -> Result<Vec<String>, Error> {
             problems.push(why);
         }
     }
+    Ok(())
+}
+
+fn check_activation(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
     let steps = activation(c)?;
     if let Err(why) = render::order_steps(&steps) {
         problems.push(why);
     }
-    Ok(problems)
+    Ok(())
 }
 
 fn etc_path_ok(path: &str) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! bigtop-eval's integration tests: one binary, a module per area.
 
 mod context;
+mod fleets;
 mod modules;
 mod overlays;
 mod sources;
