@@ -69,12 +69,15 @@ impl Config {
         // still checked, so that one run reports every error.
         let (cfg, mut errors) = Config::gather(modules, pkgs);
         for path in cfg.decls.keys() {
-            if let Err(e) = cfg.option(path) {
+            match cfg.option(path) {
+                Ok(_) => {}
+                // Unset and unread: an option only needs a value where it
+                // is used (a reader reports it).
+                Err(Error::NoValue { option, .. }) if option == *path => {}
                 // An option that only failed because another did is
                 // reported once, by the other.
-                if !errors.contains(&e) {
-                    errors.push(e);
-                }
+                Err(e) if errors.contains(&e) => {}
+                Err(e) => errors.push(e),
             }
         }
         let mut warnings = cfg.warnings.clone();

@@ -429,8 +429,12 @@ impl Type {
                 Ok(Value::List(out))
             }
             K::Optional(elem) => {
-                let defs = leaves(defs, option, self)?;
-                let nulls = defs.iter().filter(|d| d.value == Value::Null).count();
+                // A definition of something inside (`ready.tcp_port`)
+                // makes it not null.
+                let nulls = defs
+                    .iter()
+                    .filter(|d| d.sub.is_empty() && d.value == Value::Null)
+                    .count();
                 if nulls == defs.len() {
                     Ok(Value::Null)
                 } else if nulls == 0 {

@@ -588,8 +588,18 @@ fn unknown_options_suggest_the_closest_and_unset_ones_say_where_they_are_declare
         "{}",
         errs[0]
     );
+    // Unset and unused is fine: an option needs a value where it is read.
+    let unused = Module::new("unused", |m| {
+        m.option("db.password_file", types::path(), |_| {});
+    });
+    assert!(eval(&[unused]).is_ok());
     let m = Module::new("needs", |m| {
         m.option("db.password_file", types::path(), |_| {});
+        m.option("db.url", types::str(), |_| {});
+        m.define(
+            "db.url",
+            lazy(|c| Ok(format!("file:{}", c.get::<String>("db.password_file")?))),
+        );
     });
     let errs = errors(&[m]);
     assert!(
