@@ -24,7 +24,9 @@ struct Def {
 
 enum Slot {
     Running,
-    Done(Result<Value, Error>),
+    /// Shared: reading one key of a big map option (one /etc file of
+    /// hundreds) must not copy the whole map.
+    Done(Result<Arc<Value>, Error>),
 }
 
 /// An evaluated configuration: every option of a set of modules, merged
@@ -349,41 +351,31 @@ impl Config {
     pub fn value(&self, path: &str) -> Result<Value, Error> {
         let segments = super::parse_path(path);
         if let Some((option, sub)) = self.option_of_segments(&segments) {
-            let mut v = self.option(&option)?;
-            let mut at = option.to_owned();
+            let whole = self.option(&option)?;
+            let mut v: &Value = &whole;
+            let mut at = option;
             for key in sub {
+                let missing = |keys: Vec<String>| Error::NoSuchOption {
+                    path: format!("{at}.{key}"),
+                    suggestions: crate::error::nearest(&key, keys.iter().map(|k| &**k))
+                        .into_iter()
+                        .map(|k| format!("{at}.{k}"))
+                        .collect(),
+                };
                 v = match v {
-                    Value::Map(mut m) => match m.remove(&key) {
+                    Value::Map(m) => match m.get(&key) {
                         Some(v) => v,
-                        None => {
-                            return Err(Error::NoSuchOption {
-                                path: format!("{at}.{key}"),
-                                suggestions: crate::error::nearest(&key, m.keys().map(|k| &**k))
-                                    .into_iter()
-                                    .map(|k| format!("{at}.{k}"))
-                                    .collect(),
-                            })
-                        }
+                        None => return Err(missing(m.keys().cloned().collect())),
                     },
-                    Value::List(mut l) => match key.parse::<usize>() {
-                        Ok(i) if i < l.len() => l.swap_remove(i),
-                        _ => {
-                            return Err(Error::NoSuchOption {
-                                path: format!("{at}.{key}"),
-                                suggestions: Vec::new(),
-                            })
-                        }
+                    Value::List(l) => match key.parse::<usize>().ok().and_then(|i| l.get(i)) {
+                        Some(v) => v,
+                        None => return Err(missing(Vec::new())),
                     },
-                    _ => {
-                        return Err(Error::NoSuchOption {
-                            path: format!("{at}.{key}"),
-                            suggestions: Vec::new(),
-                        })
-                    }
+                    _ => return Err(missing(Vec::new())),
                 };
                 at = format!("{at}.{key}");
             }
-            return Ok(v);
+            return Ok(v.clone());
         }
         if self.is_group(path) {
             let dotted = format!("{path}.");
@@ -409,7 +401,7 @@ impl Config {
     }
 
     /// The merged value of the declared option `path`, once.
-    fn option(&self, path: &str) -> Result<Value, Error> {
+    fn option(&self, path: &str) -> Result<Arc<Value>, Error> {
         match self.memo.borrow().get(path) {
             Some(Slot::Done(r)) => return r.clone(),
             Some(Slot::Running) => {
@@ -425,7 +417,7 @@ impl Config {
             .borrow_mut()
             .insert(path.to_owned(), Slot::Running);
         self.stack.borrow_mut().push(path.to_owned());
-        let r = self.merge(path);
+        let r = self.merge(path).map(Arc::new);
         self.stack.borrow_mut().pop();
         self.memo
             .borrow_mut()
