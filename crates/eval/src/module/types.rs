@@ -66,6 +66,7 @@ pub(crate) enum Kind {
     Enum(Vec<String>),
     Path,
     Package,
+    Output,
     List(Type),
     Map(Type),
     Optional(Type),
@@ -199,7 +200,7 @@ where
     Type::new(Kind::Enum(v))
 }
 
-/// An absolute path, or a package (which stands for its output path).
+/// An absolute path, or a package or output (which stands for its path).
 pub fn path() -> Type {
     Type::new(Kind::Path)
 }
@@ -207,6 +208,12 @@ pub fn path() -> Type {
 /// A package.
 pub fn package() -> Type {
     Type::new(Kind::Package)
+}
+
+/// One output of a package (`dev`, `doc`, …); a package given stands for
+/// its default output.
+pub fn output() -> Type {
+    Type::new(Kind::Output)
 }
 
 /// A list of `elem`: definitions concatenate.
@@ -361,7 +368,10 @@ impl Type {
                 }
             }
             (K::Path, Value::Package(d)) => Ok(Value::Str(Str::from(d))),
+            (K::Path, Value::Output(o)) => Ok(Value::Str(Str::from(o))),
             (K::Package, v @ Value::Package(_)) => Ok(v),
+            (K::Output, v @ Value::Output(_)) => Ok(v),
+            (K::Output, Value::Package(d)) => Ok(Value::Output(d.out())),
             (K::Custom(c), v) => match c.check(&v) {
                 Ok(()) => Ok(v),
                 Err(why) => fail(v, why),
@@ -536,7 +546,13 @@ impl Type {
                         defs: shown,
                     })
             }
-            K::Bool | K::Int { .. } | K::Str { .. } | K::Enum(_) | K::Path | K::Package => {
+            K::Bool
+            | K::Int { .. }
+            | K::Str { .. }
+            | K::Enum(_)
+            | K::Path
+            | K::Package
+            | K::Output => {
                 let defs = checked(self, option, leaves(defs, option, self)?)?;
                 let first = &defs[0].value;
                 if defs.iter().all(|d| &d.value == first) {
@@ -794,6 +810,7 @@ impl fmt::Display for Type {
             ),
             Kind::Path => f.write_str("absolute path"),
             Kind::Package => f.write_str("package"),
+            Kind::Output => f.write_str("package output"),
             Kind::List(t) => write!(f, "list of ({t})"),
             Kind::Map(t) => write!(f, "map of ({t})"),
             Kind::Optional(t) => write!(f, "null or ({t})"),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::drv::{Drv, Str};
+use crate::drv::{Drv, Output, Str};
 
 /// A value of an option, or part of one.
 ///
@@ -25,6 +25,8 @@ pub enum Value {
     Str(Str),
     /// A package.
     Package(Drv),
+    /// One output of a package (`dev`, `doc`, …).
+    Output(Output),
     /// A list.
     List(Vec<Value>),
     /// A map by string key (also a submodule's fields).
@@ -40,6 +42,7 @@ impl Value {
             Value::Int(_) => "an integer",
             Value::Str(_) => "a string",
             Value::Package(_) => "a package",
+            Value::Output(_) => "a package output",
             Value::List(_) => "a list",
             Value::Map(_) => "a map",
         }
@@ -55,6 +58,7 @@ impl Value {
             Value::Int(i) => J::from(*i),
             Value::Str(s) => J::String(s.as_str().to_owned()),
             Value::Package(d) => J::String(crate::text!("{}", d).as_str().to_owned()),
+            Value::Output(o) => J::String(crate::text!("{}", o).as_str().to_owned()),
             Value::List(l) => J::Array(l.iter().map(Value::to_json).collect()),
             Value::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
         }
@@ -116,6 +120,7 @@ impl fmt::Display for Value {
             Value::Int(i) => write!(f, "{i}"),
             Value::Str(s) => write!(f, "{:?}", s.as_str()),
             Value::Package(d) => write!(f, "<package {}>", d.name()),
+            Value::Output(o) => write!(f, "<output {} of {}>", o.name(), o.drv().name()),
             Value::List(l) => {
                 f.write_str("[")?;
                 for (i, v) in l.iter().enumerate() {
@@ -208,6 +213,12 @@ impl IntoValue for Drv {
     }
 }
 
+impl IntoValue for Output {
+    fn into_value(self) -> Value {
+        Value::Output(self)
+    }
+}
+
 impl<T: IntoValue> IntoValue for Vec<T> {
     fn into_value(self) -> Value {
         Value::List(self.into_iter().map(IntoValue::into_value).collect())
@@ -272,6 +283,7 @@ impl FromValue for String {
         match v {
             Value::Str(s) => Ok(s.into_parts().0),
             Value::Package(d) => Ok(crate::text!("{}", d).into_parts().0),
+            Value::Output(o) => Ok(crate::text!("{}", o).into_parts().0),
             other => Err(format!("expected a string, got {}", other.kind())),
         }
     }
@@ -282,6 +294,7 @@ impl FromValue for Str {
         match v {
             Value::Str(s) => Ok(s),
             Value::Package(d) => Ok(Str::from(d)),
+            Value::Output(o) => Ok(Str::from(o)),
             other => Err(format!("expected a string, got {}", other.kind())),
         }
     }
@@ -292,6 +305,17 @@ impl FromValue for Drv {
         match v {
             Value::Package(d) => Ok(d),
             other => Err(format!("expected a package, got {}", other.kind())),
+        }
+    }
+}
+
+/// A package reads as its default output.
+impl FromValue for Output {
+    fn from_value(v: Value) -> Result<Self, String> {
+        match v {
+            Value::Output(o) => Ok(o),
+            Value::Package(d) => Ok(d.out()),
+            other => Err(format!("expected a package output, got {}", other.kind())),
         }
     }
 }

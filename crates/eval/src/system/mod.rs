@@ -619,6 +619,7 @@ fn collect_context(v: &Value, ctx: &mut Context) {
     match v {
         Value::Str(s) => ctx.extend(s.context()),
         Value::Package(d) => ctx.extend(Str::from(d).context()),
+        Value::Output(o) => ctx.extend(Str::from(o).context()),
         Value::List(l) => l.iter().for_each(|v| collect_context(v, ctx)),
         Value::Map(m) => m.values().for_each(|v| collect_context(v, ctx)),
         Value::Null | Value::Bool(_) | Value::Int(_) => {}

@@ -863,3 +863,70 @@ fn a_definition_cannot_reach_into_a_scalar_or_give_a_group_a_non_map() {
         ]
     );
 }
+
+#[test]
+fn lists_of_submodules_fill_each_element_and_outputs_keep_their_package() -> TestResult {
+    use bigtop_eval::drv::{DrvBuilder, Output, Platform};
+    let lib = DrvBuilder::new("lib")
+        .builder("/bin/sh")
+        .outputs(["out", "dev"])
+        .build(&Platform::default())?;
+    let dev = lib.output("dev")?;
+    let (l2, d2) = (lib.clone(), dev.clone());
+    let m = Module::new("m", move |m| {
+        m.option(
+            "listeners",
+            types::list(types::submodule(|s| {
+                s.option("port", types::port(), |_| {});
+                s.option("tls", types::bool(), |o| {
+                    o.default(false);
+                });
+            })),
+            |_| {},
+        );
+        m.option("headers", types::output(), |_| {});
+        m.option("lib", types::package(), |_| {});
+        m.option("include", types::path(), |_| {});
+        m.define(
+            "listeners",
+            vec![
+                BTreeMap::from([("port", Value::Int(80))]),
+                BTreeMap::from([("port", Value::Int(443)), ("tls", Value::Bool(true))]),
+            ],
+        );
+        m.define("headers", d2.clone());
+        m.define("lib", l2.clone());
+        m.define("include", d2.clone());
+    });
+    let cfg = eval(&[m])?;
+    assert_eq!(cfg.get::<bool>("listeners.0.tls")?, false);
+    assert_eq!(cfg.get::<u16>("listeners.1.port")?, 443);
+    assert_eq!(cfg.get::<Output>("headers")?, dev);
+    assert_eq!(cfg.get::<Output>("lib")?, lib.out());
+    let include: bigtop_eval::drv::Str = cfg.get("include")?;
+    assert!(include.as_str().ends_with("-lib-dev"), "{include:?}");
+    assert_eq!(
+        include.context(),
+        bigtop_eval::drv::Str::from(&dev).context()
+    );
+
+    let bad = Module::new("bad", |m| {
+        m.option(
+            "listeners",
+            types::list(types::submodule(|s| {
+                s.option("port", types::port(), |_| {});
+            })),
+            |_| {},
+        );
+        m.define(
+            "listeners",
+            vec![BTreeMap::from([("prot", Value::Int(80))])],
+        );
+    });
+    let errs = errors(&[bad]);
+    assert!(
+        matches!(&errs[..], [Error::Unknown { path, .. }] if path == "listeners.0.prot"),
+        "{errs:?}"
+    );
+    Ok(())
+}
