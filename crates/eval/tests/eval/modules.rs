@@ -899,7 +899,7 @@ fn lists_of_submodules_fill_each_element_and_outputs_keep_their_package() -> Tes
         m.define("include", d2.clone());
     });
     let cfg = eval(&[m])?;
-    assert_eq!(cfg.get::<bool>("listeners.0.tls")?, false);
+    assert!(!cfg.get::<bool>("listeners.0.tls")?);
     assert_eq!(cfg.get::<u16>("listeners.1.port")?, 443);
     assert_eq!(cfg.get::<Output>("headers")?, dev);
     assert_eq!(cfg.get::<Output>("lib")?, lib.out());
