@@ -7,6 +7,15 @@
 //!                      it into a fresh store, then build it again (no-op)
 //! system-bench fleet M N                    M machines of N services each,
 //!                      one release: evaluate the fleet (every core)
+//! system-bench eval N                       only evaluate the N-service
+//!                      machine's configuration (every option, every
+//!                      assertion): the side compared with NixOS's
+//!                      module system
+//! system-bench nix N LIB                    print the same machine for
+//!                      `lib.evalModules` of nixpkgs' `lib` at LIB (the
+//!                      same options, types, defaults, conditions and
+//!                      definitions); `benches/compare-nix-modules.sh`
+//!                      times both
 //! ```
 //!
 //! Each phase is timed in process and printed in milliseconds.
@@ -148,6 +157,76 @@ fn toplevel(n: usize, parent: Option<PathBuf>) -> Result<(), Box<dyn std::error:
     Ok(())
 }
 
+fn eval_only(n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let p = Platform::default();
+    let t = Instant::now();
+    let mut modules = vec![system::module(), enable_all(n)];
+    modules.push(Module::new("name", |m| {
+        m.define("system.name", "bench");
+    }));
+    modules.extend(services(n));
+    let cfg = Config::eval(&modules, Some(release(&p))).map_err(|e| e.to_string())?;
+    let services = system::services(&cfg)?;
+    println!("{} services evaluated in {:.1} ms", services.len(), ms(t));
+    // As the timed peer's process does not free its heap at exit.
+    std::mem::forget(cfg);
+    Ok(())
+}
+
+/// The same machine for NixOS's module system: the system options as
+/// `system::module` declares them, one module per service as `services`
+/// writes them, forced whole.
+fn nix(n: usize, lib: &str) {
+    let quote = |s: &str| format!("{s:?}");
+    println!("let");
+    println!("  lib = import {};", quote(lib));
+    println!("  inherit (lib) mkOption mkIf types;");
+    println!("  opt = type: default: mkOption {{ inherit type default; }};");
+    println!("  req = type: mkOption {{ inherit type; }};");
+    println!("  tool = derivation {{ name = \"tool\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; args = [ \"-c\" \"mkdir -p $out/bin\" ]; }};");
+    println!("  sub = options: types.submodule {{ inherit options; }};");
+    println!("  base = {{ config, ... }}: {{");
+    println!("    options.system.name = req (types.strMatching \"^[a-zA-Z0-9]([a-zA-Z0-9-]{{0,61}}[a-zA-Z0-9])?$\");");
+    println!("    options.system.packages = opt (types.listOf types.package) [];");
+    println!("    options.etc = opt (types.attrsOf (sub {{ text = opt (types.nullOr types.lines) null; source = opt (types.nullOr types.path) null; mode = opt (types.strMatching \"^[0-7]{{4}}$\") \"0444\"; user = opt types.nonEmptyStr \"root\"; group = opt types.nonEmptyStr \"root\"; }})) {{}};");
+    println!("    options.users.users = opt (types.attrsOf (sub {{ uid = opt (types.nullOr types.ints.unsigned) null; group = opt types.nonEmptyStr \"nogroup\"; home = opt types.path \"/var/empty\"; shell = opt types.path \"/usr/sbin/nologin\"; system = opt types.bool true; description = opt types.singleLineStr \"\"; }})) {{}};");
+    println!("    options.users.groups = opt (types.attrsOf (sub {{ gid = opt (types.nullOr types.ints.unsigned) null; }})) {{}};");
+    println!("    options.system.activation = opt (types.attrsOf (sub {{ script = req types.lines; after = opt (types.listOf types.str) []; }})) {{}};");
+    println!("    options.system.services = opt (types.attrsOf (sub {{");
+    println!("      enable = opt types.bool true; description = opt types.singleLineStr \"\"; argv = req (types.listOf types.str);");
+    println!("      environment = opt (types.attrsOf types.str) {{}}; working_directory = opt (types.nullOr types.path) null;");
+    println!(
+        "      user = opt types.nonEmptyStr \"root\"; group = opt types.nonEmptyStr \"root\";"
+    );
+    println!("      requires = opt (types.listOf types.str) []; after = opt (types.listOf types.str) [];");
+    println!("      restart = opt (types.enum [ \"always\" \"on-failure\" \"never\" ]) \"on-failure\"; restart_delay_ms = opt types.ints.unsigned 1000;");
+    println!("      reload = opt (types.nullOr (types.listOf types.str)) null; on_change = opt (types.enum [ \"restart\" \"reload\" \"nothing\" ]) \"restart\";");
+    println!("      restart_triggers = opt (types.listOf types.str) [];");
+    println!("      ready = opt (types.nullOr (sub {{ tcp_port = opt (types.nullOr types.port) null; command = opt (types.nullOr (types.listOf types.str)) null; timeout_ms = opt types.ints.unsigned 30000; }})) null;");
+    println!("    }})) {{}};");
+    println!("  }};");
+    println!("  svc = i: {{ config, ... }}: let name = \"svc${{toString i}}\"; cfg = config.services.${{name}}; conf = \"${{name}}/${{name}}.conf\"; in {{");
+    println!("    options.services.${{name}} = {{ enable = opt types.bool false; port = opt types.port (10000 + i); }};");
+    println!("    config = mkIf cfg.enable {{");
+    println!("      etc.${{conf}}.text = \"port = ${{toString cfg.port}}\\n\";");
+    println!("      users.users.${{name}}.group = \"nogroup\";");
+    println!("      system.services.${{name}} = {{");
+    println!("        argv = [ \"${{tool}}/bin/tool\" \"--config=/etc/${{conf}}\" \"--port=${{toString cfg.port}}\" ];");
+    println!("        restart_triggers = [ config.etc.${{conf}}.text ];");
+    println!("        user = name;");
+    println!("        environment.INDEX = toString i;");
+    println!("      }};");
+    println!("    }};");
+    println!("  }};");
+    print!("  host = {{ system.name = \"bench\";");
+    for i in 0..n {
+        print!(" services.svc{i}.enable = true;");
+    }
+    println!(" }};");
+    println!("  c = (lib.evalModules {{ modules = [ base host ] ++ map svc (lib.range 0 {}); }}).config;", n.saturating_sub(1));
+    println!("in builtins.deepSeq {{ inherit (c) etc system users; }} (builtins.length (builtins.attrNames c.system.services))");
+}
+
 fn fleet(machines: usize, n: usize) -> Result<(), Box<dyn std::error::Error>> {
     let p = Platform::default();
     let mut f = Fleet::new(p.clone()).release("r", release(&p));
@@ -178,6 +257,11 @@ fn main() -> ExitCode {
     let r = match (args.first().map(String::as_str), num(1), num(2)) {
         (Some("toplevel"), Some(n), _) => toplevel(n, args.get(2).map(PathBuf::from)),
         (Some("fleet"), Some(m), Some(n)) => fleet(m, n),
+        (Some("eval"), Some(n), _) => eval_only(n),
+        (Some("nix"), Some(n), _) if args.len() == 3 => {
+            nix(n, &args[2]);
+            Ok(())
+        }
         _ => {
             eprintln!(
                 "usage: system-bench toplevel N [STORE_PARENT] | system-bench fleet MACHINES N"
