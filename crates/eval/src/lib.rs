@@ -1,5 +1,5 @@
-//! bigtop-eval: the typed model users write their packages (and, later,
-//! their machines) in.
+//! bigtop-eval: the typed model users write their packages and their
+//! machines in.
 //!
 //! Evaluation is pure: it computes every store path from [`bigtop_core`]
 //! types alone, without a store, so this crate never depends on
@@ -16,7 +16,12 @@
 //! * [`package`]: the package builder (phases, hooks, outputs, metadata)
 //!   and the [`Stdenv`](package::Stdenv) it builds with;
 //! * [`set`]: package sets, evaluated lazily, with overlays and overrides;
-//! * [`closure`]: closures computed without building, for tests.
+//! * [`closure`]: closures computed without building, for tests;
+//! * [`module`]: the module system — typed options, merged by type and
+//!   priority, evaluated lazily;
+//! * [`system`]: services, /etc, users, activation steps and the system
+//!   toplevel;
+//! * [`fleet`]: machines pinned to releases, evaluated together.
 //!
 //! ```
 //! use bigtop_eval::drv::Platform;
