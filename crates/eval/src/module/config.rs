@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::error::{Error, Errors, Loc, Shown, Warning};
-use super::types::Forced;
+use super::types::{self, Forced};
 use super::value::{FromValue, Value};
 use super::{Check, Cond, DefValue, Migration, Module, Opt, OptionDecl, OPTION_DEFAULT};
 use crate::set::Pkgs;
@@ -22,12 +22,13 @@ struct Def {
     seq: usize,
 }
 
-enum Slot {
+enum Slot<T> {
     Running,
-    /// Shared: reading one key of a big map option (one /etc file of
-    /// hundreds) must not copy the whole map.
-    Done(Result<Arc<Value>, Error>),
+    Done(Result<T, Error>),
 }
+
+/// The winning definitions of a map or submodule option, by key.
+type Split = Arc<BTreeMap<String, Vec<Forced>>>;
 
 /// An evaluated configuration: every option of a set of modules, merged
 /// on first read and then kept.
@@ -40,7 +41,14 @@ pub struct Config {
     modules: Vec<Module>,
     pkgs: Option<Pkgs>,
     warnings: Vec<Warning>,
-    memo: RefCell<HashMap<String, Slot>>,
+    /// Merged values: of options, and of single keys of map and submodule
+    /// options (`option\0key`). Shared: reading one key of a big map
+    /// option (one /etc file of hundreds) copies nothing.
+    memo: RefCell<HashMap<String, Slot<Arc<Value>>>>,
+    /// Map and submodule options' definitions split by key, so that one
+    /// key is merged without the others: sibling keys may read each
+    /// other, as in NixOS.
+    splits: RefCell<HashMap<String, Slot<Split>>>,
     /// The options being merged, innermost last.
     stack: RefCell<Vec<String>>,
 }
@@ -154,6 +162,16 @@ impl Config {
                 decls.insert(path.clone(), merged);
             }
         }
+        for (path, d) in &decls {
+            for (field, reason, first, second) in d.ty.clashes() {
+                errors.push(Error::Declaration {
+                    option: format!("{path}.{field}"),
+                    reason,
+                    first,
+                    second,
+                });
+            }
+        }
         // An option cannot also be a group of options.
         for (path, d) in &decls {
             let mut prefix = path.as_str();
@@ -176,6 +194,7 @@ impl Config {
             pkgs,
             warnings: Vec::new(),
             memo: RefCell::new(HashMap::new()),
+            splits: RefCell::new(HashMap::new()),
             stack: RefCell::new(Vec::new()),
         };
         let migrations: Vec<(&Migration, Arc<str>)> = modules
@@ -196,9 +215,7 @@ impl Config {
                     module: m.0.name.clone(),
                     seq,
                 };
-                if let Err(e) = cfg.place(&d.path, def, &migrations) {
-                    errors.push(e);
-                }
+                cfg.place(&d.path, def, &migrations, &mut errors, 0);
             }
         }
         cfg.modules = modules;
@@ -206,12 +223,17 @@ impl Config {
     }
 
     /// Puts a definition of `path` on the option it is for.
+    /// Every definition that cannot be placed adds an error (a map given
+    /// to a group of options may have several bad keys); `renames` counts
+    /// the migrations followed, so that renames in a loop end.
     fn place(
         &mut self,
         path: &[String],
         def: Def,
         migrations: &[(&Migration, Arc<str>)],
-    ) -> Result<(), Error> {
+        errors: &mut Vec<Error>,
+        renames: usize,
+    ) {
         let dotted = path.join(".");
         for (m, _) in migrations {
             match m {
@@ -230,7 +252,16 @@ impl Config {
                                 "The option `{dotted}` has been renamed to `{shown}`: define `{shown}` instead"
                             ),
                         });
-                        return self.place(&new, def, migrations);
+                        if renames >= migrations.len() {
+                            errors.push(Error::BadDefinition {
+                                path: dotted,
+                                module: def.module,
+                                loc: def.loc,
+                                reason: "names an option renamed in a loop: check the modules' `renamed` calls".into(),
+                            });
+                            return;
+                        }
+                        return self.place(&new, def, migrations, errors, renames + 1);
                     }
                 }
                 Migration::Removed {
@@ -239,12 +270,13 @@ impl Config {
                     ..
                 } => {
                     if under(path, removed).is_some() {
-                        return Err(Error::Removed {
+                        errors.push(Error::Removed {
                             option: removed.clone(),
                             module: def.module,
                             loc: def.loc,
                             instructions: instructions.clone(),
                         });
+                        return;
                     }
                 }
             }
@@ -252,13 +284,13 @@ impl Config {
         if let Some((option, sub)) = self.option_of_segments(path) {
             let def = Def { sub, ..def };
             self.defs.entry(option).or_default().push(def);
-            return Ok(());
+            return;
         }
         if self.is_group(&dotted) {
             let fields = match def.value {
                 DefValue::Value(Value::Map(fields)) => fields,
                 other => {
-                    return Err(Error::BadDefinition {
+                    errors.push(Error::BadDefinition {
                         path: dotted,
                         module: def.module,
                         loc: def.loc,
@@ -269,10 +301,10 @@ impl Config {
                             DefValue::Lazy(_) => "code",
                         }
                     ),
-                    })
+                    });
+                    return;
                 }
             };
-            let mut first_error = None;
             for (k, v) in fields {
                 let one = Def {
                     sub: Vec::new(),
@@ -286,18 +318,16 @@ impl Config {
                 };
                 let mut at = path.to_vec();
                 at.push(k);
-                if let Err(e) = self.place(&at, one, migrations) {
-                    first_error.get_or_insert(e);
-                }
+                self.place(&at, one, migrations, errors, renames);
             }
-            return first_error.map_or(Ok(()), Err);
+            return;
         }
-        Err(Error::Unknown {
+        errors.push(Error::Unknown {
             suggestions: self.suggest(&dotted),
             path: dotted,
             module: def.module,
             loc: def.loc,
-        })
+        });
     }
 
     /// The declared option a path of segments is, or is inside (with the
@@ -351,10 +381,18 @@ impl Config {
     pub fn value(&self, path: &str) -> Result<Value, Error> {
         let segments = super::parse_path(path);
         if let Some((option, sub)) = self.option_of_segments(&segments) {
-            let whole = self.option(&option)?;
+            let keyed = self.decls[&option].ty.is_keyed();
+            let (whole, rest, mut at) = match sub.split_first() {
+                // One key of a map or submodule is merged on its own.
+                Some((key, rest)) if keyed => (
+                    self.key_value(&option, key)?,
+                    rest,
+                    format!("{option}.{key}"),
+                ),
+                _ => (self.option(&option)?, &sub[..], option),
+            };
             let mut v: &Value = &whole;
-            let mut at = option;
-            for key in sub {
+            for key in rest {
                 let missing = |keys: Vec<String>| Error::NoSuchOption {
                     path: format!("{at}.{key}"),
                     suggestions: crate::error::nearest(&key, keys.iter().map(|k| &**k))
@@ -363,7 +401,7 @@ impl Config {
                         .collect(),
                 };
                 v = match v {
-                    Value::Map(m) => match m.get(&key) {
+                    Value::Map(m) => match m.get(key.as_str()) {
                         Some(v) => v,
                         None => return Err(missing(m.keys().cloned().collect())),
                     },
@@ -402,47 +440,122 @@ impl Config {
 
     /// The merged value of the declared option `path`, once.
     fn option(&self, path: &str) -> Result<Arc<Value>, Error> {
-        match self.memo.borrow().get(path) {
+        self.memoized(&self.memo, path.to_owned(), path, || {
+            self.merge(path).map(Arc::new)
+        })
+    }
+
+    /// `compute`d once per `key` of `table`; `shown` names it in a cycle.
+    fn memoized<T: Clone>(
+        &self,
+        table: &RefCell<HashMap<String, Slot<T>>>,
+        key: String,
+        shown: &str,
+        compute: impl FnOnce() -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match table.borrow().get(&key) {
             Some(Slot::Done(r)) => return r.clone(),
             Some(Slot::Running) => {
                 let stack = self.stack.borrow();
-                let start = stack.iter().position(|p| p == path).unwrap_or(0);
+                let start = stack.iter().position(|p| p == shown).unwrap_or(0);
                 let mut chain: Vec<String> = stack[start..].to_vec();
-                chain.push(path.to_owned());
+                chain.push(shown.to_owned());
                 return Err(Error::Cycle { chain });
             }
             None => {}
         }
-        self.memo
-            .borrow_mut()
-            .insert(path.to_owned(), Slot::Running);
-        self.stack.borrow_mut().push(path.to_owned());
-        let r = self.merge(path).map(Arc::new);
+        table.borrow_mut().insert(key.clone(), Slot::Running);
+        self.stack.borrow_mut().push(shown.to_owned());
+        // A definition whose code panics leaves the value uncomputed, not
+        // running: a later read is no false cycle.
+        struct Unwind<'a, T> {
+            cfg: &'a Config,
+            table: &'a RefCell<HashMap<String, Slot<T>>>,
+            key: &'a str,
+        }
+        impl<T> Drop for Unwind<'_, T> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.table.borrow_mut().remove(self.key);
+                    self.cfg.stack.borrow_mut().pop();
+                }
+            }
+        }
+        let guard = Unwind {
+            cfg: self,
+            table,
+            key: &key,
+        };
+        let r = compute();
+        std::mem::forget(guard);
         self.stack.borrow_mut().pop();
-        self.memo
-            .borrow_mut()
-            .insert(path.to_owned(), Slot::Done(r.clone()));
+        table.borrow_mut().insert(key, Slot::Done(r.clone()));
         r
     }
 
-    fn merge(&self, path: &str) -> Result<Value, Error> {
+    /// The active definitions of the option `path` (its default among
+    /// them), values not computed yet.
+    fn active(&self, path: &str) -> Result<Vec<Forced>, Error> {
         let decl = &self.decls[path];
-        let mut forced = Vec::new();
+        let mut defs = Vec::new();
         for d in self.defs.get(path).into_iter().flatten() {
             if self.holds(&d.conds)? {
-                forced.push(self.force(d)?);
+                defs.push(pending(d));
             }
         }
-        if let Some(d) = self.default_of(decl, path)? {
-            forced.push(d);
-        }
-        if forced.is_empty() {
+        defs.extend(self.default_of(decl));
+        if defs.is_empty() {
             return Err(Error::NoValue {
                 option: path.to_owned(),
                 declared: decl.locs[0].clone(),
             });
         }
-        decl.ty.merge(self, path, forced)
+        Ok(defs)
+    }
+
+    fn merge(&self, path: &str) -> Result<Value, Error> {
+        let decl = &self.decls[path];
+        if decl.ty.is_keyed() {
+            let split = self.split(path)?;
+            types::unknown_fields(path, &decl.ty, &split)?;
+            let mut out = BTreeMap::new();
+            for key in types::keys_of(&decl.ty, &split) {
+                let v = self.key_value(path, &key)?;
+                out.insert(key, (*v).clone());
+            }
+            return Ok(Value::Map(out));
+        }
+        // Values are computed by the merge, and only those of the
+        // definitions that win: a losing default is never run.
+        decl.ty.merge(self, path, self.active(path)?)
+    }
+
+    fn split(&self, path: &str) -> Result<Split, Error> {
+        self.memoized(&self.splits, path.to_owned(), path, || {
+            let decl = &self.decls[path];
+            types::split_level(self, path, &decl.ty, self.active(path)?).map(Arc::new)
+        })
+    }
+
+    /// The value at `key` of the map or submodule option `option`, merged
+    /// on its own.
+    fn key_value(&self, option: &str, key: &str) -> Result<Arc<Value>, Error> {
+        let shown = format!("{option}.{key}");
+        self.memoized(&self.memo, format!("{option}\0{key}"), &shown, || {
+            let decl = &self.decls[option];
+            let split = self.split(option)?;
+            let defs = split.get(key).cloned().unwrap_or_default();
+            if defs.is_empty() && decl.ty.submodule().is_none() {
+                return Err(Error::NoSuchOption {
+                    suggestions: crate::error::nearest(key, split.keys().map(|k| &**k))
+                        .into_iter()
+                        .map(|k| format!("{option}.{k}"))
+                        .collect(),
+                    path: shown.clone(),
+                });
+            }
+            types::merge_key(self, option, &decl.ty, key, defs).map(Arc::new)
+        })
     }
 
     fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
@@ -454,44 +567,16 @@ impl Config {
         Ok(true)
     }
 
-    fn force(&self, d: &Def) -> Result<Forced, Error> {
-        let value = match &d.value {
-            DefValue::Value(v) => v.clone(),
-            DefValue::Lazy(f) => f(self)?,
+    /// The declaration's default as a definition, not computed yet.
+    pub(crate) fn default_of(&self, decl: &OptionDecl) -> Option<Forced> {
+        let (value, lazy) = match decl.default.as_ref()? {
+            DefValue::Value(v) => (v.clone(), None),
+            DefValue::Lazy(f) => (Value::Null, Some(f.clone())),
         };
-        Ok(Forced {
-            sub: d.sub.clone(),
-            value,
-            priority: d.priority,
-            order: d.order,
-            loc: d.loc.clone(),
-            module: d.module.clone(),
-            seq: d.seq,
-        })
-    }
-
-    /// The declaration's default as a definition of `path`.
-    pub(crate) fn default_of(
-        &self,
-        decl: &OptionDecl,
-        path: &str,
-    ) -> Result<Option<Forced>, Error> {
-        let Some(dv) = &decl.default else {
-            return Ok(None);
-        };
-        let value = match dv {
-            DefValue::Value(v) => v.clone(),
-            DefValue::Lazy(f) => f(self).map_err(|e| match e {
-                // A default's own failure names the option it is for.
-                Error::Other { message } => Error::Other {
-                    message: format!("The default of `{path}`: {message}"),
-                },
-                e => e,
-            })?,
-        };
-        Ok(Some(Forced {
+        Some(Forced {
             sub: Vec::new(),
             value,
+            lazy,
             priority: OPTION_DEFAULT,
             order: super::ORDER,
             loc: decl.locs[0].clone(),
@@ -501,7 +586,7 @@ impl Config {
                 .cloned()
                 .unwrap_or_else(|| Arc::from("(declaration)")),
             seq: 0,
-        }))
+        })
     }
 
     fn run_check(&self, c: &Check) -> Result<Option<String>, Error> {
@@ -541,13 +626,14 @@ impl Config {
                 wins: false,
             });
         }
-        if let Ok(Some(d)) = self.default_of(decl, path) {
+        if let Some(mut d) = self.default_of(decl) {
+            let value = d.force(self).ok().map(|()| d.value);
             out.push(DefinitionInfo {
                 shown: Shown {
                     module: d.module,
                     loc: d.loc,
                     priority: d.priority,
-                    value: Some(d.value),
+                    value,
                 },
                 sub: Vec::new(),
                 active: true,
@@ -583,6 +669,24 @@ impl Config {
     /// in the order their definitions count.
     pub fn modules(&self) -> &[Module] {
         &self.modules
+    }
+}
+
+/// A definition as the merge takes it, its value not computed yet.
+fn pending(d: &Def) -> Forced {
+    let (value, lazy) = match &d.value {
+        DefValue::Value(v) => (v.clone(), None),
+        DefValue::Lazy(f) => (Value::Null, Some(f.clone())),
+    };
+    Forced {
+        sub: d.sub.clone(),
+        value,
+        lazy,
+        priority: d.priority,
+        order: d.order,
+        loc: d.loc.clone(),
+        module: d.module.clone(),
+        seq: d.seq,
     }
 }
 

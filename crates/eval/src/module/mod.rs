@@ -77,7 +77,7 @@ pub const ORDER: u32 = 1000;
 /// The order of [`after`].
 pub const AFTER: u32 = 1500;
 
-type Lazy = Arc<dyn Fn(&Config) -> Result<Value, Error> + Send + Sync>;
+pub(crate) type Lazy = Arc<dyn Fn(&Config) -> Result<Value, Error> + Send + Sync>;
 type Cond = Arc<dyn Fn(&Config) -> Result<bool, Error> + Send + Sync>;
 type Test = Arc<dyn Fn(&Config) -> Result<Option<String>, Error> + Send + Sync>;
 

@@ -83,6 +83,9 @@ pub(crate) enum Kind {
 #[derive(Clone, Default)]
 pub struct Submodule {
     pub(crate) fields: BTreeMap<String, OptionDecl>,
+    /// Fields declared twice in it that do not merge: (field, why, first
+    /// and second place), reported when an option of this type is.
+    pub(crate) clashes: Vec<(String, String, Loc, Loc)>,
 }
 
 impl Submodule {
@@ -98,11 +101,18 @@ impl Submodule {
         let mut d = OptionDecl::new(ty, Loc::caller());
         configure(&mut d);
         // Declaring a field twice in one submodule merges the two, as
-        // declarations in different modules do; a clash is reported when
-        // the submodule is used.
+        // declarations in different modules do; a clash is reported with
+        // the option declared with this submodule.
         match self.fields.remove(name) {
             Some(old) => {
-                let merged = old.clone().merge(d.clone()).unwrap_or(d);
+                let (first, second) = (old.locs[0].clone(), d.locs[0].clone());
+                let merged = match old.clone().merge(d) {
+                    Ok(m) => m,
+                    Err(why) => {
+                        self.clashes.push((name.to_owned(), why, first, second));
+                        old
+                    }
+                };
                 self.fields.insert(name.to_owned(), merged);
             }
             None => {
@@ -276,6 +286,89 @@ impl Type {
         Type(Arc::new(k))
     }
 
+    /// Whether `v` could be a value of this type, looking inside lists,
+    /// maps and submodules (for [`either`], which picks the type every
+    /// definition fits).
+    fn accepts(&self, v: &Value) -> bool {
+        use Kind as K;
+        match (&*self.0, v) {
+            (K::List(t), Value::List(l)) => l.iter().all(|x| t.accepts(x)),
+            (K::Map(t), Value::Map(m)) => m.values().all(|x| t.accepts(x)),
+            (K::Optional(_), Value::Null) => true,
+            (K::Optional(t) | K::Unique(t), v) => t.accepts(v),
+            (K::OneOf(ts), v) => ts.iter().any(|t| t.accepts(v)),
+            (K::Submodule(s), Value::Map(m)) => m
+                .iter()
+                .all(|(k, x)| s.fields.get(k).is_some_and(|d| d.ty.accepts(x))),
+            (K::List(_) | K::Map(_) | K::Submodule(_), _) => false,
+            _ => self.coerce(v.clone()).is_ok(),
+        }
+    }
+
+    /// The same type, declared twice: scalar types by what they accept,
+    /// others (custom types) only if they are the same object.
+    fn same(&self, other: &Type) -> bool {
+        use Kind as K;
+        match (&*self.0, &*other.0) {
+            _ if Arc::ptr_eq(&self.0, &other.0) => true,
+            (K::Bool, K::Bool)
+            | (K::Path, K::Path)
+            | (K::Package, K::Package)
+            | (K::Output, K::Output)
+            | (K::Anything, K::Anything) => true,
+            (K::Int { min, max, .. }, K::Int { min: a, max: b, .. }) => (min, max) == (a, b),
+            (
+                K::Str {
+                    single_line,
+                    non_empty,
+                    pattern,
+                },
+                K::Str {
+                    single_line: a,
+                    non_empty: b,
+                    pattern: c,
+                },
+            ) => {
+                (single_line, non_empty) == (a, b)
+                    && pattern.as_ref().map(regex::Regex::as_str)
+                        == c.as_ref().map(regex::Regex::as_str)
+            }
+            (K::Separated(a), K::Separated(b)) => a == b,
+            (K::Unique(a), K::Unique(b)) => a.same(b),
+            (K::OneOf(a), K::OneOf(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y))
+            }
+            _ => false,
+        }
+    }
+
+    /// Fields declared twice in a submodule inside it that do not merge:
+    /// (path below this type, why, first and second place).
+    pub(crate) fn clashes(&self) -> Vec<(String, String, Loc, Loc)> {
+        use Kind as K;
+        match &*self.0 {
+            K::Submodule(s) => {
+                let mut out = s.clashes.clone();
+                for (name, d) in &s.fields {
+                    out.extend(
+                        d.ty.clashes()
+                            .into_iter()
+                            .map(|(p, w, a, b)| (format!("{name}.{p}"), w, a, b)),
+                    );
+                }
+                out
+            }
+            K::List(t) | K::Map(t) | K::Optional(t) | K::Unique(t) => t.clashes(),
+            K::OneOf(ts) => ts.iter().flat_map(Type::clashes).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether its value is merged key by key (a map or a submodule).
+    pub(crate) fn is_keyed(&self) -> bool {
+        matches!(&*self.0, Kind::Map(_) | Kind::Submodule(_))
+    }
+
     /// The submodule's fields, if it is one.
     pub(crate) fn submodule(&self) -> Option<&Submodule> {
         match &*self.0 {
@@ -301,12 +394,13 @@ impl Type {
                     };
                     fields.insert(name.clone(), merged);
                 }
-                Type::new(K::Submodule(Submodule { fields }))
+                let clashes = a.clashes.iter().chain(&b.clashes).cloned().collect();
+                Type::new(K::Submodule(Submodule { fields, clashes }))
             }
             (K::List(a), K::List(b)) => list(a.merge_decl(b)?),
             (K::Map(a), K::Map(b)) => map(a.merge_decl(b)?),
             (K::Optional(a), K::Optional(b)) => optional(a.merge_decl(b)?),
-            _ if Arc::ptr_eq(&self.0, &other.0) => self.clone(),
+            _ if self.same(other) => self.clone(),
             _ => {
                 return Err(format!(
                     "{self} and {other}; only submodules, enums and containers of them merge"
@@ -394,25 +488,15 @@ impl Type {
         defs: Vec<Forced>,
     ) -> Result<Value, Error> {
         use Kind as K;
-        let (priority, defs) = winners(defs);
+        let (priority, mut defs) = winners(defs);
+        // The values given for this level are needed now; those for
+        // something inside wait until they win there.
+        for d in defs.iter_mut().filter(|d| d.sub.is_empty()) {
+            d.force(cx)?;
+        }
         match &*self.0 {
-            K::Submodule(s) => merge_submodule(cx, s, option, defs),
-            K::Map(elem) => {
-                let mut by_key: BTreeMap<String, Vec<Forced>> = BTreeMap::new();
-                for d in defs {
-                    for (key, d) in split(d, self)? {
-                        by_key.entry(key).or_default().push(d);
-                    }
-                }
-                by_key
-                    .into_iter()
-                    .map(|(k, defs)| {
-                        let v = elem.merge(cx, &format!("{option}.{k}"), defs)?;
-                        Ok((k, v))
-                    })
-                    .collect::<Result<_, _>>()
-                    .map(Value::Map)
-            }
+            // Priorities apply again key by key, inside.
+            K::Submodule(_) | K::Map(_) => merge_keyed(cx, option, self, defs),
             K::List(elem) => {
                 let mut defs = leaves(defs, option, self)?;
                 defs.sort_by_key(|d| (d.order, d.seq));
@@ -471,13 +555,13 @@ impl Type {
                 let defs = leaves(defs, option, self)?;
                 match types
                     .iter()
-                    .find(|t| defs.iter().all(|d| t.coerce(d.value.clone()).is_ok()))
+                    .find(|t| defs.iter().all(|d| t.accepts(&d.value)))
                 {
                     Some(t) => t.merge(cx, option, defs),
                     None => {
                         let d = defs
                             .iter()
-                            .find(|d| types.iter().all(|t| t.coerce(d.value.clone()).is_err()))
+                            .find(|d| types.iter().all(|t| !t.accepts(&d.value)))
                             .unwrap_or(&defs[0]);
                         Err(type_error(option, self, d, "it fits none of them".into()))
                     }
@@ -569,12 +653,14 @@ impl Type {
     }
 }
 
-/// A definition with its value computed.
+/// A definition on its way through the merge: its value is computed
+/// (`lazy` taken) only once it wins at the level it is for.
 #[derive(Clone)]
 pub(crate) struct Forced {
     /// The path below the option being merged.
     pub(crate) sub: Vec<String>,
     pub(crate) value: Value,
+    pub(crate) lazy: Option<super::Lazy>,
     pub(crate) priority: u32,
     pub(crate) order: u32,
     pub(crate) loc: Loc,
@@ -584,12 +670,20 @@ pub(crate) struct Forced {
 }
 
 impl Forced {
+    /// Computes the value, once.
+    pub(crate) fn force(&mut self, cx: &Config) -> Result<(), Error> {
+        if let Some(f) = self.lazy.take() {
+            self.value = f(cx)?;
+        }
+        Ok(())
+    }
+
     fn shown(&self) -> Shown {
         Shown {
             module: self.module.clone(),
             loc: self.loc.clone(),
             priority: self.priority,
-            value: Some(self.value.clone()),
+            value: self.lazy.is_none().then(|| self.value.clone()),
         }
     }
 
@@ -598,6 +692,7 @@ impl Forced {
         Forced {
             sub: Vec::new(),
             value: Value::Null,
+            lazy: None,
             priority: self.priority,
             order: self.order,
             loc: self.loc.clone(),
@@ -702,45 +797,112 @@ fn split(d: Forced, ty: &Type) -> Result<Vec<(String, Forced)>, Error> {
     }
 }
 
-fn merge_submodule(
+/// The definitions of a map or submodule at this level, by key: the
+/// winners' values computed where they are given for the whole, split by
+/// key, and those given for something inside moved down a level.
+pub(crate) fn split_level(
     cx: &Config,
-    s: &Submodule,
     option: &str,
+    ty: &Type,
     defs: Vec<Forced>,
-) -> Result<Value, Error> {
-    let mut by_field: BTreeMap<String, Vec<Forced>> = BTreeMap::new();
+) -> Result<BTreeMap<String, Vec<Forced>>, Error> {
+    let (_, mut defs) = winners(defs);
+    for d in defs.iter_mut().filter(|d| d.sub.is_empty()) {
+        d.force(cx)?;
+    }
+    let mut by_key: BTreeMap<String, Vec<Forced>> = BTreeMap::new();
     for d in defs {
-        for (field, d) in split(d, &submodule(|_| {})).map_err(|e| with_option(e, option))? {
-            if !s.fields.contains_key(&field) {
-                return Err(Error::Unknown {
-                    path: format!("{option}.{field}"),
-                    module: d.module,
-                    loc: d.loc,
-                    suggestions: crate::error::nearest(&field, s.fields.keys().map(|k| &**k))
+        for (key, d) in split(d, ty).map_err(|e| with_option(e, option))? {
+            by_key.entry(key).or_default().push(d);
+        }
+    }
+    Ok(by_key)
+}
+
+/// A map or submodule merged whole, key by key.
+fn merge_keyed(cx: &Config, option: &str, ty: &Type, defs: Vec<Forced>) -> Result<Value, Error> {
+    let mut by_key = split_level(cx, option, ty, defs)?;
+    unknown_fields(option, ty, &by_key)?;
+    let mut out = BTreeMap::new();
+    for key in keys_of(ty, &by_key) {
+        let defs = by_key.remove(&key).unwrap_or_default();
+        let v = merge_key(cx, option, ty, &key, defs)?;
+        out.insert(key, v);
+    }
+    Ok(Value::Map(out))
+}
+
+/// The keys a submodule's definitions give that it does not declare.
+pub(crate) fn unknown_fields(
+    option: &str,
+    ty: &Type,
+    by_key: &BTreeMap<String, Vec<Forced>>,
+) -> Result<(), Error> {
+    let Kind::Submodule(s) = &*ty.0 else {
+        return Ok(());
+    };
+    for (field, defs) in by_key {
+        if !s.fields.contains_key(field) {
+            let d = &defs[0];
+            return Err(Error::Unknown {
+                path: format!("{option}.{field}"),
+                module: d.module.clone(),
+                loc: d.loc.clone(),
+                suggestions: crate::error::nearest(field, s.fields.keys().map(|k| &**k))
+                    .into_iter()
+                    .map(|f| format!("{option}.{f}"))
+                    .collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The keys a map or submodule value has: a map's defined keys, a
+/// submodule's declared fields.
+pub(crate) fn keys_of(ty: &Type, by_key: &BTreeMap<String, Vec<Forced>>) -> Vec<String> {
+    match &*ty.0 {
+        Kind::Submodule(s) => s.fields.keys().cloned().collect(),
+        _ => by_key.keys().cloned().collect(),
+    }
+}
+
+/// The value at `key` of a map or submodule option, from the
+/// definitions [`split_level`] gave that key.
+pub(crate) fn merge_key(
+    cx: &Config,
+    option: &str,
+    ty: &Type,
+    key: &str,
+    mut defs: Vec<Forced>,
+) -> Result<Value, Error> {
+    let path = format!("{option}.{key}");
+    match &*ty.0 {
+        Kind::Map(elem) => elem.merge(cx, &path, defs),
+        Kind::Submodule(s) => {
+            let Some(decl) = s.fields.get(key) else {
+                return Err(Error::NoSuchOption {
+                    suggestions: crate::error::nearest(key, s.fields.keys().map(|k| &**k))
                         .into_iter()
                         .map(|f| format!("{option}.{f}"))
                         .collect(),
+                    path,
+                });
+            };
+            defs.extend(cx.default_of(decl));
+            if defs.is_empty() {
+                return Err(Error::NoValue {
+                    option: path,
+                    declared: decl.locs[0].clone(),
                 });
             }
-            by_field.entry(field).or_default().push(d);
+            decl.ty.merge(cx, &path, defs)
         }
+        _ => Err(Error::NoSuchOption {
+            path,
+            suggestions: Vec::new(),
+        }),
     }
-    let mut out = BTreeMap::new();
-    for (name, decl) in &s.fields {
-        let path = format!("{option}.{name}");
-        let mut defs = by_field.remove(name).unwrap_or_default();
-        if let Some(d) = cx.default_of(decl, &path)? {
-            defs.push(d);
-        }
-        if defs.is_empty() {
-            return Err(Error::NoValue {
-                option: path,
-                declared: decl.locs[0].clone(),
-            });
-        }
-        out.insert(name.clone(), decl.ty.merge(cx, &path, defs)?);
-    }
-    Ok(Value::Map(out))
 }
 
 fn with_option(e: Error, option: &str) -> Error {

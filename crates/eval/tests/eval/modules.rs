@@ -930,3 +930,170 @@ fn lists_of_submodules_fill_each_element_and_outputs_keep_their_package() -> Tes
     );
     Ok(())
 }
+
+/// Regression: a losing definition's code must not run — a default that
+/// needs a package set, fails, or reads an option that reads this one.
+#[test]
+fn a_definition_that_loses_is_never_computed() -> TestResult {
+    let m = Module::new("m", |m| {
+        m.option("pkg", types::str(), |o| {
+            o.default_with("the release's `tool`", |c| {
+                Ok(c.pkgs()?.get("tool")?.name().to_owned())
+            });
+        });
+        m.option("a", types::int(), |o| {
+            o.default_with("twice `b`", |c| Ok(c.get::<i64>("b")? * 2));
+        });
+        m.option("b", types::int(), |_| {});
+        m.option("c", types::int(), |_| {});
+        m.define("pkg", "/mine");
+        m.define("a", 5);
+        m.define("b", lazy(|c| Ok(c.get::<i64>("a")? + 1)));
+        m.define(
+            "c",
+            default(lazy(|_| -> Result<i64, Error> { Err(Error::msg("boom")) })),
+        );
+        m.define("c", 7);
+        m.define(
+            "users.bob.shell",
+            default(lazy(|_| -> Result<String, Error> {
+                Err(Error::msg("shell"))
+            })),
+        );
+        m.define("users.bob.shell", "/bin/zsh");
+        m.define("users.bob.uid", 3);
+    });
+    let cfg = eval(&[users(), m])?;
+    assert_eq!(cfg.get::<String>("pkg")?, "/mine");
+    assert_eq!(cfg.get::<i64>("b")?, 6);
+    assert_eq!(cfg.get::<i64>("c")?, 7);
+    assert_eq!(cfg.get::<String>("users.bob.shell")?, "/bin/zsh");
+    Ok(())
+}
+
+/// Regression: keys of one map option read each other without a false
+/// cycle (each key is merged on its own), while a real cycle between two
+/// keys is still reported.
+#[test]
+fn keys_of_a_map_read_each_other() -> TestResult {
+    let decl = Module::new("decl", |m| {
+        m.option(
+            "hosts",
+            types::map(types::submodule(|s| {
+                s.option("port", types::port(), |_| {});
+            })),
+            |_| {},
+        );
+    });
+    let m = Module::new("m", |m| {
+        m.define("hosts.a.port", 8000);
+        m.define(
+            "hosts.b.port",
+            lazy(|c| Ok(c.get::<u16>("hosts.a.port")? + 1)),
+        );
+    });
+    let cfg = eval(&[decl.clone(), m])?;
+    assert_eq!(cfg.get::<u16>("hosts.b.port")?, 8001);
+    assert_eq!(cfg.get::<BTreeMap<String, Value>>("hosts")?.len(), 2);
+    let cyclic = Module::new("cyclic", |m| {
+        m.define("hosts.a.port", lazy(|c| c.get::<u16>("hosts.b.port")));
+        m.define("hosts.b.port", lazy(|c| c.get::<u16>("hosts.a.port")));
+    });
+    let errs = errors(&[decl, cyclic]);
+    assert!(
+        matches!(&errs[..], [Error::Cycle { chain }] if chain.contains(&"hosts.a".to_owned()) && chain.contains(&"hosts.b".to_owned())),
+        "{errs:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_definition_that_panics_leaves_no_false_cycle() {
+    let m = Module::new("m", |m| {
+        m.option("x", types::int(), |_| {});
+        m.option("y", types::int(), |_| {});
+        m.define("x", lazy(|_| -> Result<i64, Error> { panic!("kaboom") }));
+        m.define("y", 1);
+    });
+    let cfg = Config::collect(&[m], None).expect("collects");
+    for _ in 0..2 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.get::<i64>("x")));
+        assert!(r.is_err(), "the definition panics each time, not a cycle");
+    }
+    assert_eq!(cfg.get::<i64>("y").ok(), Some(1));
+}
+
+#[test]
+fn either_accepts_containers_and_identical_types_declared_twice_merge() -> TestResult {
+    let a = Module::new("a", |m| {
+        m.option(
+            "x",
+            types::either([types::str(), types::list(types::str())]),
+            |_| {},
+        );
+        m.option(
+            "y",
+            types::either([types::int(), types::map(types::int())]),
+            |_| {},
+        );
+        m.option("name", types::str(), |_| {});
+        m.define("x", vec!["a", "b"]);
+        m.define("y", BTreeMap::from([("k", 1)]));
+        m.define("name", "n");
+    });
+    let b = Module::new("b", |m| {
+        m.option("name", types::str(), |o| {
+            o.description("Declared again, the same type.");
+        });
+        m.define("x", vec!["c"]);
+    });
+    let cfg = eval(&[a, b])?;
+    assert_eq!(cfg.get::<Vec<String>>("x")?, ["a", "b", "c"]);
+    assert_eq!(cfg.get::<i64>("y.k")?, 1);
+    assert_eq!(cfg.get::<String>("name")?, "n");
+    Ok(())
+}
+
+#[test]
+fn a_rename_loop_a_field_declared_twice_and_several_bad_keys_are_errors() {
+    let loops = Module::new("loops", |m| {
+        m.option("x.z", types::int(), |_| {});
+        m.renamed("x.y", "x.y.w");
+        m.renamed("a", "b");
+        m.renamed("b", "a");
+        m.define("x.y", 1);
+        m.define("a", 1);
+    });
+    let errs = errors(&[loops]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs.iter()
+            .all(|e| e.to_string().contains("renamed in a loop")),
+        "{errs:?}"
+    );
+
+    let clash = Module::new("clash", |m| {
+        m.option(
+            "hosts",
+            types::map(types::submodule(|s| {
+                s.option("port", types::port(), |_| {});
+                s.option("port", types::str(), |_| {});
+            })),
+            |_| {},
+        );
+    });
+    let errs = errors(&[clash]);
+    assert!(
+        matches!(&errs[..], [Error::Declaration { option, .. }] if option == "hosts.port"),
+        "{errs:?}"
+    );
+
+    let keys = Module::new("keys", |m| {
+        m.define(
+            "services.web",
+            BTreeMap::from([("prot", Value::Int(1)), ("enabel", Value::Bool(true))]),
+        );
+    });
+    let errs = errors(&[web(), keys]);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}
