@@ -395,7 +395,7 @@ impl Config {
             for key in rest {
                 let missing = |keys: Vec<String>| Error::NoSuchOption {
                     path: format!("{at}.{key}"),
-                    suggestions: crate::error::nearest(&key, keys.iter().map(|k| &**k))
+                    suggestions: crate::error::nearest(key, keys.iter().map(|k| &**k))
                         .into_iter()
                         .map(|k| format!("{at}.{k}"))
                         .collect(),
