@@ -15,6 +15,8 @@ command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc)
 [ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v patch >/dev/null || need+=(patch)
+# s6: the toplevel's s6 service directories are run with its tools.
+command -v s6-applyuidgid >/dev/null || need+=(s6)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=
   [ "$(id -u)" = 0 ] || sudo=sudo

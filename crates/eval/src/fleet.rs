@@ -210,7 +210,8 @@ impl Fleet {
     }
 
     /// Every machine, on every core: by name, its evaluation or all of
-    /// its errors. Two machines with one name are both reported.
+    /// its errors. Machines that share a name are reported, under that
+    /// name, as an error.
     pub fn eval(&self) -> BTreeMap<String, Result<Evaluated, Errors>> {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for m in &self.machines {
@@ -270,9 +271,28 @@ impl Fleet {
                 .flat_map(|w| w.join().unwrap_or_default())
                 .collect()
         });
-        results
-            .into_iter()
-            .map(|(i, r)| (self.machines[i].name.clone(), r))
+        let mut by_index: Vec<Option<Result<Evaluated, Errors>>> =
+            self.machines.iter().map(|_| None).collect();
+        for (i, r) in results {
+            by_index[i] = Some(r);
+        }
+        self.machines
+            .iter()
+            .zip(by_index)
+            .map(|(m, r)| {
+                // A worker that died outside any machine's evaluation
+                // (which catches panics) lost its machines: say so.
+                let r = r.unwrap_or_else(|| {
+                    Err(Errors {
+                        errors: vec![module::Error::msg(format!(
+                            "Machine `{}` was not evaluated: its worker thread died",
+                            m.name
+                        ))],
+                        warnings: Vec::new(),
+                    })
+                });
+                (m.name.clone(), r)
+            })
             .collect()
     }
 }

@@ -377,6 +377,18 @@ impl Config {
         self.get(key.path())
     }
 
+    /// The keys of the map or submodule option `path` (a map's defined
+    /// keys, a submodule's fields), without merging their values.
+    pub fn keys(&self, path: &str) -> Result<Vec<String>, Error> {
+        let Some(decl) = self.decls.get(path).filter(|d| d.ty.is_keyed()) else {
+            return Err(Error::NoSuchOption {
+                path: format!("{path} (as a map or submodule option)"),
+                suggestions: self.suggest(path),
+            });
+        };
+        Ok(types::keys_of(&decl.ty, &*self.split(path)?))
+    }
+
     /// The value at `path`, untyped.
     pub fn value(&self, path: &str) -> Result<Value, Error> {
         let segments = super::parse_path(path);

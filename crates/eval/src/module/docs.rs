@@ -12,9 +12,10 @@ use super::{DefValue, OptionDecl};
 struct Entry<'a> {
     path: String,
     decl: &'a OptionDecl,
-    /// The modules declaring it: a field's are those of the option its
-    /// submodule belongs to.
+    /// The modules declaring it (an option's; a field, declared inside a
+    /// type, has only its places).
     modules: &'a [Arc<str>],
+    field: bool,
 }
 
 fn entries<'a>(
@@ -27,11 +28,12 @@ fn entries<'a>(
         path: path.clone(),
         decl,
         modules,
+        field: modules.is_empty(),
     });
     let (inner, step) = inner(&decl.ty, &path);
     if let Some(s) = inner.and_then(Type::submodule) {
         for (name, d) in &s.fields {
-            entries(format!("{step}.{name}"), d, modules, out);
+            entries(format!("{step}.{name}"), d, &[], out);
         }
     }
 }
@@ -84,13 +86,16 @@ impl Config {
             if let Some(x) = &d.example {
                 let _ = writeln!(o, "- Example: `{x}`");
             }
-            let declared: Vec<String> = e
-                .modules
-                .iter()
-                .zip(&d.locs)
-                .map(|(m, l)| format!("`{m}` ({l})"))
-                .collect();
-            if !declared.is_empty() {
+            if e.field {
+                let at: Vec<String> = d.locs.iter().map(|l| l.to_string()).collect();
+                let _ = writeln!(o, "- Declared at: {}", at.join(", "));
+            } else {
+                let declared: Vec<String> = e
+                    .modules
+                    .iter()
+                    .zip(&d.locs)
+                    .map(|(m, l)| format!("`{m}` ({l})"))
+                    .collect();
                 let _ = writeln!(o, "- Declared by: {}", declared.join(", "));
             }
         }
@@ -103,12 +108,18 @@ impl Config {
         let mut out = serde_json::Map::new();
         for e in self.doc_entries() {
             let d = e.decl;
-            let declarations: Vec<serde_json::Value> = e
-                .modules
-                .iter()
-                .zip(&d.locs)
-                .map(|(m, l)| serde_json::json!({ "module": &**m, "location": l.to_string() }))
-                .collect();
+            let declarations: Vec<serde_json::Value> = if e.field {
+                d.locs
+                    .iter()
+                    .map(|l| serde_json::json!({ "location": l.to_string() }))
+                    .collect()
+            } else {
+                e.modules
+                    .iter()
+                    .zip(&d.locs)
+                    .map(|(m, l)| serde_json::json!({ "module": &**m, "location": l.to_string() }))
+                    .collect()
+            };
             out.insert(
                 e.path,
                 serde_json::json!({

@@ -455,10 +455,12 @@ impl Type {
                 }
             }
             (K::Path, Value::Str(s)) => {
-                if s.as_str().starts_with('/') {
-                    Ok(Value::Str(s))
-                } else {
+                if !s.as_str().starts_with('/') {
                     fail(Value::Str(s), "it is not an absolute path".into())
+                } else if s.as_str().chars().any(char::is_control) {
+                    fail(Value::Str(s), "it holds a control character".into())
+                } else {
+                    Ok(Value::Str(s))
                 }
             }
             (K::Path, Value::Package(d)) => Ok(Value::Str(Str::from(d))),

@@ -317,25 +317,33 @@ fn service_type() -> types::Type {
 
 /// The enabled services of a configuration, typed.
 pub fn services(cfg: &Config) -> Result<BTreeMap<String, Service>, Error> {
-    let all: BTreeMap<String, Value> = cfg.get("system.services")?;
     let mut out = BTreeMap::new();
-    for (name, v) in all {
-        let Value::Map(mut fields) = v else {
-            continue;
-        };
-        if fields.remove("enable") == Some(Value::Bool(false)) {
-            continue;
+    for name in cfg.keys("system.services")? {
+        if let Some(s) = service(cfg, &name)? {
+            out.insert(name, s);
         }
-        fields.insert("name".into(), Value::from(name.as_str()));
-        let s: Service =
-            serde_json::from_value(Value::Map(fields).to_json()).map_err(|e| Error::Convert {
-                option: format!("system.services.{name}"),
-                rust_type: "Service",
-                reason: e.to_string(),
-            })?;
-        out.insert(name, s);
     }
     Ok(out)
+}
+
+/// The service `name`, typed; `None` when disabled. Merged on its own: a
+/// broken service does not keep the others from being read.
+fn service(cfg: &Config, name: &str) -> Result<Option<Service>, Error> {
+    let path = format!("system.services.\"{name}\"");
+    let Value::Map(mut fields) = cfg.value(&path)? else {
+        return Ok(None);
+    };
+    if fields.remove("enable") == Some(Value::Bool(false)) {
+        return Ok(None);
+    }
+    fields.insert("name".into(), Value::from(name));
+    serde_json::from_value(Value::Map(fields).to_json())
+        .map(Some)
+        .map_err(|e| Error::Convert {
+            option: format!("system.services.{name}"),
+            rust_type: "Service",
+            reason: e.to_string(),
+        })
 }
 
 /// What the toplevel relies on and types alone cannot say.
@@ -357,12 +365,46 @@ fn check(c: &Config) -> Result<Vec<String>, Error> {
 }
 
 fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
-    let services = services(c)?;
+    // The services that evaluate: a broken one is reported by its option.
+    let services: BTreeMap<String, Service> = c
+        .keys("system.services")?
+        .into_iter()
+        .filter_map(|n| service(c, &n).ok().flatten().map(|s| (n, s)))
+        .collect();
     let users: BTreeMap<String, Value> = c.get("users.users")?;
     let groups: BTreeMap<String, Value> = c.get("users.groups")?;
     let user_ok = |u: &str| u == "root" || users.contains_key(u);
     let group_ok = |g: &str| g == "root" || g == "nogroup" || groups.contains_key(g);
     for s in services.values() {
+        if !name_ok(&s.name) {
+            problems.push(format!(
+                "service name `{}` must be letters, digits, `_`, `.`, `@` and `-`, not starting with a punctuation mark",
+                s.name.escape_debug()
+            ));
+        }
+        for who in [&s.user, &s.group] {
+            if !name_ok(who) {
+                problems.push(format!(
+                    "service `{}`: `{}` is not a user or group name",
+                    s.name,
+                    who.escape_debug()
+                ));
+            }
+        }
+        for k in s.environment.keys() {
+            let ok = k
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                problems.push(format!(
+                    "service `{}`: `{}` is not an environment variable name",
+                    s.name,
+                    k.escape_debug()
+                ));
+            }
+        }
         if s.argv.is_empty() {
             problems.push(format!("service `{}` has an empty `argv`", s.name));
         }
@@ -429,10 +471,29 @@ fn check_etc(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
 
 fn check_activation(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
     let steps = activation(c)?;
+    for n in steps.keys() {
+        if !name_ok(n) {
+            problems.push(format!(
+                "activation step name `{}` must be letters, digits, `_`, `.`, `@` and `-`, not starting with a punctuation mark",
+                n.escape_debug()
+            ));
+        }
+    }
     if let Err(why) = render::order_steps(&steps) {
         problems.push(why);
     }
     Ok(())
+}
+
+/// A name that is one path component and one word in every rendering:
+/// units, s6 directories, activation scripts.
+fn name_ok(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
 }
 
 fn etc_path_ok(path: &str) -> Result<(), String> {

@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 
 use super::{OnChange, Restart, Service, Step};
 
-/// A systemd unit argument: double-quoted, with what systemd would expand
-/// (`$`, `%`) escaped.
-fn systemd_quote(s: &str) -> String {
+/// A systemd word: double-quoted, C escapes for what would end or break
+/// it, `%` (specifiers, expanded everywhere) doubled, and `$` doubled
+/// where systemd expands variables (command lines, not `Environment=`).
+fn systemd_quote(s: &str, in_command: bool) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {
@@ -15,7 +16,8 @@ fn systemd_quote(s: &str) -> String {
             '"' => o.push_str("\\\""),
             '\\' => o.push_str("\\\\"),
             '\n' => o.push_str("\\n"),
-            '$' => o.push_str("$$"),
+            '\t' => o.push_str("\\t"),
+            '$' if in_command => o.push_str("$$"),
             '%' => o.push_str("%%"),
             c => o.push(c),
         }
@@ -24,9 +26,15 @@ fn systemd_quote(s: &str) -> String {
     o
 }
 
+/// A value written bare after `Key=`: `%` doubled. Callers pass only
+/// single-line values (the system module's checks reject others).
+fn systemd_plain(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
 fn systemd_line(argv: &[String]) -> String {
     argv.iter()
-        .map(|a| systemd_quote(a))
+        .map(|a| systemd_quote(a, true))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -35,7 +43,7 @@ fn systemd_line(argv: &[String]) -> String {
 pub(super) fn systemd_unit(s: &Service) -> String {
     let mut u = String::from("[Unit]\n");
     if !s.description.is_empty() {
-        let _ = writeln!(u, "Description={}", s.description);
+        let _ = writeln!(u, "Description={}", systemd_plain(&s.description));
     }
     let units = |names: &[String]| {
         names
@@ -58,12 +66,21 @@ pub(super) fn systemd_unit(s: &Service) -> String {
         let _ = writeln!(u, "ExecReload={}", systemd_line(r));
     }
     for (k, v) in &s.environment {
-        let _ = writeln!(u, "Environment={}", systemd_quote(&format!("{k}={v}")));
+        let _ = writeln!(
+            u,
+            "Environment={}",
+            systemd_quote(&format!("{k}={v}"), false)
+        );
     }
     if let Some(d) = &s.working_directory {
-        let _ = writeln!(u, "WorkingDirectory={d}");
+        let _ = writeln!(u, "WorkingDirectory={}", systemd_plain(d));
     }
-    let _ = writeln!(u, "User={}\nGroup={}", s.user, s.group);
+    let _ = writeln!(
+        u,
+        "User={}\nGroup={}",
+        systemd_plain(&s.user),
+        systemd_plain(&s.group)
+    );
     let restart = match s.restart {
         Restart::Always => "always",
         Restart::OnFailure => "on-failure",
@@ -89,11 +106,13 @@ fn sh_line(argv: &[String]) -> String {
 /// The service as an s6 service directory: (path inside it, text,
 /// executable).
 ///
-/// `run` starts it with exactly its environment (through `env -i`), in
-/// its directory, as its user (through `s6-setuidgid` when not root).
-/// `finish` applies the restart policy: exit code 125 tells
-/// `s6-supervise` not to restart; otherwise it waits the restart delay
-/// (at most 4 s, within s6's default finish timeout). `dependencies.d`
+/// `run` starts it with exactly its environment (through `env -i`: unlike
+/// systemd, which adds `PATH`, `LANG` and the user's `HOME`), in its
+/// directory, as its user and group (through `s6-envuidgid` and
+/// `s6-applyuidgid`). `finish` applies the restart policy: exit code 125
+/// tells `s6-supervise` not to restart; otherwise it waits the restart
+/// delay (in whole seconds, at most 4, within s6's default finish
+/// timeout). `dependencies.d`
 /// lists its dependencies as s6-rc does; `check` runs its readiness
 /// check when it has one.
 pub(super) fn s6_dir(s: &Service) -> Vec<(String, String, bool)> {
@@ -101,30 +120,42 @@ pub(super) fn s6_dir(s: &Service) -> Vec<(String, String, bool)> {
     if let Some(d) = &s.working_directory {
         let _ = writeln!(run, "cd {} || exit 111", sh_quote(d));
     }
-    run.push_str("exec env -i");
+    run.push_str("exec");
+    if (s.user.as_str(), s.group.as_str()) != ("root", "root") {
+        // The identity is changed before the environment is emptied (the
+        // s6 tools are found on the supervisor's PATH): the user's ids and
+        // supplementary groups, then its group replaced by the service's.
+        let _ = write!(
+            run,
+            " s6-envuidgid {} s6-envuidgid -g {} s6-applyuidgid -Uz",
+            sh_quote(&s.user),
+            sh_quote(&s.group)
+        );
+    }
+    run.push_str(" env -i");
     for (k, v) in &s.environment {
         let _ = write!(run, " {}", sh_quote(&format!("{k}={v}")));
     }
-    if s.user != "root" {
-        let _ = write!(
-            run,
-            " s6-setuidgid {}",
-            sh_quote(&format!("{}:{}", s.user, s.group))
-        );
-    }
     let _ = writeln!(run, " {}", sh_line(&s.argv));
 
-    let delay = (s.restart_delay_ms.min(4000) as f64) / 1000.0;
-    let wait = if delay > 0.0 {
-        format!("sleep {delay}\n")
+    // s6-supervise waits at least a second between starts; the finish
+    // script (which it gives 5 s by default) waits the rest, in whole
+    // seconds, at most 4.
+    let delay = s.restart_delay_ms.div_ceil(1000).min(4);
+    let wait = if delay > 1 {
+        format!("sleep {}\n", delay - 1)
     } else {
         String::new()
     };
     let finish = match s.restart {
         Restart::Always => format!("#!/bin/sh\n{wait}exit 0\n"),
-        Restart::OnFailure => {
-            format!("#!/bin/sh\n# $1: the exit code (256 when killed by a signal)\n[ \"$1\" = 0 ] && exit 125\n{wait}exit 0\n")
-        }
+        Restart::OnFailure => format!(
+            "#!/bin/sh\n# $1: the exit code, or 256 when killed by the signal $2.\n\
+             # As systemd's on-failure: a clean exit or SIGHUP, SIGINT, SIGPIPE or SIGTERM is no failure.\n\
+             [ \"$1\" = 0 ] && exit 125\n\
+             [ \"$1\" = 256 ] && case \"$2\" in 1|2|13|15) exit 125 ;; esac\n\
+             {wait}exit 0\n"
+        ),
         Restart::Never => "#!/bin/sh\nexit 125\n".to_owned(),
     };
     let mut out = vec![

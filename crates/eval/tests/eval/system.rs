@@ -174,7 +174,7 @@ fn services_render_for_systemd_and_s6_and_the_manifest_hashes_each() -> TestResu
     insta::assert_snapshot!(file("s6/web/run"), @r#"
     #!/bin/sh
     exec 2>&1
-    exec env -i s6-setuidgid 'www:www' '/bin/sh' '-c' 'exec sleep 1000'
+    exec s6-envuidgid 'www' s6-envuidgid -g 'www' s6-applyuidgid -Uz env -i '/bin/sh' '-c' 'exec sleep 1000'
     "#);
     assert_eq!(file("s6/hello/finish"), "#!/bin/sh\nexit 125\n");
     assert_eq!(
@@ -294,5 +294,83 @@ fn a_disabled_service_is_left_out() -> TestResult {
     )?;
     let top = system::toplevel(&cfg, &Platform::default())?;
     assert_eq!(top.manifest["services"], serde_json::json!({}));
+    Ok(())
+}
+
+/// Regression: what systemd would expand or read as another directive is
+/// escaped in each place by its own rule, and names that would break a
+/// unit or a directory are refused.
+#[test]
+fn systemd_and_s6_renderings_escape_each_by_its_rules() -> TestResult {
+    let cfg = Config::eval(
+        &[host(|m| {
+            m.define(
+                "system.services.odd.argv",
+                vec!["/bin/echo", "50% of $HOME", "it's \"quoted\"", "two\nlines"],
+            );
+            m.define("system.services.odd.environment.PS1", "$HOME 50%");
+            m.define("system.services.odd.description", "Runs 50% of the time");
+            m.define("system.services.odd.restart_delay_ms", 2500);
+        })],
+        None,
+    )?;
+    let top = system::toplevel(&cfg, &Platform::default())?;
+    let entries: serde_json::Value = serde_json::from_str(&top.drv.derivation().env["entries"])?;
+    let file = |path: &str| -> String {
+        entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["path"] == path)
+            .and_then(|e| e["text"].as_str())
+            .unwrap_or_else(|| panic!("no `{path}` in the toplevel"))
+            .to_owned()
+    };
+    let unit = file("systemd/odd.service");
+    assert!(
+        unit.contains("Description=Runs 50%% of the time\n"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(r#"ExecStart="/bin/echo" "50%% of $$HOME" "it's \"quoted\"" "two\nlines""#),
+        "{unit}"
+    );
+    // `Environment=` expands no variables: `$` stays as it is.
+    assert!(unit.contains(r#"Environment="PS1=$HOME 50%%""#), "{unit}");
+    assert!(unit.contains("RestartSec=2500ms"), "{unit}");
+    let run = file("s6/odd/run");
+    assert!(
+        run.contains(
+            r#"env -i 'PS1=$HOME 50%' '/bin/echo' '50% of $HOME' 'it'\''s "quoted"' 'two"#
+        ),
+        "{run}"
+    );
+    let finish = file("s6/odd/finish");
+    assert!(finish.contains("sleep 2\nexit 0\n"), "{finish}");
+    assert!(finish.contains("1|2|13|15) exit 125"), "{finish}");
+
+    let bad = host(|m| {
+        m.define("system.services.\"a b\".argv", vec!["/bin/true"]);
+        m.define("system.services.ok.argv", vec!["/bin/true"]);
+        m.define("system.services.envy.argv", vec!["/bin/true"]);
+        m.define("system.services.envy.environment.\"BAD-NAME\"", "x");
+        m.define(
+            "system.services.ok.working_directory",
+            "/srv/x\nExecStartPre=/bin/false",
+        );
+    });
+    let errs = Config::eval(&[bad], None).err().expect("errors").errors;
+    let text = errs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for want in [
+        "service name `a b` must be",
+        "`BAD-NAME` is not an environment variable name",
+        "holds a control character",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
     Ok(())
 }
