@@ -394,9 +394,11 @@ impl Config {
         let segments = super::parse_path(path);
         if let Some((option, sub)) = self.option_of_segments(&segments) {
             let keyed = self.decls[&option].ty.is_keyed();
+            let merged = matches!(self.memo.borrow().get(&option), Some(Slot::Done(Ok(_))));
             let (whole, rest, mut at) = match sub.split_first() {
-                // One key of a map or submodule is merged on its own.
-                Some((key, rest)) if keyed => (
+                // One key of a map or submodule is merged on its own,
+                // unless the whole option is already.
+                Some((key, rest)) if keyed && !merged => (
                     self.key_value(&option, key)?,
                     rest,
                     format!("{option}.{key}"),
@@ -530,10 +532,19 @@ impl Config {
         if decl.ty.is_keyed() {
             let split = self.split(path)?;
             types::unknown_fields(path, &decl.ty, &split)?;
+            let keys = types::keys_of(&decl.ty, &split);
+            let mut values = Vec::with_capacity(keys.len());
+            for key in &keys {
+                values.push(self.key_value(path, key)?);
+            }
+            // The whole value takes over from the keys' own entries (a key
+            // read later is taken from it), so each key's value is moved
+            // into it rather than copied.
+            let mut memo = self.memo.borrow_mut();
             let mut out = BTreeMap::new();
-            for key in types::keys_of(&decl.ty, &split) {
-                let v = self.key_value(path, &key)?;
-                out.insert(key, (*v).clone());
+            for (key, v) in keys.into_iter().zip(values) {
+                memo.remove(&format!("{path}\0{key}"));
+                out.insert(key, Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
             }
             return Ok(Value::Map(out));
         }
@@ -552,6 +563,13 @@ impl Config {
     /// The value at `key` of the map or submodule option `option`, merged
     /// on its own.
     fn key_value(&self, option: &str, key: &str) -> Result<Arc<Value>, Error> {
+        if let Some(Slot::Done(Ok(whole))) = self.memo.borrow().get(option) {
+            if let Value::Map(m) = &**whole {
+                if let Some(v) = m.get(key) {
+                    return Ok(Arc::new(v.clone()));
+                }
+            }
+        }
         let shown = format!("{option}.{key}");
         self.memoized(&self.memo, format!("{option}\0{key}"), &shown, || {
             let decl = &self.decls[option];
