@@ -135,9 +135,17 @@ pub enum Error {
         /// What it lacks.
         why: &'static str,
     },
+    /// A recipe's code panicked (when evaluating a whole set, which
+    /// reports it as that package's error).
+    #[error("its recipe panicked: {message}")]
+    RecipePanicked {
+        /// The panic's message.
+        message: String,
+    },
 }
 
-fn did_you_mean(suggestions: &[String]) -> String {
+/// `; did you mean …?` for suggestions, or nothing.
+pub(crate) fn did_you_mean(suggestions: &[String]) -> String {
     match suggestions {
         [] => String::new(),
         [one] => format!("; did you mean `{one}`?"),
@@ -151,9 +159,12 @@ fn did_you_mean(suggestions: &[String]) -> String {
     }
 }
 
-/// The closest of `names` to `wanted` (edit distance at most a third of
-/// its length, at least 2), best first.
-pub(crate) fn closest<'a>(wanted: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+/// `names` within reach of `wanted` (edit distance at most a third of
+/// its length, at least 2), with their distances, best first.
+fn within_reach<'a>(
+    wanted: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<(usize, &'a str)> {
     let limit = (wanted.chars().count() / 3).max(2);
     let mut scored: Vec<(usize, &str)> = names
         .into_iter()
@@ -162,6 +173,11 @@ pub(crate) fn closest<'a>(wanted: &str, names: impl IntoIterator<Item = &'a str>
         .collect();
     scored.sort();
     scored
+}
+
+/// The closest of `names` to `wanted`, best first, at most three.
+pub(crate) fn closest<'a>(wanted: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    within_reach(wanted, names)
         .into_iter()
         .take(3)
         .map(|(_, n)| n.to_owned())
@@ -172,13 +188,7 @@ pub(crate) fn closest<'a>(wanted: &str, names: impl IntoIterator<Item = &'a str>
 /// option paths, which share long prefixes, so that every sibling is
 /// not within reach.
 pub(crate) fn nearest<'a>(wanted: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let limit = (wanted.chars().count() / 3).max(2);
-    let mut scored: Vec<(usize, &str)> = names
-        .into_iter()
-        .map(|n| (edit_distance(wanted, n), n))
-        .filter(|(d, _)| *d <= limit)
-        .collect();
-    scored.sort();
+    let scored = within_reach(wanted, names);
     let best = scored.first().map_or(0, |(d, _)| *d);
     scored
         .into_iter()

@@ -27,7 +27,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::drv::Platform;
 use crate::module::{self, Config, Errors, Module, PLATFORM};
@@ -217,75 +216,29 @@ impl Fleet {
         for m in &self.machines {
             *seen.entry(&m.name).or_default() += 1;
         }
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(self.machines.len().max(1));
-        let next = AtomicUsize::new(0);
-        let results: Vec<(usize, Result<Evaluated, Errors>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(m) = self.machines.get(i) else { break };
-                            let r = if seen[m.name.as_str()] > 1 {
-                                Err(Errors {
-                                    errors: vec![module::Error::msg(format!(
-                                        "The fleet has {} machines named `{}`",
-                                        seen[m.name.as_str()],
-                                        m.name
-                                    ))],
-                                    warnings: Vec::new(),
-                                })
-                            } else {
-                                // A module's code that panics fails its
-                                // machine, not the fleet.
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    self.eval_machine(m)
-                                }))
-                                .unwrap_or_else(|p| {
-                                    let why = p
-                                        .downcast_ref::<&str>()
-                                        .map(|s| (*s).to_owned())
-                                        .or_else(|| p.downcast_ref::<String>().cloned())
-                                        .unwrap_or_else(|| "(no message)".into());
-                                    Err(Errors {
-                                        errors: vec![module::Error::msg(format!(
-                                            "Evaluating machine `{}` panicked: {why}",
-                                            m.name
-                                        ))],
-                                        warnings: Vec::new(),
-                                    })
-                                })
-                            };
-                            mine.push((i, r));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
+        let results = crate::par::on_every_core(&self.machines, |m| {
+            if seen[m.name.as_str()] > 1 {
+                return Err(Errors {
+                    errors: vec![module::Error::msg(format!(
+                        "The fleet has {} machines named `{}`",
+                        seen[m.name.as_str()],
+                        m.name
+                    ))],
+                    warnings: Vec::new(),
+                });
+            }
+            self.eval_machine(m)
         });
-        let mut by_index: Vec<Option<Result<Evaluated, Errors>>> =
-            self.machines.iter().map(|_| None).collect();
-        for (i, r) in results {
-            by_index[i] = Some(r);
-        }
         self.machines
             .iter()
-            .zip(by_index)
+            .zip(results)
             .map(|(m, r)| {
-                // A worker that died outside any machine's evaluation
-                // (which catches panics) lost its machines: say so.
-                let r = r.unwrap_or_else(|| {
+                // A module's code that panics fails its machine, not the
+                // fleet.
+                let r = r.unwrap_or_else(|why| {
                     Err(Errors {
                         errors: vec![module::Error::msg(format!(
-                            "Machine `{}` was not evaluated: its worker thread died",
+                            "Evaluating machine `{}` panicked: {why}",
                             m.name
                         ))],
                         warnings: Vec::new(),

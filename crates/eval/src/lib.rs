@@ -49,6 +49,7 @@ pub mod fetch;
 pub mod fleet;
 pub mod module;
 pub mod package;
+mod par;
 pub mod set;
 pub mod source;
 pub mod system;

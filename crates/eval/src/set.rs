@@ -267,33 +267,19 @@ impl Pkgs {
     /// included, by name).
     pub fn all(&self) -> BTreeMap<String, Result<Drv, Error>> {
         let names: Vec<&str> = self.0.set.names().into_iter().collect();
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(names.len().max(1));
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<(usize, Result<Drv, Error>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(name) = names.get(i) else { break };
-                            mine.push((i, self.get(name)));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
-        results
+        let results = crate::par::on_every_core(&names, |name| self.get(name));
+        names
             .into_iter()
-            .map(|(i, r)| (names[i].to_owned(), r))
+            .zip(results)
+            .map(|(name, r)| {
+                let r = r.unwrap_or_else(|why| {
+                    Err(Error::InPackage {
+                        name: name.to_owned(),
+                        source: std::sync::Arc::new(Error::RecipePanicked { message: why }),
+                    })
+                });
+                (name.to_owned(), r)
+            })
             .collect()
     }
 

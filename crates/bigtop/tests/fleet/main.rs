@@ -1,6 +1,9 @@
 //! System toplevels built for real: the tree the builtins make, the
 //! rendered services run as processes, and the fleet example.
 
+#[path = "../support/example.rs"]
+mod example;
+
 use std::error::Error;
 use std::path::Path;
 
@@ -143,27 +146,9 @@ fn a_built_toplevel_holds_etc_units_s6_dirs_and_runs_its_services() -> Result {
 /// test binaries.
 #[test]
 fn the_fleet_example_builds_every_machine_and_then_nothing() -> Result {
-    let exe = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no target dir")?
-        .join("examples/fleet");
-    if !exe.is_file() {
-        return Err(format!(
-            "`{}` is missing: run the whole test suite (`cargo test -p bigtop` builds the examples)",
-            exe.display()
-        )
-        .into());
-    }
+    let exe = example::example("fleet")?;
     let tmp = tempfile::tempdir()?;
-    let run = || -> Result<String> {
-        let out = std::process::Command::new(&exe).arg(tmp.path()).output()?;
-        let stdout = String::from_utf8(out.stdout)?;
-        if !out.status.success() {
-            return Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        Ok(stdout)
-    };
+    let run = || example::run(&exe, tmp.path());
     let first = run()?;
     for want in [
         "evaluated 5 machines",

@@ -2,6 +2,9 @@
 //! `realise`, on the C sources of `examples/packages/`, into a temp store
 //! whose logical dir is its physical one (so built programs run here).
 
+#[path = "../support/example.rs"]
+mod example;
+
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
@@ -255,27 +258,9 @@ fn a_program_built_into_a_chroot_store_runs_in_a_sandbox_of_its_closure() -> Res
 /// test binaries.
 #[test]
 fn the_packages_example_builds_runs_and_then_builds_nothing() -> Result {
-    let exe = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no target dir")?
-        .join("examples/packages");
-    if !exe.is_file() {
-        return Err(format!(
-            "`{}` is missing: run the whole test suite (`cargo test -p bigtop` builds the examples)",
-            exe.display()
-        )
-        .into());
-    }
+    let exe = example::example("packages")?;
     let tmp = tempfile::tempdir()?;
-    let run = || -> Result<String> {
-        let out = std::process::Command::new(&exe).arg(tmp.path()).output()?;
-        let stdout = String::from_utf8(out.stdout)?;
-        if !out.status.success() {
-            return Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        Ok(stdout)
-    };
+    let run = || example::run(&exe, tmp.path());
     let first = run()?;
     assert!(first.contains("built 6 derivations"), "{first}");
     assert!(

@@ -82,26 +82,12 @@ fn list(defs: &[Shown]) -> String {
     defs.iter().map(|d| format!("\n  - {d}")).collect()
 }
 
-fn suggest(s: &[String]) -> String {
-    match s {
-        [] => String::new(),
-        [one] => format!("; did you mean `{one}`?"),
-        many => format!(
-            "; did you mean one of {}?",
-            many.iter()
-                .map(|m| format!("`{m}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 /// Why a configuration cannot be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A definition names an option nobody declared.
-    #[error("The option `{path}` defined in module `{module}` ({loc}) does not exist{}", suggest(.suggestions))]
+    #[error("The option `{path}` defined in module `{module}` ({loc}) does not exist{}", crate::error::did_you_mean(.suggestions))]
     Unknown {
         /// The path defined.
         path: String,
@@ -113,7 +99,7 @@ pub enum Error {
         suggestions: Vec<String>,
     },
     /// An option read by path that nobody declared.
-    #[error("The option `{path}` is read but does not exist{}", suggest(.suggestions))]
+    #[error("The option `{path}` is read but does not exist{}", crate::error::did_you_mean(.suggestions))]
     NoSuchOption {
         /// The path read.
         path: String,

@@ -536,11 +536,7 @@ impl Type {
                 } else if nulls == 0 {
                     elem.merge(cx, option, defs)
                 } else {
-                    Err(Error::Conflict {
-                        option: option.to_owned(),
-                        priority,
-                        defs: defs.iter().map(Forced::shown).collect(),
-                    })
+                    Err(conflict(option, priority, &defs))
                 }
             }
             K::Unique(elem) => {
@@ -611,16 +607,7 @@ impl Type {
                     }
                     return Ok(Value::List(out));
                 }
-                let first = &defs[0].value;
-                if defs.iter().all(|d| &d.value == first) {
-                    Ok(first.clone())
-                } else {
-                    Err(Error::Conflict {
-                        option: option.to_owned(),
-                        priority,
-                        defs: defs.iter().map(Forced::shown).collect(),
-                    })
-                }
+                agreed(option, priority, defs)
             }
             K::Custom(c) => {
                 let defs = checked(self, option, leaves(defs, option, self)?)?;
@@ -640,18 +627,27 @@ impl Type {
             | K::Package
             | K::Output => {
                 let defs = checked(self, option, leaves(defs, option, self)?)?;
-                let first = &defs[0].value;
-                if defs.iter().all(|d| &d.value == first) {
-                    Ok(first.clone())
-                } else {
-                    Err(Error::Conflict {
-                        option: option.to_owned(),
-                        priority,
-                        defs: defs.iter().map(Forced::shown).collect(),
-                    })
-                }
+                agreed(option, priority, defs)
             }
         }
+    }
+}
+
+/// The one value every definition at the winning priority gives.
+fn agreed(option: &str, priority: u32, defs: Vec<Forced>) -> Result<Value, Error> {
+    let first = &defs[0].value;
+    if defs.iter().all(|d| &d.value == first) {
+        Ok(first.clone())
+    } else {
+        Err(conflict(option, priority, &defs))
+    }
+}
+
+fn conflict(option: &str, priority: u32, defs: &[Forced]) -> Error {
+    Error::Conflict {
+        option: option.to_owned(),
+        priority,
+        defs: defs.iter().map(Forced::shown).collect(),
     }
 }
 

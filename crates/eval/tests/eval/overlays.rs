@@ -199,3 +199,27 @@ fn all_evaluates_on_every_core_and_a_cycle_across_threads_is_an_error_not_a_hang
     assert_eq!(all.len(), base().names().len() + 2);
     Ok(())
 }
+
+/// Regression: a recipe that panics while the whole set is evaluated on
+/// every core is that package's error; it used to vanish from the result
+/// with the worker thread that ran it.
+#[test]
+fn a_panicking_recipe_is_its_packages_error_in_a_whole_set() {
+    let set = bigtop_eval::set::PackageSet::new(bigtop_eval::drv::Platform::default())
+        .add("fine", |a| {
+            bigtop_eval::trivial::write_text(a.platform(), "fine", "ok")
+        })
+        .add(
+            "broken",
+            |_| -> Result<bigtop_eval::drv::Drv, bigtop_eval::Error> { panic!("no such file") },
+        );
+    let all = set.eval().all();
+    assert_eq!(all.len(), 2);
+    assert!(all["fine"].is_ok());
+    let e = all["broken"].as_ref().expect_err("it panicked");
+    let Error::InPackage { name, source } = e else {
+        panic!("expected the package's error, got {e}");
+    };
+    assert_eq!(name, "broken");
+    assert_eq!(source.to_string(), "its recipe panicked: no such file");
+}

@@ -79,6 +79,20 @@ fn app(name: &'static str, port: u16) -> Module {
     })
 }
 
+/// The text of the file `path` of a toplevel, from its derivation.
+fn tree_file(top: &system::Toplevel, path: &str) -> String {
+    let entries: serde_json::Value =
+        serde_json::from_str(&top.drv.derivation().env["entries"]).expect("entries are JSON");
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["path"] == path)
+        .and_then(|e| e["text"].as_str())
+        .unwrap_or_else(|| panic!("no `{path}` in the toplevel"))
+        .to_owned()
+}
+
 fn host(extra: impl FnOnce(&mut bigtop_eval::module::ModuleBuilder) + 'static) -> Module {
     Module::new("host", move |m| {
         m.import(&system::module());
@@ -142,17 +156,7 @@ fn services_render_for_systemd_and_s6_and_the_manifest_hashes_each() -> TestResu
     let inputs = top.drv.closure();
     assert!(inputs.iter().any(|d| d.name() == "hello"), "{inputs:?}");
 
-    let entries: serde_json::Value = serde_json::from_str(&top.drv.derivation().env["entries"])?;
-    let file = |path: &str| -> String {
-        entries
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["path"] == path)
-            .and_then(|e| e["text"].as_str())
-            .unwrap_or_else(|| panic!("no `{path}` in the toplevel"))
-            .to_owned()
-    };
+    let file = |path: &str| tree_file(&top, path);
     insta::assert_snapshot!(file("systemd/shop.service"), @r#"
     [Unit]
     Requires=web.service
@@ -315,17 +319,7 @@ fn systemd_and_s6_renderings_escape_each_by_its_rules() -> TestResult {
         None,
     )?;
     let top = system::toplevel(&cfg, &Platform::default())?;
-    let entries: serde_json::Value = serde_json::from_str(&top.drv.derivation().env["entries"])?;
-    let file = |path: &str| -> String {
-        entries
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["path"] == path)
-            .and_then(|e| e["text"].as_str())
-            .unwrap_or_else(|| panic!("no `{path}` in the toplevel"))
-            .to_owned()
-    };
+    let file = |path: &str| tree_file(&top, path);
     let unit = file("systemd/odd.service");
     assert!(
         unit.contains("Description=Runs 50%% of the time\n"),
