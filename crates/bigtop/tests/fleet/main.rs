@@ -3,11 +3,12 @@
 
 #[path = "../support/example.rs"]
 mod example;
+#[path = "../support/store.rs"]
+mod support;
 
 use std::error::Error;
 use std::path::Path;
 
-use bigtop::core::StoreDir;
 use bigtop::eval::drv::Platform;
 use bigtop::eval::module::{Config, Module};
 use bigtop::eval::system;
@@ -17,21 +18,8 @@ use bigtop::store::Store;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
 
-/// A store whose logical dir is its physical one, so that what is built
-/// runs here.
 fn store(tmp: &Path) -> Result<(Store, Platform)> {
-    let dir = StoreDir::new(&tmp.join("store").to_string_lossy())?;
-    let store = Store::builder()
-        .store_dir(dir.clone())
-        .state_dir(tmp.join("var"))
-        .open()?;
-    Ok((
-        store,
-        Platform {
-            store_dir: dir,
-            ..Platform::default()
-        },
-    ))
+    support::direct(tmp)
 }
 
 /// The toplevel is built from builtins alone, holds what the manifest

@@ -4,11 +4,12 @@
 
 #[path = "../support/example.rs"]
 mod example;
+#[path = "../support/store.rs"]
+mod support;
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
-use bigtop::core::StoreDir;
 use bigtop::eval::closure::BuildClosure;
 use bigtop::eval::drv::{Drv, Platform};
 use bigtop::eval::package::{Package, Phase, Stdenv};
@@ -25,18 +26,7 @@ fn examples() -> PathBuf {
 }
 
 fn store(tmp: &Path) -> Result<(Store, Platform)> {
-    let dir = StoreDir::new(&tmp.join("store").to_string_lossy())?;
-    let store = Store::builder()
-        .store_dir(dir.clone())
-        .state_dir(tmp.join("var"))
-        .open()?;
-    Ok((
-        store,
-        Platform {
-            store_dir: dir,
-            ..Platform::default()
-        },
-    ))
+    support::direct(tmp)
 }
 
 fn greet_and_hello(stdenv: &Stdenv) -> Result<(Drv, Drv)> {
