@@ -49,6 +49,11 @@ pub struct Config {
     /// key is merged without the others: sibling keys may read each
     /// other, as in NixOS.
     splits: RefCell<HashMap<String, Slot<Split>>>,
+    /// Single keys of map and submodule options (`option\0key`), merged
+    /// on their own; `None` where every definition of the key is off.
+    keys: RefCell<HashMap<String, Slot<Option<Arc<Value>>>>>,
+    /// Which keys a map or submodule option has.
+    key_lists: RefCell<HashMap<String, Slot<Vec<String>>>>,
     /// The options being merged, innermost last.
     stack: RefCell<Vec<String>>,
 }
@@ -195,6 +200,8 @@ impl Config {
             warnings: Vec::new(),
             memo: RefCell::new(HashMap::new()),
             splits: RefCell::new(HashMap::new()),
+            keys: RefCell::new(HashMap::new()),
+            key_lists: RefCell::new(HashMap::new()),
             stack: RefCell::new(Vec::new()),
         };
         let migrations: Vec<(&Migration, Arc<str>)> = modules
@@ -386,7 +393,33 @@ impl Config {
                 suggestions: self.suggest(path),
             });
         };
-        Ok(types::keys_of(&decl.ty, &*self.split(path)?))
+        // Which keys are there depends on their definitions' conditions,
+        // which may ask for the keys again: a cycle, reported as one.
+        let shown = format!("{path} (its keys)");
+        self.memoized(&self.key_lists, path.to_owned(), &shown, || {
+            let split = self.split(path)?;
+            let mut out = Vec::new();
+            for key in types::keys_of(&decl.ty, &split) {
+                // A map key is there if one of its definitions is on.
+                let on = match split.get(&key) {
+                    Some(defs) if decl.ty.submodule().is_none() => {
+                        let mut any = false;
+                        for d in defs {
+                            if self.holds(&d.conds)? {
+                                any = true;
+                                break;
+                            }
+                        }
+                        any
+                    }
+                    _ => true,
+                };
+                if on {
+                    out.push(key);
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// The value at `path`, untyped.
@@ -399,7 +432,7 @@ impl Config {
                 // One key of a map or submodule is merged on its own,
                 // unless the whole option is already.
                 Some((key, rest)) if keyed && !merged => (
-                    self.key_value(&option, key)?,
+                    self.key_present(&option, key)?,
                     rest,
                     format!("{option}.{key}"),
                 ),
@@ -511,9 +544,17 @@ impl Config {
     /// them), values not computed yet.
     fn active(&self, path: &str) -> Result<Vec<Forced>, Error> {
         let decl = &self.decls[path];
+        // Below a key of a map or submodule, a definition's conditions are
+        // checked when that key is merged (it takes part here, at the
+        // normal priority, as it would in NixOS).
+        let keyed = decl.ty.is_keyed();
         let mut defs = Vec::new();
         for d in self.defs.get(path).into_iter().flatten() {
-            if self.holds(&d.conds)? {
+            if keyed && !d.sub.is_empty() {
+                let mut p = pending(d);
+                p.conds = d.conds.clone();
+                defs.push(p);
+            } else if self.holds(&d.conds)? {
                 defs.push(pending(d));
             }
         }
@@ -540,11 +581,13 @@ impl Config {
             // The whole value takes over from the keys' own entries (a key
             // read later is taken from it), so each key's value is moved
             // into it rather than copied.
-            let mut memo = self.memo.borrow_mut();
+            let mut table = self.keys.borrow_mut();
             let mut out = BTreeMap::new();
             for (key, v) in keys.into_iter().zip(values) {
-                memo.remove(&format!("{path}\0{key}"));
-                out.insert(key, Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
+                table.remove(&format!("{path}\0{key}"));
+                if let Some(v) = v {
+                    out.insert(key, Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
+                }
             }
             return Ok(Value::Map(out));
         }
@@ -561,34 +604,41 @@ impl Config {
     }
 
     /// The value at `key` of the map or submodule option `option`, merged
-    /// on its own.
-    fn key_value(&self, option: &str, key: &str) -> Result<Arc<Value>, Error> {
+    /// on its own; `None` for a map key whose definitions are all off.
+    fn key_value(&self, option: &str, key: &str) -> Result<Option<Arc<Value>>, Error> {
         if let Some(Slot::Done(Ok(whole))) = self.memo.borrow().get(option) {
-            if let Value::Map(m) = &**whole {
-                if let Some(v) = m.get(key) {
-                    return Ok(Arc::new(v.clone()));
-                }
-            }
+            return Ok(match &**whole {
+                Value::Map(m) => m.get(key).map(|v| Arc::new(v.clone())),
+                _ => None,
+            });
         }
         let shown = format!("{option}.{key}");
-        self.memoized(&self.memo, format!("{option}\0{key}"), &shown, || {
+        self.memoized(&self.keys, format!("{option}\0{key}"), &shown, || {
             let decl = &self.decls[option];
             let split = self.split(option)?;
             let defs = split.get(key).cloned().unwrap_or_default();
-            if defs.is_empty() && decl.ty.submodule().is_none() {
-                return Err(Error::NoSuchOption {
-                    suggestions: crate::error::nearest(key, split.keys().map(|k| &**k))
-                        .into_iter()
-                        .map(|k| format!("{option}.{k}"))
-                        .collect(),
-                    path: shown.clone(),
-                });
-            }
-            types::merge_key(self, option, &decl.ty, key, defs).map(Arc::new)
+            types::merge_key(self, option, &decl.ty, key, defs).map(|v| v.map(Arc::new))
         })
     }
 
-    fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
+    /// [`Config::key_value`], a missing key an error naming it.
+    fn key_present(&self, option: &str, key: &str) -> Result<Arc<Value>, Error> {
+        match self.key_value(option, key)? {
+            Some(v) => Ok(v),
+            None => {
+                let present = self.keys(option)?;
+                Err(Error::NoSuchOption {
+                    path: format!("{option}.{key}"),
+                    suggestions: crate::error::nearest(key, present.iter().map(|k| &**k))
+                        .into_iter()
+                        .map(|k| format!("{option}.{k}"))
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
         for c in conds {
             if !c(self)? {
                 return Ok(false);
@@ -607,6 +657,7 @@ impl Config {
             sub: Vec::new(),
             value,
             lazy,
+            conds: Vec::new(),
             priority: OPTION_DEFAULT,
             order: super::ORDER,
             loc: decl.locs[0].clone(),
@@ -712,6 +763,7 @@ fn pending(d: &Def) -> Forced {
         sub: d.sub.clone(),
         value,
         lazy,
+        conds: Vec::new(),
         priority: d.priority,
         order: d.order,
         loc: d.loc.clone(),

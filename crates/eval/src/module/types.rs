@@ -659,6 +659,10 @@ pub(crate) struct Forced {
     pub(crate) sub: Vec<String>,
     pub(crate) value: Value,
     pub(crate) lazy: Option<super::Lazy>,
+    /// Conditions still to check: those of a definition below a key of a
+    /// map or submodule option wait for that key to be merged, so that
+    /// one key's condition may read another key.
+    pub(crate) conds: Vec<super::Cond>,
     pub(crate) priority: u32,
     pub(crate) order: u32,
     pub(crate) loc: Loc,
@@ -691,6 +695,7 @@ impl Forced {
             sub: Vec::new(),
             value: Value::Null,
             lazy: None,
+            conds: Vec::new(),
             priority: self.priority,
             order: self.order,
             loc: self.loc.clone(),
@@ -824,8 +829,9 @@ fn merge_keyed(cx: &Config, option: &str, ty: &Type, defs: Vec<Forced>) -> Resul
     let mut out = BTreeMap::new();
     for key in keys_of(ty, &by_key) {
         let defs = by_key.remove(&key).unwrap_or_default();
-        let v = merge_key(cx, option, ty, &key, defs)?;
-        out.insert(key, v);
+        if let Some(v) = merge_key(cx, option, ty, &key, defs)? {
+            out.insert(key, v);
+        }
     }
     Ok(Value::Map(out))
 }
@@ -872,11 +878,19 @@ pub(crate) fn merge_key(
     option: &str,
     ty: &Type,
     key: &str,
-    mut defs: Vec<Forced>,
-) -> Result<Value, Error> {
+    defs: Vec<Forced>,
+) -> Result<Option<Value>, Error> {
     let path = format!("{option}.{key}");
+    let mut active = Vec::with_capacity(defs.len());
+    for mut d in defs {
+        if cx.holds(&std::mem::take(&mut d.conds))? {
+            active.push(d);
+        }
+    }
     match &*ty.0 {
-        Kind::Map(elem) => elem.merge(cx, &path, defs),
+        // A key whose every definition is off is not there.
+        Kind::Map(_) if active.is_empty() => Ok(None),
+        Kind::Map(elem) => elem.merge(cx, &path, active).map(Some),
         Kind::Submodule(s) => {
             let Some(decl) = s.fields.get(key) else {
                 return Err(Error::NoSuchOption {
@@ -887,14 +901,14 @@ pub(crate) fn merge_key(
                     path,
                 });
             };
-            defs.extend(cx.default_of(decl));
-            if defs.is_empty() {
+            active.extend(cx.default_of(decl));
+            if active.is_empty() {
                 return Err(Error::NoValue {
                     option: path,
                     declared: decl.locs[0].clone(),
                 });
             }
-            decl.ty.merge(cx, &path, defs)
+            decl.ty.merge(cx, &path, active).map(Some)
         }
         _ => Err(Error::NoSuchOption {
             path,

@@ -368,3 +368,67 @@ fn systemd_and_s6_renderings_escape_each_by_its_rules() -> TestResult {
     }
     Ok(())
 }
+
+/// Regression: a condition may read one service to add another (a monitor
+/// for the web server): conditions below a key of a map are checked when
+/// that key is merged, not when the map is split.
+#[test]
+fn a_condition_may_read_one_key_of_a_map_to_define_another() -> TestResult {
+    let monitor = Module::new("monitor", |m| {
+        m.when(
+            |c| c.get::<bool>("system.services.web.enable"),
+            |m| {
+                m.define("system.services.monitor.argv", vec!["/bin/true"]);
+            },
+        );
+        m.when(
+            |c| c.get::<bool>("system.services.web.enable"),
+            |m| {
+                m.define(
+                    "system.services.monitor.description",
+                    lazy(|c| {
+                        Ok(format!(
+                            "Watches the web server, which runs as {}",
+                            c.get::<String>("system.services.web.user")?
+                        ))
+                    }),
+                );
+                m.define("system.services.monitor.after", vec!["web"]);
+            },
+        );
+        m.when(
+            |c| Ok(c.get::<String>("system.services.web.user")? == "nobody"),
+            |m| {
+                m.define("system.services.never.argv", vec!["/bin/false"]);
+            },
+        );
+    });
+    let cfg = Config::eval(&[host(|_| {}), monitor], None).map_err(|e| e.to_string())?;
+    let services = system::services(&cfg)?;
+    assert_eq!(services.keys().collect::<Vec<_>>(), ["monitor", "web"]);
+    assert_eq!(
+        services["monitor"].description,
+        "Watches the web server, which runs as www"
+    );
+    // A key whose every definition is off is not there.
+    assert!(cfg.get::<Value>("system.services.never").is_err());
+
+    // Which services exist cannot depend on which services exist.
+    let circular = Module::new("circular", |m| {
+        m.when(
+            |c| Ok(c.keys("system.services")?.contains(&"web".to_owned())),
+            |m| {
+                m.define("system.services.echo.argv", vec!["/bin/true"]);
+            },
+        );
+    });
+    let errs = Config::eval(&[host(|_| {}), circular], None)
+        .err()
+        .expect("a cycle")
+        .errors;
+    assert!(
+        errs.iter().any(|e| matches!(e, Error::Cycle { chain } if chain.contains(&"system.services (its keys)".to_owned()))),
+        "{errs:?}"
+    );
+    Ok(())
+}
