@@ -617,7 +617,7 @@ impl Config {
             let decl = &self.decls[option];
             let split = self.split(option)?;
             let defs = split.get(key).cloned().unwrap_or_default();
-            types::merge_key(self, option, &decl.ty, key, defs).map(|v| v.map(Arc::new))
+            types::merge_key(self, option, &decl.ty, key, defs, None).map(|v| v.map(Arc::new))
         })
     }
 
@@ -654,9 +654,19 @@ impl Config {
             DefValue::Lazy(f) => (Value::Null, Some(f.clone())),
         };
         Some(Forced {
-            sub: Vec::new(),
             value,
             lazy,
+            ..self.declared_default(decl)
+        })
+    }
+
+    /// A definition at the option-default priority, made where `decl`
+    /// was declared; its value is the caller's.
+    pub(crate) fn declared_default(&self, decl: &OptionDecl) -> Forced {
+        Forced {
+            sub: Vec::new(),
+            value: Value::Null,
+            lazy: None,
             conds: Vec::new(),
             priority: OPTION_DEFAULT,
             order: super::ORDER,
@@ -667,7 +677,7 @@ impl Config {
                 .cloned()
                 .unwrap_or_else(|| Arc::from("(declaration)")),
             seq: 0,
-        })
+        }
     }
 
     fn run_check(&self, c: &Check) -> Result<Option<String>, Error> {

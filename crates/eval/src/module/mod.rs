@@ -171,6 +171,9 @@ pub struct OptionDecl {
     pub(crate) ty: types::Type,
     pub(crate) default: Option<DefValue>,
     pub(crate) default_text: Option<String>,
+    /// The default is the key of the map entry its submodule is (NixOS's
+    /// `name` argument).
+    pub(crate) default_key: bool,
     pub(crate) description: String,
     pub(crate) example: Option<Value>,
     /// Every declaration merged into this one.
@@ -184,6 +187,7 @@ impl OptionDecl {
             ty,
             default: None,
             default_text: None,
+            default_key: false,
             description: String::new(),
             example: None,
             locs: vec![loc],
@@ -211,6 +215,16 @@ impl OptionDecl {
         self
     }
 
+    /// For a field of a submodule in a map: the default is the entry's
+    /// key (`users.alice.name` is `alice` unless defined). In a list,
+    /// where entries have no key, the field then needs a definition.
+    pub fn default_key(&mut self) -> &mut Self {
+        self.default = None;
+        self.default_key = true;
+        self.default_text = Some("the entry's key".into());
+        self
+    }
+
     /// What it is for (Markdown).
     pub fn description(&mut self, text: &str) -> &mut Self {
         self.description = text.to_owned();
@@ -231,10 +245,11 @@ impl OptionDecl {
     /// Two declarations of one option as one.
     pub(crate) fn merge(mut self, other: OptionDecl) -> Result<OptionDecl, String> {
         self.ty = self.ty.merge_decl(&other.ty)?;
+        self.default_key |= other.default_key;
         match (&self.default, other.default) {
             (None, d) => {
                 self.default = d;
-                self.default_text = other.default_text;
+                self.default_text = other.default_text.or(self.default_text);
             }
             (Some(_), None) => {}
             (Some(DefValue::Value(a)), Some(DefValue::Value(b))) if *a == b => {}

@@ -489,6 +489,18 @@ impl Type {
         option: &str,
         defs: Vec<Forced>,
     ) -> Result<Value, Error> {
+        self.merge_entry(cx, option, defs, None)
+    }
+
+    /// [`Type::merge`] of the entry `entry` of a map (what its fields that
+    /// default to their entry's key get).
+    pub(crate) fn merge_entry(
+        &self,
+        cx: &Config,
+        option: &str,
+        defs: Vec<Forced>,
+        entry: Option<&str>,
+    ) -> Result<Value, Error> {
         use Kind as K;
         let (priority, mut defs) = winners(defs);
         // The values given for this level are needed now; those for
@@ -498,7 +510,7 @@ impl Type {
         }
         match &*self.0 {
             // Priorities apply again key by key, inside.
-            K::Submodule(_) | K::Map(_) => merge_keyed(cx, option, self, defs),
+            K::Submodule(_) | K::Map(_) => merge_keyed(cx, option, self, defs, entry),
             K::List(elem) => {
                 let mut defs = leaves(defs, option, self)?;
                 defs.sort_by_key(|d| (d.order, d.seq));
@@ -534,14 +546,14 @@ impl Type {
                 if nulls == defs.len() {
                     Ok(Value::Null)
                 } else if nulls == 0 {
-                    elem.merge(cx, option, defs)
+                    elem.merge_entry(cx, option, defs, entry)
                 } else {
                     Err(conflict(option, priority, &defs))
                 }
             }
             K::Unique(elem) => {
                 if defs.len() == 1 {
-                    elem.merge(cx, option, defs)
+                    elem.merge_entry(cx, option, defs, entry)
                 } else {
                     Err(Error::NotUnique {
                         option: option.to_owned(),
@@ -555,7 +567,7 @@ impl Type {
                     .iter()
                     .find(|t| defs.iter().all(|d| t.accepts(&d.value)))
                 {
-                    Some(t) => t.merge(cx, option, defs),
+                    Some(t) => t.merge_entry(cx, option, defs, entry),
                     None => {
                         let d = defs
                             .iter()
@@ -823,13 +835,19 @@ pub(crate) fn split_level(
 }
 
 /// A map or submodule merged whole, key by key.
-fn merge_keyed(cx: &Config, option: &str, ty: &Type, defs: Vec<Forced>) -> Result<Value, Error> {
+fn merge_keyed(
+    cx: &Config,
+    option: &str,
+    ty: &Type,
+    defs: Vec<Forced>,
+    entry: Option<&str>,
+) -> Result<Value, Error> {
     let mut by_key = split_level(cx, option, ty, defs)?;
     unknown_fields(option, ty, &by_key)?;
     let mut out = BTreeMap::new();
     for key in keys_of(ty, &by_key) {
         let defs = by_key.remove(&key).unwrap_or_default();
-        if let Some(v) = merge_key(cx, option, ty, &key, defs)? {
+        if let Some(v) = merge_key(cx, option, ty, &key, defs, entry)? {
             out.insert(key, v);
         }
     }
@@ -879,6 +897,7 @@ pub(crate) fn merge_key(
     ty: &Type,
     key: &str,
     defs: Vec<Forced>,
+    entry: Option<&str>,
 ) -> Result<Option<Value>, Error> {
     let path = format!("{option}.{key}");
     let mut active = Vec::with_capacity(defs.len());
@@ -890,7 +909,7 @@ pub(crate) fn merge_key(
     match &*ty.0 {
         // A key whose every definition is off is not there.
         Kind::Map(_) if active.is_empty() => Ok(None),
-        Kind::Map(elem) => elem.merge(cx, &path, active).map(Some),
+        Kind::Map(elem) => elem.merge_entry(cx, &path, active, Some(key)).map(Some),
         Kind::Submodule(s) => {
             let Some(decl) = s.fields.get(key) else {
                 return Err(Error::NoSuchOption {
@@ -901,7 +920,15 @@ pub(crate) fn merge_key(
                     path,
                 });
             };
-            active.extend(cx.default_of(decl));
+            match (cx.default_of(decl), entry.filter(|_| decl.default_key)) {
+                (Some(d), _) => active.push(d),
+                // The entry's key, as NixOS gives a submodule its `name`.
+                (None, Some(name)) => active.push(Forced {
+                    value: Value::from(name),
+                    ..cx.declared_default(decl)
+                }),
+                (None, None) => {}
+            }
             if active.is_empty() {
                 return Err(Error::NoValue {
                     option: path,

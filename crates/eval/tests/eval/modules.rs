@@ -1102,3 +1102,36 @@ fn a_rename_loop_a_field_declared_twice_and_several_bad_keys_are_errors() {
     let errs = errors(&[web(), keys]);
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
+
+#[test]
+fn a_field_may_default_to_its_entrys_key() -> TestResult {
+    let decl = Module::new("decl", |m| {
+        m.option(
+            "accounts",
+            types::map(types::submodule(|s| {
+                s.option("name", types::str(), |o| {
+                    o.default_key().description("The account's name.");
+                });
+                s.option("home", types::path(), |o| {
+                    o.default_with("/home/<name>", |_| Ok("/home/unset"));
+                });
+            })),
+            |_| {},
+        );
+    });
+    let m = Module::new("m", |m| {
+        m.define("accounts.alice", BTreeMap::<String, Value>::new());
+        m.define("accounts.\"bob.smith\".home", "/srv/bob");
+        m.define("accounts.carol.name", "Carol");
+    });
+    let cfg = eval(&[decl, m])?;
+    assert_eq!(cfg.get::<String>("accounts.alice.name")?, "alice");
+    assert_eq!(
+        cfg.get::<String>("accounts.\"bob.smith\".name")?,
+        "bob.smith"
+    );
+    assert_eq!(cfg.get::<String>("accounts.carol.name")?, "Carol");
+    let json = cfg.options_json();
+    assert_eq!(json["accounts.<name>.name"]["default"], "the entry's key");
+    Ok(())
+}
