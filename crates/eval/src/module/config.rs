@@ -426,17 +426,33 @@ impl Config {
     pub fn value(&self, path: &str) -> Result<Value, Error> {
         let segments = super::parse_path(path);
         if let Some((option, sub)) = self.option_of_segments(&segments) {
-            let keyed = self.decls[&option].ty.is_keyed();
             let merged = matches!(self.memo.borrow().get(&option), Some(Slot::Done(Ok(_))));
-            let (whole, rest, mut at) = match sub.split_first() {
-                // One key of a map or submodule is merged on its own,
-                // unless the whole option is already.
-                Some((key, rest)) if keyed && !merged => (
-                    self.key_present(&option, key)?,
-                    rest,
-                    format!("{option}.{key}"),
-                ),
-                _ => (self.option(&option)?, &sub[..], option),
+            // As deep as the path goes through maps and submodules, a node
+            // is merged on its own (unless the whole option already is).
+            let mut depth = 0;
+            if !merged {
+                let mut t = self.decls[&option].ty.clone();
+                while depth < sub.len() && t.is_keyed() {
+                    let next = match &*t.0 {
+                        types::Kind::Map(e) => e.clone(),
+                        types::Kind::Submodule(s) => match s.fields.get(&sub[depth]) {
+                            Some(d) => d.ty.clone(),
+                            None => break,
+                        },
+                        _ => break,
+                    };
+                    t = next;
+                    depth += 1;
+                }
+            }
+            let (whole, rest, mut at) = if depth > 0 {
+                (
+                    self.node_present(&option, &sub[..depth])?,
+                    &sub[depth..],
+                    node_shown(&option, &sub[..depth]),
+                )
+            } else {
+                (self.option(&option)?, &sub[..], option)
             };
             let mut v: &Value = &whole;
             for key in rest {
@@ -576,7 +592,7 @@ impl Config {
             let keys = types::keys_of(&decl.ty, &split);
             let mut values = Vec::with_capacity(keys.len());
             for key in &keys {
-                values.push(self.key_value(path, key)?);
+                values.push(self.node_value(path, std::slice::from_ref(key))?);
             }
             // The whole value takes over from the keys' own entries (a key
             // read later is taken from it), so each key's value is moved
@@ -584,7 +600,7 @@ impl Config {
             let mut table = self.keys.borrow_mut();
             let mut out = BTreeMap::new();
             for (key, v) in keys.into_iter().zip(values) {
-                table.remove(&format!("{path}\0{key}"));
+                table.remove(&node_key(path, std::slice::from_ref(&key)));
                 if let Some(v) = v {
                     out.insert(key, Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
                 }
@@ -603,35 +619,130 @@ impl Config {
         })
     }
 
-    /// The value at `key` of the map or submodule option `option`, merged
-    /// on its own; `None` for a map key whose definitions are all off.
-    fn key_value(&self, option: &str, key: &str) -> Result<Option<Arc<Value>>, Error> {
-        if let Some(Slot::Done(Ok(whole))) = self.memo.borrow().get(option) {
-            return Ok(match &**whole {
-                Value::Map(m) => m.get(key).map(|v| Arc::new(v.clone())),
-                _ => None,
-            });
+    /// The type of the node `path` below the option `option` (the option
+    /// itself for an empty path), and the map entry it is, if it is one.
+    fn node_type(
+        &self,
+        option: &str,
+        path: &[String],
+    ) -> Result<(types::Type, Option<String>), Error> {
+        let mut t = self.decls[option].ty.clone();
+        let mut entry = None;
+        for (i, k) in path.iter().enumerate() {
+            let next = match &*t.0 {
+                types::Kind::Map(e) => {
+                    entry = Some(k.clone());
+                    e.clone()
+                }
+                types::Kind::Submodule(s) if s.fields.contains_key(k) => {
+                    entry = None;
+                    s.fields[k].ty.clone()
+                }
+                _ => {
+                    return Err(Error::NoSuchOption {
+                        path: node_shown(option, &path[..=i]),
+                        suggestions: Vec::new(),
+                    })
+                }
+            };
+            t = next;
         }
-        let shown = format!("{option}.{key}");
-        self.memoized(&self.keys, format!("{option}\0{key}"), &shown, || {
-            let decl = &self.decls[option];
-            let split = self.split(option)?;
-            let defs = split.get(key).cloned().unwrap_or_default();
-            types::merge_key(self, option, &decl.ty, key, defs, None).map(|v| v.map(Arc::new))
+        Ok((t, entry))
+    }
+
+    /// The definitions below the map or submodule node `path`, by key
+    /// (the option's own split for an empty path).
+    fn node_split(&self, option: &str, path: &[String]) -> Result<Split, Error> {
+        if path.is_empty() {
+            return self.split(option);
+        }
+        let shown = node_shown(option, path);
+        self.memoized(&self.splits, node_key(option, path), &shown, || {
+            let Some(p) = self.node_defs(option, path)? else {
+                return Ok(Arc::new(BTreeMap::new()));
+            };
+            types::split_level(self, &shown, &p.ty, p.defs).map(Arc::new)
         })
     }
 
-    /// [`Config::key_value`], a missing key an error naming it.
-    fn key_present(&self, option: &str, key: &str) -> Result<Arc<Value>, Error> {
-        match self.key_value(option, key)? {
+    /// The definitions of the node `path` (not empty), ready to merge;
+    /// `None` for a map entry whose every definition is off.
+    fn node_defs(&self, option: &str, path: &[String]) -> Result<Option<types::Prepared>, Error> {
+        let (parent, last) = path.split_at(path.len() - 1);
+        let split = self.node_split(option, parent)?;
+        let (ty, entry) = self.node_type(option, parent)?;
+        let defs = split.get(&last[0]).cloned().unwrap_or_default();
+        types::prepare_key(
+            self,
+            &node_shown(option, parent),
+            &ty,
+            &last[0],
+            defs,
+            entry.as_deref(),
+        )
+    }
+
+    /// The value at `path` (not empty) below the map or submodule option
+    /// `option`, merged on its own, and so are the keys inside it that are
+    /// maps or submodules: sibling keys and fields may read each other.
+    /// `None` for a map entry whose definitions are all off.
+    fn node_value(&self, option: &str, path: &[String]) -> Result<Option<Arc<Value>>, Error> {
+        if let Some(Slot::Done(Ok(whole))) = self.memo.borrow().get(option) {
+            let mut v: &Value = whole;
+            for k in path {
+                match v {
+                    Value::Map(m) => match m.get(k) {
+                        Some(x) => v = x,
+                        None => return Ok(None),
+                    },
+                    _ => return Ok(None),
+                }
+            }
+            return Ok(Some(Arc::new(v.clone())));
+        }
+        let shown = node_shown(option, path);
+        self.memoized(&self.keys, node_key(option, path), &shown, || {
+            let Some(p) = self.node_defs(option, path)? else {
+                return Ok(None);
+            };
+            if p.ty.is_keyed() {
+                let split = self.node_split(option, path)?;
+                types::unknown_fields(&shown, &p.ty, &split)?;
+                let mut out = BTreeMap::new();
+                for key in types::keys_of(&p.ty, &split) {
+                    // A key whose definitions can read nothing cannot be
+                    // in a cycle nor run code twice: merged here, directly.
+                    let v = if types::is_plain(&p.ty, &key, split.get(&key)) {
+                        let defs = split.get(&key).cloned().unwrap_or_default();
+                        types::merge_key(self, &shown, &p.ty, &key, defs, p.entry.as_deref())?
+                    } else {
+                        let mut child = path.to_vec();
+                        child.push(key.clone());
+                        self.node_value(option, &child)?.map(|v| (*v).clone())
+                    };
+                    if let Some(v) = v {
+                        out.insert(key, v);
+                    }
+                }
+                return Ok(Some(Arc::new(Value::Map(out))));
+            }
+            p.ty.merge_entry(self, &p.path, p.defs, p.entry.as_deref())
+                .map(|v| Some(Arc::new(v)))
+        })
+    }
+
+    /// [`Config::node_value`], a missing entry an error naming it.
+    fn node_present(&self, option: &str, path: &[String]) -> Result<Arc<Value>, Error> {
+        match self.node_value(option, path)? {
             Some(v) => Ok(v),
             None => {
-                let present = self.keys(option)?;
+                let (parent, last) = path.split_at(path.len() - 1);
+                let split = self.node_split(option, parent)?;
                 Err(Error::NoSuchOption {
-                    path: format!("{option}.{key}"),
-                    suggestions: crate::error::nearest(key, present.iter().map(|k| &**k))
+                    path: node_shown(option, path),
+                    suggestions: crate::error::nearest(&last[0], split.keys().map(|k| &**k))
                         .into_iter()
-                        .map(|k| format!("{option}.{k}"))
+                        .map(|k| format!("{}.{k}", node_shown(option, parent)))
                         .collect(),
                 })
             }
@@ -761,6 +872,24 @@ impl Config {
     pub fn modules(&self) -> &[Module] {
         &self.modules
     }
+}
+
+/// The memo key of the node `path` below `option`.
+fn node_key(option: &str, path: &[String]) -> String {
+    let mut k = option.to_owned();
+    for p in path {
+        k.push('\0');
+        k.push_str(p);
+    }
+    k
+}
+
+/// How a cycle or an error names the node `path` below `option`.
+fn node_shown(option: &str, path: &[String]) -> String {
+    std::iter::once(option)
+        .chain(path.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A definition as the merge takes it, its value not computed yet.

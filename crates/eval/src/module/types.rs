@@ -854,6 +854,29 @@ fn merge_keyed(
     Ok(Value::Map(out))
 }
 
+/// Whether the definitions of `key` of the map or submodule `ty` can
+/// read nothing: no code, no condition, no computed default, and nothing
+/// inside merged key by key. Such a key is merged where it is needed,
+/// without an entry of its own among the memoized values.
+pub(crate) fn is_plain(ty: &Type, key: &str, defs: Option<&Vec<Forced>>) -> bool {
+    let defs_plain =
+        defs.is_none_or(|defs| defs.iter().all(|d| d.lazy.is_none() && d.conds.is_empty()));
+    let child = match &*ty.0 {
+        Kind::Map(elem) => elem,
+        Kind::Submodule(s) => match s.fields.get(key) {
+            Some(d) => {
+                if matches!(d.default, Some(super::DefValue::Lazy(_))) {
+                    return false;
+                }
+                &d.ty
+            }
+            None => return false,
+        },
+        _ => return false,
+    };
+    defs_plain && !child.is_keyed()
+}
+
 /// The keys a submodule's definitions give that it does not declare.
 pub(crate) fn unknown_fields(
     option: &str,
@@ -891,14 +914,26 @@ pub(crate) fn keys_of(ty: &Type, by_key: &BTreeMap<String, Vec<Forced>>) -> Vec<
 
 /// The value at `key` of a map or submodule option, from the
 /// definitions [`split_level`] gave that key.
-pub(crate) fn merge_key(
+/// A key's definitions ready to merge: conditions checked, defaults
+/// added, with the type and map entry they are merged as.
+pub(crate) struct Prepared {
+    pub(crate) path: String,
+    pub(crate) defs: Vec<Forced>,
+    pub(crate) ty: Type,
+    pub(crate) entry: Option<String>,
+}
+
+/// The definitions [`split_level`] gave `key` of a map or submodule
+/// (`ty`, itself the entry `entry` of a map, if it is one), prepared;
+/// `None` for a map key whose every definition is off.
+pub(crate) fn prepare_key(
     cx: &Config,
     option: &str,
     ty: &Type,
     key: &str,
     defs: Vec<Forced>,
     entry: Option<&str>,
-) -> Result<Option<Value>, Error> {
+) -> Result<Option<Prepared>, Error> {
     let path = format!("{option}.{key}");
     let mut active = Vec::with_capacity(defs.len());
     for mut d in defs {
@@ -909,7 +944,12 @@ pub(crate) fn merge_key(
     match &*ty.0 {
         // A key whose every definition is off is not there.
         Kind::Map(_) if active.is_empty() => Ok(None),
-        Kind::Map(elem) => elem.merge_entry(cx, &path, active, Some(key)).map(Some),
+        Kind::Map(elem) => Ok(Some(Prepared {
+            path,
+            defs: active,
+            ty: elem.clone(),
+            entry: Some(key.to_owned()),
+        })),
         Kind::Submodule(s) => {
             let Some(decl) = s.fields.get(key) else {
                 return Err(Error::NoSuchOption {
@@ -935,12 +975,36 @@ pub(crate) fn merge_key(
                     declared: decl.locs[0].clone(),
                 });
             }
-            decl.ty.merge(cx, &path, active).map(Some)
+            Ok(Some(Prepared {
+                path,
+                defs: active,
+                ty: decl.ty.clone(),
+                entry: None,
+            }))
         }
         _ => Err(Error::NoSuchOption {
             path,
             suggestions: Vec::new(),
         }),
+    }
+}
+
+/// The value at `key` of a map or submodule, from the definitions
+/// [`split_level`] gave that key; `None` for a map key that is off.
+pub(crate) fn merge_key(
+    cx: &Config,
+    option: &str,
+    ty: &Type,
+    key: &str,
+    defs: Vec<Forced>,
+    entry: Option<&str>,
+) -> Result<Option<Value>, Error> {
+    match prepare_key(cx, option, ty, key, defs, entry)? {
+        Some(p) => {
+            p.ty.merge_entry(cx, &p.path, p.defs, p.entry.as_deref())
+                .map(Some)
+        }
+        None => Ok(None),
     }
 }
 

@@ -432,3 +432,34 @@ fn a_condition_may_read_one_key_of_a_map_to_define_another() -> TestResult {
     );
     Ok(())
 }
+
+/// Fields of one service read each other: each field of a map entry is
+/// merged on its own, as an option is.
+#[test]
+fn fields_of_one_service_read_each_other() -> TestResult {
+    let cfg = Config::eval(
+        &[host(|m| {
+            m.define("system.services.api.environment.PORT", "8123");
+            m.define(
+                "system.services.api.ready.tcp_port",
+                lazy(|c| {
+                    let port: String = c.get("system.services.api.environment.PORT")?;
+                    port.parse::<u16>().map_err(|e| Error::msg(e.to_string()))
+                }),
+            );
+            m.define(
+                "system.services.api.argv",
+                lazy(|c| {
+                    let port: u16 = c.get("system.services.api.ready.tcp_port")?;
+                    Ok(vec!["/bin/api".to_owned(), format!("--port={port}")])
+                }),
+            );
+        })],
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let api = &system::services(&cfg)?["api"];
+    assert_eq!(api.argv, ["/bin/api", "--port=8123"]);
+    assert_eq!(api.ready.as_ref().and_then(|r| r.tcp_port), Some(8123));
+    Ok(())
+}
