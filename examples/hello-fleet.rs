@@ -1,123 +1,139 @@
-//! The main job on its embedded defaults: evaluate a small fleet definition
-//! into derivations, compute every store path without touching a store, and
-//! print the build graph in the order a builder would run it.
-//!
-//! Today this uses bigtop-core directly; as bigtop-eval, the store and the
-//! activation engine land, this example grows into the full flow
-//! (evaluate → plan → build → switch) on the same definition.
+//! The main job on its embedded defaults: evaluate a small fleet — a
+//! release of packages, a service module, two machines — into
+//! derivations, compute every store path without touching a store, and
+//! print each machine's toplevel and the build graph in the order a
+//! builder would run it.
 //!
 //! ```text
 //! cargo run --release -p bigtop --example hello-fleet
 //! ```
+//!
+//! `examples/fleet.rs` is the same flow at a larger scale, built into a
+//! store; `examples/packages.rs` builds real C packages.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::error::Error;
+use std::time::Instant;
 
-use bigtop::core::content_address::{ContentAddress, ContentAddressMethod};
-use bigtop::core::derivation::{Derivation, DerivationOutput, DrvHash, OutputName};
-use bigtop::core::hash::Hash;
-use bigtop::core::{ReferenceGraph, StoreDir, StorePath};
+use bigtop::eval::drv::{Drv, Platform};
+use bigtop::eval::fleet::{Fleet, Machine};
+use bigtop::eval::module::{lazy, types, Module};
+use bigtop::eval::set::PackageSet;
+use bigtop::eval::text;
+use bigtop::eval::trivial::{self, TreeEntry};
 
-/// Evaluated derivations by `.drv` path, with their hashes modulo: what
-/// bigtop-eval memoizes so every package is evaluated once.
-#[derive(Default)]
-struct Evaluation {
-    drvs: HashMap<StorePath, Derivation>,
-    hashes: HashMap<StorePath, DrvHash>,
+/// The hello service: an option to enable it and its greeting, and what
+/// it puts on the machine when enabled.
+fn hello_module() -> Module {
+    Module::new("hello", |m| {
+        m.option("services.hello.enable", types::bool(), |o| {
+            o.default(false).description("Whether to greet.");
+        });
+        m.option("services.hello.greeting", types::single_line_str(), |o| {
+            o.default("Hello, world").description("What it says.");
+        });
+        m.when(
+            |c| c.get("services.hello.enable"),
+            |m| {
+                m.define(
+                    "etc.\"hello.conf\".text",
+                    lazy(|c| {
+                        Ok(format!(
+                            "greeting = {}\n",
+                            c.get::<String>("services.hello.greeting")?
+                        ))
+                    }),
+                );
+                m.define(
+                    "system.services.hello.argv",
+                    lazy(|c| {
+                        let hello: Drv = c.pkgs()?.get("hello")?;
+                        Ok(vec![text!("{}/bin/hello", hello), text!("/etc/hello.conf")])
+                    }),
+                );
+                m.define(
+                    "system.services.hello.restart_triggers",
+                    lazy(|c| Ok(vec![c.get::<String>("etc.\"hello.conf\".text")?])),
+                );
+                m.define(
+                    "system.packages",
+                    lazy(|c| Ok(vec![c.pkgs()?.get("hello")?])),
+                );
+            },
+        );
+    })
 }
 
-impl Evaluation {
-    fn add(&mut self, dir: &StoreDir, mut drv: Derivation) -> Result<StorePath, Box<dyn Error>> {
-        let h = drv.fill_output_paths(dir, |input| self.hashes.get(input).copied())?;
-        let path = drv.drv_path(dir)?;
-        self.hashes.insert(path.clone(), h);
-        self.drvs.insert(path.clone(), drv);
-        Ok(path)
+/// `drv` and everything it needs, dependencies first.
+fn build_order(drv: &Drv, seen: &mut BTreeSet<Drv>, out: &mut Vec<Drv>) {
+    if !seen.insert(drv.clone()) {
+        return;
     }
-
-    /// A shell-script package whose inputs are visible to the script as
-    /// environment variables (`$hello` for an input named `hello`).
-    fn package(
-        &self,
-        dir: &StoreDir,
-        name: &str,
-        script: &str,
-        inputs: &[(&str, &StorePath)],
-    ) -> Derivation {
-        let mut drv = Derivation::new(name, "x86_64-linux", "/bin/sh");
-        drv.args = vec!["-c".into(), script.into()];
-        drv.outputs
-            .insert(OutputName::out(), DerivationOutput::Deferred);
-        for (var, input) in inputs {
-            drv.input_drvs
-                .entry((*input).clone())
-                .or_default()
-                .insert(OutputName::out());
-            if let Some(path) = self.drvs[*input].output_path(dir, &OutputName::out()) {
-                drv.env.insert((*var).into(), dir.full(&path));
-            }
-        }
-        drv
+    for input in drv.input_derivations() {
+        build_order(input, seen, out);
     }
+    out.push(drv.clone());
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let dir = StoreDir::default();
-    let mut eval = Evaluation::default();
+    let platform = Platform::default();
+    let release = PackageSet::new(platform.clone())
+        .add("hello", |a| {
+            trivial::write_tree(
+                a.platform(),
+                "hello-2.12.1",
+                [TreeEntry::File {
+                    path: "bin/hello".into(),
+                    text: "#!/bin/sh\nwhile read -r key _ value; do [ \"$key\" = greeting ] && echo \"$value\"; done < \"$1\"\n".into(),
+                    executable: true,
+                }],
+            )
+        })
+        .eval();
+    let greeter = Module::new("role/greeter", |m| {
+        m.define("services.hello.enable", true);
+    });
+    let fleet = Fleet::new(platform)
+        .release("2026.11", release)
+        .module(hello_module())
+        .module(Module::new("motd", |m| {
+            m.define("etc.motd.text", "Managed by bigtop.\n");
+        }))
+        .tag_module("greeter", greeter)
+        .machine(Machine::new("web1", "2026.11").tag("greeter"))
+        .machine(
+            Machine::new("db1", "2026.11").module(Module::new("db1", |m| {
+                m.define("services.hello.greeting", "Hello from the database");
+                m.define("services.hello.enable", true);
+            })),
+        );
 
-    // A source tarball, pinned by its hash: how it is fetched does not
-    // change anything downstream.
-    let mut src = Derivation::new("hello-2.12.1.tar.gz", "x86_64-linux", "builtin:fetchurl");
-    src.env.insert(
-        "url".into(),
-        "https://ftp.gnu.org/gnu/hello/hello-2.12.1.tar.gz".into(),
+    let start = Instant::now();
+    let machines = fleet.eval();
+    println!(
+        "evaluated {} machines in {:.1} ms (no store touched)",
+        machines.len(),
+        start.elapsed().as_secs_f64() * 1e3
     );
-    src.outputs.insert(
-        OutputName::out(),
-        DerivationOutput::Fixed(ContentAddress::new(
-            ContentAddressMethod::Flat,
-            "sha256-jZkUKv2SV28wsM18tCqNxoCZmLxdYH2Idh9RLibH2yA=".parse::<Hash>()?,
-        )),
-    );
-    let src = eval.add(&dir, src)?;
-    let hello = eval.package(
-        &dir,
-        "hello-2.12.1",
-        "tar xf $src && ./configure --prefix=$out && make install",
-        &[("src", &src)],
-    );
-    let hello = eval.add(&dir, hello)?;
-    let motd = eval.package(&dir, "etc-motd", "echo 'Managed by bigtop' > $out", &[]);
-    let motd = eval.add(&dir, motd)?;
-    let system = eval.package(
-        &dir,
-        "system-web-01",
-        "mkdir -p $out && ln -s $hello $motd $out/",
-        &[("hello", &hello), ("motd", &motd)],
-    );
-    let system = eval.add(&dir, system)?;
-
-    // The build graph: derivations and the derivations they need.
-    let graph = ReferenceGraph::new(eval.drvs.iter().map(|(path, drv)| {
-        (
-            path.clone(),
-            drv.input_drvs.keys().cloned().collect::<Vec<_>>(),
-        )
-    }))?;
-    println!("build order ({} derivations):", graph.len());
-    for drv_path in graph.topo_order()? {
-        let drv = &eval.drvs[&drv_path];
-        for name in drv.outputs.keys() {
-            let out = drv
-                .output_path(&dir, name)
-                .ok_or("output path not known before building")?;
-            println!("  {:<24} {}", drv.name, dir.display(&out));
+    for (name, m) in &machines {
+        let m = m.as_ref().map_err(|e| format!("{name}: {e}"))?;
+        let top = &m.toplevel;
+        println!("\n{name}: {}", text!("{}", top.drv).as_str());
+        println!(
+            "  greeting: {}",
+            m.config.get::<String>("services.hello.greeting")?
+        );
+        let mut order = Vec::new();
+        build_order(&top.drv, &mut BTreeSet::new(), &mut order);
+        println!("  build order ({} derivations):", order.len());
+        for (i, d) in order.iter().enumerate() {
+            println!(
+                "  {:>2}. {} -> {}",
+                i + 1,
+                top.drv.platform().store_dir.full(d.drv_path()),
+                text!("{}", d).as_str()
+            );
         }
     }
-    println!(
-        "\n{}:\n{}",
-        dir.display(&system),
-        eval.drvs[&system].to_text(&dir)
-    );
     Ok(())
 }

@@ -136,7 +136,7 @@ fn a_built_toplevel_holds_etc_units_s6_dirs_and_runs_its_services() -> Result {
 fn the_fleet_example_builds_every_machine_and_then_nothing() -> Result {
     let exe = example::example("fleet")?;
     let tmp = tempfile::tempdir()?;
-    let run = || example::run(&exe, tmp.path());
+    let run = || example::run(&exe, &[tmp.path()]);
     let first = run()?;
     for want in [
         "evaluated 5 machines",
@@ -151,5 +151,28 @@ fn the_fleet_example_builds_every_machine_and_then_nothing() -> Result {
     }
     let second = run()?;
     assert!(second.contains("built 0 derivations"), "{second}");
+    Ok(())
+}
+
+/// The README's main job: a pure evaluation of a small fleet, which
+/// shares the release's package between its machines.
+#[test]
+fn the_main_job_evaluates_a_fleet_without_a_store() -> Result {
+    let out = example::run(&example::example("hello-fleet")?, &[])?;
+    assert!(out.starts_with("evaluated 2 machines"), "{out}");
+    for want in [
+        "greeting: Hello from the database",
+        "greeting: Hello, world",
+        "build order (3 derivations)",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // Both machines build the same hello.
+    let hello: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("-hello-2.12.1.drv"))
+        .collect();
+    assert_eq!(hello.len(), 2, "{out}");
+    assert_eq!(hello[0], hello[1]);
     Ok(())
 }

@@ -250,7 +250,7 @@ fn a_program_built_into_a_chroot_store_runs_in_a_sandbox_of_its_closure() -> Res
 fn the_packages_example_builds_runs_and_then_builds_nothing() -> Result {
     let exe = example::example("packages")?;
     let tmp = tempfile::tempdir()?;
-    let run = || example::run(&exe, tmp.path());
+    let run = || example::run(&exe, &[tmp.path()]);
     let first = run()?;
     assert!(first.contains("built 6 derivations"), "{first}");
     assert!(

@@ -22,10 +22,10 @@ pub fn example(name: &str) -> Result<PathBuf, Box<dyn Error>> {
     Ok(exe)
 }
 
-/// Runs the example `exe` with `arg`: its standard output, or an error
+/// Runs the example `exe` with `args`: its standard output, or an error
 /// with both outputs when it fails.
-pub fn run(exe: &Path, arg: &Path) -> Result<String, Box<dyn Error>> {
-    let out = std::process::Command::new(exe).arg(arg).output()?;
+pub fn run(exe: &Path, args: &[&Path]) -> Result<String, Box<dyn Error>> {
+    let out = std::process::Command::new(exe).args(args).output()?;
     let stdout = String::from_utf8(out.stdout)?;
     if !out.status.success() {
         return Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)).into());
