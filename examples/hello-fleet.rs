@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::error::Error;
 use std::time::Instant;
 
+use bigtop::core::StorePath;
 use bigtop::eval::drv::{Drv, Platform};
 use bigtop::eval::fleet::{Fleet, Machine};
 use bigtop::eval::module::{lazy, types, Module};
@@ -65,8 +66,8 @@ fn hello_module() -> Module {
 }
 
 /// `drv` and everything it needs, dependencies first.
-fn build_order(drv: &Drv, seen: &mut BTreeSet<Drv>, out: &mut Vec<Drv>) {
-    if !seen.insert(drv.clone()) {
+fn build_order(drv: &Drv, seen: &mut BTreeSet<StorePath>, out: &mut Vec<Drv>) {
+    if !seen.insert(drv.drv_path().clone()) {
         return;
     }
     for input in drv.input_derivations() {
