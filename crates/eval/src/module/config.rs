@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::error::{Error, Errors, Loc, Shown, Warning};
+use super::error::{nearest_under, Error, Errors, Loc, Shown, Warning};
 use super::types::{self, Forced};
 use super::value::{FromValue, Value};
 use super::{Check, Cond, DefValue, Migration, Module, Opt, OptionDecl, OPTION_DEFAULT};
@@ -432,16 +432,8 @@ impl Config {
             let mut depth = 0;
             if !merged {
                 let mut t = self.decls[&option].ty.clone();
-                while depth < sub.len() && t.is_keyed() {
-                    let next = match &*t.0 {
-                        types::Kind::Map(e) => e.clone(),
-                        types::Kind::Submodule(s) => match s.fields.get(&sub[depth]) {
-                            Some(d) => d.ty.clone(),
-                            None => break,
-                        },
-                        _ => break,
-                    };
-                    t = next;
+                while let Some((next, _)) = sub.get(depth).and_then(|k| t.inner(k)) {
+                    t = next.clone();
                     depth += 1;
                 }
             }
@@ -458,10 +450,7 @@ impl Config {
             for key in rest {
                 let missing = |keys: Vec<String>| Error::NoSuchOption {
                     path: format!("{at}.{key}"),
-                    suggestions: crate::error::nearest(key, keys.iter().map(|k| &**k))
-                        .into_iter()
-                        .map(|k| format!("{at}.{k}"))
-                        .collect(),
+                    suggestions: nearest_under(&at, key, keys.iter().map(|k| &**k)),
                 };
                 v = match v {
                     Value::Map(m) => match m.get(key.as_str()) {
@@ -629,23 +618,14 @@ impl Config {
         let mut t = self.decls[option].ty.clone();
         let mut entry = None;
         for (i, k) in path.iter().enumerate() {
-            let next = match &*t.0 {
-                types::Kind::Map(e) => {
-                    entry = Some(k.clone());
-                    e.clone()
-                }
-                types::Kind::Submodule(s) if s.fields.contains_key(k) => {
-                    entry = None;
-                    s.fields[k].ty.clone()
-                }
-                _ => {
-                    return Err(Error::NoSuchOption {
-                        path: node_shown(option, &path[..=i]),
-                        suggestions: Vec::new(),
-                    })
-                }
+            let Some((next, is_entry)) = t.inner(k) else {
+                return Err(Error::NoSuchOption {
+                    path: node_shown(option, &path[..=i]),
+                    suggestions: Vec::new(),
+                });
             };
-            t = next;
+            entry = is_entry.then(|| k.clone());
+            t = next.clone();
         }
         Ok((t, entry))
     }
@@ -740,10 +720,11 @@ impl Config {
                 let split = self.node_split(option, parent)?;
                 Err(Error::NoSuchOption {
                     path: node_shown(option, path),
-                    suggestions: crate::error::nearest(&last[0], split.keys().map(|k| &**k))
-                        .into_iter()
-                        .map(|k| format!("{}.{k}", node_shown(option, parent)))
-                        .collect(),
+                    suggestions: nearest_under(
+                        &node_shown(option, parent),
+                        &last[0],
+                        split.keys().map(|k| &**k),
+                    ),
                 })
             }
         }

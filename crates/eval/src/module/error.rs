@@ -82,6 +82,18 @@ fn list(defs: &[Shown]) -> String {
     defs.iter().map(|d| format!("\n  - {d}")).collect()
 }
 
+/// The names under `parent` nearest to `parent.wanted`, as full paths.
+pub(crate) fn nearest_under<'a>(
+    parent: &str,
+    wanted: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    crate::error::nearest(wanted, names)
+        .into_iter()
+        .map(|n| format!("{parent}.{n}"))
+        .collect()
+}
+
 /// Why a configuration cannot be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::config::Config;
-use super::error::{Error, Loc, Shown};
+use super::error::{nearest_under, Error, Loc, Shown};
 use super::value::Value;
 use super::{OptionDecl, NORMAL};
 use crate::drv::Str;
@@ -361,6 +361,17 @@ impl Type {
             K::List(t) | K::Map(t) | K::Optional(t) | K::Unique(t) => t.clashes(),
             K::OneOf(ts) => ts.iter().flat_map(Type::clashes).collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The type of `key` inside this map or submodule (an element, a
+    /// field), and whether it is a map entry; `None` for other types and
+    /// unknown fields.
+    pub(crate) fn inner(&self, key: &str) -> Option<(&Type, bool)> {
+        match &*self.0 {
+            Kind::Map(e) => Some((e, true)),
+            Kind::Submodule(s) => s.fields.get(key).map(|d| (&d.ty, false)),
+            _ => None,
         }
     }
 
@@ -893,10 +904,7 @@ pub(crate) fn unknown_fields(
                 path: format!("{option}.{field}"),
                 module: d.module.clone(),
                 loc: d.loc.clone(),
-                suggestions: crate::error::nearest(field, s.fields.keys().map(|k| &**k))
-                    .into_iter()
-                    .map(|f| format!("{option}.{f}"))
-                    .collect(),
+                suggestions: nearest_under(option, field, s.fields.keys().map(|k| &**k)),
             });
         }
     }
@@ -953,10 +961,7 @@ pub(crate) fn prepare_key(
         Kind::Submodule(s) => {
             let Some(decl) = s.fields.get(key) else {
                 return Err(Error::NoSuchOption {
-                    suggestions: crate::error::nearest(key, s.fields.keys().map(|k| &**k))
-                        .into_iter()
-                        .map(|f| format!("{option}.{f}"))
-                        .collect(),
+                    suggestions: nearest_under(option, key, s.fields.keys().map(|k| &**k)),
                     path,
                 });
             };
