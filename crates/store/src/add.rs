@@ -122,8 +122,9 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<u64> {
 /// Canonicalizes a staged tree: read-only, no setuid/setgid/sticky bits,
 /// executable only where the owner could execute, mtime 1 (the epoch plus
 /// one second, as Nix does, so that builds do not depend on when their
-/// inputs arrived), and owned by the store's owner (`owner`, when this
-/// process may change owners).
+/// inputs arrived), and owned by the store's owner (`owner`, or this
+/// process's user when `None`): a file of another user is given to the
+/// owner when this process is root, and refused otherwise.
 pub(crate) fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
     let meta = fs::symlink_metadata(path).map_err(io_err("read", path))?;
     let t = meta.file_type();
@@ -133,11 +134,20 @@ pub(crate) fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(),
             canonicalize(&entry.path(), owner)?;
         }
     }
-    if let Some((uid, gid)) = owner {
-        if (meta.uid(), meta.gid()) != (uid, gid) {
-            std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-                .map_err(io_err("change the owner of", path))?;
+    let me = rustix::process::geteuid();
+    let (uid, gid) = owner.unwrap_or((me.as_raw(), rustix::process::getegid().as_raw()));
+    // Whoever owns a file can make it writable again: anything not owned
+    // by the store's owner (a file another user slipped into a build's
+    // output) is taken over, or refused where this process cannot.
+    if meta.uid() != uid || (me.is_root() && meta.gid() != gid) {
+        if !me.is_root() {
+            return Err(io_err("canonicalize", path)(io::Error::other(format!(
+                "owned by uid {} instead of the store's owner (uid {uid})",
+                meta.uid()
+            ))));
         }
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(io_err("change the owner of", path))?;
     }
     if !t.is_symlink() {
         let exec = t.is_dir() || meta.mode() & 0o100 != 0;

@@ -201,3 +201,20 @@ fn render_failures(failures: &[crate::build::BuildFailure]) -> String {
     }
     text
 }
+
+/// An error with its causes, `: `-separated, for the places that keep a
+/// failure as text (a build failure's reason): the cause is often the
+/// part that says what to do.
+pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

@@ -44,6 +44,7 @@ pub mod gc;
 pub mod lock;
 pub mod sandbox;
 pub mod scan;
+mod seccomp;
 mod store;
 pub mod verify;
 

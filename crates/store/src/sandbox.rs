@@ -85,6 +85,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use thiserror::Error;
 
+use crate::seccomp;
+
 /// The builder's uid inside the sandbox unless told otherwise (Nix's
 /// `nixbld` convention).
 pub const DEFAULT_UID: u32 = 1000;
@@ -102,7 +104,8 @@ pub struct SandboxSpec {
     /// The builder's complete environment; nothing is inherited.
     pub env: Vec<(String, String)>,
     /// Host directory (existing, empty, writable) that the builder sees at
-    /// `build_dir_inside`.
+    /// `build_dir_inside`. Its parent must be closed to other users (mode
+    /// 0700): the builder can open the directory itself to everyone.
     pub build_dir: PathBuf,
     /// Where the builder sees its build directory (e.g. `/build`); its
     /// working directory. `/tmp` is a symlink to it (unless it is `/tmp`).
@@ -114,8 +117,9 @@ pub struct SandboxSpec {
     /// unless the store is a chroot store).
     pub store_root: PathBuf,
     /// Host scratch directory for the sandbox's root, on the same file
-    /// system as `store_root`. Created if missing; the caller removes it
-    /// after [`Sandboxed::wait`].
+    /// system as `store_root`. Created if missing, and made mode 0700 (the
+    /// outputs are written below it); the caller removes it after
+    /// [`Sandboxed::wait`].
     pub chroot_dir: PathBuf,
     /// Base names (`<digest>-<name>`) of the store paths the builder may
     /// read: its input closure. Each must exist under `store_root`.
@@ -779,11 +783,13 @@ enum Step {
     Stdio,
     Session,
     NoNewPrivs,
+    Seccomp,
+    ParentDeath,
     Groups,
     Exec,
 }
 
-const STEPS: [Step; 15] = [
+const STEPS: [Step; 17] = [
     Step::JoinUser,
     Step::JoinNet,
     Step::Clone,
@@ -797,6 +803,8 @@ const STEPS: [Step; 15] = [
     Step::Stdio,
     Step::Session,
     Step::NoNewPrivs,
+    Step::Seccomp,
+    Step::ParentDeath,
     Step::Groups,
     Step::Exec,
 ];
@@ -821,6 +829,12 @@ struct Plan {
     envp: Vec<*const libc::c_char>,
     _strings: Vec<CString>,
     builder_stack: *mut c_void,
+    /// The system call filter; points into `_filter`.
+    seccomp: seccomp::Program,
+    _filter: Vec<seccomp::Instruction>,
+    /// A pidfd of this process, which the builder polls once it has asked
+    /// to be killed with its parent: if we died before, nobody kills it.
+    parent: RawFd,
     report: Report,
 }
 
@@ -869,6 +883,21 @@ extern "C" fn builder(arg: *mut c_void) -> libc::c_int {
     // SAFETY (whole function): as in `join_and_clone`.
     unsafe {
         let plan = &*(arg as *const Plan);
+        // Our parent is the thread that spawned us: a bigtop killed
+        // outright (SIGKILL) takes the builder, and with it the whole PID
+        // namespace, along.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(plan, Step::ParentDeath, 0);
+        }
+        let mut parent = libc::pollfd {
+            fd: plan.parent,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&mut parent, 1, 0) != 0 {
+            // Gone already (or unknowable): never run unsupervised.
+            fail(plan, Step::ParentDeath, 0);
+        }
         for (i, op) in plan.ops.iter().enumerate() {
             if !op.apply(&plan.report.tree) {
                 fail(plan, Step::Mount, i);
@@ -924,6 +953,9 @@ extern "C" fn builder(arg: *mut c_void) -> libc::c_int {
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(plan, Step::NoNewPrivs, 0);
+        }
+        if !plan.seccomp.install() {
+            fail(plan, Step::Seccomp, 0);
         }
         if plan.setgroups && libc::setgroups(0, std::ptr::null()) != 0 {
             fail(plan, Step::Groups, 0);
@@ -1175,6 +1207,48 @@ fn host_mount_point(host: &Path, at: &Path) -> Result<(), SandboxError> {
     }
 }
 
+/// Makes `dir` (or checks it is) a directory of ours that no other user
+/// can enter. The outputs are written below it: a builder may make them
+/// setuid (where the filter misses a way) or world-writable, and nobody
+/// else may reach them before they are canonicalized.
+fn private_dir(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(prep_err("create", dir)(e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(prep_err("stat", dir))?;
+    if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(SandboxError::InvalidSpec {
+            field: "chroot_dir",
+            value: dir.display().to_string(),
+            reason: "is not a directory of this user",
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(prep_err("make private", dir))?;
+    }
+    Ok(())
+}
+
+/// Refuses a directory the builder sees (and may `chmod`) whose parent
+/// lets other users in: they could then reach what the builder puts there.
+fn check_private_parent(field: &'static str, dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(dir);
+    let meta = fs::metadata(parent).map_err(prep_err("stat", parent))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(SandboxError::InvalidSpec {
+            field,
+            value: dir.display().to_string(),
+            reason: "is in a directory other users can enter (it must be mode 0700)",
+        });
+    }
+    Ok(())
+}
+
 /// The steps that build the root on a tmpfs inside the sandbox.
 struct RootPlan<'a> {
     root: &'a Path,
@@ -1243,6 +1317,8 @@ impl RootPlan<'_> {
 /// Only the store dir is on the host, since the outputs must stay there.
 fn prepare_root(spec: &SandboxSpec) -> Result<Vec<Op>, SandboxError> {
     let root = spec.chroot_dir.as_path();
+    private_dir(root)?;
+    check_private_parent("build_dir", &spec.build_dir)?;
     let host_store = under(root, &spec.store_dir);
     fs::create_dir_all(&host_store).map_err(prep_err("create", &host_store))?;
     for name in &spec.inputs {
@@ -1443,6 +1519,17 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed, SandboxError> {
     let envp = pointers(&strings[argc..]);
 
     let stacks = Stacks::new(2)?;
+    let filter = seccomp::filter();
+    let parent = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    if parent < 0 {
+        return Err(SandboxError::Process {
+            action: "open a pidfd of",
+            pid: std::process::id() as i32,
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: pidfd_open returned a fresh descriptor.
+    let parent = unsafe { OwnedFd::from_raw_fd(parent as RawFd) };
     let plan = Plan {
         user_fd: ns.user.as_raw_fd(),
         net_fd: if spec.network { -1 } else { ns.net.as_raw_fd() },
@@ -1458,6 +1545,9 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed, SandboxError> {
         envp,
         _strings: strings,
         builder_stack: stacks.top(1),
+        seccomp: seccomp::Program::new(&filter),
+        _filter: filter,
+        parent: parent.as_raw_fd(),
         report: Report::default(),
     };
 
@@ -1559,6 +1649,8 @@ fn setup_error(spec: &SandboxSpec, plan: &Plan, step: u32) -> SandboxError {
         Step::Stdio => "set up standard input, output and error".to_owned(),
         Step::Session => "start a new session".to_owned(),
         Step::NoNewPrivs => "set no_new_privs".to_owned(),
+        Step::Seccomp => "install the system call filter".to_owned(),
+        Step::ParentDeath => "tie the builder's life to bigtop's".to_owned(),
         Step::Groups => "drop the supplementary groups".to_owned(),
     };
     SandboxError::Setup { step, source }

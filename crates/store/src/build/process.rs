@@ -42,7 +42,9 @@ impl BuildDirSlot {
             let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
             // The pid first: GC removes the directories of dead processes.
             let dir = base.join(format!("{}-{n}", std::process::id()));
-            fs::create_dir_all(&base)
+            // Private, parent included: a builder can open its own build
+            // dir to everyone, and must not thereby open it to anyone.
+            private_dir(&base)
                 .and_then(|()| {
                     use std::os::unix::fs::DirBuilderExt;
                     fs::DirBuilder::new().mode(0o700).create(&dir)
@@ -54,6 +56,20 @@ impl BuildDirSlot {
         }
         Ok(LentDir(self))
     }
+}
+
+/// Creates `dir` and its parents, and leaves `dir` itself mode 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)?;
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl Drop for BuildDirSlot {

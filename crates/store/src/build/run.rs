@@ -720,7 +720,12 @@ impl<'s> Builder<'s> {
             .map(|written| (written, None))
         };
         let (written, known) = run?;
-        let staged = self.stage_outputs(drv, derivation, outputs, &closure, written, known);
+        // Sandboxed outputs were made canonical before they left the
+        // builder's private scratch root.
+        let canonical = !builtin && self.options.sandbox == Sandboxing::Required;
+        let staged = self.stage_outputs(
+            drv, derivation, outputs, &closure, written, known, canonical,
+        );
         let staged = staged.map_err(fail)?;
         if check {
             let mut checks = Vec::new();
@@ -774,6 +779,7 @@ impl<'s> Builder<'s> {
     /// Checks, canonicalizes, scans and hashes the outputs a builder wrote
     /// (at `written`: in the store's physical root, at their own paths or
     /// under temporary names). On failure nothing is left.
+    #[allow(clippy::too_many_arguments)]
     fn stage_outputs(
         &self,
         drv: &StorePath,
@@ -782,6 +788,7 @@ impl<'s> Builder<'s> {
         closure: &BTreeSet<StorePath>,
         written: BTreeMap<OutputName, PathBuf>,
         known: Option<builtin::Written>,
+        canonical: bool,
     ) -> Result<Vec<(PathInfo, PathBuf)>, FailureKind> {
         let mut staged: Vec<(PathInfo, PathBuf)> = Vec::new();
         let result = (|| {
@@ -811,8 +818,11 @@ impl<'s> Builder<'s> {
                         nar::hash_file_bytes(&w.contents, w.executable, HashAlgo::Blake3)
                     }
                     _ => {
-                        canonicalize(&tmp, self.store.owner())
-                            .map_err(|e| FailureKind::Setup(e.to_string()))?;
+                        if !canonical {
+                            canonicalize(&tmp, self.store.owner()).map_err(|e| {
+                                FailureKind::Setup(crate::error::Chain(&e).to_string())
+                            })?;
+                        }
                         scanner.scan_path(&tmp).map_err(|e| {
                             FailureKind::Setup(format!("cannot scan output `{name}`: {e}"))
                         })?;

@@ -15,7 +15,7 @@ use bigtop_core::StorePath;
 use super::log::LogSink;
 use super::process::{environment, LentDir};
 use super::{BuildOptions, FailureKind};
-use crate::add::remove_tree;
+use crate::add::{canonicalize, remove_tree};
 use crate::error::Error;
 use crate::sandbox::{self, SandboxSpec};
 use crate::store::Store;
@@ -139,6 +139,15 @@ pub(crate) fn run(
             store.physical(path)
         };
         if std::fs::symlink_metadata(&at).is_ok() {
+            // Canonical (read-only, ours, no setuid bits) while still in
+            // the private scratch root: nobody but us can have opened
+            // anything in it, and nobody can once it is in the store.
+            canonicalize(&at, store.owner()).map_err(|e| {
+                for w in written.values() {
+                    let _ = remove_tree(w);
+                }
+                setup(crate::error::Chain(&e).to_string())
+            })?;
             let _ = remove_tree(&tmp);
             std::fs::rename(&at, &tmp).map_err(|e| {
                 for w in written.values() {

@@ -234,3 +234,178 @@ fn what_a_sandboxed_builder_leaves_running_dies_with_it() -> TestResult {
     assert_eq!(strays(&store), Vec::<String>::new());
     Ok(())
 }
+
+/// The host's programs, for builders that need more than `/bin/sh`.
+fn host_paths() -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    ["/bin", "/usr", "/lib", "/lib64"]
+        .into_iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .map(|p| (p.into(), p.into()))
+        .collect()
+}
+
+/// Runs `script` under `/bin/sh` as `nobody` (uid and gid 65534, no
+/// supplementary groups); returns whether it exited 0.
+fn as_nobody(script: &str) -> bool {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("setpriv (util-linux) runs")
+        .success()
+}
+
+/// Waits for a file the builder writes to show up somewhere below `dir`
+/// on the host; returns its path.
+fn wait_for_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let found = walk(dir).into_iter().find(|p| p.ends_with(name));
+        if let Some(p) = found {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{name}` never appeared below `{}`",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Issue 13, points 1 and 2: while a build runs, its outputs and build dir
+/// sit on the host, made by a builder that (when bigtop runs as root) is
+/// root there. A setuid copy of a shell in them was a root shell for any
+/// local user, and a world-writable output let any user add files to what
+/// was then registered. The builder tries both and waits; another user
+/// must reach nothing, and the setuid bit must never be set.
+#[test]
+fn other_users_cannot_reach_a_running_build_and_setuid_bits_never_stick() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    // Other users must be able to reach the store itself, as on a host.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let store = Store::open_chroot(tmp.path())?;
+    let mut d = sh(
+        &store,
+        "setuid",
+        "mkdir $out; cp /bin/sh $out/sh; \
+         if chmod 4755 $out/sh 2> $out/chmod-error; then echo > $out/chmod-allowed; fi; \
+         install -m 2755 /bin/sh $out/sh2 2> $out/install-error || true; \
+         chmod 777 $out /build; echo secret > /build/secret; chmod 666 /build/secret; \
+         echo ready > $out/ready; \
+         i=0; while [ ! -e /build/go ] && [ $i -lt 600 ]; do /bin/sleep 0.1; i=$((i+1)); done",
+        &[],
+    );
+    d.env.insert("PATH".into(), "/bin:/usr/bin".into());
+    fill(&store, &mut d);
+    let options = BuildOptions {
+        sandbox_paths: Some(host_paths()),
+        ..sandboxed()
+    };
+    let root = store.root().to_owned();
+    let builds = store.state_dir().join("builds");
+    let (checked, built) = std::thread::scope(|s| {
+        let build = s.spawn(|| build_out(&store, options, &d));
+        let ready = wait_for_file(&root, "ready");
+        let out = ready.parent().expect("in the output").to_owned();
+        let secret = wait_for_file(&builds, "secret");
+        let checked = (|| -> TestResult {
+            use std::os::unix::fs::MetadataExt;
+            let mode = std::fs::metadata(out.join("sh"))?.mode();
+            assert_eq!(mode & 0o6000, 0, "a setuid bit was set: {mode:o}");
+            assert!(!out.join("chmod-allowed").exists());
+            let why = std::fs::read_to_string(out.join("chmod-error"))?;
+            assert!(why.contains("not permitted"), "{why}");
+            if let Ok(m) = std::fs::metadata(out.join("sh2")) {
+                assert_eq!(m.mode() & 0o6000, 0, "install set {:o}", m.mode());
+            }
+            // The scratch root is private; so are the build dirs.
+            let scratch = out
+                .ancestors()
+                .find(|a| a.parent() == Some(root.as_path()))
+                .expect("below the store root");
+            assert_eq!(std::fs::metadata(scratch)?.mode() & 0o777, 0o700);
+            assert_eq!(std::fs::metadata(&builds)?.mode() & 0o777, 0o700);
+            if rustix::process::geteuid().is_root() {
+                let q = |p: &std::path::Path| format!("'{}'", p.display());
+                // Sanity: nobody can reach the store root itself.
+                assert!(as_nobody(&format!("ls {} > /dev/null", q(&root))));
+                assert!(!as_nobody(&format!("ls {} > /dev/null", q(&out))));
+                assert!(!as_nobody(&format!("{} -c 'id -u'", q(&out.join("sh")))));
+                assert!(!as_nobody(&format!(
+                    "echo x > {}",
+                    q(&out.join("intruder"))
+                )));
+                assert!(!as_nobody(&format!("cat {}", q(&secret))));
+                assert!(!out.join("intruder").exists());
+            } else {
+                eprintln!("not root: no other user to try the scratch area as");
+            }
+            Ok(())
+        })();
+        std::fs::write(secret.with_file_name("go"), "")?;
+        let built = build.join().expect("no panic");
+        Ok::<_, Box<dyn std::error::Error>>((checked, built))
+    })?;
+    checked?;
+    let out = store.physical(&built?);
+    use std::os::unix::fs::MetadataExt;
+    for p in walk(&out) {
+        let m = std::fs::symlink_metadata(&p)?;
+        assert_eq!(m.mode() & 0o7022, 0, "{} is {:o}", p.display(), m.mode());
+        assert_eq!(m.uid(), rustix::process::geteuid().as_raw());
+    }
+    Ok(())
+}
+
+/// Issue 13, point 2: a file in an output owned by another user stays
+/// changeable by that user after registration. Canonicalization gives
+/// every file to the store's owner, also when that owner is this process's
+/// own user (here: root, whose builds were left alone before).
+#[test]
+fn outputs_are_given_to_the_store_owner_even_when_that_is_this_user() -> TestResult {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: a builder cannot give files to another user");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let store = crate::direct_store(tmp.path());
+    let mut d = sh(
+        &store,
+        "foreign",
+        "mkdir $out; echo x > $out/f; chown 65534:65534 $out/f $out",
+        &[],
+    );
+    d.env.insert("PATH".into(), "/bin:/usr/bin".into());
+    fill(&store, &mut d);
+    let out = store.physical(&build_out(&store, crate::plain(), &d)?);
+    use std::os::unix::fs::MetadataExt;
+    for p in [out.join("f"), out] {
+        let m = std::fs::symlink_metadata(&p)?;
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{}", p.display());
+    }
+    Ok(())
+}

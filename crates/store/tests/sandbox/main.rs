@@ -34,6 +34,9 @@ struct Fixture {
 impl Fixture {
     fn new() -> Result<Fixture> {
         let tmp = tempfile::tempdir()?;
+        // The build dir's parent must be private (a spawn refuses it else).
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700))?;
         let store = tmp.path().join("store");
         fs::create_dir_all(store.join(INPUT))?;
         fs::write(store.join(INPUT).join("data"), "input data\n")?;
@@ -445,4 +448,85 @@ fn child_sleep() {
         fs::rename(&tmp, &file).expect("publish the namespace");
     }
     std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// Issue 13, point 1: every way to make a setuid or setgid file (or to set
+/// attributes such as file capabilities) fails inside, with the errno a
+/// program expects; plain modes still work.
+#[test]
+fn no_call_can_set_a_setuid_or_setgid_bit_inside() -> Result {
+    let fx = Fixture::new()?;
+    let (spec, pipes) = fx.helper("child_setuid")?;
+    let f = run(spec, pipes)?;
+    f.assert_success();
+    assert!(f.stdout.contains("all refused"), "{}", f.stdout);
+    Ok(())
+}
+
+/// Inside a sandbox: tries each call that could set S_ISUID/S_ISGID in
+/// `/build`, and panics if one succeeds or fails otherwise than expected.
+#[test]
+#[ignore = "entry point for builders of the sandbox tests"]
+fn child_setuid() {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).unwrap();
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let expect = |what: &str, r: libc::c_long, want: i32| {
+        let got = if r < 0 { errno() } else { 0 };
+        println!("{what}: {r} errno {got}");
+        assert_eq!(got, want, "{what}");
+    };
+    unsafe {
+        let plain = c("/build/plain");
+        let fd = libc::open(plain.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o755);
+        expect("open 0755", fd as _, 0);
+        expect("fchmod 0700", libc::fchmod(fd, 0o700) as _, 0);
+        expect("fchmod 04755", libc::fchmod(fd, 0o4755) as _, libc::EPERM);
+        expect(
+            "chmod 02755",
+            libc::chmod(plain.as_ptr(), 0o2755) as _,
+            libc::EPERM,
+        );
+        expect(
+            "fchmodat 04755",
+            libc::fchmodat(libc::AT_FDCWD, plain.as_ptr(), 0o4755, 0) as _,
+            libc::EPERM,
+        );
+        let made = c("/build/made");
+        let r = libc::open(made.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o4755);
+        expect("open O_CREAT 04755", r as _, libc::EPERM);
+        let r = libc::openat(
+            libc::AT_FDCWD,
+            made.as_ptr(),
+            libc::O_CREAT | libc::O_RDWR,
+            0o2755,
+        );
+        expect("openat O_CREAT 02755", r as _, libc::EPERM);
+        let r = libc::syscall(libc::SYS_creat, made.as_ptr(), 0o4755);
+        expect("creat 04755", r, libc::EPERM);
+        let r = libc::mknod(made.as_ptr(), libc::S_IFREG | 0o4755, 0);
+        expect("mknod 04755", r as _, libc::EPERM);
+        let r = libc::mkdir(made.as_ptr(), 0o2755);
+        expect("mkdir 02755", r as _, libc::EPERM);
+        // Without O_CREAT the mode is unused: no refusal for garbage in it.
+        let r = libc::open(plain.as_ptr(), libc::O_RDONLY, 0o4755);
+        expect("open existing", if r < 0 { r as _ } else { 0 }, 0);
+        let r = libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            made.as_ptr(),
+            0usize,
+            0usize,
+        );
+        expect("openat2", r, libc::ENOSYS);
+        let r = libc::syscall(libc::SYS_io_uring_setup, 1, 0usize);
+        expect("io_uring_setup", r, libc::ENOSYS);
+        let name = c("security.capability");
+        let r = libc::setxattr(plain.as_ptr(), name.as_ptr(), b"x".as_ptr().cast(), 1, 0);
+        expect("setxattr", r as _, libc::ENOTSUP);
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::stat(plain.as_ptr(), &mut st);
+        assert_eq!(st.st_mode & 0o7777, 0o700);
+    }
+    println!("all refused");
 }
