@@ -314,7 +314,7 @@ impl Store {
     pub(crate) fn temp_name(&self, name: &str) -> PathBuf {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root()
-            .join(format!(".tmp-{}-{n}-{name}", std::process::id()))
+            .join(format!(".tmp-{}-{n}-{name}", self.process))
     }
 }
 

@@ -13,7 +13,8 @@
 //! | `Refs` | reference edges (referrer → reference), indexed both ways |
 //! | `Unreferenced` | registered paths that no other path refers to, kept by triggers: where garbage collection starts, so it never walks the live store |
 //! | `DerivationOutputs` | for a `.drv`, the path of each output |
-//! | `Processes`, `TempRoots` | processes using the store and the paths they hold alive while they run |
+//! | `Processes`, `TempRoots` | open store handles ([`crate::liveness`]) and the paths they hold alive while they run |
+//! | `Counters` | the last handle id given out, so that ids are never reused |
 //! | `Locks` | per-path locks of adders, builders and the collector ([`crate::lock`]) |
 //! | `Roots` | the roots made through the API (link → path), so that the collector's check of a path and a root made meanwhile are ordered by the database |
 
@@ -25,7 +26,7 @@ use rusqlite::Connection;
 use crate::error::Error;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `MIGRATIONS[v]` takes a database from version `v` to `v + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -108,6 +109,16 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO LocksNew (path, process, owner) SELECT path, process, owner FROM Locks;
     DROP TABLE Locks;
     ALTER TABLE LocksNew RENAME TO Locks;
+    "#,
+    // 2 → 3: a handle is alive while it holds a lock on a file named by
+    // its id (`crate::liveness`), not while a pid runs: ids must never be
+    // reused, or a new handle would inherit a dead one's leftovers.
+    r#"
+    CREATE TABLE Counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO Counters VALUES ('process', COALESCE((SELECT MAX(id) FROM Processes), 0));
     "#,
 ];
 

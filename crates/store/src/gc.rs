@@ -48,29 +48,6 @@ const REFERENCES_OTHER_THAN_SELF: &str =
     "SELECT v.id, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference
      WHERE r.referrer = ?1 AND r.reference != ?1";
 
-/// This process's id and start time (clock ticks since boot), which
-/// together name it even after its pid is reused.
-pub(crate) fn this_process() -> (i64, i64) {
-    let pid = std::process::id() as i64;
-    (pid, start_time(pid).unwrap_or(0))
-}
-
-fn start_time(pid: i64) -> Option<i64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22; the command name (field 2) is in parentheses and may hold
-    // spaces, so count from the last `)`.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
-}
-
-fn alive(pid: i64, started: i64) -> bool {
-    start_time(pid) == Some(started)
-}
-
 /// What to collect.
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
@@ -223,23 +200,11 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the temporary roots of processes that have exited.
-    pub(crate) fn clean_processes(&self) -> Result<(), Error> {
-        let conn = self.db();
-        let rows: Vec<(i64, i64, i64)> = conn
-            .prepare("SELECT id, pid, start_time FROM Processes")
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
-            })
-            .map_err(self.db_err())?;
-        for (id, pid, started) in rows {
-            if !alive(pid, started) {
-                conn.execute("DELETE FROM Processes WHERE id = ?1", [id])
-                    .map_err(self.db_err())?;
-            }
-        }
-        Ok(())
+    /// Drops the temporary roots and locks of handles that are gone;
+    /// returns the ids of those alive.
+    pub(crate) fn clean_processes(&self) -> Result<Vec<i64>, Error> {
+        let mut conn = self.db();
+        crate::liveness::clean(&mut conn, self.state_dir(), |e| self.db_err()(e))
     }
 
     /// Deletes every registered path that no root, temporary root or other
@@ -304,23 +269,18 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes what processes that died left half-made: staged trees
-    /// (`.tmp-<pid>-…`) and sandbox roots (`.chroot-<pid>-…`) in the store
-    /// dir, build dirs (`<pid>-…`) in the state dir. None of it was ever
+    /// Removes what handles that died left half-made: staged trees
+    /// (`.tmp-<id>-…`) and sandbox roots (`.chroot-<id>-…`) in the store
+    /// dir, build dirs (`<id>-…`) in the state dir. None of it was ever
     /// registered; a process killed mid-build cannot clean up itself.
     /// Returns the bytes freed.
     fn remove_leftovers(&self) -> Result<u64, Error> {
-        let live: HashSet<i64> = {
-            let conn = self.db();
-            conn.prepare("SELECT pid FROM Processes")
-                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-                .map_err(self.db_err())?
-        };
+        let live: HashSet<i64> = self.clean_processes()?.into_iter().collect();
         let dead = |rest: &str| {
             rest.split('-')
                 .next()
-                .and_then(|pid| pid.parse::<i64>().ok())
-                .is_some_and(|pid| !live.contains(&pid))
+                .and_then(|id| id.parse::<i64>().ok())
+                .is_some_and(|id| !live.contains(&id))
         };
         let mut freed = 0;
         let builds = self.state_dir().join("builds");

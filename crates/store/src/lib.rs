@@ -41,6 +41,7 @@ mod db;
 pub mod error;
 pub mod export;
 pub mod gc;
+mod liveness;
 pub mod lock;
 pub mod sandbox;
 pub mod scan;

@@ -30,7 +30,9 @@ static NEXT_OWNER: AtomicI64 = AtomicI64::new(1);
 #[must_use = "the locks are released when this is dropped"]
 pub struct LockSet<'s> {
     store: &'s Store,
-    /// Unique among the sets of every process: pid in the high bits.
+    /// Unique among the sets of every handle: the handle's id (never
+    /// reused, unlike a pid, and the same in every PID namespace) in the
+    /// high bits.
     owner: i64,
     held: bool,
     /// The paths held, as JSON arrays (one per successful call): releasing
@@ -47,7 +49,7 @@ impl<'s> LockSet<'s> {
         let n = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
         LockSet {
             store,
-            owner: (i64::from(std::process::id()) << 32) | (n & 0xffff_ffff),
+            owner: (store.process << 32) | (n & 0xffff_ffff),
             held: false,
             names: Vec::new(),
             singles: Vec::new(),

@@ -124,17 +124,11 @@ impl StoreBuilder {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
         let db_file = state.join("db/db.sqlite");
-        let conn = db::open(&db_file)?;
-        let (pid, start_time) = crate::gc::this_process();
-        conn.execute(
-            "INSERT INTO Processes (pid, start_time) VALUES (?1, ?2)",
-            params![pid, start_time],
-        )
-        .map_err(|source| Error::Db {
+        let mut conn = db::open(&db_file)?;
+        let (process, alive) = crate::liveness::register(&mut conn, &state, |source| Error::Db {
             path: db_file.clone(),
             source,
         })?;
-        let process = conn.last_insert_rowid();
         Ok(Store {
             dir: self.dir,
             root,
@@ -144,6 +138,7 @@ impl StoreBuilder {
             added: Mutex::new(HashMap::new()),
             owner: std::sync::OnceLock::new(),
             process,
+            alive: Some(alive),
         })
     }
 }
@@ -158,8 +153,11 @@ pub struct Store {
     state: PathBuf,
     db_file: PathBuf,
     conn: Mutex<Connection>,
-    /// This handle's row in `Processes`, which owns its temporary roots.
+    /// This handle's row in `Processes`, which owns its temporary roots and
+    /// locks, and names its scratch files; unique for the store's life.
     pub(crate) process: i64,
+    /// The lock that tells others this handle is alive.
+    alive: Option<crate::liveness::Alive>,
     /// Derivations this handle added and no plan has read yet: planning
     /// what was just added (what a fleet program does) need not read and
     /// parse every `.drv` back. A `.drv`'s contents never change, so an
@@ -176,9 +174,9 @@ pub(crate) const ADDED_KEPT: usize = 100_000;
 impl Drop for Store {
     fn drop(&mut self) {
         // Temporary roots live as long as the handle; a crash leaves the
-        // row behind, and the collector drops it once the pid is gone.
-        if let Ok(conn) = self.conn.get_mut() {
-            let _ = conn.execute("DELETE FROM Processes WHERE id = ?1", [self.process]);
+        // row behind, and the next cleaner drops it once the lock is free.
+        if let (Ok(conn), Some(alive)) = (self.conn.get_mut(), self.alive.take()) {
+            crate::liveness::unregister(conn, &self.state, self.process, alive);
         }
     }
 }

@@ -105,16 +105,16 @@ impl Store {
         Ok(report)
     }
 
-    /// Prefixes of temporary names that running processes may be writing.
+    /// Prefixes of temporary names that live handles may be writing.
     fn live_temp_prefixes(&self) -> Result<Vec<String>, Error> {
         let conn = self.db();
-        let pids: Vec<i64> = conn
-            .prepare("SELECT DISTINCT pid FROM Processes")
+        let ids: Vec<i64> = conn
+            .prepare("SELECT id FROM Processes")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(self.db_err())?;
-        Ok(pids
+        Ok(ids
             .into_iter()
-            .flat_map(|pid| [format!(".tmp-{pid}-"), format!(".chroot-{pid}-")])
+            .flat_map(|id| [format!(".tmp-{id}-"), format!(".chroot-{id}-")])
             .collect())
     }
 

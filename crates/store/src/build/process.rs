@@ -40,8 +40,8 @@ impl BuildDirSlot {
         if self.0.is_none() {
             let base = store.state_dir().join("builds");
             let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
-            // The pid first: GC removes the directories of dead processes.
-            let dir = base.join(format!("{}-{n}", std::process::id()));
+            // The handle's id first: GC removes the directories of dead ones.
+            let dir = base.join(format!("{}-{n}", store.process));
             // Private, parent included: a builder can open its own build
             // dir to everyone, and must not thereby open it to anyone.
             private_dir(&base)

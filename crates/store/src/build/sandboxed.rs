@@ -78,11 +78,11 @@ pub(crate) fn run(
             .join(" ")
     ));
     let n = CHROOT_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let scratch = Scratch(store.root().join(format!(
-        ".chroot-{}-{n}-{}",
-        std::process::id(),
-        d.name
-    )));
+    let scratch = Scratch(
+        store
+            .root()
+            .join(format!(".chroot-{}-{n}-{}", store.process, d.name)),
+    );
     let store_dir = store.store_dir().as_path().to_owned();
     // Inside, the pool's ends are descriptors 3 and 4.
     let env = environment(

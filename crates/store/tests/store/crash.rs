@@ -254,3 +254,99 @@ fn concurrent_adders_and_collector() -> Result {
     }
     Ok(())
 }
+
+const NAME_VAR: &str = "BIGTOP_TEST_NAME";
+
+/// Opens the store, adds a text path named `BIGTOP_TEST_NAME` (which its
+/// handle then keeps alive), prints `ready` and waits until its standard
+/// input closes.
+#[test]
+#[ignore = "entry point for child processes of the crash and concurrency tests"]
+fn child_holder() -> Result {
+    let store = Store::open_chroot(std::env::var(STORE_VAR)?)?;
+    let name = std::env::var(NAME_VAR)?;
+    store.add_text(&name, name.as_bytes(), &BTreeSet::new())?;
+    println!("ready");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest)?;
+    Ok(())
+}
+
+/// Issue 13, point 9: handles were told apart by pid and start time, and
+/// a process whose `/proc` entry could not be read was taken for dead. Two
+/// holders that are both PID 1 of their own PID namespace (containers
+/// sharing a store) must keep what they hold until each dies, and no
+/// longer.
+#[test]
+fn handles_in_other_pid_namespaces_keep_their_temporary_roots() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    drop(Store::open_chroot(dir)?);
+    let mut holders = Vec::new();
+    for name in ["held-a", "held-b"] {
+        let mut child = Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+            ])
+            .arg(std::env::current_exe()?)
+            .args([
+                "--exact",
+                "crash::child_holder",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(STORE_VAR, dir)
+            .env(NAME_VAR, name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        // libtest prints `test … ... ` before the test runs, on the same line.
+        while !line.trim_end().ends_with("ready") {
+            line.clear();
+            if std::io::BufRead::read_line(&mut out, &mut line)? == 0 {
+                return Err(format!("holder `{name}` ended before it was ready").into());
+            }
+        }
+        // Kept open: a holder writing to a closed pipe would fail.
+        holders.push((child, out));
+    }
+    let store = Store::open_chroot(dir)?;
+    let names = |store: &Store| -> Result<Vec<String>> {
+        Ok(store
+            .all_valid_paths()?
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect())
+    };
+    store.collect_garbage(&GcOptions::default())?;
+    let mut held = names(&store)?;
+    held.sort();
+    assert_eq!(held, ["held-a", "held-b"]);
+    // Killed outright, as a crash would: the holder itself, PID 1 of its
+    // namespace, not the `unshare` that waits for it.
+    let (mut a, _out) = holders.remove(0);
+    let inner: i32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", a.id()))?
+        .trim()
+        .parse()?;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(inner).ok_or("a holder's pid")?,
+        rustix::process::Signal::KILL,
+    )?;
+    assert!(!a.wait()?.success());
+    store.collect_garbage(&GcOptions::default())?;
+    assert_eq!(names(&store)?, vec!["held-b".to_owned()]);
+    let (mut b, _out) = holders.remove(0);
+    drop(b.stdin.take());
+    assert!(b.wait()?.success());
+    store.collect_garbage(&GcOptions::default())?;
+    assert_eq!(names(&store)?, Vec::<String>::new());
+    Ok(())
+}

@@ -267,9 +267,16 @@ fn a_full_collection_takes_reference_cycles() -> Result {
 fn a_collection_removes_what_dead_processes_left_half_made() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
-    // No process has this pid (above the kernel's maximum).
-    let dead = 4_194_305;
-    let live = std::process::id();
+    // Leftovers are named by the id of the handle that made them; this
+    // handle is the only one open, and ids are never handed out twice.
+    let processes = store.state_dir().join("processes");
+    let ids: Vec<u64> = std::fs::read_dir(&processes)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().parse()?))
+        .collect::<Result<_>>()?;
+    let [live] = ids[..] else {
+        return Err(format!("one handle open, found {ids:?}").into());
+    };
+    let dead = live + 1_000;
     let root = store.root().to_owned();
     let builds = store.state_dir().join("builds");
     std::fs::create_dir_all(&builds)?;
