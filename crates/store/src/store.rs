@@ -226,21 +226,37 @@ impl Store {
         self.root.join(path.to_string())
     }
 
-    /// Parses a path given by a user: a full logical path, a physical path
-    /// in this store, or a bare base name.
+    /// Parses a path given by a user: a bare base name (`<digest>-<name>`),
+    /// or a full logical path or physical path of this store. A path
+    /// inside a store path (`<store>/<digest>-<name>/bin/tool`) names that
+    /// store path.
+    ///
+    /// `.` and `..` are applied first, lexically, as a shell's `cd` does:
+    /// `<store>/A/../B` names `B`, the path it spells, never `A`; a path
+    /// that leads out of the store dir, or to the dir itself, names no
+    /// store path. Looks at nothing on disk.
     pub fn parse_user_path(&self, s: &str) -> Result<StorePath, Error> {
-        if let Ok((p, _)) = self.dir.parse_path_prefix(s) {
-            return Ok(p);
+        let trimmed = s.trim_end_matches('/');
+        if !trimmed.is_empty() && !trimmed.contains('/') {
+            return Ok(StorePath::from_base_name(trimmed)?);
         }
-        if let Some(rest) = Path::new(s)
-            .strip_prefix(&self.root)
-            .ok()
-            .and_then(|r| r.to_str())
-        {
-            let base = rest.split('/').next().unwrap_or("");
-            return Ok(StorePath::from_base_name(base)?);
+        let normal = lexically_normal(Path::new(s));
+        // The root is absolute but may hold `..` (`--store ../s`).
+        for dir in [self.dir.as_path(), &lexically_normal(&self.root)] {
+            let first = normal
+                .strip_prefix(dir)
+                .ok()
+                .and_then(|rest| rest.components().next());
+            if let Some(std::path::Component::Normal(base)) = first {
+                // Not UTF-8 cannot be a base name; the lossy form says why.
+                return Ok(StorePath::from_base_name(&base.to_string_lossy())?);
+            }
         }
-        Ok(StorePath::from_base_name(s.trim_end_matches('/'))?)
+        Err(bigtop_core::store_path::ParseError::NotInStore {
+            input: s.to_owned(),
+            store_dir: self.dir.to_string(),
+        }
+        .into())
     }
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
@@ -749,6 +765,28 @@ impl Store {
             .map_err(self.db_err())?;
         parse_paths(rows, self)
     }
+}
+
+/// `path` with `.` and `..` applied lexically (`a/b/../c` is `a/c`, `/..`
+/// is `/`), without repeated or trailing slashes.
+pub(crate) fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                // A relative path keeps the `..`s that lead above it.
+                _ => out.push(".."),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A JSON array of strings, the form in which a whole set of names goes

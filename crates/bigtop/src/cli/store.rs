@@ -4,7 +4,10 @@
 //! Text output shows full logical store paths
 //! (`/bigtop/store/<digest>-<name>`); JSON output shows store paths in
 //! their serde form, the base name (`<digest>-<name>`). Every command
-//! takes either form back, or the physical path of a chroot store's path.
+//! takes either form back, or the physical path of a chroot store's path,
+//! or a path inside a store path (which names that store path). `.` and
+//! `..` are applied first, lexically, as `cd` does: `<store>/A/../B` names
+//! `B`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -143,7 +146,8 @@ pub struct AddArgs {
 /// Arguments of the commands that take store paths.
 #[derive(Debug, Args)]
 pub struct PathsArgs {
-    /// Store paths: full, physical, or base names.
+    /// Store paths: full, physical, or base names (`..` is applied
+    /// lexically: `<store>/A/../B` is B).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
     #[allow(missing_docs)]

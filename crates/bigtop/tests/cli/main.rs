@@ -2,6 +2,7 @@
 
 mod build;
 mod derivation;
+mod paths;
 
 use std::collections::BTreeSet;
 use std::error::Error;

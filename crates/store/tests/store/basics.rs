@@ -270,3 +270,38 @@ fn added_paths_belong_to_the_store_owner() -> Result {
     }
     Ok(())
 }
+
+/// `<store>/A/../B` names B: the parser once took the first component
+/// after the store dir, so commands acted on A.
+#[test]
+fn user_paths_apply_dot_and_dotdot_before_naming_a_store_path() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let a = text(&store, "a", "a", &[])?;
+    let b = text(&store, "b", "b", &[])?;
+    let root = store.root().to_str().ok_or("path")?.to_owned();
+    let parse = |s: &str| store.parse_user_path(s).map_err(|e| e.to_string());
+    for (input, expected) in [
+        (format!("/bigtop/store/{a}/../{b}"), &b),
+        (format!("{root}/{a}/../{b}"), &b),
+        (format!("{root}/{a}/bin/../../{b}/x"), &b),
+        (format!("/bigtop/store/{a}/../../store/{b}"), &b),
+        (format!("/bigtop/store/./{a}"), &a),
+        (format!("/bigtop//store//{a}//"), &a),
+        (format!("{root}/{a}/bin/tool"), &a),
+        (format!("{a}/"), &a),
+        (b.to_string(), &b),
+    ] {
+        assert_eq!(parse(&input).as_ref(), Ok(expected), "{input}");
+    }
+    for input in [
+        format!("/bigtop/store/{a}/.."),
+        format!("{root}/{a}/../.."),
+        format!("/bigtop/store/{a}/../../{a}"),
+        format!("{root}/../store2/{a}"),
+    ] {
+        let err = parse(&input).expect_err(&input);
+        assert!(err.contains(&format!("`{input}`")), "{err}");
+    }
+    Ok(())
+}
