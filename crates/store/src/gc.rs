@@ -386,7 +386,13 @@ impl Store {
             })
             .map_err(self.db_err())?;
         if dry_run {
+            // The first pass deleted nothing, so what it counted is still
+            // valid and unreachable, and is among `dead`: count it once.
+            let counted: HashSet<String> = report.deleted.iter().map(|p| p.to_string()).collect();
             for (_, name, size) in dead {
+                if counted.contains(&name) {
+                    continue;
+                }
                 report.deleted.push(StorePath::from_base_name(&name)?);
                 report.freed_bytes += size as u64;
             }
