@@ -78,6 +78,18 @@ pub enum Error {
         /// The output asked for.
         output: bigtop_core::derivation::OutputName,
     },
+    /// A derivation needs an output that its input derivation does not have.
+    #[error("Derivation `{drv}` needs output `{output}` of `{input}`, which has no such output (it has: {have})")]
+    MissingInputOutput {
+        /// The `.drv` path of the derivation that needs it.
+        drv: String,
+        /// The input derivation.
+        input: StorePath,
+        /// The output it does not have.
+        output: bigtop_core::derivation::OutputName,
+        /// The outputs it has, each in backticks.
+        have: String,
+    },
     /// An input source is neither valid nor substitutable.
     #[error("Input `{input}` of `{drv}` is not valid and no substituter has it")]
     MissingInput {
