@@ -120,6 +120,25 @@ pub enum Error {
         /// The missing reference.
         reference: StorePath,
     },
+    /// A root was asked for inside the store directory, where it would be
+    /// an entry the store does not know.
+    #[error("Cannot make `{link}` a root: it is inside the store directory `{store}`, which holds only store paths")]
+    RootInStore {
+        /// The link asked for.
+        link: PathBuf,
+        /// The store directory it is in (logical or physical).
+        store: PathBuf,
+    },
+    /// A user gave a symlink that leads out of the store.
+    #[error("Symlink `{link}` leads to `{target}`, which is not in the store `{store_dir}`")]
+    LinkOutsideStore {
+        /// The path given.
+        link: PathBuf,
+        /// Where its links lead.
+        target: PathBuf,
+        /// The logical store dir.
+        store_dir: String,
+    },
     /// Contents did not hash to what was claimed.
     #[error("Contents of `{path}` do not match: expected {expected}, got {got}")]
     HashMismatch {

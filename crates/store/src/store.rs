@@ -259,6 +259,52 @@ impl Store {
         .into())
     }
 
+    /// [`parse_user_path`](Self::parse_user_path), for a path given on a
+    /// command line: a relative path is also taken from the current
+    /// directory, and a symlink outside the store whose links lead into
+    /// it (at its logical or physical path) names the store path they
+    /// lead to. That is how an out-link of a chroot store is read: it
+    /// points at the logical path (`/bigtop/store/…`), which exists only
+    /// inside builds, and is mapped through the store instead of followed
+    /// on the host. A bare base name is always taken as one.
+    pub fn resolve_user_path(&self, s: &str) -> Result<StorePath, Error> {
+        /// Links followed at most, as the collector follows roots.
+        const MAX_LINKS: usize = 8;
+        let parsed = self.parse_user_path(s);
+        if parsed.is_ok() || s.is_empty() {
+            return parsed;
+        }
+        let Ok(mut at) = std::path::absolute(s) else {
+            return parsed;
+        };
+        let in_store = |p: &Path| p.to_str().and_then(|t| self.parse_user_path(t).ok());
+        if let Some(p) = in_store(&at) {
+            return Ok(p);
+        }
+        let mut followed = false;
+        for _ in 0..MAX_LINKS {
+            let Ok(target) = fs::read_link(&at) else {
+                break;
+            };
+            followed = true;
+            // Relative to the link's directory; absolute stays as it is.
+            at = at
+                .parent()
+                .map_or_else(|| target.clone(), |dir| dir.join(&target));
+            if let Some(p) = in_store(&at) {
+                return Ok(p);
+            }
+        }
+        if followed {
+            return Err(Error::LinkOutsideStore {
+                link: PathBuf::from(s),
+                target: lexically_normal(&at),
+                store_dir: self.dir.to_string(),
+            });
+        }
+        parsed
+    }
+
     pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: every
         // write is a transaction that SQLite rolls back if unfinished.

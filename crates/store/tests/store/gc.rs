@@ -1,6 +1,6 @@
 use std::collections::BTreeSet;
 
-use bigtop_store::core::StorePath;
+use bigtop_store::core::{StoreDir, StorePath};
 use bigtop_store::{Error, GcOptions, Store};
 
 use crate::{assert_consistent, text, Result};
@@ -369,4 +369,40 @@ fn a_full_dry_run_lists_exactly_what_a_full_collection_deletes() -> Result {
     assert_eq!(report.deleted, dry.deleted);
     assert_eq!(store.all_valid_paths()?, kept);
     assert_consistent(&store)
+}
+
+/// A `result` link made inside the store dir was an entry the store does
+/// not know (`verify` reported it); the API refuses it, however spelled.
+#[test]
+fn an_indirect_root_inside_the_store_dir_is_refused() -> Result {
+    let tmp = tempfile::tempdir()?;
+    // A logical dir of its own: were the check to fail, the link would be
+    // made there, not in the host's `/bigtop/store`.
+    let logical = tmp.path().join("logical/store");
+    let store = Store::builder()
+        .store_dir(StoreDir::new(logical.to_str().ok_or("path")?)?)
+        .chroot(tmp.path().join("s"))
+        .open()?;
+    std::fs::create_dir_all(&logical)?;
+    let kept = text(&store, "kept", "k", &[])?;
+    std::os::unix::fs::symlink(store.root(), tmp.path().join("store-link"))?;
+    for link in [
+        store.root().join("evil"),
+        store.root().join(kept.to_string()).join("evil"),
+        store.root().join("../store/evil"),
+        tmp.path().join("store-link/evil"),
+        logical.join("evil"),
+    ] {
+        let err = store.add_indirect_root(&link, &kept).unwrap_err();
+        assert!(matches!(err, Error::RootInStore { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!("`{}`", link.display())),
+            "{err}"
+        );
+    }
+    assert!(store.verify(Default::default())?.is_clean());
+    assert_eq!(std::fs::read_dir(&logical)?.count(), 0);
+    store.add_indirect_root(&tmp.path().join("result"), &kept)?;
+    assert_eq!(store.roots()?.len(), 1);
+    Ok(())
 }
