@@ -148,7 +148,8 @@ impl From<Algo> for HashAlgo {
 pub enum KeyCommand {
     /// Generate an ed25519 key pair in Nix's key-file format (`NAME:base64`).
     Generate {
-        /// The key's name, e.g. `cache.example.org-1`.
+        /// The key's name, e.g. `cache.example.org-1`: a file name (no
+        /// `/`, not `.` or `..`), since it names the key files.
         name: String,
         /// Where to write the secret key (created with mode 0600, never overwritten).
         #[arg(long, default_value_t = String::from("{name}.secret"))]
@@ -186,6 +187,12 @@ pub enum Error {
         /// Why.
         #[source]
         source: bigtop_core::signing::ParseError,
+    },
+    /// A key name cannot name the key's files.
+    #[error("Invalid key name `{name}`: it names the key files (`NAME.secret`, `NAME.public`), so it must be a file name, not empty, `.` or `..`, and without `/`")]
+    KeyFileName {
+        /// The name.
+        name: String,
     },
     /// Writing a file failed.
     #[error("Cannot write `{path}`")]
@@ -545,6 +552,13 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
 }
 
 fn generate_key(name: &str, secret_file: &str, public_file: &str, json: bool) -> Result<(), Error> {
+    // The default files are `{name}.secret` and `{name}.public`: a name
+    // with a `/` would write them elsewhere than the current directory.
+    if matches!(name, "" | "." | "..") || name.contains('/') {
+        return Err(Error::KeyFileName {
+            name: name.to_owned(),
+        });
+    }
     let secret = SecretKey::generate(name).map_err(|source| Error::KeyName {
         name: name.to_owned(),
         source,

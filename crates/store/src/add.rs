@@ -86,6 +86,12 @@ pub struct AddBatch<'s> {
     drv_outputs: Vec<(StorePath, OutputName, StorePath)>,
     /// The derivations added, for the store's plans once committed.
     derivations: Vec<(StorePath, Arc<Derivation>)>,
+    /// The output names of derivations added to this batch or looked up
+    /// as inputs, so that each is found once.
+    output_names: HashMap<StorePath, BTreeSet<OutputName>>,
+    /// `(drv, input, outputs)`: inputs not known when `drv` was added,
+    /// checked at commit, when the whole batch is known.
+    unchecked_inputs: Vec<(StorePath, StorePath, BTreeSet<OutputName>)>,
 }
 
 impl Drop for AddBatch<'_> {
@@ -256,6 +262,8 @@ impl Store {
             pending: Vec::new(),
             drv_outputs: Vec::new(),
             derivations: Vec::new(),
+            output_names: HashMap::new(),
+            unchecked_inputs: Vec::new(),
         }
     }
 
@@ -397,6 +405,10 @@ impl AddBatch<'_> {
     /// and sources, as in Nix) and records the paths of its outputs that
     /// are known, so that "outputs of this derivation" is answered from
     /// the database; returns the `.drv` path.
+    ///
+    /// Every output it needs of an input derivation must exist: inputs in
+    /// the store or added earlier to this batch are checked here, the
+    /// others (added later to this batch) by [`commit`](Self::commit).
     pub fn add_derivation(&mut self, drv: &Derivation) -> Result<StorePath, Error> {
         let dir = self.store.store_dir().clone();
         let name = format!("{}.drv", drv.name);
@@ -404,6 +416,18 @@ impl AddBatch<'_> {
             name: name.clone(),
             source,
         })?;
+        let mut later = Vec::new();
+        for (input, wanted) in &drv.input_drvs {
+            match self.output_names_of(input)? {
+                Some(have) => check_input_outputs(
+                    || drv.drv_path(&dir).map_or(name.clone(), |p| p.to_string()),
+                    input,
+                    wanted,
+                    have,
+                )?,
+                None => later.push((input.clone(), wanted.clone())),
+            }
+        }
         let refs: BTreeSet<StorePath> = drv
             .input_drvs
             .keys()
@@ -411,6 +435,13 @@ impl AddBatch<'_> {
             .cloned()
             .collect();
         let path = self.add_text(&name, drv.to_text(&dir).as_bytes(), &refs)?;
+        self.output_names
+            .insert(path.clone(), drv.outputs.keys().cloned().collect());
+        self.unchecked_inputs.extend(
+            later
+                .into_iter()
+                .map(|(input, wanted)| (path.clone(), input, wanted)),
+        );
         for out in drv.outputs.keys() {
             if let Some(p) = drv.output_path(&dir, out) {
                 self.drv_outputs.push((path.clone(), out.clone(), p));
@@ -421,6 +452,45 @@ impl AddBatch<'_> {
             self.derivations.push((path.clone(), Arc::new(drv.clone())));
         }
         Ok(path)
+    }
+
+    /// The output names of the derivation `drv`: added to this batch,
+    /// kept by the store handle, or read from its `.drv`; `None` if it is
+    /// not valid and not (yet) in this batch.
+    fn output_names_of(&mut self, drv: &StorePath) -> Result<Option<&BTreeSet<OutputName>>, Error> {
+        if !self.output_names.contains_key(drv) {
+            let kept = self
+                .store
+                .added
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(drv)
+                .map(|d| d.outputs.keys().cloned().collect());
+            let names = match kept {
+                Some(names) => names,
+                None if self.store.is_valid(drv)? => self
+                    .store
+                    .read_derivation(drv)?
+                    .outputs
+                    .into_keys()
+                    .collect(),
+                None => return Ok(None),
+            };
+            self.output_names.insert(drv.clone(), names);
+        }
+        Ok(self.output_names.get(drv))
+    }
+
+    /// Checks the inputs [`add_derivation`](Self::add_derivation) could not.
+    fn check_later_inputs(&mut self) -> Result<(), Error> {
+        for (drv, input, wanted) in std::mem::take(&mut self.unchecked_inputs) {
+            // One still unknown is neither valid nor in the batch: the
+            // registration refuses the reference to it.
+            if let Some(have) = self.output_names_of(&input)? {
+                check_input_outputs(|| drv.to_string(), &input, &wanted, have)?;
+            }
+        }
+        Ok(())
     }
 
     /// Stages a tree a build wrote at `tmp` (in the store's physical root,
@@ -458,6 +528,9 @@ impl AddBatch<'_> {
         mut self,
         held: &mut [LockSet<'_>],
     ) -> Result<Vec<StorePath>, Error> {
+        // Before anything is taken: on error, dropping the batch removes
+        // what it staged.
+        self.check_later_inputs()?;
         let store = self.store;
         let pending = std::mem::take(&mut self.pending);
         let outputs = std::mem::take(&mut self.drv_outputs);
@@ -479,6 +552,30 @@ impl AddBatch<'_> {
             }
         }
         result
+    }
+}
+
+/// Fails unless the input derivation `input`, which has the outputs
+/// `have`, has every output in `wanted`; `drv` names the derivation that
+/// needs them (computed only for the error).
+fn check_input_outputs(
+    drv: impl FnOnce() -> String,
+    input: &StorePath,
+    wanted: &BTreeSet<OutputName>,
+    have: &BTreeSet<OutputName>,
+) -> Result<(), Error> {
+    match wanted.iter().find(|o| !have.contains(*o)) {
+        None => Ok(()),
+        Some(output) => Err(Error::MissingInputOutput {
+            drv: drv(),
+            input: input.clone(),
+            output: output.clone(),
+            have: have
+                .iter()
+                .map(|o| format!("`{o}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 

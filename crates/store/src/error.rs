@@ -78,6 +78,18 @@ pub enum Error {
         /// The output asked for.
         output: bigtop_core::derivation::OutputName,
     },
+    /// A derivation needs an output that its input derivation does not have.
+    #[error("Derivation `{drv}` needs output `{output}` of `{input}`, which has no such output (it has: {have})")]
+    MissingInputOutput {
+        /// The `.drv` path of the derivation that needs it.
+        drv: String,
+        /// The input derivation.
+        input: StorePath,
+        /// The output it does not have.
+        output: bigtop_core::derivation::OutputName,
+        /// The outputs it has, each in backticks.
+        have: String,
+    },
     /// An input source is neither valid nor substitutable.
     #[error("Input `{input}` of `{drv}` is not valid and no substituter has it")]
     MissingInput {
@@ -107,6 +119,25 @@ pub enum Error {
         path: StorePath,
         /// The missing reference.
         reference: StorePath,
+    },
+    /// A root was asked for inside the store directory, where it would be
+    /// an entry the store does not know.
+    #[error("Cannot make `{link}` a root: it is inside the store directory `{store}`, which holds only store paths")]
+    RootInStore {
+        /// The link asked for.
+        link: PathBuf,
+        /// The store directory it is in (logical or physical).
+        store: PathBuf,
+    },
+    /// A user gave a symlink that leads out of the store.
+    #[error("Symlink `{link}` leads to `{target}`, which is not in the store `{store_dir}`")]
+    LinkOutsideStore {
+        /// The path given.
+        link: PathBuf,
+        /// Where its links lead.
+        target: PathBuf,
+        /// The logical store dir.
+        store_dir: String,
     },
     /// Contents did not hash to what was claimed.
     #[error("Contents of `{path}` do not match: expected {expected}, got {got}")]

@@ -41,7 +41,7 @@ use rusqlite::{params, OptionalExtension};
 use crate::add::remove_tree;
 use crate::error::{io_err, Error};
 use crate::lock::LockSet;
-use crate::store::Store;
+use crate::store::{lexically_normal, Store};
 
 /// A path's references other than itself, with their ids.
 const REFERENCES_OTHER_THAN_SELF: &str =
@@ -132,6 +132,7 @@ impl Store {
     /// `path` and keeps `path` alive for as long as `link` points at it: an
     /// indirect root, as Nix's auto roots.
     pub fn add_indirect_root(&self, link: &Path, path: &StorePath) -> Result<(), Error> {
+        self.check_indirect_root(link)?;
         let link = std::path::absolute(link).map_err(io_err("resolve", link))?;
         replace_symlink(&self.store_dir().full(path), &link)?;
         let id = bigtop_core::Hash::digest(
@@ -141,6 +142,37 @@ impl Store {
         let auto = self.roots_dir().join("auto").join(&id.to_base32()[..32]);
         replace_symlink(link.to_str().unwrap_or_default(), &auto)?;
         self.record_root(&link, path)
+    }
+
+    /// Fails if `link` cannot be an indirect root: if it lies in the store
+    /// directory, logical or physical, however spelled (with `..`, through
+    /// a symlinked directory), where it would be an entry the store does
+    /// not know. [`add_indirect_root`](Self::add_indirect_root) checks
+    /// this; a caller that makes its links after long work (a build's
+    /// out-links) can check first.
+    pub fn check_indirect_root(&self, link: &Path) -> Result<(), Error> {
+        let refuse = |store: &Path| {
+            Err(Error::RootInStore {
+                link: link.to_owned(),
+                store: store.to_owned(),
+            })
+        };
+        let absolute = std::path::absolute(link).map_err(io_err("resolve", link))?;
+        let normal = lexically_normal(&absolute);
+        for dir in [self.store_dir().as_path(), self.root()] {
+            if normal.starts_with(lexically_normal(dir)) {
+                return refuse(dir);
+            }
+        }
+        // Where the link's directory really is, as the kernel resolves it
+        // when making the link (symlinks, then `..`).
+        let real_parent = absolute.parent().and_then(|p| fs::canonicalize(p).ok());
+        if let (Some(parent), Ok(root)) = (real_parent, fs::canonicalize(self.root())) {
+            if parent.starts_with(&root) {
+                return refuse(self.root());
+            }
+        }
+        Ok(())
     }
 
     /// Removes the direct root `name`.
@@ -346,7 +378,13 @@ impl Store {
             })
             .map_err(self.db_err())?;
         if dry_run {
+            // The first pass deleted nothing, so what it counted is still
+            // valid and unreachable, and is among `dead`: count it once.
+            let counted: HashSet<String> = report.deleted.iter().map(|p| p.to_string()).collect();
             for (_, name, size) in dead {
+                if counted.contains(&name) {
+                    continue;
+                }
                 report.deleted.push(StorePath::from_base_name(&name)?);
                 report.freed_bytes += size as u64;
             }

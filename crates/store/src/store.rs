@@ -224,21 +224,83 @@ impl Store {
         self.root.join(path.to_string())
     }
 
-    /// Parses a path given by a user: a full logical path, a physical path
-    /// in this store, or a bare base name.
+    /// Parses a path given by a user: a bare base name (`<digest>-<name>`),
+    /// or a full logical path or physical path of this store. A path
+    /// inside a store path (`<store>/<digest>-<name>/bin/tool`) names that
+    /// store path.
+    ///
+    /// `.` and `..` are applied first, lexically, as a shell's `cd` does:
+    /// `<store>/A/../B` names `B`, the path it spells, never `A`; a path
+    /// that leads out of the store dir, or to the dir itself, names no
+    /// store path. Looks at nothing on disk.
     pub fn parse_user_path(&self, s: &str) -> Result<StorePath, Error> {
-        if let Ok((p, _)) = self.dir.parse_path_prefix(s) {
+        let trimmed = s.trim_end_matches('/');
+        if !trimmed.is_empty() && !trimmed.contains('/') {
+            return Ok(StorePath::from_base_name(trimmed)?);
+        }
+        let normal = lexically_normal(Path::new(s));
+        // The root is absolute but may hold `..` (`--store ../s`).
+        for dir in [self.dir.as_path(), &lexically_normal(&self.root)] {
+            let first = normal
+                .strip_prefix(dir)
+                .ok()
+                .and_then(|rest| rest.components().next());
+            if let Some(std::path::Component::Normal(base)) = first {
+                // Not UTF-8 cannot be a base name; the lossy form says why.
+                return Ok(StorePath::from_base_name(&base.to_string_lossy())?);
+            }
+        }
+        Err(bigtop_core::store_path::ParseError::NotInStore {
+            input: s.to_owned(),
+            store_dir: self.dir.to_string(),
+        }
+        .into())
+    }
+
+    /// [`parse_user_path`](Self::parse_user_path), for a path given on a
+    /// command line: a relative path is also taken from the current
+    /// directory, and a symlink outside the store whose links lead into
+    /// it (at its logical or physical path) names the store path they
+    /// lead to. That is how an out-link of a chroot store is read: it
+    /// points at the logical path (`/bigtop/store/…`), which exists only
+    /// inside builds, and is mapped through the store instead of followed
+    /// on the host. A bare base name is always taken as one.
+    pub fn resolve_user_path(&self, s: &str) -> Result<StorePath, Error> {
+        /// Links followed at most, as the collector follows roots.
+        const MAX_LINKS: usize = 8;
+        let parsed = self.parse_user_path(s);
+        if parsed.is_ok() || s.is_empty() {
+            return parsed;
+        }
+        let Ok(mut at) = std::path::absolute(s) else {
+            return parsed;
+        };
+        let in_store = |p: &Path| p.to_str().and_then(|t| self.parse_user_path(t).ok());
+        if let Some(p) = in_store(&at) {
             return Ok(p);
         }
-        if let Some(rest) = Path::new(s)
-            .strip_prefix(&self.root)
-            .ok()
-            .and_then(|r| r.to_str())
-        {
-            let base = rest.split('/').next().unwrap_or("");
-            return Ok(StorePath::from_base_name(base)?);
+        let mut followed = false;
+        for _ in 0..MAX_LINKS {
+            let Ok(target) = fs::read_link(&at) else {
+                break;
+            };
+            followed = true;
+            // Relative to the link's directory; absolute stays as it is.
+            at = at
+                .parent()
+                .map_or_else(|| target.clone(), |dir| dir.join(&target));
+            if let Some(p) = in_store(&at) {
+                return Ok(p);
+            }
         }
-        Ok(StorePath::from_base_name(s.trim_end_matches('/'))?)
+        if followed {
+            return Err(Error::LinkOutsideStore {
+                link: PathBuf::from(s),
+                target: lexically_normal(&at),
+                store_dir: self.dir.to_string(),
+            });
+        }
+        parsed
     }
 
     pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
@@ -747,6 +809,28 @@ impl Store {
             .map_err(self.db_err())?;
         parse_paths(rows, self)
     }
+}
+
+/// `path` with `.` and `..` applied lexically (`a/b/../c` is `a/c`, `/..`
+/// is `/`), without repeated or trailing slashes.
+pub(crate) fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                // A relative path keeps the `..`s that lead above it.
+                _ => out.push(".."),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A JSON array of strings, the form in which a whole set of names goes

@@ -53,7 +53,10 @@ pub struct BuildArgs {
     /// Make PATH a symlink to the output and a garbage collector root; more
     /// outputs get `PATH-<output>`, later targets `PATH-2`, `PATH-3`… (as
     /// `nix build` names them). An existing file that is not a symlink is
-    /// never replaced.
+    /// never replaced, and PATH may not be in the store dir. The link
+    /// points at the logical path: with a chroot store (`--store DIR`)
+    /// that path exists only inside builds, but every command that takes
+    /// a store path takes the link and maps it through the store.
     #[arg(short, long, value_name = "PATH")]
     pub out_link: Option<PathBuf>,
     /// Show every line of every build's log on standard error, prefixed
@@ -217,13 +220,16 @@ fn out_link_name(base: &Path, target: usize, output: &OutputName) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Fails if any link the build would make is in the way: an existing file
-/// or directory that is not a symlink.
+/// Fails if any link the build would make is in the store dir, or in
+/// the way: an existing file or directory that is not a symlink.
 fn check_out_links(
     store: &Store,
     base: &Path,
     targets: &[(StorePath, BTreeSet<OutputName>)],
 ) -> Result<(), Error> {
+    // Every link is beside `base`: one check covers the usual case, even
+    // where a derivation cannot be read below.
+    store.check_indirect_root(base)?;
     for (i, (drv, wanted)) in targets.iter().enumerate() {
         let names: Vec<OutputName> = if wanted.is_empty() {
             // One that cannot be read is reported by the planner, better.
@@ -236,6 +242,7 @@ fn check_out_links(
         };
         for name in names {
             let link = out_link_name(base, i, &name);
+            store.check_indirect_root(&link)?;
             if fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
                 return Err(Error::OutLinkInTheWay { path: link });
             }

@@ -4,7 +4,16 @@
 //! Text output shows full logical store paths
 //! (`/bigtop/store/<digest>-<name>`); JSON output shows store paths in
 //! their serde form, the base name (`<digest>-<name>`). Every command
-//! takes either form back, or the physical path of a chroot store's path.
+//! takes either form back, or the physical path of a chroot store's path,
+//! or a path inside a store path (which names that store path). `.` and
+//! `..` are applied first, lexically, as `cd` does: `<store>/A/../B` names
+//! `B`.
+//!
+//! A symlink outside the store whose links lead into it, such as the
+//! out-link `bigtop build -o result` makes, names the store path it
+//! leads to. The link is read, not followed on the host: a chroot store's
+//! out-link points at the logical path (`/bigtop/store/…`), which exists
+//! only inside builds, and is mapped through the store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -143,7 +152,10 @@ pub struct AddArgs {
 /// Arguments of the commands that take store paths.
 #[derive(Debug, Args)]
 pub struct PathsArgs {
-    /// Store paths: full, physical, or base names.
+    /// Store paths: full, physical, or base names (`..` is applied
+    /// lexically: `<store>/A/../B` is B), or symlinks into the store such
+    /// as out-links (read and mapped through the store, so a chroot
+    /// store's links to logical paths work).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
     #[allow(missing_docs)]
@@ -376,9 +388,11 @@ fn parse_paths(store: &Store, inputs: &[String]) -> Result<Vec<StorePath>, Error
         .collect()
 }
 
+/// A store path given on the command line: every command's path
+/// arguments are read here.
 pub(crate) fn parse_path(store: &Store, input: &str) -> Result<StorePath, Error> {
     store
-        .parse_user_path(input)
+        .resolve_user_path(input)
         .map_err(|source| Error::UserPath {
             input: input.to_owned(),
             source: Box::new(source),

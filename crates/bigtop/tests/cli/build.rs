@@ -257,3 +257,75 @@ fn build_and_log_name_what_they_cannot_use() -> Result {
     assert!(err.contains("Invalid output name"), "{err}");
     Ok(())
 }
+
+/// An out-link inside the store dir was made there: an entry the store
+/// does not know, which `verify` reports. Refused before building,
+/// however the store dir is spelled. (The logical dir is checked by the
+/// store's tests, in a store whose logical dir is not the host's.)
+#[test]
+fn an_out_link_inside_the_store_dir_is_refused() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (drv, out) = cli.add(&sh("x", "echo > $out", &[]))?;
+    std::os::unix::fs::symlink("s/bigtop/store", tmp.path().join("store-link"))?;
+    fs::create_dir(tmp.path().join("sub"))?;
+    let physical = tmp.path().join("s/bigtop/store/evil");
+    for link in [
+        physical.to_str().ok_or("path")?,
+        "s/bigtop/store/evil",
+        "sub/../s/bigtop/store/evil",
+        "store-link/evil",
+    ] {
+        let err = cli.fails(&["build", &drv, "-o", link], b"")?;
+        assert!(
+            err.contains(&format!(
+                "Cannot make `{link}` a root: it is inside the store directory"
+            )),
+            "{link}: {err}"
+        );
+    }
+    assert!(!cli.valid(&out)?, "nothing is built");
+    let verify = cli.ok(&["store", "verify"], b"")?;
+    assert!(verify.contains("0 unregistered entries"), "{verify}");
+    assert!(fs::symlink_metadata(&physical).is_err());
+    Ok(())
+}
+
+/// A chroot store's out-link points at the logical path, which does not
+/// exist on the host: store commands read the link and map its target
+/// through the store.
+#[test]
+fn store_commands_take_an_out_link_of_a_chroot_store() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (b_drv, a_out, b_out) = small_graph(&cli)?;
+    cli.ok(&["build", &b_drv, "-o", "result"], b"")?;
+    assert_eq!(fs::read_link(tmp.path().join("result"))?, Path::new(&b_out));
+    assert!(!Path::new(&b_out).exists(), "the link's target is logical");
+    std::os::unix::fs::symlink("result", tmp.path().join("again"))?;
+    let absolute = tmp.path().join("result");
+    let mut closure = [a_out.clone(), b_out.clone()];
+    closure.sort();
+    for link in [
+        "result",
+        "./result",
+        "again",
+        absolute.to_str().ok_or("path")?,
+    ] {
+        let out = cli.ok(&["store", "requisites", link], b"")?;
+        assert_eq!(lines(&out), closure, "{link}");
+    }
+    let info: Value =
+        serde_json::from_str(&cli.ok(&["store", "path-info", "--json", "result"], b"")?)?;
+    assert_eq!(info[0]["path"], cli.path(&b_out)?.to_string());
+    let chain = cli.ok(&["why-depends", "result", &a_out], b"")?;
+    assert_eq!(lines(&chain), [b_out.clone(), format!("-> {a_out}")]);
+    assert!(cli.ok(&["log", "result"], b"")?.contains("b-says-hello"));
+
+    // A link that leads out of the store names no store path.
+    std::os::unix::fs::symlink("/etc/hostname", tmp.path().join("elsewhere"))?;
+    let err = cli.fails(&["store", "path-info", "elsewhere"], b"")?;
+    assert!(err.contains("`elsewhere` is not a store path"), "{err}");
+    assert!(err.contains("/etc/hostname"), "{err}");
+    Ok(())
+}

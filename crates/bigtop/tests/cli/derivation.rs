@@ -268,6 +268,37 @@ fn derivation_add_names_bad_input_and_writes_nothing() -> Result {
     Ok(())
 }
 
+/// `input_drvs: {"<x>.drv": ["dev"]}` of an `x` without `dev` was
+/// accepted, and failed only when built.
+#[test]
+fn derivation_add_refuses_an_input_output_that_does_not_exist() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (in_store, _) = cli.add(&sh("in-store", "echo > $out", &[]))?;
+    let lib = sh("lib", "echo > $out", &[]);
+    // Its `.drv` path, learnt from another store: the paths are the same.
+    let other = tmp.path().join("other");
+    fs::create_dir(&other)?;
+    let (lib_drv, _) = Cli::chroot(&other)?.add(&lib)?;
+    for (input, batch) in [(&in_store, vec![]), (&lib_drv, vec![lib.clone()])] {
+        let mut app = sh("app", "echo > $out", &[input]);
+        app["input_drvs"][input.as_str()] = json!(["out", "dev"]);
+        let mut all = batch.clone();
+        all.push(app);
+        let err = cli.fails(&["derivation", "add"], json!(all).to_string().as_bytes())?;
+        let input = cli.path(input)?;
+        assert!(
+            err.contains(&format!(
+                "needs output `dev` of `{input}`, which has no such output (it has: `out`)"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("-app.drv`"), "{err}");
+    }
+    assert!(!cli.valid(&lib_drv)?, "a refused batch writes nothing");
+    Ok(())
+}
+
 #[test]
 fn show_derivation_output_adds_back_to_the_same_paths() -> Result {
     let tmp = tempfile::tempdir()?;

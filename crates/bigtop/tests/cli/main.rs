@@ -2,6 +2,7 @@
 
 mod build;
 mod derivation;
+mod paths;
 
 use std::collections::BTreeSet;
 use std::error::Error;
@@ -181,6 +182,47 @@ fn key_generate_writes_a_usable_pair_once() -> Result {
     let out = bigtop(&["key", "generate", "bad:name"], b"", tmp.path())?;
     assert!(String::from_utf8(out.stderr)?.contains("Invalid key name `bad:name`"));
     Ok(())
+}
+
+/// The key's name names its files: `../escaped` wrote `../escaped.secret`,
+/// outside the current directory.
+#[test]
+fn key_generate_refuses_a_name_that_is_not_a_plain_file_name() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cwd = tmp.path().join("work");
+    fs::create_dir_all(cwd.join("sub"))?;
+    let absolute = tmp.path().join("abs");
+    let absolute = absolute.to_str().ok_or("path")?;
+    for name in ["../escaped", "sub/key", absolute, "", ".", ".."] {
+        let out = bigtop(&["key", "generate", name], b"", &cwd)?;
+        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        let err = String::from_utf8(out.stderr)?;
+        assert!(
+            err.contains(&format!(
+                "Invalid key name `{name}`: it names the key files"
+            )),
+            "{name:?}: {err}"
+        );
+    }
+    let left: Vec<_> = walk(tmp.path())?;
+    assert_eq!(left, [cwd.clone(), cwd.join("sub")], "files were written");
+    Ok(())
+}
+
+/// Every file and directory under `dir`, sorted.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.push(path.clone());
+            out.extend(walk(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A chroot store in a temporary directory, driven through the binary.

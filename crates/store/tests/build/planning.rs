@@ -159,3 +159,67 @@ fn planning_a_built_graph_reads_no_derivation() -> TestResult {
         .all(|j| !matches!(j.kind, JobKind::Fetch { .. })));
     Ok(())
 }
+
+/// A derivation that needs an output its input does not have was accepted
+/// when added and failed only when built; the store refuses it when it is
+/// added, naming the derivation, the input and the output.
+#[test]
+fn an_input_output_that_does_not_exist_is_refused_when_added() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = direct_store(tmp.path());
+    let lib = sh(&store, "lib", "echo lib > $out", &[]);
+    let lib_drv = store.add_derivation(&lib)?;
+    let needing = |outputs: &[&str]| -> Result<Derivation, Box<dyn std::error::Error>> {
+        let mut app = sh(&store, "app", "echo app > $out", &[]);
+        let wanted = outputs
+            .iter()
+            .map(|o| OutputName::new(o))
+            .collect::<Result<_, _>>()?;
+        app.input_drvs.insert(lib_drv.clone(), wanted);
+        fill(&store, &mut app);
+        Ok(app)
+    };
+    let bad = needing(&["out", "dev"])?;
+    let bad_drv = bad.drv_path(store.store_dir())?;
+    let expected = format!(
+        "Derivation `{bad_drv}` needs output `dev` of `{lib_drv}`, which has no such output (it has: `out`)"
+    );
+    // The input known to this handle, and read from its `.drv`.
+    for store in [&store, &direct_store(tmp.path())] {
+        let err = store.add_derivation(&bad).expect_err("refused");
+        assert_eq!(err.to_string(), expected);
+        assert!(!store.is_valid(&bad_drv)?);
+    }
+    assert!(store.add_derivation(&needing(&["out"])?).is_ok());
+
+    // Within one batch, the input added before or after.
+    let lib2 = sh(&store, "lib2", "echo lib2 > $out", &[]);
+    let lib2_drv = lib2.drv_path(store.store_dir())?;
+    let mut app2 = sh(&store, "app2", "echo app2 > $out", &[]);
+    app2.input_drvs
+        .insert(lib2_drv.clone(), BTreeSet::from([OutputName::new("doc")?]));
+    // lib2 is not in the store: its hash comes from the value.
+    let dir = store.store_dir().clone();
+    let lib2_hash = lib2.hash_modulo(&dir, |_| None)?;
+    app2.fill_output_paths(&dir, |p| (p == &lib2_drv).then_some(lib2_hash))?;
+    let app2_drv = app2.drv_path(store.store_dir())?;
+    let expected = format!(
+        "Derivation `{app2_drv}` needs output `doc` of `{lib2_drv}`, which has no such output (it has: `out`)"
+    );
+    let mut batch = store.batch();
+    batch.add_derivation(&lib2)?;
+    let err = batch.add_derivation(&app2).expect_err("refused");
+    assert_eq!(err.to_string(), expected);
+    let mut batch = store.batch();
+    batch.add_derivation(&app2)?;
+    batch.add_derivation(&lib2)?;
+    let err = batch.commit().expect_err("refused");
+    assert_eq!(err.to_string(), expected);
+    assert!(!store.is_valid(&app2_drv)? && !store.is_valid(&lib2_drv)?);
+    assert!(
+        crate::strays(&store).is_empty(),
+        "{:?}",
+        crate::strays(&store)
+    );
+    Ok(())
+}

@@ -270,3 +270,75 @@ fn added_paths_belong_to_the_store_owner() -> Result {
     }
     Ok(())
 }
+
+/// `<store>/A/../B` names B: the parser once took the first component
+/// after the store dir, so commands acted on A.
+#[test]
+fn user_paths_apply_dot_and_dotdot_before_naming_a_store_path() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let a = text(&store, "a", "a", &[])?;
+    let b = text(&store, "b", "b", &[])?;
+    let root = store.root().to_str().ok_or("path")?.to_owned();
+    let parse = |s: &str| store.parse_user_path(s).map_err(|e| e.to_string());
+    for (input, expected) in [
+        (format!("/bigtop/store/{a}/../{b}"), &b),
+        (format!("{root}/{a}/../{b}"), &b),
+        (format!("{root}/{a}/bin/../../{b}/x"), &b),
+        (format!("/bigtop/store/{a}/../../store/{b}"), &b),
+        (format!("/bigtop/store/./{a}"), &a),
+        (format!("/bigtop//store//{a}//"), &a),
+        (format!("{root}/{a}/bin/tool"), &a),
+        (format!("{a}/"), &a),
+        (b.to_string(), &b),
+    ] {
+        assert_eq!(parse(&input).as_ref(), Ok(expected), "{input}");
+    }
+    for input in [
+        format!("/bigtop/store/{a}/.."),
+        format!("{root}/{a}/../.."),
+        format!("/bigtop/store/{a}/../../{a}"),
+        format!("{root}/../store2/{a}"),
+    ] {
+        let err = parse(&input).expect_err(&input);
+        assert!(err.contains(&format!("`{input}`")), "{err}");
+    }
+    Ok(())
+}
+
+/// A chroot store's out-link points at the logical path, which is not on
+/// the host: resolving a user's path maps it through the store instead.
+#[test]
+fn resolving_a_user_path_maps_a_symlink_into_the_store() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path().join("s"))?;
+    let a = text(&store, "a", "a", &[])?;
+    let b = text(&store, "b", "b", &[])?;
+    let link = |name: &str, target: String| -> Result<String> {
+        let at = tmp.path().join(name);
+        std::os::unix::fs::symlink(target, &at)?;
+        Ok(at.to_str().ok_or("path")?.to_owned())
+    };
+    let logical = link("result", format!("/bigtop/store/{a}"))?;
+    let physical = link(
+        "physical",
+        store.physical(&b).to_str().ok_or("path")?.into(),
+    )?;
+    let chain = link("chain", "result".into())?;
+    let outside = link("outside", "/etc".into())?;
+    let resolve = |s: &str| store.resolve_user_path(s).map_err(|e| e.to_string());
+    assert_eq!(resolve(&logical), Ok(a.clone()));
+    assert_eq!(resolve(&physical), Ok(b.clone()));
+    assert_eq!(resolve(&chain), Ok(a.clone()));
+    let err = resolve(&outside).unwrap_err();
+    assert!(err.contains("leads to `/etc`"), "{err}");
+    // The parser alone reads no links.
+    assert!(store.parse_user_path(&logical).is_err());
+    // A path in the store is the path it names, links in it unfollowed.
+    std::fs::create_dir(tmp.path().join("tree"))?;
+    std::os::unix::fs::symlink(format!("/bigtop/store/{b}"), tmp.path().join("tree/to-b"))?;
+    let tree = store.add_path("tree", &tmp.path().join("tree"), &|_| true)?;
+    let inside = store.physical(&tree).join("to-b");
+    assert_eq!(resolve(inside.to_str().ok_or("path")?), Ok(tree));
+    Ok(())
+}

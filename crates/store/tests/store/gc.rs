@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 
+use bigtop_store::core::{StoreDir, StorePath};
 use bigtop_store::{Error, GcOptions, Store};
 
 use crate::{assert_consistent, text, Result};
@@ -192,9 +193,42 @@ fn a_self_referencing_path_is_collected() -> Result {
     assert_consistent(&store)
 }
 
+/// Two paths that refer to each other (as two outputs of one build can),
+/// both also referring to `also`.
+fn referring_to_each_other(
+    store: &Store,
+    tmp: &std::path::Path,
+    tag: &str,
+    also: &[&StorePath],
+) -> Result<(StorePath, StorePath)> {
+    use bigtop_store::core::{nar, HashAlgo};
+    let mut batch = store.batch();
+    let mut made = Vec::new();
+    let mut nars = Vec::new();
+    for out in ["out", "dev"] {
+        let f = tmp.join(format!("{tag}-{out}"));
+        std::fs::write(&f, format!("{tag} {out}"))?;
+        let mut archive = Vec::new();
+        nar::dump_path(&f, &mut archive)?;
+        let (hash, size) = nar::hash_path(&f, HashAlgo::Blake3)?;
+        let path = store
+            .store_dir()
+            .make_source_path(&format!("{tag}-{out}"), &hash, [], false)?;
+        made.push((path, hash, size));
+        nars.push(archive);
+    }
+    for (i, (path, hash, size)) in made.iter().enumerate() {
+        let mut refs: BTreeSet<StorePath> = also.iter().map(|p| (*p).clone()).collect();
+        refs.insert(made[1 - i].0.clone());
+        let info = bigtop_store::PathInfo::new(path.clone(), *hash, *size, refs);
+        batch.add_nar(info, &mut &nars[i][..])?;
+    }
+    batch.commit()?;
+    Ok((made[0].0.clone(), made[1].0.clone()))
+}
+
 #[test]
 fn a_full_collection_takes_reference_cycles() -> Result {
-    use bigtop_store::core::{nar, HashAlgo};
     let tmp = tempfile::tempdir()?;
     let s = tmp.path().join("s");
     // Two outputs of one build that refer to each other, twice: one pair
@@ -203,36 +237,7 @@ fn a_full_collection_takes_reference_cycles() -> Result {
     {
         let store = Store::open_chroot(&s)?;
         for tag in ["kept", "dropped"] {
-            let mut batch = store.batch();
-            let mut made = Vec::new();
-            let mut nars = Vec::new();
-            for out in ["out", "dev"] {
-                let f = tmp.path().join(format!("{tag}-{out}"));
-                std::fs::write(&f, format!("{tag} {out}"))?;
-                let mut archive = Vec::new();
-                nar::dump_path(&f, &mut archive)?;
-                let (hash, size) = nar::hash_path(&f, HashAlgo::Blake3)?;
-                let path = store.store_dir().make_source_path(
-                    &format!("{tag}-{out}"),
-                    &hash,
-                    [],
-                    false,
-                )?;
-                made.push((path, hash, size));
-                nars.push(archive);
-            }
-            for (i, (path, hash, size)) in made.iter().enumerate() {
-                let other = made[1 - i].0.clone();
-                let info = bigtop_store::PathInfo::new(
-                    path.clone(),
-                    *hash,
-                    *size,
-                    BTreeSet::from([other]),
-                );
-                batch.add_nar(info, &mut &nars[i][..])?;
-            }
-            batch.commit()?;
-            pairs.push((made[0].0.clone(), made[1].0.clone()));
+            pairs.push(referring_to_each_other(&store, tmp.path(), tag, &[])?);
         }
         store.add_root("kept", &pairs[0].0)?;
     }
@@ -308,5 +313,103 @@ fn a_collection_removes_what_dead_processes_left_half_made() -> Result {
     for d in &kept {
         assert!(d.exists(), "{} of a live process was removed", d.display());
     }
+    Ok(())
+}
+
+/// A full dry run listed what the first pass would delete and then, again,
+/// everything unreachable, which includes it: 24 paths listed where the
+/// real collection deleted 13.
+#[test]
+fn a_full_dry_run_lists_exactly_what_a_full_collection_deletes() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let s = tmp.path().join("s");
+    let expected: BTreeSet<StorePath>;
+    let kept: BTreeSet<StorePath>;
+    {
+        let store = Store::open_chroot(&s)?;
+        let lib = text(&store, "lib", "lib", &[])?;
+        let app = text(&store, "app", "app", &[&lib])?;
+        store.add_root("app", &app)?;
+        // Garbage the first pass takes: a chain, and a path referring to a
+        // live one.
+        let dead_dep = text(&store, "dead-dep", "x", &[])?;
+        let dead = text(&store, "dead", "y", &[&dead_dep])?;
+        let orphan = text(&store, "orphan", "o", &[&lib])?;
+        // A garbage cycle that keeps a path referred to; a garbage path
+        // referring to a cycle; a rooted cycle.
+        let under = text(&store, "under-cycle", "u", &[])?;
+        let (c1, c2) = referring_to_each_other(&store, tmp.path(), "c", &[&under])?;
+        let (d1, d2) = referring_to_each_other(&store, tmp.path(), "d", &[])?;
+        let over = text(&store, "over-cycle", "v", &[&d1])?;
+        let (r1, r2) = referring_to_each_other(&store, tmp.path(), "r", &[&lib])?;
+        store.add_root("r", &r2)?;
+        expected = [dead_dep, dead, orphan, under, c1, c2, d1, d2, over]
+            .into_iter()
+            .collect();
+        kept = [lib, app, r1, r2].into_iter().collect();
+    }
+    let store = Store::open_chroot(&s)?;
+    let full = GcOptions {
+        full: true,
+        ..Default::default()
+    };
+    let dry = store.collect_garbage(&GcOptions {
+        dry_run: true,
+        ..full.clone()
+    })?;
+    let listed: BTreeSet<StorePath> = dry.deleted.iter().cloned().collect();
+    assert_eq!(
+        listed.len(),
+        dry.deleted.len(),
+        "listed twice: {:?}",
+        dry.deleted
+    );
+    assert_eq!(listed, expected);
+    let nar_sizes = listed
+        .iter()
+        .map(|p| Ok(store.path_info(p)?.ok_or("not valid")?.nar_size))
+        .sum::<Result<u64>>()?;
+    assert_eq!(dry.freed_bytes, nar_sizes, "counted twice");
+    assert!(listed.iter().all(|p| store.physical(p).exists()));
+
+    let report = store.collect_garbage(&full)?;
+    assert_eq!(report.deleted, dry.deleted);
+    assert_eq!(store.all_valid_paths()?, kept);
+    assert_consistent(&store)
+}
+
+/// A `result` link made inside the store dir was an entry the store does
+/// not know (`verify` reported it); the API refuses it, however spelled.
+#[test]
+fn an_indirect_root_inside_the_store_dir_is_refused() -> Result {
+    let tmp = tempfile::tempdir()?;
+    // A logical dir of its own: were the check to fail, the link would be
+    // made there, not in the host's `/bigtop/store`.
+    let logical = tmp.path().join("logical/store");
+    let store = Store::builder()
+        .store_dir(StoreDir::new(logical.to_str().ok_or("path")?)?)
+        .chroot(tmp.path().join("s"))
+        .open()?;
+    std::fs::create_dir_all(&logical)?;
+    let kept = text(&store, "kept", "k", &[])?;
+    std::os::unix::fs::symlink(store.root(), tmp.path().join("store-link"))?;
+    for link in [
+        store.root().join("evil"),
+        store.root().join(kept.to_string()).join("evil"),
+        store.root().join("../store/evil"),
+        tmp.path().join("store-link/evil"),
+        logical.join("evil"),
+    ] {
+        let err = store.add_indirect_root(&link, &kept).unwrap_err();
+        assert!(matches!(err, Error::RootInStore { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&format!("`{}`", link.display())),
+            "{err}"
+        );
+    }
+    assert!(store.verify(Default::default())?.is_clean());
+    assert_eq!(std::fs::read_dir(&logical)?.count(), 0);
+    store.add_indirect_root(&tmp.path().join("result"), &kept)?;
+    assert_eq!(store.roots()?.len(), 1);
     Ok(())
 }
