@@ -40,6 +40,16 @@ pub enum Error {
         /// The newest version this build knows.
         supported: u32,
     },
+    /// The database describes another logical store dir's paths.
+    #[error("Store database `{database}` belongs to the store dir `{recorded}`, not `{opened}`: open it with `{recorded}`, or give `{opened}` a state dir of its own")]
+    StoreDirMismatch {
+        /// The database file.
+        database: PathBuf,
+        /// The store dir it records.
+        recorded: String,
+        /// The store dir it was opened for.
+        opened: String,
+    },
     /// A store path was asked about that is not registered.
     #[error("Path `{path}` is not valid in the store")]
     NotValid {

@@ -124,7 +124,7 @@ impl StoreBuilder {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
         let db_file = state.join("db/db.sqlite");
-        let conn = db::open(&db_file)?;
+        let conn = db::open(&db_file, &self.dir)?;
         let (pid, start_time) = crate::gc::this_process();
         conn.execute(
             "INSERT INTO Processes (pid, start_time) VALUES (?1, ?2)",

@@ -747,6 +747,52 @@ fn adding_a_path_twice_leaves_no_stray_files() -> Result {
     Ok(())
 }
 
+/// Regression: `--store R` and `--store R --store-dir /bigtop/other` keep
+/// their state in the same `R/bigtop/var`, so they shared one database;
+/// `verify --repair` in the second unregistered the first's paths as
+/// missing, and the next repair in the first deleted their files. The
+/// second store dir is now refused, naming both dirs and the database.
+#[test]
+fn a_second_store_dir_on_one_database_is_refused_and_deletes_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    fs::write(tmp.path().join("hello.txt"), "hello\n")?;
+    let added = store.ok(&["store", "add", "hello.txt"])?;
+    let path = StorePath::from_base_name(
+        added
+            .trim()
+            .strip_prefix("/bigtop/store/")
+            .ok_or("not in /bigtop/store")?,
+    )?;
+
+    let other = ["--store-dir", "/bigtop/other"];
+    let verify_other = [&["store", "verify", "--repair"][..], &other].concat();
+    let out = store.run(&verify_other, b"")?;
+    // The first store's own repair is what deleted the files.
+    let mine = store.run(&["store", "verify", "--repair"], b"")?;
+    assert!(store.valid(&path)?, "{path} was unregistered");
+    assert!(store.physical(&path).exists(), "{path} was deleted");
+    ok(mine)?;
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    for part in [
+        "`/bigtop/store`",
+        "`/bigtop/other`",
+        "s/bigtop/var/db/db.sqlite",
+    ] {
+        assert!(err.contains(part), "{err}");
+    }
+    let add_other = [&["store", "add", "hello.txt"][..], &other].concat();
+    assert_eq!(store.run(&add_other, b"")?.status.code(), Some(1));
+    assert!(!store
+        .dir
+        .join("bigtop/other")
+        .join(path.to_string())
+        .exists());
+    Ok(())
+}
+
 #[test]
 fn store_dir_without_store_keeps_the_store_at_its_logical_path() -> Result {
     let tmp = tempfile::tempdir()?;
