@@ -246,10 +246,13 @@ impl Store {
     /// path keeps alive.
     pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport, Error> {
         self.clean_processes()?;
-        let leftovers = if options.dry_run {
+        let leftovers: u64 = if options.dry_run {
             0
         } else {
             self.remove_leftovers()?
+                .iter()
+                .map(|(_, bytes)| bytes)
+                .sum()
         };
         let on_disk = self.roots()?;
         self.reconcile_roots(&on_disk)?;
@@ -308,8 +311,8 @@ impl Store {
     /// (`.tmp-<pid>-…`) and sandbox roots (`.chroot-<pid>-…`) in the store
     /// dir, build dirs (`<pid>-…`) in the state dir. None of it was ever
     /// registered; a process killed mid-build cannot clean up itself.
-    /// Returns the bytes freed.
-    fn remove_leftovers(&self) -> Result<u64, Error> {
+    /// Returns what was removed, each with the bytes it freed.
+    pub(crate) fn remove_leftovers(&self) -> Result<Vec<(PathBuf, u64)>, Error> {
         let live: HashSet<i64> = {
             let conn = self.db();
             conn.prepare("SELECT pid FROM Processes")
@@ -322,7 +325,7 @@ impl Store {
                 .and_then(|pid| pid.parse::<i64>().ok())
                 .is_some_and(|pid| !live.contains(&pid))
         };
-        let mut freed = 0;
+        let mut removed = Vec::new();
         let builds = self.state_dir().join("builds");
         for (dir, prefixes) in [
             (self.root().to_owned(), &[".tmp-", ".chroot-"][..]),
@@ -342,11 +345,12 @@ impl Store {
                     .any(|p| name.strip_prefix(p).is_some_and(&dead));
                 if stale {
                     let path = entry.path();
-                    freed += remove_tree(&path).map_err(io_err("delete", &path))?;
+                    let freed = remove_tree(&path).map_err(io_err("delete", &path))?;
+                    removed.push((path, freed));
                 }
             }
         }
-        Ok(freed)
+        Ok(removed)
     }
 
     /// Mark and sweep: deletes every valid path that no root, temporary

@@ -632,6 +632,54 @@ fn verify_finds_a_missing_path_and_repair_fixes_the_store() -> Result {
     Ok(())
 }
 
+/// Regression: `store verify` exited 1, calling the store broken, for
+/// what interrupted adds leave behind (`.tmp-<pid>-…` of a process that is
+/// gone, sandbox roots, build dirs), which the next `gc` removes anyway.
+/// It now removes them, lists them apart as garbage and exits 0.
+#[test]
+fn verify_removes_leftovers_of_interrupted_adds_as_garbage_and_exits_0() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    // No process has this pid (above the kernel's maximum).
+    let dead = 4_194_305;
+    let root = store.dir.join("bigtop/store");
+    let builds = store.dir.join("bigtop/var/builds");
+    let made = [
+        root.join(format!(".tmp-{dead}-1-app")),
+        root.join(format!(".chroot-{dead}-2-build")),
+        builds.join(format!("{dead}-3-build")),
+    ];
+    for dir in &made {
+        fs::create_dir_all(dir.join("sub"))?;
+        fs::write(dir.join("sub/file"), "half written")?;
+    }
+    let text = store.ok(&["store", "verify"])?;
+    for d in &made {
+        assert!(!d.exists(), "{} is left", d.display());
+        let line = format!("garbage, removed: {}", d.display());
+        assert!(lines(&text).contains(&line.as_str()), "{text}");
+    }
+    let summary = lines(&text).last().copied().unwrap_or_default();
+    assert!(
+        summary.starts_with("5 paths checked: 0 missing, 0 corrupt, 0 unregistered entries; 3 leftovers of interrupted operations removed, "),
+        "{summary}"
+    );
+
+    fs::create_dir_all(root.join(format!(".tmp-{dead}-4-again")))?;
+    let json: Value = serde_json::from_str(&store.ok(&["store", "verify", "--json"])?)?;
+    assert_eq!(json["garbage"].as_array().map(Vec::len), Some(1), "{json}");
+    assert!(json["garbage_bytes"].is_u64(), "{json}");
+    assert_eq!(json["missing"].as_array().map(Vec::len), Some(0), "{json}");
+    assert_eq!(
+        json["unregistered"].as_array().map(Vec::len),
+        Some(0),
+        "{json}"
+    );
+    assert!(store.valid(&g.app)?);
+    Ok(())
+}
+
 #[test]
 fn verify_check_contents_finds_a_changed_file() -> Result {
     let tmp = tempfile::tempdir()?;

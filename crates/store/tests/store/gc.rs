@@ -303,3 +303,50 @@ fn a_collection_removes_what_dead_processes_left_half_made() -> Result {
     }
     Ok(())
 }
+
+/// Regression: verify reported what interrupted adds and builds leave
+/// behind (staged trees, sandbox roots, build dirs of processes that are
+/// gone) as unregistered entries and called the store broken, though
+/// nothing registered was damaged and the next collection removes them
+/// anyway. They are garbage: verify removes them and the store is clean.
+#[test]
+fn verify_removes_what_dead_processes_left_and_calls_the_store_clean() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let lib = text(&store, "lib", "lib", &[])?;
+    // No process has this pid (above the kernel's maximum).
+    let dead = 4_194_305;
+    let live = std::process::id();
+    let root = store.root().to_owned();
+    let builds = store.state_dir().join("builds");
+    std::fs::create_dir_all(&builds)?;
+    let made = [
+        root.join(format!(".tmp-{dead}-1-half")),
+        root.join(format!(".chroot-{dead}-2-build")),
+        builds.join(format!("{dead}-3-build")),
+    ];
+    let kept = [
+        root.join(format!(".tmp-{live}-1-busy")),
+        builds.join(format!("{live}-3-busy")),
+    ];
+    for dir in made.iter().chain(&kept) {
+        std::fs::create_dir_all(dir.join("sub"))?;
+        std::fs::write(dir.join("sub/file"), "x")?;
+    }
+    // Not verify's to repair: the collector removes them as well.
+    let report = store.verify(Default::default())?;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.unregistered.is_empty(), "{report:?}");
+    let mut expected = made.to_vec();
+    expected.sort();
+    assert_eq!(report.garbage, expected);
+    assert!(report.garbage_bytes > 0);
+    for d in &made {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    for d in &kept {
+        assert!(d.exists(), "{} of a live process was removed", d.display());
+    }
+    assert!(store.is_valid(&lib)? && store.physical(&lib).exists());
+    Ok(())
+}
