@@ -191,28 +191,14 @@ pub fn run(
 ) -> Result<RunOutput, Error> {
     use bigtop_store::sandbox::{self, SandboxSpec};
     use std::io::Read;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static RUNS: AtomicU64 = AtomicU64::new(0);
     let sandbox_err = |e: sandbox::SandboxError| Error::Run(e.to_string());
     let closure = store.closure([path])?;
     let extra_paths = sandbox::default_extra_paths().map_err(sandbox_err)?;
     let io = |e: std::io::Error| Error::Run(format!("cannot make a pipe: {e}"));
     let (mut out_r, out_w) = std::io::pipe().map_err(io)?;
     let (mut err_r, err_w) = std::io::pipe().map_err(io)?;
-    let n = RUNS.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    // Named as the collector expects leftovers of a dead process to be.
-    let chroot_dir = store.root().join(format!(".chroot-{pid}-run-{n}"));
-    let build_dir = store
-        .state_dir()
-        .join("builds")
-        .join(format!("{pid}-run-{n}"));
-    std::fs::create_dir_all(&build_dir)
-        .map_err(|e| Error::Run(format!("cannot create `{}`: {e}", build_dir.display())))?;
-    let cleanup = || {
-        let _ = std::fs::remove_dir_all(&build_dir);
-        let _ = std::fs::remove_dir_all(&chroot_dir);
-    };
+    // Named as the collector expects leftovers of a dead handle to be.
+    let dirs = store.sandbox_run_dirs("run")?;
     let dir = store.store_dir();
     let spec = SandboxSpec {
         program: if program.is_empty() {
@@ -225,11 +211,11 @@ pub fn run(
             ("PATH".into(), "/path-not-set".into()),
             ("HOME".into(), "/homeless-shelter".into()),
         ],
-        build_dir: build_dir.clone(),
+        build_dir: dirs.build_dir.clone(),
         build_dir_inside: "/build".into(),
         store_dir: dir.as_path().to_owned(),
         store_root: store.root().to_owned(),
-        chroot_dir: chroot_dir.clone(),
+        chroot_dir: dirs.chroot_dir.clone(),
         inputs: closure.iter().map(|p| p.to_string()).collect(),
         outputs: Vec::new(),
         extra_paths,
@@ -240,10 +226,7 @@ pub fn run(
         uid: sandbox::DEFAULT_UID,
         gid: sandbox::DEFAULT_GID,
     };
-    let child = sandbox::spawn(&spec).map_err(|e| {
-        cleanup();
-        sandbox_err(e)
-    });
+    let child = sandbox::spawn(&spec).map_err(sandbox_err);
     drop(spec);
     let child = child?;
     let (stdout, stderr) = std::thread::scope(|s| {
@@ -257,7 +240,7 @@ pub fn run(
         (o, e.join().unwrap_or_default())
     });
     let status = child.wait().map_err(sandbox_err);
-    cleanup();
+    drop(dirs);
     Ok(RunOutput {
         status: status?,
         stdout,

@@ -516,6 +516,15 @@ impl AddBatch<'_> {
         self.pending.iter().map(|p| &p.info.path)
     }
 
+    /// The staged trees so far, each with what it claims to be: for
+    /// checks of their contents before the batch commits.
+    pub(crate) fn staged_trees(&self) -> impl Iterator<Item = (&PathInfo, &Path)> {
+        self.pending.iter().filter_map(|p| match &p.contents {
+            Staged::Tree(tmp) => Some((&p.info, tmp.as_path())),
+            Staged::Text(_) | Staged::InPlace(_) => None,
+        })
+    }
+
     /// Makes every staged path valid, or none of them.
     pub fn commit(self) -> Result<Vec<StorePath>, Error> {
         self.commit_holding(&mut [])

@@ -17,16 +17,25 @@
 //! | `Counters` | the last handle id given out, so that ids are never reused |
 //! | `Locks` | per-path locks of adders, builders and the collector ([`crate::lock`]) |
 //! | `Roots` | the roots made through the API (link → path), so that the collector's check of a path and a root made meanwhile are ordered by the database |
+//! | `Config` | one row: the logical store dir the database describes |
+//!
+//! A database describes the paths of one logical store dir: a path's
+//! record means "its files are at `<root>/<base name>`". Two store dirs
+//! can meet at one state dir (`/bigtop/store` and `/bigtop/other` under
+//! one chroot base both keep state in `<base>/bigtop/var`), and each would
+//! then take the other's paths for missing and "repair" them away; so the
+//! database records its store dir and refuses to open for another.
 
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use bigtop_core::StoreDir;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::Error;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// `MIGRATIONS[v]` takes a database from version `v` to `v + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -120,10 +129,20 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO Counters VALUES ('process', COALESCE((SELECT MAX(id) FROM Processes), 0));
     "#,
+    // 3 → 4: the store dir the database belongs to. Its row is written
+    // by `open`, which knows the dir: for a database made before this
+    // version, the dir it is first opened with after the upgrade.
+    r#"
+    CREATE TABLE Config (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        store_dir TEXT NOT NULL
+    );
+    "#,
 ];
 
-/// Opens (creating or migrating) the database at `file`.
-pub(crate) fn open(file: &Path) -> Result<Connection, Error> {
+/// Opens (creating or migrating) the database at `file` for the store
+/// dir `dir`; fails if it belongs to another store dir.
+pub(crate) fn open(file: &Path, dir: &StoreDir) -> Result<Connection, Error> {
     let err = |source| Error::Db {
         path: file.to_owned(),
         source,
@@ -138,15 +157,58 @@ pub(crate) fn open(file: &Path) -> Result<Connection, Error> {
          PRAGMA cache_size = -65536;",
     )
     .map_err(err)?;
-    migrate(&conn, file)?;
+    migrate(&conn, file, dir)?;
+    check_store_dir(&conn, file, dir)?;
     Ok(conn)
+}
+
+fn recorded_store_dir(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT store_dir FROM Config WHERE id = 1", [], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+/// Claims the database for `dir` if no store dir is recorded yet (the
+/// first writer wins), inside the caller's transaction or on its own.
+fn claim(conn: &Connection, dir: &StoreDir) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO Config (id, store_dir) VALUES (1, ?1)",
+        [dir.as_str()],
+    )
+    .map(|_| ())
+}
+
+fn check_store_dir(conn: &Connection, file: &Path, dir: &StoreDir) -> Result<(), Error> {
+    let err = |source| Error::Db {
+        path: file.to_owned(),
+        source,
+    };
+    let recorded = match recorded_store_dir(conn).map_err(err)? {
+        Some(d) => d,
+        // Only a row deleted by hand gets here: the migration writes it.
+        None => {
+            claim(conn, dir).map_err(err)?;
+            recorded_store_dir(conn)
+                .map_err(err)?
+                .unwrap_or_else(|| dir.as_str().to_owned())
+        }
+    };
+    if recorded != dir.as_str() {
+        return Err(Error::StoreDirMismatch {
+            database: file.to_owned(),
+            recorded,
+            opened: dir.as_str().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
 
-fn migrate(conn: &Connection, file: &Path) -> Result<(), Error> {
+fn migrate(conn: &Connection, file: &Path, dir: &StoreDir) -> Result<(), Error> {
     let err = |source| Error::Db {
         path: file.to_owned(),
         source,
@@ -171,6 +233,9 @@ fn migrate(conn: &Connection, file: &Path) -> Result<(), Error> {
             v += 1;
             conn.execute_batch(&format!("PRAGMA user_version = {v}"))?;
         }
+        // In the transaction that made the table: no other process can
+        // see it empty and claim it for its own dir.
+        claim(conn, dir)?;
         conn.execute_batch("COMMIT")
     })();
     if result.is_err() {
@@ -199,7 +264,7 @@ mod tests {
             )
             .unwrap();
         }
-        let conn = open(&file).unwrap();
+        let conn = open(&file, &StoreDir::default()).unwrap();
         assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
         let lock: (String, i64, i64) = conn
             .query_row("SELECT path, process, owner FROM Locks", [], |r| {
@@ -222,5 +287,34 @@ mod tests {
             .query_row("SELECT count(*) FROM Locks", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// A database made before it recorded its store dir belongs to the
+    /// first dir it is opened with after the upgrade, and to no other.
+    #[test]
+    fn a_version_2_database_records_the_store_dir_it_is_opened_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&file).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 2").unwrap();
+        }
+        let other = StoreDir::new("/srv/store").unwrap();
+        let conn = open(&file, &other).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            recorded_store_dir(&conn).unwrap().as_deref(),
+            Some("/srv/store")
+        );
+        drop(conn);
+        drop(open(&file, &other).unwrap());
+        let err = open(&file, &StoreDir::default()).unwrap_err();
+        assert!(
+            matches!(&err, Error::StoreDirMismatch { recorded, opened, .. }
+                if recorded == "/srv/store" && opened == "/bigtop/store"),
+            "{err}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use bigtop_core::{Hash, StorePath};
+use bigtop_core::{ContentAddress, Hash, StorePath};
 use thiserror::Error;
 
 /// Why a store operation failed.
@@ -39,6 +39,16 @@ pub enum Error {
         found: u32,
         /// The newest version this build knows.
         supported: u32,
+    },
+    /// The database describes another logical store dir's paths.
+    #[error("Store database `{database}` belongs to the store dir `{recorded}`, not `{opened}`: open it with `{recorded}`, or give `{opened}` a state dir of its own")]
+    StoreDirMismatch {
+        /// The database file.
+        database: PathBuf,
+        /// The store dir it records.
+        recorded: String,
+        /// The store dir it was opened for.
+        opened: String,
     },
     /// A store path was asked about that is not registered.
     #[error("Path `{path}` is not valid in the store")]
@@ -158,6 +168,35 @@ pub enum Error {
         expected: u64,
         /// The size that arrived.
         got: u64,
+    },
+    /// A path's content address names another path than the path.
+    #[error("Content address `{ca}` of `{path}` gives the path `{implied}`, not `{path}`")]
+    ContentAddressMismatch {
+        /// The path that claimed it.
+        path: StorePath,
+        /// The claim.
+        ca: ContentAddress,
+        /// The path the claim gives.
+        implied: StorePath,
+    },
+    /// A path claims a content address that no path like it can have.
+    #[error("Content address `{ca}` of `{path}` cannot hold: {reason}")]
+    ContentAddressUnfit {
+        /// The path that claimed it.
+        path: StorePath,
+        /// The claim.
+        ca: ContentAddress,
+        /// Why it cannot hold.
+        reason: &'static str,
+    },
+    /// A path's contents refer to a path that its references leave out,
+    /// which the collector would then delete while it is still in use.
+    #[error("Contents of `{path}` refer to `{reference}`, which its references leave out")]
+    UndeclaredReference {
+        /// The referrer.
+        path: StorePath,
+        /// The reference found in its contents.
+        reference: StorePath,
     },
     /// A path that is still alive was asked to be deleted.
     #[error("Cannot delete `{path}`: it is still alive ({reason})")]

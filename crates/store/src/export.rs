@@ -19,15 +19,28 @@
 //! closure holding a 4 GiB file moves through a few buffers, never through
 //! memory whole. An import is all or nothing: every path is checked
 //! against its hash and staged, and only then are all registered together.
+//!
+//! A stream is not trusted to describe its paths. A content address must
+//! give the path's very name and hold for its contents, or anyone could
+//! put other contents under a content-addressed path; and the contents of
+//! every path are scanned for references, which must all be declared, or
+//! the collector would delete a path still in use. The scan runs once the
+//! whole stream is staged, since contents may name a path that comes later
+//! in it; it reads the staged trees back from disk, so memory stays
+//! bounded by the store's path count, not by the stream.
 
 use std::collections::BTreeSet;
+use std::fs;
 use std::io::{self, BufRead, Read, Write};
+use std::path::Path;
 
-use bigtop_core::hash::HashingWriter;
-use bigtop_core::nar;
-use bigtop_core::{ReferenceGraph, StorePath};
+use bigtop_core::hash::{Hasher, HashingWriter};
+use bigtop_core::{nar, ContentAddress, ContentAddressMethod, HashAlgo};
+use bigtop_core::{ReferenceGraph, StoreDir, StorePath};
 
+use crate::add::AddBatch;
 use crate::error::{io_err, Error};
+use crate::scan::ReferenceScanner;
 use crate::store::{PathInfo, Store};
 
 const MAGIC: &str = "bigtop-export-1";
@@ -158,8 +171,11 @@ impl Store {
     }
 
     /// Reads an export stream and adds every path in it, or none: a bad
-    /// hash, a truncated NAR, or a reference to a path neither in the
-    /// stream nor valid here rejects the whole stream.
+    /// hash, a truncated NAR, a reference to a path neither in the stream
+    /// nor valid here, a content address that does not give the path or
+    /// does not hold for its contents, or contents that refer to a valid
+    /// or imported path not among the declared references rejects the
+    /// whole stream.
     pub fn import(&self, r: &mut impl BufRead) -> Result<Vec<StorePath>, Error> {
         if get(r, "the stream magic")? != MAGIC {
             return Err(bad(format!("it does not start with `{MAGIC}`")));
@@ -214,6 +230,8 @@ impl Store {
             info.deriver = deriver;
             info.ca = ca;
             info.signatures = signatures;
+            // Before the NAR is read: a forged name fails fast.
+            check_ca_path(self.store_dir(), &info)?;
             if get(r, "`nar`")? != "nar" {
                 return Err(bad(format!(
                     "expected `nar` after the metadata of `{path}`"
@@ -222,6 +240,147 @@ impl Store {
             batch.add_nar(info, r)?;
             seen.insert(path);
         }
+        self.check_staged_contents(&batch, &seen)?;
         batch.commit()
     }
+
+    /// Checks each staged tree of an import against what the stream
+    /// claimed: its content address holds for its contents, and its
+    /// references include every valid or imported path its contents name.
+    fn check_staged_contents(
+        &self,
+        batch: &AddBatch<'_>,
+        imported: &BTreeSet<StorePath>,
+    ) -> Result<(), Error> {
+        // Every path that could be referred to: what is valid here (or
+        // becomes valid with this stream) is what the collector would
+        // delete. A path that exists nowhere cannot be deleted.
+        let valid = self.all_valid_paths()?;
+        let mut scanner = ReferenceScanner::new(valid.iter().chain(imported));
+        drop(valid);
+        let mut buf = Vec::new();
+        for (info, tree) in batch.staged_trees() {
+            let file_algo = info.ca.and_then(|ca| match ca.method {
+                ContentAddressMethod::Recursive => None,
+                _ => Some(ca.hash.algo()),
+            });
+            let file_hash =
+                scan_tree(&mut scanner, tree, file_algo, &mut buf).map_err(io_err("scan", tree))?;
+            let found = scanner.take_found();
+            if let Some(reference) = found.difference(&info.references).next() {
+                return Err(Error::UndeclaredReference {
+                    path: info.path.clone(),
+                    reference: reference.clone(),
+                });
+            }
+            if let Some(ca) = info.ca {
+                check_ca_contents(info, &ca, tree, file_hash)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scans `tree` for references. When `file_algo` is given (a flat or text
+/// content address) and `tree` is a regular file, its bytes are hashed in
+/// the same read and the hash returned. Anything else under such a claim
+/// is neither scanned nor hashed: `None` says the claim cannot hold.
+fn scan_tree(
+    scanner: &mut ReferenceScanner,
+    tree: &Path,
+    file_algo: Option<HashAlgo>,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<bigtop_core::Hash>> {
+    let Some(algo) = file_algo else {
+        scanner.scan_path(tree)?;
+        return Ok(None);
+    };
+    if !fs::symlink_metadata(tree)?.is_file() {
+        return Ok(None);
+    }
+    if buf.is_empty() {
+        buf.resize(64 * 1024, 0);
+    }
+    let mut hasher = Hasher::new(algo);
+    let mut file = fs::File::open(tree)?;
+    loop {
+        let n = match file.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        scanner.feed(&buf[..n]);
+        hasher.update(&buf[..n]);
+    }
+    scanner.end_stream();
+    Ok(Some(hasher.finish()))
+}
+
+/// Checks that `info`'s content address, if any, gives `info.path`: the
+/// path is recomputed from the claim as adding or building it would.
+fn check_ca_path(dir: &StoreDir, info: &PathInfo) -> Result<(), Error> {
+    let Some(ca) = info.ca else { return Ok(()) };
+    let path = &info.path;
+    let name = path.name();
+    let unfit = |reason| Error::ContentAddressUnfit {
+        path: path.clone(),
+        ca,
+        reason,
+    };
+    let implied = match ca.method {
+        // Text files are named after their references too; one cannot
+        // refer to itself, its name being a hash of its contents.
+        ContentAddressMethod::Text => dir.make_text_path(name, &ca.hash, &info.references),
+        ContentAddressMethod::Recursive => dir.make_source_path(
+            name,
+            &ca.hash,
+            info.references.iter().filter(|r| *r != path),
+            info.references.contains(path),
+        ),
+        ContentAddressMethod::Flat if info.references.is_empty() => {
+            dir.make_fixed_output_path(name, &ca)
+        }
+        ContentAddressMethod::Flat => {
+            return Err(unfit("a flat content address allows no references"))
+        }
+        _ => return Err(unfit("this bigtop does not know its method")),
+    }?;
+    if implied != *path {
+        return Err(Error::ContentAddressMismatch {
+            path: path.clone(),
+            ca,
+            implied,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `ca` holds for the staged contents at `tree`. `file_hash`
+/// is the flat hash of `tree` with the claim's algorithm when it is a
+/// regular file (computed while scanning it), for flat and text claims.
+fn check_ca_contents(
+    info: &PathInfo,
+    ca: &ContentAddress,
+    tree: &Path,
+    file_hash: Option<bigtop_core::Hash>,
+) -> Result<(), Error> {
+    let got = match ca.method {
+        // The NAR hash was checked as the NAR streamed in.
+        ContentAddressMethod::Recursive if ca.hash.algo() == info.nar_hash.algo() => info.nar_hash,
+        ContentAddressMethod::Recursive => nar::hash_path(tree, ca.hash.algo())?.0,
+        _ => file_hash.ok_or(Error::ContentAddressUnfit {
+            path: info.path.clone(),
+            ca: *ca,
+            reason: "a flat or text content address needs a single regular file",
+        })?,
+    };
+    if got != ca.hash {
+        return Err(Error::HashMismatch {
+            path: info.path.clone(),
+            expected: ca.hash,
+            got,
+        });
+    }
+    Ok(())
 }

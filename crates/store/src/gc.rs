@@ -243,10 +243,13 @@ impl Store {
     /// path keeps alive.
     pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport, Error> {
         self.clean_processes()?;
-        let leftovers = if options.dry_run {
+        let leftovers: u64 = if options.dry_run {
             0
         } else {
             self.remove_leftovers()?
+                .iter()
+                .map(|(_, bytes)| bytes)
+                .sum()
         };
         let on_disk = self.roots()?;
         self.reconcile_roots(&on_disk)?;
@@ -305,8 +308,8 @@ impl Store {
     /// (`.tmp-<id>-…`) and sandbox roots (`.chroot-<id>-…`) in the store
     /// dir, build dirs (`<id>-…`) in the state dir. None of it was ever
     /// registered; a process killed mid-build cannot clean up itself.
-    /// Returns the bytes freed.
-    fn remove_leftovers(&self) -> Result<u64, Error> {
+    /// Returns what was removed, each with the bytes it freed.
+    pub(crate) fn remove_leftovers(&self) -> Result<Vec<(PathBuf, u64)>, Error> {
         let live: HashSet<i64> = self.clean_processes()?.into_iter().collect();
         let dead = |rest: &str| {
             rest.split('-')
@@ -314,7 +317,7 @@ impl Store {
                 .and_then(|id| id.parse::<i64>().ok())
                 .is_some_and(|id| !live.contains(&id))
         };
-        let mut freed = 0;
+        let mut removed = Vec::new();
         let builds = self.state_dir().join("builds");
         for (dir, prefixes) in [
             (self.root().to_owned(), &[".tmp-", ".chroot-"][..]),
@@ -334,11 +337,12 @@ impl Store {
                     .any(|p| name.strip_prefix(p).is_some_and(&dead));
                 if stale {
                     let path = entry.path();
-                    freed += remove_tree(&path).map_err(io_err("delete", &path))?;
+                    let freed = remove_tree(&path).map_err(io_err("delete", &path))?;
+                    removed.push((path, freed));
                 }
             }
         }
-        Ok(freed)
+        Ok(removed)
     }
 
     /// Mark and sweep: deletes every valid path that no root, temporary

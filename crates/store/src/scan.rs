@@ -63,6 +63,9 @@ pub struct ReferenceScanner {
     candidates: HashMap<[u8; DIGEST_CHARS], usize>,
     paths: Vec<StorePath>,
     found: Vec<bool>,
+    /// Indexes of the candidates found since [`take_found`](Self::take_found),
+    /// so that forgetting them costs what was found, not every candidate.
+    hits: Vec<usize>,
     filter: Box<[u64]>,
     /// Log2 of the filter's size in bits.
     filter_bits: u32,
@@ -84,6 +87,7 @@ impl ReferenceScanner {
             candidates: HashMap::with_capacity(candidates.len()),
             paths: Vec::with_capacity(candidates.len()),
             found: Vec::with_capacity(candidates.len()),
+            hits: Vec::new(),
             filter: vec![0u64; (1 << filter_bits) / 64].into_boxed_slice(),
             filter_bits,
             carry: Vec::with_capacity(DIGEST_CHARS),
@@ -128,7 +132,10 @@ impl ReferenceScanner {
                 window[i..i + DIGEST_CHARS].try_into().expect("32 bytes");
             if self.maybe(key) {
                 if let Some(&k) = self.candidates.get(key) {
-                    self.found[k] = true;
+                    if !self.found[k] {
+                        self.found[k] = true;
+                        self.hits.push(k);
+                    }
                 }
             }
             i += 1;
@@ -226,6 +233,20 @@ impl ReferenceScanner {
             .map(|(p, _)| p.clone())
             .collect()
     }
+
+    /// The candidates found so far, sorted, forgetting them: the scanner
+    /// then serves the next path as if new. Costs what was found, not the
+    /// number of candidates, so one scanner over a whole store's paths can
+    /// scan many paths in turn.
+    pub fn take_found(&mut self) -> BTreeSet<StorePath> {
+        self.end_stream();
+        let mut out = BTreeSet::new();
+        for k in self.hits.drain(..) {
+            self.found[k] = false;
+            out.insert(self.paths[k].clone());
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +297,20 @@ mod tests {
         s.end_stream();
         s.feed(&d.as_bytes()[10..]);
         assert!(s.found().is_empty());
+    }
+
+    #[test]
+    fn take_found_forgets_what_it_returns() {
+        let a = path(1, "a");
+        let b = path(2, "b");
+        let mut s = ReferenceScanner::new([&a, &b]);
+        s.feed(a.to_string().as_bytes());
+        s.feed(a.to_string().as_bytes());
+        assert_eq!(s.take_found(), BTreeSet::from([a.clone()]));
+        assert!(s.found().is_empty());
+        s.feed(b.to_string().as_bytes());
+        assert_eq!(s.take_found(), BTreeSet::from([b]));
+        assert!(s.take_found().is_empty());
     }
 
     #[test]

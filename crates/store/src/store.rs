@@ -124,7 +124,7 @@ impl StoreBuilder {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
         let db_file = state.join("db/db.sqlite");
-        let mut conn = db::open(&db_file)?;
+        let mut conn = db::open(&db_file, &self.dir)?;
         let (process, alive) = crate::liveness::register(&mut conn, &state, |source| Error::Db {
             path: db_file.clone(),
             source,

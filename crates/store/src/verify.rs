@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::PathBuf;
 
 use bigtop_core::{nar, StorePath};
 
@@ -17,7 +18,8 @@ pub struct VerifyOptions {
     pub check_contents: bool,
     /// Unregister broken paths (with every path that refers to them, which
     /// would otherwise refer to nothing) and delete unregistered entries.
-    /// Default: report only.
+    /// Default: report only (leftovers of processes that are gone are
+    /// removed either way: see [`VerifyReport::garbage`]).
     pub repair: bool,
 }
 
@@ -35,10 +37,19 @@ pub struct VerifyReport {
     pub unregistered: Vec<String>,
     /// With repair: the paths unregistered.
     pub unregistered_paths: Vec<StorePath>,
+    /// What interrupted adds and builds of processes that are gone left
+    /// behind (staged trees and sandbox roots in the store dir, build dirs
+    /// in the state dir), removed by this verification. Never registered,
+    /// so garbage rather than damage: the next collection would remove
+    /// it as well, and it does not make the store unclean.
+    pub garbage: Vec<PathBuf>,
+    /// Bytes the garbage occupied on disk.
+    pub garbage_bytes: u64,
 }
 
 impl VerifyReport {
-    /// Whether everything checked out.
+    /// Whether everything checked out: nothing missing, corrupt or
+    /// unregistered (garbage does not count).
     pub fn is_clean(&self) -> bool {
         self.missing.is_empty() && self.corrupt.is_empty() && self.unregistered.is_empty()
     }
@@ -46,7 +57,8 @@ impl VerifyReport {
 
 impl Store {
     /// Checks every registered path against the files, and the files
-    /// against the registrations.
+    /// against the registrations. Removes what processes that are gone
+    /// left half-made, with or without repair (reported as garbage).
     pub fn verify(&self, options: VerifyOptions) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
         let valid = self.all_valid_paths()?;
@@ -68,6 +80,13 @@ impl Store {
             }
         }
         self.clean_processes()?;
+        // Before listing the store dir, so that what the collector would
+        // remove anyway is not reported as unregistered entries.
+        for (path, bytes) in self.remove_leftovers()? {
+            report.garbage.push(path);
+            report.garbage_bytes += bytes;
+        }
+        report.garbage.sort();
         let live_temp = self.live_temp_prefixes()?;
         let locked = self.locked_names()?;
         for entry in fs::read_dir(self.root()).map_err(io_err("read", self.root()))? {

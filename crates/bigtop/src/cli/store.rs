@@ -125,7 +125,8 @@ pub enum StoreCommand {
     /// any is still alive.
     Delete(PathsArgs),
     /// Check the store against its database; exit 1 if anything is broken
-    /// and `--repair` was not given.
+    /// and `--repair` was not given. What interrupted operations left
+    /// behind is garbage, not breakage: it is removed and reported.
     Verify(VerifyArgs),
     /// Write the closure of paths to standard output as one binary stream.
     Export(ExportArgs),
@@ -670,8 +671,21 @@ fn verify(args: &VerifyArgs) -> Result<(), Error> {
         for p in &report.unregistered_paths {
             out.line(format_args!("repaired, unregistered: {}", dir.display(p)))?;
         }
+        for p in &report.garbage {
+            out.line(format_args!("garbage, removed: {}", p.display()))?;
+        }
+        // Garbage is not damage: it gets its own clause, outside the count
+        // of what is broken.
+        let garbage = match report.garbage.len() {
+            0 => String::new(),
+            n => format!(
+                "; {n} leftover{} of interrupted operations removed, {} bytes freed",
+                if n == 1 { "" } else { "s" },
+                report.garbage_bytes
+            ),
+        };
         out.line(format_args!(
-            "{} paths checked: {} missing, {} corrupt, {} unregistered entries{}",
+            "{} paths checked: {} missing, {} corrupt, {} unregistered entries{}{garbage}",
             report.checked,
             report.missing.len(),
             report.corrupt.len(),

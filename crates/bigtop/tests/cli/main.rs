@@ -674,6 +674,54 @@ fn verify_finds_a_missing_path_and_repair_fixes_the_store() -> Result {
     Ok(())
 }
 
+/// Regression: `store verify` exited 1, calling the store broken, for
+/// what interrupted adds leave behind (`.tmp-<id>-…` of a handle that is
+/// gone, sandbox roots, build dirs), which the next `gc` removes anyway.
+/// It now removes them, lists them apart as garbage and exits 0.
+#[test]
+fn verify_removes_leftovers_of_interrupted_adds_as_garbage_and_exits_0() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    // No handle of this fresh store has had this id (ids only grow).
+    let dead = 4_194_305;
+    let root = store.dir.join("bigtop/store");
+    let builds = store.dir.join("bigtop/var/builds");
+    let made = [
+        root.join(format!(".tmp-{dead}-1-app")),
+        root.join(format!(".chroot-{dead}-2-build")),
+        builds.join(format!("{dead}-3-build")),
+    ];
+    for dir in &made {
+        fs::create_dir_all(dir.join("sub"))?;
+        fs::write(dir.join("sub/file"), "half written")?;
+    }
+    let text = store.ok(&["store", "verify"])?;
+    for d in &made {
+        assert!(!d.exists(), "{} is left", d.display());
+        let line = format!("garbage, removed: {}", d.display());
+        assert!(lines(&text).contains(&line.as_str()), "{text}");
+    }
+    let summary = lines(&text).last().copied().unwrap_or_default();
+    assert!(
+        summary.starts_with("5 paths checked: 0 missing, 0 corrupt, 0 unregistered entries; 3 leftovers of interrupted operations removed, "),
+        "{summary}"
+    );
+
+    fs::create_dir_all(root.join(format!(".tmp-{dead}-4-again")))?;
+    let json: Value = serde_json::from_str(&store.ok(&["store", "verify", "--json"])?)?;
+    assert_eq!(json["garbage"].as_array().map(Vec::len), Some(1), "{json}");
+    assert!(json["garbage_bytes"].is_u64(), "{json}");
+    assert_eq!(json["missing"].as_array().map(Vec::len), Some(0), "{json}");
+    assert_eq!(
+        json["unregistered"].as_array().map(Vec::len),
+        Some(0),
+        "{json}"
+    );
+    assert!(store.valid(&g.app)?);
+    Ok(())
+}
+
 #[test]
 fn verify_check_contents_finds_a_changed_file() -> Result {
     let tmp = tempfile::tempdir()?;
@@ -786,6 +834,52 @@ fn adding_a_path_twice_leaves_no_stray_files() -> Result {
     let entries = fs::read_dir(store.dir.join("bigtop/store"))?.count();
     assert_eq!(entries, 1);
     ok(store.run(&["store", "verify"], b"")?)?;
+    Ok(())
+}
+
+/// Regression: `--store R` and `--store R --store-dir /bigtop/other` keep
+/// their state in the same `R/bigtop/var`, so they shared one database;
+/// `verify --repair` in the second unregistered the first's paths as
+/// missing, and the next repair in the first deleted their files. The
+/// second store dir is now refused, naming both dirs and the database.
+#[test]
+fn a_second_store_dir_on_one_database_is_refused_and_deletes_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = TestStore::new(tmp.path(), "s");
+    fs::write(tmp.path().join("hello.txt"), "hello\n")?;
+    let added = store.ok(&["store", "add", "hello.txt"])?;
+    let path = StorePath::from_base_name(
+        added
+            .trim()
+            .strip_prefix("/bigtop/store/")
+            .ok_or("not in /bigtop/store")?,
+    )?;
+
+    let other = ["--store-dir", "/bigtop/other"];
+    let verify_other = [&["store", "verify", "--repair"][..], &other].concat();
+    let out = store.run(&verify_other, b"")?;
+    // The first store's own repair is what deleted the files.
+    let mine = store.run(&["store", "verify", "--repair"], b"")?;
+    assert!(store.valid(&path)?, "{path} was unregistered");
+    assert!(store.physical(&path).exists(), "{path} was deleted");
+    ok(mine)?;
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr)?;
+    for part in [
+        "`/bigtop/store`",
+        "`/bigtop/other`",
+        "s/bigtop/var/db/db.sqlite",
+    ] {
+        assert!(err.contains(part), "{err}");
+    }
+    let add_other = [&["store", "add", "hello.txt"][..], &other].concat();
+    assert_eq!(store.run(&add_other, b"")?.status.code(), Some(1));
+    assert!(!store
+        .dir
+        .join("bigtop/other")
+        .join(path.to_string())
+        .exists());
     Ok(())
 }
 

@@ -56,6 +56,7 @@ use bigtop_core::StorePath;
 pub use observer::{Activity, BuildObserver, Silent, TextRenderer};
 pub use plan::{plan, Job, JobKind, Plan, Reason, Substitutable, Substituter};
 pub use run::{BuildReport, Builder, CheckResult};
+pub use sandboxed::RunDirs;
 
 use crate::error::Error;
 

@@ -38,38 +38,39 @@ impl BuildDirSlot {
     /// The directory for one build; emptied again when the loan ends.
     pub(crate) fn lend(&mut self, store: &Store) -> Result<LentDir<'_>, FailureKind> {
         if self.0.is_none() {
-            let base = store.state_dir().join("builds");
+            let base = private_builds_dir(store)
+                .map_err(|e| FailureKind::Setup(crate::error::Chain(&e).to_string()))?;
             let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
             // The handle's id first: GC removes the directories of dead ones.
             let dir = base.join(format!("{}-{n}", store.process));
-            // Private, parent included: a builder can open its own build
-            // dir to everyone, and must not thereby open it to anyone.
-            private_dir(&base)
-                .and_then(|()| {
-                    use std::os::unix::fs::DirBuilderExt;
-                    fs::DirBuilder::new().mode(0o700).create(&dir)
-                })
-                .map_err(|e| {
-                    FailureKind::Setup(format!("cannot create build dir `{}`: {e}", dir.display()))
-                })?;
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                fs::DirBuilder::new().mode(0o700).create(&dir)
+            }
+            .map_err(|e| {
+                FailureKind::Setup(format!("cannot create build dir `{}`: {e}", dir.display()))
+            })?;
             self.0 = Some(dir);
         }
         Ok(LentDir(self))
     }
 }
 
-/// Creates `dir` and its parents, and leaves `dir` itself mode 0700.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+/// `<state>/builds`, made if missing, and mode 0700: a builder can open
+/// its own build dir to everyone, and must not thereby open it to anyone.
+pub(crate) fn private_builds_dir(store: &Store) -> Result<PathBuf, crate::error::Error> {
     use std::os::unix::fs::PermissionsExt;
-    fs::create_dir_all(dir)?;
-    let meta = fs::symlink_metadata(dir)?;
+    let dir = store.state_dir().join("builds");
+    let err = crate::error::io_err("make private", dir.clone());
+    fs::create_dir_all(&dir).map_err(crate::error::io_err("create", &dir))?;
+    let meta = fs::symlink_metadata(&dir).map_err(crate::error::io_err("read", &dir))?;
     if !meta.is_dir() {
-        return Err(std::io::Error::other("not a directory"));
+        return Err(err(std::io::Error::other("not a directory")));
     }
     if meta.permissions().mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
     }
-    Ok(())
+    Ok(dir)
 }
 
 impl Drop for BuildDirSlot {

@@ -48,6 +48,40 @@ impl Drop for Scratch {
     }
 }
 
+/// A scratch root and a private build dir for one sandboxed run outside a
+/// build (a program run in its closure), named as this handle's leftovers
+/// so that the collector removes them if the process dies; both removed
+/// when dropped.
+#[derive(Debug)]
+pub struct RunDirs {
+    /// For [`SandboxSpec::chroot_dir`].
+    pub chroot_dir: PathBuf,
+    /// For [`SandboxSpec::build_dir`]: made, empty, in a private parent.
+    pub build_dir: PathBuf,
+}
+
+impl Drop for RunDirs {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.build_dir);
+        let _ = remove_tree(&self.chroot_dir);
+    }
+}
+
+impl Store {
+    /// Makes the directories for one sandboxed run labelled `label`.
+    pub fn sandbox_run_dirs(&self, label: &str) -> Result<RunDirs, Error> {
+        let n = CHROOT_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-{n}-{label}", self.process);
+        let dirs = RunDirs {
+            chroot_dir: self.root().join(format!(".chroot-{name}")),
+            build_dir: super::process::private_builds_dir(self)?.join(&name),
+        };
+        std::fs::create_dir(&dirs.build_dir)
+            .map_err(crate::error::io_err("create", &dirs.build_dir))?;
+        Ok(dirs)
+    }
+}
+
 /// Runs `d` in the sandbox; returns its exit status and, for each output,
 /// where it now is (its own physical path, or a temporary name when
 /// `check`ing; a path that does not exist if the builder did not make it).

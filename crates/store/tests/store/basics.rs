@@ -3,8 +3,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use bigtop_store::core::nar;
-use bigtop_store::core::HashAlgo;
-use bigtop_store::{Error, PathInfo, Store};
+use bigtop_store::core::{HashAlgo, StoreDir};
+use bigtop_store::{Error, PathInfo, Store, VerifyOptions};
 
 use crate::{assert_consistent, text, Result};
 
@@ -34,6 +34,53 @@ fn a_newer_schema_is_refused_by_name() -> Result {
         "{err}"
     );
     assert!(err.to_string().contains("db.sqlite"), "{err}");
+    Ok(())
+}
+
+/// Regression: two logical store dirs under one chroot base
+/// (`/bigtop/store` and `/bigtop/other`) both keep their state in
+/// `<base>/bigtop/var`, so they shared one database. Each saw the other's
+/// paths as missing; a repair in one unregistered the other's paths, and
+/// the next repair there deleted their files as unregistered entries. The
+/// database now belongs to the store dir that created it.
+#[test]
+fn a_database_refuses_another_store_dir_and_nothing_is_lost() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let lib = text(&store, "lib", "lib", &[])?;
+    let app = text(&store, "app", "app", &[&lib])?;
+    drop(store);
+
+    let repair = VerifyOptions {
+        check_contents: false,
+        repair: true,
+    };
+    let opened = Store::builder()
+        .store_dir(StoreDir::new("/bigtop/other")?)
+        .chroot(tmp.path())
+        .open();
+    if let Ok(other) = &opened {
+        // What the user did next: repair the store that lost its paths.
+        other.verify(repair)?;
+    }
+    let store = Store::open_chroot(tmp.path())?;
+    store.verify(repair)?;
+    for p in [&lib, &app] {
+        assert!(store.is_valid(p)?, "{p} was unregistered");
+        assert!(store.physical(p).exists(), "{p} was deleted");
+    }
+    assert_consistent(&store)?;
+
+    let err = opened.expect_err("another store dir must be refused");
+    assert!(matches!(err, Error::StoreDirMismatch { .. }), "{err}");
+    let message = err.to_string();
+    for part in [
+        "`/bigtop/store`",
+        "`/bigtop/other`",
+        "bigtop/var/db/db.sqlite",
+    ] {
+        assert!(message.contains(part), "{message}");
+    }
     Ok(())
 }
 

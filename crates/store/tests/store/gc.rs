@@ -272,15 +272,7 @@ fn a_full_collection_takes_reference_cycles() -> Result {
 fn a_collection_removes_what_dead_processes_left_half_made() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
-    // Leftovers are named by the id of the handle that made them; this
-    // handle is the only one open, and ids are never handed out twice.
-    let processes = store.state_dir().join("processes");
-    let ids: Vec<u64> = std::fs::read_dir(&processes)?
-        .map(|e| Ok(e?.file_name().to_string_lossy().parse()?))
-        .collect::<Result<_>>()?;
-    let [live] = ids[..] else {
-        return Err(format!("one handle open, found {ids:?}").into());
-    };
+    let live = only_handle_id(&store)?;
     let dead = live + 1_000;
     let root = store.root().to_owned();
     let builds = store.state_dir().join("builds");
@@ -412,4 +404,63 @@ fn an_indirect_root_inside_the_store_dir_is_refused() -> Result {
     store.add_indirect_root(&tmp.path().join("result"), &kept)?;
     assert_eq!(store.roots()?.len(), 1);
     Ok(())
+}
+
+/// Regression: verify reported what interrupted adds and builds leave
+/// behind (staged trees, sandbox roots, build dirs of processes that are
+/// gone) as unregistered entries and called the store broken, though
+/// nothing registered was damaged and the next collection removes them
+/// anyway. They are garbage: verify removes them and the store is clean.
+#[test]
+fn verify_removes_what_dead_processes_left_and_calls_the_store_clean() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let lib = text(&store, "lib", "lib", &[])?;
+    let live = only_handle_id(&store)?;
+    let dead = live + 1_000;
+    let root = store.root().to_owned();
+    let builds = store.state_dir().join("builds");
+    std::fs::create_dir_all(&builds)?;
+    let made = [
+        root.join(format!(".tmp-{dead}-1-half")),
+        root.join(format!(".chroot-{dead}-2-build")),
+        builds.join(format!("{dead}-3-build")),
+    ];
+    let kept = [
+        root.join(format!(".tmp-{live}-1-busy")),
+        builds.join(format!("{live}-3-busy")),
+    ];
+    for dir in made.iter().chain(&kept) {
+        std::fs::create_dir_all(dir.join("sub"))?;
+        std::fs::write(dir.join("sub/file"), "x")?;
+    }
+    // Not verify's to repair: the collector removes them as well.
+    let report = store.verify(Default::default())?;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.unregistered.is_empty(), "{report:?}");
+    let mut expected = made.to_vec();
+    expected.sort();
+    assert_eq!(report.garbage, expected);
+    assert!(report.garbage_bytes > 0);
+    for d in &made {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    for d in &kept {
+        assert!(d.exists(), "{} of a live process was removed", d.display());
+    }
+    assert!(store.is_valid(&lib)? && store.physical(&lib).exists());
+    Ok(())
+}
+
+/// The id of the only handle open on `store`: leftovers are named by the
+/// id of the handle that made them, and ids are never handed out twice,
+/// so a larger one is certainly dead.
+fn only_handle_id(store: &Store) -> Result<u64> {
+    let ids: Vec<u64> = std::fs::read_dir(store.state_dir().join("processes"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().parse()?))
+        .collect::<Result<_>>()?;
+    match ids[..] {
+        [id] => Ok(id),
+        _ => Err(format!("one handle open, found {ids:?}").into()),
+    }
 }
