@@ -203,6 +203,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The signal handling of a build could not be set up.
+    #[error("Cannot set up the handling of SIGINT, SIGTERM and SIGHUP")]
+    Signals(#[source] io::Error),
+    /// A signal stopped the build: its builds were killed and cleaned up.
+    #[error("Interrupted by signal {signal}: running builds were stopped and their work removed")]
+    Interrupted {
+        /// The signal's number.
+        signal: i32,
+    },
     /// Writing to standard output failed.
     #[error("Cannot write to standard output")]
     Stdout(#[source] io::Error),
@@ -459,7 +468,11 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}", render_error(&e));
-            ExitCode::FAILURE
+            match e {
+                // As a shell reports a process the signal ended.
+                Error::Interrupted { signal } => ExitCode::from(128 + signal as u8),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

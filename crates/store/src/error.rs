@@ -114,6 +114,10 @@ pub enum Error {
         /// A path on the cycle.
         path: StorePath,
     },
+    /// The run was interrupted ([`crate::build::Interrupt`]): running
+    /// builds were killed and cleaned up, nothing was registered half.
+    #[error("Interrupted: running builds were stopped and their work removed")]
+    Interrupted,
     /// Builds failed; each failure says which and why.
     #[error("{}", render_failures(.0))]
     BuildFailed(Vec<crate::build::BuildFailure>),

@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 use bigtop_core::derivation::OutputName;
 use bigtop_core::{StoreDir, StorePath};
 use bigtop_store::build::{
-    builtin, BuildOptions, BuildReport, Builder, FailureKind, JobKind, Plan, Sandboxing,
+    builtin, BuildOptions, BuildReport, Builder, FailureKind, Interrupt, JobKind, Plan, Sandboxing,
 };
 use bigtop_store::Store;
 use clap::Args;
@@ -112,6 +114,10 @@ fn parse_target(store: &Store, input: &str) -> Result<(StorePath, BTreeSet<Outpu
 
 /// Runs `bigtop build`.
 pub fn build(args: &BuildArgs) -> Result<(), Error> {
+    // First, before any thread starts: threads inherit the blocked mask,
+    // and one that did not would die of the signal, builders running on.
+    let interrupt = Interrupt::new().map_err(Error::Signals)?;
+    let caught = catch_signals(&interrupt).map_err(Error::Signals)?;
     let store = args.store.open()?;
     let targets = args
         .targets
@@ -126,6 +132,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Error> {
         } else {
             Sandboxing::Required
         },
+        interrupt: Some(interrupt),
         ..BuildOptions::default()
     };
     if let Some(j) = args.max_jobs {
@@ -150,6 +157,11 @@ pub fn build(args: &BuildArgs) -> Result<(), Error> {
     }
     let result = builder.build(&targets);
     progress.finish();
+    if let Err(bigtop_store::Error::Interrupted) = result {
+        return Err(Error::Interrupted {
+            signal: caught.load(std::sync::atomic::Ordering::SeqCst),
+        });
+    }
     let report = result.map_err(|e| build_error(store.store_dir(), e))?;
     // In target order (out-links are numbered by it), not the report's.
     let outputs: Vec<(&StorePath, BTreeMap<OutputName, StorePath>)> = targets
@@ -276,6 +288,41 @@ fn refuse_unsandboxed_chroot(store: &Store, plan: &Plan) -> Result<(), Error> {
 
 /// The CLI's form of a build error: failures were shown as they happened,
 /// so the error summarises; a missing sandbox says how to do without.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every
+/// thread it starts later) and starts one that waits for them: the first
+/// fires `interrupt` and is recorded in what this returns. Builds then stop
+/// and clean up before the process exits, where the default action would
+/// have ended bigtop at once and left its builders running.
+fn catch_signals(interrupt: &Interrupt) -> std::io::Result<Arc<AtomicI32>> {
+    // SAFETY: the set is initialized by sigemptyset before use; the mask
+    // change concerns this thread only.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+        set
+    };
+    let caught = Arc::new(AtomicI32::new(0));
+    let (interrupt, record) = (interrupt.clone(), caught.clone());
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: waits for a signal of `set`, writing only `sig`.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                let _ = record.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+                interrupt.fire();
+            }
+        })?;
+    Ok(caught)
+}
+
 fn build_error(dir: &StoreDir, e: bigtop_store::Error) -> Error {
     match e {
         bigtop_store::Error::BuildFailed(failures) => {

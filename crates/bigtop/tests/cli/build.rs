@@ -329,3 +329,114 @@ fn store_commands_take_an_out_link_of_a_chroot_store() -> Result {
     assert!(err.contains("/etc/hostname"), "{err}");
     Ok(())
 }
+
+/// The processes (host pids) whose environment holds `MARK=mark`.
+fn marked(mark: &str) -> Vec<u32> {
+    let needle = format!("MARK={mark}\0");
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}").into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Issue 13, point 4: a `bigtop build` ended by SIGINT, SIGTERM, SIGHUP or
+/// SIGKILL left its builders running (they have their own session, so a
+/// terminal's Ctrl-C missed them too), with their scratch roots and build
+/// dirs, and `verify` failed until `--repair`. Now the builders die with
+/// bigtop; a caught signal cleans up before bigtop exits with 128 + the
+/// signal, and what a SIGKILL leaves is garbage the next verify removes.
+#[test]
+fn a_killed_build_takes_its_builders_and_their_scratch_along() -> Result {
+    for (sig, name) in [
+        (libc::SIGINT, "int"),
+        (libc::SIGTERM, "term"),
+        (libc::SIGHUP, "hup"),
+        (libc::SIGKILL, "kill"),
+    ] {
+        let tmp = tempfile::tempdir()?;
+        let cli = Cli::chroot(tmp.path())?;
+        let mark = format!("{}-{name}", std::process::id());
+        let mut d = sh(
+            &format!("spin-{name}"),
+            "mkdir $out; (while :; do :; done) & while :; do :; done",
+            &[],
+        );
+        d["env"] = json!({ "MARK": mark });
+        let (drv, _) = cli.add(&d)?;
+        let mut args = vec!["build".to_owned(), drv.clone()];
+        args.extend(cli.store_args.iter().cloned());
+        let bigtop = std::process::Command::new(env!("CARGO_BIN_EXE_bigtop"))
+            .args(&args)
+            .current_dir(&cli.cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        wait_until("both builder processes run", || marked(&mark).len() >= 2)?;
+        // SAFETY: sends a signal to our own child.
+        assert_eq!(unsafe { libc::kill(bigtop.id() as i32, sig) }, 0);
+        let out = bigtop.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        if sig == libc::SIGKILL {
+            assert_eq!(out.status.signal(), Some(sig), "{name}");
+        } else {
+            assert_eq!(out.status.code(), Some(128 + sig), "{name}: {stderr}");
+            assert!(stderr.contains("Interrupted by signal"), "{name}: {stderr}");
+        }
+        wait_until("the builders are gone", || marked(&mark).is_empty())?;
+        let store_root = tmp.path().join("s/bigtop/store");
+        let builds = tmp.path().join("s/bigtop/var/builds");
+        // Scratch roots, staged trees and unregistered outputs in the
+        // store dir; any build dir.
+        let leftovers = || -> Vec<String> {
+            let names = |d: &Path| -> Vec<String> {
+                fs::read_dir(d)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            };
+            let mut left: Vec<String> = names(&store_root)
+                .into_iter()
+                .filter(|n| {
+                    n.starts_with(".chroot-")
+                        || n.starts_with(".tmp-")
+                        || n.ends_with(&format!("-spin-{name}"))
+                })
+                .collect();
+            left.extend(names(&builds));
+            left
+        };
+        if sig != libc::SIGKILL {
+            assert_eq!(leftovers(), Vec::<String>::new(), "{name}");
+        }
+        // Whatever is left is garbage: verify removes it and passes.
+        let verify = cli.run(&["store", "verify"], b"")?;
+        assert!(
+            verify.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        assert_eq!(leftovers(), Vec::<String>::new(), "{name}");
+    }
+    Ok(())
+}

@@ -31,6 +31,17 @@ enum Sink {
 
 /// Writes lines of a build's log to its log file, the observer and a tail
 /// kept for the failure report.
+/// Why [`LogSink::pump_until`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PumpEnd {
+    /// The log ended: every writer closed it.
+    End,
+    /// The process exited (the log may still be open).
+    Exited,
+    /// The build was interrupted.
+    Interrupted,
+}
+
 pub(crate) struct LogSink<'a> {
     store: &'a Store,
     sink: Sink,
@@ -135,57 +146,65 @@ impl<'a> LogSink<'a> {
         }
     }
 
-    /// Reads `from` until its end or until `exited` (a pidfd) becomes
-    /// readable, whichever comes first, without a thread of its own.
-    /// Returns whether the end was reached. Without a pidfd (a kernel
-    /// older than 5.3), `exited_now` is asked every 50 ms instead.
-    pub(crate) fn pump_until_exit(
+    /// Reads `from` until its end, until `exited` (a pidfd) becomes
+    /// readable, or until `interrupt` fires, whichever comes first,
+    /// without a thread of its own. Without a pidfd (a kernel older than
+    /// 5.3), `exited_now` is asked every 50 ms instead; with neither, only
+    /// the end and the interrupt count.
+    pub(crate) fn pump_until(
         &mut self,
         from: &std::io::PipeReader,
         exited: Option<BorrowedFd<'_>>,
-        mut exited_now: impl FnMut() -> bool,
-    ) -> bool {
+        mut exited_now: Option<&mut dyn FnMut() -> bool>,
+        interrupt: Option<&super::Interrupt>,
+    ) -> PumpEnd {
         let mut buf = [0u8; 16 * 1024];
+        let fd = |f: Option<BorrowedFd<'_>>| libc::pollfd {
+            fd: f.map_or(-1, |fd| fd.as_raw_fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let mut fds = [
-            libc::pollfd {
-                fd: from.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: exited.map_or(-1, |fd| fd.as_raw_fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            fd(Some(from.as_fd())),
+            fd(exited),
+            fd(interrupt.map(super::Interrupt::fd)),
         ];
-        let timeout = if exited.is_some() { -1 } else { 50 };
+        let timeout = if exited.is_none() && exited_now.is_some() {
+            50
+        } else {
+            -1
+        };
         loop {
-            // SAFETY: `fds` is a valid array of two pollfds (a negative fd
-            // is ignored by poll).
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            // SAFETY: `fds` is a valid array of three pollfds (a negative
+            // fd is ignored by poll).
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
             if r < 0 {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                // Cannot wait on both: fall back to reading to the end.
+                // Cannot wait on all: fall back to reading to the end.
                 let mut from = from;
                 self.pump(&mut from);
-                return true;
+                return PumpEnd::End;
+            }
+            if fds[2].revents != 0 {
+                return PumpEnd::Interrupted;
             }
             if fds[0].revents != 0 {
                 let mut from = from;
                 match from.read(&mut buf) {
-                    Ok(0) => return true,
+                    Ok(0) => return PumpEnd::End,
                     Ok(n) => {
                         self.feed(&buf[..n]);
                         continue;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => return true,
+                    Err(_) => return PumpEnd::End,
                 }
             }
-            if fds[1].revents != 0 || (exited.is_none() && exited_now()) {
-                return false;
+            let polled = exited.is_none() && exited_now.as_mut().is_some_and(|f| f());
+            if fds[1].revents != 0 || polled {
+                return PumpEnd::Exited;
             }
         }
     }

@@ -38,6 +38,7 @@
 
 pub mod builtin;
 pub mod fetch;
+mod interrupt;
 mod jobserver;
 mod log;
 pub mod observer;
@@ -53,6 +54,7 @@ use bigtop_core::derivation::OutputName;
 use bigtop_core::hash::Hash;
 use bigtop_core::StorePath;
 
+pub use interrupt::Interrupt;
 pub use observer::{Activity, BuildObserver, Silent, TextRenderer};
 pub use plan::{plan, Job, JobKind, Plan, Reason, Substitutable, Substituter};
 pub use run::{BuildReport, Builder, CheckResult};
@@ -101,6 +103,10 @@ pub struct BuildOptions {
     pub system: String,
     /// Lines of log kept for a failure's report.
     pub log_lines: usize,
+    /// A switch that stops the run: running builds are killed and cleaned
+    /// up, nothing new starts, and the run fails with
+    /// [`Error::Interrupted`](crate::Error::Interrupted). Default: none.
+    pub interrupt: Option<Interrupt>,
 }
 
 impl Default for BuildOptions {
@@ -115,6 +121,7 @@ impl Default for BuildOptions {
             check: false,
             system: host_system(),
             log_lines: 25,
+            interrupt: None,
         }
     }
 }
@@ -177,6 +184,8 @@ pub enum FailureKind {
     Register(String),
     /// A dependency failed, so this was not attempted.
     DependencyFailed(StorePath),
+    /// The run was interrupted while this was being built.
+    Interrupted,
 }
 
 impl fmt::Display for BuildFailure {
@@ -220,6 +229,7 @@ impl fmt::Display for BuildFailure {
             FailureKind::DependencyFailed(d) => {
                 write!(f, "`{p}` was not built: its dependency `{d}` failed")?
             }
+            FailureKind::Interrupted => write!(f, "build of `{p}` was interrupted")?,
         }
         if !self.log_tail.is_empty() {
             write!(f, "\nlast {} log lines:", self.log_tail.len())?;

@@ -11,7 +11,7 @@ use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
 use super::jobserver::Jobserver;
-use super::log::LogSink;
+use super::log::{LogSink, PumpEnd};
 use super::observer::BuildObserver;
 use super::run::with_placeholders;
 use super::{BuildFailure, BuildOptions, FailureKind, Sandboxing};
@@ -221,7 +221,14 @@ pub(crate) fn run(
                 jobserver.map(Jobserver::fds),
             );
             let inherit = jobserver.map(Jobserver::fds);
-            let status = spawn_plain(&d, &env, build_dir.path(), inherit, &mut log);
+            let status = spawn_plain(
+                &d,
+                &env,
+                build_dir.path(),
+                inherit,
+                &mut log,
+                options.interrupt.as_ref(),
+            );
             let tail = log.finish();
             match status {
                 Ok(s) if s.success() => Ok(written),
@@ -229,7 +236,7 @@ pub(crate) fn run(
                     for at in written.values() {
                         let _ = remove_tree(at);
                     }
-                    Err(fail(FailureKind::Exited(exit_text(s)), tail))
+                    Err(fail(failed(options, s), tail))
                 }
                 Err(e) => Err(fail(FailureKind::Setup(e), tail)),
             }
@@ -248,10 +255,24 @@ pub(crate) fn run(
                     for at in written.values() {
                         let _ = remove_tree(at);
                     }
-                    Err(fail(FailureKind::Exited(exit_text(status)), tail))
+                    Err(fail(failed(options, status), tail))
                 }
             })
         }
+    }
+}
+
+/// Why a builder that did not succeed failed: interrupted (killed by us),
+/// or its own exit status.
+fn failed(options: &BuildOptions, status: std::process::ExitStatus) -> FailureKind {
+    if options
+        .interrupt
+        .as_ref()
+        .is_some_and(super::Interrupt::fired)
+    {
+        FailureKind::Interrupted
+    } else {
+        FailureKind::Exited(exit_text(status))
     }
 }
 
@@ -273,6 +294,7 @@ fn spawn_plain(
     dir: &Path,
     inherit: Option<[RawFd; 2]>,
     log: &mut LogSink<'_>,
+    interrupt: Option<&super::Interrupt>,
 ) -> Result<std::process::ExitStatus, String> {
     use std::os::unix::process::ExitStatusExt;
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
@@ -305,12 +327,14 @@ fn spawn_plain(
     };
     // One thread reads the log and notices the exit; usually the log ends
     // first (the builder's exit closes it).
-    let ended = log.pump_until_exit(
+    let ended = log.pump_until(
         &reader,
         pidfd.as_ref().map(std::os::fd::AsFd::as_fd),
-        || exited(libc::WNOHANG),
+        Some(&mut || exited(libc::WNOHANG)),
+        interrupt,
     );
-    if !ended {
+    // Exited with the log still open, or interrupted: the group goes.
+    if ended != PumpEnd::End {
         // SAFETY: killpg only sends a signal to the group the builder led.
         unsafe {
             libc::killpg(pid, libc::SIGKILL);
@@ -328,7 +352,7 @@ fn spawn_plain(
             break Err(e);
         }
     };
-    if ended {
+    if ended == PumpEnd::End {
         // What it left running is killed all the same (it may not hold
         // the log, but it must not outlive its build).
         // SAFETY: as above; after reaping, the group may be empty.

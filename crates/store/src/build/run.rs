@@ -27,7 +27,7 @@ use super::log::LogSink;
 use super::observer::{Activity, BuildObserver, Silent};
 use super::plan::{self, JobKind, Plan, Substituter};
 use super::process::BuildDirSlot;
-use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Sandboxing};
+use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Interrupt, Sandboxing};
 use crate::add::{canonicalize, remove_tree};
 use crate::error::Error;
 use crate::lock::LockSet;
@@ -130,6 +130,12 @@ impl<'s> Builder<'s> {
         if self.options.sandbox == Sandboxing::Required {
             super::sandbox_available()?;
         }
+        // Before the plan reads them: a collection must not take the
+        // `.drv`s this run builds from (their outputs record them as
+        // deriver), nor, through their references, any `.drv` or source
+        // below them. Rooted for the handle's life, as Nix's are.
+        self.store
+            .add_temp_roots(targets.iter().map(|(drv, _)| drv))?;
         let plan = self.dry_run(targets)?;
         self.observer.planned(&plan);
         let mut report = self.run(&plan)?;
@@ -172,6 +178,12 @@ impl<'s> Builder<'s> {
         // Process builds holding a token.
         let mut holding = 0usize;
         let mut stopping = false;
+        let interrupted = || {
+            self.options
+                .interrupt
+                .as_ref()
+                .is_some_and(Interrupt::fired)
+        };
         let max_jobs = self.options.max_jobs.max(1);
         let (job_tx, job_rx) = mpsc::channel::<(usize, bool)>();
         let queue = std::sync::Mutex::new(job_rx);
@@ -202,7 +214,9 @@ impl<'s> Builder<'s> {
             let mut oldest = std::time::Instant::now();
             let mut workers = 0usize;
             loop {
-                // After a failure without keep_going, nothing new starts.
+                // After a failure without keep_going, or an interrupt,
+                // nothing new starts.
+                stopping |= interrupted();
                 let mut out_of_tokens = false;
                 while let Some(i) = ready.threaded.peek().filter(|_| !stopping).map(|e| e.1 .0) {
                     if running >= max_jobs {
@@ -376,7 +390,9 @@ impl<'s> Builder<'s> {
             }
             Ok(())
         })?;
-        if failures.is_empty() {
+        if interrupted() {
+            Err(Error::Interrupted)
+        } else if failures.is_empty() {
             Ok(report)
         } else {
             Err(Error::BuildFailed(failures))
@@ -520,7 +536,22 @@ impl<'s> Builder<'s> {
         locks
             .lock_all_rooting(outputs.values(), inputs.iter())
             .map_err(io)?;
-        let valid = self.store.valid_among(outputs.values()).map_err(io)?;
+        // Inputs the plan found valid are rooted only now: one collected
+        // in between is named here, not as a missing file mid-build.
+        let valid = self
+            .store
+            .valid_among(outputs.values().chain(inputs.iter()))
+            .map_err(io)?;
+        if let Some(gone) = inputs.iter().find(|p| !valid.contains(*p)) {
+            return Err(setup_failure(
+                drv,
+                format!("input `{gone}` is no longer valid (collected while waiting?)"),
+            ));
+        }
+        let valid: BTreeSet<StorePath> = valid
+            .into_iter()
+            .filter(|p| outputs.values().any(|o| o == p))
+            .collect();
         let check = self.options.check && valid.len() == outputs.len();
         let mut f = if valid.len() == outputs.len() && !check {
             // Another process built it while we waited for the locks.

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
-use super::log::LogSink;
+use super::log::{LogSink, PumpEnd};
 use super::process::{environment, LentDir};
 use super::{BuildOptions, FailureKind};
 use crate::add::{canonicalize, remove_tree};
@@ -155,8 +155,13 @@ pub(crate) fn run(
     // The spec holds the pipe's write ends: the log ends once they close.
     drop(spec);
     // The builder is the sandbox's init: when it exits, the kernel kills
-    // everything else inside, so the log ends no later than the build.
-    log.pump(reader);
+    // everything else inside, so the log ends no later than the build;
+    // killing it on an interrupt takes the whole namespace along.
+    let interrupt = options.interrupt.as_ref();
+    if log.pump_until(&reader, None, None, interrupt) == PumpEnd::Interrupted {
+        child.kill().map_err(|e| setup(e.to_string()))?;
+        log.pump(&reader);
+    }
     let status = child.wait().map_err(|e| setup(e.to_string()))?;
     // Move what was made out of the scratch root before it goes.
     let inside = scratch

@@ -394,3 +394,149 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Issue 13, point 4, through the library: firing the run's interrupt
+/// kills a running unsandboxed builder's process group and a sandboxed
+/// builder's namespace, removes their work and fails the run with
+/// `Error::Interrupted`; nothing is registered.
+#[test]
+fn an_interrupt_stops_running_builds_and_removes_their_work() -> TestResult {
+    use bigtop_store::build::{Interrupt, Sandboxing};
+    for sandbox in [Sandboxing::Disabled, Sandboxing::Required] {
+        let tmp = tempfile::tempdir()?;
+        let store = crate::direct_store(tmp.path());
+        let store = if sandbox == Sandboxing::Required {
+            drop(store);
+            bigtop_store::Store::open_chroot(tmp.path().join("chroot"))?
+        } else {
+            store
+        };
+        let d = sh(
+            &store,
+            "spin",
+            "echo started > $out; (while :; do :; done) & while :; do :; done",
+            &[],
+        );
+        let out = store.physical(
+            &d.output_path(
+                store.store_dir(),
+                &bigtop_store::core::derivation::OutputName::out(),
+            )
+            .ok_or("an output path")?,
+        );
+        let interrupt = Interrupt::new()?;
+        let options = BuildOptions {
+            sandbox,
+            interrupt: Some(interrupt.clone()),
+            ..crate::plain()
+        };
+        let root = store.root().to_owned();
+        let result = std::thread::scope(|s| {
+            let build = s.spawn(|| build_out(&store, options, &d));
+            // Until the builder has started: its output (unsandboxed) or
+            // its scratch root (sandboxed) shows.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !out.exists()
+                && !std::fs::read_dir(&root)
+                    .map(|r| {
+                        r.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with(".chroot-"))
+                    })
+                    .unwrap_or(false)
+            {
+                assert!(std::time::Instant::now() < deadline, "never started");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            interrupt.fire();
+            build.join().expect("no panic")
+        });
+        assert!(
+            matches!(result, Err(bigtop_store::Error::Interrupted)),
+            "{sandbox:?}: {result:?}"
+        );
+        assert!(!out.exists(), "{sandbox:?}: the output is left");
+        assert_eq!(crate::strays(&store), Vec::<String>::new(), "{sandbox:?}");
+        let builds = store.state_dir().join("builds");
+        assert_eq!(
+            std::fs::read_dir(&builds).map(|r| r.count()).unwrap_or(0),
+            0,
+            "{sandbox:?}: build dirs are left"
+        );
+    }
+    Ok(())
+}
+
+/// Issue 13, point 3: `store gc` during a build removed the `.drv`s it
+/// was building from (nothing else roots them), and the build then
+/// failed to register its outputs, which name their deriver. The `.drv`s
+/// of a run, and what they refer to, are temporary roots while it runs.
+#[test]
+fn a_collection_during_a_build_keeps_the_derivations_it_builds() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    // Added by another process, as `bigtop derivation add` does: the
+    // adder's temporary roots end with it.
+    let adder = direct_store(tmp.path());
+    let a = sh(&adder, "a", "echo a > $out", &[]);
+    let a_drv = adder.add_derivation(&a)?;
+    // Waits, busily (only the shell's builtins are at hand), for `go` in
+    // its build dir.
+    let b = sh(
+        &adder,
+        "b",
+        "while [ ! -e go ]; do :; done; read x < $in0; echo $x-b > $out",
+        &[&a_drv],
+    );
+    let b_drv = adder.add_derivation(&b)?;
+    drop(adder);
+    let store = direct_store(tmp.path());
+    let builds = store.state_dir().join("builds");
+    let (collected, built) = std::thread::scope(|s| {
+        // The `.drv` path only, as `bigtop build` takes it: this handle
+        // has not added (nor rooted) it.
+        let build = s.spawn(|| {
+            Builder::new(&store)
+                .options(plain())
+                .build(&[(b_drv.clone(), BTreeSet::new())])
+                .map(|r| r.outputs[&b_drv][&OutputName::out()].clone())
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let dir = loop {
+            let dir = std::fs::read_dir(&builds)
+                .ok()
+                .and_then(|mut r| r.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.path());
+            match dir {
+                // b's build dir, once a's build (in the same worker) is done.
+                Some(d) if store.is_valid(&build_out_path(&store, &a)).unwrap_or(false) => break d,
+                _ if std::time::Instant::now() > deadline => panic!("b never started"),
+                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        };
+        let other = bigtop_store::Store::builder()
+            .store_dir(store.store_dir().clone())
+            .open();
+        let collected = other.and_then(|o| o.collect_garbage(&Default::default()));
+        std::fs::write(dir.join("go"), "")?;
+        Ok::<_, Box<dyn std::error::Error>>((collected, build.join().expect("no panic")))
+    })?;
+    let collected = collected?;
+    assert!(
+        !collected.deleted.contains(&a_drv) && !collected.deleted.contains(&b_drv),
+        "{:?}",
+        collected.deleted
+    );
+    let out = built?;
+    assert_eq!(std::fs::read_to_string(store.physical(&out))?, "a-b\n");
+    assert_eq!(store.path_info(&out)?.ok_or("valid")?.deriver, Some(b_drv));
+    Ok(())
+}
+
+fn build_out_path(
+    store: &bigtop_store::Store,
+    d: &bigtop_store::core::derivation::Derivation,
+) -> bigtop_store::core::StorePath {
+    d.output_path(store.store_dir(), &OutputName::out())
+        .expect("filled")
+}
