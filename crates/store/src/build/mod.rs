@@ -13,8 +13,9 @@
 //! the state dir, and, on Linux, a sandbox in which only its input closure
 //! is visible. Fixed-output derivations may use the network; the builtin
 //! `builtin:fetchurl` (see [`fetch`]) downloads one in-process. Outputs are canonicalized, scanned for references, hashed and
-//! registered atomically with their deriver; a failed or killed build
-//! leaves nothing registered and no temporary files.
+//! registered atomically with their deriver (outputs that refer to each
+//! other in a cycle fail the build); a failed or killed build leaves
+//! nothing registered and no temporary files.
 //!
 //! ```no_run
 //! use bigtop_store::build::{BuildOptions, Builder, TextRenderer};
@@ -156,6 +157,9 @@ pub enum FailureKind {
     OutputMissing(OutputName),
     /// An output cannot be stored (special files, unreadable).
     BadOutput(OutputName, String),
+    /// Outputs refer to each other in a cycle: each to the next, the last
+    /// to the first (self-references are fine).
+    OutputCycle(Vec<OutputName>),
     /// A fixed output's content is not the one specified.
     FixedOutputMismatch(Box<HashMismatch>),
     /// The derivation is for another platform.
@@ -188,6 +192,18 @@ impl fmt::Display for BuildFailure {
                 write!(f, "builder for `{p}` did not produce output `{o}`")?
             }
             FailureKind::BadOutput(o, why) => write!(f, "output `{o}` of `{p}`: {why}")?,
+            FailureKind::OutputCycle(cycle) => {
+                let chain: Vec<String> = cycle
+                    .iter()
+                    .chain(cycle.first())
+                    .map(|o| format!("`{o}`"))
+                    .collect();
+                write!(
+                    f,
+                    "cycle detected in the references of the outputs of `{p}`: {}; an output may refer to itself, and to another output only one way",
+                    chain.join(" -> ")
+                )?
+            }
             // All zeros: the placeholder of a fetch given no hash yet.
             FailureKind::FixedOutputMismatch(m) if m.specified.as_bytes().iter().all(|&b| b == 0) => {
                 write!(

@@ -17,6 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use bigtop_core::closure::{CycleError, ReferenceGraph};
 use bigtop_core::content_address::ContentAddressMethod;
 use bigtop_core::derivation::{placeholder, Derivation, DerivationOutput, OutputName};
 use bigtop_core::hash::{Hash, HashAlgo};
@@ -859,6 +860,9 @@ impl<'s> Builder<'s> {
                 }
                 staged.last_mut().expect("pushed").0 = info;
             }
+            if outputs.len() > 1 {
+                output_cycle(outputs, &staged)?;
+            }
             Ok(())
         })();
         match result {
@@ -874,6 +878,43 @@ impl<'s> Builder<'s> {
             }
         }
     }
+}
+
+/// Fails if outputs refer to each other in a cycle: nothing could then
+/// copy or export them each after its references, and the collector would
+/// never find one of them unreferenced. Self-references are fine.
+fn output_cycle(
+    outputs: &BTreeMap<OutputName, StorePath>,
+    staged: &[(PathInfo, PathBuf)],
+) -> Result<(), FailureKind> {
+    let paths: BTreeSet<&StorePath> = outputs.values().collect();
+    let graph = ReferenceGraph::new_lenient(staged.iter().map(|(info, _)| {
+        let among = info.references.iter().filter(|r| paths.contains(r));
+        (info.path.clone(), among.cloned().collect::<Vec<_>>())
+    }));
+    let Err(CycleError { cycle }) = graph.topo_order() else {
+        return Ok(());
+    };
+    let mut names: Vec<OutputName> = cycle
+        .iter()
+        .filter_map(|p| {
+            outputs
+                .iter()
+                .find(|(_, q)| *q == p)
+                .map(|(o, _)| o.clone())
+        })
+        .collect();
+    // Started at the first name rather than the first path: the message
+    // reads the same for every store dir.
+    if let Some(first) = names
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.cmp(b.1))
+        .map(|(i, _)| i)
+    {
+        names.rotate_left(first);
+    }
+    Err(FailureKind::OutputCycle(names))
 }
 
 /// The flat hash of a regular file (a fixed output fetched "flat").

@@ -108,6 +108,12 @@ fn a_failed_sandboxed_build_leaves_no_scratch_behind() -> TestResult {
 }
 
 #[test]
+fn outputs_referring_to_each_other_are_refused_sandboxed() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    crate::outputs_in_a_cycle_are_refused(&Store::open_chroot(tmp.path())?, sandboxed())
+}
+
+#[test]
 fn check_mode_tells_a_deterministic_build_from_one_that_is_not() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
