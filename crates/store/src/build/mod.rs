@@ -147,7 +147,8 @@ pub struct BuildFailure {
     pub log_tail: Vec<String>,
 }
 
-/// What went wrong with a job.
+/// What went wrong with a job. A reason kept as text holds the error
+/// and its causes, `: `-separated (the cause often says what to do).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum FailureKind {
@@ -183,10 +184,35 @@ pub enum FailureKind {
     DependencyFailed(StorePath),
 }
 
+impl BuildFailure {
+    /// What went wrong, whole (a hash mismatch takes several lines),
+    /// without the log tail: for a renderer that shows the log apart.
+    /// The `Display` form is this, then the log tail.
+    pub fn message(&self) -> impl fmt::Display + '_ {
+        Message(self)
+    }
+}
+
+/// [`BuildFailure::message`].
+struct Message<'a>(&'a BuildFailure);
+
 impl fmt::Display for BuildFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = &self.path;
-        match &self.kind {
+        write!(f, "{}", self.message())?;
+        if !self.log_tail.is_empty() {
+            write!(f, "\nlast {} log lines:", self.log_tail.len())?;
+            for l in &self.log_tail {
+                write!(f, "\n  > {l}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.0.path;
+        match &self.0.kind {
             FailureKind::Exited(status) => write!(f, "builder for `{p}` failed with {status}")?,
             FailureKind::OutputMissing(o) => {
                 write!(f, "builder for `{p}` did not produce output `{o}`")?
@@ -235,12 +261,6 @@ impl fmt::Display for BuildFailure {
             FailureKind::Register(why) => write!(f, "cannot register outputs of `{p}`: {why}")?,
             FailureKind::DependencyFailed(d) => {
                 write!(f, "`{p}` was not built: its dependency `{d}` failed")?
-            }
-        }
-        if !self.log_tail.is_empty() {
-            write!(f, "\nlast {} log lines:", self.log_tail.len())?;
-            for l in &self.log_tail {
-                write!(f, "\n  > {l}")?;
             }
         }
         Ok(())

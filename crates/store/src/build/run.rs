@@ -30,7 +30,7 @@ use super::plan::{self, JobKind, Plan, Substituter};
 use super::process::BuildDirSlot;
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Sandboxing};
 use crate::add::{canonicalize, remove_tree};
-use crate::error::Error;
+use crate::error::{Chain, Error};
 use crate::lock::LockSet;
 use crate::scan::ReferenceScanner;
 use crate::store::{PathInfo, Store};
@@ -191,7 +191,7 @@ impl<'s> Builder<'s> {
                 let tx = tx.clone();
                 scope.spawn(move || {
                     for mut group in reg_rx {
-                        let r = self.register(&mut group).map_err(|e| e.to_string());
+                        let r = self.register(&mut group).map_err(|e| Chain(&e).to_string());
                         if tx.send(Event::Registered(group, r)).is_err() {
                             break;
                         }
@@ -450,7 +450,7 @@ impl<'s> Builder<'s> {
                 self.observer.started(path, Activity::Fetch);
                 let fail = |e: Error| BuildFailure {
                     path: path.clone(),
-                    kind: FailureKind::Fetch(e.to_string()),
+                    kind: FailureKind::Fetch(Chain(&e).to_string()),
                     log_tail: Vec::new(),
                 };
                 let mut locks = LockSet::new(self.store);
@@ -514,7 +514,7 @@ impl<'s> Builder<'s> {
         jobserver: Option<&Jobserver>,
         dir: &mut BuildDirSlot,
     ) -> Result<Finished<'s>, BuildFailure> {
-        let io = |e: Error| setup_failure(drv, e);
+        let io = |e: Error| setup_failure(drv, Chain(&e));
         let outputs = self.outputs_of(drv, derivation)?;
         let inputs = self.inputs_of(derivation).map_err(io)?;
         let mut locks = LockSet::new(self.store);
@@ -567,9 +567,9 @@ impl<'s> Builder<'s> {
             let (drv, derivation) = job(i);
             let inputs = recorded
                 .as_ref()
-                .map_err(|e| setup_failure(drv, e.to_string()))
+                .map_err(|e| setup_failure(drv, Chain(e)))
                 .and_then(|r| {
-                    inputs_from(derivation, r).map_err(|e| setup_failure(drv, e.to_string()))
+                    inputs_from(derivation, r).map_err(|e| setup_failure(drv, Chain(&e)))
                 });
             match self
                 .outputs_of(drv, derivation)
@@ -592,7 +592,7 @@ impl<'s> Builder<'s> {
         let valid = match taken {
             Ok(v) => v,
             Err(e) => {
-                let why = e.to_string();
+                let why = Chain(&e).to_string();
                 for (i, _, _) in prepared {
                     results.push((i, Err(setup_failure(job(i).0, why.clone()))));
                 }
@@ -645,7 +645,7 @@ impl<'s> Builder<'s> {
             kind,
             log_tail: Vec::new(),
         };
-        let io = |e: Error| setup_failure(drv, e);
+        let io = |e: Error| setup_failure(drv, Chain(&e));
         let builtin = builtin::is_builtin(derivation);
         let activity = match (check, builtin) {
             (true, _) => Activity::Check,
@@ -702,7 +702,7 @@ impl<'s> Builder<'s> {
             let tail = log.map(LogSink::finish).unwrap_or_default();
             r.map_err(|e| BuildFailure {
                 path: drv.clone(),
-                kind: FailureKind::Builtin(e.to_string()),
+                kind: FailureKind::Builtin(Chain(&e).to_string()),
                 log_tail: tail,
             })
         } else {
@@ -820,15 +820,15 @@ impl<'s> Builder<'s> {
                     }
                     _ => {
                         if !canonical {
-                            canonicalize(&tmp, self.store.owner()).map_err(|e| {
-                                FailureKind::Setup(crate::error::Chain(&e).to_string())
-                            })?;
+                            canonicalize(&tmp, self.store.owner())
+                                .map_err(|e| FailureKind::Setup(Chain(&e).to_string()))?;
                         }
                         scanner.scan_path(&tmp).map_err(|e| {
                             FailureKind::Setup(format!("cannot scan output `{name}`: {e}"))
                         })?;
-                        nar::hash_path(&tmp, HashAlgo::Blake3)
-                            .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?
+                        nar::hash_path(&tmp, HashAlgo::Blake3).map_err(|e| {
+                            FailureKind::BadOutput(name.clone(), Chain(&e).to_string())
+                        })?
                     }
                 };
                 let mut info = PathInfo::new(path.clone(), nar_hash, nar_size, scanner.found());
@@ -840,7 +840,7 @@ impl<'s> Builder<'s> {
                         }
                         _ => hash_file(&tmp, ca.hash.algo()),
                     }
-                    .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?;
+                    .map_err(|e| FailureKind::BadOutput(name.clone(), Chain(&e).to_string()))?;
                     if got != ca.hash {
                         return Err(FailureKind::FixedOutputMismatch(Box::new(
                             super::HashMismatch {

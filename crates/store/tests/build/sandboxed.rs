@@ -415,3 +415,22 @@ fn outputs_are_given_to_the_store_owner_even_when_that_is_this_user() -> TestRes
     }
     Ok(())
 }
+
+/// Regression (issue 13, point 10): a sandbox error became the failure's
+/// text without its cause, so a missing builder said "Cannot execute"
+/// and not why.
+#[test]
+fn a_missing_builder_in_the_sandbox_is_named_with_why() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let mut d = sh(&store, "nobuilder", "", &[]);
+    d.builder = "/no/such/builder".into();
+    fill(&store, &mut d);
+    let err = build_out(&store, sandboxed(), &d).unwrap_err().to_string();
+    assert!(
+        err.contains("Cannot execute `/no/such/builder` in the sandbox: No such file"),
+        "{err}"
+    );
+    assert_eq!(strays(&store), Vec::<String>::new());
+    Ok(())
+}
