@@ -426,7 +426,8 @@ pub enum Error {
     BuildFailed {
         /// How many builds failed.
         failed: usize,
-        /// One line per failure: the derivation and why.
+        /// Per failure, the derivation and why (on more lines where why
+        /// takes them).
         details: String,
         /// How many jobs were not attempted because a dependency failed.
         skipped: usize,

@@ -331,11 +331,12 @@ fn build_error(dir: &StoreDir, e: bigtop_store::Error) -> Error {
                 .partition(|f| matches!(f.kind, FailureKind::DependencyFailed(_)));
             let mut text = String::new();
             for f in &failed {
+                // A reason's further lines are indented under its first.
                 let _ = write!(
                     text,
                     "\n  {}: {}",
                     dir.display(&f.path),
-                    super::progress::reason(f)
+                    super::progress::reason(f).replace('\n', "\n  ")
                 );
             }
             Error::BuildFailed {

@@ -164,18 +164,15 @@ fn terminal_width() -> usize {
         .unwrap_or(80)
 }
 
-/// Why a job failed, without the path (which the line already names).
+/// Why a job failed, without the path (which the line already names)
+/// and without its log tail (shown apart), but every line of it: a hash
+/// mismatch gives both hashes on lines of their own.
 pub(crate) fn reason(failure: &BuildFailure) -> String {
     match &failure.kind {
         FailureKind::Exited(status) => format!("builder failed with {status}"),
         FailureKind::OutputMissing(o) => format!("builder did not produce output `{o}`"),
         // The others name the path in their own words.
-        _ => failure
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
+        _ => failure.message().to_string(),
     }
 }
 

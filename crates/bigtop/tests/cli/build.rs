@@ -6,6 +6,9 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use bigtop::core::content_address::{ContentAddress, ContentAddressMethod};
+use bigtop::core::derivation::DerivationOutput;
+use bigtop::core::hash::{Hash, HashAlgo};
 use bigtop::store::build::host_system;
 
 use crate::derivation::{lines, sh, Cli};
@@ -438,5 +441,74 @@ fn a_killed_build_takes_its_builders_and_their_scratch_along() -> Result {
         );
         assert_eq!(leftovers(), Vec::<String>::new(), "{name}");
     }
+    Ok(())
+}
+
+/// Regression (issue 13, point 10): a failure was cut to its first line,
+/// so a fixed output's hash mismatch lost the two hashes, and a missing
+/// hash the one to pin, both when it happened and in the summary.
+#[test]
+fn a_fixed_output_hash_mismatch_shows_both_hashes_and_the_hint() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let content = b"fetched bytes\n";
+    let got = Hash::digest(HashAlgo::Sha256, content).to_sri();
+    let fixed = |name: &str, hash: Hash| -> Result<String> {
+        let mut d = sh(name, "printf 'fetched bytes\\n' > $out", &[]);
+        d["outputs"]["out"] = serde_json::to_value(DerivationOutput::Fixed(ContentAddress::new(
+            ContentAddressMethod::Flat,
+            hash,
+        )))?;
+        Ok(cli.add(&d)?.0)
+    };
+
+    let wrong = Hash::digest(HashAlgo::Sha256, b"something else");
+    let drv = fixed("wrong", wrong)?;
+    let err = cli.fails(&["build", &drv], b"")?;
+    let specified = format!("specified: {}", wrong.to_sri());
+    let got_line = format!("got: {got}");
+    for part in [&specified, &got_line] {
+        // Once as it failed, once in the summary.
+        assert_eq!(err.matches(part.as_str()).count(), 2, "{part}: {err}");
+    }
+
+    let unpinned = fixed("unpinned", Hash::new(HashAlgo::Sha256, [0; 32]))?;
+    let err = cli.fails(&["build", &unpinned], b"")?;
+    assert!(err.contains("has no hash pinned yet"), "{err}");
+    let hint = format!("pin it (for a fetch: `.sha256(\"{got}\")`)");
+    for part in [&got_line, &hint] {
+        assert_eq!(err.matches(part.as_str()).count(), 2, "{part}: {err}");
+    }
+    Ok(())
+}
+
+/// Regression (issue 13, point 10): a registration that the database
+/// refused (a full disk) said only "Store database … failed", without
+/// SQLite's reason. A trigger stands in for the full disk: it fails the
+/// registration, and only it, with a message of its own.
+#[test]
+fn a_registration_failure_shows_the_database_cause() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let cli = Cli::chroot(tmp.path())?;
+    let (drv, out) = cli.add(&json!({
+        "name": "note",
+        "system": host_system(),
+        "builder": "builtin:write-file",
+        "env": {"text": "hi"},
+        "outputs": {"out": "deferred"},
+    }))?;
+    let db = rusqlite::Connection::open(tmp.path().join("s/bigtop/var/db/db.sqlite"))?;
+    db.execute_batch(
+        "CREATE TRIGGER TestDiskFull BEFORE INSERT ON ValidPaths BEGIN
+             SELECT RAISE(ABORT, 'test trigger: database or disk is full');
+         END;",
+    )?;
+    drop(db);
+    let err = cli.fails(&["build", &drv], b"")?;
+    let cause = "test trigger: database or disk is full";
+    assert!(err.contains("Store database `"), "{err}");
+    // Once as it failed, once in the summary.
+    assert_eq!(err.matches(cause).count(), 2, "{err}");
+    assert!(!cli.valid(&out)?);
     Ok(())
 }

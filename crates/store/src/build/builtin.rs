@@ -192,7 +192,7 @@ pub(crate) fn run(
                         other => BuiltinError::Io {
                             action: "write",
                             path: out.clone(),
-                            source: io::Error::other(other.to_string()),
+                            source: io::Error::other(crate::error::Chain(&other).to_string()),
                         },
                     })
                 }

@@ -13,8 +13,9 @@
 //! the state dir, and, on Linux, a sandbox in which only its input closure
 //! is visible. Fixed-output derivations may use the network; the builtin
 //! `builtin:fetchurl` (see [`fetch`]) downloads one in-process. Outputs are canonicalized, scanned for references, hashed and
-//! registered atomically with their deriver; a failed or killed build
-//! leaves nothing registered and no temporary files.
+//! registered atomically with their deriver (outputs that refer to each
+//! other in a cycle fail the build); a failed or killed build leaves
+//! nothing registered and no temporary files.
 //!
 //! ```no_run
 //! use bigtop_store::build::{BuildOptions, Builder, TextRenderer};
@@ -153,7 +154,8 @@ pub struct BuildFailure {
     pub log_tail: Vec<String>,
 }
 
-/// What went wrong with a job.
+/// What went wrong with a job. A reason kept as text holds the error
+/// and its causes, `: `-separated (the cause often says what to do).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum FailureKind {
@@ -163,6 +165,9 @@ pub enum FailureKind {
     OutputMissing(OutputName),
     /// An output cannot be stored (special files, unreadable).
     BadOutput(OutputName, String),
+    /// Outputs refer to each other in a cycle: each to the next, the last
+    /// to the first (self-references are fine).
+    OutputCycle(Vec<OutputName>),
     /// A fixed output's content is not the one specified.
     FixedOutputMismatch(Box<HashMismatch>),
     /// The derivation is for another platform.
@@ -188,15 +193,52 @@ pub enum FailureKind {
     Interrupted,
 }
 
+impl BuildFailure {
+    /// What went wrong, whole (a hash mismatch takes several lines),
+    /// without the log tail: for a renderer that shows the log apart.
+    /// The `Display` form is this, then the log tail.
+    pub fn message(&self) -> impl fmt::Display + '_ {
+        Message(self)
+    }
+}
+
+/// [`BuildFailure::message`].
+struct Message<'a>(&'a BuildFailure);
+
 impl fmt::Display for BuildFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = &self.path;
-        match &self.kind {
+        write!(f, "{}", self.message())?;
+        if !self.log_tail.is_empty() {
+            write!(f, "\nlast {} log lines:", self.log_tail.len())?;
+            for l in &self.log_tail {
+                write!(f, "\n  > {l}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.0.path;
+        match &self.0.kind {
             FailureKind::Exited(status) => write!(f, "builder for `{p}` failed with {status}")?,
             FailureKind::OutputMissing(o) => {
                 write!(f, "builder for `{p}` did not produce output `{o}`")?
             }
             FailureKind::BadOutput(o, why) => write!(f, "output `{o}` of `{p}`: {why}")?,
+            FailureKind::OutputCycle(cycle) => {
+                let chain: Vec<String> = cycle
+                    .iter()
+                    .chain(cycle.first())
+                    .map(|o| format!("`{o}`"))
+                    .collect();
+                write!(
+                    f,
+                    "cycle detected in the references of the outputs of `{p}`: {}; an output may refer to itself, and to another output only one way",
+                    chain.join(" -> ")
+                )?
+            }
             // All zeros: the placeholder of a fetch given no hash yet.
             FailureKind::FixedOutputMismatch(m) if m.specified.as_bytes().iter().all(|&b| b == 0) => {
                 write!(
@@ -230,12 +272,6 @@ impl fmt::Display for BuildFailure {
                 write!(f, "`{p}` was not built: its dependency `{d}` failed")?
             }
             FailureKind::Interrupted => write!(f, "build of `{p}` was interrupted")?,
-        }
-        if !self.log_tail.is_empty() {
-            write!(f, "\nlast {} log lines:", self.log_tail.len())?;
-            for l in &self.log_tail {
-                write!(f, "\n  > {l}")?;
-            }
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use bigtop_core::closure::{CycleError, ReferenceGraph};
 use bigtop_core::content_address::ContentAddressMethod;
 use bigtop_core::derivation::{placeholder, Derivation, DerivationOutput, OutputName};
 use bigtop_core::hash::{Hash, HashAlgo};
@@ -29,7 +30,7 @@ use super::plan::{self, JobKind, Plan, Substituter};
 use super::process::BuildDirSlot;
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Interrupt, Sandboxing};
 use crate::add::{canonicalize, remove_tree};
-use crate::error::Error;
+use crate::error::{Chain, Error};
 use crate::lock::LockSet;
 use crate::scan::ReferenceScanner;
 use crate::store::{PathInfo, Store};
@@ -202,7 +203,7 @@ impl<'s> Builder<'s> {
                 let tx = tx.clone();
                 scope.spawn(move || {
                     for mut group in reg_rx {
-                        let r = self.register(&mut group).map_err(|e| e.to_string());
+                        let r = self.register(&mut group).map_err(|e| Chain(&e).to_string());
                         if tx.send(Event::Registered(group, r)).is_err() {
                             break;
                         }
@@ -465,7 +466,7 @@ impl<'s> Builder<'s> {
                 self.observer.started(path, Activity::Fetch);
                 let fail = |e: Error| BuildFailure {
                     path: path.clone(),
-                    kind: FailureKind::Fetch(e.to_string()),
+                    kind: FailureKind::Fetch(Chain(&e).to_string()),
                     log_tail: Vec::new(),
                 };
                 let mut locks = LockSet::new(self.store);
@@ -529,7 +530,7 @@ impl<'s> Builder<'s> {
         jobserver: Option<&Jobserver>,
         dir: &mut BuildDirSlot,
     ) -> Result<Finished<'s>, BuildFailure> {
-        let io = |e: Error| setup_failure(drv, e);
+        let io = |e: Error| setup_failure(drv, Chain(&e));
         let outputs = self.outputs_of(drv, derivation)?;
         let inputs = self.inputs_of(derivation).map_err(io)?;
         let mut locks = LockSet::new(self.store);
@@ -597,9 +598,9 @@ impl<'s> Builder<'s> {
             let (drv, derivation) = job(i);
             let inputs = recorded
                 .as_ref()
-                .map_err(|e| setup_failure(drv, e.to_string()))
+                .map_err(|e| setup_failure(drv, Chain(e)))
                 .and_then(|r| {
-                    inputs_from(derivation, r).map_err(|e| setup_failure(drv, e.to_string()))
+                    inputs_from(derivation, r).map_err(|e| setup_failure(drv, Chain(&e)))
                 });
             match self
                 .outputs_of(drv, derivation)
@@ -622,7 +623,7 @@ impl<'s> Builder<'s> {
         let valid = match taken {
             Ok(v) => v,
             Err(e) => {
-                let why = e.to_string();
+                let why = Chain(&e).to_string();
                 for (i, _, _) in prepared {
                     results.push((i, Err(setup_failure(job(i).0, why.clone()))));
                 }
@@ -675,7 +676,7 @@ impl<'s> Builder<'s> {
             kind,
             log_tail: Vec::new(),
         };
-        let io = |e: Error| setup_failure(drv, e);
+        let io = |e: Error| setup_failure(drv, Chain(&e));
         let builtin = builtin::is_builtin(derivation);
         let activity = match (check, builtin) {
             (true, _) => Activity::Check,
@@ -732,7 +733,7 @@ impl<'s> Builder<'s> {
             let tail = log.map(LogSink::finish).unwrap_or_default();
             r.map_err(|e| BuildFailure {
                 path: drv.clone(),
-                kind: FailureKind::Builtin(e.to_string()),
+                kind: FailureKind::Builtin(Chain(&e).to_string()),
                 log_tail: tail,
             })
         } else {
@@ -850,15 +851,15 @@ impl<'s> Builder<'s> {
                     }
                     _ => {
                         if !canonical {
-                            canonicalize(&tmp, self.store.owner()).map_err(|e| {
-                                FailureKind::Setup(crate::error::Chain(&e).to_string())
-                            })?;
+                            canonicalize(&tmp, self.store.owner())
+                                .map_err(|e| FailureKind::Setup(Chain(&e).to_string()))?;
                         }
                         scanner.scan_path(&tmp).map_err(|e| {
                             FailureKind::Setup(format!("cannot scan output `{name}`: {e}"))
                         })?;
-                        nar::hash_path(&tmp, HashAlgo::Blake3)
-                            .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?
+                        nar::hash_path(&tmp, HashAlgo::Blake3).map_err(|e| {
+                            FailureKind::BadOutput(name.clone(), Chain(&e).to_string())
+                        })?
                     }
                 };
                 let mut info = PathInfo::new(path.clone(), nar_hash, nar_size, scanner.found());
@@ -870,7 +871,7 @@ impl<'s> Builder<'s> {
                         }
                         _ => hash_file(&tmp, ca.hash.algo()),
                     }
-                    .map_err(|e| FailureKind::BadOutput(name.clone(), e.to_string()))?;
+                    .map_err(|e| FailureKind::BadOutput(name.clone(), Chain(&e).to_string()))?;
                     if got != ca.hash {
                         return Err(FailureKind::FixedOutputMismatch(Box::new(
                             super::HashMismatch {
@@ -890,6 +891,9 @@ impl<'s> Builder<'s> {
                 }
                 staged.last_mut().expect("pushed").0 = info;
             }
+            if outputs.len() > 1 {
+                output_cycle(outputs, &staged)?;
+            }
             Ok(())
         })();
         match result {
@@ -905,6 +909,43 @@ impl<'s> Builder<'s> {
             }
         }
     }
+}
+
+/// Fails if outputs refer to each other in a cycle: nothing could then
+/// copy or export them each after its references, and the collector would
+/// never find one of them unreferenced. Self-references are fine.
+fn output_cycle(
+    outputs: &BTreeMap<OutputName, StorePath>,
+    staged: &[(PathInfo, PathBuf)],
+) -> Result<(), FailureKind> {
+    let paths: BTreeSet<&StorePath> = outputs.values().collect();
+    let graph = ReferenceGraph::new_lenient(staged.iter().map(|(info, _)| {
+        let among = info.references.iter().filter(|r| paths.contains(r));
+        (info.path.clone(), among.cloned().collect::<Vec<_>>())
+    }));
+    let Err(CycleError { cycle }) = graph.topo_order() else {
+        return Ok(());
+    };
+    let mut names: Vec<OutputName> = cycle
+        .iter()
+        .filter_map(|p| {
+            outputs
+                .iter()
+                .find(|(_, q)| *q == p)
+                .map(|(o, _)| o.clone())
+        })
+        .collect();
+    // Started at the first name rather than the first path: the message
+    // reads the same for every store dir.
+    if let Some(first) = names
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.cmp(b.1))
+        .map(|(i, _)| i)
+    {
+        names.rotate_left(first);
+    }
+    Err(FailureKind::OutputCycle(names))
 }
 
 /// The flat hash of a regular file (a fixed output fetched "flat").

@@ -16,7 +16,7 @@ use super::log::{LogSink, PumpEnd};
 use super::process::{environment, LentDir};
 use super::{BuildOptions, FailureKind};
 use crate::add::{canonicalize, remove_tree};
-use crate::error::Error;
+use crate::error::{Chain, Error};
 use crate::sandbox::{self, SandboxSpec};
 use crate::store::Store;
 
@@ -26,14 +26,14 @@ const BUILD_DIR_INSIDE: &str = "/build";
 static CHROOT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn available() -> Result<(), Error> {
-    sandbox::check_available().map_err(|e| Error::SandboxUnavailable(e.to_string()))
+    sandbox::check_available().map_err(|e| Error::SandboxUnavailable(Chain(&e).to_string()))
 }
 
 /// `/bin/sh` and what it needs, found once per process.
 fn default_paths() -> Result<&'static [(PathBuf, PathBuf)], String> {
     static PATHS: OnceLock<Result<Vec<(PathBuf, PathBuf)>, String>> = OnceLock::new();
     PATHS
-        .get_or_init(|| sandbox::default_extra_paths().map_err(|e| e.to_string()))
+        .get_or_init(|| sandbox::default_extra_paths().map_err(|e| Chain(&e).to_string()))
         .as_ref()
         .map(|v| v.as_slice())
         .map_err(Clone::clone)
@@ -151,7 +151,7 @@ pub(crate) fn run(
         uid: sandbox::DEFAULT_UID,
         gid: sandbox::DEFAULT_GID,
     };
-    let child = sandbox::spawn(&spec).map_err(|e| setup(e.to_string()))?;
+    let child = sandbox::spawn(&spec).map_err(|e| setup(Chain(&e).to_string()))?;
     // The spec holds the pipe's write ends: the log ends once they close.
     drop(spec);
     // The builder is the sandbox's init: when it exits, the kernel kills
@@ -159,10 +159,10 @@ pub(crate) fn run(
     // killing it on an interrupt takes the whole namespace along.
     let interrupt = options.interrupt.as_ref();
     if log.pump_until(&reader, None, None, interrupt) == PumpEnd::Interrupted {
-        child.kill().map_err(|e| setup(e.to_string()))?;
+        child.kill().map_err(|e| setup(Chain(&e).to_string()))?;
         log.pump(&reader);
     }
-    let status = child.wait().map_err(|e| setup(e.to_string()))?;
+    let status = child.wait().map_err(|e| setup(Chain(&e).to_string()))?;
     // Move what was made out of the scratch root before it goes.
     let inside = scratch
         .0
@@ -185,7 +185,7 @@ pub(crate) fn run(
                 for w in written.values() {
                     let _ = remove_tree(w);
                 }
-                setup(crate::error::Chain(&e).to_string())
+                setup(Chain(&e).to_string())
             })?;
             let _ = remove_tree(&tmp);
             std::fs::rename(&at, &tmp).map_err(|e| {

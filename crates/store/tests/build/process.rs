@@ -265,6 +265,12 @@ fn a_fixed_output_is_checked_against_its_hash() -> TestResult {
 }
 
 #[test]
+fn outputs_referring_to_each_other_are_refused_unsandboxed() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    crate::outputs_in_a_cycle_are_refused(&direct_store(tmp.path()), plain())
+}
+
+#[test]
 fn progress_is_rendered_as_lines() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let store = direct_store(tmp.path());

@@ -108,6 +108,12 @@ fn a_failed_sandboxed_build_leaves_no_scratch_behind() -> TestResult {
 }
 
 #[test]
+fn outputs_referring_to_each_other_are_refused_sandboxed() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    crate::outputs_in_a_cycle_are_refused(&Store::open_chroot(tmp.path())?, sandboxed())
+}
+
+#[test]
 fn check_mode_tells_a_deterministic_build_from_one_that_is_not() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
@@ -407,5 +413,24 @@ fn outputs_are_given_to_the_store_owner_even_when_that_is_this_user() -> TestRes
         let m = std::fs::symlink_metadata(&p)?;
         assert_eq!((m.uid(), m.gid()), (0, 0), "{}", p.display());
     }
+    Ok(())
+}
+
+/// Regression (issue 13, point 10): a sandbox error became the failure's
+/// text without its cause, so a missing builder said "Cannot execute"
+/// and not why.
+#[test]
+fn a_missing_builder_in_the_sandbox_is_named_with_why() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let mut d = sh(&store, "nobuilder", "", &[]);
+    d.builder = "/no/such/builder".into();
+    fill(&store, &mut d);
+    let err = build_out(&store, sandboxed(), &d).unwrap_err().to_string();
+    assert!(
+        err.contains("Cannot execute `/no/such/builder` in the sandbox: No such file"),
+        "{err}"
+    );
+    assert_eq!(strays(&store), Vec::<String>::new());
     Ok(())
 }
