@@ -55,6 +55,7 @@
 //! ```
 
 mod read;
+pub mod walk;
 mod write;
 
 pub use read::{parse, restore, NarSink, ReadError, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN};
