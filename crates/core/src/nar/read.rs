@@ -250,9 +250,13 @@ impl<R: BufRead> Parser<'_, R> {
         out
     }
 
-    fn sink_err(&self, name: Option<&[u8]>) -> impl FnOnce(io::Error) -> ReadError {
-        let path = self.display(name);
-        move |source| ReadError::Sink { path, source }
+    /// Names the node only when the sink fails: a deep tree has long
+    /// paths, and every node would pay for its own.
+    fn sink_err<'a>(&'a self, name: Option<&'a [u8]>) -> impl FnOnce(io::Error) -> ReadError + 'a {
+        move |source| ReadError::Sink {
+            path: self.display(name),
+            source,
+        }
     }
 
     /// Parses one node up to its closing `)`, or, for a directory, up to
