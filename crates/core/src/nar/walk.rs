@@ -174,7 +174,7 @@ fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; `dir` may be `AT_FDCWD`.
-pub fn stat_at(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+pub(crate) fn stat_at(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `name` is NUL-terminated and `st` has room for a `stat`.
     cvt(unsafe {
@@ -198,7 +198,7 @@ fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 }
 
 /// The target of the symlink `name` in `dir` (`AT_FDCWD` allowed).
-pub fn read_link_at(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
+pub(crate) fn read_link_at(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: `name` is NUL-terminated and `buf` has `buf.len()` bytes.
