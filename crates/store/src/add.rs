@@ -219,7 +219,11 @@ pub(crate) fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(),
 ///
 /// Both trees are walked by directory descriptors, so neither the length
 /// of paths nor the depth of the tree matters.
-fn copy_filtered(src: &Path, dst: &Path, filter: &dyn Fn(&Path) -> bool) -> Result<(), Error> {
+pub(crate) fn copy_filtered(
+    src: &Path,
+    dst: &Path,
+    filter: &dyn Fn(&Path) -> bool,
+) -> Result<(), Error> {
     use rustix::fs::{statat, AtFlags, CWD};
     let no_nul = |p: &Path| {
         CString::new(p.as_os_str().as_bytes()).map_err(|_| {

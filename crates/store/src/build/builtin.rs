@@ -213,7 +213,23 @@ pub(crate) fn run(
         }
         COPY => {
             let src = input(var("src")?)?;
-            copy_tree(&src, out)
+            // By descriptors: an input may nest directories past PATH_MAX.
+            crate::add::copy_filtered(&src, out, &|_| true).map_err(|e| match e {
+                crate::Error::Io {
+                    action,
+                    path,
+                    source,
+                } => BuiltinError::Io {
+                    action,
+                    path,
+                    source,
+                },
+                other => BuiltinError::Io {
+                    action: "copy",
+                    path: src.clone(),
+                    source: io::Error::other(crate::error::Chain(&other).to_string()),
+                },
+            })
         }
         WRITE_TREE => write_tree(out, var("entries")?),
         FETCH_URL => super::fetch::fetch(&d, out, note),
@@ -352,23 +368,4 @@ fn write_tree(out: &Path, entries: &str) -> Result<(), BuiltinError> {
         }
     }
     Ok(())
-}
-
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuiltinError> {
-    let meta = fs::symlink_metadata(src).map_err(io_err("read", src))?;
-    let t = meta.file_type();
-    if t.is_symlink() {
-        let target = fs::read_link(src).map_err(io_err("read", src))?;
-        std::os::unix::fs::symlink(&target, dst).map_err(io_err("link", dst))
-    } else if t.is_dir() {
-        fs::create_dir(dst).map_err(io_err("create", dst))?;
-        for e in fs::read_dir(src).map_err(io_err("read", src))? {
-            let e = e.map_err(io_err("read", src))?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-        Ok(())
-    } else {
-        fs::copy(src, dst).map_err(io_err("copy", src))?;
-        Ok(())
-    }
 }

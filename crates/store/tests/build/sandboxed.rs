@@ -412,7 +412,8 @@ fn outputs_are_given_to_the_store_owner_even_when_that_is_this_user() -> TestRes
 
 /// `mkdir -p` of 2,000 levels of `dd/` below `$1`: a path three times
 /// `PATH_MAX` (coreutils goes down one level at a time).
-const NEST: &str = "nest() { p=dd; i=1; while [ $i -lt 2000 ]; do p=$p/dd; i=$((i+1)); done; \
+pub(crate) const NEST: &str =
+    "nest() { p=dd; i=1; while [ $i -lt 2000 ]; do p=$p/dd; i=$((i+1)); done; \
                     mkdir -p \"$1/$p\" && chmod -R a-w \"$1\"; }; ";
 
 /// Entries left in the store's build dirs.
@@ -424,7 +425,7 @@ fn build_dirs(store: &Store) -> Vec<std::path::PathBuf> {
 
 /// Removes what a failed test leaves, whatever its depth (a temporary
 /// directory's own removal gives up on such trees).
-struct RemoveOnDrop(std::path::PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
