@@ -270,7 +270,9 @@ fn read_some(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// root) to `w`, returning the archive's size in bytes.
 ///
 /// File contents stream through a fixed buffer: memory does not grow with
-/// file size.
+/// file size. The tree is walked by directory descriptors ([`walk`]):
+/// paths may be longer than `PATH_MAX`, and directories may nest up to
+/// [`MAX_DEPTH`] levels without costing stack.
 pub fn dump_path(path: &Path, w: impl Write) -> Result<u64, DumpError> {
     let mut out = WriteOut {
         w: BufWriter::with_capacity(64 * 1024, w),
@@ -415,7 +417,8 @@ impl Out for HashOut<'_, '_> {
 /// returning the hash and the archive's size.
 ///
 /// Memory is bounded (a few one-MiB chunks). Past the first MiB of archive,
-/// one thread reads while another hashes.
+/// one thread reads while another hashes. The tree is walked as by
+/// [`dump_path`].
 pub fn hash_path(path: &Path, algo: HashAlgo) -> Result<(Hash, u64), DumpError> {
     thread::scope(|scope| {
         let mut out = HashOut {
