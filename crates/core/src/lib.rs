@@ -38,7 +38,8 @@
 //! Nothing here touches a store, a database or the network: digests and
 //! their text forms ([`hash`], [`base32`]), store paths ([`store_path`]),
 //! content addresses ([`content_address`]), the NAR format ([`nar`]: the
-//! only file-system access, reading a tree to archive it and unpacking one),
+//! only file-system access, reading a tree to archive it, unpacking one,
+//! and removing one, all by directory descriptors),
 //! derivations and their `.drv` form ([`derivation`]), binary cache
 //! metadata ([`narinfo`]) and its signatures ([`signing`]), and the
 //! algorithms over reference graphs ([`closure`]).

@@ -12,9 +12,12 @@
 //! system syncs and one database transaction, not a thousand of each.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,23 +109,11 @@ impl Drop for AddBatch<'_> {
 
 /// Removes a tree that canonicalization made read-only, returning the
 /// bytes it occupied on disk (what a collection reports as freed).
+///
+/// The walk goes by directory descriptors and keeps its own stack: a
+/// builder can nest directories past `PATH_MAX`, and thousands deep.
 pub(crate) fn remove_tree(path: &Path) -> io::Result<u64> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = meta.blocks() * 512;
-    if meta.is_dir() {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
-        for entry in fs::read_dir(path)? {
-            bytes += remove_tree(&entry?.path())?;
-        }
-        fs::remove_dir(path)?;
-    } else {
-        fs::remove_file(path)?;
-    }
-    Ok(bytes)
+    nar::walk::remove_tree(path)
 }
 
 /// Canonicalizes a staged tree: read-only, no setuid/setgid/sticky bits,
@@ -131,80 +122,225 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<u64> {
 /// inputs arrived), and owned by the store's owner (`owner`, or this
 /// process's user when `None`): a file of another user is given to the
 /// owner when this process is root, and refused otherwise.
+///
+/// Each directory is done after what it holds, and every change is made
+/// relative to the descriptor of the directory it is in, so that neither
+/// the length of paths nor the depth of the tree matters.
 pub(crate) fn canonicalize(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
-    let meta = fs::symlink_metadata(path).map_err(io_err("read", path))?;
-    let t = meta.file_type();
-    if t.is_dir() {
-        for entry in fs::read_dir(path).map_err(io_err("read", path))? {
-            let entry = entry.map_err(io_err("read", path))?;
-            canonicalize(&entry.path(), owner)?;
-        }
-    }
+    use rustix::fs::{statat, AtFlags, FileType, CWD};
     let me = rustix::process::geteuid();
     let (uid, gid) = owner.unwrap_or((me.as_raw(), rustix::process::getegid().as_raw()));
-    // Whoever owns a file can make it writable again: anything not owned
-    // by the store's owner (a file another user slipped into a build's
-    // output) is taken over, or refused where this process cannot.
-    if meta.uid() != uid || (me.is_root() && meta.gid() != gid) {
-        if !me.is_root() {
-            return Err(io_err("canonicalize", path)(io::Error::other(format!(
-                "owned by uid {} instead of the store's owner (uid {uid})",
-                meta.uid()
-            ))));
+    let fix = |dir: BorrowedFd<'_>,
+               name: &CStr,
+               st: &rustix::fs::Stat,
+               shown: &dyn Fn() -> PathBuf|
+     -> Result<(), Error> {
+        let t = FileType::from_raw_mode(st.st_mode);
+        // Whoever owns a file can make it writable again: anything not
+        // owned by the store's owner (a file another user slipped into a
+        // build's output) is taken over, or refused where this process
+        // cannot.
+        if st.st_uid != uid || (me.is_root() && st.st_gid != gid) {
+            if !me.is_root() {
+                return Err(io_err("canonicalize", shown())(io::Error::other(format!(
+                    "owned by uid {} instead of the store's owner (uid {uid})",
+                    st.st_uid
+                ))));
+            }
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err("change the owner of", shown())(e.into()))?;
         }
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-            .map_err(io_err("change the owner of", path))?;
-    }
-    if !t.is_symlink() {
-        let exec = t.is_dir() || meta.mode() & 0o100 != 0;
-        let mode = if exec { 0o555 } else { 0o444 };
-        if meta.mode() & 0o7777 != mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                .map_err(io_err("set permissions of", path))?;
+        if t != FileType::Symlink {
+            let exec = t == FileType::Directory || st.st_mode & 0o100 != 0;
+            let mode = if exec { 0o555 } else { 0o444 };
+            if st.st_mode & 0o7777 != mode {
+                rustix::fs::chmodat(
+                    dir,
+                    name,
+                    rustix::fs::Mode::from_raw_mode(mode),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| io_err("set permissions of", shown())(e.into()))?;
+            }
+        }
+        rustix::fs::utimensat(dir, name, &MTIME_ONE, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err("set the time of", shown())(e.into()))?;
+        Ok(())
+    };
+    let root = || path.to_owned();
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        io_err("read", path)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path contains NUL",
+        ))
+    })?;
+    let root_st =
+        statat(CWD, &c, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_err("read", path)(e.into()))?;
+    if FileType::from_raw_mode(root_st.st_mode) == FileType::Directory {
+        let mut cursor = nar::walk::Cursor::open(path).map_err(io_err("read", path))?;
+        // What each directory on the way down was when entered.
+        let mut entered: Vec<rustix::fs::Stat> = Vec::new();
+        loop {
+            match cursor.next_entry() {
+                Some(e) => {
+                    let st = statat(cursor.fd(), &e.name, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|err| io_err("read", cursor.path(Some(&e.name)))(err.into()))?;
+                    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                        cursor
+                            .enter(&e.name)
+                            .map_err(|err| io_err("read", cursor.path(Some(&e.name)))(err))?;
+                        entered.push(st);
+                    } else {
+                        fix(cursor.fd(), &e.name, &st, &|| cursor.path(Some(&e.name)))?;
+                    }
+                }
+                None => {
+                    let left = cursor
+                        .leave()
+                        .map_err(|err| io_err("read", cursor.path(None))(err))?;
+                    let Some(name) = left else { break };
+                    let st = entered.pop().expect("one per directory entered");
+                    fix(cursor.fd(), &name, &st, &|| cursor.path(Some(&name)))?;
+                }
+            }
         }
     }
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &MTIME_ONE,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| io_err("set the time of", path)(e.into()))?;
-    Ok(())
+    fix(CWD, &c, &root_st, &root)
 }
 
 /// Copies `src` to `dst` (which must not exist), keeping only what
 /// `filter` accepts (given paths relative to the root of the copy).
-fn copy_filtered(
+///
+/// Both trees are walked by directory descriptors, so neither the length
+/// of paths nor the depth of the tree matters.
+pub(crate) fn copy_filtered(
     src: &Path,
     dst: &Path,
-    rel: &Path,
     filter: &dyn Fn(&Path) -> bool,
 ) -> Result<(), Error> {
-    let meta = fs::symlink_metadata(src).map_err(io_err("read", src))?;
-    let t = meta.file_type();
-    if t.is_symlink() {
-        let target = fs::read_link(src).map_err(io_err("read", src))?;
-        std::os::unix::fs::symlink(target, dst).map_err(io_err("create", dst))?;
-    } else if t.is_dir() {
-        fs::create_dir(dst).map_err(io_err("create", dst))?;
-        for entry in fs::read_dir(src).map_err(io_err("read", src))? {
-            let entry = entry.map_err(io_err("read", src))?;
-            let name = entry.file_name();
-            let rel = rel.join(&name);
-            if filter(&rel) {
-                copy_filtered(&entry.path(), &dst.join(&name), &rel, filter)?;
+    use rustix::fs::{statat, AtFlags, CWD};
+    let no_nul = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+            io_err("read", p)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path contains NUL",
+            ))
+        })
+    };
+    let (c_src, c_dst) = (no_nul(src)?, no_nul(dst)?);
+    let st = statat(CWD, &c_src, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_err("read", src)(e.into()))?;
+    let kind = nar::walk::Kind::from_mode(st.st_mode);
+    if kind != nar::walk::Kind::Dir {
+        return copy_leaf(CWD, &c_src, kind, CWD, &c_dst, &|| src.to_owned(), &|| {
+            dst.to_owned()
+        });
+    }
+    fs::create_dir(dst).map_err(io_err("create", dst))?;
+    let mut from = nar::walk::Cursor::open(src).map_err(io_err("read", src))?;
+    let mut to = nar::walk::DirStack::open(dst).map_err(io_err("read", dst))?;
+    let mut rel = PathBuf::new();
+    loop {
+        match from.next_entry() {
+            Some(e) => {
+                let child = rel.join(std::ffi::OsStr::from_bytes(e.name.to_bytes()));
+                if !filter(&child) {
+                    continue;
+                }
+                if e.kind == nar::walk::Kind::Dir {
+                    rustix::fs::mkdirat(to.fd(), &e.name, rustix::fs::Mode::from_raw_mode(0o755))
+                        .map_err(|err| io_err("create", to.path(Some(&e.name)))(err.into()))?;
+                    from.enter(&e.name)
+                        .map_err(|err| io_err("read", from.path(Some(&e.name)))(err))?;
+                    to.enter(&e.name)
+                        .map_err(|err| io_err("read", to.path(Some(&e.name)))(err))?;
+                    rel = child;
+                } else {
+                    copy_leaf(
+                        from.fd(),
+                        &e.name,
+                        e.kind,
+                        to.fd(),
+                        &e.name,
+                        &|| from.path(Some(&e.name)),
+                        &|| to.path(Some(&e.name)),
+                    )?;
+                }
+            }
+            None => {
+                let left = from
+                    .leave()
+                    .map_err(|err| io_err("read", from.path(None))(err))?;
+                if left.is_none() {
+                    return Ok(());
+                }
+                to.leave()
+                    .map_err(|err| io_err("read", to.path(None))(err))?;
+                rel.pop();
             }
         }
-    } else if t.is_file() {
-        fs::copy(src, dst).map_err(io_err("copy", src))?;
-    } else {
-        return Err(Error::Dump(nar::DumpError::UnsupportedType {
-            path: src.to_owned(),
-            kind: "special file",
-        }));
     }
-    Ok(())
+}
+
+/// Copies the symlink or regular file `name` in `from` to `to_name` in
+/// `to` (either directory `CWD`, for paths); anything else is refused.
+fn copy_leaf(
+    from: BorrowedFd<'_>,
+    name: &CStr,
+    kind: nar::walk::Kind,
+    to: BorrowedFd<'_>,
+    to_name: &CStr,
+    shown_from: &dyn Fn() -> PathBuf,
+    shown_to: &dyn Fn() -> PathBuf,
+) -> Result<(), Error> {
+    use rustix::fs::{Mode, OFlags};
+    match kind {
+        nar::walk::Kind::Symlink => {
+            let target = rustix::fs::readlinkat(from, name, Vec::new())
+                .map_err(|e| io_err("read", shown_from())(e.into()))?;
+            rustix::fs::symlinkat(target.as_c_str(), to, to_name)
+                .map_err(|e| io_err("create", shown_to())(e.into()))
+        }
+        nar::walk::Kind::File => {
+            let mut input = File::from(
+                rustix::fs::openat(
+                    from,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| io_err("read", shown_from())(e.into()))?,
+            );
+            let meta = input.metadata().map_err(io_err("read", shown_from()))?;
+            // Only the owner's execute bit survives canonicalization.
+            let mode = if meta.mode() & 0o100 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let mut output = File::from(
+                rustix::fs::openat(
+                    to,
+                    to_name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(mode),
+                )
+                .map_err(|e| io_err("create", shown_to())(e.into()))?,
+            );
+            io::copy(&mut input, &mut output).map_err(io_err("copy", shown_from()))?;
+            Ok(())
+        }
+        other => Err(Error::Dump(nar::DumpError::UnsupportedType {
+            path: shown_from(),
+            kind: other.describe(),
+        })),
+    }
 }
 
 /// A [`BufRead`] that hashes exactly the bytes its consumer consumes, so
@@ -364,7 +500,7 @@ impl AddBatch<'_> {
     ) -> Result<StorePath, Error> {
         bigtop_core::store_path::validate_name(name)?;
         let tmp = self.store.temp_name(name);
-        let staged = copy_filtered(src, &tmp, Path::new(""), filter)
+        let staged = copy_filtered(src, &tmp, filter)
             .and_then(|()| canonicalize(&tmp, self.store.owner()))
             .and_then(|()| Ok(nar::hash_path(&tmp, HashAlgo::Blake3)?));
         let (nar_hash, nar_size) = match staged {

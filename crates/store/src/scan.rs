@@ -25,12 +25,15 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File};
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use bigtop_core::base32::ALPHABET;
+use bigtop_core::nar::walk::{Cursor, Kind};
 use bigtop_core::store_path::DIGEST_CHARS;
 use bigtop_core::StorePath;
 
@@ -185,41 +188,79 @@ impl ReferenceScanner {
     }
 
     /// Scans the file, symlink or tree at `path`: file contents and symlink
-    /// targets (not followed).
+    /// targets (not followed). The walk goes by directory descriptors, so
+    /// neither the length of paths nor the depth of the tree matters.
     pub fn scan_path(&mut self, path: &Path) -> io::Result<()> {
+        use rustix::fs::{statat, AtFlags, FileType, CWD};
         let mut buf = Vec::new();
-        self.scan_node(path, &mut buf)
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path contains NUL"))?;
+        let t = FileType::from_raw_mode(statat(CWD, &c, AtFlags::SYMLINK_NOFOLLOW)?.st_mode);
+        if t != FileType::Directory {
+            let kind = match t {
+                FileType::Symlink => Kind::Symlink,
+                FileType::RegularFile => Kind::File,
+                _ => return Ok(()),
+            };
+            return self.scan_leaf(CWD, &c, kind, &mut buf);
+        }
+        let mut cursor = Cursor::open(path)?;
+        loop {
+            match cursor.next_entry() {
+                Some(e) if e.kind == Kind::Dir => cursor.enter(&e.name)?,
+                Some(e) => self.scan_leaf(cursor.fd(), &e.name, e.kind, &mut buf)?,
+                None if cursor.leave()?.is_some() => {}
+                None => return Ok(()),
+            }
+        }
     }
 
-    fn scan_node(&mut self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
-        let meta = fs::symlink_metadata(path)?;
-        let t = meta.file_type();
-        if t.is_symlink() {
-            let target = fs::read_link(path)?;
-            self.feed(target.as_os_str().as_bytes());
-            self.end_stream();
-        } else if t.is_dir() {
-            for entry in fs::read_dir(path)? {
-                self.scan_node(&entry?.path(), buf)?;
+    /// Scans the symlink or file `name` in `dir`; anything else holds no
+    /// references.
+    fn scan_leaf(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        kind: Kind,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        match kind {
+            Kind::Symlink => {
+                let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
+                self.feed(target.as_bytes());
+                self.end_stream();
             }
-        } else if t.is_file() && meta.len() > 0 {
-            // Sized to the file, up to BUF: zeroing a whole buffer for a
-            // few bytes would cost more than scanning them.
-            let want = usize::try_from(meta.len()).map_or(BUF, |n| n.saturating_add(1).min(BUF));
-            if buf.len() < want {
-                buf.resize(want, 0);
+            Kind::File => {
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let mut file = File::from(fd);
+                let len = file.metadata()?.len();
+                if len == 0 {
+                    return Ok(());
+                }
+                // Sized to the file, up to BUF: zeroing a whole buffer for a
+                // few bytes would cost more than scanning them.
+                let want = usize::try_from(len).map_or(BUF, |n| n.saturating_add(1).min(BUF));
+                if buf.len() < want {
+                    buf.resize(want, 0);
+                }
+                loop {
+                    let n = match file.read(buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    self.feed(&buf[..n]);
+                }
+                self.end_stream();
             }
-            let mut file = File::open(path)?;
-            loop {
-                let n = match file.read(buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                self.feed(&buf[..n]);
-            }
-            self.end_stream();
+            _ => {}
         }
         Ok(())
     }

@@ -910,3 +910,62 @@ fn store_dir_without_store_keeps_the_store_at_its_logical_path() -> Result {
     assert!(err.contains("Invalid store dir `relative`"), "{err}");
     Ok(())
 }
+
+/// Issue 13: a builder can nest directories past `PATH_MAX`, and `store
+/// verify --repair` failed (`File name too long`) on such a tree, left by
+/// an interrupted build or unregistered in the store dir. It removes both.
+#[test]
+fn verify_repair_removes_trees_nested_past_path_max() -> Result {
+    let tmp = tempfile::tempdir()?;
+    /// A failed run would leave trees the temporary directory cannot remove.
+    struct Cleanup<'a>(&'a Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chmod")
+                .args(["-R", "u+w"])
+                .arg(self.0)
+                .status();
+            let _ = std::process::Command::new("rm")
+                .arg("-rf")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(tmp.path());
+    let store = TestStore::new(tmp.path(), "s");
+    let g = graph(&store)?;
+    let dead = 4_194_305;
+    let root = store.dir.join("bigtop/store");
+    let leftover = root.join(format!(".tmp-{dead}-1-deep"));
+    let stray = root.join("stray-deep");
+    for dir in [&leftover, &stray] {
+        // 2,000 levels of `dd`: a path three times PATH_MAX.
+        let made = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "p=dd; i=1; while [ $i -lt 2000 ]; do p=$p/dd; i=$((i+1)); done; \
+                 mkdir -p \"$1/$p\" && chmod -R a-w \"$1\"",
+                "sh",
+            ])
+            .arg(dir)
+            .status()?;
+        assert!(made.success());
+    }
+    let text = store.ok(&["store", "verify", "--repair"])?;
+    assert!(
+        lines(&text).contains(&format!("unregistered: {}", stray.display()).as_str()),
+        "{text}"
+    );
+    assert!(
+        lines(&text).contains(&format!("garbage, removed: {}", leftover.display()).as_str()),
+        "{text}"
+    );
+    assert!(!leftover.exists() && !stray.exists());
+    let again = store.ok(&["store", "verify", "--check-contents"])?;
+    assert_eq!(
+        lines(&again),
+        ["5 paths checked: 0 missing, 0 corrupt, 0 unregistered entries"]
+    );
+    assert!(store.valid(&g.app)?);
+    Ok(())
+}

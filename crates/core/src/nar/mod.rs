@@ -33,10 +33,16 @@
 //!   writes nothing outside it.
 //! * [`NarEncoder`] writes a NAR from events (a [`NarSink`] too), so a
 //!   parse re-encodes to the same bytes.
+//! * [`walk`] is how all of these go through a tree: by directory
+//!   descriptors, never by whole paths, so trees nested past `PATH_MAX`
+//!   (up to [`MAX_DEPTH`] levels) are archived and unpacked like any
+//!   other; its [`walk::remove_tree`] removes what a failed unpack left,
+//!   and serves the store for the same job.
 //!
-//! Unpacking is the one place bigtop-core writes to a file system: it is
-//! the inverse of reading a tree to hash it, and keeping both halves of the
-//! format together lets one test suite hold them to each other.
+//! Unpacking (and removing what it made) is the one place bigtop-core
+//! writes to a file system: it is the inverse of reading a tree to hash
+//! it, and keeping both halves of the format together lets one test suite
+//! hold them to each other.
 //!
 //! ```
 //! use bigtop_core::nar;
@@ -55,6 +61,7 @@
 //! ```
 
 mod read;
+pub mod walk;
 mod write;
 
 pub use read::{parse, restore, NarSink, ReadError, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN};

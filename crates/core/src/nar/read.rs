@@ -1,24 +1,25 @@
 //! Reading NARs: a validating streaming parser and an unpacker.
 
-use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::ffi::CString;
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::walk::{self, DirStack};
 use super::{check_entry_name, check_symlink_target, padding, MAGIC};
 
 /// Longest entry name accepted: Linux's `NAME_MAX`.
 pub const MAX_NAME_LEN: u64 = 255;
 /// Longest symlink target accepted: Linux's `PATH_MAX` less the NUL.
 pub const MAX_TARGET_LEN: u64 = 4095;
-/// Deepest directory nesting accepted. Deeper trees cannot be reached
-/// through a `PATH_MAX` path anyway; the limit keeps hostile input from
-/// making the unpacker build absurd paths.
-pub const MAX_DEPTH: usize = 1024;
+/// Deepest directory nesting archived or accepted. Trees are walked and
+/// unpacked by directory descriptors, so `PATH_MAX` is no limit (a
+/// builder can nest thousands of levels); this one bounds what hostile
+/// input makes the parser keep (a name per level).
+pub const MAX_DEPTH: usize = 16 * 1024;
 /// Longest keyword (`(`, `type`, `directory`, …) worth reading.
 const MAX_TOKEN_LEN: u64 = 64;
 
@@ -250,9 +251,13 @@ impl<R: BufRead> Parser<'_, R> {
         out
     }
 
-    fn sink_err(&self, name: Option<&[u8]>) -> impl FnOnce(io::Error) -> ReadError {
-        let path = self.display(name);
-        move |source| ReadError::Sink { path, source }
+    /// Names the node only when the sink fails: a deep tree has long
+    /// paths, and every node would pay for its own.
+    fn sink_err<'a>(&'a self, name: Option<&'a [u8]>) -> impl FnOnce(io::Error) -> ReadError + 'a {
+        move |source| ReadError::Sink {
+            path: self.display(name),
+            source,
+        }
     }
 
     /// Parses one node up to its closing `)`, or, for a directory, up to
@@ -464,35 +469,53 @@ pub fn parse<R: BufRead>(r: &mut R, sink: &mut dyn NarSink) -> Result<(), ReadEr
     .archive(sink)
 }
 
-/// Unpacks into a new directory tree at `dest`.
+/// Unpacks into a new directory tree at `dest`, creating each node
+/// relative to its directory's descriptor, so that no path is ever
+/// longer than a name.
 struct Unpacker {
     dest: PathBuf,
-    open: Vec<PathBuf>,
+    /// The directories from `dest` to the one being filled.
+    dirs: Option<DirStack>,
     buf: Vec<u8>,
     /// `dest` exists because of this unpacker (and is removed on failure).
     created_root: bool,
 }
 
 impl Unpacker {
-    fn target(&self, name: Option<&[u8]>) -> PathBuf {
-        match (self.open.last(), name) {
-            (Some(dir), Some(name)) => dir.join(OsStr::from_bytes(name)),
-            _ => self.dest.clone(),
+    /// Where the node `name` goes: a directory descriptor and a name in
+    /// it, or `AT_FDCWD` and `dest` for the root.
+    fn target(&self, name: Option<&[u8]>) -> io::Result<(RawFd, CString)> {
+        let no_nul = |b: &[u8]| {
+            CString::new(b)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
+        };
+        match (&self.dirs, name) {
+            (Some(dirs), Some(name)) => Ok((dirs.fd().as_raw_fd(), no_nul(name)?)),
+            (None, None) => Ok((libc::AT_FDCWD, no_nul(self.dest.as_os_str().as_bytes())?)),
+            _ => Err(io::Error::other("a node out of place")),
         }
     }
 }
 
 impl NarSink for Unpacker {
     fn directory(&mut self, name: Option<&[u8]>) -> io::Result<()> {
-        let path = self.target(name);
-        fs::create_dir(&path)?;
+        let (dir, name) = self.target(name)?;
+        // SAFETY: `name` is NUL-terminated.
+        if unsafe { libc::mkdirat(dir, name.as_ptr(), 0o777) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         self.created_root = true;
-        self.open.push(path);
+        match &mut self.dirs {
+            Some(dirs) => dirs.enter(&name)?,
+            None => self.dirs = Some(DirStack::open(&self.dest)?),
+        }
         Ok(())
     }
 
     fn end_directory(&mut self) -> io::Result<()> {
-        self.open.pop();
+        if let Some(dirs) = &mut self.dirs {
+            dirs.leave()?;
+        }
         Ok(())
     }
 
@@ -503,13 +526,16 @@ impl NarSink for Unpacker {
         size: u64,
         contents: &mut dyn Read,
     ) -> io::Result<()> {
-        // `create_new` is O_CREAT|O_EXCL: it never follows a symlink and
-        // never opens something that already exists.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if executable { 0o777 } else { 0o666 })
-            .open(self.target(name))?;
+        let (dir, name) = self.target(name)?;
+        // O_CREAT|O_EXCL never follows a symlink and never opens something
+        // that already exists.
+        let fd = walk::open_at(
+            dir,
+            &name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            if executable { 0o777 } else { 0o666 },
+        )?;
+        let mut file = std::fs::File::from(fd);
         self.created_root = true;
         if size > 0 {
             if self.buf.is_empty() {
@@ -527,7 +553,13 @@ impl NarSink for Unpacker {
     }
 
     fn symlink(&mut self, name: Option<&[u8]>, target: &[u8]) -> io::Result<()> {
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), self.target(name))?;
+        let (dir, name) = self.target(name)?;
+        let target = CString::new(target)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a target"))?;
+        // SAFETY: both strings are NUL-terminated.
+        if unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         self.created_root = true;
         Ok(())
     }
@@ -541,22 +573,15 @@ impl NarSink for Unpacker {
 pub fn restore<R: BufRead>(r: &mut R, dest: &Path) -> Result<(), ReadError> {
     let mut unpacker = Unpacker {
         dest: dest.to_owned(),
-        open: Vec::new(),
+        dirs: None,
         buf: Vec::new(),
         created_root: false,
     };
     let result = parse(r, &mut unpacker);
     if result.is_err() && unpacker.created_root {
-        let _ = remove_tree(dest);
+        // Whatever the walk holds open goes before the tree does.
+        drop(unpacker);
+        let _ = walk::remove_tree(dest);
     }
     result
-}
-
-fn remove_tree(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }

@@ -294,13 +294,153 @@ fn dump_refuses_fifos_without_blocking_and_absurd_depth() {
     );
     std::fs::remove_file(&fifo).unwrap();
 
-    let mut deep = tmp.path().join("deep");
-    for _ in 0..=MAX_DEPTH {
-        deep.push("d");
-    }
-    std::fs::create_dir_all(&deep).unwrap();
-    let err = dump_path(&tmp.path().join("deep"), io::sink()).unwrap_err();
+    let deep = tmp.path().join("deep");
+    std::fs::create_dir(&deep).unwrap();
+    nest(&deep, MAX_DEPTH + 1, "d", b"");
+    let err = dump_path(&deep, io::sink()).unwrap_err();
     assert!(matches!(err, DumpError::TooDeep { .. }), "{err}");
+    // The temporary directory's own removal recurses, once per level.
+    walk::remove_tree(&deep).unwrap();
+}
+
+/// Makes `depth` directories named `name` under `root` (which exists),
+/// each in the one before, and in the last a file `leaf` holding `data`
+/// (unless it is empty). By descriptors: the path soon passes `PATH_MAX`.
+fn nest(root: &Path, depth: usize, name: &str, data: &[u8]) {
+    use std::io::Write as _;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut dir: OwnedFd = std::fs::File::open(root).unwrap().into();
+    for _ in 0..depth {
+        // SAFETY: an open directory and a NUL-terminated name.
+        let next = unsafe {
+            assert_eq!(libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755), 0);
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        assert!(next >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: just opened, owned by nobody else.
+        dir = unsafe { OwnedFd::from_raw_fd(next) };
+    }
+    if !data.is_empty() {
+        // SAFETY: an open directory and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c"leaf".as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
+        assert!(fd >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: just opened, owned by nobody else.
+        let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        f.write_all(data).unwrap();
+    }
+}
+
+/// The NAR of what [`nest`] makes, from events: the model a deep dump is
+/// held to (the encoder keeps no stack but a name per level).
+fn nested_nar(depth: usize, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut enc = NarEncoder::new(Vec::new());
+    enc.directory(None).unwrap();
+    for _ in 0..depth {
+        enc.directory(Some(name.as_bytes())).unwrap();
+    }
+    if !data.is_empty() {
+        enc.file(Some(b"leaf"), false, data.len() as u64, &mut &data[..])
+            .unwrap();
+    }
+    for _ in 0..=depth {
+        enc.end_directory().unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+/// A builder can nest directories past `PATH_MAX`; walking them by path
+/// failed (`File name too long`), so its output could be neither hashed
+/// nor archived. 3,000 levels of `dd/` are a 9,000-byte path; the file at
+/// the bottom is big enough for the two-thread hashing.
+#[test]
+fn trees_deeper_than_path_max_dump_and_hash_as_their_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("deep");
+    std::fs::create_dir(&root).unwrap();
+    let data: Vec<u8> = (0..2_500_003u32).map(|i| (i * 13 % 251) as u8).collect();
+    nest(&root, 3000, "dd", &data);
+    let expected = nested_nar(3000, "dd", &data);
+    let mut dumped = Vec::new();
+    assert_eq!(
+        dump_path(&root, &mut dumped).unwrap(),
+        expected.len() as u64
+    );
+    assert!(dumped == expected, "the dump differs from its encoding");
+    for algo in HashAlgo::ALL {
+        assert_eq!(
+            hash_path(&root, algo).unwrap(),
+            (crate::Hash::digest(algo, &expected), expected.len() as u64)
+        );
+    }
+    walk::remove_tree(&root).unwrap();
+}
+
+/// Unpacking went by paths too: a NAR of such a tree could not be
+/// restored, nor a failed unpack removed.
+#[test]
+fn trees_deeper_than_path_max_restore_and_dump_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nar = nested_nar(3000, "dd", b"bottom\n");
+    let dest = tmp.path().join("copy");
+    restore(&mut &nar[..], &dest).unwrap();
+    let mut again = Vec::new();
+    dump_path(&dest, &mut again).unwrap();
+    assert!(again == nar, "the restored tree dumps differently");
+    walk::remove_tree(&dest).unwrap();
+    assert!(!dest.exists());
+
+    // Cut short some hundred levels above the bottom: what was unpacked
+    // goes again.
+    let cut = &nar[..nar.len() - 120_000];
+    let err = restore(&mut &cut[..], &dest).unwrap_err();
+    assert!(matches!(err, ReadError::Truncated { .. }), "{err}");
+    assert!(!dest.exists(), "a failed unpack left its tree");
+}
+
+/// Nothing recurses: 10,000 levels dump, hash, unpack and go again on a
+/// thread with a 256 KiB stack.
+#[test]
+fn ten_thousand_levels_fit_a_small_stack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("deep");
+    std::fs::create_dir(&root).unwrap();
+    nest(&root, 10_000, "d", b"x");
+    let expected = nested_nar(10_000, "d", b"x");
+    let copy = tmp.path().join("copy");
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let (h, n) = hash_path(&root, HashAlgo::Blake3).unwrap();
+            assert_eq!(
+                (h, n),
+                (
+                    crate::Hash::digest(HashAlgo::Blake3, &expected),
+                    expected.len() as u64
+                )
+            );
+            restore(&mut &expected[..], &copy).unwrap();
+            let mut again = Vec::new();
+            dump_path(&copy, &mut again).unwrap();
+            assert!(again == expected, "the restored tree dumps differently");
+            walk::remove_tree(&copy).unwrap();
+            walk::remove_tree(&root).unwrap();
+            assert!(!copy.exists() && !root.exists());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 #[test]

@@ -1,16 +1,18 @@
 //! Writing NARs: from a tree on disk, or from events.
 
-use std::ffi::OsString;
-use std::fs::{self, File, FileType, OpenOptions};
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{self, Scope, ScopedJoinHandle};
 
 use thiserror::Error;
 
+use super::walk::{self, Cursor, Kind};
 use super::{check_entry_name, check_symlink_target, padding, NarSink, MAGIC, MAX_DEPTH};
 use crate::hash::{Hash, HashAlgo, Hasher};
 
@@ -59,8 +61,8 @@ pub enum DumpError {
 trait Out {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
 
-    /// Copies exactly `size` bytes of `file` into the archive.
-    fn put_file(&mut self, path: &Path, file: &mut File, size: u64) -> Result<(), DumpError>;
+    /// Copies exactly `size` bytes of `file` (at `path`) into the archive.
+    fn put_file(&mut self, path: Named<'_>, file: &mut File, size: u64) -> Result<(), DumpError>;
 
     fn put_str(&mut self, s: &[u8]) -> io::Result<()> {
         self.put(&(s.len() as u64).to_le_bytes())?;
@@ -69,149 +71,153 @@ trait Out {
     }
 }
 
-fn read_err(path: &Path) -> impl FnOnce(io::Error) -> DumpError + '_ {
+/// The path of the node being archived, made only for an error: deep in
+/// a tree it is long, and most nodes never need it.
+type Named<'a> = &'a dyn Fn() -> PathBuf;
+
+fn read_err(path: Named<'_>) -> impl FnOnce(io::Error) -> DumpError + '_ {
     move |source| DumpError::Read {
-        path: path.to_owned(),
+        path: path(),
         source,
     }
 }
 
-fn kind_of(t: FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_socket() {
-        "socket"
-    } else if t.is_fifo() {
-        "fifo"
-    } else if t.is_block_device() {
-        "block device"
-    } else if t.is_char_device() {
-        "character device"
-    } else {
-        "file of unknown type"
-    }
-}
-
-/// A directory being archived: its path and the entries still to write.
-struct OpenDir {
-    path: PathBuf,
-    entries: std::vec::IntoIter<(OsString, FileType)>,
-}
-
-/// Writes the node at `path` (its type from `lstat` or the directory
-/// entry). A file or symlink is written whole; a directory only up to its
-/// type, and returned for the caller to write its entries.
-fn begin_node(
+/// Writes the node `name` in the directory `dir` (or, for `AT_FDCWD`, at
+/// the path `name`), which is not a directory and is of kind `kind` as
+/// its directory or `lstat` gave it.
+fn leaf(
     out: &mut impl Out,
-    path: &Path,
-    t: FileType,
-    depth: usize,
-) -> Result<Option<OpenDir>, DumpError> {
+    dir: RawFd,
+    name: &CStr,
+    kind: Kind,
+    path: Named<'_>,
+) -> Result<(), DumpError> {
     let w = DumpError::Write;
     out.put_str(b"(").map_err(w)?;
     out.put_str(b"type").map_err(w)?;
-    if t.is_symlink() {
-        let target = fs::read_link(path).map_err(read_err(path))?;
-        out.put_str(b"symlink").map_err(w)?;
-        out.put_str(b"target").map_err(w)?;
-        out.put_str(target.as_os_str().as_bytes()).map_err(w)?;
-    } else if t.is_file() {
-        // Open without following a symlink and without blocking on a FIFO,
-        // then describe what was opened: a file swapped for something else
-        // since the directory was read is caught, never archived.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
+    match kind {
+        Kind::Symlink => {
+            let target = walk::read_link_at(dir, name).map_err(read_err(path))?;
+            out.put_str(b"symlink").map_err(w)?;
+            out.put_str(b"target").map_err(w)?;
+            out.put_str(&target).map_err(w)?;
+        }
+        Kind::File => {
+            // Open without following a symlink and without blocking on a
+            // FIFO, then describe what was opened: a file swapped for
+            // something else since the directory was read is caught, never
+            // archived.
+            let fd = walk::open_at(
+                dir,
+                name,
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                0,
+            )
             .map_err(read_err(path))?;
-        let meta = file.metadata().map_err(read_err(path))?;
-        if !meta.is_file() {
-            return Err(DumpError::Changed {
-                path: path.to_owned(),
-                expected: 0,
-            });
+            let mut file = File::from(fd);
+            let meta = file.metadata().map_err(read_err(path))?;
+            if !meta.is_file() {
+                return Err(DumpError::Changed {
+                    path: path(),
+                    expected: 0,
+                });
+            }
+            out.put_str(b"regular").map_err(w)?;
+            // Nix looks at the owner's execute bit only.
+            if meta.permissions().mode() & 0o100 != 0 {
+                out.put_str(b"executable").map_err(w)?;
+                out.put_str(b"").map_err(w)?;
+            }
+            out.put_str(b"contents").map_err(w)?;
+            let size = meta.len();
+            out.put(&size.to_le_bytes()).map_err(w)?;
+            if size > 0 {
+                out.put_file(path, &mut file, size)?;
+            }
+            // A file that grew while being read would be archived cut short.
+            if read_some(&mut file, &mut [0u8; 1]).map_err(read_err(path))? != 0 {
+                return Err(DumpError::Changed {
+                    path: path(),
+                    expected: size,
+                });
+            }
+            out.put(&[0u8; 8][..padding(size)]).map_err(w)?;
         }
-        out.put_str(b"regular").map_err(w)?;
-        // Nix looks at the owner's execute bit only.
-        if meta.permissions().mode() & 0o100 != 0 {
-            out.put_str(b"executable").map_err(w)?;
-            out.put_str(b"").map_err(w)?;
+        other => {
+            return Err(DumpError::UnsupportedType {
+                path: path(),
+                kind: other.describe(),
+            })
         }
-        out.put_str(b"contents").map_err(w)?;
-        let size = meta.len();
-        out.put(&size.to_le_bytes()).map_err(w)?;
-        if size > 0 {
-            out.put_file(path, &mut file, size)?;
-        }
-        // A file that grew while being read would be archived cut short.
-        if read_some(&mut file, &mut [0u8; 1]).map_err(read_err(path))? != 0 {
-            return Err(DumpError::Changed {
-                path: path.to_owned(),
-                expected: size,
-            });
-        }
-        out.put(&[0u8; 8][..padding(size)]).map_err(w)?;
-    } else if t.is_dir() {
-        if depth >= MAX_DEPTH {
-            return Err(DumpError::TooDeep {
-                path: path.to_owned(),
-            });
-        }
-        out.put_str(b"directory").map_err(w)?;
-        let mut entries = Vec::new();
-        for entry in fs::read_dir(path).map_err(read_err(path))? {
-            let entry = entry.map_err(read_err(path))?;
-            let t = entry.file_type().map_err(read_err(&entry.path()))?;
-            entries.push((entry.file_name(), t));
-        }
-        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        return Ok(Some(OpenDir {
-            path: path.to_owned(),
-            entries: entries.into_iter(),
-        }));
-    } else {
-        return Err(DumpError::UnsupportedType {
-            path: path.to_owned(),
-            kind: kind_of(t),
-        });
     }
-    out.put_str(b")").map_err(w)?;
-    Ok(None)
+    out.put_str(b")").map_err(w)
 }
 
-/// Archives the tree at `path`. The walk keeps its own stack, so depth
-/// costs heap, not the caller's thread stack.
+/// Archives the tree at `path`. The walk goes by directory descriptors
+/// and keeps its own stack: neither the length of paths nor the depth of
+/// the tree is limited by anything but [`MAX_DEPTH`].
 fn dump_root(out: &mut impl Out, path: &Path) -> Result<(), DumpError> {
     let w = DumpError::Write;
-    let meta = fs::symlink_metadata(path).map_err(read_err(path))?;
+    let root = || path.to_owned();
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        read_err(&root)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path contains NUL",
+        ))
+    })?;
+    let kind = walk::stat_at(libc::AT_FDCWD, &c)
+        .map(|st| Kind::from_mode(st.st_mode))
+        .map_err(read_err(&root))?;
     out.put_str(MAGIC).map_err(w)?;
-    let mut open: Vec<OpenDir> = begin_node(out, path, meta.file_type(), 0)?
-        .into_iter()
-        .collect();
-    while let Some(dir) = open.last_mut() {
-        match dir.entries.next() {
-            Some((name, t)) => {
-                let child = dir.path.join(&name);
+    if kind != Kind::Dir {
+        return leaf(out, libc::AT_FDCWD, &c, kind, &root);
+    }
+    out.put_str(b"(").map_err(w)?;
+    out.put_str(b"type").map_err(w)?;
+    out.put_str(b"directory").map_err(w)?;
+    let mut cursor = Cursor::open(path).map_err(read_err(&root))?;
+    loop {
+        match cursor.next_entry() {
+            Some(e) => {
                 out.put_str(b"entry").map_err(w)?;
                 out.put_str(b"(").map_err(w)?;
                 out.put_str(b"name").map_err(w)?;
-                out.put_str(name.as_bytes()).map_err(w)?;
+                out.put_str(e.name.to_bytes()).map_err(w)?;
                 out.put_str(b"node").map_err(w)?;
-                match begin_node(out, &child, t, open.len())? {
-                    Some(sub) => open.push(sub),
-                    None => out.put_str(b")").map_err(w)?,
-                }
-            }
-            None => {
-                open.pop();
-                // Closes the directory node, then the entry holding it.
-                out.put_str(b")").map_err(w)?;
-                if !open.is_empty() {
+                if e.kind == Kind::Dir {
+                    if cursor.depth() + 1 >= MAX_DEPTH {
+                        return Err(DumpError::TooDeep {
+                            path: cursor.path(Some(&e.name)),
+                        });
+                    }
+                    out.put_str(b"(").map_err(w)?;
+                    out.put_str(b"type").map_err(w)?;
+                    out.put_str(b"directory").map_err(w)?;
+                    cursor.enter(&e.name).map_err(|source| DumpError::Read {
+                        path: cursor.path(Some(&e.name)),
+                        source,
+                    })?;
+                } else {
+                    let dir = cursor.fd().as_raw_fd();
+                    leaf(out, dir, &e.name, e.kind, &|| cursor.path(Some(&e.name)))?;
+                    // Closes the entry.
                     out.put_str(b")").map_err(w)?;
                 }
             }
+            None => {
+                // Closes the directory node, then the entry holding it.
+                out.put_str(b")").map_err(w)?;
+                let left = cursor.leave().map_err(|source| DumpError::Read {
+                    path: cursor.path(None),
+                    source,
+                })?;
+                if left.is_none() {
+                    return Ok(());
+                }
+                out.put_str(b")").map_err(w)?;
+            }
         }
     }
-    Ok(())
 }
 
 /// Size of the buffers file contents are read through.
@@ -229,7 +235,7 @@ impl<W: Write> Out for WriteOut<W> {
         self.w.write_all(bytes)
     }
 
-    fn put_file(&mut self, path: &Path, file: &mut File, size: u64) -> Result<(), DumpError> {
+    fn put_file(&mut self, path: Named<'_>, file: &mut File, size: u64) -> Result<(), DumpError> {
         if self.buf.is_empty() {
             self.buf = vec![0; BUF];
         }
@@ -239,7 +245,7 @@ impl<W: Write> Out for WriteOut<W> {
             let n = read_some(file, &mut self.buf[..want]).map_err(read_err(path))?;
             if n == 0 {
                 return Err(DumpError::Changed {
-                    path: path.to_owned(),
+                    path: path(),
                     expected: size,
                 });
             }
@@ -264,7 +270,9 @@ fn read_some(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// root) to `w`, returning the archive's size in bytes.
 ///
 /// File contents stream through a fixed buffer: memory does not grow with
-/// file size.
+/// file size. The tree is walked by directory descriptors ([`walk`]):
+/// paths may be longer than `PATH_MAX`, and directories may nest up to
+/// [`MAX_DEPTH`] levels without costing stack.
 pub fn dump_path(path: &Path, w: impl Write) -> Result<u64, DumpError> {
     let mut out = WriteOut {
         w: BufWriter::with_capacity(64 * 1024, w),
@@ -380,7 +388,7 @@ impl Out for HashOut<'_, '_> {
         Ok(())
     }
 
-    fn put_file(&mut self, path: &Path, file: &mut File, size: u64) -> Result<(), DumpError> {
+    fn put_file(&mut self, path: Named<'_>, file: &mut File, size: u64) -> Result<(), DumpError> {
         // Read straight into the chunk: no copy between reading and hashing.
         let mut left = size;
         while left > 0 {
@@ -390,7 +398,7 @@ impl Out for HashOut<'_, '_> {
                 .map_err(read_err(path))?;
             if n == 0 {
                 return Err(DumpError::Changed {
-                    path: path.to_owned(),
+                    path: path(),
                     expected: size,
                 });
             }
@@ -409,7 +417,8 @@ impl Out for HashOut<'_, '_> {
 /// returning the hash and the archive's size.
 ///
 /// Memory is bounded (a few one-MiB chunks). Past the first MiB of archive,
-/// one thread reads while another hashes.
+/// one thread reads while another hashes. The tree is walked as by
+/// [`dump_path`].
 pub fn hash_path(path: &Path, algo: HashAlgo) -> Result<(Hash, u64), DumpError> {
     thread::scope(|scope| {
         let mut out = HashOut {

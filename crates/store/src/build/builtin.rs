@@ -204,7 +204,7 @@ pub(crate) fn run(
             let mut r = Ok(());
             for p in var("paths")?.split_whitespace() {
                 let physical = input(p)?;
-                r = join(out, &physical, Path::new(p), Path::new(""), &mut providers);
+                r = join(out, &physical, Path::new(p), &mut providers);
                 if r.is_err() {
                     break;
                 }
@@ -213,7 +213,23 @@ pub(crate) fn run(
         }
         COPY => {
             let src = input(var("src")?)?;
-            copy_tree(&src, out)
+            // By descriptors: an input may nest directories past PATH_MAX.
+            crate::add::copy_filtered(&src, out, &|_| true).map_err(|e| match e {
+                crate::Error::Io {
+                    action,
+                    path,
+                    source,
+                } => BuiltinError::Io {
+                    action,
+                    path,
+                    source,
+                },
+                other => BuiltinError::Io {
+                    action: "copy",
+                    path: src.clone(),
+                    source: io::Error::other(crate::error::Chain(&other).to_string()),
+                },
+            })
         }
         WRITE_TREE => write_tree(out, var("entries")?),
         FETCH_URL => super::fetch::fetch(&d, out, note),
@@ -225,18 +241,20 @@ pub(crate) fn run(
     result.map(|()| None)
 }
 
-/// Adds the tree at `physical` (logically `logical`), below `rel`, to the
-/// joined tree `out`: directories are made, files and symlinks become
-/// symlinks to the logical path of what provides them.
+/// Adds the tree at `physical` (logically `logical`) to the joined tree
+/// `out`: directories are made, files and symlinks become symlinks to the
+/// logical path of what provides them.
+///
+/// Depth first and in name order, as a recursion would go, but on a stack
+/// of its own: an input can nest directories thousands deep (the paths
+/// then fail, cleanly, at `PATH_MAX`; a recursion overflowed the stack).
 fn join(
     out: &Path,
     physical: &Path,
     logical: &Path,
-    rel: &Path,
     providers: &mut BTreeMap<PathBuf, String>,
 ) -> Result<(), BuiltinError> {
-    let here = physical.join(rel);
-    let meta = fs::metadata(&here).map_err(io_err("read", &here))?;
+    let meta = fs::metadata(physical).map_err(io_err("read", physical))?;
     if !meta.is_dir() {
         // Only trees can be merged: a joined path must be a directory.
         return Err(BuiltinError::NotAnInput(format!(
@@ -244,15 +262,23 @@ fn join(
             logical.display()
         )));
     }
-    let mut entries: Vec<_> = fs::read_dir(&here)
-        .map_err(io_err("read", &here))?
-        .collect::<Result<_, _>>()
-        .map_err(io_err("read", &here))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let rel_child = rel.join(e.file_name());
+    let names = |dir: &Path| -> Result<std::vec::IntoIter<std::ffi::OsString>, BuiltinError> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
+            .map_err(io_err("read", dir))?;
+        names.sort();
+        Ok(names.into_iter())
+    };
+    let mut stack = vec![(PathBuf::new(), names(physical)?)];
+    while let Some((rel, pending)) = stack.last_mut() {
+        let Some(name) = pending.next() else {
+            stack.pop();
+            continue;
+        };
+        let rel_child = rel.join(name);
         let target = out.join(&rel_child);
-        let is_dir = fs::metadata(e.path()).map(|m| m.is_dir()).unwrap_or(false);
+        let here = physical.join(&rel_child);
+        let is_dir = fs::metadata(&here).map(|m| m.is_dir()).unwrap_or(false);
         if is_dir {
             match fs::symlink_metadata(&target) {
                 Ok(m) if m.is_dir() => {}
@@ -264,7 +290,8 @@ fn join(
                     providers.insert(rel_child.clone(), logical.display().to_string());
                 }
             }
-            join(out, physical, logical, &rel_child, providers)?;
+            let below = names(&here)?;
+            stack.push((rel_child, below));
         } else {
             if fs::symlink_metadata(&target).is_ok() {
                 return Err(conflict(&rel_child, providers, logical));
@@ -352,23 +379,4 @@ fn write_tree(out: &Path, entries: &str) -> Result<(), BuiltinError> {
         }
     }
     Ok(())
-}
-
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuiltinError> {
-    let meta = fs::symlink_metadata(src).map_err(io_err("read", src))?;
-    let t = meta.file_type();
-    if t.is_symlink() {
-        let target = fs::read_link(src).map_err(io_err("read", src))?;
-        std::os::unix::fs::symlink(&target, dst).map_err(io_err("link", dst))
-    } else if t.is_dir() {
-        fs::create_dir(dst).map_err(io_err("create", dst))?;
-        for e in fs::read_dir(src).map_err(io_err("read", src))? {
-            let e = e.map_err(io_err("read", src))?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-        Ok(())
-    } else {
-        fs::copy(src, dst).map_err(io_err("copy", src))?;
-        Ok(())
-    }
 }

@@ -546,3 +546,33 @@ fn build_out_path(
     d.output_path(store.store_dir(), &OutputName::out())
         .expect("filled")
 }
+
+/// Issue 13, without the sandbox: the builder writes its output nested
+/// past `PATH_MAX` at its final place in the store and in its build dir.
+/// A success registers it; a failure leaves neither output nor build dir.
+#[test]
+fn an_unsandboxed_output_nested_past_path_max_registers_or_goes() -> TestResult {
+    use crate::sandboxed::{RemoveOnDrop, NEST};
+    let tmp = tempfile::tempdir()?;
+    let _cleanup = RemoveOnDrop(tmp.path().to_owned());
+    let store = direct_store(tmp.path());
+    let deep = |name: &str, script: &str| {
+        let mut d = sh(&store, name, &format!("{NEST}{script}"), &[]);
+        d.env.insert("PATH".into(), "/bin:/usr/bin".into());
+        fill(&store, &mut d);
+        d
+    };
+    let ok = deep("deep-ok", "mkdir $out && nest $out");
+    let out = build_out(&store, plain(), &ok)?;
+    assert!(store.is_valid(&out)?);
+    let failing = deep(
+        "deep-fails",
+        "mkdir $out $TMPDIR/t && nest $out && nest $TMPDIR/t && exit 3",
+    );
+    let err = build_out(&store, plain(), &failing).unwrap_err();
+    assert!(err.to_string().contains("exit code 3"), "{err}");
+    assert_eq!(strays(&store), Vec::<String>::new());
+    let builds: Vec<_> = std::fs::read_dir(store.state_dir().join("builds"))?.collect();
+    assert!(builds.is_empty(), "{builds:?}");
+    Ok(())
+}

@@ -434,3 +434,91 @@ fn a_missing_builder_in_the_sandbox_is_named_with_why() -> TestResult {
     assert_eq!(strays(&store), Vec::<String>::new());
     Ok(())
 }
+
+/// `mkdir -p` of 2,000 levels of `dd/` below `$1`: a path three times
+/// `PATH_MAX` (coreutils goes down one level at a time).
+pub(crate) const NEST: &str =
+    "nest() { p=dd; i=1; while [ $i -lt 2000 ]; do p=$p/dd; i=$((i+1)); done; \
+                    mkdir -p \"$1/$p\" && chmod -R a-w \"$1\"; }; ";
+
+/// Entries left in the store's build dirs.
+fn build_dirs(store: &Store) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(store.state_dir().join("builds"))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+/// Removes what a failed test leaves, whatever its depth (a temporary
+/// directory's own removal gives up on such trees).
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chmod")
+            .args(["-R", "u+w"])
+            .arg(&self.0)
+            .status();
+        let _ = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 13: an output nested past `PATH_MAX` could not be canonicalized
+/// or removed (`File name too long`): the build failed and left its
+/// scratch root, and the output, unregistered, in the store. It is
+/// canonicalized, scanned, hashed and registered like any other, and
+/// goes again like any other.
+#[test]
+fn a_builder_may_nest_directories_past_path_max() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let _cleanup = RemoveOnDrop(tmp.path().to_owned());
+    let store = Store::open_chroot(tmp.path())?;
+    let script = format!("{NEST}mkdir $out && echo $out > $out/self && nest $out");
+    let mut d = sh(&store, "deep", &script, &[]);
+    d.env.insert("PATH".into(), "/bin:/usr/bin".into());
+    fill(&store, &mut d);
+    let options = BuildOptions {
+        sandbox_paths: Some(host_paths()),
+        ..sandboxed()
+    };
+    let out = build_out(&store, options, &d)?;
+    assert!(store.is_valid(&out)?);
+    assert_eq!(store.references(&out)?, BTreeSet::from([out.clone()]));
+    assert_eq!(strays(&store), Vec::<String>::new());
+    assert_eq!(build_dirs(&store), Vec::<std::path::PathBuf>::new());
+    let report = store.verify(bigtop_store::VerifyOptions {
+        check_contents: true,
+        repair: false,
+    })?;
+    assert!(report.is_clean(), "{report:?}");
+    // A new handle: the one that built the path keeps it alive.
+    drop(store);
+    let store = Store::open_chroot(tmp.path())?;
+    store.delete_paths([&out])?;
+    assert!(!store.physical(&out).exists());
+    Ok(())
+}
+
+/// The same tree in the output and the build dir of a build that fails:
+/// nothing is left, neither scratch root nor output nor build dir.
+#[test]
+fn a_failed_build_nesting_directories_past_path_max_leaves_nothing() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let _cleanup = RemoveOnDrop(tmp.path().to_owned());
+    let store = Store::open_chroot(tmp.path())?;
+    let script = format!("{NEST}mkdir $out /build/t && nest $out && nest /build/t && exit 3");
+    let mut d = sh(&store, "deep-fail", &script, &[]);
+    d.env.insert("PATH".into(), "/bin:/usr/bin".into());
+    fill(&store, &mut d);
+    let options = BuildOptions {
+        sandbox_paths: Some(host_paths()),
+        ..sandboxed()
+    };
+    let err = build_out(&store, options, &d).unwrap_err();
+    assert!(err.to_string().contains("exit code 3"), "{err}");
+    assert_eq!(strays(&store), Vec::<String>::new());
+    assert_eq!(build_dirs(&store), Vec::<std::path::PathBuf>::new());
+    Ok(())
+}

@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 use bigtop_store::core::{StoreDir, StorePath};
 use bigtop_store::{Error, GcOptions, Store};
 
-use crate::{assert_consistent, text, Result};
+use crate::{assert_consistent, deep_tree, force_remove, text, RemoveOnDrop, Result};
 
 #[test]
 fn collects_what_no_root_keeps_alive() -> Result {
@@ -450,6 +450,53 @@ fn verify_removes_what_dead_processes_left_and_calls_the_store_clean() -> Result
     }
     assert!(store.is_valid(&lib)? && store.physical(&lib).exists());
     Ok(())
+}
+
+/// Issue 13: a builder can nest directories past `PATH_MAX`. Such trees
+/// were removed by paths, which failed (`File name too long`): what a
+/// dead process left of one, a stray one, and a registered one that
+/// became garbage stayed in the store for good, and `verify --repair`
+/// failed. 2,000 levels of `dd/` are a 6,000-byte path.
+#[test]
+fn verify_and_the_collector_remove_trees_deeper_than_path_max() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let _cleanup = RemoveOnDrop(tmp.path().to_owned());
+    let store = Store::open_chroot(tmp.path())?;
+    let dead = only_handle_id(&store)? + 1_000;
+    let root = store.root().to_owned();
+    let half = root.join(format!(".tmp-{dead}-1-half"));
+    let stray = root.join("stray-deep");
+    deep_tree(&half, 2000)?;
+    deep_tree(&stray, 2000)?;
+    let report = store.verify(bigtop_store::VerifyOptions {
+        check_contents: true,
+        repair: true,
+    })?;
+    assert_eq!(report.garbage, vec![half.clone()]);
+    assert_eq!(report.unregistered, vec!["stray-deep".to_string()]);
+    assert!(!half.exists() && !stray.exists());
+    assert!(store.verify(Default::default())?.is_clean());
+
+    // Added (copied, canonicalized, hashed), checked, then collected.
+    let src = tmp.path().join("src");
+    deep_tree(&src, 2000)?;
+    let deep = store.add_path("deep", &src, &|_| true);
+    force_remove(&src);
+    let deep = deep?;
+    let checked = store.verify(bigtop_store::VerifyOptions {
+        check_contents: true,
+        repair: false,
+    })?;
+    assert!(checked.is_clean(), "{checked:?}");
+    // A new handle: the one that added the path keeps it alive.
+    drop(store);
+    let store = Store::open_chroot(tmp.path())?;
+    let chroot = root.join(format!(".chroot-{dead}-2-deep"));
+    deep_tree(&chroot, 2000)?;
+    let report = store.collect_garbage(&GcOptions::default())?;
+    assert_eq!(report.deleted, vec![deep.clone()]);
+    assert!(!store.physical(&deep).exists() && !chroot.exists());
+    assert_consistent(&store)
 }
 
 /// The id of the only handle open on `store`: leftovers are named by the
