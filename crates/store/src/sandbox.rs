@@ -13,13 +13,15 @@
 //!
 //! Creating a network namespace costs milliseconds, and a user namespace
 //! needs its maps written from outside. Both are created **once per
-//! process** (per build uid/gid pair): a parked child makes them, the parent
-//! keeps `/proc/PID/ns/{user,net}` open and lets the child die. Every
-//! sandbox then joins that pair with `setns` and creates only the cheap
-//! namespaces (mount, PID, IPC, UTS) afresh. The price: concurrent builds
-//! share one loopback interface (they can reach each other's listeners on
-//! 127.0.0.1 and each other's abstract Unix sockets), which Nix, with a
-//! network namespace per build, does not allow.
+//! concurrent sandbox** (per build uid/gid pair), not once per build: a
+//! parked child makes a pair, the parent keeps `/proc/PID/ns/{user,net}`
+//! open and lets the child die, and the pair goes to a pool. Each sandbox
+//! leases a pair no running sandbox holds, joins it with `setns` and
+//! creates only the cheap namespaces (mount, PID, IPC, UTS) afresh; the
+//! pair returns to the pool once its builder is reaped (and with it, as
+//! PID 1, everything it started). Builds running at once therefore never
+//! share a loopback interface or abstract Unix sockets; builds one after
+//! the other may reuse one, empty of processes by then.
 //!
 //! The two children a spawn needs (one to join the namespaces, one to be
 //! PID 1 of the new PID namespace) are started like `posix_spawn` starts
@@ -81,7 +83,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use thiserror::Error;
 
@@ -246,6 +248,7 @@ fn prep_err<'a>(
 
 /// A user namespace mapping one build uid/gid to the caller's, and a
 /// network namespace owned by it with only `lo`, up.
+#[derive(Debug)]
 struct SharedNamespaces {
     user: OwnedFd,
     net: OwnedFd,
@@ -255,22 +258,57 @@ struct SharedNamespaces {
     setgroups: bool,
 }
 
-/// The namespace pairs made so far, by (uid, gid) inside.
-type NamespaceCache = Mutex<HashMap<(u32, u32), Arc<SharedNamespaces>>>;
+/// Namespace pairs not in use, by (uid, gid) inside.
+type NamespacePool = Mutex<HashMap<(u32, u32), Vec<SharedNamespaces>>>;
 
-fn shared_namespaces(uid: u32, gid: u32) -> Result<Arc<SharedNamespaces>, SandboxError> {
-    static CACHE: OnceLock<NamespaceCache> = OnceLock::new();
-    // Held while creating, so that racing first builds create one pair.
-    let mut cache = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(ns) = cache.get(&(uid, gid)) {
-        return Ok(ns.clone());
+fn pool() -> &'static NamespacePool {
+    static POOL: OnceLock<NamespacePool> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+/// A namespace pair lent to one sandbox: no other sandbox uses it until
+/// this one is over, so builds running at once never share a loopback.
+/// A pair goes back to the pool when its sandbox is over (its PID 1 reaped,
+/// so nothing lives in it any more) and serves a later build: making a
+/// network namespace costs milliseconds, so each is made once per
+/// concurrent build, not once per build.
+#[derive(Debug)]
+struct Lease {
+    key: (u32, u32),
+    ns: Option<SharedNamespaces>,
+}
+
+impl Lease {
+    fn ns(&self) -> &SharedNamespaces {
+        self.ns
+            .as_ref()
+            .expect("a lease holds its pair until dropped")
     }
-    let ns = Arc::new(create_namespaces(uid, gid)?);
-    cache.insert((uid, gid), ns.clone());
-    Ok(ns)
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(ns) = self.ns.take() {
+            let mut pool = pool().lock().unwrap_or_else(|p| p.into_inner());
+            pool.entry(self.key).or_default().push(ns);
+        }
+    }
+}
+
+fn lease_namespaces(uid: u32, gid: u32) -> Result<Lease, SandboxError> {
+    let free = pool()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(&(uid, gid))
+        .and_then(Vec::pop);
+    let ns = match free {
+        Some(ns) => ns,
+        None => create_namespaces(uid, gid)?,
+    };
+    Ok(Lease {
+        key: (uid, gid),
+        ns: Some(ns),
+    })
 }
 
 /// Signals that the parked child brought `lo` up (1) or failed (errno).
@@ -423,7 +461,8 @@ fn configure_namespaces(
 /// needs, and that the kernel has the system calls it uses (5.12 or newer).
 /// The error names what is missing.
 pub fn check_available() -> Result<(), SandboxError> {
-    shared_namespaces(DEFAULT_UID, DEFAULT_GID)?;
+    // Into the pool: the first build finds it made.
+    drop(lease_namespaces(DEFAULT_UID, DEFAULT_GID)?);
     // An invalid call: ENOSYS tells the system call is missing.
     let r = unsafe {
         libc::syscall(
@@ -1049,6 +1088,9 @@ pub struct Sandboxed {
     /// Signals through it cannot hit a recycled pid.
     pidfd: OwnedFd,
     status: Mutex<Option<ExitStatus>>,
+    /// Declared last: returned to the pool only after `Drop` has killed
+    /// and reaped the builder.
+    _namespaces: Lease,
 }
 
 impl Sandboxed {
@@ -1496,7 +1538,8 @@ fn check_spec(spec: &SandboxSpec) -> Result<(), SandboxError> {
 /// error here, not an exit status).
 pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed, SandboxError> {
     check_spec(spec)?;
-    let ns = shared_namespaces(spec.uid, spec.gid)?;
+    let lease = lease_namespaces(spec.uid, spec.gid)?;
+    let ns = lease.ns();
     let ops = prepare_root(spec)?;
 
     let mut strings = Vec::with_capacity(1 + spec.args.len() + spec.env.len());
@@ -1610,6 +1653,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed, SandboxError> {
         // SAFETY: pidfd_open returned a fresh descriptor.
         pidfd: unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) },
         status: Mutex::new(None),
+        _namespaces: lease,
     })
 }
 

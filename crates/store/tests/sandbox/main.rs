@@ -530,3 +530,59 @@ fn child_setuid() {
     }
     println!("all refused");
 }
+
+/// Issue 13, point 16: builds running at once shared one loopback, so a
+/// builder could talk to another build's listener on 127.0.0.1. A
+/// listening builder and one started while it runs are now in different
+/// network namespaces; a builder after it may reuse its (empty) one.
+#[test]
+fn builds_running_at_once_do_not_share_a_network() -> Result {
+    let fx = Fixture::new()?;
+    let port_file = fx.tmp.path().join("listen-build").join("port");
+    fs::create_dir(port_file.parent().ok_or("a parent")?)?;
+    let (mut spec, listen_pipes) = fx.helper("child_listen")?;
+    spec.build_dir = port_file.parent().ok_or("a parent")?.to_owned();
+    spec.chroot_dir = fx.tmp.path().join("chroot-listen");
+    let listening = sandbox::spawn(&spec)?;
+    drop(spec);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        if let Ok(a) = fs::read_to_string(&port_file) {
+            if a.ends_with('\n') {
+                break a.trim().to_owned();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never said where"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let ns_of = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net"));
+    let (mut spec, pipes) = fx.helper("child_connect")?;
+    spec.env.push((ADDR_VAR.into(), addr.clone()));
+    let connecting = sandbox::spawn(&spec)?;
+    drop(spec);
+    assert_ne!(ns_of(listening.pid())?, ns_of(connecting.pid())?);
+    let done = finish(connecting, pipes)?;
+    assert_eq!(
+        done.status.code(),
+        Some(101),
+        "reached the other build's {addr}:\n{}",
+        done.stdout
+    );
+    listening.kill()?;
+    finish(listening, listen_pipes)?;
+    Ok(())
+}
+
+/// Inside a sandbox: listens on 127.0.0.1, writes the address and a
+/// newline to `port` in its build dir, and sleeps for an hour.
+#[test]
+#[ignore = "entry point for builders of the sandbox tests"]
+fn child_listen() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let addr = listener.local_addr().expect("an address");
+    fs::write("port", format!("{addr}\n")).expect("write the address");
+    std::thread::sleep(Duration::from_secs(3600));
+}
