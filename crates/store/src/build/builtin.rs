@@ -179,22 +179,7 @@ pub(crate) fn run(
                 })),
                 Err(e) => {
                     let _ = crate::add::remove_tree(out);
-                    Err(match e {
-                        crate::Error::Io {
-                            action,
-                            path,
-                            source,
-                        } => BuiltinError::Io {
-                            action,
-                            path,
-                            source,
-                        },
-                        other => BuiltinError::Io {
-                            action: "write",
-                            path: out.clone(),
-                            source: io::Error::other(crate::error::Chain(&other).to_string()),
-                        },
-                    })
+                    Err(store_error("write", out)(e))
                 }
             };
         }
@@ -214,22 +199,7 @@ pub(crate) fn run(
         COPY => {
             let src = input(var("src")?)?;
             // By descriptors: an input may nest directories past PATH_MAX.
-            crate::add::copy_filtered(&src, out, &|_| true).map_err(|e| match e {
-                crate::Error::Io {
-                    action,
-                    path,
-                    source,
-                } => BuiltinError::Io {
-                    action,
-                    path,
-                    source,
-                },
-                other => BuiltinError::Io {
-                    action: "copy",
-                    path: src.clone(),
-                    source: io::Error::other(crate::error::Chain(&other).to_string()),
-                },
-            })
+            crate::add::copy_filtered(&src, out, &|_| true).map_err(store_error("copy", &src))
         }
         WRITE_TREE => write_tree(out, var("entries")?),
         FETCH_URL => super::fetch::fetch(&d, out, note),
@@ -379,4 +349,27 @@ fn write_tree(out: &Path, entries: &str) -> Result<(), BuiltinError> {
         }
     }
     Ok(())
+}
+
+/// A store error met by a builtin, as the builtin's: a file operation stays
+/// one (with its own action and path); anything else is told, causes
+/// included, as `action` on `path` failing.
+fn store_error(action: &'static str, path: &Path) -> impl FnOnce(crate::Error) -> BuiltinError {
+    let path = path.to_owned();
+    move |e| match e {
+        crate::Error::Io {
+            action,
+            path,
+            source,
+        } => BuiltinError::Io {
+            action,
+            path,
+            source,
+        },
+        other => BuiltinError::Io {
+            action,
+            path,
+            source: io::Error::other(crate::error::Chain(&other).to_string()),
+        },
+    }
 }

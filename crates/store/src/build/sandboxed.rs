@@ -168,7 +168,9 @@ pub(crate) fn run(
         .0
         .join(store_dir.strip_prefix("/").unwrap_or(&store_dir));
     let mut written: BTreeMap<OutputName, PathBuf> = BTreeMap::new();
-    for (name, path) in outputs {
+    // A failed build's outputs never reach the store, not even to be
+    // removed there: they go with the scratch root.
+    for (name, path) in outputs.iter().filter(|_| status.success()) {
         let at = inside.join(path.to_string());
         // To its own path (not valid, and locked by this build), or beside
         // the valid one when checking.
