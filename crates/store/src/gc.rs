@@ -232,11 +232,20 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the temporary roots and locks of handles that are gone;
-    /// returns the ids of those alive.
+    /// Drops the temporary roots and locks of handles that are gone, and
+    /// removes what the ones found dead now left half-made (their scratch
+    /// roots, build dirs, staged trees): a handle that ends normally
+    /// leaves nothing and removes its own row, so a row found dead is a
+    /// crash, and this is the first to know. Returns the ids alive.
     pub(crate) fn clean_processes(&self) -> Result<Vec<i64>, Error> {
-        let mut conn = self.db();
-        crate::liveness::clean(&mut conn, self.state_dir(), |e| self.db_err()(e))
+        let (alive, removed) = {
+            let mut conn = self.db();
+            crate::liveness::clean(&mut conn, self.state_dir(), |e| self.db_err()(e))?
+        };
+        if !removed.is_empty() {
+            self.remove_leftovers_of(|id| removed.contains(&id))?;
+        }
+        Ok(alive)
     }
 
     /// Deletes every registered path that no root, temporary root or other
@@ -311,11 +320,19 @@ impl Store {
     /// Returns what was removed, each with the bytes it freed.
     pub(crate) fn remove_leftovers(&self) -> Result<Vec<(PathBuf, u64)>, Error> {
         let live: HashSet<i64> = self.clean_processes()?.into_iter().collect();
+        self.remove_leftovers_of(|id| !live.contains(&id))
+    }
+
+    /// Removes the leftovers of the handles `dead` says are dead.
+    fn remove_leftovers_of(
+        &self,
+        dead: impl Fn(i64) -> bool,
+    ) -> Result<Vec<(PathBuf, u64)>, Error> {
         let dead = |rest: &str| {
             rest.split('-')
                 .next()
                 .and_then(|id| id.parse::<i64>().ok())
-                .is_some_and(|id| !live.contains(&id))
+                .is_some_and(&dead)
         };
         let mut removed = Vec::new();
         let builds = self.state_dir().join("builds");

@@ -79,19 +79,20 @@ fn dead(state: &Path, id: i64) -> bool {
 }
 
 /// Removes the rows (and with them the temporary roots and locks) of
-/// handles that are gone, and their files. Returns the ids still alive.
+/// handles that are gone, and their files. Returns the ids still alive and
+/// those removed.
 pub(crate) fn clean(
     conn: &mut Connection,
     state: &Path,
     db_err: impl Fn(rusqlite::Error) -> Error,
-) -> Result<Vec<i64>, Error> {
+) -> Result<(Vec<i64>, Vec<i64>), Error> {
     let ids: Vec<i64> = conn
         .prepare("SELECT id FROM Processes")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(&db_err)?;
     let gone: Vec<i64> = ids.iter().copied().filter(|&id| dead(state, id)).collect();
     if gone.is_empty() {
-        return Ok(ids);
+        return Ok((ids, Vec::new()));
     }
     // Checked again under the write lock: a file is only made inside the
     // transaction that adds its row, so none can appear meanwhile.
@@ -120,7 +121,8 @@ pub(crate) fn clean(
     }
     tx.commit().map_err(&db_err)?;
     drop(held);
-    Ok(ids.into_iter().filter(|id| !removed.contains(id)).collect())
+    let alive = ids.into_iter().filter(|id| !removed.contains(id)).collect();
+    Ok((alive, removed))
 }
 
 /// Removes this handle's row and file (its lock goes with `alive`).

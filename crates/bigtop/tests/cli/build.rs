@@ -431,6 +431,16 @@ fn a_killed_build_takes_its_builders_and_their_scratch_along() -> Result {
         };
         if sig != libc::SIGKILL {
             assert_eq!(leftovers(), Vec::<String>::new(), "{name}");
+        } else {
+            // Nothing could clean up; the next build does, first thing.
+            assert_ne!(leftovers(), Vec::<String>::new(), "{name}");
+            let (next, _) = cli.add(&sh("next", "echo next > $out", &[]))?;
+            cli.ok(&["build", &next], b"")?;
+            assert_eq!(
+                leftovers(),
+                Vec::<String>::new(),
+                "{name}: after the next build"
+            );
         }
         // Whatever is left is garbage: verify removes it and passes.
         let verify = cli.run(&["store", "verify"], b"")?;

@@ -138,6 +138,11 @@ impl<'s> Builder<'s> {
         self.store
             .add_temp_roots(targets.iter().map(|(drv, _)| drv))?;
         let plan = self.dry_run(targets)?;
+        if !plan.jobs.is_empty() {
+            // What a crashed run left (scratch roots, build dirs) goes
+            // before this one adds its own; nothing to do costs nothing.
+            self.store.clean_processes()?;
+        }
         self.observer.planned(&plan);
         let mut report = self.run(&plan)?;
         for (drv, wanted) in targets {
