@@ -106,7 +106,7 @@ pub struct BuildOptions {
     pub log_lines: usize,
     /// A switch that stops the run: running builds are killed and cleaned
     /// up, nothing new starts, and the run fails with
-    /// [`Error::Interrupted`](crate::Error::Interrupted). Default: none.
+    /// [`Error::Interrupted`]. Default: none.
     pub interrupt: Option<Interrupt>,
 }
 
