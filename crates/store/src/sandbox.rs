@@ -1536,6 +1536,10 @@ fn check_spec(spec: &SandboxSpec) -> Result<(), SandboxError> {
 /// Starts `spec.program` in a new sandbox and returns at once: when this
 /// returns `Ok`, the builder has been executed (an `execve` failure is an
 /// error here, not an exit status).
+///
+/// The builder dies with the *thread* that called this (`PR_SET_PDEATHSIG`,
+/// so that nothing outlives a killed process): keep that thread alive
+/// until the sandbox is over, e.g. by waiting on it there.
 pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed, SandboxError> {
     check_spec(spec)?;
     let lease = lease_namespaces(spec.uid, spec.gid)?;
