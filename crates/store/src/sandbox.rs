@@ -619,6 +619,7 @@ struct MountAttr {
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 /// One step of the builder's file system setup, prepared before the
 /// `clone`.
@@ -768,13 +769,17 @@ impl Op {
             Op::Mount { src, dst, .. } => {
                 format!("bind-mount `{}` on `{}`", show(src), show(dst))
             }
-            Op::SetAttr { path, set, .. } => format!(
+            Op::SetAttr {
+                path, set, clear, ..
+            } => format!(
                 "make `{}` {}",
                 show(path),
                 if set & MOUNT_ATTR_RDONLY != 0 {
                     "read-only"
-                } else {
+                } else if clear & MOUNT_ATTR_RDONLY != 0 {
                     "writable"
+                } else {
+                    "nosuid and nodev"
                 }
             ),
             Op::OpenTree { path } => format!("clone the mount tree of `{}`", show(path)),
@@ -1467,6 +1472,14 @@ fn prepare_root(spec: &SandboxSpec) -> Result<Vec<Op>, SandboxError> {
         clear: MOUNT_ATTR_RDONLY,
     });
     plan.ops.push(Op::bind(&spec.build_dir, &build)?);
+    // Writable, so no setuid bit counts there (the store dir keeps the
+    // root's nosuid; the filter refuses setting such bits anyway).
+    plan.ops.push(Op::SetAttr {
+        path: c_path(&build)?,
+        recursive: false,
+        set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        clear: 0,
+    });
     let nodev_nosuid = libc::MS_NOSUID | libc::MS_NODEV;
     plan.ops.push(Op::Mount {
         src: c"shm".into(),
