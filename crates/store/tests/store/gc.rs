@@ -272,25 +272,7 @@ fn a_full_collection_takes_reference_cycles() -> Result {
 fn a_collection_removes_what_dead_processes_left_half_made() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
-    let live = only_handle_id(&store)?;
-    let dead = live + 1_000;
-    let root = store.root().to_owned();
-    let builds = store.state_dir().join("builds");
-    std::fs::create_dir_all(&builds)?;
-    let made = [
-        root.join(format!(".tmp-{dead}-1-half")),
-        root.join(format!(".chroot-{dead}-2-build")),
-        builds.join(format!("{dead}-3-build")),
-    ];
-    let kept = [
-        root.join(format!(".tmp-{live}-1-busy")),
-        root.join(format!(".chroot-{live}-2-busy")),
-        builds.join(format!("{live}-3-busy")),
-    ];
-    for dir in made.iter().chain(&kept) {
-        std::fs::create_dir_all(dir.join("sub"))?;
-        std::fs::write(dir.join("sub/file"), "x")?;
-    }
+    let (made, kept) = leftovers_of_a_dead_and_a_live_handle(&store)?;
     let dry = store.collect_garbage(&GcOptions {
         dry_run: true,
         ..GcOptions::default()
@@ -416,24 +398,7 @@ fn verify_removes_what_dead_processes_left_and_calls_the_store_clean() -> Result
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;
     let lib = text(&store, "lib", "lib", &[])?;
-    let live = only_handle_id(&store)?;
-    let dead = live + 1_000;
-    let root = store.root().to_owned();
-    let builds = store.state_dir().join("builds");
-    std::fs::create_dir_all(&builds)?;
-    let made = [
-        root.join(format!(".tmp-{dead}-1-half")),
-        root.join(format!(".chroot-{dead}-2-build")),
-        builds.join(format!("{dead}-3-build")),
-    ];
-    let kept = [
-        root.join(format!(".tmp-{live}-1-busy")),
-        builds.join(format!("{live}-3-busy")),
-    ];
-    for dir in made.iter().chain(&kept) {
-        std::fs::create_dir_all(dir.join("sub"))?;
-        std::fs::write(dir.join("sub/file"), "x")?;
-    }
+    let (made, kept) = leftovers_of_a_dead_and_a_live_handle(&store)?;
     // Not verify's to repair: the collector removes them as well.
     let report = store.verify(Default::default())?;
     assert!(report.is_clean(), "{report:?}");
@@ -510,4 +475,29 @@ fn only_handle_id(store: &Store) -> Result<u64> {
         [id] => Ok(id),
         _ => Err(format!("one handle open, found {ids:?}").into()),
     }
+}
+
+/// Staged trees, sandbox roots and build dirs, each with a file, named as
+/// a dead handle's (`made`) and as `store`'s own (`kept`).
+fn leftovers_of_a_dead_and_a_live_handle(
+    store: &Store,
+) -> Result<([std::path::PathBuf; 3], [std::path::PathBuf; 3])> {
+    let live = only_handle_id(store)?;
+    let dead = live + 1_000;
+    let root = store.root().to_owned();
+    let builds = store.state_dir().join("builds");
+    std::fs::create_dir_all(&builds)?;
+    let named = |id: u64, what: &str| {
+        [
+            root.join(format!(".tmp-{id}-1-{what}")),
+            root.join(format!(".chroot-{id}-2-{what}")),
+            builds.join(format!("{id}-3-{what}")),
+        ]
+    };
+    let (made, kept) = (named(dead, "half"), named(live, "busy"));
+    for dir in made.iter().chain(&kept) {
+        std::fs::create_dir_all(dir.join("sub"))?;
+        std::fs::write(dir.join("sub/file"), "x")?;
+    }
+    Ok((made, kept))
 }
