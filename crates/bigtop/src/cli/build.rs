@@ -17,12 +17,124 @@ use bigtop_store::Store;
 use clap::Args;
 use serde::Serialize;
 
-use super::derivation::derivation_of;
-use super::progress::Progress;
-use super::store::{Out, StoreArgs};
-use super::Error;
+use thiserror::Error;
 
-/// Arguments of `bigtop build`.
+use super::derivation::{self, derivation_of};
+use super::progress::Progress;
+use super::store::{self, Out};
+use super::GlobalArgs;
+
+/// Why `bigtop build` or `bigtop log` failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening the store, reading paths or printing failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Naming a target's derivation failed.
+    #[error(transparent)]
+    Derivation(#[from] derivation::Error),
+    /// The signal handling of a build could not be set up.
+    #[error("Cannot set up the handling of SIGINT, SIGTERM and SIGHUP")]
+    Signals(#[source] std::io::Error),
+    /// A signal stopped the build: its builds were killed and cleaned up.
+    #[error("Interrupted by signal {signal}: running builds were stopped and their work removed")]
+    Interrupted {
+        /// The signal's number.
+        signal: i32,
+    },
+    /// A path given as a derivation is not a `.drv`.
+    #[error("`{input}` is not a derivation (`.drv`): build takes derivations (`bigtop store path-info` names a path's deriver)")]
+    NotDerivation {
+        /// The argument.
+        input: String,
+    },
+    /// An output named after `^` is not a valid output name.
+    #[error("Invalid output name in `{input}`")]
+    BadOutputName {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
+    /// A derivation has no build log in this store.
+    #[error("No build log for `{drv}`: it has not been built by this store")]
+    NoLog {
+        /// The `.drv`.
+        drv: String,
+    },
+    /// Builds must be sandboxed and this machine cannot.
+    #[error("Cannot sandbox builds on this machine: {reason}; pass `--no-sandbox` to build without isolation")]
+    NoSandbox {
+        /// Why.
+        reason: String,
+    },
+    /// `--no-sandbox` with a store that is not at its logical path.
+    #[error("Cannot build `{drv}` without the sandbox: unsandboxed builders write outputs at their logical paths, and this store keeps `{logical}` in `{physical}`; drop `--no-sandbox`, or use a store at its logical path (`--store-dir DIR` without `--store`)")]
+    UnsandboxedChroot {
+        /// A derivation that would run a builder process.
+        drv: String,
+        /// The logical store dir.
+        logical: PathBuf,
+        /// Where the store keeps it.
+        physical: PathBuf,
+    },
+    /// An out-link would replace something that is not a symlink.
+    #[error("Refusing to replace `{path}` with an out-link: it exists and is not a symlink")]
+    OutLinkInTheWay {
+        /// The file in the way.
+        path: PathBuf,
+    },
+    /// Builds failed (each was reported on standard error as it failed).
+    #[error("{failed} build{} failed{}{details}", if *.failed == 1 { "" } else { "s" }, skipped_text(*.skipped))]
+    BuildFailed {
+        /// How many builds failed.
+        failed: usize,
+        /// Per failure, the derivation and why (on more lines where why
+        /// takes them).
+        details: String,
+        /// How many jobs were not attempted because a dependency failed.
+        skipped: usize,
+    },
+    /// `--check` rebuilt outputs that differ from the registered ones.
+    #[error("{count} output{} not deterministic: a rebuild differs from the registered output{details}", if *.count == 1 { " is" } else { "s are" })]
+    NotDeterministic {
+        /// How many outputs differ.
+        count: usize,
+        /// One line per output: the path, its deriver, both hashes.
+        details: String,
+    },
+}
+
+fn skipped_text(skipped: usize) -> String {
+    match skipped {
+        0 => ":".to_owned(),
+        1 => " (1 dependent job not attempted):".to_owned(),
+        n => format!(" ({n} dependent jobs not attempted):"),
+    }
+}
+
+impl From<bigtop_store::Error> for Error {
+    fn from(e: bigtop_store::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+impl Error {
+    /// Whether the reader of standard output went away (`… | head`),
+    /// which is not a failure of the command.
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            Error::Store(e) => e.is_broken_pipe(),
+            Error::Derivation(e) => e.is_broken_pipe(),
+            _ => false,
+        }
+    }
+}
+
+/// Arguments of `bigtop build`. With `--json`, it prints the targets and
+/// their output paths (the plan, with `--dry-run`) as JSON.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// `.drv` paths, each optionally followed by the outputs wanted:
@@ -65,13 +177,6 @@ pub struct BuildArgs {
     /// by the derivation's name.
     #[arg(short = 'L', long)]
     pub print_build_logs: bool,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Print the targets and their output paths (the plan, with
-    /// `--dry-run`) as JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `bigtop log`.
@@ -80,9 +185,6 @@ pub struct LogArgs {
     /// A `.drv` path, or an output path (the log of its deriver).
     #[arg(value_name = "PATH")]
     pub path: String,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
 }
 
 /// Parses `DRV`, `DRV^out,dev` or `DRV^*`; an empty set means all outputs.
@@ -113,12 +215,12 @@ fn parse_target(store: &Store, input: &str) -> Result<(StorePath, BTreeSet<Outpu
 }
 
 /// Runs `bigtop build`.
-pub fn build(args: &BuildArgs) -> Result<(), Error> {
+pub fn build(args: &BuildArgs, global: &GlobalArgs) -> Result<(), Error> {
     // First, before any thread starts: threads inherit the blocked mask,
     // and one that did not would die of the signal, builders running on.
     let interrupt = Interrupt::new().map_err(Error::Signals)?;
     let caught = catch_signals(&interrupt).map_err(Error::Signals)?;
-    let store = args.store.open()?;
+    let store = global.store.open()?;
     let targets = args
         .targets
         .iter()
@@ -145,7 +247,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Error> {
     let builder = Builder::new(&store).options(options).observer(&progress);
     if args.dry_run {
         let plan = builder.dry_run(&targets)?;
-        return print_plan(&plan, args.json);
+        return print_plan(&plan, global.json);
     }
     if args.no_sandbox {
         refuse_unsandboxed_chroot(&store, &builder.dry_run(&targets)?)?;
@@ -180,7 +282,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Error> {
     }
     let dir = store.store_dir();
     let mut out = Out::new();
-    if args.json {
+    if global.json {
         let json: Vec<BuiltJson<'_>> = outputs
             .iter()
             .map(|(drv, outs)| BuiltJson {
@@ -207,7 +309,7 @@ pub fn build(args: &BuildArgs) -> Result<(), Error> {
             }
         }
     }
-    out.finish()
+    Ok(out.finish()?)
 }
 
 /// What `build --json` prints for each target.
@@ -422,12 +524,12 @@ fn print_plan(plan: &Plan, json: bool) -> Result<(), Error> {
             out.line(line)?;
         }
     }
-    out.finish()
+    Ok(out.finish()?)
 }
 
 /// Runs `bigtop log`.
-pub fn log(args: &LogArgs) -> Result<(), Error> {
-    let store = args.store.open()?;
+pub fn log(args: &LogArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = global.store.open()?;
     let drv = derivation_of(&store, &args.path)?;
     let text = match store.read_log(&drv)? {
         Some(text) => text,
@@ -445,7 +547,7 @@ pub fn log(args: &LogArgs) -> Result<(), Error> {
     };
     let mut out = Out::new();
     out.raw(text.as_bytes())?;
-    out.finish()
+    Ok(out.finish()?)
 }
 
 #[cfg(test)]

@@ -41,8 +41,107 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::store::{Out, StoreArgs};
-use super::Error;
+use thiserror::Error;
+
+use super::store::{self, Out};
+use super::GlobalArgs;
+
+/// Why `bigtop derivation …` or `bigtop show-derivation` failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening the store, reading paths or printing failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Reading standard input failed.
+    #[error("Cannot read standard input")]
+    Stdin(#[source] io::Error),
+    /// `derivation add` was given nothing.
+    #[error("No derivations on standard input: expected a JSON derivation or an array of them")]
+    NoDerivations,
+    /// Standard input is not JSON at all.
+    #[error("Standard input is not JSON")]
+    NotJson(#[source] serde_json::Error),
+    /// A derivation's JSON does not have the derivation form.
+    #[error("Derivation {which} is not in the JSON form of a derivation")]
+    DerivationJson {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A derivation breaks a rule of derivations.
+    #[error("Derivation {which} is invalid")]
+    InvalidDerivation {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::derivation::Error,
+    },
+    /// A derivation gives an output path other than the one it determines.
+    #[error("Derivation {which} gives output `{output}` the path `{given}`, but its inputs determine `{computed}` (leave it empty to have it computed)")]
+    WrongOutputPath {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The output.
+        output: OutputName,
+        /// The path given.
+        given: String,
+        /// The path computed, or `deferred`.
+        computed: String,
+    },
+    /// An input derivation is neither in the store nor in the batch.
+    #[error("Derivation {which} needs `{input}`, which is neither valid in the store nor in this batch{hint}")]
+    UnknownInput {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input `.drv`.
+        input: String,
+        /// A likelier path, if the batch has one of that name.
+        hint: String,
+    },
+    /// An input source is not valid in the store.
+    #[error("Derivation {which} needs source `{input}`, which is not valid in the store")]
+    MissingSource {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input source.
+        input: String,
+    },
+    /// An input derivation in the store could not be read.
+    #[error("Derivation {which} needs `{input}`, which cannot be read")]
+    InputDerivation {
+        /// The derivation: its name and index in the input.
+        which: String,
+        /// The input `.drv`.
+        input: String,
+        /// Why.
+        #[source]
+        source: Box<bigtop_store::Error>,
+    },
+    /// An output path has no recorded deriver.
+    #[error("`{path}` has no recorded deriver (it was added, not built)")]
+    NoDeriver {
+        /// The path.
+        path: String,
+    },
+}
+
+impl From<bigtop_store::Error> for Error {
+    fn from(e: bigtop_store::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+impl Error {
+    /// Whether the reader of standard output went away (`… | head`),
+    /// which is not a failure of the command.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_broken_pipe())
+    }
+}
 
 /// `bigtop derivation …`
 #[derive(Debug, Subcommand)]
@@ -56,17 +155,11 @@ pub enum DerivationCommand {
     Show(ShowDerivationArgs),
 }
 
-/// Arguments of `bigtop derivation add`.
+/// Arguments of `bigtop derivation add`. With `--json`, it prints for
+/// each derivation its `.drv` path and its output paths (`null` where not
+/// known before building).
 #[derive(Debug, Args)]
-pub struct DerivationAddArgs {
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Print, for each derivation, its `.drv` path and its output paths
-    /// (`null` where not known before building) as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub struct DerivationAddArgs {}
 
 /// Arguments of `bigtop show-derivation`.
 #[derive(Debug, Args)]
@@ -78,9 +171,6 @@ pub struct ShowDerivationArgs {
     /// that use them.
     #[arg(short, long)]
     pub recursive: bool,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
 }
 
 /// The fields of a derivation's JSON form.
@@ -105,7 +195,7 @@ struct Item {
 }
 
 /// Runs `bigtop derivation add`.
-pub fn add(args: &DerivationAddArgs) -> Result<(), Error> {
+pub fn add(_args: &DerivationAddArgs, global: &GlobalArgs) -> Result<(), Error> {
     let mut text = String::new();
     io::stdin()
         .lock()
@@ -115,7 +205,7 @@ pub fn add(args: &DerivationAddArgs) -> Result<(), Error> {
         return Err(Error::NoDerivations);
     }
     let value: Value = serde_json::from_str(&text).map_err(Error::NotJson)?;
-    let store = args.store.open()?;
+    let store = global.store.open()?;
     let (values, single) = match value {
         Value::Array(items) => (items, false),
         other => (vec![other], true),
@@ -136,7 +226,7 @@ pub fn add(args: &DerivationAddArgs) -> Result<(), Error> {
     batch.commit()?;
     let dir = store.store_dir();
     let mut out = Out::new();
-    if args.json {
+    if global.json {
         let json: Vec<AddedJson<'_>> = added
             .iter()
             .map(|(drv, d)| AddedJson {
@@ -158,7 +248,7 @@ pub fn add(args: &DerivationAddArgs) -> Result<(), Error> {
             out.line(dir.display(drv))?;
         }
     }
-    out.finish()
+    Ok(out.finish()?)
 }
 
 /// What `derivation add --json` prints for each derivation.
@@ -441,8 +531,8 @@ impl<'s> DrvHashes<'s> {
 }
 
 /// Runs `bigtop show-derivation` (and `bigtop derivation show`).
-pub fn show(args: &ShowDerivationArgs) -> Result<(), Error> {
-    let store = args.store.open()?;
+pub fn show(args: &ShowDerivationArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = global.store.open()?;
     let mut order: Vec<StorePath> = Vec::new();
     let mut derivations: HashMap<StorePath, Derivation> = HashMap::new();
     for input in &args.paths {
@@ -457,7 +547,7 @@ pub fn show(args: &ShowDerivationArgs) -> Result<(), Error> {
     let list: Vec<&Derivation> = order.iter().map(|p| &derivations[p]).collect();
     let mut out = Out::new();
     out.pretty_json(&list)?;
-    out.finish()
+    Ok(out.finish()?)
 }
 
 fn read(store: &Store, drv: &StorePath) -> Result<Derivation, Error> {
@@ -506,7 +596,7 @@ fn closure_postorder(
 
 /// The `.drv` a user named: the path itself, or the deriver of an output.
 pub(crate) fn derivation_of(store: &Store, input: &str) -> Result<StorePath, Error> {
-    let path = super::store::parse_path(store, input)?;
+    let path = store::parse_path(store, input)?;
     if path.is_derivation() {
         return Ok(path);
     }

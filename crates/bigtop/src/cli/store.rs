@@ -27,22 +27,138 @@ use bigtop_store::{GcOptions, GcReport, PathInfo, Store, VerifyOptions, VerifyRe
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::Error;
+use thiserror::Error;
 
-/// Which store a command works on; flattened into every store command.
+use super::GlobalArgs;
+
+/// Why a `bigtop store` command (or `why-depends`) failed; the other
+/// command groups that open a store wrap it.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A store could not be opened or created.
+    #[error("Cannot open the store at `{dir}`")]
+    OpenStore {
+        /// The store's root (`--store DIR`, or the default chosen).
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<bigtop_store::Error>,
+    },
+    /// No `--store` was given and there is no default store.
+    #[error("No store to use: `/bigtop` is not writable and neither `$XDG_DATA_HOME` nor `$HOME` is set; pass `--store DIR`")]
+    NoDefaultStore,
+    /// `--store-dir` is not a valid store dir.
+    #[error("Invalid store dir `{input}`")]
+    StoreDir {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
+    /// A store operation failed (the error names its path). Boxed: store
+    /// errors are large, and every result of the CLI carries this type.
+    #[error(transparent)]
+    Store(Box<bigtop_store::Error>),
+    /// A command-line argument is not a store path.
+    #[error("`{input}` is not a store path")]
+    UserPath {
+        /// The argument.
+        input: String,
+        /// Why.
+        #[source]
+        source: Box<bigtop_store::Error>,
+    },
+    /// Reading a file failed.
+    #[error("Cannot read `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing to standard output failed.
+    #[error("Cannot write to standard output")]
+    Stdout(#[source] io::Error),
+    /// A file to add has a name that is not a valid store path name.
+    #[error("Cannot add `{path}`: its file name is not a valid store path name")]
+    AddName {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: bigtop_core::store_path::ParseError,
+    },
+    /// A file to add has no file name (`/`).
+    #[error("Cannot add `{path}`: it has no file name to name its store path after")]
+    NoName {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A directory to add holds the store itself.
+    #[error("Cannot add `{path}`: it holds the store `{store}`")]
+    AddHoldsStore {
+        /// The directory.
+        path: PathBuf,
+        /// The physical store directory.
+        store: PathBuf,
+    },
+    /// `why-depends` found no chain of references.
+    #[error("`{from}` does not depend on `{to}`")]
+    NotDependent {
+        /// The path that was asked about.
+        from: String,
+        /// The path it does not depend on.
+        to: String,
+    },
+    /// `store verify` found problems and was not asked to repair them.
+    #[error("Store `{store}` is broken: {missing} missing, {corrupt} corrupt, {unregistered} unregistered entries; `bigtop store verify --repair` repairs it")]
+    Broken {
+        /// The physical store directory.
+        store: PathBuf,
+        /// How many registered paths are missing.
+        missing: usize,
+        /// How many registered paths no longer hash to their record.
+        corrupt: usize,
+        /// How many entries in the store directory are not registered.
+        unregistered: usize,
+    },
+    /// `store export` was asked to write binary to a terminal.
+    #[error("Refusing to write an export stream to a terminal: redirect standard output to a file or pipe")]
+    ExportToTerminal,
+}
+
+impl From<bigtop_store::Error> for Error {
+    fn from(e: bigtop_store::Error) -> Self {
+        Error::Store(Box::new(e))
+    }
+}
+
+impl Error {
+    /// Whether the reader of standard output went away (`… | head`),
+    /// which is not a failure of the command.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Stdout(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Which store a command works on: global flags, given before or after
+/// the command.
 #[derive(Debug, Clone, Default, Args)]
 pub struct StoreArgs {
     /// Use the chroot store rooted at DIR (paths in DIR/bigtop/store, state
     /// in DIR/bigtop/var). Default: the system store `/bigtop/store` if
     /// `/bigtop` exists and is writable, else a chroot store rooted at
     /// `$XDG_DATA_HOME/bigtop` (or `~/.local/share/bigtop`).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub store: Option<PathBuf>,
     /// The logical store dir, part of every path's identity (default
     /// `/bigtop/store`). Without `--store`, the store's paths are kept in
     /// it (state beside it, in `var`), so that unsandboxed builders can
     /// write there; with `--store DIR`, in DIR under its path.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub store_dir: Option<String>,
 }
 
@@ -98,14 +214,6 @@ fn open_default() -> Result<Store, Error> {
     open_chroot(&data.join("bigtop"))
 }
 
-/// `--json`, for every command that prints data.
-#[derive(Debug, Clone, Copy, Default, Args)]
-pub struct JsonArg {
-    /// Print JSON (store paths as base names) instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// `bigtop store …`
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
@@ -142,12 +250,6 @@ pub struct AddArgs {
     /// The files or directories to add.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub output: JsonArg,
 }
 
 /// Arguments of the commands that take store paths.
@@ -159,12 +261,6 @@ pub struct PathsArgs {
     /// store's links to logical paths work).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub output: JsonArg,
 }
 
 /// Arguments of `bigtop store path-info`.
@@ -192,12 +288,6 @@ pub struct GcArgs {
     /// that refer to each other in a cycle (walks the whole live store).
     #[arg(long)]
     pub full: bool,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub output: JsonArg,
 }
 
 /// Arguments of `bigtop store verify`.
@@ -210,12 +300,6 @@ pub struct VerifyArgs {
     /// them, and delete unregistered entries.
     #[arg(long)]
     pub repair: bool,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub output: JsonArg,
 }
 
 /// Arguments of `bigtop store export`.
@@ -224,32 +308,15 @@ pub struct ExportArgs {
     /// Store paths whose closure to export.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
 }
 
 /// Arguments of `bigtop store import`.
 #[derive(Debug, Args)]
-pub struct ImportArgs {
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub output: JsonArg,
-}
+pub struct ImportArgs {}
 
 /// Arguments of `bigtop store roots`.
 #[derive(Debug, Args)]
-pub struct RootsArgs {
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub output: JsonArg,
-}
+pub struct RootsArgs {}
 
 /// Arguments of `bigtop why-depends`.
 #[derive(Debug, Args)]
@@ -258,12 +325,6 @@ pub struct WhyDependsArgs {
     pub from: String,
     /// The path it may depend on.
     pub to: String,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[allow(missing_docs)]
-    #[command(flatten)]
-    pub output: JsonArg,
 }
 
 /// A byte count on the command line: an integer, optionally followed by
@@ -418,59 +479,59 @@ fn print_paths<'a>(
 }
 
 /// Runs one `bigtop store` command.
-pub fn run(command: StoreCommand) -> Result<(), Error> {
+pub fn run(command: StoreCommand, global: &GlobalArgs) -> Result<(), Error> {
     match command {
-        StoreCommand::Add(args) => add(&args),
-        StoreCommand::PathInfo(args) => path_info(&args),
+        StoreCommand::Add(args) => add(&args, global),
+        StoreCommand::PathInfo(args) => path_info(&args, global),
         StoreCommand::Requisites(args) => {
-            let store = args.store.open()?;
+            let store = global.store.open()?;
             let paths = parse_paths(&store, &args.paths)?;
-            print_paths(&store, &store.closure(&paths)?, args.output.json)
+            print_paths(&store, &store.closure(&paths)?, global.json)
         }
         StoreCommand::Referrers(args) => {
-            let store = args.store.open()?;
+            let store = global.store.open()?;
             let mut referrers = BTreeSet::new();
             for p in parse_paths(&store, &args.paths)? {
                 referrers.extend(store.referrers(&p)?);
             }
-            print_paths(&store, &referrers, args.output.json)
+            print_paths(&store, &referrers, global.json)
         }
         StoreCommand::Gc(args) => {
-            let store = args.store.open()?;
+            let store = global.store.open()?;
             let report = store.collect_garbage(&GcOptions {
                 max_freed: args.max_freed.map(|b| b.0),
                 dry_run: args.dry_run,
                 full: args.full,
             })?;
-            print_gc_report(&store, &report, args.dry_run, args.output.json)
+            print_gc_report(&store, &report, args.dry_run, global.json)
         }
         StoreCommand::Delete(args) => {
-            let store = args.store.open()?;
+            let store = global.store.open()?;
             let paths = parse_paths(&store, &args.paths)?;
             let report = store.delete_paths(&paths)?;
-            print_gc_report(&store, &report, false, args.output.json)
+            print_gc_report(&store, &report, false, global.json)
         }
-        StoreCommand::Verify(args) => verify(&args),
+        StoreCommand::Verify(args) => verify(&args, global),
         StoreCommand::Export(args) => {
             let stdout = io::stdout();
             if stdout.is_terminal() {
                 return Err(Error::ExportToTerminal);
             }
-            let store = args.store.open()?;
+            let store = global.store.open()?;
             let paths = parse_paths(&store, &args.paths)?;
             store.export(&paths, &mut BufWriter::new(stdout.lock()))?;
             Ok(())
         }
-        StoreCommand::Import(args) => {
-            let store = args.store.open()?;
+        StoreCommand::Import(ImportArgs {}) => {
+            let store = global.store.open()?;
             let imported = store.import(&mut io::stdin().lock())?;
-            print_paths(&store, &imported, args.output.json)
+            print_paths(&store, &imported, global.json)
         }
-        StoreCommand::Roots(args) => {
-            let store = args.store.open()?;
+        StoreCommand::Roots(RootsArgs {}) => {
+            let store = global.store.open()?;
             let roots = store.roots()?;
             let mut out = Out::new();
-            if args.output.json {
+            if global.json {
                 let map: BTreeMap<String, &StorePath> = roots
                     .iter()
                     .map(|(link, p)| (link.to_string_lossy().into_owned(), p))
@@ -516,13 +577,13 @@ fn store_name(src: &Path) -> Result<String, Error> {
     Ok(name)
 }
 
-fn add(args: &AddArgs) -> Result<(), Error> {
+fn add(args: &AddArgs, global: &GlobalArgs) -> Result<(), Error> {
     let named = args
         .paths
         .iter()
         .map(|src| Ok((store_name(src)?, src)))
         .collect::<Result<Vec<_>, Error>>()?;
-    let store = args.store.open()?;
+    let store = global.store.open()?;
     // A tree holding the store would be copied into itself without end.
     let root = fs::canonicalize(store.root()).map_err(|source| Error::Read {
         path: store.root().to_owned(),
@@ -540,7 +601,7 @@ fn add(args: &AddArgs) -> Result<(), Error> {
         batch.add_path(name, src, &|_| true)?;
     }
     let paths = batch.commit()?;
-    print_paths(&store, &paths, args.output.json)
+    print_paths(&store, &paths, global.json)
 }
 
 /// A path's record, with its closure size when asked.
@@ -552,8 +613,8 @@ struct PathInfoJson<'a> {
     closure_size: Option<u64>,
 }
 
-fn path_info(args: &PathInfoArgs) -> Result<(), Error> {
-    let store = args.paths.store.open()?;
+fn path_info(args: &PathInfoArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = global.store.open()?;
     let mut records = Vec::new();
     for p in parse_paths(&store, &args.paths.paths)? {
         let info = store
@@ -567,7 +628,7 @@ fn path_info(args: &PathInfoArgs) -> Result<(), Error> {
         records.push((info, closure_size));
     }
     let mut out = Out::new();
-    if args.paths.output.json {
+    if global.json {
         let json: Vec<PathInfoJson<'_>> = records
             .iter()
             .map(|(info, closure_size)| PathInfoJson {
@@ -645,14 +706,14 @@ fn print_gc_report(
     out.finish()
 }
 
-fn verify(args: &VerifyArgs) -> Result<(), Error> {
-    let store = args.store.open()?;
+fn verify(args: &VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = global.store.open()?;
     let report: VerifyReport = store.verify(VerifyOptions {
         check_contents: args.check_contents,
         repair: args.repair,
     })?;
     let mut out = Out::new();
-    if args.output.json {
+    if global.json {
         out.json(&report)?;
     } else {
         let dir = store.store_dir();
@@ -711,8 +772,8 @@ fn verify(args: &VerifyArgs) -> Result<(), Error> {
 }
 
 /// Runs `bigtop why-depends`.
-pub fn why_depends(args: &WhyDependsArgs) -> Result<(), Error> {
-    let store = args.store.open()?;
+pub fn why_depends(args: &WhyDependsArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = global.store.open()?;
     let from = parse_path(&store, &args.from)?;
     let to = parse_path(&store, &args.to)?;
     let dir = store.store_dir();
@@ -723,7 +784,7 @@ pub fn why_depends(args: &WhyDependsArgs) -> Result<(), Error> {
             to: dir.full(&to),
         })?;
     let mut out = Out::new();
-    if args.output.json {
+    if global.json {
         out.json(&chain)?;
     } else {
         for (i, p) in chain.iter().enumerate() {

@@ -969,3 +969,75 @@ fn verify_repair_removes_trees_nested_past_path_max() -> Result {
     assert!(store.valid(&g.app)?);
     Ok(())
 }
+
+#[test]
+fn global_flags_go_before_or_after_the_command() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = tmp.path().join("s");
+    let store = store.to_str().ok_or("store dir")?;
+    fs::write(tmp.path().join("a.txt"), "a\n")?;
+    fs::write(tmp.path().join("b.txt"), "b\n")?;
+    let run = |args: &[&str]| -> Result<String> {
+        Ok(String::from_utf8(ok(bigtop(args, b"", tmp.path())?)?)?)
+    };
+
+    // `--store` and `--json` before the command group, between it and its
+    // command, and after: all name the same store and print JSON.
+    let before: Value = serde_json::from_str(&run(&[
+        "--store", store, "--json", "store", "add", "a.txt",
+    ])?)?;
+    let between: Value = serde_json::from_str(&run(&[
+        "store", "--store", store, "add", "--json", "b.txt",
+    ])?)?;
+    let after: Value = serde_json::from_str(&run(&[
+        "store",
+        "requisites",
+        "--json",
+        "--store",
+        store,
+        before[0].as_str().ok_or("a path")?,
+        between[0].as_str().ok_or("a path")?,
+    ])?)?;
+    assert_eq!(json_paths(&before)?.len(), 1, "{before}");
+    assert_eq!(json_paths(&after)?.len(), 2, "{after}");
+    for v in [&before, &between] {
+        assert!(json_paths(&after)?.contains(&json_paths(v)?[0]), "{after}");
+    }
+    // `--store-dir` too: a store at another logical dir.
+    let other = tmp.path().join("other");
+    let other_dir = other.join("store");
+    let printed = run(&[
+        "--store-dir",
+        other_dir.to_str().ok_or("dir")?,
+        "store",
+        "add",
+        "a.txt",
+    ])?;
+    assert!(
+        printed.starts_with(&format!("{}/", other_dir.display())),
+        "{printed}"
+    );
+    Ok(())
+}
+
+#[test]
+fn json_is_refused_by_a_command_that_writes_a_stream() -> Result {
+    let tmp = tempfile::tempdir()?;
+    fs::write(tmp.path().join("a.txt"), "a\n")?;
+    for args in [
+        &["--json", "nar", "dump", "a.txt"][..],
+        &["nar", "dump", "a.txt", "--json"][..],
+        &["store", "export", "--json", "x"][..],
+        &["log", "--json", "x"][..],
+    ] {
+        let out = bigtop(args, b"", tmp.path())?;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8(out.stderr)?;
+        assert!(
+            err.starts_with("error: `bigtop ") && err.contains("has no JSON form: drop `--json`"),
+            "{args:?}: {err}"
+        );
+    }
+    Ok(())
+}
