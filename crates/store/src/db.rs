@@ -13,9 +13,9 @@
 //! | `Refs` | reference edges (referrer → reference), indexed both ways |
 //! | `Unreferenced` | registered paths that no other path refers to, kept by triggers: where garbage collection starts, so it never walks the live store |
 //! | `DerivationOutputs` | for a `.drv`, the path of each output |
-//! | `Processes`, `TempRoots` | open store handles ([`crate::liveness`]) and the paths they hold alive while they run |
+//! | `Processes`, `TempRoots` | open store handles (the `liveness` module) and the paths they hold alive while they run |
 //! | `Counters` | the last handle id given out, so that ids are never reused |
-//! | `Locks` | per-path locks of adders, builders and the collector ([`crate::lock`]) |
+//! | `Locks` | per-path locks of adders, builders and the collector (the `lock` module) |
 //! | `Roots` | the roots made through the API (link → path), so that the collector's check of a path and a root made meanwhile are ordered by the database |
 //! | `Config` | one row: the logical store dir the database describes |
 //!
@@ -120,7 +120,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE LocksNew RENAME TO Locks;
     "#,
     // 2 → 3: a handle is alive while it holds a lock on a file named by
-    // its id (`crate::liveness`), not while a pid runs: ids must never be
+    // its id (the `liveness` module), not while a pid runs: ids must never be
     // reused, or a new handle would inherit a dead one's leftovers.
     r#"
     CREATE TABLE Counters (
@@ -242,6 +242,47 @@ fn migrate(conn: &Connection, file: &Path, dir: &StoreDir) -> Result<(), Error> 
         let _ = conn.execute_batch("ROLLBACK");
     }
     result.map_err(err)
+}
+
+/// Seconds since the epoch, the form in which the database records
+/// times (a path's registration).
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A JSON array of strings, the form in which a whole set of names goes
+/// to SQLite as one parameter (read back with `json_each`): one statement
+/// for a batch instead of one per row.
+pub(crate) fn json_array<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+    let mut out = String::from("[");
+    for (i, s) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, s.as_ref());
+    }
+    out.push(']');
+    out
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]

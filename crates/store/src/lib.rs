@@ -40,6 +40,7 @@ pub mod build;
 mod db;
 pub mod error;
 pub mod export;
+mod fs;
 pub mod gc;
 mod liveness;
 pub mod lock;

@@ -172,13 +172,13 @@ pub(crate) fn run(
         WRITE_FILE => {
             let executable = d.env.get("executable").is_some_and(|v| v == "1");
             let text = var("text")?.as_bytes();
-            return match crate::add::write_file_canonical(out, text, executable, store.owner()) {
+            return match crate::fs::write_file_canonical(out, text, executable, store.owner()) {
                 Ok(()) => Ok(Some(Written {
                     contents: text.to_vec(),
                     executable,
                 })),
                 Err(e) => {
-                    let _ = crate::add::remove_tree(out);
+                    let _ = crate::fs::remove_tree(out);
                     Err(store_error("write", out)(e))
                 }
             };
@@ -199,14 +199,14 @@ pub(crate) fn run(
         COPY => {
             let src = input(var("src")?)?;
             // By descriptors: an input may nest directories past PATH_MAX.
-            crate::add::copy_filtered(&src, out, &|_| true).map_err(store_error("copy", &src))
+            crate::fs::copy_filtered(&src, out, &|_| true).map_err(store_error("copy", &src))
         }
         WRITE_TREE => write_tree(out, var("entries")?),
         FETCH_URL => super::fetch::fetch(&d, out, note),
         _ => unreachable!("matched above"),
     };
     if result.is_err() {
-        let _ = crate::add::remove_tree(out);
+        let _ = crate::fs::remove_tree(out);
     }
     result.map(|()| None)
 }

@@ -15,7 +15,7 @@ use super::log::{LogSink, PumpEnd};
 use super::observer::BuildObserver;
 use super::run::with_placeholders;
 use super::{BuildFailure, BuildOptions, FailureKind, Sandboxing};
-use crate::add::remove_tree;
+use crate::fs::remove_tree;
 use crate::store::Store;
 
 static BUILD_COUNTER: AtomicU64 = AtomicU64::new(0);

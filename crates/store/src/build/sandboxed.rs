@@ -15,8 +15,8 @@ use bigtop_core::StorePath;
 use super::log::{LogSink, PumpEnd};
 use super::process::{environment, LentDir};
 use super::{BuildOptions, FailureKind};
-use crate::add::{canonicalize, remove_tree};
 use crate::error::{Chain, Error};
+use crate::fs::{canonicalize, remove_tree};
 use crate::sandbox::{self, SandboxSpec};
 use crate::store::Store;
 
