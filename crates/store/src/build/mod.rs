@@ -38,6 +38,7 @@
 //! ```
 
 pub mod builtin;
+mod error;
 pub mod fetch;
 mod interrupt;
 mod jobserver;
@@ -55,13 +56,12 @@ use bigtop_core::derivation::OutputName;
 use bigtop_core::hash::Hash;
 use bigtop_core::StorePath;
 
+pub use error::Error;
 pub use interrupt::Interrupt;
 pub use observer::{Activity, BuildObserver, Silent, TextRenderer};
 pub use plan::{plan, Job, JobKind, Plan, Reason, Substitutable, Substituter};
 pub use run::{BuildReport, Builder, CheckResult};
 pub use sandboxed::RunDirs;
-
-use crate::error::Error;
 
 /// Whether process builds run in a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -127,7 +127,7 @@ impl<'s> Builder<'s> {
     pub fn build(
         &self,
         targets: &[(StorePath, BTreeSet<OutputName>)],
-    ) -> Result<BuildReport, Error> {
+    ) -> Result<BuildReport, super::Error> {
         if self.options.sandbox == Sandboxing::Required {
             super::sandbox_available()?;
         }
@@ -156,7 +156,7 @@ impl<'s> Builder<'s> {
         Ok(report)
     }
 
-    fn run(&self, plan: &Plan) -> Result<BuildReport, Error> {
+    fn run(&self, plan: &Plan) -> Result<BuildReport, super::Error> {
         let mut report = BuildReport::default();
         let n = plan.jobs.len();
         let mut waiting: Vec<usize> = plan.jobs.iter().map(|j| j.deps.len()).collect();
@@ -397,11 +397,11 @@ impl<'s> Builder<'s> {
             Ok(())
         })?;
         if interrupted() {
-            Err(Error::Interrupted)
+            Err(super::Error::Interrupted)
         } else if failures.is_empty() {
             Ok(report)
         } else {
-            Err(Error::BuildFailed(failures))
+            Err(super::Error::BuildFailed(failures))
         }
     }
 

@@ -25,8 +25,8 @@ const BUILD_DIR_INSIDE: &str = "/build";
 
 static CHROOT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) fn available() -> Result<(), Error> {
-    sandbox::check_available().map_err(|e| Error::SandboxUnavailable(Chain(&e).to_string()))
+pub(crate) fn available() -> Result<(), super::Error> {
+    sandbox::check_available().map_err(|e| super::Error::SandboxUnavailable(Chain(&e).to_string()))
 }
 
 /// `/bin/sh` and what it needs, found once per process.
