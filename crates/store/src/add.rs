@@ -188,6 +188,14 @@ impl Store {
         b.commit().map(|_| ())
     }
 
+    /// Adds one derivation (see [`AddBatch::add_derivation`](AddBatch::add_derivation)).
+    pub fn add_derivation(&self, drv: &Derivation) -> Result<StorePath, Error> {
+        let mut b = self.batch();
+        let p = b.add_derivation(drv)?;
+        b.commit()?;
+        Ok(p)
+    }
+
     /// The owner paths must have, where this process can set it: the
     /// store directory's owner, when running as root.
     pub(crate) fn owner(&self) -> Option<(u32, u32)> {

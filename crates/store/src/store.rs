@@ -644,14 +644,6 @@ impl Store {
         Ok(None)
     }
 
-    /// Adds one derivation (see [`AddBatch::add_derivation`](crate::AddBatch::add_derivation)).
-    pub fn add_derivation(&self, drv: &Derivation) -> Result<StorePath, Error> {
-        let mut b = self.batch();
-        let p = b.add_derivation(drv)?;
-        b.commit()?;
-        Ok(p)
-    }
-
     /// The derivation `drv`, from what this handle added if it is there
     /// (taking it: a plan reads each derivation once), else read from its
     /// file. The caller has checked that `drv` is valid.
