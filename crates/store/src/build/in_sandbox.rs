@@ -12,8 +12,9 @@ use std::sync::OnceLock;
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
+use super::build_dir::{private_builds_dir, LentDir};
+use super::environment::environment;
 use super::log::{LogSink, PumpEnd};
-use super::process::{environment, LentDir};
 use super::{BuildOptions, FailureKind};
 use crate::error::{Chain, Error};
 use crate::fs::{canonicalize, remove_tree};
@@ -74,7 +75,7 @@ impl Store {
         let name = format!("{}-{n}-{label}", self.process);
         let dirs = RunDirs {
             chroot_dir: self.root().join(format!(".chroot-{name}")),
-            build_dir: super::process::private_builds_dir(self)?.join(&name),
+            build_dir: private_builds_dir(self)?.join(&name),
         };
         std::fs::create_dir(&dirs.build_dir)
             .map_err(crate::error::io_err("create", &dirs.build_dir))?;

@@ -19,15 +19,15 @@ use std::sync::mpsc;
 
 use bigtop_core::closure::{CycleError, ReferenceGraph};
 use bigtop_core::content_address::ContentAddressMethod;
-use bigtop_core::derivation::{placeholder, Derivation, DerivationOutput, OutputName};
+use bigtop_core::derivation::{Derivation, DerivationOutput, OutputName};
 use bigtop_core::hash::{Hash, HashAlgo};
 use bigtop_core::{nar, StorePath};
 
+use super::build_dir::BuildDirSlot;
 use super::jobserver::Jobserver;
 use super::log::LogSink;
 use super::observer::{Activity, BuildObserver, Silent};
 use super::plan::{self, JobKind, Plan, Substituter};
-use super::process::BuildDirSlot;
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Interrupt, Sandboxing};
 use crate::error::{Chain, Error};
 use crate::fs::{canonicalize, remove_tree};
@@ -685,7 +685,7 @@ impl<'s> Builder<'s> {
         let builtin = builtin::is_builtin(derivation);
         let activity = match (check, builtin) {
             (true, _) => Activity::Check,
-            (false, true) if derivation.builder == super::fetch::FETCH_URL => Activity::Download,
+            (false, true) if derivation.builder == builtin::fetch::FETCH_URL => Activity::Download,
             (false, true) => Activity::Builtin,
             (false, false) => Activity::Build,
         };
@@ -1100,36 +1100,4 @@ fn inputs_from(
         }
     }
     Ok(inputs)
-}
-
-/// Replacements of the derivation's own output placeholders by the paths.
-pub(crate) fn placeholders(
-    store: &Store,
-    outputs: &BTreeMap<OutputName, StorePath>,
-) -> BTreeMap<String, String> {
-    outputs
-        .iter()
-        .map(|(o, p)| (placeholder(o), store.store_dir().display(p).to_string()))
-        .collect()
-}
-
-/// Shared by process builds: the derivation with its placeholders filled.
-/// Borrowed when it has none (most derivations: a copy per build is
-/// what a small builtin would mostly cost).
-pub(crate) fn with_placeholders<'d>(
-    store: &Store,
-    derivation: &'d Derivation,
-    outputs: &BTreeMap<OutputName, StorePath>,
-) -> std::borrow::Cow<'d, Derivation> {
-    let replacements = placeholders(store, outputs);
-    let has = |s: &String| replacements.keys().any(|p| s.contains(p.as_str()));
-    if !has(&derivation.builder)
-        && !derivation.args.iter().any(has)
-        && !derivation.env.values().any(has)
-    {
-        return std::borrow::Cow::Borrowed(derivation);
-    }
-    let mut d = derivation.clone();
-    d.substitute(&replacements);
-    std::borrow::Cow::Owned(d)
 }
