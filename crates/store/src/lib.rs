@@ -44,9 +44,9 @@ mod fs;
 pub mod gc;
 mod liveness;
 pub mod lock;
+mod pidfd;
 pub mod sandbox;
 pub mod scan;
-mod seccomp;
 mod store;
 pub mod verify;
 

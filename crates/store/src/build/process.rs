@@ -15,6 +15,7 @@ use super::log::{LogSink, PumpEnd};
 use super::observer::BuildObserver;
 use super::{BuildFailure, BuildOptions, FailureKind, Sandboxing};
 use crate::fs::remove_tree;
+use crate::pidfd;
 use crate::store::Store;
 
 /// Runs the builder of `derivation` and returns where each output was
@@ -159,18 +160,12 @@ fn spawn_plain(
     log: &mut LogSink<'_>,
     interrupt: Option<&super::Interrupt>,
 ) -> Result<std::process::ExitStatus, String> {
-    use std::os::unix::process::ExitStatusExt;
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     let pid = posix_spawn(d, env, dir, writer.as_raw_fd(), inherit.unwrap_or([-1, -1]))
         .map_err(|e| format!("cannot run builder `{}`: {e}", d.builder))?;
     // Our copy of the write end must go, or the log never ends.
     drop(writer);
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = (pidfd >= 0).then(|| {
-        // SAFETY: a descriptor the call just opened, owned by nobody else.
-        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as RawFd) }
-    });
+    let pidfd = pidfd::open(pid).ok();
     // Whether the builder has exited, without reaping it: while it is a
     // zombie its group id cannot be reused, so the kill below reaches only
     // what it left running (which would otherwise keep the log open).
@@ -186,6 +181,7 @@ fn spawn_plain(
             )
         };
         // With WNOHANG and nothing to report, waitid leaves the pid 0.
+        // SAFETY: `info` is initialized (zeroed, then written by waitid).
         r == 0 && unsafe { info.si_pid() } == pid
     };
     // One thread reads the log and notices the exit; usually the log ends
@@ -204,17 +200,7 @@ fn spawn_plain(
         }
         log.pump(&reader);
     }
-    let status = loop {
-        let mut status = 0;
-        // SAFETY: reaps our own child, writing only `status`.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
-            break Ok(std::process::ExitStatus::from_raw(status));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            break Err(e);
-        }
-    };
+    let status = pidfd::wait(pid, 0).map(|s| s.expect("a blocking wait returns a status"));
     if ended == PumpEnd::End {
         // What it left running is killed all the same (it may not hold
         // the log, but it must not outlive its build).
