@@ -10,7 +10,8 @@ use super::{prep_err, SandboxError};
 
 /// `/bin/sh` of the host, with its dynamic loader and the shared libraries
 /// it needs, as `(host path, path inside)` pairs for
-/// [`SandboxSpec::extra_paths`]: enough for a host shell to run inside.
+/// [`SandboxSpec::extra_paths`](super::SandboxSpec::extra_paths): enough
+/// for a host shell to run inside.
 pub fn default_extra_paths() -> Result<Vec<(PathBuf, PathBuf)>, SandboxError> {
     let sh = Path::new("/bin/sh");
     let host = fs::canonicalize(sh).map_err(prep_err("resolve", sh))?;
