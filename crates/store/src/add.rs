@@ -28,7 +28,7 @@ use rusqlite::{params, OptionalExtension};
 use crate::db::now;
 use crate::error::{io_err, Error};
 use crate::fs::{canonicalize, copy_filtered, remove_tree, write_text};
-use crate::lock::LockSet;
+use crate::store::lock::LockSet;
 use crate::store::{PathInfo, Store};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);

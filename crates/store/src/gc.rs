@@ -40,7 +40,7 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::error::{io_err, Error};
 use crate::fs::{lexically_normal, remove_tree};
-use crate::lock::LockSet;
+use crate::store::lock::LockSet;
 use crate::store::Store;
 
 /// A path's references other than itself, with their ids.

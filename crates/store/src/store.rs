@@ -11,6 +11,7 @@ use bigtop_core::{ContentAddress, Hash, StoreDir, StorePath};
 use rusqlite::{params, Connection, OptionalExtension};
 
 mod leftovers;
+pub mod lock;
 
 use crate::db::{self, json_array};
 use crate::error::{io_err, Error};

@@ -31,8 +31,8 @@ use super::plan::{self, JobKind, Plan, Substituter};
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Interrupt, Sandboxing};
 use crate::error::{Chain, Error};
 use crate::fs::{canonicalize, remove_tree};
-use crate::lock::LockSet;
 use crate::scan::ReferenceScanner;
+use crate::store::lock::LockSet;
 use crate::store::{PathInfo, Store};
 
 /// Runs plans against a store. See the [build module docs](crate::build).

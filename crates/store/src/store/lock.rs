@@ -20,9 +20,9 @@ use std::time::Duration;
 use bigtop_core::StorePath;
 use rusqlite::params;
 
+use super::Store;
 use crate::db;
 use crate::error::Error;
-use crate::store::Store;
 
 static NEXT_OWNER: AtomicI64 = AtomicI64::new(1);
 
