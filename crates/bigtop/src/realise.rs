@@ -42,6 +42,9 @@ pub enum Error {
     /// The store refused something.
     #[error(transparent)]
     Store(#[from] bigtop_store::Error),
+    /// Building failed (the error names each derivation that failed).
+    #[error(transparent)]
+    Build(#[from] bigtop_store::build::Error),
     /// The store computed another `.drv` path than evaluation did: a bug
     /// in one of the two, never a user's error.
     #[error("Derivation `{name}`: evaluated as `{evaluated}`, added as `{added}`")]

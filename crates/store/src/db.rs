@@ -13,9 +13,9 @@
 //! | `Refs` | reference edges (referrer → reference), indexed both ways |
 //! | `Unreferenced` | registered paths that no other path refers to, kept by triggers: where garbage collection starts, so it never walks the live store |
 //! | `DerivationOutputs` | for a `.drv`, the path of each output |
-//! | `Processes`, `TempRoots` | open store handles ([`crate::liveness`]) and the paths they hold alive while they run |
+//! | `Processes`, `TempRoots` | open store handles (the `liveness` module) and the paths they hold alive while they run |
 //! | `Counters` | the last handle id given out, so that ids are never reused |
-//! | `Locks` | per-path locks of adders, builders and the collector ([`crate::lock`]) |
+//! | `Locks` | per-path locks of adders, builders and the collector (the `lock` module) |
 //! | `Roots` | the roots made through the API (link → path), so that the collector's check of a path and a root made meanwhile are ordered by the database |
 //! | `Config` | one row: the logical store dir the database describes |
 //!
@@ -120,7 +120,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE LocksNew RENAME TO Locks;
     "#,
     // 2 → 3: a handle is alive while it holds a lock on a file named by
-    // its id (`crate::liveness`), not while a pid runs: ids must never be
+    // its id (the `liveness` module), not while a pid runs: ids must never be
     // reused, or a new handle would inherit a dead one's leftovers.
     r#"
     CREATE TABLE Counters (
@@ -244,6 +244,26 @@ fn migrate(conn: &Connection, file: &Path, dir: &StoreDir) -> Result<(), Error> 
     result.map_err(err)
 }
 
+/// Seconds since the epoch, the form in which the database records
+/// times (a path's registration).
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A JSON array of strings, the form in which a whole set of names goes
+/// to SQLite as one parameter (read back with `json_each`): one statement
+/// for a batch instead of one per row.
+pub(crate) fn json_array<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+    let items: Vec<S> = items.into_iter().collect();
+    let texts: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    // Serializing strings cannot fail: only maps with non-string keys and
+    // failing `Serialize` impls do.
+    serde_json::to_string(&texts).expect("a list of strings serializes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +336,28 @@ mod tests {
                 if recorded == "/srv/store" && opened == "/bigtop/store"),
             "{err}"
         );
+    }
+
+    /// What goes to SQLite as a JSON array comes back from `json_each`
+    /// as it was, whatever characters the names hold.
+    #[test]
+    fn a_json_array_reads_back_through_json_each() {
+        let names = [
+            "plain",
+            "quote\"d",
+            "back\\slash",
+            "new\nline",
+            "\u{1}",
+            "ünï",
+        ];
+        let conn = Connection::open_in_memory().unwrap();
+        let back: Vec<String> = conn
+            .prepare("SELECT value FROM json_each(?1)")
+            .unwrap()
+            .query_map([json_array(names)], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, names);
     }
 }

@@ -114,18 +114,6 @@ pub enum Error {
         /// A path on the cycle.
         path: StorePath,
     },
-    /// The run was interrupted ([`crate::build::Interrupt`]): running
-    /// builds were killed and cleaned up, nothing was registered half.
-    #[error("Interrupted: running builds were stopped and their work removed")]
-    Interrupted,
-    /// Builds failed; each failure says which and why.
-    #[error("{}", render_failures(.0))]
-    BuildFailed(Vec<crate::build::BuildFailure>),
-    /// Builds must be sandboxed and this machine cannot.
-    #[error(
-        "cannot sandbox builds here: {0} (allow unsandboxed builds explicitly to build anyway)"
-    )]
-    SandboxUnavailable(String),
     /// A path refers to one that is neither registered nor being added.
     #[error("Path `{path}` refers to `{reference}`, which is not valid in the store")]
     MissingReference {
@@ -252,28 +240,6 @@ pub(crate) fn io_err(
         path,
         source,
     }
-}
-
-fn render_failures(failures: &[crate::build::BuildFailure]) -> String {
-    let direct: Vec<String> = failures
-        .iter()
-        .filter(|f| !matches!(f.kind, crate::build::FailureKind::DependencyFailed(_)))
-        .map(|f| f.to_string())
-        .collect();
-    let skipped = failures.len() - direct.len();
-    let mut text = format!(
-        "{} build{} failed",
-        direct.len(),
-        if direct.len() == 1 { "" } else { "s" }
-    );
-    if skipped > 0 {
-        text.push_str(&format!(" ({skipped} dependent jobs not attempted)"));
-    }
-    for d in direct {
-        text.push('\n');
-        text.push_str(&d);
-    }
-    text
 }
 
 /// An error with its causes, `: `-separated, for the places that keep a

@@ -38,10 +38,10 @@ use std::path::{Path, PathBuf};
 use bigtop_core::StorePath;
 use rusqlite::{params, OptionalExtension};
 
-use crate::add::remove_tree;
 use crate::error::{io_err, Error};
-use crate::lock::LockSet;
-use crate::store::{lexically_normal, Store};
+use crate::fs::{lexically_normal, remove_tree};
+use crate::store::lock::LockSet;
+use crate::store::Store;
 
 /// A path's references other than itself, with their ids.
 const REFERENCES_OTHER_THAN_SELF: &str =
@@ -232,22 +232,6 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the temporary roots and locks of handles that are gone, and
-    /// removes what the ones found dead now left half-made (their scratch
-    /// roots, build dirs, staged trees): a handle that ends normally
-    /// leaves nothing and removes its own row, so a row found dead is a
-    /// crash, and this is the first to know. Returns the ids alive.
-    pub(crate) fn clean_processes(&self) -> Result<Vec<i64>, Error> {
-        let (alive, removed) = {
-            let mut conn = self.db();
-            crate::liveness::clean(&mut conn, self.state_dir(), |e| self.db_err()(e))?
-        };
-        if !removed.is_empty() {
-            self.remove_leftovers_of(|id| removed.contains(&id))?;
-        }
-        Ok(alive)
-    }
-
     /// Deletes every registered path that no root, temporary root or other
     /// path keeps alive.
     pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport, Error> {
@@ -313,55 +297,6 @@ impl Store {
         Ok(report)
     }
 
-    /// Removes what handles that died left half-made: staged trees
-    /// (`.tmp-<id>-…`) and sandbox roots (`.chroot-<id>-…`) in the store
-    /// dir, build dirs (`<id>-…`) in the state dir. None of it was ever
-    /// registered; a process killed mid-build cannot clean up itself.
-    /// Returns what was removed, each with the bytes it freed.
-    pub(crate) fn remove_leftovers(&self) -> Result<Vec<(PathBuf, u64)>, Error> {
-        let live: HashSet<i64> = self.clean_processes()?.into_iter().collect();
-        self.remove_leftovers_of(|id| !live.contains(&id))
-    }
-
-    /// Removes the leftovers of the handles `dead` says are dead.
-    fn remove_leftovers_of(
-        &self,
-        dead: impl Fn(i64) -> bool,
-    ) -> Result<Vec<(PathBuf, u64)>, Error> {
-        let dead = |rest: &str| {
-            rest.split('-')
-                .next()
-                .and_then(|id| id.parse::<i64>().ok())
-                .is_some_and(&dead)
-        };
-        let mut removed = Vec::new();
-        let builds = self.state_dir().join("builds");
-        for (dir, prefixes) in [
-            (self.root().to_owned(), &[".tmp-", ".chroot-"][..]),
-            (builds, &[""][..]),
-        ] {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("read", &dir)(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(io_err("read", &dir))?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let stale = prefixes
-                    .iter()
-                    .any(|p| name.strip_prefix(p).is_some_and(&dead));
-                if stale {
-                    let path = entry.path();
-                    let freed = remove_tree(&path).map_err(io_err("delete", &path))?;
-                    removed.push((path, freed));
-                }
-            }
-        }
-        Ok(removed)
-    }
-
     /// Mark and sweep: deletes every valid path that no root, temporary
     /// root, recorded root or lock reaches. What is unreachable has only
     /// unreachable referrers, so the whole set goes in one transaction.
@@ -392,7 +327,7 @@ impl Store {
                  SELECT id, path, nar_size FROM ValidPaths WHERE id NOT IN (SELECT id FROM live)",
             )
             .and_then(|mut s| {
-                s.query_map([crate::store::json_array(&seeds)], |r| {
+                s.query_map([crate::db::json_array(&seeds)], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect()
@@ -661,11 +596,4 @@ fn replace_symlink(target: &str, link: &Path) -> Result<(), Error> {
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).map_err(io_err("create", &tmp))?;
     fs::rename(&tmp, link).map_err(io_err("create", link))
-}
-
-/// Removes what a path occupies on disk, for repair.
-pub(crate) fn remove_physical(path: &Path) -> Result<(), Error> {
-    remove_tree(path)
-        .map(|_| ())
-        .map_err(io_err("delete", path))
 }

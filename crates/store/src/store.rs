@@ -4,15 +4,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::signing::Signature;
 use bigtop_core::{ContentAddress, Hash, StoreDir, StorePath};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::db;
+mod leftovers;
+pub mod lock;
+
+use crate::db::{self, json_array};
 use crate::error::{io_err, Error};
+use crate::fs::lexically_normal;
 
 /// Everything the store records about a valid path.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -179,13 +182,6 @@ impl Drop for Store {
             crate::liveness::unregister(conn, &self.state, self.process, alive);
         }
     }
-}
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Store {
@@ -649,14 +645,6 @@ impl Store {
         Ok(None)
     }
 
-    /// Adds one derivation (see [`AddBatch::add_derivation`](crate::AddBatch::add_derivation)).
-    pub fn add_derivation(&self, drv: &Derivation) -> Result<StorePath, Error> {
-        let mut b = self.batch();
-        let p = b.add_derivation(drv)?;
-        b.commit()?;
-        Ok(p)
-    }
-
     /// The derivation `drv`, from what this handle added if it is there
     /// (taking it: a plan reads each derivation once), else read from its
     /// file. The caller has checked that `drv` is valid.
@@ -809,60 +797,6 @@ impl Store {
             .map_err(self.db_err())?;
         parse_paths(rows, self)
     }
-}
-
-/// `path` with `.` and `..` applied lexically (`a/b/../c` is `a/c`, `/..`
-/// is `/`), without repeated or trailing slashes.
-pub(crate) fn lexically_normal(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => match out.components().next_back() {
-                Some(Component::Normal(_)) => {
-                    out.pop();
-                }
-                Some(Component::RootDir) => {}
-                // A relative path keeps the `..`s that lead above it.
-                _ => out.push(".."),
-            },
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A JSON array of strings, the form in which a whole set of names goes
-/// to SQLite as one parameter (read back with `json_each`): one statement
-/// for a batch instead of one per row.
-pub(crate) fn json_array<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
-    let mut out = String::from("[");
-    for (i, s) in items.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        push_json_string(&mut out, s.as_ref());
-    }
-    out.push(']');
-    out
-}
-
-/// Appends `s` as a JSON string literal.
-pub(crate) fn push_json_string(out: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 fn parse_paths(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use bigtop_core::{nar, StorePath};
 
 use crate::error::{io_err, Error};
-use crate::gc::remove_physical;
+use crate::fs::remove_physical;
 use crate::store::Store;
 
 /// What to check.

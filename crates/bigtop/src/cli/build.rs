@@ -259,7 +259,7 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     let result = builder.build(&targets);
     progress.finish();
-    if let Err(bigtop_store::Error::Interrupted) = result {
+    if let Err(bigtop_store::build::Error::Interrupted) = result {
         return Err(Error::Interrupted {
             signal: caught.load(std::sync::atomic::Ordering::SeqCst),
         });
@@ -425,9 +425,9 @@ fn catch_signals(interrupt: &Interrupt) -> std::io::Result<Arc<AtomicI32>> {
     Ok(caught)
 }
 
-fn build_error(dir: &StoreDir, e: bigtop_store::Error) -> Error {
+fn build_error(dir: &StoreDir, e: bigtop_store::build::Error) -> Error {
     match e {
-        bigtop_store::Error::BuildFailed(failures) => {
+        bigtop_store::build::Error::BuildFailed(failures) => {
             let (skipped, failed): (Vec<_>, Vec<_>) = failures
                 .iter()
                 .partition(|f| matches!(f.kind, FailureKind::DependencyFailed(_)));
@@ -447,8 +447,10 @@ fn build_error(dir: &StoreDir, e: bigtop_store::Error) -> Error {
                 skipped: skipped.len(),
             }
         }
-        bigtop_store::Error::SandboxUnavailable(reason) => Error::NoSandbox { reason },
-        other => other.into(),
+        bigtop_store::build::Error::SandboxUnavailable(reason) => Error::NoSandbox { reason },
+        bigtop_store::build::Error::Store(e) => e.into(),
+        // The caller turns this into an error naming the signal first.
+        bigtop_store::build::Error::Interrupted => Error::Interrupted { signal: 0 },
     }
 }
 
@@ -569,7 +571,7 @@ mod tests {
     fn a_missing_sandbox_says_how_to_build_without_it() {
         let e = build_error(
             &StoreDir::default(),
-            bigtop_store::Error::SandboxUnavailable("no user namespaces".into()),
+            bigtop_store::build::Error::SandboxUnavailable("no user namespaces".into()),
         );
         assert_eq!(
             e.to_string(),

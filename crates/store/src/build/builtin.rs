@@ -10,11 +10,13 @@
 //! | `builtin:symlink-join` | `paths`: store paths separated by spaces | a tree of directories whose files are symlinks into `paths`; two paths providing the same file is an error naming both |
 //! | `builtin:copy` | `src`: a store path | a copy of `src` |
 //! | `builtin:write-tree` | `entries`: a JSON array of `{"path", "text", "executable"}` (files) and `{"path", "link"}` (symlinks) | a directory holding them, parents made; a path given twice, inside a file, or leaving the tree is an error naming it |
-//! | `builtin:fetchurl` | `url` (or `urls`: mirrors separated by spaces), optional `executable` = `1`; fixed-output only | the file at the URL (`file://`, `http://`, `https://`), see [`fetch`](super::fetch) |
+//! | `builtin:fetchurl` | `url` (or `urls`: mirrors separated by spaces), optional `executable` = `1`; fixed-output only | the file at the URL (`file://`, `http://`, `https://`), see [`fetch`] |
 //!
 //! Every store path a builtin reads must be one of the derivation's inputs.
 //! All but `builtin:fetchurl` run on the scheduling thread; a fetch may
 //! take minutes and runs beside the process builds, counted among them.
+
+pub mod fetch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -27,7 +29,7 @@ use thiserror::Error;
 
 use crate::store::Store;
 
-use super::fetch::FETCH_URL;
+use fetch::FETCH_URL;
 
 pub use bigtop_core::derivation::builtins::{COPY, SYMLINK_JOIN, WRITE_FILE, WRITE_TREE};
 
@@ -139,7 +141,7 @@ pub(crate) fn run(
     closure: &BTreeSet<StorePath>,
     note: &mut dyn FnMut(&str),
 ) -> Result<Option<Written>, BuiltinError> {
-    let d = super::run::with_placeholders(store, derivation, outputs);
+    let d = super::environment::with_placeholders(store, derivation, outputs);
     let builtin: &'static str = match d.builder.as_str() {
         WRITE_FILE => WRITE_FILE,
         WRITE_TREE => WRITE_TREE,
@@ -172,13 +174,13 @@ pub(crate) fn run(
         WRITE_FILE => {
             let executable = d.env.get("executable").is_some_and(|v| v == "1");
             let text = var("text")?.as_bytes();
-            return match crate::add::write_file_canonical(out, text, executable, store.owner()) {
+            return match crate::fs::write_file_canonical(out, text, executable, store.owner()) {
                 Ok(()) => Ok(Some(Written {
                     contents: text.to_vec(),
                     executable,
                 })),
                 Err(e) => {
-                    let _ = crate::add::remove_tree(out);
+                    let _ = crate::fs::remove_tree(out);
                     Err(store_error("write", out)(e))
                 }
             };
@@ -199,14 +201,14 @@ pub(crate) fn run(
         COPY => {
             let src = input(var("src")?)?;
             // By descriptors: an input may nest directories past PATH_MAX.
-            crate::add::copy_filtered(&src, out, &|_| true).map_err(store_error("copy", &src))
+            crate::fs::copy_filtered(&src, out, &|_| true).map_err(store_error("copy", &src))
         }
         WRITE_TREE => write_tree(out, var("entries")?),
-        FETCH_URL => super::fetch::fetch(&d, out, note),
+        FETCH_URL => fetch::fetch(&d, out, note),
         _ => unreachable!("matched above"),
     };
     if result.is_err() {
-        let _ = crate::add::remove_tree(out);
+        let _ = crate::fs::remove_tree(out);
     }
     result.map(|()| None)
 }

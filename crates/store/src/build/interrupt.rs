@@ -6,7 +6,7 @@
 //! whole PID namespace, an unsandboxed one's process group), cleans up its
 //! scratch and build dirs and reports itself interrupted, and nothing new
 //! starts. [`Builder::build`](super::Builder::build) then fails with
-//! [`Error::Interrupted`](crate::Error::Interrupted).
+//! [`Error::Interrupted`](super::Error::Interrupted).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -37,16 +37,22 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod build_dir;
+mod builder;
 pub mod builtin;
-pub mod fetch;
+mod environment;
+mod error;
+mod in_sandbox;
 mod interrupt;
 mod jobserver;
 mod log;
 pub mod observer;
 pub mod plan;
 mod process;
-mod run;
-mod sandboxed;
+
+/// The builtin `builtin:fetchurl`, one of the [`builtin`] builders (moved
+/// there; still reachable here).
+pub use builtin::fetch;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -55,13 +61,12 @@ use bigtop_core::derivation::OutputName;
 use bigtop_core::hash::Hash;
 use bigtop_core::StorePath;
 
+pub use builder::{BuildReport, Builder, CheckResult};
+pub use error::Error;
+pub use in_sandbox::RunDirs;
 pub use interrupt::Interrupt;
 pub use observer::{Activity, BuildObserver, Silent, TextRenderer};
 pub use plan::{plan, Job, JobKind, Plan, Reason, Substitutable, Substituter};
-pub use run::{BuildReport, Builder, CheckResult};
-pub use sandboxed::RunDirs;
-
-use crate::error::Error;
 
 /// Whether process builds run in a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -279,5 +284,5 @@ impl fmt::Display for Message<'_> {
 
 /// Fails with a clear error when this machine cannot sandbox builds.
 pub fn sandbox_available() -> Result<(), Error> {
-    sandboxed::available()
+    in_sandbox::available()
 }

@@ -1,158 +1,22 @@
-//! Running a builder process: its environment, its build directory, its
-//! log, and (unless disabled) its sandbox.
+//! Running a builder process, with its log, in the sandbox unless that is
+//! disabled.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
+use super::build_dir::BuildDirSlot;
+use super::environment::{environment, with_placeholders};
 use super::jobserver::Jobserver;
 use super::log::{LogSink, PumpEnd};
 use super::observer::BuildObserver;
-use super::run::with_placeholders;
 use super::{BuildFailure, BuildOptions, FailureKind, Sandboxing};
-use crate::add::remove_tree;
+use crate::fs::remove_tree;
+use crate::pidfd;
 use crate::store::Store;
-
-static BUILD_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// `HOME` of every build: a path that does not exist, so that nothing
-/// reads or writes a home directory.
-pub(crate) const NO_HOME: &str = "/homeless-shelter";
-
-/// `PATH` when the derivation gives none: nothing is found by name.
-pub(crate) const NO_PATH: &str = "/path-not-set";
-
-/// A worker's build directory: made on its first process build, emptied
-/// after each (so that the next build finds it as new), removed with the
-/// worker. Making and removing a directory per build costs a disk-backed
-/// state dir a block allocation and a discard each time.
-#[derive(Default)]
-pub(crate) struct BuildDirSlot(Option<PathBuf>);
-
-impl BuildDirSlot {
-    /// The directory for one build; emptied again when the loan ends.
-    pub(crate) fn lend(&mut self, store: &Store) -> Result<LentDir<'_>, FailureKind> {
-        if self.0.is_none() {
-            let base = private_builds_dir(store)
-                .map_err(|e| FailureKind::Setup(crate::error::Chain(&e).to_string()))?;
-            let n = BUILD_COUNTER.fetch_add(1, Ordering::Relaxed);
-            // The handle's id first: GC removes the directories of dead ones.
-            let dir = base.join(format!("{}-{n}", store.process));
-            {
-                use std::os::unix::fs::DirBuilderExt;
-                fs::DirBuilder::new().mode(0o700).create(&dir)
-            }
-            .map_err(|e| {
-                FailureKind::Setup(format!("cannot create build dir `{}`: {e}", dir.display()))
-            })?;
-            self.0 = Some(dir);
-        }
-        Ok(LentDir(self))
-    }
-}
-
-/// `<state>/builds`, made if missing, and mode 0700: a builder can open
-/// its own build dir to everyone, and must not thereby open it to anyone.
-pub(crate) fn private_builds_dir(store: &Store) -> Result<PathBuf, crate::error::Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = store.state_dir().join("builds");
-    let err = crate::error::io_err("make private", dir.clone());
-    fs::create_dir_all(&dir).map_err(crate::error::io_err("create", &dir))?;
-    let meta = fs::symlink_metadata(&dir).map_err(crate::error::io_err("read", &dir))?;
-    if !meta.is_dir() {
-        return Err(err(std::io::Error::other("not a directory")));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(dir)
-}
-
-impl Drop for BuildDirSlot {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take() {
-            // Builders may leave read-only directories: the store's removal
-            // walk makes each writable before emptying it.
-            let _ = remove_tree(&dir);
-        }
-    }
-}
-
-/// A build directory lent to one build.
-pub(crate) struct LentDir<'a>(&'a mut BuildDirSlot);
-
-impl LentDir<'_> {
-    pub(crate) fn path(&self) -> &Path {
-        self.0 .0.as_deref().expect("a lent build dir exists")
-    }
-}
-
-impl Drop for LentDir<'_> {
-    fn drop(&mut self) {
-        let Some(dir) = &self.0 .0 else { return };
-        // The builder may have changed the directory's mode as well as its
-        // contents; anything that cannot be undone costs a new directory.
-        let emptied = fs::read_dir(dir).and_then(|entries| {
-            for e in entries {
-                remove_tree(&e?.path())?;
-            }
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        });
-        if emptied.is_err() {
-            let _ = remove_tree(dir);
-            self.0 .0 = None;
-        }
-    }
-}
-
-/// The complete environment of a build: the derivation's variables, then
-/// the documented ones (which win).
-pub(crate) fn environment(
-    store: &Store,
-    options: &BuildOptions,
-    derivation: &Derivation,
-    outputs: &BTreeMap<OutputName, StorePath>,
-    build_dir: &str,
-    jobserver: Option<[RawFd; 2]>,
-) -> Vec<(String, String)> {
-    let mut env: BTreeMap<String, String> = derivation.env.clone();
-    env.entry("PATH".into()).or_insert_with(|| NO_PATH.into());
-    for (name, path) in outputs {
-        env.insert(
-            name.as_str().to_owned(),
-            store.store_dir().display(path).to_string(),
-        );
-    }
-    for var in [
-        "TMPDIR",
-        "TEMPDIR",
-        "TMP",
-        "TEMP",
-        "BIGTOP_BUILD_TOP",
-        "PWD",
-    ] {
-        env.insert(var.into(), build_dir.into());
-    }
-    env.insert("HOME".into(), NO_HOME.into());
-    env.insert(
-        "BIGTOP_STORE".into(),
-        store.store_dir().as_path().display().to_string(),
-    );
-    env.insert(
-        "BIGTOP_BUILD_CORES".into(),
-        options.cores.max(1).to_string(),
-    );
-    if let Some(fds) = jobserver {
-        env.insert("MAKEFLAGS".into(), Jobserver::makeflags(fds));
-    }
-    env.into_iter().collect()
-}
 
 /// Runs the builder of `derivation` and returns where each output was
 /// written (for the caller to stage). `closure` is every store path the
@@ -243,7 +107,7 @@ pub(crate) fn run(
         }
         Sandboxing::Required => {
             let inherit = jobserver.map(Jobserver::fds);
-            super::sandboxed::run(
+            super::in_sandbox::run(
                 store, options, &d, outputs, closure, &build_dir, inherit, check, &mut log,
             )
             .map_err(|(kind, _)| fail(kind, Vec::new()))
@@ -296,18 +160,12 @@ fn spawn_plain(
     log: &mut LogSink<'_>,
     interrupt: Option<&super::Interrupt>,
 ) -> Result<std::process::ExitStatus, String> {
-    use std::os::unix::process::ExitStatusExt;
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     let pid = posix_spawn(d, env, dir, writer.as_raw_fd(), inherit.unwrap_or([-1, -1]))
         .map_err(|e| format!("cannot run builder `{}`: {e}", d.builder))?;
     // Our copy of the write end must go, or the log never ends.
     drop(writer);
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = (pidfd >= 0).then(|| {
-        // SAFETY: a descriptor the call just opened, owned by nobody else.
-        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as RawFd) }
-    });
+    let pidfd = pidfd::open(pid).ok();
     // Whether the builder has exited, without reaping it: while it is a
     // zombie its group id cannot be reused, so the kill below reaches only
     // what it left running (which would otherwise keep the log open).
@@ -323,6 +181,7 @@ fn spawn_plain(
             )
         };
         // With WNOHANG and nothing to report, waitid leaves the pid 0.
+        // SAFETY: `info` is initialized (zeroed, then written by waitid).
         r == 0 && unsafe { info.si_pid() } == pid
     };
     // One thread reads the log and notices the exit; usually the log ends
@@ -341,17 +200,7 @@ fn spawn_plain(
         }
         log.pump(&reader);
     }
-    let status = loop {
-        let mut status = 0;
-        // SAFETY: reaps our own child, writing only `status`.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
-            break Ok(std::process::ExitStatus::from_raw(status));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            break Err(e);
-        }
-    };
+    let status = pidfd::wait(pid, 0).map(|s| s.expect("a blocking wait returns a status"));
     if ended == PumpEnd::End {
         // What it left running is killed all the same (it may not hold
         // the log, but it must not outlive its build).

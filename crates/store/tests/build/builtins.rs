@@ -1,10 +1,10 @@
 use std::collections::BTreeSet;
 
+use bigtop_store::build::Error;
 use bigtop_store::build::{builtin, Builder, FailureKind};
 use bigtop_store::core::derivation::{Derivation, OutputName};
 use bigtop_store::core::hash::HashAlgo;
 use bigtop_store::core::nar;
-use bigtop_store::Error;
 
 use crate::{build_out, direct_store, fill, plain, sh, strays, TestResult};
 

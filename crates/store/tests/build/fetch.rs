@@ -8,12 +8,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use bigtop_store::build::Error;
 use bigtop_store::build::{BuildOptions, Sandboxing};
 use bigtop_store::core::content_address::{ContentAddress, ContentAddressMethod};
 use bigtop_store::core::derivation::{Derivation, DerivationOutput, OutputName};
 use bigtop_store::core::hash::{Hash, HashAlgo};
 use bigtop_store::core::nar;
-use bigtop_store::Error;
 
 use super::{build_out, direct_store, fill, plain, sh, strays, TestResult};
 

@@ -11,10 +11,10 @@ mod sandboxed;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use bigtop_store::build::{BuildOptions, Builder, FailureKind, Sandboxing};
+use bigtop_store::build::{BuildOptions, Builder, Error, FailureKind, Sandboxing};
 use bigtop_store::core::derivation::{Derivation, DerivationOutput, OutputName};
 use bigtop_store::core::{StoreDir, StorePath};
-use bigtop_store::{Error, Store};
+use bigtop_store::Store;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -161,7 +161,7 @@ pub fn build_out(
     store: &Store,
     options: BuildOptions,
     d: &Derivation,
-) -> Result<StorePath, bigtop_store::Error> {
+) -> Result<StorePath, bigtop_store::build::Error> {
     let drv = store.add_derivation(d)?;
     let report = Builder::new(store)
         .options(options)

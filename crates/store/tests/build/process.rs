@@ -1,10 +1,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
+use bigtop_store::build::Error;
 use bigtop_store::build::{BuildOptions, Builder, FailureKind, TextRenderer};
 use bigtop_store::core::content_address::{ContentAddress, ContentAddressMethod};
 use bigtop_store::core::derivation::{DerivationOutput, OutputName};
 use bigtop_store::core::hash::{Hash, HashAlgo};
-use bigtop_store::Error;
 
 use crate::{build_out, direct_store, fill, plain, sh, strays, TestResult};
 
@@ -458,7 +458,7 @@ fn an_interrupt_stops_running_builds_and_removes_their_work() -> TestResult {
             build.join().expect("no panic")
         });
         assert!(
-            matches!(result, Err(bigtop_store::Error::Interrupted)),
+            matches!(result, Err(bigtop_store::build::Error::Interrupted)),
             "{sandbox:?}: {result:?}"
         );
         assert!(!out.exists(), "{sandbox:?}: the output is left");

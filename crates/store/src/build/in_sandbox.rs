@@ -12,11 +12,12 @@ use std::sync::OnceLock;
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::StorePath;
 
+use super::build_dir::{private_builds_dir, LentDir};
+use super::environment::environment;
 use super::log::{LogSink, PumpEnd};
-use super::process::{environment, LentDir};
 use super::{BuildOptions, FailureKind};
-use crate::add::{canonicalize, remove_tree};
 use crate::error::{Chain, Error};
+use crate::fs::{canonicalize, remove_tree};
 use crate::sandbox::{self, SandboxSpec};
 use crate::store::Store;
 
@@ -25,8 +26,8 @@ const BUILD_DIR_INSIDE: &str = "/build";
 
 static CHROOT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) fn available() -> Result<(), Error> {
-    sandbox::check_available().map_err(|e| Error::SandboxUnavailable(Chain(&e).to_string()))
+pub(crate) fn available() -> Result<(), super::Error> {
+    sandbox::check_available().map_err(|e| super::Error::SandboxUnavailable(Chain(&e).to_string()))
 }
 
 /// `/bin/sh` and what it needs, found once per process.
@@ -74,7 +75,7 @@ impl Store {
         let name = format!("{}-{n}-{label}", self.process);
         let dirs = RunDirs {
             chroot_dir: self.root().join(format!(".chroot-{name}")),
-            build_dir: super::process::private_builds_dir(self)?.join(&name),
+            build_dir: private_builds_dir(self)?.join(&name),
         };
         std::fs::create_dir(&dirs.build_dir)
             .map_err(crate::error::io_err("create", &dirs.build_dir))?;

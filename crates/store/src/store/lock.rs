@@ -20,8 +20,9 @@ use std::time::Duration;
 use bigtop_core::StorePath;
 use rusqlite::params;
 
+use super::Store;
+use crate::db;
 use crate::error::Error;
-use crate::store::Store;
 
 static NEXT_OWNER: AtomicI64 = AtomicI64::new(1);
 
@@ -98,11 +99,11 @@ impl<'s> LockSet<'s> {
             // transaction at all.
             return Ok(());
         }
-        let wanted = crate::store::json_array(&names);
+        let wanted = db::json_array(&names);
         let roots = if roots.is_empty() {
             String::new()
         } else {
-            crate::store::json_array(&roots)
+            db::json_array(&roots)
         };
         let mut wait = Duration::from_millis(2);
         loop {
@@ -191,7 +192,7 @@ impl LockSet<'_> {
     /// registers what they protected); once it commits, call
     /// [`released`](Self::released).
     pub(crate) fn release_in(&self, tx: &rusqlite::Connection) -> Result<(), Error> {
-        let singles = (!self.singles.is_empty()).then(|| crate::store::json_array(&self.singles));
+        let singles = (!self.singles.is_empty()).then(|| db::json_array(&self.singles));
         for names in self.names.iter().chain(&singles) {
             tx.prepare_cached(
                 "DELETE FROM Locks WHERE owner = ?1

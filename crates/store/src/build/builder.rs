@@ -19,20 +19,20 @@ use std::sync::mpsc;
 
 use bigtop_core::closure::{CycleError, ReferenceGraph};
 use bigtop_core::content_address::ContentAddressMethod;
-use bigtop_core::derivation::{placeholder, Derivation, DerivationOutput, OutputName};
+use bigtop_core::derivation::{Derivation, DerivationOutput, OutputName};
 use bigtop_core::hash::{Hash, HashAlgo};
 use bigtop_core::{nar, StorePath};
 
+use super::build_dir::BuildDirSlot;
 use super::jobserver::Jobserver;
 use super::log::LogSink;
 use super::observer::{Activity, BuildObserver, Silent};
 use super::plan::{self, JobKind, Plan, Substituter};
-use super::process::BuildDirSlot;
 use super::{builtin, process, BuildFailure, BuildOptions, FailureKind, Interrupt, Sandboxing};
-use crate::add::{canonicalize, remove_tree};
 use crate::error::{Chain, Error};
-use crate::lock::LockSet;
+use crate::fs::{canonicalize, remove_tree};
 use crate::scan::ReferenceScanner;
+use crate::store::lock::LockSet;
 use crate::store::{PathInfo, Store};
 
 /// Runs plans against a store. See the [build module docs](crate::build).
@@ -127,7 +127,7 @@ impl<'s> Builder<'s> {
     pub fn build(
         &self,
         targets: &[(StorePath, BTreeSet<OutputName>)],
-    ) -> Result<BuildReport, Error> {
+    ) -> Result<BuildReport, super::Error> {
         if self.options.sandbox == Sandboxing::Required {
             super::sandbox_available()?;
         }
@@ -156,7 +156,7 @@ impl<'s> Builder<'s> {
         Ok(report)
     }
 
-    fn run(&self, plan: &Plan) -> Result<BuildReport, Error> {
+    fn run(&self, plan: &Plan) -> Result<BuildReport, super::Error> {
         let mut report = BuildReport::default();
         let n = plan.jobs.len();
         let mut waiting: Vec<usize> = plan.jobs.iter().map(|j| j.deps.len()).collect();
@@ -397,11 +397,11 @@ impl<'s> Builder<'s> {
             Ok(())
         })?;
         if interrupted() {
-            Err(Error::Interrupted)
+            Err(super::Error::Interrupted)
         } else if failures.is_empty() {
             Ok(report)
         } else {
-            Err(Error::BuildFailed(failures))
+            Err(super::Error::BuildFailed(failures))
         }
     }
 
@@ -685,7 +685,7 @@ impl<'s> Builder<'s> {
         let builtin = builtin::is_builtin(derivation);
         let activity = match (check, builtin) {
             (true, _) => Activity::Check,
-            (false, true) if derivation.builder == super::fetch::FETCH_URL => Activity::Download,
+            (false, true) if derivation.builder == builtin::fetch::FETCH_URL => Activity::Download,
             (false, true) => Activity::Builtin,
             (false, false) => Activity::Build,
         };
@@ -1100,36 +1100,4 @@ fn inputs_from(
         }
     }
     Ok(inputs)
-}
-
-/// Replacements of the derivation's own output placeholders by the paths.
-pub(crate) fn placeholders(
-    store: &Store,
-    outputs: &BTreeMap<OutputName, StorePath>,
-) -> BTreeMap<String, String> {
-    outputs
-        .iter()
-        .map(|(o, p)| (placeholder(o), store.store_dir().display(p).to_string()))
-        .collect()
-}
-
-/// Shared by process builds: the derivation with its placeholders filled.
-/// Borrowed when it has none (most derivations: a copy per build is
-/// what a small builtin would mostly cost).
-pub(crate) fn with_placeholders<'d>(
-    store: &Store,
-    derivation: &'d Derivation,
-    outputs: &BTreeMap<OutputName, StorePath>,
-) -> std::borrow::Cow<'d, Derivation> {
-    let replacements = placeholders(store, outputs);
-    let has = |s: &String| replacements.keys().any(|p| s.contains(p.as_str()));
-    if !has(&derivation.builder)
-        && !derivation.args.iter().any(has)
-        && !derivation.env.values().any(has)
-    {
-        return std::borrow::Cow::Borrowed(derivation);
-    }
-    let mut d = derivation.clone();
-    d.substitute(&replacements);
-    std::borrow::Cow::Owned(d)
 }

@@ -251,23 +251,6 @@ impl Program {
             filter: filter.as_ptr(),
         }
     }
-
-    /// Installs the filter on the calling thread and what it starts.
-    /// Needs `no_new_privs` unless the caller has `CAP_SYS_ADMIN`. Only a
-    /// system call, so a `vfork`-style child may call it.
-    ///
-    /// # Safety
-    ///
-    /// The instructions the program points at are alive.
-    pub(crate) unsafe fn install(&self) -> bool {
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            self as *const Program,
-            0,
-            0,
-        ) == 0
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bigtop_core::derivation::Derivation;
 
-use super::builtin::BuiltinError;
+use super::BuiltinError;
 
 pub use bigtop_core::derivation::builtins::FETCH_URL;
 
