@@ -259,12 +259,8 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     let result = builder.build(&targets);
     progress.finish();
-    if let Err(bigtop_store::build::Error::Interrupted) = result {
-        return Err(Error::Interrupted {
-            signal: caught.load(std::sync::atomic::Ordering::SeqCst),
-        });
-    }
-    let report = result.map_err(|e| build_error(store.store_dir(), e))?;
+    let signal = caught.load(Ordering::SeqCst);
+    let report = result.map_err(|e| build_error(store.store_dir(), e, signal))?;
     // In target order (out-links are numbered by it), not the report's.
     let outputs: Vec<(&StorePath, BTreeMap<OutputName, StorePath>)> = targets
         .iter()
@@ -425,7 +421,9 @@ fn catch_signals(interrupt: &Interrupt) -> std::io::Result<Arc<AtomicI32>> {
     Ok(caught)
 }
 
-fn build_error(dir: &StoreDir, e: bigtop_store::build::Error) -> Error {
+/// The CLI's form of a build error; `signal` is the one caught, if the
+/// builds were interrupted.
+fn build_error(dir: &StoreDir, e: bigtop_store::build::Error, signal: i32) -> Error {
     match e {
         bigtop_store::build::Error::BuildFailed(failures) => {
             let (skipped, failed): (Vec<_>, Vec<_>) = failures
@@ -449,8 +447,7 @@ fn build_error(dir: &StoreDir, e: bigtop_store::build::Error) -> Error {
         }
         bigtop_store::build::Error::SandboxUnavailable(reason) => Error::NoSandbox { reason },
         bigtop_store::build::Error::Store(e) => e.into(),
-        // The caller turns this into an error naming the signal first.
-        bigtop_store::build::Error::Interrupted => Error::Interrupted { signal: 0 },
+        bigtop_store::build::Error::Interrupted => Error::Interrupted { signal },
     }
 }
 
@@ -572,6 +569,7 @@ mod tests {
         let e = build_error(
             &StoreDir::default(),
             bigtop_store::build::Error::SandboxUnavailable("no user namespaces".into()),
+            0,
         );
         assert_eq!(
             e.to_string(),
