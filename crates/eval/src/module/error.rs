@@ -53,7 +53,7 @@ impl fmt::Display for Loc {
 
 /// One definition as an error shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shown {
+pub struct ShownDefinition {
     /// The module that made it.
     pub module: Arc<str>,
     /// Where.
@@ -64,7 +64,7 @@ pub struct Shown {
     pub value: Option<Value>,
 }
 
-impl fmt::Display for Shown {
+impl fmt::Display for ShownDefinition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
             Some(v) => write!(f, "{v}")?,
@@ -78,7 +78,7 @@ impl fmt::Display for Shown {
     }
 }
 
-fn list(defs: &[Shown]) -> String {
+fn list(defs: &[ShownDefinition]) -> String {
     defs.iter().map(|d| format!("\n  - {d}")).collect()
 }
 
@@ -126,7 +126,7 @@ pub enum Error {
         /// The winning priority.
         priority: u32,
         /// Every definition at that priority.
-        defs: Vec<Shown>,
+        defs: Vec<ShownDefinition>,
     },
     /// A custom type's merge refused the definitions.
     #[error("The option `{option}` cannot merge its definitions ({reason}):{}", list(.defs))]
@@ -136,7 +136,7 @@ pub enum Error {
         /// What the type said.
         reason: String,
         /// The definitions.
-        defs: Vec<Shown>,
+        defs: Vec<ShownDefinition>,
     },
     /// An option of a unique type is defined more than once.
     #[error("The option `{option}` may be defined only once, but has {} definitions:{}", .defs.len(), list(.defs))]
@@ -144,7 +144,7 @@ pub enum Error {
         /// The option.
         option: String,
         /// Its definitions.
-        defs: Vec<Shown>,
+        defs: Vec<ShownDefinition>,
     },
     /// A value that is not of the option's type.
     #[error("The option `{option}` is {expected}, but module `{module}` ({loc}) defines it as {value}: {reason}")]
