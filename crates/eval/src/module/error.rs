@@ -249,6 +249,49 @@ pub enum Error {
         /// What the definition said.
         message: String,
     },
+    /// An evaluation error met by a definition's code (a package it read
+    /// that does not evaluate): its own message, and its causes as the
+    /// source chain, for a renderer to print.
+    #[error(transparent)]
+    Eval(EvalError),
+}
+
+/// An evaluation error ([`crate::Error`]) inside a module error: shared,
+/// so that module errors stay cheap to clone, and compared by what it
+/// says, causes included, since evaluation errors have no `PartialEq`
+/// (they hold I/O errors).
+#[derive(Debug, Clone)]
+pub struct EvalError(pub Arc<crate::Error>);
+
+impl EvalError {
+    /// The messages of the error and of each of its causes.
+    fn chain(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::successors(Some(&*self.0 as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .map(|e| e.to_string())
+    }
+}
+
+impl PartialEq for EvalError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.chain().eq(other.chain())
+    }
+}
+
+impl Eq for EvalError {}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The evaluation error's own causes: its message is this error's.
+impl std::error::Error for EvalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 impl Error {
@@ -262,9 +305,7 @@ impl Error {
 
 impl From<crate::Error> for Error {
     fn from(e: crate::Error) -> Error {
-        Error::Other {
-            message: e.to_string(),
-        }
+        Error::Eval(EvalError(Arc::new(e)))
     }
 }
 
@@ -310,5 +351,38 @@ impl fmt::Display for Warning {
             "{} (module `{}`, {})",
             self.message, self.module, self.loc
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a package error read by a definition was flattened to
+    /// its first line, and what made the package fail was lost.
+    #[test]
+    fn an_evaluation_error_keeps_its_causes() {
+        let cause = crate::Error::NoSuchPackage {
+            name: "opensll".into(),
+            suggestions: vec!["openssl".into()],
+        };
+        let e = Error::from(crate::Error::InPackage {
+            name: "app".into(),
+            source: Arc::new(cause),
+        });
+        assert_eq!(e.to_string(), "In package `app`");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("No package `opensll` in this package set; did you mean `openssl`?")
+        );
+        assert_eq!(e.clone(), e);
+        let other = Error::from(crate::Error::InPackage {
+            name: "app".into(),
+            source: Arc::new(crate::Error::Cycle {
+                chain: vec!["app".into(), "app".into()],
+            }),
+        });
+        assert_ne!(e, other);
     }
 }

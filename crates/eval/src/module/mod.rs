@@ -56,7 +56,7 @@ pub use config::{Config, DefinitionInfo};
 pub use data::Format;
 /// The old name of [`ShownDefinition`], which says what it shows.
 pub use error::ShownDefinition as Shown;
-pub use error::{DataKey, Error, Errors, Loc, ShownDefinition, Warning};
+pub use error::{DataKey, Error, Errors, EvalError, Loc, ShownDefinition, Warning};
 pub use value::{FromValue, IntoValue, Json, Value};
 
 /// The priority of an option's own default.
