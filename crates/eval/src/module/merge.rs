@@ -26,6 +26,126 @@ pub(crate) trait Evaluator {
     fn holds(&self, conds: &[Cond]) -> Result<bool, Error>;
 }
 
+/// A definition placed on its option: what `config` keeps for each
+/// definition and what the merge takes, one record for both. Its code
+/// (`lazy`) runs only once the definition wins at the level it is for;
+/// until then `value` is null.
+#[derive(Clone)]
+pub(crate) struct PlacedDefinition {
+    /// The path below the option being merged.
+    pub(crate) sub: Vec<String>,
+    /// The value given, or computed by `lazy`.
+    pub(crate) value: Value,
+    /// Code computing the value, until it is run.
+    pub(crate) lazy: Option<Lazy>,
+    /// Conditions still to check: those of a definition below a key of a
+    /// map or submodule option wait for that key to be merged, so that
+    /// one key's condition may read another key.
+    pub(crate) conds: Vec<Cond>,
+    pub(crate) priority: u32,
+    pub(crate) order: u32,
+    pub(crate) loc: Loc,
+    pub(crate) module: Arc<str>,
+    /// Its place among all definitions: breaks ties in ordering.
+    pub(crate) seq: usize,
+}
+
+impl PlacedDefinition {
+    /// A definition of the option itself giving `value`, at the
+    /// option-default priority and the plain order, with no conditions,
+    /// made where `decl` was declared: the shape of a default.
+    fn declared(value: &ValueOrCode, decl: &OptionDecl) -> PlacedDefinition {
+        PlacedDefinition {
+            sub: Vec::new(),
+            value: Value::Null,
+            lazy: None,
+            conds: Vec::new(),
+            priority: OPTION_DEFAULT,
+            order: ORDER,
+            loc: decl.locs[0].clone(),
+            module: decl
+                .modules
+                .first()
+                .cloned()
+                .unwrap_or_else(|| Arc::from("(declaration)")),
+            seq: 0,
+        }
+        .giving(value)
+    }
+
+    /// The same definition giving `value` (code not run yet).
+    pub(crate) fn giving(self, value: &ValueOrCode) -> PlacedDefinition {
+        let (value, lazy) = match value {
+            ValueOrCode::Value(v) => (v.clone(), None),
+            ValueOrCode::Lazy(f) => (Value::Null, Some(f.clone())),
+        };
+        PlacedDefinition {
+            value,
+            lazy,
+            ..self
+        }
+    }
+
+    /// A copy without its conditions, for a merge that has checked them
+    /// or leaves them to the key they are below.
+    pub(crate) fn without_conds(&self) -> PlacedDefinition {
+        PlacedDefinition {
+            sub: self.sub.clone(),
+            value: self.value.clone(),
+            lazy: self.lazy.clone(),
+            conds: Vec::new(),
+            priority: self.priority,
+            order: self.order,
+            loc: self.loc.clone(),
+            module: self.module.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// Computes the value, once.
+    pub(crate) fn force(&mut self, cx: &impl Evaluator) -> Result<(), Error> {
+        if let Some(f) = self.lazy.take() {
+            self.value = cx.run(&f)?;
+        }
+        Ok(())
+    }
+
+    fn shown(&self) -> ShownDefinition {
+        ShownDefinition {
+            module: self.module.clone(),
+            loc: self.loc.clone(),
+            priority: self.priority,
+            value: self.lazy.is_none().then(|| self.value.clone()),
+        }
+    }
+
+    /// Everything but the value and sub-path.
+    fn shallow(&self) -> PlacedDefinition {
+        PlacedDefinition {
+            sub: Vec::new(),
+            value: Value::Null,
+            lazy: None,
+            conds: Vec::new(),
+            priority: self.priority,
+            order: self.order,
+            loc: self.loc.clone(),
+            module: self.module.clone(),
+            seq: self.seq,
+        }
+    }
+}
+
+/// The declaration's default as a definition, not computed yet.
+pub(crate) fn default_of(decl: &OptionDecl) -> Option<PlacedDefinition> {
+    Some(PlacedDefinition::declared(decl.default.as_ref()?, decl))
+}
+
+/// A definition at the option-default priority, made where `decl` was
+/// declared, giving `value`.
+fn declared_default(decl: &OptionDecl, value: Value) -> PlacedDefinition {
+    PlacedDefinition::declared(&ValueOrCode::Value(value), decl)
+}
+
 /// Merges the definitions of the option `option` of type `ty` (forced,
 /// conditions applied, its default among them at its priority).
 pub(crate) fn merge(
@@ -198,115 +318,6 @@ fn conflict(option: &str, priority: u32, defs: &[PlacedDefinition]) -> Error {
         option: option.to_owned(),
         priority,
         defs: defs.iter().map(PlacedDefinition::shown).collect(),
-    }
-}
-
-/// A definition placed on its option: what `config` keeps for each
-/// definition and what the merge takes, one record for both. Its code
-/// (`lazy`) runs only once the definition wins at the level it is for;
-/// until then `value` is null.
-#[derive(Clone)]
-pub(crate) struct PlacedDefinition {
-    /// The path below the option being merged.
-    pub(crate) sub: Vec<String>,
-    /// The value given, or computed by `lazy`.
-    pub(crate) value: Value,
-    /// Code computing the value, until it is run.
-    pub(crate) lazy: Option<Lazy>,
-    /// Conditions still to check: those of a definition below a key of a
-    /// map or submodule option wait for that key to be merged, so that
-    /// one key's condition may read another key.
-    pub(crate) conds: Vec<Cond>,
-    pub(crate) priority: u32,
-    pub(crate) order: u32,
-    pub(crate) loc: Loc,
-    pub(crate) module: Arc<str>,
-    /// Its place among all definitions: breaks ties in ordering.
-    pub(crate) seq: usize,
-}
-
-impl PlacedDefinition {
-    /// A definition of the option itself giving `value`, at `priority`
-    /// and `order`, with no conditions and made where `decl` was
-    /// declared: the shape of a default.
-    fn declared(value: &ValueOrCode, decl: &OptionDecl) -> PlacedDefinition {
-        PlacedDefinition {
-            sub: Vec::new(),
-            value: Value::Null,
-            lazy: None,
-            conds: Vec::new(),
-            priority: OPTION_DEFAULT,
-            order: ORDER,
-            loc: decl.locs[0].clone(),
-            module: decl
-                .modules
-                .first()
-                .cloned()
-                .unwrap_or_else(|| Arc::from("(declaration)")),
-            seq: 0,
-        }
-        .giving(value)
-    }
-
-    /// The same definition giving `value` (code not run yet).
-    pub(crate) fn giving(self, value: &ValueOrCode) -> PlacedDefinition {
-        let (value, lazy) = match value {
-            ValueOrCode::Value(v) => (v.clone(), None),
-            ValueOrCode::Lazy(f) => (Value::Null, Some(f.clone())),
-        };
-        PlacedDefinition {
-            value,
-            lazy,
-            ..self
-        }
-    }
-
-    /// A copy without its conditions, for a merge that has checked them
-    /// or leaves them to the key they are below.
-    pub(crate) fn without_conds(&self) -> PlacedDefinition {
-        PlacedDefinition {
-            sub: self.sub.clone(),
-            value: self.value.clone(),
-            lazy: self.lazy.clone(),
-            conds: Vec::new(),
-            priority: self.priority,
-            order: self.order,
-            loc: self.loc.clone(),
-            module: self.module.clone(),
-            seq: self.seq,
-        }
-    }
-
-    /// Computes the value, once.
-    pub(crate) fn force(&mut self, cx: &impl Evaluator) -> Result<(), Error> {
-        if let Some(f) = self.lazy.take() {
-            self.value = cx.run(&f)?;
-        }
-        Ok(())
-    }
-
-    fn shown(&self) -> ShownDefinition {
-        ShownDefinition {
-            module: self.module.clone(),
-            loc: self.loc.clone(),
-            priority: self.priority,
-            value: self.lazy.is_none().then(|| self.value.clone()),
-        }
-    }
-
-    /// Everything but the value and sub-path.
-    fn shallow(&self) -> PlacedDefinition {
-        PlacedDefinition {
-            sub: Vec::new(),
-            value: Value::Null,
-            lazy: None,
-            conds: Vec::new(),
-            priority: self.priority,
-            order: self.order,
-            loc: self.loc.clone(),
-            module: self.module.clone(),
-            seq: self.seq,
-        }
     }
 }
 
@@ -616,15 +627,4 @@ fn with_option(e: Error, option: &str) -> Error {
         },
         e => e,
     }
-}
-
-/// The declaration's default as a definition, not computed yet.
-pub(crate) fn default_of(decl: &OptionDecl) -> Option<PlacedDefinition> {
-    Some(PlacedDefinition::declared(decl.default.as_ref()?, decl))
-}
-
-/// A definition at the option-default priority, made where `decl` was
-/// declared, giving `value`.
-fn declared_default(decl: &OptionDecl, value: Value) -> PlacedDefinition {
-    PlacedDefinition::declared(&ValueOrCode::Value(value), decl)
 }
