@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufReader;
 
+use bigtop_core::closure::ReferenceGraph;
 use bigtop_core::derivation::OutputName;
 use bigtop_core::{ContentAddress, ContentAddressMethod, StorePath};
 use bigtop_eval::drv::{closure_of, Drv, Output};
@@ -260,22 +261,23 @@ pub fn run(
 pub struct RuntimeClosure {
     roots: Vec<StorePath>,
     paths: BTreeSet<StorePath>,
-    /// Each path's references within the closure.
-    refs: BTreeMap<StorePath, BTreeSet<StorePath>>,
+    /// The references between the paths.
+    graph: ReferenceGraph,
 }
 
 impl RuntimeClosure {
     /// The runtime closure of `outputs` (valid paths of `store`).
     pub fn of(store: &Store, outputs: &[StorePath]) -> Result<RuntimeClosure, Error> {
         let paths = store.closure(outputs)?;
-        let mut refs = BTreeMap::new();
+        let mut nodes = Vec::with_capacity(paths.len());
         for p in &paths {
-            refs.insert(p.clone(), store.references(p)?);
+            nodes.push((p.clone(), store.references(p)?));
         }
         Ok(RuntimeClosure {
             roots: outputs.to_vec(),
             paths,
-            refs,
+            // A closure holds whatever its paths refer to.
+            graph: ReferenceGraph::new_lenient(nodes),
         })
     }
 
@@ -294,11 +296,13 @@ impl RuntimeClosure {
     /// A shortest chain of references from a root to a path named `name`
     /// (or `name-<version>`).
     pub fn why(&self, name: &str) -> Option<Vec<StorePath>> {
-        bigtop_eval::closure::shortest_chain(
-            &self.roots,
-            |p| self.refs.get(p).into_iter().flatten().cloned().collect(),
-            |p| bigtop_eval::closure::is_named(p.name(), name),
-        )
+        self.graph
+            .shortest_chain(&self.roots, |p| {
+                bigtop_eval::closure::is_named(p.name(), name)
+            })
+            // Every root is in its own closure.
+            .ok()
+            .flatten()
     }
 
     /// `Ok` if no path named `name` is in it; otherwise the chain of

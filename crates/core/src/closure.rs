@@ -359,24 +359,55 @@ impl ReferenceGraph {
         to: &StorePath,
     ) -> Result<Option<Vec<StorePath>>, UnknownPathsError> {
         let [start, goal] = self.nodes_exact([from, to])?;
+        Ok(self.chain_to(&[start], |node| node == goal))
+    }
+
+    /// A shortest chain of references from one of `roots` to a path that
+    /// `hit` accepts, both included, or `None` if the roots need no such
+    /// path: [`why_depends`](Self::why_depends) for a path known by a
+    /// property (its name) rather than by itself.
+    ///
+    /// Roots are searched from in the order given, and among chains of
+    /// the same length from one root, the one whose paths are smallest is
+    /// returned, so the answer is unique.
+    pub fn shortest_chain<'a>(
+        &self,
+        roots: impl IntoIterator<Item = &'a StorePath>,
+        mut hit: impl FnMut(&StorePath) -> bool,
+    ) -> Result<Option<Vec<StorePath>>, UnknownPathsError> {
+        let starts = self.nodes(roots)?;
+        Ok(self.chain_to(&starts, |node| hit(&self.paths[node])))
+    }
+
+    /// The breadth-first search behind both: from `starts` in order,
+    /// references in path order, so the first time a node is reached is
+    /// by the smallest shortest chain; `hit` is asked of each node as it
+    /// is visited.
+    fn chain_to(
+        &self,
+        starts: &[usize],
+        mut hit: impl FnMut(usize) -> bool,
+    ) -> Option<Vec<StorePath>> {
         const UNSEEN: usize = usize::MAX;
-        // A breadth-first search that visits references in path order: the
-        // first time a node is reached is by the smallest shortest chain.
+        // A start is its own parent: where a chain, walked back, ends.
         let mut parent = vec![UNSEEN; self.len()];
-        parent[start] = start;
-        let mut queue = VecDeque::from([start]);
+        let mut queue = VecDeque::new();
+        for &start in starts {
+            if parent[start] == UNSEEN {
+                parent[start] = start;
+                queue.push_back(start);
+            }
+        }
         while let Some(node) = queue.pop_front() {
-            if node == goal {
-                let mut chain = vec![goal];
-                let mut at = goal;
-                while at != start {
+            if hit(node) {
+                let mut chain = vec![node];
+                let mut at = node;
+                while parent[at] != at {
                     at = parent[at];
                     chain.push(at);
                 }
                 chain.reverse();
-                return Ok(Some(
-                    chain.into_iter().map(|i| self.paths[i].clone()).collect(),
-                ));
+                return Some(chain.into_iter().map(|i| self.paths[i].clone()).collect());
             }
             for &next in self.references.neighbors_slice(node) {
                 if parent[next] == UNSEEN {
@@ -385,7 +416,7 @@ impl ReferenceGraph {
                 }
             }
         }
-        Ok(None)
+        None
     }
 
     fn node(&self, path: &StorePath) -> Option<usize> {
@@ -639,6 +670,27 @@ mod tests {
                 cycle: vec![p(5), p(6)]
             })
         );
+    }
+
+    #[test]
+    fn shortest_chain_searches_from_each_root_in_order() {
+        let g = diamond();
+        // 4 is reached from 5 in one step, from 1 in two: 5 wins.
+        assert_eq!(
+            g.shortest_chain([&p(1), &p(5)], |q| *q == p(4)).unwrap(),
+            Some(vec![p(5), p(4)])
+        );
+        // Same length from both roots: the first root given wins.
+        assert_eq!(
+            g.shortest_chain([&p(3), &p(2)], |q| *q == p(4)).unwrap(),
+            Some(vec![p(3), p(4)])
+        );
+        assert_eq!(g.shortest_chain([&p(6)], |q| *q == p(4)).unwrap(), None);
+        assert_eq!(
+            g.shortest_chain([&p(1)], |q| *q == p(1)).unwrap(),
+            Some(vec![p(1)])
+        );
+        assert!(g.shortest_chain([&p(7)], |_| true).is_err());
     }
 
     #[test]

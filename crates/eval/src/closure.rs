@@ -21,9 +21,10 @@
 //! # Ok::<(), bigtop_eval::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use bigtop_core::closure::ReferenceGraph;
 use bigtop_core::StorePath;
 
 use crate::drv::{closure_of, Drv};
@@ -105,11 +106,23 @@ impl BuildClosure {
     /// A shortest chain from a root to a derivation named `name`: why
     /// the closure holds it (what `nix why-depends` prints).
     pub fn why(&self, name: &str) -> Option<Vec<Drv>> {
-        shortest_chain(
-            &self.roots,
-            |d| d.input_derivations().to_vec(),
-            |d| is_named(d.name(), name),
-        )
+        // The derivations as a graph of their `.drv` paths, searched by
+        // the store's why-depends: inputs are visited in path order, as
+        // a derivation keeps them.
+        let by_path: BTreeMap<&StorePath, &Drv> =
+            self.drvs.iter().map(|d| (d.drv_path(), d)).collect();
+        let graph = ReferenceGraph::new_lenient(self.drvs.iter().map(|d| {
+            let inputs = d.input_derivations().iter().map(|i| i.drv_path().clone());
+            (d.drv_path().clone(), inputs)
+        }));
+        let chain = graph
+            .shortest_chain(self.roots.iter().map(Drv::drv_path), |p| {
+                by_path.get(p).is_some_and(|d| is_named(d.name(), name))
+            })
+            // Every root is in its own closure.
+            .ok()
+            .flatten()?;
+        Some(chain.iter().map(|p| by_path[p].clone()).collect())
     }
 
     /// `Ok` if no derivation named `name` is in it; otherwise the chain
@@ -154,41 +167,4 @@ pub fn is_named(n: &str, name: &str) -> bool {
         || n.strip_prefix(name)
             .and_then(|rest| rest.strip_prefix('-'))
             .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
-}
-
-/// A shortest chain from one of `roots` to a node `hit` accepts,
-/// following `next` (breadth first): the why-depends answer for any graph
-/// of derivations or store paths.
-pub fn shortest_chain<T: Clone + Ord>(
-    roots: &[T],
-    mut next: impl FnMut(&T) -> Vec<T>,
-    hit: impl Fn(&T) -> bool,
-) -> Option<Vec<T>> {
-    let mut came_from: BTreeMap<T, Option<T>> = BTreeMap::new();
-    let mut queue: VecDeque<T> = VecDeque::new();
-    for r in roots {
-        if !came_from.contains_key(r) {
-            came_from.insert(r.clone(), None);
-            queue.push_back(r.clone());
-        }
-    }
-    while let Some(node) = queue.pop_front() {
-        if hit(&node) {
-            let mut chain = vec![node.clone()];
-            let mut at = node;
-            while let Some(Some(prev)) = came_from.get(&at) {
-                chain.push(prev.clone());
-                at = prev.clone();
-            }
-            chain.reverse();
-            return Some(chain);
-        }
-        for n in next(&node) {
-            if !came_from.contains_key(&n) {
-                came_from.insert(n.clone(), Some(node.clone()));
-                queue.push_back(n);
-            }
-        }
-    }
-    None
 }

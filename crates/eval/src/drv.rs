@@ -29,34 +29,20 @@
 //! # Ok::<(), bigtop_eval::Error>(())
 //! ```
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
 use bigtop_core::derivation::{Derivation, DerivationOutput, DrvHash, OutputName};
-use bigtop_core::{ContentAddress, StoreDir, StorePath};
+use bigtop_core::{ContentAddress, StorePath};
 
 use crate::source::Source;
 use crate::Error;
 
-/// Where evaluated paths live and which platform builds them: part of
-/// every path's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Platform {
-    /// The logical store dir. Default: `/bigtop/store`.
-    pub store_dir: StoreDir,
-    /// The system builds run on, e.g. `x86_64-linux`. Default: this host's.
-    pub system: String,
-}
-
-impl Default for Platform {
-    fn default() -> Self {
-        Platform {
-            store_dir: StoreDir::default(),
-            system: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
-        }
-    }
-}
+/// Moved to [`platform`](crate::platform); re-exported here, where it
+/// was first.
+pub use crate::platform::Platform;
 
 /// What documentation and queries read about a package.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,12 +82,24 @@ pub(crate) struct Node {
 }
 
 /// How a derivation was made, for `override_inputs` and `override_attrs`.
+///
+/// Kept as trait objects: what made it (a package set, the package
+/// builder) is a layer above this module, which only holds on to it.
 #[derive(Clone, Default)]
 pub(crate) struct Origin {
     /// By a package-set recipe, from named inputs.
-    pub(crate) recipe: Option<Arc<crate::set::Call>>,
-    /// By the package builder, from its attributes and stdenv.
-    pub(crate) package: Option<Arc<(crate::package::Package, crate::package::Stdenv)>>,
+    pub(crate) recipe: Option<Arc<dyn Remake>>,
+    /// By the package builder: its attributes and stdenv, which only the
+    /// package builder reads back.
+    pub(crate) package: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// A recipe's call that made a derivation, able to make it again with
+/// some of the inputs it asked for replaced.
+pub(crate) trait Remake: Send + Sync {
+    /// The derivation made again with `replace`d inputs, in order (the
+    /// first input the recipe did not ask for is an error).
+    fn remake(&self, replace: Vec<(&str, Drv)>) -> Result<Drv, Error>;
 }
 
 impl PartialEq for Drv {
@@ -149,15 +147,33 @@ impl Drv {
         }
     }
 
-    pub(crate) fn with_recipe(self, call: Arc<crate::set::Call>) -> Drv {
+    pub(crate) fn with_recipe(self, call: Arc<dyn Remake>) -> Drv {
         self.with(|o| o.recipe = Some(call))
     }
 
-    pub(crate) fn with_package(
-        self,
-        made: Arc<(crate::package::Package, crate::package::Stdenv)>,
-    ) -> Drv {
+    pub(crate) fn with_package(self, made: Arc<dyn Any + Send + Sync>) -> Drv {
         self.with(|o| o.package = Some(made))
+    }
+
+    /// What the package builder kept of how it made this derivation.
+    pub(crate) fn package_origin(&self) -> Option<&(dyn Any + Send + Sync)> {
+        self.0.origin.package.as_deref()
+    }
+
+    /// The same package made by its recipe with some inputs replaced —
+    /// nixpkgs' `override`. Only inputs the recipe asked for can be
+    /// replaced; the result is not shared with the set.
+    pub fn override_inputs<'a, I>(&self, replace: I) -> Result<Drv, Error>
+    where
+        I: IntoIterator<Item = (&'a str, Drv)>,
+    {
+        let Some(call) = &self.0.origin.recipe else {
+            return Err(Error::NotOverridable {
+                name: self.name().to_owned(),
+                why: "it was not made by a package-set recipe",
+            });
+        };
+        call.remake(replace.into_iter().collect())
     }
 
     /// The bit of `output` among this derivation's outputs (as a

@@ -28,7 +28,8 @@ use bigtop_core::derivation::builtins::FETCH_URL;
 use bigtop_core::hash::{Hash, HashAlgo};
 use bigtop_core::{ContentAddress, ContentAddressMethod};
 
-use crate::drv::{Drv, DrvBuilder, Platform};
+use crate::drv::{Drv, DrvBuilder};
+use crate::platform::Platform;
 use crate::Error;
 
 /// A download under construction.

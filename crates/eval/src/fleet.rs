@@ -28,8 +28,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::drv::Platform;
 use crate::module::{self, Config, Errors, Module, PLATFORM};
+use crate::platform::Platform;
 use crate::set::Pkgs;
 use crate::system::{self, Toplevel};
 

@@ -8,6 +8,7 @@
 //! path and output paths, and [`Source`](source::Source)s to import —
 //! is what a store adds and builds.
 //!
+//! * [`platform`]: the store dir and system every path is computed for;
 //! * [`drv`]: strings that carry the outputs they name ([`Str`](drv::Str),
 //!   [`text!`]), typed outputs, the raw derivation builder;
 //! * [`source`]: local trees as content-addressed inputs, filtered;
@@ -50,6 +51,7 @@ pub mod fleet;
 pub mod module;
 pub mod package;
 mod par;
+pub mod platform;
 pub mod set;
 pub mod source;
 pub mod system;

@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use bigtop_eval::drv::Platform;
-//! use bigtop_eval::package::{Package, Phase, Stdenv};
+//! use bigtop_eval::package::{OverrideAttrs, Package, Phase, Stdenv};
 //! use bigtop_eval::{text, trivial};
 //! let p = Platform::default();
 //! // A stdenv of host tools the sandbox can see (a real one imports them).
@@ -43,7 +43,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::drv::{Drv, DrvBuilder, Meta, Platform, Str};
+use crate::drv::{Drv, DrvBuilder, Meta, Str};
+use crate::platform::Platform;
 use crate::{trivial, Error};
 
 /// The generic builder script (POSIX sh).
@@ -387,18 +388,27 @@ impl Package {
     }
 }
 
-impl Drv {
+/// `override_attrs` for the derivations the package builder makes: an
+/// extension of [`Drv`] here, where [`Package`] is, since the derivation
+/// layer below cannot name it.
+pub trait OverrideAttrs {
     /// The same package with some attributes changed — nixpkgs'
     /// `overrideAttrs`: `change` gets the package's attributes and returns
     /// the new ones, built with the same stdenv.
-    pub fn override_attrs(&self, change: impl FnOnce(Package) -> Package) -> Result<Drv, Error> {
-        let Some(made) = &self.0.origin.package else {
+    fn override_attrs(&self, change: impl FnOnce(Package) -> Package) -> Result<Drv, Error>;
+}
+
+impl OverrideAttrs for Drv {
+    fn override_attrs(&self, change: impl FnOnce(Package) -> Package) -> Result<Drv, Error> {
+        let Some((package, stdenv)) = self
+            .package_origin()
+            .and_then(|made| made.downcast_ref::<(Package, Stdenv)>())
+        else {
             return Err(Error::NotOverridable {
                 name: self.name().to_owned(),
                 why: "it was not made by the package builder",
             });
         };
-        let (package, stdenv) = &**made;
         change(package.clone()).build(stdenv)
     }
 }

@@ -46,8 +46,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
 
-use crate::drv::{Drv, Platform};
+use crate::drv::{Drv, Remake};
 use crate::error::closest;
+use crate::platform::Platform;
 use crate::Error;
 
 /// A recipe: makes a package from its inputs.
@@ -509,7 +510,7 @@ impl Args {
 
 /// How a recipe made a package: enough to make it again with other
 /// inputs.
-pub(crate) struct Call {
+struct Call {
     pkgs: Pkgs,
     layer: usize,
     name: String,
@@ -517,27 +518,15 @@ pub(crate) struct Call {
     inputs: BTreeSet<String>,
 }
 
-impl Drv {
-    /// The same package made by its recipe with some inputs replaced —
-    /// nixpkgs' `override`. Only inputs the recipe asked for can be
-    /// replaced; the result is not shared with the set.
-    pub fn override_inputs<'a, I>(&self, replace: I) -> Result<Drv, Error>
-    where
-        I: IntoIterator<Item = (&'a str, Drv)>,
-    {
-        let Some(call) = &self.0.origin.recipe else {
-            return Err(Error::NotOverridable {
-                name: self.name().to_owned(),
-                why: "it was not made by a package-set recipe",
-            });
-        };
-        let mut overrides = call.overrides.clone();
+impl Remake for Call {
+    fn remake(&self, replace: Vec<(&str, Drv)>) -> Result<Drv, Error> {
+        let mut overrides = self.overrides.clone();
         for (input, drv) in replace {
-            if !call.inputs.contains(input) {
+            if !self.inputs.contains(input) {
                 return Err(Error::NoSuchInput {
-                    package: call.name.clone(),
+                    package: self.name.clone(),
                     input: input.to_owned(),
-                    takes: call
+                    takes: self
                         .inputs
                         .iter()
                         .map(|i| format!("`{i}`"))
@@ -547,6 +536,6 @@ impl Drv {
             }
             overrides.insert(input.to_owned(), drv);
         }
-        call.pkgs.eval_at(call.layer, &call.name, &overrides)
+        self.pkgs.eval_at(self.layer, &self.name, &overrides)
     }
 }

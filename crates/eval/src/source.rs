@@ -49,7 +49,7 @@ use bigtop_core::nar::NarEncoder;
 use bigtop_core::{StoreDir, StorePath};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use crate::drv::Platform;
+use crate::platform::Platform;
 use crate::Error;
 
 /// What an entry of a source tree is.

@@ -14,7 +14,8 @@
 
 use bigtop_core::derivation::builtins::{SYMLINK_JOIN, WRITE_FILE, WRITE_TREE};
 
-use crate::drv::{Context, Drv, DrvBuilder, Interpolate, Platform, Str};
+use crate::drv::{Context, Drv, DrvBuilder, Interpolate, Str};
+use crate::platform::Platform;
 use crate::Error;
 
 /// A file holding `text`.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use bigtop::eval::closure::BuildClosure;
 use bigtop::eval::drv::{Drv, Platform};
-use bigtop::eval::package::{Package, Phase, Stdenv};
+use bigtop::eval::package::{OverrideAttrs, Package, Phase, Stdenv};
 use bigtop::eval::source::SourceBuilder;
 use bigtop::eval::text;
 use bigtop::realise::RuntimeClosure;

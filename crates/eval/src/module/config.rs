@@ -1,34 +1,63 @@
 //! Collecting modules and evaluating their options.
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::error::{nearest_under, Error, Errors, Loc, Shown, Warning};
-use super::types::{self, Forced};
+use super::error::{nearest_under, Error, Errors, ShownDefinition, Warning};
+use super::merge::{self, Evaluator, KeyToMerge, PlacedDefinition};
+use super::types::Type;
 use super::value::{FromValue, Value};
-use super::{Check, Cond, DefValue, Migration, Module, Opt, OptionDecl, OPTION_DEFAULT};
+use super::{Check, Cond, Lazy, Migration, Module, Opt, OptionDecl};
 use crate::set::Pkgs;
 
-/// A definition placed on its option.
-struct Def {
-    sub: Vec<String>,
-    value: DefValue,
-    priority: u32,
-    order: u32,
-    conds: Vec<Cond>,
-    loc: Loc,
-    module: Arc<str>,
-    seq: usize,
-}
-
-enum Slot<T> {
+/// A memoized computation: under way (asked for again, it is a cycle),
+/// or done.
+enum MemoEntry<T> {
     Running,
     Done(Result<T, Error>),
 }
 
 /// The winning definitions of a map or submodule option, by key.
-type Split = Arc<BTreeMap<String, Vec<Forced>>>;
+type DefsByKey = Arc<BTreeMap<String, Vec<PlacedDefinition>>>;
+
+/// A node of the option tree, as the memo tables key it: an option, or a
+/// key or field below a map or submodule option.
+///
+/// One string, the option's path then each key after a NUL (keys may
+/// hold dots, so a dotted path would not tell them apart): a node's key
+/// costs one allocation, and an option's node is its path, so an
+/// option's entry is found by its path without making one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct NodePath(String);
+
+impl NodePath {
+    /// The option `option` itself.
+    fn option(option: &str) -> NodePath {
+        NodePath(option.to_owned())
+    }
+
+    /// The node `path` below the option `option`.
+    fn below(option: &str, path: &[String]) -> NodePath {
+        let mut k = option.to_owned();
+        for p in path {
+            k.push('\0');
+            k.push_str(p);
+        }
+        NodePath(k)
+    }
+}
+
+/// An option's node is its path (hashed and compared as the string).
+impl Borrow<str> for NodePath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One memo table: a node's computation, by node.
+type Memo<T> = RefCell<HashMap<NodePath, MemoEntry<T>>>;
 
 /// An evaluated configuration: every option of a set of modules, merged
 /// on first read and then kept.
@@ -37,23 +66,22 @@ type Split = Arc<BTreeMap<String, Vec<Forced>>>;
 /// one); it may be sent to another.
 pub struct Config {
     decls: BTreeMap<String, OptionDecl>,
-    defs: HashMap<String, Vec<Def>>,
+    defs: HashMap<String, Vec<PlacedDefinition>>,
     modules: Vec<Module>,
     pkgs: Option<Pkgs>,
     warnings: Vec<Warning>,
-    /// Merged values: of options, and of single keys of map and submodule
-    /// options (`option\0key`). Shared: reading one key of a big map
+    /// Merged values of options. Shared: reading one key of a big map
     /// option (one /etc file of hundreds) copies nothing.
-    memo: RefCell<HashMap<String, Slot<Arc<Value>>>>,
+    memo: Memo<Arc<Value>>,
     /// Map and submodule options' definitions split by key, so that one
     /// key is merged without the others: sibling keys may read each
     /// other, as in NixOS.
-    splits: RefCell<HashMap<String, Slot<Split>>>,
-    /// Single keys of map and submodule options (`option\0key`), merged
-    /// on their own; `None` where every definition of the key is off.
-    keys: RefCell<HashMap<String, Slot<Option<Arc<Value>>>>>,
+    splits: Memo<DefsByKey>,
+    /// Single keys of map and submodule options, merged on their own;
+    /// `None` where every definition of the key is off.
+    keys: Memo<Option<Arc<Value>>>,
     /// Which keys a map or submodule option has.
-    key_lists: RefCell<HashMap<String, Slot<Vec<String>>>>,
+    key_lists: Memo<Vec<String>>,
     /// The options being merged, innermost last.
     stack: RefCell<Vec<String>>,
 }
@@ -63,7 +91,7 @@ pub struct Config {
 pub struct DefinitionInfo {
     /// The definition: module, place, priority, value (when it could be
     /// computed).
-    pub shown: Shown,
+    pub shown: ShownDefinition,
     /// The path below the option it was given for (`alice.uid` of
     /// `users`), empty when for the option itself.
     pub sub: Vec<String>,
@@ -212,16 +240,18 @@ impl Config {
         for m in &modules {
             for d in &m.0.defs {
                 seq += 1;
-                let def = Def {
+                let def = PlacedDefinition {
                     sub: Vec::new(),
-                    value: d.def.value.clone(),
+                    value: Value::Null,
+                    lazy: None,
                     priority: d.def.priority,
                     order: d.def.order,
                     conds: d.conds.clone(),
                     loc: d.loc.clone(),
                     module: m.0.name.clone(),
                     seq,
-                };
+                }
+                .giving(&d.def.value);
                 cfg.place(&d.path, def, &migrations, &mut errors, 0);
             }
         }
@@ -236,7 +266,7 @@ impl Config {
     fn place(
         &mut self,
         path: &[String],
-        def: Def,
+        def: PlacedDefinition,
         migrations: &[(&Migration, Arc<str>)],
         errors: &mut Vec<Error>,
         renames: usize,
@@ -289,33 +319,31 @@ impl Config {
             }
         }
         if let Some((option, sub)) = self.option_of_segments(path) {
-            let def = Def { sub, ..def };
+            let def = PlacedDefinition { sub, ..def };
             self.defs.entry(option).or_default().push(def);
             return;
         }
         if self.is_group(&dotted) {
-            let fields = match def.value {
-                DefValue::Value(Value::Map(fields)) => fields,
-                other => {
+            let fields = match (def.lazy.is_some(), def.value) {
+                (false, Value::Map(fields)) => fields,
+                (code, other) => {
                     errors.push(Error::BadDefinition {
                         path: dotted,
                         module: def.module,
                         loc: def.loc,
                         reason: format!(
                         "gives {} to a group of options; give a map of them, or define each option",
-                        match &other {
-                            DefValue::Value(v) => v.kind(),
-                            DefValue::Lazy(_) => "code",
-                        }
+                        if code { "code" } else { other.kind() }
                     ),
                     });
                     return;
                 }
             };
             for (k, v) in fields {
-                let one = Def {
+                let one = PlacedDefinition {
                     sub: Vec::new(),
-                    value: DefValue::Value(v),
+                    value: v,
+                    lazy: None,
                     conds: def.conds.clone(),
                     loc: def.loc.clone(),
                     module: def.module.clone(),
@@ -396,10 +424,10 @@ impl Config {
         // Which keys are there depends on their definitions' conditions,
         // which may ask for the keys again: a cycle, reported as one.
         let shown = format!("{path} (its keys)");
-        self.memoized(&self.key_lists, path.to_owned(), &shown, || {
+        self.memoized(&self.key_lists, NodePath::option(path), &shown, || {
             let split = self.split(path)?;
             let mut out = Vec::new();
-            for key in types::keys_of(&decl.ty, &split) {
+            for key in merge::keys_of(&decl.ty, &split) {
                 // A map key is there if one of its definitions is on.
                 let on = match split.get(&key) {
                     Some(defs) if decl.ty.submodule().is_none() => {
@@ -426,7 +454,10 @@ impl Config {
     pub fn value(&self, path: &str) -> Result<Value, Error> {
         let segments = super::parse_path(path);
         if let Some((option, sub)) = self.option_of_segments(&segments) {
-            let merged = matches!(self.memo.borrow().get(&option), Some(Slot::Done(Ok(_))));
+            let merged = matches!(
+                self.memo.borrow().get(option.as_str()),
+                Some(MemoEntry::Done(Ok(_)))
+            );
             // As deep as the path goes through maps and submodules, a node
             // is merged on its own (unless the whole option already is).
             let mut depth = 0;
@@ -492,7 +523,7 @@ impl Config {
 
     /// The merged value of the declared option `path`, once.
     fn option(&self, path: &str) -> Result<Arc<Value>, Error> {
-        self.memoized(&self.memo, path.to_owned(), path, || {
+        self.memoized(&self.memo, NodePath::option(path), path, || {
             self.merge(path).map(Arc::new)
         })
     }
@@ -500,14 +531,14 @@ impl Config {
     /// `compute`d once per `key` of `table`; `shown` names it in a cycle.
     fn memoized<T: Clone>(
         &self,
-        table: &RefCell<HashMap<String, Slot<T>>>,
-        key: String,
+        table: &Memo<T>,
+        key: NodePath,
         shown: &str,
         compute: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
         match table.borrow().get(&key) {
-            Some(Slot::Done(r)) => return r.clone(),
-            Some(Slot::Running) => {
+            Some(MemoEntry::Done(r)) => return r.clone(),
+            Some(MemoEntry::Running) => {
                 let stack = self.stack.borrow();
                 let start = stack.iter().position(|p| p == shown).unwrap_or(0);
                 let mut chain: Vec<String> = stack[start..].to_vec();
@@ -516,14 +547,14 @@ impl Config {
             }
             None => {}
         }
-        table.borrow_mut().insert(key.clone(), Slot::Running);
+        table.borrow_mut().insert(key.clone(), MemoEntry::Running);
         self.stack.borrow_mut().push(shown.to_owned());
         // A definition whose code panics leaves the value uncomputed, not
         // running: a later read is no false cycle.
         struct Unwind<'a, T> {
             cfg: &'a Config,
-            table: &'a RefCell<HashMap<String, Slot<T>>>,
-            key: &'a str,
+            table: &'a Memo<T>,
+            key: &'a NodePath,
         }
         impl<T> Drop for Unwind<'_, T> {
             fn drop(&mut self) {
@@ -541,13 +572,13 @@ impl Config {
         let r = compute();
         std::mem::forget(guard);
         self.stack.borrow_mut().pop();
-        table.borrow_mut().insert(key, Slot::Done(r.clone()));
+        table.borrow_mut().insert(key, MemoEntry::Done(r.clone()));
         r
     }
 
     /// The active definitions of the option `path` (its default among
     /// them), values not computed yet.
-    fn active(&self, path: &str) -> Result<Vec<Forced>, Error> {
+    fn active(&self, path: &str) -> Result<Vec<PlacedDefinition>, Error> {
         let decl = &self.decls[path];
         // Below a key of a map or submodule, a definition's conditions are
         // checked when that key is merged (it takes part here, at the
@@ -556,14 +587,12 @@ impl Config {
         let mut defs = Vec::new();
         for d in self.defs.get(path).into_iter().flatten() {
             if keyed && !d.sub.is_empty() {
-                let mut p = pending(d);
-                p.conds = d.conds.clone();
-                defs.push(p);
+                defs.push(d.clone());
             } else if self.holds(&d.conds)? {
-                defs.push(pending(d));
+                defs.push(d.without_conds());
             }
         }
-        defs.extend(self.default_of(decl));
+        defs.extend(merge::default_of(decl));
         if defs.is_empty() {
             return Err(Error::NoValue {
                 option: path.to_owned(),
@@ -577,8 +606,8 @@ impl Config {
         let decl = &self.decls[path];
         if decl.ty.is_keyed() {
             let split = self.split(path)?;
-            types::unknown_fields(path, &decl.ty, &split)?;
-            let keys = types::keys_of(&decl.ty, &split);
+            merge::unknown_fields(path, &decl.ty, &split)?;
+            let keys = merge::keys_of(&decl.ty, &split);
             let mut values = Vec::with_capacity(keys.len());
             for key in &keys {
                 values.push(self.node_value(path, std::slice::from_ref(key))?);
@@ -589,7 +618,7 @@ impl Config {
             let mut table = self.keys.borrow_mut();
             let mut out = BTreeMap::new();
             for (key, v) in keys.into_iter().zip(values) {
-                table.remove(&node_key(path, std::slice::from_ref(&key)));
+                table.remove(&NodePath::below(path, std::slice::from_ref(&key)));
                 if let Some(v) = v {
                     out.insert(key, Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
                 }
@@ -598,23 +627,19 @@ impl Config {
         }
         // Values are computed by the merge, and only those of the
         // definitions that win: a losing default is never run.
-        decl.ty.merge(self, path, self.active(path)?)
+        merge::merge(self, &decl.ty, path, self.active(path)?)
     }
 
-    fn split(&self, path: &str) -> Result<Split, Error> {
-        self.memoized(&self.splits, path.to_owned(), path, || {
+    fn split(&self, path: &str) -> Result<DefsByKey, Error> {
+        self.memoized(&self.splits, NodePath::option(path), path, || {
             let decl = &self.decls[path];
-            types::split_level(self, path, &decl.ty, self.active(path)?).map(Arc::new)
+            merge::split_level(self, path, &decl.ty, self.active(path)?).map(Arc::new)
         })
     }
 
     /// The type of the node `path` below the option `option` (the option
     /// itself for an empty path), and the map entry it is, if it is one.
-    fn node_type(
-        &self,
-        option: &str,
-        path: &[String],
-    ) -> Result<(types::Type, Option<String>), Error> {
+    fn node_type(&self, option: &str, path: &[String]) -> Result<(Type, Option<String>), Error> {
         let mut t = self.decls[option].ty.clone();
         let mut entry = None;
         for (i, k) in path.iter().enumerate() {
@@ -632,27 +657,27 @@ impl Config {
 
     /// The definitions below the map or submodule node `path`, by key
     /// (the option's own split for an empty path).
-    fn node_split(&self, option: &str, path: &[String]) -> Result<Split, Error> {
+    fn node_split(&self, option: &str, path: &[String]) -> Result<DefsByKey, Error> {
         if path.is_empty() {
             return self.split(option);
         }
         let shown = node_shown(option, path);
-        self.memoized(&self.splits, node_key(option, path), &shown, || {
+        self.memoized(&self.splits, NodePath::below(option, path), &shown, || {
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(Arc::new(BTreeMap::new()));
             };
-            types::split_level(self, &shown, &p.ty, p.defs).map(Arc::new)
+            merge::split_level(self, &shown, &p.ty, p.defs).map(Arc::new)
         })
     }
 
     /// The definitions of the node `path` (not empty), ready to merge;
     /// `None` for a map entry whose every definition is off.
-    fn node_defs(&self, option: &str, path: &[String]) -> Result<Option<types::Prepared>, Error> {
+    fn node_defs(&self, option: &str, path: &[String]) -> Result<Option<KeyToMerge>, Error> {
         let (parent, last) = path.split_at(path.len() - 1);
         let split = self.node_split(option, parent)?;
         let (ty, entry) = self.node_type(option, parent)?;
         let defs = split.get(&last[0]).cloned().unwrap_or_default();
-        types::prepare_key(
+        merge::prepare_key(
             self,
             &node_shown(option, parent),
             &ty,
@@ -667,7 +692,7 @@ impl Config {
     /// maps or submodules: sibling keys and fields may read each other.
     /// `None` for a map entry whose definitions are all off.
     fn node_value(&self, option: &str, path: &[String]) -> Result<Option<Arc<Value>>, Error> {
-        if let Some(Slot::Done(Ok(whole))) = self.memo.borrow().get(option) {
+        if let Some(MemoEntry::Done(Ok(whole))) = self.memo.borrow().get(option) {
             let mut v: &Value = whole;
             for k in path {
                 match v {
@@ -681,20 +706,20 @@ impl Config {
             return Ok(Some(Arc::new(v.clone())));
         }
         let shown = node_shown(option, path);
-        self.memoized(&self.keys, node_key(option, path), &shown, || {
+        self.memoized(&self.keys, NodePath::below(option, path), &shown, || {
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(None);
             };
             if p.ty.is_keyed() {
                 let split = self.node_split(option, path)?;
-                types::unknown_fields(&shown, &p.ty, &split)?;
+                merge::unknown_fields(&shown, &p.ty, &split)?;
                 let mut out = BTreeMap::new();
-                for key in types::keys_of(&p.ty, &split) {
+                for key in merge::keys_of(&p.ty, &split) {
                     // A key whose definitions can read nothing cannot be
                     // in a cycle nor run code twice: merged here, directly.
-                    let v = if types::is_plain(&p.ty, &key, split.get(&key)) {
+                    let v = if merge::is_plain(&p.ty, &key, split.get(&key)) {
                         let defs = split.get(&key).cloned().unwrap_or_default();
-                        types::merge_key(self, &shown, &p.ty, &key, defs, p.entry.as_deref())?
+                        merge::merge_key(self, &shown, &p.ty, &key, defs, p.entry.as_deref())?
                     } else {
                         let mut child = path.to_vec();
                         child.push(key.clone());
@@ -706,7 +731,7 @@ impl Config {
                 }
                 return Ok(Some(Arc::new(Value::Map(out))));
             }
-            p.ty.merge_entry(self, &p.path, p.defs, p.entry.as_deref())
+            merge::merge_entry(self, &p.ty, &p.path, p.defs, p.entry.as_deref())
                 .map(|v| Some(Arc::new(v)))
         })
     }
@@ -730,46 +755,13 @@ impl Config {
         }
     }
 
-    pub(crate) fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
+    fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
         for c in conds {
             if !c(self)? {
                 return Ok(false);
             }
         }
         Ok(true)
-    }
-
-    /// The declaration's default as a definition, not computed yet.
-    pub(crate) fn default_of(&self, decl: &OptionDecl) -> Option<Forced> {
-        let (value, lazy) = match decl.default.as_ref()? {
-            DefValue::Value(v) => (v.clone(), None),
-            DefValue::Lazy(f) => (Value::Null, Some(f.clone())),
-        };
-        Some(Forced {
-            value,
-            lazy,
-            ..self.declared_default(decl)
-        })
-    }
-
-    /// A definition at the option-default priority, made where `decl`
-    /// was declared; its value is the caller's.
-    pub(crate) fn declared_default(&self, decl: &OptionDecl) -> Forced {
-        Forced {
-            sub: Vec::new(),
-            value: Value::Null,
-            lazy: None,
-            conds: Vec::new(),
-            priority: OPTION_DEFAULT,
-            order: super::ORDER,
-            loc: decl.locs[0].clone(),
-            module: decl
-                .modules
-                .first()
-                .cloned()
-                .unwrap_or_else(|| Arc::from("(declaration)")),
-            seq: 0,
-        }
     }
 
     fn run_check(&self, c: &Check) -> Result<Option<String>, Error> {
@@ -792,13 +784,13 @@ impl Config {
         let mut out = Vec::new();
         for d in self.defs.get(path).into_iter().flatten() {
             let active = self.holds(&d.conds)?;
-            let value = match &d.value {
-                DefValue::Value(v) => Some(v.clone()),
-                DefValue::Lazy(f) if active => f(self).ok(),
-                DefValue::Lazy(_) => None,
+            let value = match &d.lazy {
+                None => Some(d.value.clone()),
+                Some(f) if active => f(self).ok(),
+                Some(_) => None,
             };
             out.push(DefinitionInfo {
-                shown: Shown {
+                shown: ShownDefinition {
                     module: d.module.clone(),
                     loc: d.loc.clone(),
                     priority: d.priority,
@@ -809,10 +801,10 @@ impl Config {
                 wins: false,
             });
         }
-        if let Some(mut d) = self.default_of(decl) {
+        if let Some(mut d) = merge::default_of(decl) {
             let value = d.force(self).ok().map(|()| d.value);
             out.push(DefinitionInfo {
-                shown: Shown {
+                shown: ShownDefinition {
                     module: d.module,
                     loc: d.loc,
                     priority: d.priority,
@@ -855,14 +847,14 @@ impl Config {
     }
 }
 
-/// The memo key of the node `path` below `option`.
-fn node_key(option: &str, path: &[String]) -> String {
-    let mut k = option.to_owned();
-    for p in path {
-        k.push('\0');
-        k.push_str(p);
+impl Evaluator for Config {
+    fn run(&self, code: &Lazy) -> Result<Value, Error> {
+        code(self)
     }
-    k
+
+    fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
+        Config::holds(self, conds)
+    }
 }
 
 /// How a cycle or an error names the node `path` below `option`.
@@ -871,25 +863,6 @@ fn node_shown(option: &str, path: &[String]) -> String {
         .chain(path.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// A definition as the merge takes it, its value not computed yet.
-fn pending(d: &Def) -> Forced {
-    let (value, lazy) = match &d.value {
-        DefValue::Value(v) => (v.clone(), None),
-        DefValue::Lazy(f) => (Value::Null, Some(f.clone())),
-    };
-    Forced {
-        sub: d.sub.clone(),
-        value,
-        lazy,
-        conds: Vec::new(),
-        priority: d.priority,
-        order: d.order,
-        loc: d.loc.clone(),
-        module: d.module.clone(),
-        seq: d.seq,
-    }
 }
 
 /// `path` is the dotted `prefix` or inside it: the rest.

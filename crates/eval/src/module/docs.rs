@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::config::Config;
 use super::types::{Kind, Type};
-use super::{DefValue, OptionDecl};
+use super::{OptionDecl, ValueOrCode};
 
 /// One documented option: a declared one, or a field of a submodule
 /// inside one (`users.<name>.uid`, `hosts.*.port`).
@@ -53,8 +53,8 @@ fn inner<'t>(t: &'t Type, path: &str) -> (Option<&'t Type>, String) {
 fn default_text(d: &OptionDecl) -> Option<String> {
     match (&d.default, &d.default_text) {
         (_, Some(t)) => Some(t.clone()),
-        (Some(DefValue::Value(v)), None) => Some(v.to_string()),
-        (Some(DefValue::Lazy(_)), None) => Some("(computed)".into()),
+        (Some(ValueOrCode::Value(v)), None) => Some(v.to_string()),
+        (Some(ValueOrCode::Lazy(_)), None) => Some("(computed)".into()),
         (None, None) => None,
     }
 }

@@ -53,7 +53,7 @@ impl fmt::Display for Loc {
 
 /// One definition as an error shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shown {
+pub struct ShownDefinition {
     /// The module that made it.
     pub module: Arc<str>,
     /// Where.
@@ -64,7 +64,7 @@ pub struct Shown {
     pub value: Option<Value>,
 }
 
-impl fmt::Display for Shown {
+impl fmt::Display for ShownDefinition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
             Some(v) => write!(f, "{v}")?,
@@ -78,7 +78,7 @@ impl fmt::Display for Shown {
     }
 }
 
-fn list(defs: &[Shown]) -> String {
+fn list(defs: &[ShownDefinition]) -> String {
     defs.iter().map(|d| format!("\n  - {d}")).collect()
 }
 
@@ -126,7 +126,7 @@ pub enum Error {
         /// The winning priority.
         priority: u32,
         /// Every definition at that priority.
-        defs: Vec<Shown>,
+        defs: Vec<ShownDefinition>,
     },
     /// A custom type's merge refused the definitions.
     #[error("The option `{option}` cannot merge its definitions ({reason}):{}", list(.defs))]
@@ -136,7 +136,7 @@ pub enum Error {
         /// What the type said.
         reason: String,
         /// The definitions.
-        defs: Vec<Shown>,
+        defs: Vec<ShownDefinition>,
     },
     /// An option of a unique type is defined more than once.
     #[error("The option `{option}` may be defined only once, but has {} definitions:{}", .defs.len(), list(.defs))]
@@ -144,7 +144,7 @@ pub enum Error {
         /// The option.
         option: String,
         /// Its definitions.
-        defs: Vec<Shown>,
+        defs: Vec<ShownDefinition>,
     },
     /// A value that is not of the option's type.
     #[error("The option `{option}` is {expected}, but module `{module}` ({loc}) defines it as {value}: {reason}")]
@@ -249,6 +249,49 @@ pub enum Error {
         /// What the definition said.
         message: String,
     },
+    /// An evaluation error met by a definition's code (a package it read
+    /// that does not evaluate): its own message, and its causes as the
+    /// source chain, for a renderer to print.
+    #[error(transparent)]
+    Eval(EvalError),
+}
+
+/// An evaluation error ([`crate::Error`]) inside a module error: shared,
+/// so that module errors stay cheap to clone, and compared by what it
+/// says, causes included, since evaluation errors have no `PartialEq`
+/// (they hold I/O errors).
+#[derive(Debug, Clone)]
+pub struct EvalError(pub Arc<crate::Error>);
+
+impl EvalError {
+    /// The messages of the error and of each of its causes.
+    fn chain(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::successors(Some(&*self.0 as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .map(|e| e.to_string())
+    }
+}
+
+impl PartialEq for EvalError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.chain().eq(other.chain())
+    }
+}
+
+impl Eq for EvalError {}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The evaluation error's own causes: its message is this error's.
+impl std::error::Error for EvalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 impl Error {
@@ -262,9 +305,7 @@ impl Error {
 
 impl From<crate::Error> for Error {
     fn from(e: crate::Error) -> Error {
-        Error::Other {
-            message: e.to_string(),
-        }
+        Error::Eval(EvalError(Arc::new(e)))
     }
 }
 
@@ -310,5 +351,38 @@ impl fmt::Display for Warning {
             "{} (module `{}`, {})",
             self.message, self.module, self.loc
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a package error read by a definition was flattened to
+    /// its first line, and what made the package fail was lost.
+    #[test]
+    fn an_evaluation_error_keeps_its_causes() {
+        let cause = crate::Error::NoSuchPackage {
+            name: "opensll".into(),
+            suggestions: vec!["openssl".into()],
+        };
+        let e = Error::from(crate::Error::InPackage {
+            name: "app".into(),
+            source: Arc::new(cause),
+        });
+        assert_eq!(e.to_string(), "In package `app`");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("No package `opensll` in this package set; did you mean `openssl`?")
+        );
+        assert_eq!(e.clone(), e);
+        let other = Error::from(crate::Error::InPackage {
+            name: "app".into(),
+            source: Arc::new(crate::Error::Cycle {
+                chain: vec!["app".into(), "app".into()],
+            }),
+        });
+        assert_ne!(e, other);
     }
 }

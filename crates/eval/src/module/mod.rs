@@ -48,12 +48,15 @@ mod config;
 mod data;
 mod docs;
 mod error;
+mod merge;
 pub mod types;
 mod value;
 
 pub use config::{Config, DefinitionInfo};
 pub use data::Format;
-pub use error::{DataKey, Error, Errors, Loc, Shown, Warning};
+/// The old name of [`ShownDefinition`], which says what it shows.
+pub use error::ShownDefinition as Shown;
+pub use error::{DataKey, Error, Errors, EvalError, Loc, ShownDefinition, Warning};
 pub use value::{FromValue, IntoValue, Json, Value};
 
 /// The priority of an option's own default.
@@ -81,9 +84,10 @@ pub(crate) type Lazy = Arc<dyn Fn(&Config) -> Result<Value, Error> + Send + Sync
 type Cond = Arc<dyn Fn(&Config) -> Result<bool, Error> + Send + Sync>;
 type Test = Arc<dyn Fn(&Config) -> Result<Option<String>, Error> + Send + Sync>;
 
-/// A value, or code that computes it from the configuration.
+/// What a definition or default gives: a value, or code that computes it
+/// from the configuration.
 #[derive(Clone)]
-pub(crate) enum DefValue {
+pub(crate) enum ValueOrCode {
     Value(Value),
     Lazy(Lazy),
 }
@@ -93,7 +97,7 @@ pub(crate) enum DefValue {
 /// [`NORMAL`] priority.
 #[derive(Clone)]
 pub struct Definition {
-    value: DefValue,
+    value: ValueOrCode,
     priority: u32,
     order: u32,
 }
@@ -101,7 +105,7 @@ pub struct Definition {
 impl<T: IntoValue> From<T> for Definition {
     fn from(v: T) -> Self {
         Definition {
-            value: DefValue::Value(v.into_value()),
+            value: ValueOrCode::Value(v.into_value()),
             priority: NORMAL,
             order: ORDER,
         }
@@ -116,7 +120,7 @@ where
     F: Fn(&Config) -> Result<T, Error> + Send + Sync + 'static,
 {
     Definition {
-        value: DefValue::Lazy(Arc::new(move |c| f(c).map(IntoValue::into_value))),
+        value: ValueOrCode::Lazy(Arc::new(move |c| f(c).map(IntoValue::into_value))),
         priority: NORMAL,
         order: ORDER,
     }
@@ -169,7 +173,7 @@ pub fn after(d: impl Into<Definition>) -> Definition {
 #[derive(Clone)]
 pub struct OptionDecl {
     pub(crate) ty: types::Type,
-    pub(crate) default: Option<DefValue>,
+    pub(crate) default: Option<ValueOrCode>,
     pub(crate) default_text: Option<String>,
     /// The default is the key of the map entry its submodule is (NixOS's
     /// `name` argument).
@@ -197,7 +201,7 @@ impl OptionDecl {
 
     /// The value when no module defines it (at [`OPTION_DEFAULT`]).
     pub fn default(&mut self, v: impl IntoValue) -> &mut Self {
-        self.default = Some(DefValue::Value(v.into_value()));
+        self.default = Some(ValueOrCode::Value(v.into_value()));
         self
     }
 
@@ -208,7 +212,7 @@ impl OptionDecl {
         T: IntoValue,
         F: Fn(&Config) -> Result<T, Error> + Send + Sync + 'static,
     {
-        self.default = Some(DefValue::Lazy(Arc::new(move |c| {
+        self.default = Some(ValueOrCode::Lazy(Arc::new(move |c| {
             f(c).map(IntoValue::into_value)
         })));
         self.default_text = Some(text.to_owned());
@@ -252,7 +256,7 @@ impl OptionDecl {
                 self.default_text = other.default_text.or(self.default_text);
             }
             (Some(_), None) => {}
-            (Some(DefValue::Value(a)), Some(DefValue::Value(b))) if *a == b => {}
+            (Some(ValueOrCode::Value(a)), Some(ValueOrCode::Value(b))) if *a == b => {}
             (Some(_), Some(_)) => return Err("both give a default".into()),
         }
         if self.description.is_empty() {

@@ -14,7 +14,7 @@ use crate::drv::{Drv, Output, Str};
 #[derive(Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Value {
-    /// No value (`null`): what an unset [`optional`](super::types::optional) holds.
+    /// No value (`null`): what an unset `types::optional` holds.
     #[default]
     Null,
     /// A boolean.

@@ -40,8 +40,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::drv::{Context, Drv, Platform, Str};
+use crate::drv::{Context, Drv, Str};
 use crate::module::{types, Config, Error, Module, Value};
+use crate::platform::Platform;
 use crate::trivial::{self, TreeEntry};
 
 /// How a service is restarted when it stops.
