@@ -48,7 +48,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     /// A program the bootstrap needs is not on this host.
-    #[error("The bootstrap needs `{program}`, which is not in {searched}: install it (on Debian: {hint})")]
+    #[error("the bootstrap needs `{program}`, which is not in {searched}: install it (on Debian: {hint})")]
     Missing {
         /// The program.
         program: String,
@@ -58,7 +58,7 @@ pub enum Error {
         hint: &'static str,
     },
     /// A host file could not be read.
-    #[error("Cannot read `{}` for the bootstrap", path.display())]
+    #[error("cannot read `{}` for the bootstrap", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -67,7 +67,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The shared libraries of a program could not be found.
-    #[error("Cannot find the libraries of `{}`", path.display())]
+    #[error("cannot find the libraries of `{}`", path.display())]
     Libraries {
         /// The program.
         path: PathBuf,

@@ -32,7 +32,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     /// A source could not be read (or changed since it was evaluated).
-    #[error("Cannot import source `{}`", source_path.display())]
+    #[error("cannot import source `{}`", source_path.display())]
     Source {
         /// The source's root.
         source_path: std::path::PathBuf,
@@ -48,7 +48,7 @@ pub enum Error {
     Build(#[from] bigtop_store::build::Error),
     /// The store computed another `.drv` path than evaluation did: a bug
     /// in one of the two, never a user's error.
-    #[error("Derivation `{name}`: evaluated as `{evaluated}`, added as `{added}`")]
+    #[error("derivation `{name}`: evaluated as `{evaluated}`, added as `{added}`")]
     DrvPathMismatch {
         /// The derivation.
         name: String,
@@ -61,7 +61,7 @@ pub enum Error {
     #[error("`{0}` was not among the outputs realised")]
     NotRealised(String),
     /// A built program could not be run.
-    #[error("Cannot run a built program: {0}")]
+    #[error("cannot run a built program: {0}")]
     Run(String),
 }
 

@@ -35,7 +35,7 @@ const DIGITS: [u8; 256] = {
 #[non_exhaustive]
 pub enum DecodeError {
     /// The text holds a character outside the alphabet.
-    #[error("Invalid character `{character}` at position {position} in base-32 text `{input}`")]
+    #[error("invalid character `{character}` at position {position} in base-32 text `{input}`")]
     InvalidCharacter {
         /// The whole text.
         input: String,
@@ -45,7 +45,7 @@ pub enum DecodeError {
         position: usize,
     },
     /// The text's length is not the length of any byte string.
-    #[error("Base-32 text `{input}` has {len} characters, which encodes no whole number of bytes")]
+    #[error("base-32 text `{input}` has {len} characters, which encodes no whole number of bytes")]
     InvalidLength {
         /// The whole text.
         input: String,
@@ -54,7 +54,7 @@ pub enum DecodeError {
     },
     /// The first character carries bits beyond the last byte, so two texts
     /// would decode to the same bytes; rejecting it keeps the form canonical.
-    #[error("Base-32 text `{input}` has non-zero padding bits")]
+    #[error("base-32 text `{input}` has non-zero padding bits")]
     NonZeroPadding {
         /// The whole text.
         input: String,

@@ -60,7 +60,7 @@ pub struct ReferenceGraph {
 
 /// A path refers to a path that is not in the graph.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("Path `{referrer}` refers to `{reference}`, which is not in the reference graph")]
+#[error("path `{referrer}` refers to `{reference}`, which is not in the reference graph")]
 pub struct MissingReferenceError {
     /// The path whose references were given.
     pub referrer: StorePath,
@@ -70,7 +70,7 @@ pub struct MissingReferenceError {
 
 /// Paths asked about that are not in the graph.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("Not in the reference graph: {}", backticked(paths))]
+#[error("not in the reference graph: {}", backticked(paths))]
 pub struct UnknownPathsError {
     /// The unknown paths, sorted, without duplicates.
     pub paths: Vec<StorePath>,
@@ -79,7 +79,7 @@ pub struct UnknownPathsError {
 /// Paths that refer to each other in a cycle, so that no order puts every
 /// reference before its referrers.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("Paths refer to each other in a cycle: {}", cycle_text(cycle))]
+#[error("paths refer to each other in a cycle: {}", cycle_text(cycle))]
 pub struct CycleError {
     /// One cycle: each path refers to the next, and the last to the first.
     /// It starts at its smallest path.
@@ -565,7 +565,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            format!("Not in the reference graph: `{}`, `{}`", p(8), p(9))
+            format!("not in the reference graph: `{}`, `{}`", p(8), p(9))
         );
         assert!(g.reverse_closure([&p(7)]).is_err());
         assert!(g.closure_size([&p(7)], |_| 1).is_err());
@@ -591,7 +591,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "Path `{}` refers to `{}`, which is not in the reference graph",
+                "path `{}` refers to `{}`, which is not in the reference graph",
                 p(1),
                 p(3)
             )
@@ -654,7 +654,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "Paths refer to each other in a cycle: `{}` -> `{}` -> `{}` -> `{}`",
+                "paths refer to each other in a cycle: `{}` -> `{}` -> `{}` -> `{}`",
                 p(1),
                 p(2),
                 p(3),

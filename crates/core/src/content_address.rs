@@ -61,13 +61,13 @@ pub struct ContentAddress {
 #[non_exhaustive]
 pub enum ParseError {
     /// No `fixed:`, `fixed:r:` or `text:` prefix.
-    #[error("Content address `{input}` does not start with `fixed:`, `fixed:r:` or `text:`")]
+    #[error("content address `{input}` does not start with `fixed:`, `fixed:r:` or `text:`")]
     BadMethod {
         /// The whole text.
         input: String,
     },
     /// The hash after the method is invalid.
-    #[error("Content address `{input}` has an invalid hash")]
+    #[error("content address `{input}` has an invalid hash")]
     BadHash {
         /// The whole text.
         input: String,

@@ -120,19 +120,19 @@ pub struct Hash {
 #[non_exhaustive]
 pub enum ParseError {
     /// The algorithm name is not one bigtop knows.
-    #[error("Unknown hash algorithm `{input}` (expected `blake3` or `sha256`)")]
+    #[error("unknown hash algorithm `{input}` (expected `blake3` or `sha256`)")]
     UnknownAlgo {
         /// The name given.
         input: String,
     },
     /// The text names no algorithm and none was implied.
-    #[error("Hash `{input}` names no algorithm (write it as `blake3-…` or `sha256:…`)")]
+    #[error("hash `{input}` names no algorithm (write it as `blake3-…` or `sha256:…`)")]
     MissingAlgo {
         /// The whole text.
         input: String,
     },
     /// The digest part is not base 32, hex or base 64 of the right length.
-    #[error("Hash `{input}` is not a {algo} digest in base 32 ({b32} characters), hex ({hex}) or base 64 ({b64})", b32 = base32::encoded_len(algo.digest_len()), hex = algo.digest_len() * 2, b64 = algo.digest_len().div_ceil(3) * 4)]
+    #[error("hash `{input}` is not a {algo} digest in base 32 ({b32} characters), hex ({hex}) or base 64 ({b64})", b32 = base32::encoded_len(algo.digest_len()), hex = algo.digest_len() * 2, b64 = algo.digest_len().div_ceil(3) * 4)]
     BadLength {
         /// The whole text.
         input: String,
@@ -140,7 +140,7 @@ pub enum ParseError {
         algo: HashAlgo,
     },
     /// The digest part is not valid in the encoding its length implies.
-    #[error("Hash `{input}` is not valid {encoding}: {detail}")]
+    #[error("hash `{input}` is not valid {encoding}: {detail}")]
     BadCharacter {
         /// The whole text.
         input: String,

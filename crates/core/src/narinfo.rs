@@ -111,7 +111,7 @@ pub struct NarInfo {
 #[non_exhaustive]
 pub enum ParseError {
     /// A non-empty line with no `:` after its key.
-    #[error("Line {line} of narinfo, `{text}`, is not `<key>: <value>`")]
+    #[error("line {line} of narinfo, `{text}`, is not `<key>: <value>`")]
     MissingColon {
         /// The line number.
         line: usize,
@@ -119,7 +119,7 @@ pub enum ParseError {
         text: String,
     },
     /// A single-valued key given a second time.
-    #[error("Line {line} of narinfo gives `{key}` a second time, as `{value}`")]
+    #[error("line {line} of narinfo gives `{key}` a second time, as `{value}`")]
     Duplicate {
         /// The line number of the second occurrence.
         line: usize,
@@ -129,7 +129,7 @@ pub enum ParseError {
         value: String,
     },
     /// A size that is not a decimal number that fits in 64 bits.
-    #[error("Line {line} of narinfo: `{key}` value `{value}` is not a decimal number of bytes")]
+    #[error("line {line} of narinfo: `{key}` value `{value}` is not a decimal number of bytes")]
     BadNumber {
         /// The line number.
         line: usize,
@@ -140,7 +140,7 @@ pub enum ParseError {
     },
     /// A store path (full for `StorePath`, a base name for `References`
     /// and `Deriver`) that does not parse.
-    #[error("Line {line} of narinfo: `{key}` value `{value}` is not a valid store path")]
+    #[error("line {line} of narinfo: `{key}` value `{value}` is not a valid store path")]
     BadPath {
         /// The line number.
         line: usize,
@@ -153,7 +153,7 @@ pub enum ParseError {
         source: store_path::ParseError,
     },
     /// A hash that does not parse.
-    #[error("Line {line} of narinfo: `{key}` value `{value}` is not a valid hash")]
+    #[error("line {line} of narinfo: `{key}` value `{value}` is not a valid hash")]
     BadHash {
         /// The line number.
         line: usize,
@@ -166,7 +166,7 @@ pub enum ParseError {
         source: hash::ParseError,
     },
     /// A signature that does not parse.
-    #[error("Line {line} of narinfo: `{key}` value `{value}` is not a valid signature")]
+    #[error("line {line} of narinfo: `{key}` value `{value}` is not a valid signature")]
     BadSignature {
         /// The line number.
         line: usize,
@@ -179,7 +179,7 @@ pub enum ParseError {
         source: signing::ParseError,
     },
     /// A content address that does not parse.
-    #[error("Line {line} of narinfo: `{key}` value `{value}` is not a valid content address")]
+    #[error("line {line} of narinfo: `{key}` value `{value}` is not a valid content address")]
     BadContentAddress {
         /// The line number.
         line: usize,
@@ -192,7 +192,7 @@ pub enum ParseError {
         source: Box<content_address::ParseError>,
     },
     /// A required key is absent.
-    #[error("Narinfo has no `{key}` line")]
+    #[error("narinfo has no `{key}` line")]
     Missing {
         /// The key.
         key: &'static str,
@@ -664,7 +664,7 @@ NarSize: 120
         );
         assert_eq!(
             err.to_string(),
-            "Line 5 of narinfo, `garbage`, is not `<key>: <value>`"
+            "line 5 of narinfo, `garbage`, is not `<key>: <value>`"
         );
     }
 
@@ -681,7 +681,7 @@ NarSize: 120
         );
         assert_eq!(
             err.to_string(),
-            "Line 5 of narinfo gives `NarSize` a second time, as `121`"
+            "line 5 of narinfo gives `NarSize` a second time, as `121`"
         );
         for line in [
             "URL: other",
@@ -715,7 +715,7 @@ NarSize: 120
         }
         assert_eq!(
             parse(&with("FileSize: 1.5")).unwrap_err().to_string(),
-            "Line 5 of narinfo: `FileSize` value `1.5` is not a decimal number of bytes"
+            "line 5 of narinfo: `FileSize` value `1.5` is not a decimal number of bytes"
         );
     }
 
@@ -733,7 +733,7 @@ NarSize: 120
         );
         assert_eq!(
             err.to_string(),
-            format!("Line 1 of narinfo: `StorePath` value `{outside}` is not a valid store path")
+            format!("line 1 of narinfo: `StorePath` value `{outside}` is not a valid store path")
         );
         let good = path(1, "a");
         let err = parse(&with(&format!("References: {good} not-a-path"))).unwrap_err();
@@ -785,7 +785,7 @@ NarSize: 120
         );
         assert_eq!(
             err.to_string(),
-            "Line 5 of narinfo: `CA` value `nar:sha256:x` is not a valid content address"
+            "line 5 of narinfo: `CA` value `nar:sha256:x` is not a valid content address"
         );
     }
 
@@ -799,7 +799,7 @@ NarSize: 120
                 .collect();
             let err = parse(&text).unwrap_err();
             assert_eq!(err, ParseError::Missing { key }, "{key}");
-            assert_eq!(err.to_string(), format!("Narinfo has no `{key}` line"));
+            assert_eq!(err.to_string(), format!("narinfo has no `{key}` line"));
         }
     }
 

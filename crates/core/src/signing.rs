@@ -155,7 +155,7 @@ pub enum ParseError {
     },
     /// A secret key whose second half is not the public key of its seed:
     /// a corrupted or hand-assembled key file.
-    #[error("Secret key `{input}` embeds a public key that does not match its seed")]
+    #[error("secret key `{input}` embeds a public key that does not match its seed")]
     MismatchedPublicKey {
         /// The key's name, the secret redacted.
         input: String,
@@ -569,13 +569,13 @@ impl FromStr for TrustedKeys {
 #[non_exhaustive]
 pub enum VerifyError {
     /// The path has no signatures at all.
-    #[error("Path `{path}` has no signatures")]
+    #[error("path `{path}` has no signatures")]
     Unsigned {
         /// The full store path.
         path: String,
     },
     /// Every signature is by a key that is not trusted.
-    #[error("Path `{path}` is signed only by untrusted keys: {}", backticked(keys))]
+    #[error("path `{path}` is signed only by untrusted keys: {}", backticked(keys))]
     Untrusted {
         /// The full store path.
         path: String,
@@ -585,7 +585,7 @@ pub enum VerifyError {
     /// Signatures by trusted keys exist, but none matches the metadata: it
     /// was altered after signing, or the signature is corrupt.
     #[error(
-        "Path `{path}` has signatures by trusted keys {} that do not verify: its path, NAR hash, NAR size or references differ from what was signed",
+        "path `{path}` has signatures by trusted keys {} that do not verify: its path, NAR hash, NAR size or references differ from what was signed",
         backticked(keys)
     )]
     Invalid {
@@ -958,7 +958,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            format!("Path `{full}` is signed only by untrusted keys: `a-1`, `b-1`")
+            format!("path `{full}` is signed only by untrusted keys: `a-1`, `b-1`")
         );
         assert_eq!(
             info.verify(&dir, &TrustedKeys::new()),

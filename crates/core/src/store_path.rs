@@ -121,19 +121,19 @@ impl fmt::Debug for StorePathDigest {
 #[non_exhaustive]
 pub enum ParseError {
     /// The digest part is not 32 base-32 characters.
-    #[error("Store path digest `{input}` is not 32 characters of Nix base 32")]
+    #[error("store path digest `{input}` is not 32 characters of Nix base 32")]
     BadDigest {
         /// The digest text.
         input: String,
     },
     /// The base name has no `-` after the digest.
-    #[error("Store path base name `{input}` is not `<32-character digest>-<name>`")]
+    #[error("store path base name `{input}` is not `<32-character digest>-<name>`")]
     BadBaseName {
         /// The base name.
         input: String,
     },
     /// The name part breaks Nix's naming rules.
-    #[error("Store path name `{input}` is invalid: {reason}")]
+    #[error("store path name `{input}` is invalid: {reason}")]
     BadName {
         /// The name.
         input: String,
@@ -141,7 +141,7 @@ pub enum ParseError {
         reason: &'static str,
     },
     /// A full path does not lie directly in the store dir.
-    #[error("Path `{input}` is not in the store `{store_dir}`")]
+    #[error("path `{input}` is not in the store `{store_dir}`")]
     NotInStore {
         /// The path.
         input: String,
@@ -149,7 +149,7 @@ pub enum ParseError {
         store_dir: String,
     },
     /// A store dir that is not an absolute, normalized path.
-    #[error("Store directory `{input}` is invalid: {reason}")]
+    #[error("store directory `{input}` is invalid: {reason}")]
     BadStoreDir {
         /// The directory given.
         input: String,

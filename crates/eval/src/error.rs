@@ -11,7 +11,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     /// A derivation is not well formed (a bad name, output, or input).
-    #[error("Derivation `{name}` is not valid")]
+    #[error("derivation `{name}` is not valid")]
     Derivation {
         /// The derivation's name.
         name: String,
@@ -39,13 +39,13 @@ pub enum Error {
         have: String,
     },
     /// A derivation has no builder.
-    #[error("Derivation `{name}` has no builder")]
+    #[error("derivation `{name}` has no builder")]
     NoBuilder {
         /// The derivation's name.
         name: String,
     },
     /// A source could not be read.
-    #[error("Cannot read source `{}`", path.display())]
+    #[error("cannot read source `{}`", path.display())]
     Source {
         /// The file or directory.
         path: PathBuf,
@@ -54,7 +54,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A filter pattern does not parse.
-    #[error("Bad pattern `{pattern}` for source `{}`", root.display())]
+    #[error("bad pattern `{pattern}` for source `{}`", root.display())]
     Pattern {
         /// The source's root.
         root: PathBuf,
@@ -65,7 +65,7 @@ pub enum Error {
     },
     /// A source holds something a store path cannot (a socket, a device,
     /// a name NAR forbids).
-    #[error("Source `{}` cannot be stored: {reason}", path.display())]
+    #[error("source `{}` cannot be stored: {reason}", path.display())]
     Unstorable {
         /// The offending file.
         path: PathBuf,
@@ -73,7 +73,7 @@ pub enum Error {
         reason: String,
     },
     /// A package set has no package of this name.
-    #[error("No package `{name}` in this package set{}", did_you_mean(.suggestions))]
+    #[error("no package `{name}` in this package set{}", did_you_mean(.suggestions))]
     NoSuchPackage {
         /// The name asked for.
         name: String,
@@ -81,14 +81,14 @@ pub enum Error {
         suggestions: Vec<String>,
     },
     /// Packages that need each other.
-    #[error("Packages depend on each other: {}", .chain.join(" -> "))]
+    #[error("packages depend on each other: {}", .chain.join(" -> "))]
     Cycle {
         /// The packages, from the first to the one that needs it again.
         chain: Vec<String>,
     },
     /// A package failed to evaluate; `source` says why (shared by every
     /// package that needs it).
-    #[error("In package `{name}`")]
+    #[error("in package `{name}`")]
     InPackage {
         /// The package.
         name: String,
@@ -97,7 +97,7 @@ pub enum Error {
         source: std::sync::Arc<Error>,
     },
     /// An expected hash does not parse.
-    #[error("Bad hash `{hash}` for `{url}`: {reason}")]
+    #[error("bad hash `{hash}` for `{url}`: {reason}")]
     BadHash {
         /// What is fetched.
         url: String,
@@ -107,7 +107,7 @@ pub enum Error {
         reason: String,
     },
     /// A value could not be serialized (a JSON or TOML file).
-    #[error("Cannot write `{name}` as {format}: {reason}")]
+    #[error("cannot write `{name}` as {format}: {reason}")]
     Serialize {
         /// The file's name.
         name: String,
@@ -231,7 +231,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "No package `zlibb` in this package set; did you mean `zlib`?"
+            "no package `zlibb` in this package set; did you mean `zlib`?"
         );
     }
 }

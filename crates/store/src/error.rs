@@ -11,7 +11,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     /// A file system operation failed.
-    #[error("Cannot {action} `{path}`")]
+    #[error("cannot {action} `{path}`")]
     Io {
         /// What was being done (`create`, `read`, `rename`, …).
         action: &'static str,
@@ -22,7 +22,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The database failed.
-    #[error("Store database `{path}` failed")]
+    #[error("store database `{path}` failed")]
     Db {
         /// The database file.
         path: PathBuf,
@@ -31,7 +31,7 @@ pub enum Error {
         source: rusqlite::Error,
     },
     /// The database was written by a newer bigtop.
-    #[error("Store database `{path}` has schema version {found}, newer than the {supported} this bigtop knows: upgrade bigtop to open it")]
+    #[error("store database `{path}` has schema version {found}, newer than the {supported} this bigtop knows: upgrade bigtop to open it")]
     SchemaTooNew {
         /// The database file.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum Error {
         supported: u32,
     },
     /// The database describes another logical store dir's paths.
-    #[error("Store database `{database}` belongs to the store dir `{recorded}`, not `{opened}`: open it with `{recorded}`, or give `{opened}` a state dir of its own")]
+    #[error("store database `{database}` belongs to the store dir `{recorded}`, not `{opened}`: open it with `{recorded}`, or give `{opened}` a state dir of its own")]
     StoreDirMismatch {
         /// The database file.
         database: PathBuf,
@@ -51,13 +51,13 @@ pub enum Error {
         opened: String,
     },
     /// A store path was asked about that is not registered.
-    #[error("Path `{path}` is not valid in the store")]
+    #[error("path `{path}` is not valid in the store")]
     NotValid {
         /// The path.
         path: StorePath,
     },
     /// A derivation is not well formed.
-    #[error("Derivation `{name}` is not valid")]
+    #[error("derivation `{name}` is not valid")]
     BadDerivation {
         /// Its `.drv` name or path.
         name: String,
@@ -66,7 +66,7 @@ pub enum Error {
         source: bigtop_core::derivation::Error,
     },
     /// A `.drv` file in the store does not parse.
-    #[error("Cannot read derivation `{path}`")]
+    #[error("cannot read derivation `{path}`")]
     DerivationFile {
         /// The `.drv` path.
         path: StorePath,
@@ -75,13 +75,13 @@ pub enum Error {
         source: bigtop_core::derivation::ParseError,
     },
     /// A derivation to build is not in the store.
-    #[error("Derivation `{drv}` is not valid in the store (add it first)")]
+    #[error("derivation `{drv}` is not valid in the store (add it first)")]
     MissingDerivation {
         /// The `.drv` path.
         drv: StorePath,
     },
     /// An output was asked for that the derivation does not have.
-    #[error("Derivation `{drv}` has no output `{output}`")]
+    #[error("derivation `{drv}` has no output `{output}`")]
     NoSuchOutput {
         /// The `.drv` path.
         drv: StorePath,
@@ -89,7 +89,7 @@ pub enum Error {
         output: bigtop_core::derivation::OutputName,
     },
     /// A derivation needs an output that its input derivation does not have.
-    #[error("Derivation `{drv}` needs output `{output}` of `{input}`, which has no such output (it has: {have})")]
+    #[error("derivation `{drv}` needs output `{output}` of `{input}`, which has no such output (it has: {have})")]
     MissingInputOutput {
         /// The `.drv` path of the derivation that needs it.
         drv: String,
@@ -101,7 +101,7 @@ pub enum Error {
         have: String,
     },
     /// An input source is neither valid nor substitutable.
-    #[error("Input `{input}` of `{drv}` is not valid and no substituter has it")]
+    #[error("input `{input}` of `{drv}` is not valid and no substituter has it")]
     MissingInput {
         /// The `.drv` path.
         drv: StorePath,
@@ -109,13 +109,13 @@ pub enum Error {
         input: StorePath,
     },
     /// The derivations depend on each other in a cycle.
-    #[error("Dependency cycle through `{path}`")]
+    #[error("dependency cycle through `{path}`")]
     DependencyCycle {
         /// A path on the cycle.
         path: StorePath,
     },
     /// A path refers to one that is neither registered nor being added.
-    #[error("Path `{path}` refers to `{reference}`, which is not valid in the store")]
+    #[error("path `{path}` refers to `{reference}`, which is not valid in the store")]
     MissingReference {
         /// The referrer.
         path: StorePath,
@@ -124,7 +124,7 @@ pub enum Error {
     },
     /// A root was asked for inside the store directory, where it would be
     /// an entry the store does not know.
-    #[error("Cannot make `{link}` a root: it is inside the store directory `{store}`, which holds only store paths")]
+    #[error("cannot make `{link}` a root: it is inside the store directory `{store}`, which holds only store paths")]
     RootInStore {
         /// The link asked for.
         link: PathBuf,
@@ -132,7 +132,7 @@ pub enum Error {
         store: PathBuf,
     },
     /// A user gave a symlink that leads out of the store.
-    #[error("Symlink `{link}` leads to `{target}`, which is not in the store `{store_dir}`")]
+    #[error("symlink `{link}` leads to `{target}`, which is not in the store `{store_dir}`")]
     LinkOutsideStore {
         /// The path given.
         link: PathBuf,
@@ -142,7 +142,7 @@ pub enum Error {
         store_dir: String,
     },
     /// Contents did not hash to what was claimed.
-    #[error("Contents of `{path}` do not match: expected {expected}, got {got}")]
+    #[error("contents of `{path}` do not match: expected {expected}, got {got}")]
     HashMismatch {
         /// The path being added.
         path: StorePath,
@@ -162,7 +162,7 @@ pub enum Error {
         got: u64,
     },
     /// A path's content address names another path than the path.
-    #[error("Content address `{ca}` of `{path}` gives the path `{implied}`, not `{path}`")]
+    #[error("content address `{ca}` of `{path}` gives the path `{implied}`, not `{path}`")]
     ContentAddressMismatch {
         /// The path that claimed it.
         path: StorePath,
@@ -172,7 +172,7 @@ pub enum Error {
         implied: StorePath,
     },
     /// A path claims a content address that no path like it can have.
-    #[error("Content address `{ca}` of `{path}` cannot hold: {reason}")]
+    #[error("content address `{ca}` of `{path}` cannot hold: {reason}")]
     ContentAddressUnfit {
         /// The path that claimed it.
         path: StorePath,
@@ -183,7 +183,7 @@ pub enum Error {
     },
     /// A path's contents refer to a path that its references leave out,
     /// which the collector would then delete while it is still in use.
-    #[error("Contents of `{path}` refer to `{reference}`, which its references leave out")]
+    #[error("contents of `{path}` refer to `{reference}`, which its references leave out")]
     UndeclaredReference {
         /// The referrer.
         path: StorePath,
@@ -191,7 +191,7 @@ pub enum Error {
         reference: StorePath,
     },
     /// A path that is still alive was asked to be deleted.
-    #[error("Cannot delete `{path}`: it is still alive ({reason})")]
+    #[error("cannot delete `{path}`: it is still alive ({reason})")]
     StillAlive {
         /// The path.
         path: StorePath,
@@ -199,7 +199,7 @@ pub enum Error {
         reason: String,
     },
     /// A NAR could not be read or unpacked.
-    #[error("Cannot unpack the NAR of `{path}`")]
+    #[error("cannot unpack the NAR of `{path}`")]
     Nar {
         /// The path being added.
         path: StorePath,
@@ -214,7 +214,7 @@ pub enum Error {
     #[error(transparent)]
     StorePath(#[from] bigtop_core::store_path::ParseError),
     /// Stored metadata did not parse (a corrupt or foreign database).
-    #[error("Store database holds invalid metadata for `{path}`: {reason}")]
+    #[error("store database holds invalid metadata for `{path}`: {reason}")]
     BadMetadata {
         /// The path.
         path: String,
@@ -222,7 +222,7 @@ pub enum Error {
         reason: String,
     },
     /// An export stream is malformed.
-    #[error("Invalid export stream: {reason}")]
+    #[error("invalid export stream: {reason}")]
     BadStream {
         /// What is wrong, with the path it concerns.
         reason: String,

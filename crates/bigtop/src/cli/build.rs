@@ -35,10 +35,10 @@ pub enum Error {
     #[error(transparent)]
     Derivation(#[from] derivation::Error),
     /// The signal handling of a build could not be set up.
-    #[error("Cannot set up the handling of SIGINT, SIGTERM and SIGHUP")]
+    #[error("cannot set up the handling of SIGINT, SIGTERM and SIGHUP")]
     Signals(#[source] std::io::Error),
     /// A signal stopped the build: its builds were killed and cleaned up.
-    #[error("Interrupted by signal {signal}: running builds were stopped and their work removed")]
+    #[error("interrupted by signal {signal}: running builds were stopped and their work removed")]
     Interrupted {
         /// The signal's number.
         signal: i32,
@@ -50,7 +50,7 @@ pub enum Error {
         input: String,
     },
     /// An output named after `^` is not a valid output name.
-    #[error("Invalid output name in `{input}`")]
+    #[error("invalid output name in `{input}`")]
     BadOutputName {
         /// The argument.
         input: String,
@@ -59,19 +59,19 @@ pub enum Error {
         source: bigtop_core::store_path::ParseError,
     },
     /// A derivation has no build log in this store.
-    #[error("No build log for `{drv}`: it has not been built by this store")]
+    #[error("no build log for `{drv}`: it has not been built by this store")]
     NoLog {
         /// The `.drv`.
         drv: String,
     },
     /// Builds must be sandboxed and this machine cannot.
-    #[error("Cannot sandbox builds on this machine: {reason}; pass `--no-sandbox` to build without isolation")]
+    #[error("cannot sandbox builds on this machine: {reason}; pass `--no-sandbox` to build without isolation")]
     NoSandbox {
         /// Why.
         reason: String,
     },
     /// `--no-sandbox` with a store that is not at its logical path.
-    #[error("Cannot build `{drv}` without the sandbox: unsandboxed builders write outputs at their logical paths, and this store keeps `{logical}` in `{physical}`; drop `--no-sandbox`, or use a store at its logical path (`--store-dir DIR` without `--store`)")]
+    #[error("cannot build `{drv}` without the sandbox: unsandboxed builders write outputs at their logical paths, and this store keeps `{logical}` in `{physical}`; drop `--no-sandbox`, or use a store at its logical path (`--store-dir DIR` without `--store`)")]
     UnsandboxedChroot {
         /// A derivation that would run a builder process.
         drv: String,
@@ -81,7 +81,7 @@ pub enum Error {
         physical: PathBuf,
     },
     /// An out-link would replace something that is not a symlink.
-    #[error("Refusing to replace `{path}` with an out-link: it exists and is not a symlink")]
+    #[error("refusing to replace `{path}` with an out-link: it exists and is not a symlink")]
     OutLinkInTheWay {
         /// The file in the way.
         path: PathBuf,
@@ -573,7 +573,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "Cannot sandbox builds on this machine: no user namespaces; pass `--no-sandbox` to build without isolation"
+            "cannot sandbox builds on this machine: no user namespaces; pass `--no-sandbox` to build without isolation"
         );
     }
 }

@@ -54,16 +54,16 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
     /// Reading standard input failed.
-    #[error("Cannot read standard input")]
+    #[error("cannot read standard input")]
     Stdin(#[source] io::Error),
     /// `derivation add` was given nothing.
-    #[error("No derivations on standard input: expected a JSON derivation or an array of them")]
+    #[error("no derivations on standard input: expected a JSON derivation or an array of them")]
     NoDerivations,
     /// Standard input is not JSON at all.
-    #[error("Standard input is not JSON")]
+    #[error("standard input is not JSON")]
     NotJson(#[source] serde_json::Error),
     /// A derivation's JSON does not have the derivation form.
-    #[error("Derivation {which} is not in the JSON form of a derivation")]
+    #[error("derivation {which} is not in the JSON form of a derivation")]
     DerivationJson {
         /// The derivation: its name and index in the input.
         which: String,
@@ -72,7 +72,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A derivation breaks a rule of derivations.
-    #[error("Derivation {which} is invalid")]
+    #[error("derivation {which} is invalid")]
     InvalidDerivation {
         /// The derivation: its name and index in the input.
         which: String,
@@ -81,7 +81,7 @@ pub enum Error {
         source: bigtop_core::derivation::Error,
     },
     /// A derivation gives an output path other than the one it determines.
-    #[error("Derivation {which} gives output `{output}` the path `{given}`, but its inputs determine `{computed}` (leave it empty to have it computed)")]
+    #[error("derivation {which} gives output `{output}` the path `{given}`, but its inputs determine `{computed}` (leave it empty to have it computed)")]
     WrongOutputPath {
         /// The derivation: its name and index in the input.
         which: String,
@@ -93,7 +93,7 @@ pub enum Error {
         computed: String,
     },
     /// An input derivation is neither in the store nor in the batch.
-    #[error("Derivation {which} needs `{input}`, which is neither valid in the store nor in this batch{hint}")]
+    #[error("derivation {which} needs `{input}`, which is neither valid in the store nor in this batch{hint}")]
     UnknownInput {
         /// The derivation: its name and index in the input.
         which: String,
@@ -103,7 +103,7 @@ pub enum Error {
         hint: String,
     },
     /// An input source is not valid in the store.
-    #[error("Derivation {which} needs source `{input}`, which is not valid in the store")]
+    #[error("derivation {which} needs source `{input}`, which is not valid in the store")]
     MissingSource {
         /// The derivation: its name and index in the input.
         which: String,
@@ -111,7 +111,7 @@ pub enum Error {
         input: String,
     },
     /// An input derivation in the store could not be read.
-    #[error("Derivation {which} needs `{input}`, which cannot be read")]
+    #[error("derivation {which} needs `{input}`, which cannot be read")]
     InputDerivation {
         /// The derivation: its name and index in the input.
         which: String,

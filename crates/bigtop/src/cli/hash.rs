@@ -60,7 +60,7 @@ pub enum Error {
     #[error(transparent)]
     Dump(#[from] nar::DumpError),
     /// Writing to standard output failed.
-    #[error("Cannot write to standard output")]
+    #[error("cannot write to standard output")]
     Stdout(#[source] io::Error),
 }
 

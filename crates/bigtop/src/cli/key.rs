@@ -31,7 +31,7 @@ pub enum KeyCommand {
 #[non_exhaustive]
 pub enum Error {
     /// A key name was rejected.
-    #[error("Invalid key name `{name}`")]
+    #[error("invalid key name `{name}`")]
     KeyName {
         /// The name.
         name: String,
@@ -40,13 +40,13 @@ pub enum Error {
         source: bigtop_core::signing::ParseError,
     },
     /// A key name cannot name the key's files.
-    #[error("Invalid key name `{name}`: it names the key files (`NAME.secret`, `NAME.public`), so it must be a file name, not empty, `.` or `..`, and without `/`")]
+    #[error("invalid key name `{name}`: it names the key files (`NAME.secret`, `NAME.public`), so it must be a file name, not empty, `.` or `..`, and without `/`")]
     KeyFileName {
         /// The name.
         name: String,
     },
     /// Writing a key file failed.
-    #[error("Cannot write `{path}`")]
+    #[error("cannot write `{path}`")]
     Write {
         /// The file.
         path: PathBuf,
@@ -55,7 +55,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Writing to standard output failed.
-    #[error("Cannot write to standard output")]
+    #[error("cannot write to standard output")]
     Stdout(#[source] io::Error),
 }
 

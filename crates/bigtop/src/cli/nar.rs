@@ -31,7 +31,7 @@ pub enum Error {
     #[error(transparent)]
     Dump(#[from] nar::DumpError),
     /// Unpacking a NAR failed.
-    #[error("Cannot unpack into `{dir}`")]
+    #[error("cannot unpack into `{dir}`")]
     Restore {
         /// The destination.
         dir: PathBuf,

@@ -37,7 +37,7 @@ use super::GlobalArgs;
 #[non_exhaustive]
 pub enum Error {
     /// A store could not be opened or created.
-    #[error("Cannot open the store at `{dir}`")]
+    #[error("cannot open the store at `{dir}`")]
     OpenStore {
         /// The store's root (`--store DIR`, or the default chosen).
         dir: PathBuf,
@@ -46,10 +46,10 @@ pub enum Error {
         source: Box<bigtop_store::Error>,
     },
     /// No `--store` was given and there is no default store.
-    #[error("No store to use: `/bigtop` is not writable and neither `$XDG_DATA_HOME` nor `$HOME` is set; pass `--store DIR`")]
+    #[error("no store to use: `/bigtop` is not writable and neither `$XDG_DATA_HOME` nor `$HOME` is set; pass `--store DIR`")]
     NoDefaultStore,
     /// `--store-dir` is not a valid store dir.
-    #[error("Invalid store dir `{input}`")]
+    #[error("invalid store dir `{input}`")]
     StoreDir {
         /// The argument.
         input: String,
@@ -71,7 +71,7 @@ pub enum Error {
         source: Box<bigtop_store::Error>,
     },
     /// Reading a file failed.
-    #[error("Cannot read `{path}`")]
+    #[error("cannot read `{path}`")]
     Read {
         /// The file.
         path: PathBuf,
@@ -80,10 +80,10 @@ pub enum Error {
         source: io::Error,
     },
     /// Writing to standard output failed.
-    #[error("Cannot write to standard output")]
+    #[error("cannot write to standard output")]
     Stdout(#[source] io::Error),
     /// A file to add has a name that is not a valid store path name.
-    #[error("Cannot add `{path}`: its file name is not a valid store path name")]
+    #[error("cannot add `{path}`: its file name is not a valid store path name")]
     AddName {
         /// The file.
         path: PathBuf,
@@ -92,13 +92,13 @@ pub enum Error {
         source: bigtop_core::store_path::ParseError,
     },
     /// A file to add has no file name (`/`).
-    #[error("Cannot add `{path}`: it has no file name to name its store path after")]
+    #[error("cannot add `{path}`: it has no file name to name its store path after")]
     NoName {
         /// The file.
         path: PathBuf,
     },
     /// A directory to add holds the store itself.
-    #[error("Cannot add `{path}`: it holds the store `{store}`")]
+    #[error("cannot add `{path}`: it holds the store `{store}`")]
     AddHoldsStore {
         /// The directory.
         path: PathBuf,
@@ -114,7 +114,7 @@ pub enum Error {
         to: String,
     },
     /// `store verify` found problems and was not asked to repair them.
-    #[error("Store `{store}` is broken: {missing} missing, {corrupt} corrupt, {unregistered} unregistered entries; `bigtop store verify --repair` repairs it")]
+    #[error("store `{store}` is broken: {missing} missing, {corrupt} corrupt, {unregistered} unregistered entries; `bigtop store verify --repair` repairs it")]
     Broken {
         /// The physical store directory.
         store: PathBuf,
@@ -126,7 +126,7 @@ pub enum Error {
         unregistered: usize,
     },
     /// `store export` was asked to write binary to a terminal.
-    #[error("Refusing to write an export stream to a terminal: redirect standard output to a file or pipe")]
+    #[error("refusing to write an export stream to a terminal: redirect standard output to a file or pipe")]
     ExportToTerminal,
 }
 
@@ -334,7 +334,7 @@ pub struct ByteSize(pub u64);
 
 /// Why a byte count did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("Invalid byte count `{text}`: {reason}")]
+#[error("invalid byte count `{text}`: {reason}")]
 pub struct ByteSizeError {
     /// The text given.
     pub text: String,

@@ -222,7 +222,7 @@ fn derivation_add_names_bad_input_and_writes_nothing() -> Result {
         json!([good, no_system]).to_string().as_bytes(),
     )?;
     assert!(
-        err.contains("Derivation `broken` (input [1]) is not in the JSON form of a derivation"),
+        err.contains("derivation `broken` (input [1]) is not in the JSON form of a derivation"),
         "{err}"
     );
     assert!(err.contains("missing field `system`"), "{err}");
@@ -238,7 +238,7 @@ fn derivation_add_names_bad_input_and_writes_nothing() -> Result {
         &["derivation", "add"],
         json!([good, orphan]).to_string().as_bytes(),
     )?;
-    assert!(err.contains(&format!("Derivation `orphan` (input [1]) needs `{missing}`, which is neither valid in the store nor in this batch")), "{err}");
+    assert!(err.contains(&format!("derivation `orphan` (input [1]) needs `{missing}`, which is neither valid in the store nor in this batch")), "{err}");
 
     let bad_name = sh("a b", "true", &[]);
     let err = cli.fails(
@@ -246,7 +246,7 @@ fn derivation_add_names_bad_input_and_writes_nothing() -> Result {
         json!([good, bad_name]).to_string().as_bytes(),
     )?;
     assert!(
-        err.contains("Derivation `a b` (input [1]) is invalid"),
+        err.contains("derivation `a b` (input [1]) is invalid"),
         "{err}"
     );
 
@@ -254,14 +254,14 @@ fn derivation_add_names_bad_input_and_writes_nothing() -> Result {
     claims["outputs"]["out"] = json!({"input-addressed": "00000000000000000000000000000000-good"});
     let err = cli.fails(&["derivation", "add"], claims.to_string().as_bytes())?;
     assert!(
-        err.contains("Derivation `good` gives output `out` the path"),
+        err.contains("derivation `good` gives output `out` the path"),
         "{err}"
     );
 
     let err = cli.fails(&["derivation", "add"], b"{\"name\": ")?;
-    assert!(err.contains("Standard input is not JSON"), "{err}");
+    assert!(err.contains("standard input is not JSON"), "{err}");
     let err = cli.fails(&["derivation", "add"], b"")?;
-    assert!(err.contains("No derivations on standard input"), "{err}");
+    assert!(err.contains("no derivations on standard input"), "{err}");
 
     // The good derivation came in every batch, and none was written.
     assert!(!cli.valid(&good_drv)?);

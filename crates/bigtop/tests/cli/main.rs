@@ -72,12 +72,12 @@ fn nar_restore_rejects_bad_input_and_names_it() -> Result {
     let out = bigtop(&["nar", "restore", "dest"], b"not a nar at all", tmp.path())?;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr)?;
-    assert!(err.contains("Cannot unpack into `dest`"), "{err}");
-    assert!(err.contains("Expected the NAR magic"), "{err}");
+    assert!(err.contains("cannot unpack into `dest`"), "{err}");
+    assert!(err.contains("expected the NAR magic"), "{err}");
     assert!(!tmp.path().join("dest").exists());
     let out = bigtop(&["nar", "dump", "missing"], b"", tmp.path())?;
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr)?.contains("Cannot read `missing`"));
+    assert!(String::from_utf8(out.stderr)?.contains("cannot read `missing`"));
     Ok(())
 }
 
@@ -176,11 +176,11 @@ fn key_generate_writes_a_usable_pair_once() -> Result {
     let before = fs::read(tmp.path().join("cache-1.secret"))?;
     let out = bigtop(&["key", "generate", "cache-1"], b"", tmp.path())?;
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr)?.contains("Cannot write `cache-1.secret`"));
+    assert!(String::from_utf8(out.stderr)?.contains("cannot write `cache-1.secret`"));
     assert_eq!(fs::read(tmp.path().join("cache-1.secret"))?, before);
 
     let out = bigtop(&["key", "generate", "bad:name"], b"", tmp.path())?;
-    assert!(String::from_utf8(out.stderr)?.contains("Invalid key name `bad:name`"));
+    assert!(String::from_utf8(out.stderr)?.contains("invalid key name `bad:name`"));
     Ok(())
 }
 
@@ -199,7 +199,7 @@ fn key_generate_refuses_a_name_that_is_not_a_plain_file_name() -> Result {
         let err = String::from_utf8(out.stderr)?;
         assert!(
             err.contains(&format!(
-                "Invalid key name `{name}`: it names the key files"
+                "invalid key name `{name}`: it names the key files"
             )),
             "{name:?}: {err}"
         );
@@ -419,16 +419,16 @@ fn store_add_rejects_a_bad_name_naming_the_file_and_adds_nothing() -> Result {
     fs::write(work.join(".hidden"), "x")?;
     let (stdout, err) = store.fails(&["store", "add", "fine.txt", "has space"])?;
     assert_eq!(stdout, "");
-    assert!(err.contains("Cannot add `has space`"), "{err}");
+    assert!(err.contains("cannot add `has space`"), "{err}");
     assert!(err.contains("only the characters"), "{err}");
     let (_, err) = store.fails(&["store", "add", ".hidden"])?;
-    assert!(err.contains("Cannot add `.hidden`"), "{err}");
+    assert!(err.contains("cannot add `.hidden`"), "{err}");
     assert!(err.contains("starts with `.`"), "{err}");
     let (_, err) = store.fails(&["store", "add", "missing.txt"])?;
     assert!(err.contains("`missing.txt`"), "{err}");
     // A directory holding the store would copy into itself.
     let (_, err) = store.fails(&["store", "add", "."])?;
-    assert!(err.contains("Cannot add `.`: it holds the store"), "{err}");
+    assert!(err.contains("cannot add `.`: it holds the store"), "{err}");
     assert!(store.open()?.all_valid_paths()?.is_empty());
     Ok(())
 }
@@ -578,7 +578,7 @@ fn gc_rejects_a_bad_max_freed_naming_it() -> Result {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8(out.stderr)?;
         assert!(
-            err.contains(&format!("Invalid byte count `{bad}`")),
+            err.contains(&format!("invalid byte count `{bad}`")),
             "{err}"
         );
     }
@@ -595,7 +595,7 @@ fn delete_refuses_live_paths_and_deletes_a_leaf() -> Result {
 
     let (stdout, err) = store.fails(&["store", "delete", &full(&g.lib)])?;
     assert_eq!(stdout, "");
-    assert!(err.contains(&format!("Cannot delete `{}`", g.lib)), "{err}");
+    assert!(err.contains(&format!("cannot delete `{}`", g.lib)), "{err}");
     assert!(err.contains("referred to by"), "{err}");
     let (_, err) = store.fails(&["store", "delete", &full(&g.tool)])?;
     assert!(err.contains("root"), "{err}");
@@ -907,7 +907,7 @@ fn store_dir_without_store_keeps_the_store_at_its_logical_path() -> Result {
     )?;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr)?;
-    assert!(err.contains("Invalid store dir `relative`"), "{err}");
+    assert!(err.contains("invalid store dir `relative`"), "{err}");
     Ok(())
 }
 

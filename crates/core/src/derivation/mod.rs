@@ -241,7 +241,7 @@ impl DrvHash {
 #[non_exhaustive]
 pub enum Error {
     /// The name does not make a valid store path name.
-    #[error("Derivation `{name}` has an invalid name")]
+    #[error("derivation `{name}` has an invalid name")]
     BadName {
         /// The name.
         name: String,
@@ -250,7 +250,7 @@ pub enum Error {
         source: store_path::ParseError,
     },
     /// A structural rule is broken.
-    #[error("Derivation `{name}` is invalid: {reason}")]
+    #[error("derivation `{name}` is invalid: {reason}")]
     Invalid {
         /// The derivation's name.
         name: String,
@@ -258,7 +258,7 @@ pub enum Error {
         reason: String,
     },
     /// The hash of an input derivation could not be found.
-    #[error("Derivation `{name}` needs `{input}`, whose hash is not known")]
+    #[error("derivation `{name}` needs `{input}`, whose hash is not known")]
     UnknownInput {
         /// The derivation's name.
         name: String,

@@ -15,13 +15,13 @@ use crate::store_path::{StoreDir, StorePath};
 #[non_exhaustive]
 pub enum ParseError {
     /// The first line is not [`VERSION_LINE`].
-    #[error("Derivation text does not start with `{VERSION_LINE}` (found `{found}`)")]
+    #[error("derivation text does not start with `{VERSION_LINE}` (found `{found}`)")]
     BadVersion {
         /// The first line.
         found: String,
     },
     /// A line that does not fit the format.
-    #[error("Derivation text, line {line}: {reason} in `{text}`")]
+    #[error("derivation text, line {line}: {reason} in `{text}`")]
     BadLine {
         /// The line number.
         line: usize,
@@ -31,13 +31,13 @@ pub enum ParseError {
         text: String,
     },
     /// A required field is missing.
-    #[error("Derivation text has no `{field}` line")]
+    #[error("derivation text has no `{field}` line")]
     Missing {
         /// The field.
         field: &'static str,
     },
     /// The text is well formed but describes an invalid derivation.
-    #[error("Derivation text describes an invalid derivation: {reason}")]
+    #[error("derivation text describes an invalid derivation: {reason}")]
     Invalid {
         /// The rule broken, as [`Derivation::validate`] words it.
         reason: String,
@@ -45,7 +45,7 @@ pub enum ParseError {
     /// Everything parsed, but the text is not in the canonical form
     /// (order, escaping, spacing), so it would hash differently from the
     /// same derivation printed by bigtop.
-    #[error("Derivation text is not canonical: line {line} should be `{expected}`")]
+    #[error("derivation text is not canonical: line {line} should be `{expected}`")]
     NotCanonical {
         /// The first line that differs.
         line: usize,

@@ -58,7 +58,7 @@ pub enum ReadError {
         offset: u64,
     },
     /// Reading the input failed.
-    #[error("Cannot read the NAR at byte {offset}")]
+    #[error("cannot read the NAR at byte {offset}")]
     Io {
         /// Where reading failed.
         offset: u64,
@@ -67,7 +67,7 @@ pub enum ReadError {
         source: io::Error,
     },
     /// A keyword other than the one the format requires here.
-    #[error("Expected {expected} at byte {offset} of the NAR, found `{found}`")]
+    #[error("expected {expected} at byte {offset} of the NAR, found `{found}`")]
     Unexpected {
         /// What the format allows here.
         expected: &'static str,
@@ -130,7 +130,7 @@ pub enum ReadError {
         path: String,
     },
     /// The sink refused a node (for [`restore`], writing it failed).
-    #[error("Cannot unpack `{path}`")]
+    #[error("cannot unpack `{path}`")]
     Sink {
         /// The node's path inside the archive.
         path: String,

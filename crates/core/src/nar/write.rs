@@ -21,7 +21,7 @@ use crate::hash::{Hash, HashAlgo, Hasher};
 #[non_exhaustive]
 pub enum DumpError {
     /// Reading a file, directory or symlink failed.
-    #[error("Cannot read `{path}`")]
+    #[error("cannot read `{path}`")]
     Read {
         /// The path being read.
         path: PathBuf,
@@ -30,7 +30,7 @@ pub enum DumpError {
         source: io::Error,
     },
     /// The tree holds something a NAR cannot represent.
-    #[error("Cannot archive `{path}`: it is a {kind}, and a NAR holds only regular files, directories and symlinks")]
+    #[error("cannot archive `{path}`: it is a {kind}, and a NAR holds only regular files, directories and symlinks")]
     UnsupportedType {
         /// The path.
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum DumpError {
     },
     /// A file changed (size, or what the name points at) while it was being
     /// read, so the archive would not describe any state it was ever in.
-    #[error("File `{path}` changed while being archived (it had {expected} bytes)")]
+    #[error("file `{path}` changed while being archived (it had {expected} bytes)")]
     Changed {
         /// The file.
         path: PathBuf,
@@ -47,13 +47,13 @@ pub enum DumpError {
         expected: u64,
     },
     /// Directories nest deeper than a NAR reader accepts.
-    #[error("Cannot archive `{path}`: directories nest deeper than {MAX_DEPTH} levels")]
+    #[error("cannot archive `{path}`: directories nest deeper than {MAX_DEPTH} levels")]
     TooDeep {
         /// The directory past the limit.
         path: PathBuf,
     },
     /// Writing the archive failed.
-    #[error("Cannot write the archive")]
+    #[error("cannot write the archive")]
     Write(#[source] io::Error),
 }
 
@@ -456,7 +456,7 @@ pub fn hash_file_bytes(contents: &[u8], executable: bool, algo: HashAlgo) -> (Ha
 #[non_exhaustive]
 pub enum EncodeError {
     /// An entry name breaks the NAR rules.
-    #[error("Invalid entry name `{}`: {reason}", String::from_utf8_lossy(name))]
+    #[error("invalid entry name `{}`: {reason}", String::from_utf8_lossy(name))]
     BadName {
         /// The name.
         name: Vec<u8>,
@@ -465,7 +465,7 @@ pub enum EncodeError {
     },
     /// A symlink target a NAR cannot hold.
     #[error(
-        "Invalid symlink target `{}`: {reason}",
+        "invalid symlink target `{}`: {reason}",
         String::from_utf8_lossy(target)
     )]
     BadTarget {
@@ -476,7 +476,7 @@ pub enum EncodeError {
     },
     /// Entries were not given in strictly increasing name order.
     #[error(
-        "Entry `{}` does not sort after `{}`",
+        "entry `{}` does not sort after `{}`",
         String::from_utf8_lossy(name),
         String::from_utf8_lossy(previous)
     )]
@@ -492,7 +492,7 @@ pub enum EncodeError {
     #[error("NAR event out of place: {0}")]
     OutOfPlace(&'static str),
     /// A file's reader gave fewer bytes than its announced size.
-    #[error("File contents ended after {got} of {size} bytes")]
+    #[error("file contents ended after {got} of {size} bytes")]
     ShortContents {
         /// Bytes received.
         got: u64,
@@ -500,7 +500,7 @@ pub enum EncodeError {
         size: u64,
     },
     /// Writing failed.
-    #[error("Cannot write the archive")]
+    #[error("cannot write the archive")]
     Io(#[from] io::Error),
 }
 

@@ -286,7 +286,7 @@ impl Config {
                             module: def.module.clone(),
                             loc: def.loc.clone(),
                             message: format!(
-                                "The option `{dotted}` has been renamed to `{shown}`: define `{shown}` instead"
+                                "the option `{dotted}` has been renamed to `{shown}`: define `{shown}` instead"
                             ),
                         });
                         if renames >= migrations.len() {

@@ -99,7 +99,7 @@ pub(crate) fn nearest_under<'a>(
 #[non_exhaustive]
 pub enum Error {
     /// A definition names an option nobody declared.
-    #[error("The option `{path}` defined in module `{module}` ({loc}) does not exist{}", crate::error::did_you_mean(.suggestions))]
+    #[error("the option `{path}` defined in module `{module}` ({loc}) does not exist{}", crate::error::did_you_mean(.suggestions))]
     Unknown {
         /// The path defined.
         path: String,
@@ -111,7 +111,7 @@ pub enum Error {
         suggestions: Vec<String>,
     },
     /// An option read by path that nobody declared.
-    #[error("The option `{path}` is read but does not exist{}", crate::error::did_you_mean(.suggestions))]
+    #[error("the option `{path}` is read but does not exist{}", crate::error::did_you_mean(.suggestions))]
     NoSuchOption {
         /// The path read.
         path: String,
@@ -119,7 +119,7 @@ pub enum Error {
         suggestions: Vec<String>,
     },
     /// Definitions at the winning priority disagree.
-    #[error("The option `{option}` has conflicting definitions at priority {priority}:{}\nRaise the priority of the one that should win (`force(…)` or `priority(n, …)`; lower numbers win), or make them equal", list(.defs))]
+    #[error("the option `{option}` has conflicting definitions at priority {priority}:{}\nRaise the priority of the one that should win (`force(…)` or `priority(n, …)`; lower numbers win), or make them equal", list(.defs))]
     Conflict {
         /// The option.
         option: String,
@@ -129,7 +129,7 @@ pub enum Error {
         defs: Vec<ShownDefinition>,
     },
     /// A custom type's merge refused the definitions.
-    #[error("The option `{option}` cannot merge its definitions ({reason}):{}", list(.defs))]
+    #[error("the option `{option}` cannot merge its definitions ({reason}):{}", list(.defs))]
     Merge {
         /// The option.
         option: String,
@@ -139,7 +139,7 @@ pub enum Error {
         defs: Vec<ShownDefinition>,
     },
     /// An option of a unique type is defined more than once.
-    #[error("The option `{option}` may be defined only once, but has {} definitions:{}", .defs.len(), list(.defs))]
+    #[error("the option `{option}` may be defined only once, but has {} definitions:{}", .defs.len(), list(.defs))]
     NotUnique {
         /// The option.
         option: String,
@@ -147,7 +147,7 @@ pub enum Error {
         defs: Vec<ShownDefinition>,
     },
     /// A value that is not of the option's type.
-    #[error("The option `{option}` is {expected}, but module `{module}` ({loc}) defines it as {value}: {reason}")]
+    #[error("the option `{option}` is {expected}, but module `{module}` ({loc}) defines it as {value}: {reason}")]
     Type {
         /// The option (with the key or index inside it).
         option: String,
@@ -163,7 +163,7 @@ pub enum Error {
         loc: Loc,
     },
     /// An option read with no definition and no default.
-    #[error("The option `{option}` is used but has no value: define it in a module (declared at {declared})")]
+    #[error("the option `{option}` is used but has no value: define it in a module (declared at {declared})")]
     NoValue {
         /// The option.
         option: String,
@@ -171,7 +171,7 @@ pub enum Error {
         declared: Loc,
     },
     /// Options that need each other's values.
-    #[error("The options form a cycle: {}", .chain.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" -> "))]
+    #[error("the options form a cycle: {}", .chain.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" -> "))]
     Cycle {
         /// The options, each needing the next; the first and last are the
         /// same.
@@ -179,7 +179,7 @@ pub enum Error {
     },
     /// A removed option is still defined.
     #[error(
-        "The option `{option}` defined in module `{module}` ({loc}) was removed: {instructions}"
+        "the option `{option}` defined in module `{module}` ({loc}) was removed: {instructions}"
     )]
     Removed {
         /// The option.
@@ -192,7 +192,7 @@ pub enum Error {
         instructions: String,
     },
     /// A definition that cannot be placed.
-    #[error("The definition of `{path}` in module `{module}` ({loc}) {reason}")]
+    #[error("the definition of `{path}` in module `{module}` ({loc}) {reason}")]
     BadDefinition {
         /// The path defined.
         path: String,
@@ -204,7 +204,7 @@ pub enum Error {
         reason: String,
     },
     /// Two declarations of one option that do not merge.
-    #[error("The option `{option}` is declared twice, and the declarations do not merge ({reason}): at {first} and at {second}")]
+    #[error("the option `{option}` is declared twice, and the declarations do not merge ({reason}): at {first} and at {second}")]
     Declaration {
         /// The option.
         option: String,
@@ -216,7 +216,7 @@ pub enum Error {
         second: Loc,
     },
     /// An option's value read as a Rust type it does not convert to.
-    #[error("The option `{option}` cannot be read as `{rust_type}`: {reason}")]
+    #[error("the option `{option}` cannot be read as `{rust_type}`: {reason}")]
     Convert {
         /// The option.
         option: String,
@@ -226,7 +226,7 @@ pub enum Error {
         reason: String,
     },
     /// A module's assertion failed.
-    #[error("Assertion of module `{module}` ({loc}) failed: {message}")]
+    #[error("assertion of module `{module}` ({loc}) failed: {message}")]
     Assertion {
         /// The module.
         module: Arc<str>,
@@ -236,7 +236,7 @@ pub enum Error {
         message: String,
     },
     /// A data document that cannot be read.
-    #[error("Data document `{file}`: {reason}")]
+    #[error("data document `{file}`: {reason}")]
     Data {
         /// Its name.
         file: String,
@@ -370,11 +370,11 @@ mod tests {
             name: "app".into(),
             source: Arc::new(cause),
         });
-        assert_eq!(e.to_string(), "In package `app`");
+        assert_eq!(e.to_string(), "in package `app`");
         let source = std::error::Error::source(&e).map(ToString::to_string);
         assert_eq!(
             source.as_deref(),
-            Some("No package `opensll` in this package set; did you mean `openssl`?")
+            Some("no package `opensll` in this package set; did you mean `openssl`?")
         );
         assert_eq!(e.clone(), e);
         let other = Error::from(crate::Error::InPackage {

@@ -83,7 +83,7 @@ fn a_missing_output_and_a_bad_name_are_named() -> TestResult {
     let err = sh(&p, "bad name", "true").unwrap_err();
     assert!(err.to_string().contains("`bad name`"), "{err}");
     let err = DrvBuilder::new("x").build(&p).unwrap_err();
-    assert_eq!(err.to_string(), "Derivation `x` has no builder");
+    assert_eq!(err.to_string(), "derivation `x` has no builder");
     Ok(())
 }
 

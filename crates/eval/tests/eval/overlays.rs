@@ -128,7 +128,7 @@ fn a_cycle_is_reported_with_its_chain() -> TestResult {
     let err = set.eval().get("a").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "Packages depend on each other: a -> b -> c -> a"
+        "packages depend on each other: a -> b -> c -> a"
     );
     // What does not touch the cycle is fine.
     assert!(set.eval().get("git").is_ok());
@@ -148,7 +148,7 @@ fn a_missing_package_suggests_close_names() -> TestResult {
     }
     assert_eq!(
         chain,
-        "In package `app`: No package `opensll` in this package set; did you mean `openssl`?"
+        "in package `app`: no package `opensll` in this package set; did you mean `openssl`?"
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use super::{BuildFailure, FailureKind};
 pub enum Error {
     /// The run was interrupted ([`Interrupt`](super::Interrupt)): running
     /// builds were killed and cleaned up, nothing was registered half.
-    #[error("Interrupted: running builds were stopped and their work removed")]
+    #[error("interrupted: running builds were stopped and their work removed")]
     Interrupted,
     /// Builds failed; each failure says which derivation and why.
     #[error("{}", render_failures(.0))]

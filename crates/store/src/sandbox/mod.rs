@@ -162,7 +162,7 @@ pub struct SandboxSpec {
 #[non_exhaustive]
 pub enum SandboxError {
     /// The kernel does not let this process create or join the namespaces.
-    #[error("Sandboxing is unavailable: {what} failed{hint}")]
+    #[error("sandboxing is unavailable: {what} failed{hint}")]
     Unavailable {
         /// The operation that failed (`clone(CLONE_NEWUSER | CLONE_NEWNET)`, …).
         what: &'static str,
@@ -173,7 +173,7 @@ pub enum SandboxError {
         source: io::Error,
     },
     /// A field of the spec cannot be honoured.
-    #[error("Invalid sandbox spec: {field} `{value}` {reason}")]
+    #[error("invalid sandbox spec: {field} `{value}` {reason}")]
     InvalidSpec {
         /// The field (`inputs`, `env`, …).
         field: &'static str,
@@ -183,7 +183,7 @@ pub enum SandboxError {
         reason: &'static str,
     },
     /// The sandbox's root could not be laid out on the host.
-    #[error("Cannot {action} `{path}` for the sandbox")]
+    #[error("cannot {action} `{path}` for the sandbox")]
     Prepare {
         /// What was being done (`create`, `stat`, `write`, …).
         action: &'static str,
@@ -194,7 +194,7 @@ pub enum SandboxError {
         source: io::Error,
     },
     /// A step of the sandbox's setup failed inside the new namespaces.
-    #[error("Sandbox setup failed: cannot {step}")]
+    #[error("sandbox setup failed: cannot {step}")]
     Setup {
         /// The step, with the paths it concerned.
         step: String,
@@ -203,7 +203,7 @@ pub enum SandboxError {
         source: io::Error,
     },
     /// The builder could not be executed.
-    #[error("Cannot execute `{program}` in the sandbox")]
+    #[error("cannot execute `{program}` in the sandbox")]
     Exec {
         /// The builder, as seen inside.
         program: String,
@@ -212,7 +212,7 @@ pub enum SandboxError {
         source: io::Error,
     },
     /// Waiting for or signalling the sandbox failed.
-    #[error("Cannot {action} sandboxed process {pid}")]
+    #[error("cannot {action} sandboxed process {pid}")]
     Process {
         /// `wait for`, `kill`, …
         action: &'static str,
@@ -223,7 +223,7 @@ pub enum SandboxError {
         source: io::Error,
     },
     /// The dynamic loader could not list a program's libraries.
-    #[error("Cannot find the libraries of `{path}`: {reason}")]
+    #[error("cannot find the libraries of `{path}`: {reason}")]
     Libraries {
         /// The program.
         path: PathBuf,

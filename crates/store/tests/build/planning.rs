@@ -182,7 +182,7 @@ fn an_input_output_that_does_not_exist_is_refused_when_added() -> TestResult {
     let bad = needing(&["out", "dev"])?;
     let bad_drv = bad.drv_path(store.store_dir())?;
     let expected = format!(
-        "Derivation `{bad_drv}` needs output `dev` of `{lib_drv}`, which has no such output (it has: `out`)"
+        "derivation `{bad_drv}` needs output `dev` of `{lib_drv}`, which has no such output (it has: `out`)"
     );
     // The input known to this handle, and read from its `.drv`.
     for store in [&store, &direct_store(tmp.path())] {
@@ -204,7 +204,7 @@ fn an_input_output_that_does_not_exist_is_refused_when_added() -> TestResult {
     app2.fill_output_paths(&dir, |p| (p == &lib2_drv).then_some(lib2_hash))?;
     let app2_drv = app2.drv_path(store.store_dir())?;
     let expected = format!(
-        "Derivation `{app2_drv}` needs output `doc` of `{lib2_drv}`, which has no such output (it has: `out`)"
+        "derivation `{app2_drv}` needs output `doc` of `{lib2_drv}`, which has no such output (it has: `out`)"
     );
     let mut batch = store.batch();
     batch.add_derivation(&lib2)?;

@@ -428,7 +428,7 @@ fn a_missing_builder_in_the_sandbox_is_named_with_why() -> TestResult {
     fill(&store, &mut d);
     let err = build_out(&store, sandboxed(), &d).unwrap_err().to_string();
     assert!(
-        err.contains("Cannot execute `/no/such/builder` in the sandbox: No such file"),
+        err.contains("cannot execute `/no/such/builder` in the sandbox: No such file"),
         "{err}"
     );
     assert_eq!(strays(&store), Vec::<String>::new());
