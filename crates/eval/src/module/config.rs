@@ -3,6 +3,7 @@
 use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::error::{nearest_under, Error, Errors, ShownDefinition, Warning};
@@ -25,10 +26,12 @@ type DefsByKey = Arc<BTreeMap<String, Vec<PlacedDefinition>>>;
 /// A node of the option tree, as the memo tables key it: an option, or a
 /// key or field below a map or submodule option.
 ///
-/// One string, the option's path then each key after a NUL (keys may
-/// hold dots, so a dotted path would not tell them apart): a node's key
-/// costs one allocation, and an option's node is its path, so an
-/// option's entry is found by its path without making one.
+/// One string, the option's path then each key after a NUL and its
+/// length (keys may hold dots, so a dotted path would not tell them
+/// apart, and data may even put a NUL in a key, which the length keeps
+/// from running into the next key): a node's key costs one allocation,
+/// and an option's node is its path, so an option's entry is found by
+/// its path without making one.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct NodePath(String);
 
@@ -42,8 +45,8 @@ impl NodePath {
     fn below(option: &str, path: &[String]) -> NodePath {
         let mut k = option.to_owned();
         for p in path {
-            k.push('\0');
-            k.push_str(p);
+            // Writing to a String cannot fail.
+            let _ = write!(k, "\0{}:{p}", p.len());
         }
         NodePath(k)
     }

@@ -1136,3 +1136,37 @@ fn a_field_may_default_to_its_entrys_key() -> TestResult {
     assert_eq!(json["accounts.<name>.name"]["default"], "the entry's key");
     Ok(())
 }
+
+#[test]
+fn map_keys_holding_a_nul_are_not_taken_for_deeper_keys() -> TestResult {
+    // The memo tables key a node by its option and keys: the key `a\0b`
+    // one level down must stay apart from the keys `a` then `b`.
+    let decl = Module::new("decl", |m| {
+        m.option(
+            "m",
+            types::map(types::map(types::map(types::int()))),
+            |_| {},
+        );
+    });
+    let defs = Module::new("defs", |m| {
+        m.define(
+            "m",
+            BTreeMap::from([
+                ("a\0b", BTreeMap::from([("c", BTreeMap::from([("x", 1)]))])),
+                ("a", BTreeMap::from([("b", BTreeMap::from([("y", 2)]))])),
+            ]),
+        );
+    });
+    let cfg = eval(&[decl, defs])?;
+    let m = cfg.get::<BTreeMap<String, BTreeMap<String, BTreeMap<String, i64>>>>("m")?;
+    assert_eq!(
+        m["a\0b"],
+        BTreeMap::from([("c".into(), BTreeMap::from([("x".into(), 1)]))])
+    );
+    assert_eq!(
+        m["a"],
+        BTreeMap::from([("b".into(), BTreeMap::from([("y".into(), 2)]))])
+    );
+    assert_eq!(cfg.get::<i64>("m.a.b.y")?, 2);
+    Ok(())
+}
