@@ -38,9 +38,9 @@ use bigtop_core::hash::{Hasher, HashingWriter};
 use bigtop_core::{nar, ContentAddress, ContentAddressMethod, HashAlgo};
 use bigtop_core::{ReferenceGraph, StoreDir, StorePath};
 
-use crate::add::AddBatch;
 use crate::error::{io_err, Error};
 use crate::scan::ReferenceScanner;
+use crate::store::add::AddBatch;
 use crate::store::{PathInfo, Store};
 
 const MAGIC: &str = "bigtop-export-1";

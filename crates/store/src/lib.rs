@@ -35,7 +35,6 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod add;
 pub mod build;
 mod db;
 pub mod error;
@@ -56,6 +55,6 @@ pub use db::SCHEMA_VERSION;
 pub use error::Error;
 pub use gc::{GcOptions, GcReport};
 pub use scan::ReferenceScanner;
-pub use store::lock;
+pub use store::{add, lock};
 pub use store::{PathInfo, RecordedOutputs, Store, StoreBuilder};
 pub use verify::{VerifyOptions, VerifyReport};

@@ -1,4 +1,11 @@
-//! The store handle: layout, opening, queries and temporary roots.
+//! The store handle: layout, opening, queries and temporary roots, and
+//! what every operation builds on: the write transaction ([`add`]), the
+//! per-path locks ([`lock`]) and the clean-up of dead handles' leftovers.
+//!
+//! Operations (`gc`, `verify`, `export`, the builder) are files beside this
+//! one that use it and the helpers (`fs`, `db`), never each other: import
+//! writes through an [`add::AddBatch`] as the builder does, rather than
+//! through another operation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs;
@@ -10,6 +17,7 @@ use bigtop_core::signing::Signature;
 use bigtop_core::{ContentAddress, Hash, StoreDir, StorePath};
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub mod add;
 mod leftovers;
 pub mod lock;
 

@@ -483,7 +483,8 @@ impl<'s> Builder<'s> {
                 }
                 let s = self.substituters[*substituter];
                 let mut nar = s.nar(path).map_err(fail)?;
-                let tmp = crate::add::stage_nar(self.store, &info.info, &mut *nar).map_err(fail)?;
+                let tmp = crate::store::add::stage_nar(self.store, &info.info, &mut *nar)
+                    .map_err(fail)?;
                 Ok(Finished {
                     staged: vec![(info.info.clone(), tmp)],
                     outputs: Vec::new(),

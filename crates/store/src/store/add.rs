@@ -1,6 +1,7 @@
-//! Adding paths: staged under a temporary name, canonicalized, made
-//! durable, renamed into place, then registered with their references in
-//! one transaction.
+//! Adding paths, the store's one way to write: staged under a temporary
+//! name, canonicalized, made durable, renamed into place, then registered
+//! with their references in one transaction. `Store::add_*`, imports,
+//! builds and (later) substitutions all write through an [`AddBatch`].
 //!
 //! Whatever happens to the process, the store never holds a registered
 //! path whose files are missing or half-written: files are synced before
