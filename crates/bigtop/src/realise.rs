@@ -60,9 +60,24 @@ pub enum Error {
     /// An output asked of the result was not built.
     #[error("`{0}` was not among the outputs realised")]
     NotRealised(String),
-    /// A built program could not be run.
-    #[error("cannot run a built program: {0}")]
-    Run(String),
+    /// A built program could not be run in the sandbox.
+    #[error("cannot run `{program}` in the sandbox")]
+    Run {
+        /// The program, as its logical path.
+        program: String,
+        /// Why.
+        #[source]
+        source: bigtop_store::sandbox::SandboxError,
+    },
+    /// The pipes for a built program's output could not be made.
+    #[error("cannot make the pipes for the output of `{program}`")]
+    Pipe {
+        /// The program, as its logical path.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What [`realise`] built.
@@ -195,21 +210,28 @@ pub fn run(
 ) -> Result<RunOutput, Error> {
     use bigtop_store::sandbox::{self, SandboxSpec};
     use std::io::Read;
-    let sandbox_err = |e: sandbox::SandboxError| Error::Run(e.to_string());
+    let dir = store.store_dir();
+    let program = if program.is_empty() {
+        dir.full(path)
+    } else {
+        format!("{}/{program}", dir.full(path))
+    };
+    let sandbox_err = |source| Error::Run {
+        program: program.clone(),
+        source,
+    };
     let closure = store.closure([path])?;
     let extra_paths = sandbox::default_extra_paths().map_err(sandbox_err)?;
-    let io = |e: std::io::Error| Error::Run(format!("cannot make a pipe: {e}"));
+    let io = |source| Error::Pipe {
+        program: program.clone(),
+        source,
+    };
     let (mut out_r, out_w) = std::io::pipe().map_err(io)?;
     let (mut err_r, err_w) = std::io::pipe().map_err(io)?;
     // Named as the collector expects leftovers of a dead handle to be.
     let dirs = store.sandbox_run_dirs("run")?;
-    let dir = store.store_dir();
     let spec = SandboxSpec {
-        program: if program.is_empty() {
-            dir.full(path)
-        } else {
-            format!("{}/{program}", dir.full(path))
-        },
+        program: program.clone(),
         args: args.iter().map(|a| a.to_string()).collect(),
         env: vec![
             ("PATH".into(), "/path-not-set".into()),

@@ -235,7 +235,26 @@ fn a_program_built_into_a_chroot_store_runs_in_a_sandbox_of_its_closure() -> Res
         String::from_utf8(out.stdout)?,
         "hello from the store (arg)\n"
     );
-    // Nothing of the run is left behind.
+    // A program that is not there: the error names it and keeps the
+    // sandbox's reason as its cause.
+    let err = match bigtop::realise::run(&store, &path, "bin/nope", &[]) {
+        Err(e) => e,
+        Ok(out) => return Err(format!("ran a missing program: {:?}", out.status).into()),
+    };
+    let missing = format!("{}/bin/nope", store.store_dir().full(&path));
+    assert_eq!(
+        err.to_string(),
+        format!("cannot run `{missing}` in the sandbox")
+    );
+    let cause = std::error::Error::source(&err).ok_or("no cause")?;
+    assert_eq!(
+        cause.to_string(),
+        format!("cannot execute `{missing}` in the sandbox")
+    );
+    // `greet` is a file: the kernel says why below it.
+    let why = cause.source().ok_or("no reason")?.to_string();
+    assert!(why.contains("Not a directory"), "{why}");
+    // Nothing of either run is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(store.root())?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
