@@ -41,8 +41,9 @@
 //! only file-system access, reading a tree to archive it, unpacking one,
 //! and removing one, all by directory descriptors),
 //! derivations and their `.drv` form ([`derivation`]), binary cache
-//! metadata ([`narinfo`]) and its signatures ([`signing`]), and the
-//! algorithms over reference graphs ([`closure`]).
+//! metadata ([`narinfo`]) and its signatures ([`signing`]), the
+//! algorithms over reference graphs ([`closure`]), and the system
+//! manifest activation reads ([`manifest`]).
 #![deny(missing_docs)]
 
 /// Serializes a type as its text form (`Display`) and deserializes it
@@ -70,6 +71,7 @@ pub mod closure;
 pub mod content_address;
 pub mod derivation;
 pub mod hash;
+pub mod manifest;
 pub mod nar;
 pub mod narinfo;
 pub mod signing;

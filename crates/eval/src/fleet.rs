@@ -169,6 +169,10 @@ impl Fleet {
                     },
                 );
                 b.define("fleet.release", release.as_str());
+                b.define(
+                    "system.release",
+                    module::priority(PLATFORM, release.as_str()),
+                );
                 b.define("fleet.tags", tags.clone());
             }),
         ];

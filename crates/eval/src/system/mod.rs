@@ -38,84 +38,17 @@ mod render;
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use bigtop_core::manifest::{self, Manifest, ManifestService};
 
 use crate::drv::{Context, Drv, Str};
 use crate::module::{types, Config, Error, Module, Value};
 use crate::platform::Platform;
 use crate::trivial::{self, TreeEntry};
 
-/// How a service is restarted when it stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Restart {
-    /// Whenever it stops.
-    Always,
-    /// When it stops with a failure.
-    OnFailure,
-    /// Never.
-    Never,
-}
+pub use bigtop_core::manifest::{OnChange, Ready, Restart, Service, Step};
 
-/// What a change of a service's definition does to the running service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnChange {
-    /// Stop the old one, start the new one.
-    Restart,
-    /// Run the reload command.
-    Reload,
-    /// Leave it running.
-    Nothing,
-}
-
-/// A readiness check: the service counts as started once it passes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ready {
-    /// A TCP port on 127.0.0.1 that accepts a connection.
-    pub tcp_port: Option<u16>,
-    /// A command that exits 0.
-    pub command: Option<Vec<String>>,
-    /// How long to wait, in milliseconds.
-    pub timeout_ms: u64,
-}
-
-/// A service, independent of the init system: what `system.services.<name>`
-/// holds once merged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
-    /// Its name.
-    pub name: String,
-    /// What it is.
-    pub description: String,
-    /// The program and its arguments.
-    pub argv: Vec<String>,
-    /// Its environment (nothing else is inherited).
-    pub environment: BTreeMap<String, String>,
-    /// Where it runs.
-    pub working_directory: Option<String>,
-    /// The user it runs as.
-    pub user: String,
-    /// Its group.
-    pub group: String,
-    /// Services that must run for it to run (started before it).
-    pub requires: Vec<String>,
-    /// Services started before it when both are started.
-    pub after: Vec<String>,
-    /// When it is restarted.
-    pub restart: Restart,
-    /// How long to wait before restarting it, in milliseconds.
-    pub restart_delay_ms: u64,
-    /// The command that makes it reload its configuration.
-    pub reload: Option<Vec<String>>,
-    /// What a change does.
-    pub on_change: OnChange,
-    /// Anything whose change must restart (or reload) it though its
-    /// definition is the same: typically its configuration files' paths.
-    pub restart_triggers: Vec<String>,
-    /// When it counts as started.
-    pub ready: Option<Ready>,
-}
+/// The largest user or group id: `(uid_t)-1` means "none" to the kernel.
+const ID_MAX: i64 = u32::MAX as i64 - 1;
 
 /// The base system module, `bigtop/system`: declares every option the
 /// toplevel reads.
@@ -123,6 +56,7 @@ pub struct Service {
 /// | option | type |
 /// |---|---|
 /// | `system.name` | the host name |
+/// | `system.release` | the release it is built from, or null |
 /// | `system.packages` | packages joined into `sw` |
 /// | `etc.<path>` | `text` or `source`, `mode`, `user`, `group` |
 /// | `users.users.<name>` | `uid`, `group`, `home`, `shell`, `system`, `description` |
@@ -139,6 +73,12 @@ pub fn module() -> Module {
             .expect("a valid pattern");
         m.option("system.name", hostname, |o| {
             o.description("The host name.");
+        });
+        m.option("system.release", types::optional(types::single_line_str()), |o| {
+            o.default(Value::Null).description(
+                "The release the system is built from (a fleet defines it): recorded in the manifest, \
+                 so that activation can refuse a downgrade and deploy tools can report it.",
+            );
         });
         m.option("system.packages", types::list(types::package()), |o| {
             o.default(Vec::<Value>::new())
@@ -177,7 +117,7 @@ pub fn module() -> Module {
         m.option(
             "users.users",
             types::map(types::submodule(|s| {
-                s.option("uid", types::optional(types::unsigned()), |o| {
+                s.option("uid", types::optional(types::between(0, ID_MAX)), |o| {
                     o.default(Value::Null)
                         .description("Its number; activation picks one if null.");
                 });
@@ -206,7 +146,7 @@ pub fn module() -> Module {
         m.option(
             "users.groups",
             types::map(types::submodule(|s| {
-                s.option("gid", types::optional(types::unsigned()), |o| {
+                s.option("gid", types::optional(types::between(0, ID_MAX)), |o| {
                     o.default(Value::Null);
                 });
             })),
@@ -511,15 +451,6 @@ fn etc_path_ok(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An activation step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    /// Its shell commands.
-    pub script: String,
-    /// The steps before it.
-    pub after: Vec<String>,
-}
-
 fn activation(c: &Config) -> Result<BTreeMap<String, Step>, Error> {
     let crate::module::Json(steps) =
         c.get::<crate::module::Json<BTreeMap<String, Step>>>("system.activation")?;
@@ -542,13 +473,16 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
     let services = services(cfg)?;
     let packages: Vec<Drv> = cfg.get("system.packages")?;
     let etc: BTreeMap<String, Value> = cfg.get("etc")?;
-    let users: BTreeMap<String, Value> = cfg.get("users.users")?;
-    let groups: BTreeMap<String, Value> = cfg.get("users.groups")?;
+    let release: Option<String> = cfg.get("system.release")?;
+    let crate::module::Json(users) =
+        cfg.get::<crate::module::Json<BTreeMap<String, manifest::User>>>("users.users")?;
+    let crate::module::Json(groups) =
+        cfg.get::<crate::module::Json<BTreeMap<String, manifest::Group>>>("users.groups")?;
     let steps = activation(cfg)?;
     let order = render::order_steps(&steps).map_err(Error::msg)?;
 
     let mut entries: Vec<TreeEntry> = Vec::new();
-    let mut manifest_etc = serde_json::Map::new();
+    let mut manifest_etc = BTreeMap::new();
     for (path, e) in etc {
         etc_path_ok(&path).map_err(Error::msg)?;
         let Value::Map(mut f) = e else { continue };
@@ -571,7 +505,13 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
                 let hash = content_hash(text.as_str().as_bytes());
                 manifest_etc.insert(
                     path.clone(),
-                    serde_json::json!({"mode": mode, "user": user, "group": group, "hash": hash}),
+                    manifest::EtcEntry {
+                        mode,
+                        user,
+                        group,
+                        hash: Some(hash),
+                        source: None,
+                    },
                 );
                 TreeEntry::File {
                     path: format!("etc/{path}"),
@@ -582,7 +522,13 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
             (_, Some(Value::Str(source))) => {
                 manifest_etc.insert(
                     path.clone(),
-                    serde_json::json!({"mode": mode, "user": user, "group": group, "source": source.as_str()}),
+                    manifest::EtcEntry {
+                        mode,
+                        user,
+                        group,
+                        hash: None,
+                        source: Some(source.as_str().to_owned()),
+                    },
                 );
                 TreeEntry::Link {
                     path: format!("etc/{path}"),
@@ -607,7 +553,7 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
             collect_context(v, &mut ctx);
         }
     }
-    let mut manifest_services = serde_json::Map::new();
+    let mut manifest_services = BTreeMap::new();
     for s in services.values() {
         let unit = render::systemd_unit(s);
         let hash = content_hash(
@@ -619,12 +565,13 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
         for (rel, text, exec) in render::s6_dir(s) {
             entries.push(file(format!("s6/{}/{rel}", s.name), text, exec));
         }
-        let mut m = serde_json::to_value(s).map_err(|e| Error::msg(e.to_string()))?;
-        if let Some(o) = m.as_object_mut() {
-            o.remove("name");
-            o.insert("hash".into(), hash.into());
-        }
-        manifest_services.insert(s.name.clone(), m);
+        manifest_services.insert(
+            s.name.clone(),
+            ManifestService {
+                service: s.clone(),
+                hash,
+            },
+        );
     }
 
     let mut step_ctx = Context::default();
@@ -640,19 +587,17 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
         path: "sw".into(),
         target: Str::from(&sw),
     });
-    let manifest = serde_json::json!({
-        "version": 1,
-        "name": name,
-        "services": manifest_services,
-        "users": Value::Map(users).to_json(),
-        "groups": Value::Map(groups).to_json(),
-        "etc": manifest_etc,
-        "activation": {
-            "order": order,
-            "steps": serde_json::to_value(&steps).map_err(|e| Error::msg(e.to_string()))?,
-        },
-        "sw": crate::text!("{}", sw).as_str(),
-    });
+    let typed = Manifest {
+        release,
+        services: manifest_services,
+        users,
+        groups,
+        etc: manifest_etc,
+        activation: manifest::Activation { order, steps },
+        sw: crate::text!("{}", sw).as_str().to_owned(),
+        ..Manifest::new(name.as_str())
+    };
+    let manifest = serde_json::to_value(&typed).map_err(|e| Error::msg(e.to_string()))?;
     let text =
         serde_json::to_string_pretty(&manifest).map_err(|e| Error::msg(e.to_string()))? + "\n";
     // The tree is one derivation: the paths its files name (programs in

@@ -142,3 +142,19 @@ fn a_panicking_module_fails_its_machine_only() {
     assert!(e.contains("panicked: kaboom"), "{e}");
     assert!(r["web1"].is_ok());
 }
+
+#[test]
+fn each_manifest_names_its_release_and_reads_back_typed() -> TestResult {
+    let fleet = fleet("2.0", Arc::new(AtomicUsize::new(0))).eval();
+    for (machine, release) in [("web1", "2026.11"), ("legacy", "2025.11")] {
+        let e = fleet[machine].as_ref().map_err(|e| e.to_string())?;
+        let m: bigtop_core::manifest::Manifest =
+            serde_json::from_value(e.toplevel.manifest.clone())?;
+        assert_eq!(m.version, bigtop_core::manifest::FORMAT_VERSION);
+        assert_eq!(m.name, machine);
+        assert_eq!(m.release.as_deref(), Some(release));
+        assert!(m.services.contains_key("app"), "{m:?}");
+        assert!(m.etc["role"].hash.as_ref().is_some_and(|h| !h.is_empty()));
+    }
+    Ok(())
+}
