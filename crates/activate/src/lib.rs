@@ -1,14 +1,13 @@
 //! bigtop-activate: switching machines to a built system, and back.
 //!
-//! Status: a skeleton. This crate will hold profiles and generations, the
-//! activation engine, service-manager backends (systemd, s6), health
-//! checks and rollback, and deploy targets. It never builds: it takes
-//! store paths that [`bigtop_store`] has already made valid.
-//!
-//! ```
-//! let dir = bigtop_activate::store::core::StoreDir::default();
-//! assert!(dir.as_str().starts_with('/'));
-//! ```
+//! A machine is a root directory (`/` on a real machine, any directory
+//! for a container or a test): its store (the chroot store rooted there,
+//! so the paths inside the system are the logical `/bigtop/store/…`), its
+//! profile of generations, its `etc`, `run` and `var`. This crate never
+//! builds: it takes store paths that [`bigtop_store`] has already made
+//! valid in the machine's store.
 #![deny(missing_docs)]
 
 pub use bigtop_store as store;
+
+pub mod fs;
