@@ -10,4 +10,14 @@
 
 pub use bigtop_store as store;
 
+pub mod error;
 pub mod fs;
+pub mod generations;
+pub mod machine;
+pub mod plan;
+pub mod time;
+
+pub use error::Error;
+pub use generations::{Generation, GenerationInfo, Keep};
+pub use machine::{ActivationLock, Machine, System};
+pub use plan::{Observed, Plan};
