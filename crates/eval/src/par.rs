@@ -27,6 +27,21 @@ where
         .collect()
 }
 
+/// `f` of every item, in order, on this thread, with the same capture
+/// of panics as [`on_every_core`].
+pub(crate) fn one_by_one<T, R, F>(items: &[T], f: F) -> Vec<Result<R, String>>
+where
+    F: Fn(&T) -> R,
+{
+    items
+        .iter()
+        .map(|item| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)))
+                .map_err(|p| panic_message(&*p))
+        })
+        .collect()
+}
+
 fn panic_message(p: &(dyn Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

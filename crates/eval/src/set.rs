@@ -268,7 +268,17 @@ impl Pkgs {
     /// included, by name).
     pub fn all(&self) -> BTreeMap<String, Result<Drv, Error>> {
         let names: Vec<&str> = self.0.set.names().into_iter().collect();
-        let results = crate::par::on_every_core(&names, |name| self.get(name));
+        // Inside a recipe, this thread owns the packages on its stack: if
+        // it waited in rayon's pool it could take another job that asks
+        // for one of them and wait on itself. One recipe's `all` runs on
+        // its own thread; the set as a whole still spreads over every
+        // core.
+        let inside_a_recipe = EVALUATING.with(|s| !s.borrow().is_empty());
+        let results = if inside_a_recipe {
+            crate::par::one_by_one(&names, |name| self.get(name))
+        } else {
+            crate::par::on_every_core(&names, |name| self.get(name))
+        };
         names
             .into_iter()
             .zip(results)
@@ -342,9 +352,17 @@ impl Pkgs {
         }
         let run = || -> Result<Drv, Arc<Error>> {
             EVALUATING.with(|s| s.borrow_mut().push(key.clone()));
-            let r = self.call(layer, key_name, overrides);
-            EVALUATING.with(|s| s.borrow_mut().pop());
-            r.map_err(Arc::new)
+            // Popped however the recipe ends: rayon's threads outlive a
+            // call, and an entry left by a panic would make the next
+            // package this thread evaluates look like a cycle.
+            struct Pop;
+            impl Drop for Pop {
+                fn drop(&mut self) {
+                    EVALUATING.with(|s| s.borrow_mut().pop());
+                }
+            }
+            let _pop = Pop;
+            self.call(layer, key_name, overrides).map_err(Arc::new)
         };
         let Some(slot) = slot else {
             return run().map_err(wrap);

@@ -223,3 +223,70 @@ fn a_panicking_recipe_is_its_packages_error_in_a_whole_set() {
     assert_eq!(name, "broken");
     assert_eq!(source.to_string(), "its recipe panicked: no such file");
 }
+
+/// Regression: rayon's threads outlive a call. A recipe that panicked
+/// used to leave its package on its thread's stack of packages being
+/// evaluated, so asking again on that thread reported a cycle instead of
+/// running the recipe (and panicking) again.
+#[test]
+fn asking_again_for_a_package_whose_recipe_panicked_runs_it_again() {
+    let pkgs = PackageSet::new(Platform::default())
+        .add("broken", |_| -> Result<Drv, Error> {
+            panic!("no such file")
+        })
+        .eval();
+    for _ in 0..3 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pkgs.get("broken")));
+        match r {
+            Err(_) => {}
+            Ok(got) => panic!("expected the recipe to panic again, got {got:?}"),
+        }
+    }
+}
+
+/// A recipe that evaluates a whole set (parallel work inside a package
+/// that other parallel jobs wait for) finishes, with every result. Its
+/// thread must not take one of the waiting jobs while it holds the
+/// package, or that job waits on its own thread for ever; rayon's
+/// stealing order makes that rare, so this test guards the path rather
+/// than reproducing the hang reliably (`Pkgs::all` avoids it by
+/// construction).
+#[test]
+fn a_recipe_evaluating_a_whole_set_does_not_wait_on_itself() -> TestResult {
+    let mut inner = PackageSet::new(Platform::default());
+    for i in 0..200 {
+        inner = inner.add(format!("i{i}"), move |a| {
+            // Slow enough that idle threads steal some of the work.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            bigtop_eval::trivial::write_text(a.platform(), &format!("i{i}"), "x")
+        });
+    }
+    let inner = inner.eval();
+    let mut outer = PackageSet::new(Platform::default()).add("shared", move |a| {
+        let n = inner.all().values().filter(|r| r.is_ok()).count();
+        bigtop_eval::trivial::write_text(a.platform(), "shared", n.to_string())
+    });
+    for o in 0..32 {
+        outer = outer.add(format!("o{o}"), move |a| {
+            pkg(a, &format!("o{o}"), "1", &["shared"])
+        });
+        // Packages that need nothing keep other threads free to steal.
+        outer = outer.add(format!("free{o}"), move |a| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            pkg(a, &format!("free{o}"), "1", &[])
+        });
+    }
+    let outer = outer.eval();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(outer.all());
+    });
+    let all = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .map_err(|_| "evaluating the set hung")?;
+    for (name, r) in &all {
+        r.as_ref().map_err(|e| format!("{name}: {e}"))?;
+    }
+    assert_eq!(all.len(), 65);
+    Ok(())
+}
