@@ -8,9 +8,12 @@
 //! progress rendered by [`progress`].
 //!
 //! The global flags (`--store`, `--store-dir`, `--json`) go anywhere on
-//! the line, before or after the command, as `nix --store` does. Every
-//! command that prints data takes `--json`; one that writes a stream
-//! (`nar dump`, `store export`, `log`) refuses it. Errors print as a chain
+//! the line, before or after the command, as `nix --store` does; like
+//! Nix's, a command that opens no store (`nar`, `hash`, `key`) accepts
+//! and ignores the store flags, and a flag given twice takes its last
+//! value. Every command that prints data takes `--json`; one that writes
+//! a stream (`nar dump`, `store export`, `log`) refuses it, as a usage
+//! error. Errors print as a chain
 //! (`error: …` then `caused by: …`) and exit with status 1; usage errors
 //! (a bad `--max-freed`, a missing argument) exit with status 2, as clap
 //! reports them.
@@ -147,10 +150,12 @@ impl Error {
         }
     }
 
-    /// The exit status: 1, or 128 + the signal that stopped a build, as
-    /// a shell reports a process the signal ended.
+    /// The exit status: 2 for a usage error (as clap exits), 128 + the
+    /// signal that stopped a build (as a shell reports a process the
+    /// signal ended), else 1.
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            Error::NoJson { .. } => ExitCode::from(2),
             Error::Build(build::Error::Interrupted { signal }) => {
                 ExitCode::from(128 + *signal as u8)
             }

@@ -90,9 +90,9 @@ pub enum TextKind {
 impl fmt::Display for TextKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TextKind::SecretKey => "Secret key",
-            TextKind::PublicKey => "Public key",
-            TextKind::Signature => "Signature",
+            TextKind::SecretKey => "secret key",
+            TextKind::PublicKey => "public key",
+            TextKind::Signature => "signature",
         })
     }
 }
@@ -757,7 +757,7 @@ mod tests {
         let err = format!(":{public_b64}").parse::<PublicKey>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("Public key `:{public_b64}` has an invalid key name: it is empty")
+            format!("public key `:{public_b64}` has an invalid key name: it is empty")
         );
     }
 
@@ -819,7 +819,7 @@ mod tests {
         let err = b64(0).parse::<Signature>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "Signature `k:` holds 0 bytes where 64 are expected"
+            "signature `k:` holds 0 bytes where 64 are expected"
         );
     }
 

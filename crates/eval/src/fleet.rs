@@ -192,7 +192,7 @@ impl Fleet {
         let Some(pkgs) = self.releases.get(&m.release) else {
             return Err(Errors {
                 errors: vec![module::Error::msg(format!(
-                    "Machine `{}` is pinned to the release `{}`, which the fleet does not have (it has: {})",
+                    "machine `{}` is pinned to the release `{}`, which the fleet does not have (it has: {})",
                     m.name,
                     m.release,
                     self.releases
@@ -224,7 +224,7 @@ impl Fleet {
             if seen[m.name.as_str()] > 1 {
                 return Err(Errors {
                     errors: vec![module::Error::msg(format!(
-                        "The fleet has {} machines named `{}`",
+                        "the fleet has {} machines named `{}`",
                         seen[m.name.as_str()],
                         m.name
                     ))],
@@ -242,7 +242,7 @@ impl Fleet {
                 let r = r.unwrap_or_else(|why| {
                     Err(Errors {
                         errors: vec![module::Error::msg(format!(
-                            "Evaluating machine `{}` panicked: {why}",
+                            "evaluating machine `{}` panicked: {why}",
                             m.name
                         ))],
                         warnings: Vec::new(),

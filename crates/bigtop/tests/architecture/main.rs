@@ -127,7 +127,8 @@ fn cycle_texts(files: &[(&str, &str)]) -> Result<Vec<String>, Box<dyn std::error
 fn the_module_check_finds_cycles_through_every_kind_of_path(
 ) -> Result<(), Box<dyn std::error::Error>> {
     // The edge back is made by, in turn: a `use` group, a `super::` path
-    // in a body, a name re-exported at the root, a macro's tokens.
+    // in a body, a name re-exported at the root, a macro's tokens, an
+    // attribute's arguments.
     let backs = [
         ("use crate::{b::{self, X}};", "a -> b: `crate::b`"),
         ("fn f() { super::b::g(); }", "a -> b: `crate::b::g`"),
@@ -135,6 +136,10 @@ fn the_module_check_finds_cycles_through_every_kind_of_path(
         (
             "fn f() { println!(\"{}\", crate::b::N); }",
             "a -> b: `crate::b::N`",
+        ),
+        (
+            "#[doc = \"x\"] #[derive(crate::b::Derive)] struct S;",
+            "a -> b: `crate::b::Derive`",
         ),
     ];
     for (back, edge) in backs {

@@ -8,6 +8,16 @@
 //! names `a::c` (or anything under it). Paths between a module and its own
 //! ancestors or descendants are the tree itself and do not count; neither
 //! does code under `#[cfg(test)]`, which may set up whatever it tests with.
+//!
+//! It reads paths, not types: it sees `use`, paths in code, in macro
+//! arguments and in attribute arguments, re-exports and `super::`. It
+//! does not see a method called on a type whose `impl` block lives in a
+//! sibling (`impl Store` in `gc.rs`, called from `store.rs`), names
+//! brought in by a glob (`use super::*`), a macro called by its bare
+//! name, a type alias's target, or files placed by `#[path]` or
+//! `include!` (modules are found by file location). Keep inherent
+//! `impl` blocks of a type in the module that owns its operation, as
+//! CONTRIBUTING.md says, and these gaps stay harmless.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -514,6 +524,14 @@ impl<'ast> Visit<'ast> for Collector {
             .unwrap_or(0);
         self.record(&segments, line);
         syn::visit::visit_path(self, p);
+    }
+
+    fn visit_attribute(&mut self, a: &'ast syn::Attribute) {
+        // `#[error("…", crate::error::did_you_mean(..))]` names a module.
+        if let syn::Meta::List(l) = &a.meta {
+            self.tokens(l.tokens.clone());
+        }
+        syn::visit::visit_attribute(self, a);
     }
 
     fn visit_macro(&mut self, m: &'ast syn::Macro) {

@@ -1031,7 +1031,7 @@ fn json_is_refused_by_a_command_that_writes_a_stream() -> Result {
         &["log", "--json", "x"][..],
     ] {
         let out = bigtop(args, b"", tmp.path())?;
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
         let err = String::from_utf8(out.stderr)?;
         assert!(

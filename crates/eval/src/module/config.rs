@@ -396,7 +396,7 @@ impl Config {
     pub fn pkgs(&self) -> Result<&Pkgs, Error> {
         self.pkgs
             .as_ref()
-            .ok_or_else(|| Error::msg("This configuration was evaluated without a package set"))
+            .ok_or_else(|| Error::msg("this configuration was evaluated without a package set"))
     }
 
     /// The value at `path` (an option, something inside one, or a group

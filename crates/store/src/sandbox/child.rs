@@ -105,6 +105,12 @@ pub(super) struct ChildSetup {
 }
 
 /// Records the failed step and ends the child. Never returns.
+///
+/// # Safety
+///
+/// Called only in a sandbox child, after `clone`: it writes the report
+/// the parent shares with it and calls `_exit`, which must not run in the
+/// parent.
 unsafe fn fail(setup: &ChildSetup, step: Step, index: usize) -> ! {
     setup.report.errno.store(errno(), Ordering::Relaxed);
     setup.report.index.store(index as u32, Ordering::Relaxed);
@@ -332,6 +338,11 @@ pub(super) extern "C" fn parked_child(arg: *mut c_void) -> libc::c_int {
 
 /// Brings up `lo` in the current network namespace, as a fresh one has it
 /// down and builds (test suites) use 127.0.0.1.
+///
+/// # Safety
+///
+/// Only system calls on a stack buffer, so a child after `clone` may call
+/// it; the caller must be in the network namespace it means to change.
 unsafe fn loopback_up() -> bool {
     let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
     if sock < 0 {
@@ -361,6 +372,12 @@ struct IfReq {
 impl Op {
     /// Runs in the builder child: system calls only. `tree` holds the
     /// descriptor of [`Op::OpenTree`].
+    ///
+    /// # Safety
+    ///
+    /// Called only in a sandbox child, in its own mount namespace: the
+    /// mounts it makes would change the parent's view otherwise. The
+    /// strings it points at were prepared before `clone` and are alive.
     unsafe fn apply(&self, tree: &AtomicI32) -> bool {
         match self {
             Op::Mount {
