@@ -50,6 +50,14 @@ pub enum Error {
         /// The generation asked for.
         number: u64,
     },
+    /// A record of activation's state is unreadable or wrong.
+    #[error("`{path}`: {reason}")]
+    Record {
+        /// The record (or the file it describes).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),

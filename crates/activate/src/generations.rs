@@ -245,9 +245,10 @@ impl Machine {
         self.link_target(&self.path("/run/booted-system"))
     }
 
-    /// Records `toplevel` as what runs now (or, with `booted`, as what
-    /// the machine booted).
-    pub(crate) fn set_run_link(&self, name: &str, toplevel: &StorePath) -> Result<(), Error> {
+    /// Points `ROOT/run/<name>` (`current-system` or `booted-system`) at
+    /// `toplevel`: what the engine records once a system runs or booted,
+    /// and what a deploy tool reads to ask a machine what it runs.
+    pub fn set_run_link(&self, name: &str, toplevel: &StorePath) -> Result<(), Error> {
         let run = self.path("/run");
         create_dirs(&run)?;
         let target = self.store().store_dir().full(toplevel);

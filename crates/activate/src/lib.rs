@@ -11,6 +11,7 @@
 pub use bigtop_store as store;
 
 pub mod error;
+pub mod etc;
 pub mod fs;
 pub mod generations;
 pub mod machine;
