@@ -11,3 +11,4 @@
 pub use bigtop_store as store;
 
 pub mod fs;
+pub mod users;
