@@ -17,6 +17,7 @@ pub mod generations;
 pub mod machine;
 pub mod plan;
 pub mod time;
+pub mod users;
 
 pub use error::Error;
 pub use generations::{Generation, GenerationInfo, Keep};
