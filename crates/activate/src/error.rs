@@ -58,6 +58,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A container cannot be started, entered or stopped.
+    #[error("the container of the machine at `{root}`: {reason}")]
+    Container {
+        /// The machine's root.
+        root: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),

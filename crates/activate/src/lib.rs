@@ -10,6 +10,7 @@
 
 pub use bigtop_store as store;
 
+pub mod container;
 pub mod error;
 pub mod etc;
 pub mod fs;

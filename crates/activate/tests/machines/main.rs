@@ -1,0 +1,5 @@
+//! Machines in containers: real namespaces, real s6, real processes.
+
+mod container;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
