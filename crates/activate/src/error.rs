@@ -66,7 +66,80 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A service manager failed to do what it was asked.
+    #[error("service `{service}`: {reason}")]
+    Service {
+        /// The service.
+        service: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The new system is built from an older release than the running
+    /// one.
+    #[error("the new system's release `{to}` is older than the running `{from}`: pass --allow-downgrade to switch anyway")]
+    Downgrade {
+        /// The running release.
+        from: String,
+        /// The new system's release.
+        to: String,
+    },
+    /// An activation step failed.
+    #[error("activation step `{step}` failed ({status}); its last output:\n{}", output.join("\n"))]
+    StepFailed {
+        /// The step.
+        step: String,
+        /// How it ended.
+        status: String,
+        /// The last lines it printed.
+        output: Vec<String>,
+    },
+    /// A service did not become ready after a switch.
+    #[error("{}{}", not_ready(failure), rolled_back_text(rolled_back.as_deref(), rollback_error.as_deref()))]
+    NotReady {
+        /// Which service, its check, its log.
+        failure: Box<NotReady>,
+        /// The toplevel the machine was rolled back to, if it was.
+        rolled_back: Option<String>,
+        /// Why the rollback failed, if it did.
+        rollback_error: Option<String>,
+    },
+    /// Users and groups cannot be applied.
+    #[error(transparent)]
+    Users(#[from] crate::users::Error),
     /// A file could not be read or written.
     #[error(transparent)]
     Io(#[from] IoError),
+}
+
+/// A service that did not become ready.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotReady {
+    /// The service.
+    pub service: String,
+    /// Its check, described.
+    pub check: String,
+    /// The last lines of its log.
+    pub log_tail: Vec<String>,
+}
+
+fn not_ready(f: &NotReady) -> String {
+    let mut s = format!("service `{}` did not become ready: {}", f.service, f.check);
+    if f.log_tail.is_empty() {
+        s.push_str("; its log is empty");
+    } else {
+        s.push_str("; the end of its log:");
+        for l in &f.log_tail {
+            s.push_str("\n  ");
+            s.push_str(l);
+        }
+    }
+    s
+}
+
+fn rolled_back_text(to: Option<&str>, error: Option<&str>) -> String {
+    match (to, error) {
+        (Some(to), None) => format!("\nthe machine was rolled back to `{to}`"),
+        (Some(to), Some(e)) => format!("\nrolling back to `{to}` failed too: {e}"),
+        (None, _) => "\nthe machine was left in the new state".to_owned(),
+    }
 }

@@ -40,7 +40,7 @@ pub enum Made {
 pub type Record = BTreeMap<String, Made>;
 
 /// The uid and gid of a user and a group, by name.
-pub type Owner = dyn Fn(&str, &str) -> Result<(u32, u32), Error>;
+pub type Owner<'a> = dyn Fn(&str, &str) -> Result<(u32, u32), Error> + 'a;
 
 /// The /etc of a machine.
 #[derive(Debug)]
@@ -155,7 +155,7 @@ impl Etc {
         new: &Manifest,
         static_dir: &Path,
         static_host: &Path,
-        owner: &Owner,
+        owner: &Owner<'_>,
     ) -> Result<Vec<Backup>, Error> {
         create_dirs(&self.dir)?;
         let old = self.record()?;
@@ -209,7 +209,7 @@ impl Etc {
         e: &EtcEntry,
         static_host: &Path,
         was: Option<&Made>,
-        owner: &Owner,
+        owner: &Owner<'_>,
         backups: &mut Vec<Backup>,
     ) -> Result<Made, Error> {
         let file = self.dir.join(path);

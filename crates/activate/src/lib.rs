@@ -11,15 +11,18 @@
 pub use bigtop_store as store;
 
 pub mod container;
+pub mod engine;
 pub mod error;
 pub mod etc;
 pub mod fs;
 pub mod generations;
 pub mod machine;
 pub mod plan;
+pub mod services;
 pub mod time;
 pub mod users;
 
+pub use engine::{Mode, Observer, Options, Report};
 pub use error::Error;
 pub use generations::{Generation, GenerationInfo, Keep};
 pub use machine::{ActivationLock, Machine, System};

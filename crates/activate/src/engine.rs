@@ -1,0 +1,673 @@
+//! The activation engine: `switch`, `boot`, `test`, `dry-activate` and
+//! `rollback`, as a plan then idempotent steps, journaled, with a health
+//! gate that rolls back.
+//!
+//! An activation takes the machine's lock, finishes an activation a
+//! crash interrupted (the journal), plans, writes the journal (the plan's
+//! target and where it came from), then runs its steps in order:
+//!
+//! 1. `stop`: services gone or restarting stop, dependents first (gone
+//!    ones are uninstalled);
+//! 2. `accounts`: users and groups (`/etc/passwd`, `group`, `shadow`);
+//! 3. `etc`: the `/etc/static` swap and the managed files;
+//! 4. `steps`: the activation steps, inside the machine;
+//! 5. `services`: every service installed from the new toplevel, then
+//!    starts (dependencies first) and reloads;
+//! 6. `current`: `ROOT/run/current-system` points at the new toplevel;
+//! 7. `ready`: each started or restarted service passes its readiness
+//!    check, or the machine is rolled back to where it was.
+//!
+//! Every step can run twice: a later activation that finds the journal
+//! plans again from the journal's source to its target, against what
+//! runs by then, and runs every step.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bigtop_core::manifest::{compare_releases, Manifest};
+use bigtop_core::StorePath;
+use serde::{Deserialize, Serialize};
+
+use crate::container::Network;
+use crate::error::{Error, NotReady};
+use crate::etc::{Backup, Etc};
+use crate::fs::{io_err, read_optional, write_atomic};
+use crate::machine::{Machine, System};
+use crate::plan::{self, Observed, Plan, ServiceAction};
+use crate::services::s6::S6;
+use crate::services::Backend;
+
+/// How long a service gets to stop before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a service without a readiness check gets to come up.
+const UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a service without a readiness check must stay up, counted
+/// from the first start of a switch.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// What an activation does with generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Adds a generation, makes it the one booted, activates it now.
+    Switch,
+    /// Adds a generation and makes it the one booted; changes nothing
+    /// running.
+    Boot,
+    /// Activates without adding a generation: a reboot returns to the
+    /// profile's.
+    Test,
+}
+
+/// A step of an activation, as the journal and observers name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Services gone or restarting stopped.
+    Stop,
+    /// Users and groups written.
+    Accounts,
+    /// /etc switched.
+    Etc,
+    /// Activation steps run.
+    Steps,
+    /// Services installed, started and reloaded.
+    Services,
+    /// `run/current-system` switched.
+    Current,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Step; 6] = [
+        Step::Stop,
+        Step::Accounts,
+        Step::Etc,
+        Step::Steps,
+        Step::Services,
+        Step::Current,
+    ];
+}
+
+/// Told of an activation's progress; what a CLI renders, and what the
+/// crash trials use to stop one at a given point.
+pub trait Observer {
+    /// The plan is made and journaled; nothing has changed yet.
+    fn planned(&self, _plan: &Plan) {}
+    /// A step is done.
+    fn step_done(&self, _step: Step) {}
+    /// A service passed its readiness check.
+    fn ready(&self, _service: &str, _after: Duration) {}
+}
+
+/// An observer that observes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// How to activate.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Allow a system built from an older release than the running one.
+    pub allow_downgrade: bool,
+    /// Roll back when a service fails its readiness check (default);
+    /// `false` keeps the new state for debugging.
+    pub rollback_on_failure: bool,
+    /// How long to wait for another activation's lock; `None` fails at
+    /// once, naming the holder.
+    pub lock_wait: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            allow_downgrade: false,
+            rollback_on_failure: true,
+            lock_wait: Some(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// What an activation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The plan carried out (for `boot`, the plan that the next boot
+    /// will carry out, against what runs now).
+    pub plan: Plan,
+    /// The generation added or selected, if any.
+    pub generation: Option<u64>,
+    /// Files of /etc that were in the way, and where they went.
+    pub backups: Vec<Backup>,
+    /// How long each started or restarted service took to be ready.
+    pub ready_ms: BTreeMap<String, u128>,
+    /// An interrupted activation this one finished first.
+    pub recovered: Option<String>,
+}
+
+/// The journal: an activation in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Journal {
+    /// What ran before (`None`: nothing).
+    from: Option<String>,
+    /// The toplevel being activated.
+    to: String,
+    /// Steps done so far.
+    done: Vec<Step>,
+}
+
+impl Machine {
+    fn journal_file(&self) -> PathBuf {
+        self.state_dir().join("journal.json")
+    }
+
+    fn read_journal(&self) -> Result<Option<Journal>, Error> {
+        let file = self.journal_file();
+        let Some(bytes) = read_optional(&file)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Record {
+                path: file,
+                reason: e.to_string(),
+            })
+    }
+
+    fn write_journal(&self, j: &Journal) -> Result<(), Error> {
+        let bytes = serde_json::to_vec_pretty(j).map_err(|e| Error::Record {
+            path: self.journal_file(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.journal_file(), &bytes, 0o644)?;
+        Ok(())
+    }
+
+    /// The service manager of this machine.
+    pub fn services(&self) -> S6 {
+        S6::new(self.path("/run/service"), self.path("/var/log"))
+    }
+
+    /// What running `toplevel` would change, touching nothing.
+    pub fn dry_activate(&self, toplevel: &str) -> Result<Plan, Error> {
+        let new = self.system(toplevel)?;
+        let old = self.running_system()?;
+        let observed = self.observe(&new.manifest)?;
+        Ok(plan::diff(
+            old.as_ref().map(|s| &s.manifest),
+            &new.manifest,
+            &observed,
+        ))
+    }
+
+    /// The system running now, if any.
+    pub fn running_system(&self) -> Result<Option<System>, Error> {
+        match self.current_system()? {
+            Some(p) => self.system_at(&p).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn observe(&self, new: &Manifest) -> Result<Observed, Error> {
+        let etc = Etc::new(self.path("/etc"), &self.state_dir());
+        let (etc_unmanaged, etc_drifted) = etc.observe(new)?;
+        let running = self
+            .services()
+            .states()?
+            .into_iter()
+            .filter(|(_, s)| s.up)
+            .map(|(n, _)| n)
+            .collect();
+        Ok(Observed {
+            running,
+            etc_unmanaged,
+            etc_drifted,
+        })
+    }
+
+    /// Activates `toplevel` as `mode` says.
+    pub fn activate(
+        &self,
+        toplevel: &str,
+        mode: Mode,
+        options: &Options,
+        observer: &dyn Observer,
+    ) -> Result<Report, Error> {
+        let _lock = self.lock(&format!("{mode:?}").to_lowercase(), options.lock_wait)?;
+        let recovered = self.recover(observer)?;
+        let new = self.system(toplevel)?;
+        let old = self.running_system()?;
+        if let (Some(old), false) = (&old, options.allow_downgrade) {
+            if let (Some(from), Some(to)) = (&old.manifest.release, &new.manifest.release) {
+                if compare_releases(to, from).is_lt() {
+                    return Err(Error::Downgrade {
+                        from: from.clone(),
+                        to: to.clone(),
+                    });
+                }
+            }
+        }
+        let generation = match mode {
+            Mode::Switch | Mode::Boot => {
+                let n = self.add_generation(&new.toplevel)?;
+                self.set_default_generation(n)?;
+                Some(n)
+            }
+            Mode::Test => None,
+        };
+        if mode == Mode::Boot {
+            let plan = self.dry_activate(toplevel)?;
+            return Ok(Report {
+                plan,
+                generation,
+                backups: Vec::new(),
+                ready_ms: BTreeMap::new(),
+                recovered,
+            });
+        }
+        let mut report = self.run_activation(old.as_ref(), &new, observer)?;
+        report.generation = generation;
+        report.recovered = recovered;
+        match self.health_gate(&report.plan, &new.manifest) {
+            Ok(ready) => {
+                report.ready_ms = ready;
+                for (s, ms) in &report.ready_ms {
+                    observer.ready(s, Duration::from_millis(*ms as u64));
+                }
+                Ok(report)
+            }
+            Err(failure) if options.rollback_on_failure => {
+                let rolled_back = match &old {
+                    Some(old) => {
+                        if let Some(g) = self.generation_of(&old.toplevel)? {
+                            self.set_default_generation(g)?;
+                        }
+                        self.run_activation(Some(&new), old, &Quiet).map(|_| ())
+                    }
+                    None => Ok(()),
+                };
+                Err(Error::NotReady {
+                    failure: Box::new(failure),
+                    rolled_back: old
+                        .as_ref()
+                        .map(|o| self.store().store_dir().full(&o.toplevel)),
+                    rollback_error: rolled_back.err().map(|e| e.to_string()),
+                })
+            }
+            Err(failure) => Err(Error::NotReady {
+                failure: Box::new(failure),
+                rolled_back: None,
+                rollback_error: None,
+            }),
+        }
+    }
+
+    /// Switches to generation `to` (default: the one before the
+    /// profile's) and makes it the one booted.
+    pub fn rollback(
+        &self,
+        to: Option<u64>,
+        options: &Options,
+        observer: &dyn Observer,
+    ) -> Result<Report, Error> {
+        let gens = self.generations()?;
+        let default = self.default_generation()?;
+        let target = match to {
+            Some(n) => gens.iter().find(|g| g.number == n),
+            None => gens
+                .iter()
+                .rev()
+                .find(|g| default.is_none_or(|d| g.number < d)),
+        };
+        let Some(target) = target else {
+            return Err(Error::NoGeneration {
+                root: self.root().to_owned(),
+                number: to.unwrap_or(default.unwrap_or(1).saturating_sub(1)),
+            });
+        };
+        let number = target.number;
+        let toplevel = self.store().store_dir().full(&target.toplevel);
+        let options = Options {
+            allow_downgrade: true,
+            ..options.clone()
+        };
+        let mut report = self.activate(&toplevel, Mode::Test, &options, observer)?;
+        self.set_default_generation(number)?;
+        report.generation = Some(number);
+        Ok(report)
+    }
+
+    /// Finishes an activation a crash interrupted; the toplevel it
+    /// finished, if there was one. The caller holds the lock.
+    fn recover(&self, observer: &dyn Observer) -> Result<Option<String>, Error> {
+        let Some(j) = self.read_journal()? else {
+            return Ok(None);
+        };
+        let new = self.system(&j.to)?;
+        let old = match &j.from {
+            Some(f) => Some(self.system(f)?),
+            None => None,
+        };
+        self.run_activation(old.as_ref(), &new, observer)?;
+        Ok(Some(j.to))
+    }
+
+    /// Finishes an interrupted activation, if the journal holds one:
+    /// what `status` and a container's boot do before anything else.
+    pub fn finish_interrupted(&self, observer: &dyn Observer) -> Result<Option<String>, Error> {
+        let _lock = self.lock("recover", Some(Duration::from_secs(600)))?;
+        self.recover(observer)
+    }
+
+    fn generation_of(&self, toplevel: &StorePath) -> Result<Option<u64>, Error> {
+        Ok(self
+            .generations()?
+            .iter()
+            .rev()
+            .find(|g| &g.toplevel == toplevel)
+            .map(|g| g.number))
+    }
+
+    /// Plans from `old` to `new` against what runs, journals, and runs
+    /// every step. The caller holds the lock.
+    fn run_activation(
+        &self,
+        old: Option<&System>,
+        new: &System,
+        observer: &dyn Observer,
+    ) -> Result<Report, Error> {
+        let dir = self.store().store_dir().clone();
+        let observed = self.observe(&new.manifest)?;
+        let plan = plan::diff(old.map(|s| &s.manifest), &new.manifest, &observed);
+        // Accounts are checked before anything changes: a fixed id that
+        // collides fails the activation here, not half way.
+        crate::users::plan(
+            &self.path("/etc"),
+            &self.state_dir(),
+            &new.manifest.users,
+            &new.manifest.groups,
+        )?;
+        let mut journal = Journal {
+            from: old.map(|s| dir.full(&s.toplevel)),
+            to: dir.full(&new.toplevel),
+            done: Vec::new(),
+        };
+        self.write_journal(&journal)?;
+        observer.planned(&plan);
+        let services = self.services();
+        let top_host = self.physical(&new.toplevel);
+        let mut backups = Vec::new();
+        for step in Step::ALL {
+            match step {
+                Step::Stop => {
+                    for name in &plan.stop_order {
+                        let gone = plan
+                            .services
+                            .iter()
+                            .any(|c| &c.name == name && c.action == ServiceAction::Stop);
+                        if gone {
+                            services.remove(name, STOP_TIMEOUT)?;
+                        } else {
+                            services.stop(name, STOP_TIMEOUT)?;
+                        }
+                    }
+                }
+                Step::Accounts => {
+                    crate::users::apply(
+                        &self.path("/etc"),
+                        &self.state_dir(),
+                        &new.manifest.users,
+                        &new.manifest.groups,
+                    )?;
+                }
+                Step::Etc => {
+                    let ids =
+                        crate::users::Accounts::read(&self.path("/etc"), &self.state_dir())?.ids();
+                    let owner = |user: &str, group: &str| -> Result<(u32, u32), Error> {
+                        match (ids.uid(user), ids.gid(group)) {
+                            (Some(u), Some(g)) => Ok((u, g)),
+                            _ => Err(Error::Record {
+                                path: self.path("/etc/passwd"),
+                                reason: format!(
+                                    "no user `{user}` or group `{group}` to own a file"
+                                ),
+                            }),
+                        }
+                    };
+                    let etc = Etc::new(self.path("/etc"), &self.state_dir());
+                    let static_dir = PathBuf::from(dir.full(&new.toplevel)).join("etc");
+                    backups =
+                        etc.apply(&new.manifest, &static_dir, &top_host.join("etc"), &owner)?;
+                }
+                Step::Steps => {
+                    for name in &new.manifest.activation.order {
+                        self.run_step(new, name)?;
+                    }
+                }
+                Step::Services => {
+                    for name in new.manifest.services.keys() {
+                        services.install(name, &top_host.join("s6").join(name))?;
+                    }
+                    for name in &plan.start_order {
+                        services.start(name)?;
+                    }
+                    for name in &plan.reload_order {
+                        self.reload(&services, name)?;
+                    }
+                }
+                Step::Current => self.set_run_link("current-system", &new.toplevel)?,
+            }
+            journal.done.push(step);
+            self.write_journal(&journal)?;
+            observer.step_done(step);
+        }
+        let file = self.journal_file();
+        std::fs::remove_file(&file).map_err(io_err("remove", &file))?;
+        crate::fs::sync_parent(&file)?;
+        Ok(Report {
+            plan,
+            generation: None,
+            backups,
+            ready_ms: BTreeMap::new(),
+            recovered: None,
+        })
+    }
+
+    fn run_step(&self, system: &System, name: &str) -> Result<(), Error> {
+        let dir = self.store().store_dir();
+        let script = format!("{}/activation/{name}", dir.full(&system.toplevel));
+        let path = format!("{}/bin:/usr/bin:/bin:/usr/sbin:/sbin", system.manifest.sw);
+        let (code, output) = self.run_inside(&["/bin/sh".into(), script], &[("PATH", &path)])?;
+        if code != Some(0) {
+            return Err(Error::StepFailed {
+                step: name.to_owned(),
+                status: code.map_or("killed by a signal".into(), |c| format!("exit status {c}")),
+                output: tail(&output, 20),
+            });
+        }
+        Ok(())
+    }
+
+    fn reload(&self, services: &S6, name: &str) -> Result<(), Error> {
+        let Some(script) = services.reload_script(name) else {
+            return Err(Error::Service {
+                service: name.to_owned(),
+                reason: "it reloads on change but has no reload command".into(),
+            });
+        };
+        let script = script.to_string_lossy().into_owned();
+        let (code, output) = self.run_inside(&[script], &[("PATH", "/usr/bin:/bin")])?;
+        if code != Some(0) {
+            return Err(Error::Service {
+                service: name.to_owned(),
+                reason: format!(
+                    "its reload command failed: {}",
+                    tail(&output, 10).join("\n")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `argv` inside the machine (its container, or the host when
+    /// the root is `/`) with only `env`; its exit code and its output.
+    pub fn run_inside(
+        &self,
+        argv: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<(Option<i32>, String), Error> {
+        let (r, w) = std::io::pipe().map_err(io_err("create a pipe for", self.root()))?;
+        let status = if self.root() == Path::new("/") {
+            let mut cmd = std::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .env_clear()
+                .envs(env.iter().copied())
+                .current_dir("/")
+                .stdin(std::process::Stdio::null())
+                .stdout(
+                    w.try_clone()
+                        .map_err(io_err("duplicate a pipe for", self.root()))?,
+                )
+                .stderr(w);
+            let status = cmd.status().map_err(io_err("run", Path::new(&argv[0])))?;
+            drop(cmd);
+            status
+        } else {
+            let null =
+                std::fs::File::open("/dev/null").map_err(io_err("open", Path::new("/dev/null")))?;
+            let err = w
+                .try_clone()
+                .map_err(io_err("duplicate a pipe for", self.root()))?;
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            self.exec_in_container(
+                argv,
+                &env,
+                [OwnedFd::from(null), OwnedFd::from(w), OwnedFd::from(err)],
+            )?
+        };
+        let mut out = String::new();
+        let mut r = r;
+        let _ = r.read_to_string(&mut out);
+        Ok((status.code(), out))
+    }
+
+    /// Waits for each started or restarted service to be ready; the
+    /// first that is not, with its log's tail.
+    fn health_gate(&self, plan: &Plan, new: &Manifest) -> Result<BTreeMap<String, u128>, NotReady> {
+        let services = self.services();
+        let mut ready = BTreeMap::new();
+        // Services without a check are up once they stay up: one that
+        // exits at once would look up for a moment, then restart in a loop.
+        let mut unchecked: Vec<(&String, Option<u32>)> = Vec::new();
+        let gate_start = Instant::now();
+        for name in &plan.start_order {
+            let start = Instant::now();
+            let check = new.services.get(name).and_then(|s| s.service.ready.clone());
+            let (ok, described) = match &check {
+                None => (
+                    services.wait_up(name, UP_TIMEOUT).unwrap_or(false),
+                    "the service is up".to_owned(),
+                ),
+                Some(r) => {
+                    let deadline = start + Duration::from_millis(r.timeout_ms);
+                    let up = services
+                        .wait_up(name, Duration::from_millis(r.timeout_ms))
+                        .unwrap_or(false);
+                    let mut described = Vec::new();
+                    if let Some(p) = r.tcp_port {
+                        described.push(format!("TCP port {p} on 127.0.0.1 accepts"));
+                    }
+                    if let Some(c) = &r.command {
+                        described.push(format!("`{}` exits 0", c.join(" ")));
+                    }
+                    let mut ok = false;
+                    while up && !ok && Instant::now() < deadline {
+                        ok = r.tcp_port.is_none_or(|p| self.port_open(p))
+                            && r.command.as_ref().is_none_or(|c| {
+                                self.run_inside(c, &[("PATH", "/usr/bin:/bin")])
+                                    .is_ok_and(|(code, _)| code == Some(0))
+                            });
+                        if !ok {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    (ok, described.join(" and "))
+                }
+            };
+            if !ok {
+                return Err(not_ready(&services, name, described));
+            }
+            if check.is_none() {
+                let pid = services.states().ok().and_then(|s| s.get(name)?.pid);
+                unchecked.push((name, pid));
+            }
+            ready.insert(name.clone(), start.elapsed().as_millis());
+        }
+        if !unchecked.is_empty() {
+            std::thread::sleep(SETTLE.saturating_sub(gate_start.elapsed()));
+            let states = services.states().unwrap_or_default();
+            for (name, pid) in unchecked {
+                let same = states.get(name).is_some_and(|s| s.up && s.pid == pid);
+                if !same {
+                    let check = format!(
+                        "it did not stay up for {} ms (no readiness check is declared)",
+                        SETTLE.as_millis()
+                    );
+                    return Err(not_ready(&services, name, check));
+                }
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Whether something accepts on 127.0.0.1:`port` inside the machine
+    /// (in its network namespace, for a container with its own).
+    fn port_open(&self, port: u16) -> bool {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let connect = move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+        let container = self.container().ok().flatten();
+        match container {
+            Some(c) if c.network != Network::Host => {
+                let Ok(ns) = std::fs::File::open(format!("/proc/{}/ns/net", c.pid)) else {
+                    return false;
+                };
+                // A network namespace is joined per thread: this one
+                // joins it, connects, and ends.
+                std::thread::spawn(move || {
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&ns),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .is_ok()
+                        && connect()
+                })
+                .join()
+                .unwrap_or(false)
+            }
+            _ => connect(),
+        }
+    }
+}
+
+fn not_ready(services: &S6, name: &str, check: String) -> NotReady {
+    let log = std::fs::read_to_string(services.log_file(name)).unwrap_or_default();
+    NotReady {
+        service: name.to_owned(),
+        check,
+        log_tail: tail(&log, 20),
+    }
+}
+
+fn tail(text: &str, lines: usize) -> Vec<String> {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}

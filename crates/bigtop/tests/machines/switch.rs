@@ -1,0 +1,193 @@
+//! Switching a booted machine: exactly what changed restarts or reloads,
+//! the rest keeps its processes, and a rollback restores the old
+//! configuration.
+
+use std::collections::BTreeMap;
+
+use bigtop::activate::engine::{Mode, Options, Quiet};
+use bigtop::activate::plan::ServiceAction;
+use bigtop::activate::Machine;
+use bigtop::eval::module::ModuleBuilder;
+
+use crate::{build, cmdline, run_in, Booted, Result};
+
+/// A tiny HTTP server on 127.0.0.1:`port`, in Perl (which every Debian
+/// has).
+fn http(port: u16, body: &str) -> Vec<String> {
+    let script = format!(
+        "use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1:{port}', Listen => 5, ReuseAddr => 1) or die \"listen: $!\"; \
+         while (my $c = $s->accept) {{ print $c \"HTTP/1.0 200 OK\\r\\n\\r\\n{body}\\n\"; close $c }}"
+    );
+    vec!["/usr/bin/perl".into(), "-e".into(), script]
+}
+
+/// A service that sleeps: `version` is its length in seconds, which
+/// its command line shows.
+fn sleeper(m: &mut ModuleBuilder, name: &str, version: &str) {
+    m.define(
+        &format!("system.services.{name}.argv"),
+        vec!["/bin/sleep", version],
+    );
+}
+
+/// The first system, with `app` at `app_version`.
+fn v1(m: &mut ModuleBuilder) {
+    system(m, "1001");
+    m.define("etc.motd.text", "v1\n");
+}
+
+fn system(m: &mut ModuleBuilder, app_version: &str) {
+    sleeper(m, "db", "1001");
+    sleeper(m, "app", app_version);
+    m.define("system.services.app.requires", vec!["db"]);
+    m.define("system.services.web.argv", http(8080, "v1"));
+    m.define("system.services.web.ready.tcp_port", 8080);
+    sleeper(m, "proxy", "1001");
+    m.define("system.services.proxy.on_change", "reload");
+    m.define(
+        "system.services.proxy.reload",
+        vec!["/bin/sh", "-c", "echo reloaded >> /var/log/proxy-reloads"],
+    );
+}
+
+/// The main process id of each service.
+fn pids(m: &Machine) -> Result<BTreeMap<String, u32>> {
+    use bigtop::activate::services::Backend;
+    Ok(m.services()
+        .states()?
+        .into_iter()
+        .filter_map(|(n, s)| Some((n, s.pid?)))
+        .collect())
+}
+
+#[test]
+fn a_switch_restarts_exactly_what_changed_and_a_rollback_restores_it() -> Result {
+    let booted = Booted::new()?;
+    let m = &booted.machine;
+    let first = build(m, v1)?;
+    let report = m.activate(&first, Mode::Switch, &Options::default(), &Quiet)?;
+    assert_eq!(report.generation, Some(1));
+    // Dependencies first; those free to start, by name.
+    assert_eq!(report.plan.start_order, ["db", "proxy", "web", "app"]);
+    let before = pids(m)?;
+    assert_eq!(before.len(), 4, "{before:?}");
+    let (_, page) = run_in(
+        m,
+        &[
+            "perl",
+            "-MIO::Socket::INET",
+            "-e",
+            "print IO::Socket::INET->new('127.0.0.1:8080')->getlines",
+        ],
+    )?;
+    assert!(page.ends_with("v1\n"), "{page}");
+    assert_eq!(run_in(m, &["cat", "/etc/motd"])?.1, "v1\n");
+
+    // v2: app's command changes, proxy's environment (it reloads), a new
+    // service; db and web as they were; motd changes.
+    let second = build(m, |m| {
+        system(m, "1002");
+        m.define("system.services.proxy.environment.MODE", "fast");
+        sleeper(m, "cache", "1002");
+        m.define("etc.motd.text", "v2\n");
+    })?;
+    let plan = m.dry_activate(&second)?;
+    let actions: BTreeMap<&str, (ServiceAction, String)> = plan
+        .services
+        .iter()
+        .map(|c| (c.name.as_str(), (c.action, c.reasons.join("; "))))
+        .collect();
+    assert_eq!(
+        actions["app"],
+        (ServiceAction::Restart, "argv changed".into())
+    );
+    assert_eq!(
+        actions["proxy"],
+        (ServiceAction::Reload, "environment changed (MODE)".into())
+    );
+    assert_eq!(
+        actions["cache"],
+        (ServiceAction::Start, "new service".into())
+    );
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    assert_eq!(pids(m)?, before, "a dry run touches nothing");
+
+    let report = m.activate(&second, Mode::Switch, &Options::default(), &Quiet)?;
+    assert_eq!(report.generation, Some(2));
+    let after = pids(m)?;
+    for same in ["db", "web", "proxy"] {
+        assert_eq!(after[same], before[same], "{same} keeps its process");
+    }
+    assert_ne!(after["app"], before["app"]);
+    assert!(cmdline(m, after["app"])?.contains("sleep 1002"));
+    assert!(after.contains_key("cache"));
+    let reloads = std::fs::read_to_string(m.path("/var/log/proxy-reloads"))?;
+    assert_eq!(reloads, "reloaded\n");
+    assert_eq!(run_in(m, &["cat", "/etc/motd"])?.1, "v2\n");
+
+    // Back to generation 1: app runs its old command, cache is gone.
+    let report = m.rollback(None, &Options::default(), &Quiet)?;
+    assert_eq!(report.generation, Some(1));
+    let back = pids(m)?;
+    assert!(!back.contains_key("cache"), "{back:?}");
+    assert!(cmdline(m, back["app"])?.contains("sleep 1001"));
+    assert_eq!(back["db"], before["db"]);
+    assert_eq!(run_in(m, &["cat", "/etc/motd"])?.1, "v1\n");
+    let gens = m.list_generations()?;
+    assert_eq!(gens.len(), 2);
+    assert!(gens[0].current && gens[0].default && !gens[1].current);
+    Ok(())
+}
+
+#[test]
+fn a_service_that_never_becomes_ready_rolls_the_switch_back() -> Result {
+    let booted = Booted::new()?;
+    let m = &booted.machine;
+    let first = build(m, v1)?;
+    m.activate(&first, Mode::Switch, &Options::default(), &Quiet)?;
+    let before = pids(m)?;
+    let broken = build(m, |m| {
+        v1(m);
+        // Listens on the wrong port: its check never passes.
+        m.define("system.services.api.argv", http(9090, "api"));
+        m.define("system.services.api.ready.tcp_port", 9091);
+        m.define("system.services.api.ready.timeout_ms", 500);
+        m.define("etc.motd.text", bigtop::eval::module::force("broken\n"));
+    })?;
+    let e = m
+        .activate(&broken, Mode::Switch, &Options::default(), &Quiet)
+        .expect_err("api never listens on 9091");
+    let text = e.to_string();
+    assert!(
+        text.contains("service `api` did not become ready: TCP port 9091"),
+        "{text}"
+    );
+    assert!(text.contains("rolled back to"), "{text}");
+    // Back where it was: the old generation boots, api is gone, the rest
+    // kept their processes.
+    assert_eq!(m.current_system()?, Some(m.system(&first)?.toplevel));
+    assert_eq!(m.default_generation()?, Some(1));
+    let after = pids(m)?;
+    assert_eq!(after, before);
+    assert_eq!(run_in(m, &["cat", "/etc/motd"])?.1, "v1\n");
+
+    // One that exits at once, with no check: caught by staying up.
+    let crashing = build(m, |m| {
+        v1(m);
+        m.define(
+            "system.services.oops.argv",
+            vec!["/bin/sh", "-c", "echo no config file; exit 1"],
+        );
+    })?;
+    let e = m
+        .activate(&crashing, Mode::Switch, &Options::default(), &Quiet)
+        .expect_err("oops exits");
+    let text = e.to_string();
+    assert!(
+        text.contains("service `oops` did not become ready: it did not stay up"),
+        "{text}"
+    );
+    assert!(text.contains("no config file"), "the log's tail: {text}");
+    assert_eq!(pids(m)?, before);
+    Ok(())
+}
