@@ -362,6 +362,29 @@ impl Machine {
         self.recover(observer)
     }
 
+    /// What a machine does at boot, once its init runs: finishes an
+    /// interrupted activation, then activates the generation the profile
+    /// boots (adding none) and records it as booted. Its number, or
+    /// `None` for a machine with no generation yet.
+    pub fn boot_activate(&self, observer: &dyn Observer) -> Result<Option<u64>, Error> {
+        self.finish_interrupted(observer)?;
+        let Some(n) = self.default_generation()? else {
+            return Ok(None);
+        };
+        let g = self.generation(n)?.ok_or_else(|| Error::NoGeneration {
+            root: self.root().to_owned(),
+            number: n,
+        })?;
+        let toplevel = self.store().store_dir().full(&g.toplevel);
+        let options = Options {
+            allow_downgrade: true,
+            ..Options::default()
+        };
+        self.activate(&toplevel, Mode::Test, &options, observer)?;
+        self.set_run_link("booted-system", &g.toplevel)?;
+        Ok(Some(n))
+    }
+
     fn generation_of(&self, toplevel: &StorePath) -> Result<Option<u64>, Error> {
         Ok(self
             .generations()?
@@ -628,7 +651,7 @@ impl Machine {
 
     /// Whether something accepts on 127.0.0.1:`port` inside the machine
     /// (in its network namespace, for a container with its own).
-    fn port_open(&self, port: u16) -> bool {
+    pub(crate) fn port_open(&self, port: u16) -> bool {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let connect = move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
         let container = self.container().ok().flatten();

@@ -16,6 +16,7 @@ pub mod error;
 pub mod etc;
 pub mod fs;
 pub mod generations;
+pub mod inspect;
 pub mod machine;
 pub mod plan;
 pub mod services;

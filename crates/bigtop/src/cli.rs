@@ -38,6 +38,7 @@ pub mod key;
 pub mod nar;
 pub mod progress;
 pub mod store;
+pub mod system;
 
 pub use build::{BuildArgs, LogArgs};
 pub use derivation::{DerivationAddArgs, DerivationCommand, ShowDerivationArgs};
@@ -45,6 +46,7 @@ pub use hash::{Algo, HashCommand, HashPathArgs};
 pub use key::KeyCommand;
 pub use nar::NarCommand;
 pub use store::{StoreArgs, StoreCommand, WhyDependsArgs};
+pub use system::{ContainerCommand, SystemCommand};
 
 /// `bigtop`: store-level commands.
 #[derive(Debug, Parser)]
@@ -101,6 +103,14 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the build log of a derivation, or of an output's deriver.
     Log(LogArgs),
+    /// Switch a machine to a built system, roll it back, list its
+    /// generations, check it for drift.
+    #[command(subcommand)]
+    System(SystemCommand),
+    /// Boot a machine root as a container on this host, stop it, run
+    /// commands in it.
+    #[command(subcommand)]
+    Container(ContainerCommand),
 }
 
 /// Why a command failed: the error of its command group.
@@ -125,6 +135,9 @@ pub enum Error {
     /// `bigtop build` and `bigtop log`.
     #[error(transparent)]
     Build(#[from] build::Error),
+    /// `bigtop system …` and `bigtop container …`.
+    #[error(transparent)]
+    System(#[from] system::Error),
     /// `--json` was given to a command that writes a stream, not data.
     #[error("`bigtop {command}` writes {what}, which has no JSON form: drop `--json`")]
     NoJson {
@@ -146,6 +159,7 @@ impl Error {
             Error::Store(e) => e.is_broken_pipe(),
             Error::Derivation(e) => e.is_broken_pipe(),
             Error::Build(e) => e.is_broken_pipe(),
+            Error::System(e) => e.is_broken_pipe(),
             Error::NoJson { .. } => false,
         }
     }
@@ -156,6 +170,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::NoJson { .. } => ExitCode::from(2),
+            Error::System(system::Error::Command(code)) => ExitCode::from(*code as u8),
             Error::Build(build::Error::Interrupted { signal }) => {
                 ExitCode::from(128 + *signal as u8)
             }
@@ -220,5 +235,22 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             no_json("log", "a build log")?;
             Ok(build::log(&args, global)?)
         }
+        Command::System(SystemCommand::Logs {
+            machine,
+            service,
+            follow,
+        }) => {
+            no_json("system logs", "a service's log")?;
+            Ok(system::run(
+                SystemCommand::Logs {
+                    machine,
+                    service,
+                    follow,
+                },
+                false,
+            )?)
+        }
+        Command::System(command) => Ok(system::run(command, global.json)?),
+        Command::Container(command) => Ok(system::run_container(command, global.json)?),
     }
 }
