@@ -15,8 +15,11 @@ command -v make >/dev/null || need+=(make)
 command -v gcc >/dev/null || need+=(gcc)
 [ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v patch >/dev/null || need+=(patch)
-# s6: the toplevel's s6 service directories are run with its tools.
+# s6: the toplevel's s6 service directories are run with its tools, and
+# containers boot with s6-svscan as init.
 command -v s6-applyuidgid >/dev/null || need+=(s6)
+# systemd-analyze checks every rendered unit (no systemd need be running).
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -36,10 +36,12 @@ use crate::container::Network;
 use crate::error::{Error, NotReady};
 use crate::etc::{Backup, Etc};
 use crate::fs::{io_err, read_optional, write_atomic};
+use crate::machine::BackendKind;
 use crate::machine::{Machine, System};
 use crate::plan::{self, Observed, Plan, ServiceAction};
 use crate::services::s6::S6;
-use crate::services::Backend;
+use crate::services::systemd::Systemd;
+use crate::services::{tail, Backend};
 
 /// How long a service gets to stop before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,8 +189,11 @@ impl Machine {
     }
 
     /// The service manager of this machine.
-    pub fn services(&self) -> S6 {
-        S6::new(self.path("/run/service"), self.path("/var/log"))
+    pub fn services(&self) -> Box<dyn Backend> {
+        match self.backend() {
+            BackendKind::S6 => Box::new(S6::new(self.path("/run/service"), self.path("/var/log"))),
+            BackendKind::Systemd => Box::new(Systemd::new(self.root())),
+        }
     }
 
     /// What running `toplevel` would change, touching nothing.
@@ -477,8 +482,10 @@ impl Machine {
                     for name in &plan.start_order {
                         services.start(name)?;
                     }
+                    let inside =
+                        |argv: &[String]| self.run_inside(argv, &[("PATH", "/usr/bin:/bin")]);
                     for name in &plan.reload_order {
-                        self.reload(&services, name)?;
+                        services.reload(name, &inside)?;
                     }
                 }
                 Step::Current => self.set_run_link("current-system", &new.toplevel)?,
@@ -509,27 +516,6 @@ impl Machine {
                 step: name.to_owned(),
                 status: code.map_or("killed by a signal".into(), |c| format!("exit status {c}")),
                 output: tail(&output, 20),
-            });
-        }
-        Ok(())
-    }
-
-    fn reload(&self, services: &S6, name: &str) -> Result<(), Error> {
-        let Some(script) = services.reload_script(name) else {
-            return Err(Error::Service {
-                service: name.to_owned(),
-                reason: "it reloads on change but has no reload command".into(),
-            });
-        };
-        let script = script.to_string_lossy().into_owned();
-        let (code, output) = self.run_inside(&[script], &[("PATH", "/usr/bin:/bin")])?;
-        if code != Some(0) {
-            return Err(Error::Service {
-                service: name.to_owned(),
-                reason: format!(
-                    "its reload command failed: {}",
-                    tail(&output, 10).join("\n")
-                ),
             });
         }
         Ok(())
@@ -624,7 +610,7 @@ impl Machine {
                 }
             };
             if !ok {
-                return Err(not_ready(&services, name, described));
+                return Err(not_ready(&*services, name, described));
             }
             if check.is_none() {
                 let pid = services.states().ok().and_then(|s| s.get(name)?.pid);
@@ -642,7 +628,7 @@ impl Machine {
                         "it did not stay up for {} ms (no readiness check is declared)",
                         SETTLE.as_millis()
                     );
-                    return Err(not_ready(&services, name, check));
+                    return Err(not_ready(&*services, name, check));
                 }
             }
         }
@@ -678,19 +664,10 @@ impl Machine {
     }
 }
 
-fn not_ready(services: &S6, name: &str, check: String) -> NotReady {
-    let log = std::fs::read_to_string(services.log_file(name)).unwrap_or_default();
+fn not_ready(services: &dyn Backend, name: &str, check: String) -> NotReady {
     NotReady {
         service: name.to_owned(),
         check,
-        log_tail: tail(&log, 20),
+        log_tail: services.log_tail(name, 20),
     }
-}
-
-fn tail(text: &str, lines: usize) -> Vec<String> {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
 }

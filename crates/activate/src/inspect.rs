@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::etc::Etc;
 use crate::machine::Machine;
-use crate::services::{Backend, ServiceState};
+use crate::services::ServiceState;
 
 /// What a machine runs.
 #[derive(Debug, Clone, Serialize)]

@@ -24,6 +24,30 @@ use crate::fs::{create_dirs, io_err};
 pub struct Machine {
     root: PathBuf,
     store: Store,
+    backend: BackendKind,
+}
+
+/// Which service manager runs a machine's services.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// s6: the toplevel's `s6/` directories in `ROOT/run/service`.
+    #[default]
+    S6,
+    /// systemd: the toplevel's units in `ROOT/etc/systemd/system`,
+    /// driven with `systemctl` (a host booted with systemd, root `/`).
+    Systemd,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "s6" => Ok(BackendKind::S6),
+            "systemd" => Ok(BackendKind::Systemd),
+            _ => Err(format!("backend `{s}` is not one of `s6`, `systemd`")),
+        }
+    }
 }
 
 /// A built system in a machine's store: its toplevel and its manifest.
@@ -46,9 +70,24 @@ impl Machine {
                 root: root.clone(),
                 source: Box::new(source),
             })?;
-        let machine = Machine { root, store };
+        let machine = Machine {
+            root,
+            store,
+            backend: BackendKind::default(),
+        };
         create_dirs(&machine.state_dir())?;
         Ok(machine)
+    }
+
+    /// The same machine with its services run by `backend`.
+    pub fn with_backend(mut self, backend: BackendKind) -> Machine {
+        self.backend = backend;
+        self
+    }
+
+    /// Which service manager runs its services.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
     }
 
     /// The root directory.

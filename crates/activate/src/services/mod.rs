@@ -1,11 +1,13 @@
 //! Service managers: what the activation engine asks of one (install a
 //! rendered service, start, stop, remove, report), and the backends that
-//! answer: [`s6`] (the default; real processes in every test).
+//! answer: [`s6`] (the default; real processes in every test) and
+//! [`systemd`] (units and `systemctl`, on a host booted with systemd).
 
 pub mod s6;
+pub mod systemd;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -38,8 +40,22 @@ pub trait Backend: std::fmt::Debug {
     fn remove(&self, name: &str, timeout: Duration) -> Result<(), Error>;
     /// Waits until `name` is up, at most `timeout`; whether it is.
     fn wait_up(&self, name: &str, timeout: Duration) -> Result<bool, Error>;
-    /// The command that reloads `name` inside the machine, if it has one.
-    fn reload_script(&self, name: &str) -> Option<PathBuf>;
-    /// Where its log is, on the host.
-    fn log_file(&self, name: &str) -> PathBuf;
+    /// Makes `name` reload its configuration; `inside` runs a command
+    /// inside the machine (its exit code and output).
+    fn reload(&self, name: &str, inside: &Inside<'_>) -> Result<(), Error>;
+    /// The last `lines` lines of its log.
+    fn log_tail(&self, name: &str, lines: usize) -> Vec<String>;
+}
+
+/// Runs a command inside the machine: its exit code (`None`: killed)
+/// and its output.
+pub type Inside<'a> = dyn Fn(&[String]) -> Result<(Option<i32>, String), Error> + 'a;
+
+/// The last `lines` lines of `text`.
+pub(crate) fn tail(text: &str, lines: usize) -> Vec<String> {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::fs::{create_dirs, io_err, write_atomic};
 
-use super::{Backend, ServiceState};
+use super::{Backend, Inside, ServiceState};
 
 /// Files of a rendered service directory that s6-supervise or activation
 /// reads.
@@ -213,13 +213,30 @@ impl Backend for S6 {
             .is_ok())
     }
 
-    fn reload_script(&self, name: &str) -> Option<PathBuf> {
-        let p = self.dir(name).join("reload");
-        p.exists()
-            .then(|| Path::new("/run/service").join(name).join("reload"))
+    fn reload(&self, name: &str, inside: &Inside<'_>) -> Result<(), Error> {
+        if !self.dir(name).join("reload").exists() {
+            return Err(Error::Service {
+                service: name.to_owned(),
+                reason: "it reloads on change but has no reload command".into(),
+            });
+        }
+        // Run inside the machine, where the service's paths are.
+        let script = Path::new("/run/service").join(name).join("reload");
+        let (code, output) = inside(&[script.to_string_lossy().into_owned()])?;
+        if code != Some(0) {
+            return Err(Error::Service {
+                service: name.to_owned(),
+                reason: format!(
+                    "its reload command failed: {}",
+                    super::tail(&output, 10).join("\n")
+                ),
+            });
+        }
+        Ok(())
     }
 
-    fn log_file(&self, name: &str) -> PathBuf {
-        self.logs.join(name).join("current")
+    fn log_tail(&self, name: &str, lines: usize) -> Vec<String> {
+        let log = fs::read_to_string(self.logs.join(name).join("current")).unwrap_or_default();
+        super::tail(&log, lines)
     }
 }

@@ -91,7 +91,6 @@ fn activate_and_die() -> Result {
 /// modes), accounts, the running services and what they run, its
 /// current system and what activation steps did.
 fn snapshot(m: &Machine) -> Result<BTreeMap<String, String>> {
-    use bigtop::activate::services::Backend;
     let mut s = BTreeMap::new();
     walk(&m.path("/etc"), "etc", &mut s)?;
     for f in ["passwd", "group", "shadow"] {

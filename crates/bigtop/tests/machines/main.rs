@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod switch;
+mod systemd;
 
 use std::error::Error;
 

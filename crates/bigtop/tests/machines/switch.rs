@@ -52,7 +52,6 @@ fn system(m: &mut ModuleBuilder, app_version: &str) {
 
 /// The main process id of each service.
 fn pids(m: &Machine) -> Result<BTreeMap<String, u32>> {
-    use bigtop::activate::services::Backend;
     Ok(m.services()
         .states()?
         .into_iter()
