@@ -9,6 +9,7 @@ use std::time::Duration;
 use bigtop_activate::container::{Network, Options as ContainerOptions};
 use bigtop_activate::engine::{Mode, Observer, Options, Step};
 use bigtop_activate::generations::Keep;
+use bigtop_activate::machine::BackendKind;
 use bigtop_activate::plan::{EtcAction, Plan, ServiceAction};
 use bigtop_activate::Machine;
 use clap::{Args, Subcommand};
@@ -96,6 +97,16 @@ pub struct MachineArgs {
     /// The machine's root directory (`/` for this host).
     #[arg(long, value_name = "ROOT", default_value = "/")]
     pub root: PathBuf,
+    /// Its service manager: `s6` (services in ROOT/run/service) or
+    /// `systemd` (this host's systemd; root `/` only).
+    #[arg(long, default_value = "s6")]
+    pub backend: BackendKind,
+}
+
+impl MachineArgs {
+    fn open(&self) -> Result<Machine, Error> {
+        Ok(Machine::open(&self.root)?.with_backend(self.backend))
+    }
 }
 
 /// How a switch goes.
@@ -178,6 +189,9 @@ pub enum Error {
     /// `container exec`'s command failed (its status is the exit code).
     #[error("the command exited with status {0}")]
     Command(i32),
+    /// `journalctl` could not be run (`system logs --backend systemd`).
+    #[error("cannot run journalctl")]
+    Journalctl(#[source] io::Error),
     /// Writing to standard output failed.
     #[error("cannot write to standard output")]
     Stdout(#[source] io::Error),
@@ -305,7 +319,7 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
         SystemCommand::Boot(a) => activate(a, Mode::Boot, as_json, observer),
         SystemCommand::Test(a) => activate(a, Mode::Test, as_json, observer),
         SystemCommand::DryActivate(a) => {
-            let m = Machine::open(&a.machine.root)?;
+            let m = a.machine.open()?;
             let plan = m.dry_activate(&a.toplevel)?;
             if as_json {
                 json(&plan)
@@ -318,7 +332,7 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
             to,
             options: o,
         } => {
-            let m = Machine::open(&machine.root)?;
+            let m = machine.open()?;
             let report = m.rollback(to, &options(&o), observer)?;
             if as_json {
                 json(&report)
@@ -330,7 +344,7 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
             }
         }
         SystemCommand::Generations { machine } => {
-            let m = Machine::open(&machine.root)?;
+            let m = machine.open()?;
             let list = m.list_generations()?;
             if as_json {
                 return json(&list);
@@ -369,7 +383,7 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
             keep,
             older_than,
         } => {
-            let m = Machine::open(&machine.root)?;
+            let m = machine.open()?;
             let keep = match (keep, older_than) {
                 (Some(n), _) => Keep::Newest(n),
                 (None, Some(a)) => Keep::YoungerThan(age(&a)?),
@@ -386,7 +400,7 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
             }
         }
         SystemCommand::Verify { machine } => {
-            let m = Machine::open(&machine.root)?;
+            let m = machine.open()?;
             let drift = m.verify()?;
             if as_json {
                 json(&drift)?;
@@ -413,7 +427,7 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
             }
         }
         SystemCommand::Status { machine } => {
-            let m = Machine::open(&machine.root)?;
+            let m = machine.open()?;
             let status = m.status()?;
             if as_json {
                 return json(&status);
@@ -452,7 +466,7 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
             machine,
             service,
             follow,
-        } => logs(&machine.root, &service, follow),
+        } => logs(&machine, &service, follow),
     }
 }
 
@@ -462,7 +476,7 @@ fn activate(
     as_json: bool,
     observer: &dyn Observer,
 ) -> Result<(), Error> {
-    let m = Machine::open(&a.machine.root)?;
+    let m = a.machine.open()?;
     let report = m.activate(&a.toplevel, mode, &options(&a.options), observer)?;
     if as_json {
         return json(&report);
@@ -486,8 +500,20 @@ fn activate(
     out(&s)
 }
 
-fn logs(root: &std::path::Path, service: &str, follow: bool) -> Result<(), Error> {
-    let m = Machine::open(root)?;
+fn logs(machine: &MachineArgs, service: &str, follow: bool) -> Result<(), Error> {
+    if machine.backend == BackendKind::Systemd {
+        let mut cmd = std::process::Command::new("journalctl");
+        cmd.args(["-u", &format!("{service}.service"), "--no-pager"]);
+        if follow {
+            cmd.arg("-f");
+        }
+        let status = cmd.status().map_err(Error::Journalctl)?;
+        return match status.code() {
+            Some(0) => Ok(()),
+            c => Err(Error::Command(c.unwrap_or(1))),
+        };
+    }
+    let m = machine.open()?;
     let file = m.path("/var/log").join(service).join("current");
     let io_err = |e| {
         Error::Activate(bigtop_activate::Error::Io(bigtop_activate::fs::IoError {
