@@ -11,113 +11,26 @@
 //! cargo run -p bigtop --example fleet [STORE_PARENT_DIR]
 //! ```
 
+#[path = "fleet/definition.rs"]
+mod definition;
 #[path = "fleet/modules.rs"]
 mod modules;
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use bigtop::eval::drv::Platform;
-use bigtop::eval::fleet::{Fleet, Machine};
-use bigtop::eval::module::{force, Format, Module, PLATFORM};
-use bigtop::eval::set::{PackageSet, Pkgs};
-use bigtop::eval::trivial::{self, TreeEntry};
 use bigtop::store::build::{BuildOptions, Builder};
 use bigtop::store::Store;
-
-/// A release of the package set: the programs the services run. (Small
-/// scripts, so that the example builds in a blink; `examples/packages.rs`
-/// builds real C programs.)
-fn release(platform: &Platform, version: &'static str) -> Pkgs {
-    let program = move |name: &'static str| {
-        move |a: &bigtop::eval::set::Args| {
-            let script = format!(
-                "#!/bin/sh\necho \"{name} {version} starting with $*\"\nexec sleep infinity\n"
-            );
-            trivial::write_tree(
-                a.platform(),
-                &format!("{name}-{version}"),
-                [TreeEntry::File {
-                    path: format!("bin/{name}"),
-                    text: script.into(),
-                    executable: true,
-                }],
-            )
-        }
-    };
-    PackageSet::new(platform.clone())
-        .add("webserver", program("webserver"))
-        .add("shop", program("shop"))
-        .add("db", program("db"))
-        .eval()
-}
 
 fn main() -> Result<(), Box<dyn Error>> {
     let parent = std::env::args()
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/bigtop-fleet"));
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet/data");
     let platform = Platform::default();
-
-    // A customer override: Globex caps its database below what the
-    // inventory says, and greets its operators its own way.
-    let globex = Module::new("customer/globex", |m| {
-        m.define("services.db.max_connections", force(150));
-        m.define(
-            "etc.motd.text",
-            "Globex production. Changes go through CAB.\n",
-        );
-    });
-    let acme = Module::new("customer/acme", |m| {
-        m.define("services.shop.database", "acme-db1:5432");
-    });
-    let web = Module::new("role/web", |m| {
-        m.define("services.web.enable", true);
-        m.define("services.shop.enable", true);
-    });
-    let db = Module::new("role/db", |m| {
-        m.define("services.db.enable", true);
-    });
-    let machine = |name: &str, release: &str, role: &str, customer: &Module| {
-        let m = Machine::new(name, release)
-            .tag(role)
-            .tag(customer.name().trim_start_matches("customer/"))
-            .module(customer.clone());
-        // The inventory's data about the machine, if it has any.
-        let file = data.join(format!("{name}.toml"));
-        match std::fs::read_to_string(&file) {
-            Ok(text) => Module::data(
-                &format!("examples/fleet/data/{name}.toml"),
-                Format::Toml,
-                &text,
-                PLATFORM,
-            )
-            .map(|d| m.module(d)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(m),
-            Err(e) => Err(bigtop::eval::module::Error::Data {
-                file: file.display().to_string(),
-                reason: e.to_string(),
-            }),
-        }
-    };
-    let fleet = Fleet::new(platform.clone())
-        .release("2025.11", release(&platform, "1.4"))
-        .release("2026.11", release(&platform, "2.0"))
-        .module(modules::base())
-        .module(modules::web_server())
-        .module(modules::shop())
-        .module(modules::database())
-        .tag_module("web", web)
-        .tag_module("db", db)
-        .machine(machine("acme-web1", "2026.11", "web", &acme)?)
-        .machine(machine("acme-db1", "2026.11", "db", &acme)?)
-        // Acme's old shop front stays on last year's release until they
-        // choose to move it.
-        .machine(machine("acme-legacy", "2025.11", "web", &acme)?)
-        .machine(machine("globex-web1", "2026.11", "web", &globex)?)
-        .machine(machine("globex-db1", "2026.11", "db", &globex)?);
+    let fleet = definition::fleet(&platform)?;
 
     let start = Instant::now();
     let evaluated = fleet.eval();

@@ -72,8 +72,17 @@ pub fn web_server() -> Module {
                 m.define("system.services.web.group", "www");
                 m.define("system.services.web.on_change", "reload");
                 m.define(
+                    "system.services.web.environment.PIDFILE",
+                    "/run/web/web.pid",
+                );
+                m.define(
                     "system.services.web.reload",
-                    vec!["/bin/sh", "-c", "kill -HUP $(cat /run/web.pid)"],
+                    vec!["/bin/sh", "-c", "kill -HUP $(cat /run/web/web.pid)"],
+                );
+                // Its runtime directory, writable by its user.
+                m.define(
+                    "system.activation.web-run.script",
+                    "mkdir -p /run/web\nchown www:www /run/web",
                 );
                 m.define(
                     "system.services.web.restart_triggers",
@@ -120,6 +129,7 @@ pub fn shop() -> Module {
                     "system.services.shop.environment.DATABASE",
                     lazy(|c| c.get::<String>("services.shop.database")),
                 );
+                m.define("system.services.shop.environment.PORT", "8000");
                 m.define("system.services.shop.ready.tcp_port", 8000);
                 m.define(
                     "services.web.vhosts",

@@ -177,6 +177,15 @@ pub fn module() -> Module {
             o.default(BTreeMap::<String, Value>::new())
                 .description("Services, by name.");
         });
+        // Name lookups read it: without it, glibc cannot list a user's
+        // groups (which s6-envuidgid does for every service that runs as
+        // a user). A default, so that a module may replace it.
+        m.define(
+            r#"etc."nsswitch.conf".text"#,
+            crate::module::default(
+                "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nservices: files\n",
+            ),
+        );
         m.assert_with(|c| {
             let problems = check(c)?;
             Ok((!problems.is_empty()).then(|| problems.join("; ")))
