@@ -32,7 +32,6 @@ use bigtop_core::manifest::{compare_releases, Manifest};
 use bigtop_core::StorePath;
 use serde::{Deserialize, Serialize};
 
-use crate::container::Network;
 use crate::error::{Error, NotReady};
 use crate::etc::{Backup, Etc};
 use crate::fs::{io_err, read_optional, write_atomic};
@@ -452,18 +451,11 @@ impl Machine {
                     )?;
                 }
                 Step::Etc => {
-                    let ids =
-                        crate::users::Accounts::read(&self.path("/etc"), &self.state_dir())?.ids();
-                    let owner = |user: &str, group: &str| -> Result<(u32, u32), Error> {
-                        match (ids.uid(user), ids.gid(group)) {
-                            (Some(u), Some(g)) => Ok((u, g)),
-                            _ => Err(Error::Record {
-                                path: self.path("/etc/passwd"),
-                                reason: format!(
-                                    "no user `{user}` or group `{group}` to own a file"
-                                ),
-                            }),
-                        }
+                    let owner = MachineOwners {
+                        machine: self,
+                        ids: crate::users::Accounts::read(&self.path("/etc"), &self.state_dir())?
+                            .ids(),
+                        container: self.container()?,
                     };
                     let etc = Etc::new(self.path("/etc"), &self.state_dir());
                     let static_dir = PathBuf::from(dir.full(&new.toplevel)).join("etc");
@@ -638,28 +630,91 @@ impl Machine {
     /// Whether something accepts on 127.0.0.1:`port` inside the machine
     /// (in its network namespace, for a container with its own).
     pub(crate) fn port_open(&self, port: u16) -> bool {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let connect = move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
-        let container = self.container().ok().flatten();
-        match container {
-            Some(c) if c.network != Network::Host => {
-                let Ok(ns) = std::fs::File::open(format!("/proc/{}/ns/net", c.pid)) else {
-                    return false;
-                };
-                // A network namespace is joined per thread: this one
-                // joins it, connects, and ends.
-                std::thread::spawn(move || {
-                    rustix::thread::move_into_link_name_space(
-                        std::os::fd::AsFd::as_fd(&ns),
-                        Some(rustix::thread::LinkNameSpaceType::Network),
-                    )
-                    .is_ok()
-                        && connect()
-                })
-                .join()
-                .unwrap_or(false)
+        match self.container() {
+            Ok(Some(_)) => self.container_port_open(port).unwrap_or(false),
+            _ => TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_millis(200),
+            )
+            .is_ok(),
+        }
+    }
+}
+
+/// The machine's accounts, as owners of the /etc files it copies.
+struct MachineOwners<'m> {
+    machine: &'m Machine,
+    ids: crate::users::Ids,
+    container: Option<crate::container::Container>,
+}
+
+impl MachineOwners<'_> {
+    fn inside(&self, user: &str, group: &str) -> Result<(u32, u32), Error> {
+        match (self.ids.uid(user), self.ids.gid(group)) {
+            (Some(u), Some(g)) => Ok((u, g)),
+            _ => Err(Error::Record {
+                path: self.machine.path("/etc/passwd"),
+                reason: format!("no user `{user}` or group `{group}` to own a file"),
+            }),
+        }
+    }
+}
+
+impl crate::etc::Owners for MachineOwners<'_> {
+    fn host_ids(&self, user: &str, group: &str) -> Result<(u32, u32), Error> {
+        let (u, g) = self.inside(user, group)?;
+        match &self.container {
+            None => Ok((u, g)),
+            Some(c) => match (c.host_uid(u), c.host_gid(g)) {
+                (Some(hu), Some(hg)) => Ok((hu, hg)),
+                _ => Err(Error::Container {
+                    root: self.machine.root().to_owned(),
+                    reason: format!(
+                        "user `{user}` ({u}) or group `{group}` ({g}) does not exist in its user namespace: give the user who starts it subordinate ids (/etc/subuid, /etc/subgid) and install newuidmap"
+                    ),
+                }),
+            },
+        }
+    }
+
+    fn chown(&self, file: &Path, user: &str, group: &str) -> Result<(), Error> {
+        let privileged = rustix::process::geteuid().is_root();
+        match &self.container {
+            // An unprivileged user cannot give a file to its subordinate
+            // ids from outside; root inside the container can.
+            Some(c) if c.user_namespace && !privileged => {
+                let inside = file
+                    .strip_prefix(self.machine.root())
+                    .map(|p| Path::new("/").join(p))
+                    .map_err(|_| Error::Container {
+                        root: self.machine.root().to_owned(),
+                        reason: format!("`{}` is not in the machine", file.display()),
+                    })?;
+                let (u, g) = self.inside(user, group)?;
+                let argv = [
+                    "chown".to_owned(),
+                    format!("{u}:{g}"),
+                    inside.to_string_lossy().into_owned(),
+                ];
+                let (code, out) = self
+                    .machine
+                    .run_inside(&argv, &[("PATH", "/usr/bin:/bin")])?;
+                if code != Some(0) {
+                    return Err(Error::Container {
+                        root: self.machine.root().to_owned(),
+                        reason: format!(
+                            "cannot give `{}` to {user}:{group}: {out}",
+                            inside.display()
+                        ),
+                    });
+                }
+                Ok(())
             }
-            _ => connect(),
+            _ => {
+                let (u, g) = self.host_ids(user, group)?;
+                std::os::unix::fs::chown(file, Some(u), Some(g))
+                    .map_err(|e| io_err("change the owner of", file)(e).into())
+            }
         }
     }
 }

@@ -39,8 +39,14 @@ pub enum Made {
 /// The record of managed files, by path below /etc.
 pub type Record = BTreeMap<String, Made>;
 
-/// The uid and gid of a user and a group, by name.
-pub type Owner<'a> = dyn Fn(&str, &str) -> Result<(u32, u32), Error> + 'a;
+/// Who owns the copied files: the machine's users and groups, which a
+/// user namespace may number differently on the host.
+pub trait Owners {
+    /// The uid and gid of `user` and `group` as the host sees them.
+    fn host_ids(&self, user: &str, group: &str) -> Result<(u32, u32), Error>;
+    /// Gives `file` (a path on the host) to `user` and `group`.
+    fn chown(&self, file: &Path, user: &str, group: &str) -> Result<(), Error>;
+}
 
 /// The /etc of a machine.
 #[derive(Debug)]
@@ -155,7 +161,7 @@ impl Etc {
         new: &Manifest,
         static_dir: &Path,
         static_host: &Path,
-        owner: &Owner<'_>,
+        owner: &dyn Owners,
     ) -> Result<Vec<Backup>, Error> {
         create_dirs(&self.dir)?;
         let old = self.record()?;
@@ -209,7 +215,7 @@ impl Etc {
         e: &EtcEntry,
         static_host: &Path,
         was: Option<&Made>,
-        owner: &Owner<'_>,
+        owner: &dyn Owners,
         backups: &mut Vec<Backup>,
     ) -> Result<Made, Error> {
         let file = self.dir.join(path);
@@ -232,7 +238,7 @@ impl Etc {
                 path: file.clone(),
                 reason: format!("mode `{}` is not octal", e.mode),
             })?;
-            let (uid, gid) = owner(&e.user, &e.group)?;
+            let (uid, gid) = owner.host_ids(&e.user, &e.group)?;
             let hash = content_hash(&bytes);
             if was == Some(&Made::Copy { hash: hash.clone() })
                 && ours
@@ -240,7 +246,9 @@ impl Etc {
             {
                 return Ok(Made::Copy { hash });
             }
-            write_owned(&file, &bytes, mode, uid, gid)?;
+            write_owned(&file, &bytes, mode, |tmp| {
+                owner.chown(tmp, &e.user, &e.group)
+            })?;
             Ok(Made::Copy { hash })
         } else {
             if self.state_of(path)? != State::OurLink {
@@ -312,14 +320,19 @@ fn owned(file: &Path, uid: u32, gid: u32, mode: u32) -> bool {
 
 /// Writes a copy with its owner and mode set before the rename, so it
 /// never appears with the wrong ones.
-fn write_owned(file: &Path, bytes: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), Error> {
+fn write_owned(
+    file: &Path,
+    bytes: &[u8],
+    mode: u32,
+    chown: impl FnOnce(&Path) -> Result<(), Error>,
+) -> Result<(), Error> {
     let tmp = crate::fs::temp_name(file);
     // Written private first: the owner changes before the mode opens it.
     write_atomic(&tmp, bytes, 0o600)?;
-    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(|e| {
+    if let Err(e) = chown(&tmp) {
         let _ = fs::remove_file(&tmp);
-        io_err("change the owner of", file)(e)
-    })?;
+        return Err(e);
+    }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
         .map_err(io_err("set the mode of", &tmp))?;
     crate::fs::rename(&tmp, file)?;
@@ -363,11 +376,21 @@ mod tests {
         }
     }
 
-    fn me(_: &str, _: &str) -> Result<(u32, u32), Error> {
-        Ok((
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-        ))
+    /// Every file belongs to whoever runs the test.
+    struct Me;
+
+    impl Owners for Me {
+        fn host_ids(&self, _: &str, _: &str) -> Result<(u32, u32), Error> {
+            Ok((
+                rustix::process::getuid().as_raw(),
+                rustix::process::getgid().as_raw(),
+            ))
+        }
+        fn chown(&self, file: &Path, user: &str, group: &str) -> Result<(), Error> {
+            let (u, g) = self.host_ids(user, group)?;
+            std::os::unix::fs::chown(file, Some(u), Some(g))
+                .map_err(|e| io_err("chown", file)(e).into())
+        }
     }
 
     #[test]
@@ -380,7 +403,7 @@ mod tests {
         m.etc.insert("ssh/sshd_config".into(), entry("0444"));
         m.etc.insert("secret".into(), entry("0600"));
         let static_dir = Path::new("/bigtop/store/x-system/etc");
-        assert!(f.etc.apply(&m, static_dir, &f.static_host, &me)?.is_empty());
+        assert!(f.etc.apply(&m, static_dir, &f.static_host, &Me)?.is_empty());
         assert_eq!(
             fs::read_link(f.etc_dir.join("ssh/sshd_config"))?,
             Path::new("/etc/static/ssh/sshd_config")
@@ -393,7 +416,7 @@ mod tests {
         // An unmanaged file is never touched; a dropped entry goes.
         fs::write(f.etc_dir.join("hosts"), "127.0.0.1 localhost\n")?;
         m.etc.remove("ssh/sshd_config");
-        f.etc.apply(&m, static_dir, &f.static_host, &me)?;
+        f.etc.apply(&m, static_dir, &f.static_host, &Me)?;
         assert!(
             !f.etc_dir.join("ssh").exists(),
             "an emptied directory goes too"
@@ -418,7 +441,7 @@ mod tests {
         assert_eq!(unmanaged, BTreeSet::from(["motd".to_owned()]));
         assert!(drifted.is_empty());
         let static_dir = Path::new("/bigtop/store/x-system/etc");
-        let backups = f.etc.apply(&m, static_dir, &f.static_host, &me)?;
+        let backups = f.etc.apply(&m, static_dir, &f.static_host, &Me)?;
         assert_eq!(backups[0].moved_to, "motd.bigtop-backup");
         assert_eq!(
             fs::read_to_string(f.etc_dir.join("motd.bigtop-backup"))?,
@@ -430,7 +453,7 @@ mod tests {
         fs::write(f.etc_dir.join("motd"), "edited\n")?;
         let (_, drifted) = f.etc.observe(&m)?;
         assert_eq!(drifted, BTreeSet::from(["motd".to_owned()]));
-        let backups = f.etc.apply(&m, static_dir, &f.static_host, &me)?;
+        let backups = f.etc.apply(&m, static_dir, &f.static_host, &Me)?;
         assert_eq!(backups[0].moved_to, "motd.bigtop-backup-1");
         assert!(f.etc.drifted(&f.etc.record()?)?.is_empty());
         Ok(())

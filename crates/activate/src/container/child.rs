@@ -293,3 +293,37 @@ pub(super) unsafe fn enter(e: &Enter) -> ! {
     libc::kill(libc::getpid(), sig);
     libc::_exit(128 + sig)
 }
+
+/// Joins `namespaces` (user first, then network) and tries to connect
+/// to 127.0.0.1:`port`; exits 0 if something accepts, 1 if not, 2 if
+/// the namespaces cannot be joined. Never returns.
+///
+/// # Safety
+///
+/// Only in the child of a fork-like `clone`; the descriptors were opened
+/// before it.
+pub(super) unsafe fn probe_tcp(namespaces: &[RawFd], port: u16) -> ! {
+    for fd in namespaces {
+        if libc::setns(*fd, 0) != 0 {
+            libc::_exit(2);
+        }
+    }
+    let sock = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+    if sock < 0 {
+        libc::_exit(2);
+    }
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let ok = libc::connect(
+        sock,
+        (&addr as *const libc::sockaddr_in).cast(),
+        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+    ) == 0;
+    libc::_exit(if ok { 0 } else { 1 })
+}

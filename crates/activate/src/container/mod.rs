@@ -112,6 +112,46 @@ pub struct Container {
     pub started: String,
     /// It runs in a user namespace (started unprivileged).
     pub user_namespace: bool,
+    /// Its user ids on the host, when it has a user namespace: root is
+    /// the user who started it; other ids exist only if that user has
+    /// subordinate ids (`/etc/subuid`) and `newuidmap` granted them.
+    #[serde(default)]
+    pub uid_map: Vec<IdRange>,
+    /// Its group ids on the host, likewise.
+    #[serde(default)]
+    pub gid_map: Vec<IdRange>,
+}
+
+/// A range of ids inside a user namespace and where it lies outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    /// The first id inside.
+    pub inside: u32,
+    /// The first id on the host.
+    pub host: u32,
+    /// How many.
+    pub count: u32,
+}
+
+impl Container {
+    /// The host's uid for `uid` inside (itself without a user namespace).
+    pub fn host_uid(&self, uid: u32) -> Option<u32> {
+        to_host(self.user_namespace, &self.uid_map, uid)
+    }
+
+    /// The host's gid for `gid` inside.
+    pub fn host_gid(&self, gid: u32) -> Option<u32> {
+        to_host(self.user_namespace, &self.gid_map, gid)
+    }
+}
+
+fn to_host(userns: bool, map: &[IdRange], id: u32) -> Option<u32> {
+    if !userns {
+        return Some(id);
+    }
+    map.iter()
+        .find(|r| id >= r.inside && id - r.inside < r.count)
+        .map(|r| r.host + (id - r.inside))
 }
 
 impl Machine {
@@ -216,8 +256,10 @@ impl Machine {
             reason: format!("cannot create its namespaces: {e}"),
         })?;
         drop(report_w);
+        let (mut uid_map, mut gid_map) = (Vec::new(), Vec::new());
         if let Some(w) = wait_w {
-            let mapped = write_id_maps(pid).and_then(|()| {
+            let mapped = write_id_maps(pid).and_then(|(u, g)| {
+                (uid_map, gid_map) = (u, g);
                 rustix::io::write(&w, &[1])
                     .map(|_| ())
                     .map_err(io::Error::from)
@@ -249,6 +291,8 @@ impl Machine {
             network: options.network,
             started: crate::time::rfc3339(std::time::SystemTime::now()),
             user_namespace: unprivileged,
+            uid_map,
+            gid_map,
         };
         let record = serde_json::to_vec_pretty(&container).map_err(|e| Error::Record {
             path: self.container_record(),
@@ -411,6 +455,48 @@ impl Machine {
             });
         }
         Ok(status)
+    }
+
+    /// Whether something accepts connections on 127.0.0.1:`port` in the
+    /// container's network (the host's, for `--network host`).
+    pub fn container_port_open(&self, port: u16) -> Result<bool, Error> {
+        let c = self.container()?.ok_or_else(|| Error::Container {
+            root: self.root().to_owned(),
+            reason: "it is not running".into(),
+        })?;
+        let mut kinds = Vec::new();
+        if c.user_namespace {
+            kinds.push("user");
+        }
+        if c.network != Network::Host {
+            kinds.push("net");
+        }
+        let mut fds = Vec::new();
+        for k in kinds {
+            let p = PathBuf::from(format!("/proc/{}/ns/{k}", c.pid));
+            fds.push(OwnedFd::from(
+                fs::File::open(&p).map_err(io_err("open", &p))?,
+            ));
+        }
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        // A child joins the namespaces: a multi-threaded process cannot
+        // join a user namespace, and a thread of ours joining only the
+        // network one needs privileges an unprivileged owner lacks there.
+        let pid = fork_like(0, || {
+            // SAFETY: the child of a fork-like clone; `raw` was made
+            // before it.
+            unsafe { child::probe_tcp(&raw, port) }
+        })
+        .map_err(io_err("fork to probe", self.root()))?;
+        let status = reap(pid);
+        match status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(Error::Container {
+                root: self.root().to_owned(),
+                reason: format!("cannot join its namespaces to probe port {port}"),
+            }),
+        }
     }
 
     fn default_name(&self) -> Result<String, Error> {
@@ -696,12 +782,86 @@ fn read_report(r: OwnedFd) -> Option<(u32, i32)> {
     })
 }
 
-fn write_id_maps(pid: u32) -> io::Result<()> {
+/// Maps root inside to the user who starts the container and, when the
+/// user has subordinate ids and `newuidmap`/`newgidmap` are installed
+/// (the `uidmap` package), ids 1… to those, so that services can run as
+/// their own users; else root is the only id inside.
+fn write_id_maps(pid: u32) -> io::Result<(Vec<IdRange>, Vec<IdRange>)> {
     let uid = rustix::process::geteuid().as_raw();
     let gid = rustix::process::getegid().as_raw();
+    let own = |id| IdRange {
+        inside: 0,
+        host: id,
+        count: 1,
+    };
+    let user = user_name(uid);
+    let sub = |file: &str, id: u32| subordinate(file, user.as_deref(), id);
+    if let (Some(u), Some(g), Some(newuidmap), Some(newgidmap)) = (
+        sub("/etc/subuid", uid),
+        sub("/etc/subgid", gid),
+        find_program("newuidmap"),
+        find_program("newgidmap"),
+    ) {
+        let run = |program: &Path, id: u32, (start, count): (u32, u32)| -> io::Result<()> {
+            let status = std::process::Command::new(program)
+                .arg(pid.to_string())
+                .args([
+                    "0",
+                    &id.to_string(),
+                    "1",
+                    "1",
+                    &start.to_string(),
+                    &count.to_string(),
+                ])
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "{} failed: {status}",
+                    program.display()
+                )))
+            }
+        };
+        run(&newuidmap, uid, u)?;
+        run(&newgidmap, gid, g)?;
+        let range = |(start, count)| IdRange {
+            inside: 1,
+            host: start,
+            count,
+        };
+        return Ok((vec![own(uid), range(u)], vec![own(gid), range(g)]));
+    }
     fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))?;
     fs::write(format!("/proc/{pid}/setgroups"), "deny\n")?;
-    fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
+    fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))?;
+    Ok((vec![own(uid)], vec![own(gid)]))
+}
+
+/// The name of the user `uid`, from the host's `/etc/passwd`.
+fn user_name(uid: u32) -> Option<String> {
+    let text = fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// The first subordinate range of `user` (by name or number) in `file`,
+/// at most 65535 ids (the ids a system uses).
+fn subordinate(file: &str, user: Option<&str>, id: u32) -> Option<(u32, u32)> {
+    let text = fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.trim().split(':');
+        let who = f.next()?;
+        if Some(who) != user && who != id.to_string() {
+            return None;
+        }
+        let start = f.next()?.parse().ok()?;
+        let count: u32 = f.next()?.parse().ok()?;
+        (count > 0).then_some((start, count.min(65_535)))
+    })
 }
 
 /// Waits for our child `pid`; its exit status.

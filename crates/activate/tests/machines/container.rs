@@ -70,3 +70,56 @@ fn null3() -> Result<[OwnedFd; 3], Box<dyn std::error::Error>> {
     let f = || -> std::io::Result<OwnedFd> { Ok(OwnedFd::from(fs::File::open("/dev/null")?)) };
     Ok([f()?, f()?, f()?])
 }
+
+const UNPRIVILEGED_ROOT: &str = "BIGTOP_TEST_UNPRIVILEGED_ROOT";
+
+#[test]
+#[ignore = "entry point for a child process of the unprivileged container test"]
+fn boot_unprivileged() -> TestResult {
+    let m = Machine::open(std::env::var(UNPRIVILEGED_ROOT)?)?;
+    let c = m.start_container(&Options {
+        name: Some("mine".into()),
+        network: Network::Private,
+    })?;
+    assert!(c.user_namespace);
+    let (code, out) = run_in(&m, &["sh", "-c", "id -u; hostname; cat /proc/1/cmdline"])?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "0\nmine\ns6-svscan\0/run/service\0");
+    assert!(m.stop_container(Duration::from_secs(10))?);
+    Ok(())
+}
+
+/// A user who is not root boots a container too: a user namespace maps
+/// the user to root inside. Run as `nobody`, who has no subordinate ids,
+/// so root is the only id inside.
+#[test]
+fn a_container_boots_unprivileged_in_a_user_namespace() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        // Already unprivileged: the test itself is the trial.
+        let dir = tempfile::tempdir()?;
+        std::env::set_var(UNPRIVILEGED_ROOT, dir.path());
+        return boot_unprivileged();
+    }
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let root = dir.path().join("machine");
+    std::fs::create_dir(&root)?;
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534))?;
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["--ignored", "--exact", "container::boot_unprivileged"])
+        .env(UNPRIVILEGED_ROOT, &root)
+        .env("HOME", &root)
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    Ok(())
+}

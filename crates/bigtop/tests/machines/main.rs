@@ -3,6 +3,13 @@
 
 mod cli;
 mod crash;
+#[path = "../../../../examples/fleet/definition.rs"]
+mod definition;
+#[path = "../support/example.rs"]
+mod example;
+mod fleet;
+#[path = "../../../../examples/fleet/modules.rs"]
+mod modules;
 mod switch;
 mod systemd;
 
