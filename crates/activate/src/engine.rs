@@ -46,8 +46,8 @@ use crate::services::{tail, Backend};
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a service without a readiness check gets to come up.
 const UP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a service without a readiness check must stay up, counted
-/// from the first start of a switch.
+/// How long a service without a readiness check must stay up once it
+/// is.
 const SETTLE: Duration = Duration::from_millis(200);
 
 /// What an activation does with generations.
@@ -471,6 +471,7 @@ impl Machine {
                     for name in new.manifest.services.keys() {
                         services.install(name, &top_host.join("s6").join(name))?;
                     }
+                    services.commit()?;
                     for name in &plan.start_order {
                         services.start(name)?;
                     }
@@ -563,58 +564,41 @@ impl Machine {
     fn health_gate(&self, plan: &Plan, new: &Manifest) -> Result<BTreeMap<String, u128>, NotReady> {
         let services = self.services();
         let mut ready = BTreeMap::new();
-        // Services without a check are up once they stay up: one that
-        // exits at once would look up for a moment, then restart in a loop.
-        let mut unchecked: Vec<(&String, Option<u32>)> = Vec::new();
         let gate_start = Instant::now();
-        for name in &plan.start_order {
-            let start = Instant::now();
-            let check = new.services.get(name).and_then(|s| s.service.ready.clone());
-            let (ok, described) = match &check {
-                None => (
-                    services.wait_up(name, UP_TIMEOUT).unwrap_or(false),
-                    "the service is up".to_owned(),
-                ),
-                Some(r) => {
-                    let deadline = start + Duration::from_millis(r.timeout_ms);
-                    let up = services
-                        .wait_up(name, Duration::from_millis(r.timeout_ms))
-                        .unwrap_or(false);
-                    let mut described = Vec::new();
-                    if let Some(p) = r.tcp_port {
-                        described.push(format!("TCP port {p} on 127.0.0.1 accepts"));
-                    }
-                    if let Some(c) = &r.command {
-                        described.push(format!("`{}` exits 0", c.join(" ")));
-                    }
-                    let mut ok = false;
-                    while up && !ok && Instant::now() < deadline {
-                        ok = r.tcp_port.is_none_or(|p| self.port_open(p))
-                            && r.command.as_ref().is_none_or(|c| {
-                                self.run_inside(c, &[("PATH", "/usr/bin:/bin")])
-                                    .is_ok_and(|(code, _)| code == Some(0))
-                            });
-                        if !ok {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                    (ok, described.join(" and "))
-                }
-            };
-            if !ok {
-                return Err(not_ready(&*services, name, described));
-            }
-            if check.is_none() {
-                let pid = services.states().ok().and_then(|s| s.get(name)?.pid);
-                unchecked.push((name, pid));
-            }
-            ready.insert(name.clone(), start.elapsed().as_millis());
-        }
+        let check_of = |name: &str| new.services.get(name).and_then(|s| s.service.ready.clone());
+        // Services without a check are up once they stay up: one that
+        // exits at once would look up for a moment, then restart in a
+        // loop. They are waited for together, and looked at once after.
+        let unchecked: Vec<&str> = plan
+            .start_order
+            .iter()
+            .map(String::as_str)
+            .filter(|n| check_of(n).is_none())
+            .collect();
         if !unchecked.is_empty() {
-            std::thread::sleep(SETTLE.saturating_sub(gate_start.elapsed()));
+            if !services
+                .wait_up_all(&unchecked, UP_TIMEOUT)
+                .unwrap_or(false)
+            {
+                let states = services.states().unwrap_or_default();
+                let down = unchecked
+                    .iter()
+                    .find(|n| !states.get(**n).is_some_and(|s| s.up))
+                    .unwrap_or(&unchecked[0]);
+                return Err(not_ready(&*services, down, "the service is up".to_owned()));
+            }
+            let up_at = services.states().unwrap_or_default();
+            let elapsed = gate_start.elapsed().as_millis();
+            for n in &unchecked {
+                ready.insert(n.to_string(), elapsed);
+            }
+            // Counted from when they are all up: one that came up only
+            // after restarting must stay up as long as the others.
+            std::thread::sleep(SETTLE);
             let states = services.states().unwrap_or_default();
-            for (name, pid) in unchecked {
-                let same = states.get(name).is_some_and(|s| s.up && s.pid == pid);
+            for name in &unchecked {
+                let then = up_at.get(*name).and_then(|s| s.pid);
+                let same = states.get(*name).is_some_and(|s| s.up && s.pid == then);
                 if !same {
                     let check = format!(
                         "it did not stay up for {} ms (no readiness check is declared)",
@@ -623,6 +607,36 @@ impl Machine {
                     return Err(not_ready(&*services, name, check));
                 }
             }
+        }
+        for name in &plan.start_order {
+            let Some(r) = check_of(name) else { continue };
+            let start = Instant::now();
+            let deadline = start + Duration::from_millis(r.timeout_ms);
+            let up = services
+                .wait_up_all(&[name.as_str()], Duration::from_millis(r.timeout_ms))
+                .unwrap_or(false);
+            let mut described = Vec::new();
+            if let Some(p) = r.tcp_port {
+                described.push(format!("TCP port {p} on 127.0.0.1 accepts"));
+            }
+            if let Some(c) = &r.command {
+                described.push(format!("`{}` exits 0", c.join(" ")));
+            }
+            let mut ok = false;
+            while up && !ok && Instant::now() < deadline {
+                ok = r.tcp_port.is_none_or(|p| self.port_open(p))
+                    && r.command.as_ref().is_none_or(|c| {
+                        self.run_inside(c, &[("PATH", "/usr/bin:/bin")])
+                            .is_ok_and(|(code, _)| code == Some(0))
+                    });
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            if !ok {
+                return Err(not_ready(&*services, name, described.join(" and ")));
+            }
+            ready.insert(name.clone(), start.elapsed().as_millis());
         }
         Ok(ready)
     }

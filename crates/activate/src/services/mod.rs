@@ -30,7 +30,11 @@ pub trait Backend: std::fmt::Debug {
     fn states(&self) -> Result<BTreeMap<String, ServiceState>, Error>;
     /// Makes `name` the service rendered in `rendered` (the toplevel's
     /// directory for it, on the host), without starting or stopping it.
+    /// The manager may see it only after [`commit`](Backend::commit).
     fn install(&self, name: &str, rendered: &Path) -> Result<(), Error>;
+    /// Makes the manager pick up every service installed so far (one
+    /// rescan, one `daemon-reload`), and waits until it has.
+    fn commit(&self) -> Result<(), Error>;
     /// Starts `name` (installed).
     fn start(&self, name: &str) -> Result<(), Error>;
     /// Stops `name` and waits until it is down; kills it after
@@ -38,8 +42,9 @@ pub trait Backend: std::fmt::Debug {
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), Error>;
     /// Stops and uninstalls `name`.
     fn remove(&self, name: &str, timeout: Duration) -> Result<(), Error>;
-    /// Waits until `name` is up, at most `timeout`; whether it is.
-    fn wait_up(&self, name: &str, timeout: Duration) -> Result<bool, Error>;
+    /// Waits until every one of `names` is up, at most `timeout`; whether
+    /// they are.
+    fn wait_up_all(&self, names: &[&str], timeout: Duration) -> Result<bool, Error>;
     /// Makes `name` reload its configuration; `inside` runs a command
     /// inside the machine (its exit code and output).
     fn reload(&self, name: &str, inside: &Inside<'_>) -> Result<(), Error>;

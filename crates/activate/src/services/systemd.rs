@@ -186,13 +186,17 @@ impl Backend for Systemd {
         self.reload_if_dirty()
     }
 
-    fn wait_up(&self, name: &str, timeout: Duration) -> Result<bool, Error> {
+    fn commit(&self) -> Result<(), Error> {
+        self.reload_if_dirty()
+    }
+
+    fn wait_up_all(&self, names: &[&str], timeout: Duration) -> Result<bool, Error> {
         let deadline = Instant::now() + timeout;
+        let units: Vec<String> = names.iter().map(|n| unit(n)).collect();
+        let mut args = vec!["is-active", "--quiet"];
+        args.extend(units.iter().map(String::as_str));
         loop {
-            if self
-                .systemctl(&["is-active", "--quiet", &unit(name)])
-                .is_ok()
-            {
+            if self.systemctl(&args).is_ok() {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
