@@ -187,6 +187,14 @@ impl Machine {
         Ok(())
     }
 
+    /// The machine's /etc, as activation manages it.
+    pub(crate) fn etc(&self) -> Etc {
+        Etc::new(self.path("/etc"), &self.state_dir()).with_store(
+            self.store().store_dir().as_path().to_owned(),
+            self.store().root().to_owned(),
+        )
+    }
+
     /// The service manager of this machine.
     pub fn services(&self) -> Box<dyn Backend> {
         match self.backend() {
@@ -216,8 +224,7 @@ impl Machine {
     }
 
     fn observe(&self, new: &Manifest) -> Result<Observed, Error> {
-        let etc = Etc::new(self.path("/etc"), &self.state_dir());
-        let (etc_unmanaged, etc_drifted) = etc.observe(new)?;
+        let (etc_unmanaged, etc_drifted) = self.etc().observe(new)?;
         let running = self
             .services()
             .states()?
@@ -457,7 +464,7 @@ impl Machine {
                             .ids(),
                         container: self.container()?,
                     };
-                    let etc = Etc::new(self.path("/etc"), &self.state_dir());
+                    let etc = self.etc();
                     let static_dir = PathBuf::from(dir.full(&new.toplevel)).join("etc");
                     backups =
                         etc.apply(&new.manifest, &static_dir, &top_host.join("etc"), &owner)?;
@@ -726,8 +733,7 @@ impl crate::etc::Owners for MachineOwners<'_> {
             }
             _ => {
                 let (u, g) = self.host_ids(user, group)?;
-                std::os::unix::fs::chown(file, Some(u), Some(g))
-                    .map_err(|e| io_err("change the owner of", file)(e).into())
+                Ok(crate::fs::lchown(file, u, g)?)
             }
         }
     }

@@ -12,8 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bigtop_core::manifest::{EtcEntry, Manifest};
@@ -21,7 +19,10 @@ use bigtop_core::{Hash, HashAlgo};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::fs::{create_dirs, io_err, read_optional, replace_symlink, write_atomic, IoError};
+use crate::fs::{
+    create_dirs, entry, io_err, read_optional, replace_symlink, write_atomic, write_atomic_with,
+    Entry, IoError,
+};
 
 /// What bigtop made at one path of /etc.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +56,9 @@ pub struct Etc {
     dir: PathBuf,
     /// The record's file.
     record_file: PathBuf,
+    /// The logical store dir and where it is on the host, to read what a
+    /// `source` entry links to.
+    store: Option<(PathBuf, PathBuf)>,
 }
 
 /// A file that was in the way, and where it went.
@@ -72,7 +76,36 @@ impl Etc {
         Etc {
             dir,
             record_file: state_dir.join("etc.json"),
+            store: None,
         }
+    }
+
+    /// The same, reading store paths that `source` entries name from
+    /// `physical`, where the logical store dir `logical` is on the host.
+    pub fn with_store(mut self, logical: PathBuf, physical: PathBuf) -> Etc {
+        self.store = Some((logical, physical));
+        self
+    }
+
+    /// The declared contents of `path`: the toplevel's file, or what its
+    /// symlink (a `source` entry) points at. A link into the logical
+    /// store is read from the machine's store on the host.
+    fn read_source(&self, static_host: &Path, path: &str) -> Result<Vec<u8>, IoError> {
+        let mut file = static_host.join(path);
+        for _ in 0..8 {
+            let Ok(target) = std::fs::read_link(&file) else {
+                break;
+            };
+            let target = file.parent().map_or(target.clone(), |p| p.join(&target));
+            file = match &self.store {
+                Some((logical, physical)) => match target.strip_prefix(logical) {
+                    Ok(rest) => physical.join(rest),
+                    Err(_) => target,
+                },
+                None => target,
+            };
+        }
+        fs::read(&file).map_err(io_err("read", &file))
     }
 
     /// The managed files, as last recorded.
@@ -134,21 +167,13 @@ impl Etc {
     }
 
     fn state_of(&self, path: &str) -> Result<State, Error> {
-        let file = self.dir.join(path);
-        match fs::symlink_metadata(&file) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::Missing),
-            Err(e) => Err(io_err("read", &file)(e).into()),
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = fs::read_link(&file).map_err(io_err("read", &file))?;
-                Ok(if target == static_target(path) {
-                    State::OurLink
-                } else {
-                    State::OtherLink
-                })
-            }
-            Ok(m) if m.is_file() => Ok(State::File),
-            Ok(_) => Ok(State::Other),
-        }
+        Ok(match entry(&self.dir.join(path))? {
+            Entry::Missing => State::Missing,
+            Entry::Symlink(target) if target == static_target(path) => State::OurLink,
+            Entry::Symlink(_) => State::OtherLink,
+            Entry::File { .. } => State::File,
+            Entry::Dir | Entry::Other => State::Other,
+        })
     }
 
     /// Makes /etc what `new` declares, the toplevel's `etc/` being at
@@ -172,7 +197,7 @@ impl Etc {
         for (path, e) in &new.etc {
             let made = if e.is_copied() {
                 Made::Copy {
-                    hash: content_hash(&read_source(static_host, path)?),
+                    hash: content_hash(&self.read_source(static_host, path)?),
                 }
             } else {
                 Made::Link
@@ -197,8 +222,7 @@ impl Etc {
             match self.state_of(path)? {
                 State::Missing => {}
                 _ if self.is_as_made(path, made)? => {
-                    let file = self.dir.join(path);
-                    fs::remove_file(&file).map_err(io_err("remove", &file))?;
+                    crate::fs::remove_file(&self.dir.join(path))?;
                     self.remove_empty_parents(path);
                 }
                 // Changed by hand since: kept, under another name.
@@ -233,20 +257,20 @@ impl Etc {
             backups.push(self.move_aside(path)?);
         }
         if e.is_copied() {
-            let bytes = read_source(static_host, path)?;
+            let bytes = self.read_source(static_host, path)?;
             let mode = u32::from_str_radix(&e.mode, 8).map_err(|_| Error::Record {
                 path: file.clone(),
                 reason: format!("mode `{}` is not octal", e.mode),
             })?;
             let (uid, gid) = owner.host_ids(&e.user, &e.group)?;
             let hash = content_hash(&bytes);
-            if was == Some(&Made::Copy { hash: hash.clone() })
-                && ours
-                && owned(&file, uid, gid, mode)
-            {
+            let owned = entry(&file)? == Entry::File { uid, gid, mode };
+            if was == Some(&Made::Copy { hash: hash.clone() }) && ours && owned {
                 return Ok(Made::Copy { hash });
             }
-            write_owned(&file, &bytes, mode, |tmp| {
+            // Owner and mode are set before the rename: the copy never
+            // appears with the wrong ones.
+            write_atomic_with(&file, &bytes, mode, |tmp| {
                 owner.chown(tmp, &e.user, &e.group)
             })?;
             Ok(Made::Copy { hash })
@@ -264,12 +288,11 @@ impl Etc {
         let from = self.dir.join(path);
         let mut moved_to = format!("{path}.bigtop-backup");
         let mut n = 0;
-        while fs::symlink_metadata(self.dir.join(&moved_to)).is_ok() {
+        while entry(&self.dir.join(&moved_to))? != Entry::Missing {
             n += 1;
             moved_to = format!("{path}.bigtop-backup-{n}");
         }
-        let to = self.dir.join(&moved_to);
-        fs::rename(&from, &to).map_err(io_err("move aside", &from))?;
+        crate::fs::rename(&from, &self.dir.join(&moved_to))?;
         Ok(Backup {
             path: path.to_owned(),
             moved_to,
@@ -279,7 +302,7 @@ impl Etc {
     fn remove_empty_parents(&self, path: &str) {
         let mut p = Path::new(path).parent();
         while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
-            if fs::remove_dir(self.dir.join(dir)).is_err() {
+            if !crate::fs::remove_empty_dir(&self.dir.join(dir)) {
                 break;
             }
             p = dir.parent();
@@ -300,48 +323,14 @@ fn static_target(path: &str) -> PathBuf {
     Path::new("/etc/static").join(path)
 }
 
-/// The declared contents of `path`: the toplevel's file, or what its
-/// symlink (a `source` entry) points at, read through the host's view of
-/// the machine's store.
-fn read_source(static_host: &Path, path: &str) -> Result<Vec<u8>, IoError> {
-    let file = static_host.join(path);
-    fs::read(&file).map_err(io_err("read", &file))
-}
-
 fn content_hash(bytes: &[u8]) -> String {
     Hash::digest(HashAlgo::Blake3, bytes).to_string()
-}
-
-fn owned(file: &Path, uid: u32, gid: u32, mode: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(file)
-        .is_ok_and(|m| m.uid() == uid && m.gid() == gid && m.mode() & 0o7777 == mode)
-}
-
-/// Writes a copy with its owner and mode set before the rename, so it
-/// never appears with the wrong ones.
-fn write_owned(
-    file: &Path,
-    bytes: &[u8],
-    mode: u32,
-    chown: impl FnOnce(&Path) -> Result<(), Error>,
-) -> Result<(), Error> {
-    let tmp = crate::fs::temp_name(file);
-    // Written private first: the owner changes before the mode opens it.
-    write_atomic(&tmp, bytes, 0o600)?;
-    if let Err(e) = chown(&tmp) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-        .map_err(io_err("set the mode of", &tmp))?;
-    crate::fs::rename(&tmp, file)?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -388,8 +377,7 @@ mod tests {
         }
         fn chown(&self, file: &Path, user: &str, group: &str) -> Result<(), Error> {
             let (u, g) = self.host_ids(user, group)?;
-            std::os::unix::fs::chown(file, Some(u), Some(g))
-                .map_err(|e| io_err("chown", file)(e).into())
+            crate::fs::lchown(file, u, g).map_err(Error::from)
         }
     }
 

@@ -285,10 +285,15 @@ impl Machine {
 
     /// The store path a symlink points at, `None` if there is no link.
     fn link_target(&self, link: &PathBuf) -> Result<Option<StorePath>, Error> {
-        let target = match fs::read_link(link) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("read", link)(e).into()),
+        let target = match crate::fs::entry(link)? {
+            crate::fs::Entry::Symlink(t) => t,
+            crate::fs::Entry::Missing => return Ok(None),
+            _ => {
+                return Err(Error::NotAToplevel {
+                    toplevel: link.display().to_string(),
+                    reason: "not a symlink".into(),
+                })
+            }
         };
         let text = target.to_string_lossy();
         self.store()

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::etc::Etc;
 use crate::machine::Machine;
 use crate::services::ServiceState;
 
@@ -109,7 +108,7 @@ impl Machine {
         let Some(sys) = self.running_system()? else {
             return Ok(Drift::default());
         };
-        let etc = Etc::new(self.path("/etc"), &self.state_dir());
+        let etc = self.etc();
         let record = etc.record()?;
         let states = self.services().states()?;
         let ids = crate::users::Accounts::read(&self.path("/etc"), &self.state_dir())?.ids();

@@ -62,7 +62,13 @@ pub struct System {
 impl Machine {
     /// Opens the machine rooted at `root`, creating its store if needed.
     pub fn open(root: impl AsRef<Path>) -> Result<Machine, Error> {
-        let root = std::path::absolute(root.as_ref()).map_err(io_err("resolve", root.as_ref()))?;
+        // Without symlinks: every write under the root refuses to follow
+        // one (see `fs`), so the root's own path must have none.
+        create_dirs(root.as_ref()).or_else(|_| {
+            std::fs::create_dir_all(root.as_ref()).map_err(io_err("create", root.as_ref()))
+        })?;
+        let root =
+            std::fs::canonicalize(root.as_ref()).map_err(io_err("resolve", root.as_ref()))?;
         let store = Store::builder()
             .chroot(&root)
             .open()

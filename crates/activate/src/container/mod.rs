@@ -38,7 +38,6 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -196,13 +195,7 @@ impl Machine {
             });
         }
         self.prepare_root()?;
-        let log = self.path("/var/log/container.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&log)
-            .map_err(io_err("open", &log))?;
+        let log = crate::fs::open_append(&self.path("/var/log/container.log"))?;
         let unprivileged = rustix::process::geteuid().as_raw() != 0;
         let (report_r, report_w) = pipe()?;
         let (wait_r, wait_w) = if unprivileged {
@@ -517,16 +510,8 @@ impl Machine {
     /// The directories a boot needs; `/run` emptied, as a tmpfs would be.
     fn prepare_root(&self) -> Result<(), Error> {
         let run = self.path("/run");
-        if run.exists() {
-            for entry in fs::read_dir(&run).map_err(io_err("read", &run))? {
-                let p = entry.map_err(io_err("read", &run))?.path();
-                let removed = if p.is_dir() && !p.is_symlink() {
-                    fs::remove_dir_all(&p)
-                } else {
-                    fs::remove_file(&p)
-                };
-                removed.map_err(io_err("remove", &p))?;
-            }
+        for name in crate::fs::names(&run)? {
+            crate::fs::remove_tree(&run.join(name))?;
         }
         for d in [
             "/run/service",
@@ -603,6 +588,11 @@ impl Machine {
         };
         let store = self.store().root().to_owned();
         bind_ro(&store, &store, &mut ops)?;
+        // The store's database, the profile and activation's records:
+        // read-only inside, so that nothing in the machine can forge a
+        // generation, a journal or a record activation trusts.
+        let state = self.store().state_dir().to_owned();
+        bind_ro(&state, &state, &mut ops)?;
         bind_ro(Path::new("/usr"), &self.path("/usr"), &mut ops)?;
         for d in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(d);

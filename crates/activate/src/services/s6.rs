@@ -18,7 +18,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::fs::{create_dirs, io_err, write_atomic};
+use crate::fs::{
+    create_dirs, entry, io_err, names, read_optional, remove_file, remove_tree, write_atomic, Entry,
+};
 
 use super::{Backend, Inside, ServiceState};
 
@@ -104,8 +106,8 @@ impl S6 {
     /// `s6-svstat`.
     fn state(&self, dir: &Path) -> Result<ServiceState, Error> {
         let status = dir.join("supervise/status");
-        match fs::read(&status) {
-            Ok(b) if b.len() == 35 => {
+        match read_optional(&status) {
+            Ok(Some(b)) if b.len() == 35 => {
                 let pid = u64::from_be_bytes(b[24..32].try_into().expect("8 bytes"));
                 let finishing = b[34] & 0b10 != 0;
                 let up = pid != 0 && !finishing;
@@ -134,9 +136,8 @@ impl S6 {
 /// Writes `path` unless it already holds `bytes`: an activation that
 /// changes 10 services of 200 rewrites (and syncs) only theirs.
 fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let same = fs::read(path).is_ok_and(|b| b == bytes)
-        && fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
+    let same = read_optional(path)?.is_some_and(|b| b == bytes)
+        && matches!(entry(path)?, Entry::File { mode: m, .. } if m == mode);
     if !same {
         write_atomic(path, bytes, mode)?;
     }
@@ -152,25 +153,19 @@ fn dir_name(dir: &Path) -> String {
 impl Backend for S6 {
     fn states(&self) -> Result<BTreeMap<String, ServiceState>, Error> {
         let mut out = BTreeMap::new();
-        let entries = match fs::read_dir(&self.scan) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err("read", &self.scan)(e).into()),
-        };
-        for entry in entries {
-            let entry = entry.map_err(io_err("read", &self.scan))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !entry.path().join("supervise/control").exists() {
+        for name in names(&self.scan)? {
+            let dir = self.dir(&name);
+            if name.starts_with('.') || entry(&dir.join("supervise/control"))? == Entry::Missing {
                 continue;
             }
-            out.insert(name, self.state(&entry.path())?);
+            out.insert(name, self.state(&dir)?);
         }
         Ok(out)
     }
 
     fn install(&self, name: &str, rendered: &Path) -> Result<(), Error> {
         let dir = self.dir(name);
-        let fresh = !dir.exists();
+        let fresh = entry(&dir)? == Entry::Missing;
         // Made under a temporary name and renamed, so that s6-svscan never
         // sees half a directory.
         let target = if fresh {
@@ -179,7 +174,7 @@ impl Backend for S6 {
             dir.clone()
         };
         if fresh {
-            let _ = fs::remove_dir_all(&target);
+            remove_tree(&target)?;
             create_dirs(&target.join("log"))?;
             write_atomic(&target.join("down"), b"", 0o644)?;
         }
@@ -192,9 +187,7 @@ impl Backend for S6 {
                     write_if_changed(&dst, &bytes, mode)?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if dst.exists() {
-                        fs::remove_file(&dst).map_err(io_err("remove", &dst))?;
-                    }
+                    remove_file(&dst)?;
                 }
                 Err(e) => return Err(io_err("read", &src)(e).into()),
             }
@@ -234,7 +227,7 @@ impl Backend for S6 {
 
     fn stop(&self, name: &str, timeout: Duration) -> Result<(), Error> {
         let dir = self.dir(name);
-        if !dir.join("supervise/control").exists() {
+        if entry(&dir.join("supervise/control"))? == Entry::Missing {
             return Ok(());
         }
         self.tool("s6-svc", &["-d"], &dir)?;
@@ -249,11 +242,11 @@ impl Backend for S6 {
 
     fn remove(&self, name: &str, timeout: Duration) -> Result<(), Error> {
         let dir = self.dir(name);
-        if !dir.exists() {
+        if entry(&dir)? == Entry::Missing {
             return Ok(());
         }
         self.stop(name, timeout)?;
-        fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        remove_tree(&dir)?;
         // Prune: s6-svscan stops the supervisors of directories gone.
         self.tool("s6-svscanctl", &["-an"], &self.scan)?;
         Ok(())
@@ -275,7 +268,7 @@ impl Backend for S6 {
     }
 
     fn reload(&self, name: &str, inside: &Inside<'_>) -> Result<(), Error> {
-        if !self.dir(name).join("reload").exists() {
+        if entry(&self.dir(name).join("reload"))? == Entry::Missing {
             return Err(Error::Service {
                 service: name.to_owned(),
                 reason: "it reloads on change but has no reload command".into(),
@@ -297,7 +290,11 @@ impl Backend for S6 {
     }
 
     fn log_tail(&self, name: &str, lines: usize) -> Vec<String> {
-        let log = fs::read_to_string(self.logs.join(name).join("current")).unwrap_or_default();
+        let log = read_optional(&self.logs.join(name).join("current"))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
         super::tail(&log, lines)
     }
 }

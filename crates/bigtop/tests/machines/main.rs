@@ -1,6 +1,7 @@
 //! Machines switched for real: systems built into a machine's store,
 //! booted as containers, switched, rolled back, with real s6 processes.
 
+mod attacks;
 mod cli;
 mod crash;
 #[path = "../../../../examples/fleet/definition.rs"]

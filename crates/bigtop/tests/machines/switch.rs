@@ -195,9 +195,11 @@ fn a_service_that_never_becomes_ready_rolls_the_switch_back() -> Result {
 fn an_older_release_needs_allow_downgrade() -> Result {
     let booted = Booted::new()?;
     let m = &booted.machine;
-    let release = |r: &'static str| move |c: &mut ModuleBuilder| {
-        v1(c);
-        c.define("system.release", r);
+    let release = |r: &'static str| {
+        move |c: &mut ModuleBuilder| {
+            v1(c);
+            c.define("system.release", r);
+        }
     };
     let new = build(m, release("2026.11"))?;
     let old = build(m, release("2025.11"))?;
@@ -206,10 +208,15 @@ fn an_older_release_needs_allow_downgrade() -> Result {
         .activate(&old, Mode::Switch, &Options::default(), &Quiet)
         .expect_err("a downgrade");
     assert!(
-        e.to_string().contains("release `2025.11` is older than the running `2026.11`"),
+        e.to_string()
+            .contains("release `2025.11` is older than the running `2026.11`"),
         "{e}"
     );
-    assert_eq!(m.generations()?.len(), 1, "a refused switch adds no generation");
+    assert_eq!(
+        m.generations()?.len(),
+        1,
+        "a refused switch adds no generation"
+    );
     let allowed = Options {
         allow_downgrade: true,
         ..Options::default()
@@ -226,13 +233,19 @@ fn ten_containers_run_side_by_side() -> Result {
     let machines: Vec<Booted> = (0..10).map(|_| Booted::new()).collect::<Result<_>>()?;
     for b in &machines {
         let top = build(&b.machine, v1)?;
-        b.machine.activate(&top, Mode::Switch, &Options::default(), &Quiet)?;
+        b.machine
+            .activate(&top, Mode::Switch, &Options::default(), &Quiet)?;
     }
     for b in &machines {
         // Each has its own network: all ten listen on 8080.
         let (_, page) = run_in(
             &b.machine,
-            &["perl", "-MIO::Socket::INET", "-e", "print IO::Socket::INET->new('127.0.0.1:8080')->getlines"],
+            &[
+                "perl",
+                "-MIO::Socket::INET",
+                "-e",
+                "print IO::Socket::INET->new('127.0.0.1:8080')->getlines",
+            ],
         )?;
         assert!(page.ends_with("v1\n"), "{page}");
         assert_eq!(pids(&b.machine)?.len(), 4);
