@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use bigtop_core::StorePath;
@@ -284,7 +284,7 @@ impl Machine {
     }
 
     /// The store path a symlink points at, `None` if there is no link.
-    fn link_target(&self, link: &PathBuf) -> Result<Option<StorePath>, Error> {
+    fn link_target(&self, link: &Path) -> Result<Option<StorePath>, Error> {
         let target = match crate::fs::entry(link)? {
             crate::fs::Entry::Symlink(t) => t,
             crate::fs::Entry::Missing => return Ok(None),
