@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::fs::{
-    create_dirs, entry, io_err, names, read_optional, remove_file, remove_tree, write_atomic, Entry,
+    create_dirs, entry, io_err, names, read_optional, remove_file, remove_tree, write_volatile,
+    Entry,
 };
 
 use super::{Backend, Inside, ServiceState};
@@ -139,7 +140,8 @@ fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
     let same = read_optional(path)?.is_some_and(|b| b == bytes)
         && matches!(entry(path)?, Entry::File { mode: m, .. } if m == mode);
     if !same {
-        write_atomic(path, bytes, mode)?;
+        // The scan directory is in /run: a reboot empties it anyway.
+        write_volatile(path, bytes, mode)?;
     }
     Ok(())
 }
@@ -176,7 +178,7 @@ impl Backend for S6 {
         if fresh {
             remove_tree(&target)?;
             create_dirs(&target.join("log"))?;
-            write_atomic(&target.join("down"), b"", 0o644)?;
+            write_volatile(&target.join("down"), b"", 0o644)?;
         }
         for f in FILES {
             let src = rendered.join(f);
