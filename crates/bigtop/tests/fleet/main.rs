@@ -154,10 +154,10 @@ fn the_fleet_example_builds_every_machine_and_then_nothing() -> Result {
     Ok(())
 }
 
-/// The README's main job: a pure evaluation of a small fleet, which
+/// The hello-fleet example: a pure evaluation of a small fleet, which
 /// shares the release's package between its machines.
 #[test]
-fn the_main_job_evaluates_a_fleet_without_a_store() -> Result {
+fn the_hello_fleet_example_evaluates_a_fleet_without_a_store() -> Result {
     let out = example::run(&example::example("hello-fleet")?, &[])?;
     assert!(out.starts_with("evaluated 2 machines"), "{out}");
     for want in [
