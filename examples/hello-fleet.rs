@@ -1,4 +1,4 @@
-//! The main job on its embedded defaults: evaluate a small fleet — a
+//! Evaluation alone, on embedded defaults: evaluate a small fleet — a
 //! release of packages, a service module, two machines — into
 //! derivations, compute every store path without touching a store, and
 //! print each machine's toplevel and the build graph in the order a
