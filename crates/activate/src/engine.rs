@@ -279,7 +279,10 @@ impl Machine {
                 recovered,
             });
         }
-        let mut report = self.run_activation(old.as_ref(), &new, observer)?;
+        let mut report = match self.run_activation(old.as_ref(), &new, observer) {
+            Ok(r) => r,
+            Err(e) => return Err(self.after_failure(e, old.as_ref(), &new, options)),
+        };
         report.generation = generation;
         report.recovered = recovered;
         match self.health_gate(&report.plan, &new.manifest) {
@@ -313,6 +316,54 @@ impl Machine {
                 rolled_back: None,
                 rollback_error: None,
             }),
+        }
+    }
+
+    /// What an activation that failed part way (a step, a service
+    /// manager, a file) leaves: by default the machine goes back to
+    /// `old` through the same engine; with `--no-rollback`, or when there
+    /// is nothing to go back to, it stays as the failure left it and the
+    /// journal is dropped, so that the next activation starts from what
+    /// runs instead of retrying this one.
+    fn after_failure(
+        &self,
+        e: Error,
+        old: Option<&System>,
+        new: &System,
+        options: &Options,
+    ) -> Error {
+        let rolled_back = match old {
+            Some(old) if options.rollback_on_failure => {
+                let back = self
+                    .generation_of(&old.toplevel)
+                    .and_then(|g| match g {
+                        Some(g) => self.set_default_generation(g),
+                        None => Ok(()),
+                    })
+                    .and_then(|()| self.run_activation(Some(new), old, &Quiet).map(|_| ()));
+                Some(back.map(|()| self.store().store_dir().full(&old.toplevel)))
+            }
+            _ => {
+                let _ = crate::fs::remove_file(&self.journal_file());
+                None
+            }
+        };
+        match rolled_back {
+            None => Error::Failed {
+                source: Box::new(e),
+                rolled_back: None,
+                rollback_error: None,
+            },
+            Some(Ok(to)) => Error::Failed {
+                source: Box::new(e),
+                rolled_back: Some(to),
+                rollback_error: None,
+            },
+            Some(Err(r)) => Error::Failed {
+                source: Box::new(e),
+                rolled_back: None,
+                rollback_error: Some(r.to_string()),
+            },
         }
     }
 
@@ -362,7 +413,15 @@ impl Machine {
             Some(f) => Some(self.system(f)?),
             None => None,
         };
-        self.run_activation(old.as_ref(), &new, observer)?;
+        let report = self.run_activation(old.as_ref(), &new, observer)?;
+        // Finished means running: what it started must be ready too.
+        if let Err(failure) = self.health_gate(&report.plan, &new.manifest) {
+            return Err(Error::NotReady {
+                failure: Box::new(failure),
+                rolled_back: None,
+                rollback_error: None,
+            });
+        }
         Ok(Some(j.to))
     }
 

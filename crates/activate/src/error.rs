@@ -103,6 +103,21 @@ pub enum Error {
         /// Why the rollback failed, if it did.
         rollback_error: Option<String>,
     },
+    /// An activation failed part way.
+    #[error("{}", match (rolled_back, rollback_error) {
+        (Some(to), _) => format!("the activation failed; the machine was rolled back to `{to}`"),
+        (None, Some(e)) => format!("the activation failed, and rolling back failed too: {e}"),
+        (None, None) => "the activation failed; the machine was left as the failure left it".to_owned(),
+    })]
+    Failed {
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+        /// The toplevel the machine was rolled back to, if it was.
+        rolled_back: Option<String>,
+        /// Why the rollback failed, if it did.
+        rollback_error: Option<String>,
+    },
     /// Users and groups cannot be applied.
     #[error(transparent)]
     Users(#[from] crate::users::Error),

@@ -369,6 +369,22 @@ pub fn open_append(path: &Path) -> Result<fs::File, IoError> {
     .map_err(|e| io_err("open", path)(e.into()))
 }
 
+/// Whether a process reads the FIFO at `path` (opening it for writing
+/// without blocking succeeds only then): how `s6-svok` tells that a
+/// supervisor listens on its control pipe.
+pub fn fifo_has_reader(path: &Path) -> bool {
+    let Ok((dir, name)) = parent(path) else {
+        return false;
+    };
+    rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .is_ok()
+}
+
 /// The names in the directory `dir` (none if it does not exist).
 pub fn names(dir: &Path) -> Result<Vec<String>, IoError> {
     let fd = match open_dir(dir) {

@@ -292,10 +292,10 @@ impl Machine {
             reason: e.to_string(),
         })?;
         write_atomic(&self.container_record(), &record, 0o644)?;
-        // Ready once s6-svscan has made its control pipe.
+        // Ready once s6-svscan listens on its control pipe.
         let control = self.path("/run/service/.s6-svscan/control");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !control.exists() {
+        while !crate::fs::fifo_has_reader(&control) {
             if !alive(pid, container.start_ticks) || Instant::now() > deadline {
                 return Err(Error::Container {
                     root: self.root().to_owned(),

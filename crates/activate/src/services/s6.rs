@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::fs::{
-    create_dirs, entry, io_err, names, read_optional, remove_file, remove_tree, write_volatile,
-    Entry,
+    create_dirs, entry, fifo_has_reader, io_err, names, read_optional, remove_file, remove_tree,
+    write_volatile, Entry,
 };
 
 use super::{Backend, Inside, ServiceState};
@@ -82,7 +82,9 @@ impl S6 {
         for name in names {
             let control = self.dir(name).join("supervise/control");
             let log_control = self.dir(name).join("log/supervise/control");
-            while !(control.exists() && log_control.exists()) {
+            // Listening, not merely there: s6-supervise makes the pipe
+            // before it opens it, and s6-svc fails in between.
+            while !(fifo_has_reader(&control) && fifo_has_reader(&log_control)) {
                 if std::time::Instant::now() > deadline {
                     return Err(Error::Service {
                         service: name.to_owned(),

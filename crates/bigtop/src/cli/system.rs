@@ -428,6 +428,11 @@ pub fn run(command: SystemCommand, as_json: bool) -> Result<(), Error> {
         }
         SystemCommand::Status { machine } => {
             let m = machine.open()?;
+            // An interrupted activation is finished first, so that what
+            // status reports is a state the machine is meant to be in.
+            if let Some(t) = m.finish_interrupted(observer)? {
+                eprintln!("finished an interrupted activation of {t}");
+            }
             let status = m.status()?;
             if as_json {
                 return json(&status);

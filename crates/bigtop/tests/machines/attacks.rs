@@ -38,12 +38,7 @@ fn symlinks_planted_in_a_machine_never_lead_activation_onto_the_host() -> Result
     let e = m
         .activate(&second, Mode::Switch, &Options::default(), &Quiet)
         .expect_err("activation must refuse the planted links");
-    let mut chain = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        chain.push_str(&format!(": {s}"));
-        source = s.source();
-    }
+    let chain = crate::chain(&e);
     assert!(chain.contains("a symlink is on the way"), "{chain}");
     assert_eq!(
         std::fs::read_dir(host.path())?.count(),

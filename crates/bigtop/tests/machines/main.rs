@@ -85,3 +85,14 @@ fn cmdline(m: &Machine, pid: u32) -> Result<String> {
     let (_, out) = run_in(m, &["cat", &format!("/proc/{pid}/cmdline")])?;
     Ok(out.replace('\0', " ").trim().to_owned())
 }
+
+/// An error and its causes, as the command line prints them.
+fn chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!("\ncaused by: {s}"));
+        source = s.source();
+    }
+    out
+}

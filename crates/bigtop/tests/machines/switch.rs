@@ -252,3 +252,95 @@ fn ten_containers_run_side_by_side() -> Result {
     }
     Ok(())
 }
+
+#[test]
+fn a_failing_step_names_itself_and_no_rollback_keeps_the_new_state() -> Result {
+    let booted = Booted::new()?;
+    let m = &booted.machine;
+    let first = build(m, v1)?;
+    m.activate(&first, Mode::Switch, &Options::default(), &Quiet)?;
+    let failing = build(m, |c| {
+        v1(c);
+        c.define(
+            "system.activation.migrate.script",
+            "echo migrating v2; echo no disk >&2; exit 3",
+        );
+    })?;
+    let e = m
+        .activate(&failing, Mode::Switch, &Options::default(), &Quiet)
+        .expect_err("the step fails");
+    let text = crate::chain(&e);
+    assert!(
+        text.contains("activation step `migrate` failed (exit status 3)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("migrating v2") && text.contains("no disk"),
+        "{text}"
+    );
+    assert!(text.contains("rolled back to"), "{text}");
+    assert_eq!(m.current_system()?, Some(m.system(&first)?.toplevel));
+    assert_eq!(m.default_generation()?, Some(1));
+
+    // A service that is not ready, kept for debugging.
+    let broken = build(m, |c| {
+        v1(c);
+        c.define("system.services.api.argv", http(9092, "api"));
+        c.define("system.services.api.ready.tcp_port", 9093);
+        c.define("system.services.api.ready.timeout_ms", 300);
+    })?;
+    let keep = Options {
+        rollback_on_failure: false,
+        ..Options::default()
+    };
+    let e = m
+        .activate(&broken, Mode::Switch, &keep, &Quiet)
+        .expect_err("api is never ready");
+    assert!(e.to_string().contains("left in the new state"), "{e}");
+    assert_eq!(m.current_system()?, Some(m.system(&broken)?.toplevel));
+    assert!(pids(m)?.contains_key("api"));
+    Ok(())
+}
+
+#[test]
+fn deleted_generations_stop_keeping_their_toplevels_alive() -> Result {
+    let booted = Booted::new()?;
+    let m = &booted.machine;
+    // Built through a store handle of its own: a handle keeps what it
+    // built alive (temporary roots) for as long as it is open.
+    let builder = Machine::open(m.root())?;
+    let tops: Vec<String> = ["1", "2", "3"]
+        .iter()
+        .map(|v| {
+            build(&builder, |c| {
+                v1(c);
+                c.define("etc.version.text", *v);
+            })
+        })
+        .collect::<Result<_>>()?;
+    drop(builder);
+    for t in &tops {
+        m.activate(t, Mode::Switch, &Options::default(), &Quiet)?;
+    }
+    let paths: Vec<_> = tops
+        .iter()
+        .map(|t| m.system(t).map(|s| s.toplevel))
+        .collect::<std::result::Result<_, _>>()?;
+    let gc = bigtop::store::GcOptions::default();
+    m.store().collect_garbage(&gc)?;
+    for p in &paths {
+        assert!(
+            m.store().is_valid(p)?,
+            "every generation keeps its toplevel"
+        );
+    }
+    assert_eq!(
+        m.delete_generations(bigtop::activate::Keep::Newest(1))?,
+        [1, 2]
+    );
+    let report = m.store().collect_garbage(&gc)?;
+    assert!(report.deleted.contains(&paths[0]) && report.deleted.contains(&paths[1]));
+    assert!(m.store().is_valid(&paths[2])?);
+    assert_eq!(m.generations()?.len(), 1);
+    Ok(())
+}
