@@ -385,6 +385,35 @@ pub fn fifo_has_reader(path: &Path) -> bool {
     .is_ok()
 }
 
+/// A directory pinned for a program we run: opened without following a
+/// symlink, and named by `/proc/self/fd/N`, which the program (inheriting
+/// the descriptor) resolves to that very directory however the path is
+/// changed meanwhile. Kept open as long as this value lives.
+#[derive(Debug)]
+pub struct Pinned {
+    _fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Pinned {
+    /// Pins `dir`.
+    pub fn new(dir: &Path) -> Result<Pinned, IoError> {
+        let fd = open_dir(dir)?;
+        // Without close-on-exec: the program must inherit it.
+        let inherited = rustix::io::dup(&fd).map_err(|e| io_err("pin", dir)(e.into()))?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", inherited.as_raw_fd()));
+        Ok(Pinned {
+            _fd: inherited,
+            path,
+        })
+    }
+
+    /// The path that names the pinned directory in a child process.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The names in the directory `dir` (none if it does not exist).
 pub fn names(dir: &Path) -> Result<Vec<String>, IoError> {
     let fd = match open_dir(dir) {

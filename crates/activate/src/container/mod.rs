@@ -317,12 +317,14 @@ impl Machine {
         let Some(c) = self.container()? else {
             return Ok(false);
         };
-        let scan = self.path("/run/service");
-        let asked = std::process::Command::new("s6-svscanctl")
-            .arg("-t")
-            .arg(&scan)
-            .status()
-            .is_ok_and(|s| s.success());
+        // Pinned: the scan directory must be the machine's own.
+        let asked = crate::fs::Pinned::new(&self.path("/run/service")).is_ok_and(|scan| {
+            std::process::Command::new("s6-svscanctl")
+                .arg("-t")
+                .arg(scan.path())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
         let deadline = Instant::now() + if asked { timeout } else { Duration::ZERO };
         while alive(c.pid, c.start_ticks) && Instant::now() < deadline {
             reap_if_child(c.pid);

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::fs::{
     create_dirs, entry, fifo_has_reader, io_err, names, read_optional, remove_file, remove_tree,
-    write_volatile, Entry,
+    write_volatile, Entry, Pinned,
 };
 
 use super::{Backend, Inside, ServiceState};
@@ -53,10 +53,14 @@ impl S6 {
         self.scan.join(name)
     }
 
+    /// Runs an s6 tool on the service (or scan) directory `dir`, pinned:
+    /// a machine that swaps it for a symlink to one of the host's
+    /// services cannot make us stop or start that instead.
     fn tool(&self, program: &str, args: &[&str], dir: &Path) -> Result<String, Error> {
+        let pinned = Pinned::new(dir)?;
         let out = Command::new(program)
             .args(args)
-            .arg(dir)
+            .arg(pinned.path())
             .output()
             .map_err(|e| Error::Service {
                 service: dir_name(dir),
@@ -258,11 +262,14 @@ impl Backend for S6 {
 
     fn wait_up_all(&self, names: &[&str], timeout: Duration) -> Result<bool, Error> {
         let ms = timeout.as_millis().max(1).to_string();
-        let dirs: Vec<PathBuf> = names.iter().map(|n| self.dir(n)).collect();
+        let pinned: Vec<Pinned> = names
+            .iter()
+            .map(|n| Pinned::new(&self.dir(n)))
+            .collect::<Result<_, _>>()?;
         // `-a`: all of them.
         let out = Command::new("s6-svwait")
             .args(["-u", "-a", "-t", &ms])
-            .args(&dirs)
+            .args(pinned.iter().map(Pinned::path))
             .output()
             .map_err(|e| Error::Service {
                 service: names.join(", "),

@@ -55,3 +55,67 @@ fn symlinks_planted_in_a_machine_never_lead_activation_onto_the_host() -> Result
     assert_ne!(code, Some(0));
     Ok(())
 }
+
+/// Root inside swaps a service's directory for a symlink to a service
+/// the host supervises: stopping or restarting the machine's service
+/// must not touch the host's.
+#[test]
+fn a_service_directory_swapped_for_a_host_service_is_not_driven() -> Result {
+    // A service supervised on the host, in a scan directory of its own.
+    let host = tempfile::tempdir()?;
+    let victim = host.path().join("victim");
+    std::fs::create_dir(&victim)?;
+    std::fs::write(victim.join("run"), "#!/bin/sh\nexec sleep 1000\n")?;
+    std::fs::set_permissions(
+        victim.join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut svscan = std::process::Command::new("s6-svscan")
+        .arg(host.path())
+        .spawn()?;
+    let up = std::process::Command::new("s6-svwait")
+        .args(["-u", "-t", "10000"])
+        .arg(&victim)
+        .status()?;
+    assert!(up.success());
+
+    let result = (|| -> Result {
+        let booted = Booted::new()?;
+        let m = &booted.machine;
+        let first = build(m, |c| system(c, "v1"))?;
+        m.activate(&first, Mode::Switch, &Options::default(), &Quiet)?;
+        let plant = format!(
+            "rm -rf /run/service/app && ln -s {} /run/service/app",
+            victim.display()
+        );
+        let (code, out) = run_in(m, &["sh", "-c", &plant])?;
+        assert_eq!(code, Some(0), "{out}");
+        let second = build(m, |c| {
+            system(c, "v1");
+            c.define(
+                "system.services.app.argv",
+                bigtop::eval::module::force(vec!["/bin/sleep", "2000"]),
+            );
+        })?;
+        assert!(m
+            .activate(&second, Mode::Switch, &Options::default(), &Quiet)
+            .is_err());
+        Ok(())
+    })();
+    let still_up = std::process::Command::new("s6-svstat")
+        .args(["-o", "up"])
+        .arg(&victim)
+        .output()?;
+    let _ = std::process::Command::new("s6-svscanctl")
+        .arg("-t")
+        .arg(host.path())
+        .status();
+    let _ = svscan.wait();
+    result?;
+    assert_eq!(
+        String::from_utf8_lossy(&still_up.stdout).trim(),
+        "true",
+        "the host's service was not stopped"
+    );
+    Ok(())
+}
