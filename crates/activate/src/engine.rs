@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bigtop_core::manifest::{compare_releases, Manifest};
-use bigtop_core::StorePath;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, NotReady};
@@ -158,6 +157,9 @@ struct Journal {
     to: String,
     /// Steps done so far.
     done: Vec<Step>,
+    /// The generation that becomes the default once it is done.
+    #[serde(default)]
+    generation: Option<u64>,
 }
 
 impl Machine {
@@ -248,7 +250,8 @@ impl Machine {
         observer: &dyn Observer,
     ) -> Result<Report, Error> {
         let _lock = self.lock(&format!("{mode:?}").to_lowercase(), options.lock_wait)?;
-        let recovered = self.recover(observer)?;
+        self.check_operator()?;
+        let recovered = self.recover_or_give_up(observer);
         let new = self.system(toplevel)?;
         let old = self.running_system()?;
         if let (Some(old), false) = (&old, options.allow_downgrade) {
@@ -261,15 +264,17 @@ impl Machine {
                 }
             }
         }
+        // A new generation is only a link and a root until it is the
+        // default, which happens once it runs and is ready (or, for
+        // `boot`, at once: nothing runs it now).
         let generation = match mode {
-            Mode::Switch | Mode::Boot => {
-                let n = self.add_generation(&new.toplevel)?;
-                self.set_default_generation(n)?;
-                Some(n)
-            }
+            Mode::Switch | Mode::Boot => Some(self.add_generation(&new.toplevel)?),
             Mode::Test => None,
         };
         if mode == Mode::Boot {
+            if let Some(n) = generation {
+                self.set_default_generation(n)?;
+            }
             let plan = self.dry_activate(toplevel)?;
             return Ok(Report {
                 plan,
@@ -279,44 +284,51 @@ impl Machine {
                 recovered,
             });
         }
-        let mut report = match self.run_activation(old.as_ref(), &new, observer) {
-            Ok(r) => r,
-            Err(e) => return Err(self.after_failure(e, old.as_ref(), &new, options)),
-        };
-        report.generation = generation;
-        report.recovered = recovered;
-        match self.health_gate(&report.plan, &new.manifest) {
-            Ok(ready) => {
-                report.ready_ms = ready;
-                for (s, ms) in &report.ready_ms {
-                    observer.ready(s, Duration::from_millis(*ms as u64));
-                }
+        self.switch_to(old.as_ref(), &new, generation, options, observer)
+            .map(|mut report| {
+                report.recovered = recovered;
+                report
+            })
+    }
+
+    /// Runs the activation from `old` to `new`, gate included; on
+    /// success makes `generation` the default. The caller holds the lock.
+    fn switch_to(
+        &self,
+        old: Option<&System>,
+        new: &System,
+        generation: Option<u64>,
+        options: &Options,
+        observer: &dyn Observer,
+    ) -> Result<Report, Error> {
+        match self.run_activation(old, new, generation, observer) {
+            Ok(mut report) => {
+                report.generation = generation;
                 Ok(report)
             }
-            Err(failure) if options.rollback_on_failure => {
-                let rolled_back = match &old {
-                    Some(old) => {
-                        if let Some(g) = self.generation_of(&old.toplevel)? {
-                            self.set_default_generation(g)?;
-                        }
-                        self.run_activation(Some(&new), old, &Quiet).map(|_| ())
-                    }
-                    None => Ok(()),
-                };
-                Err(Error::NotReady {
-                    failure: Box::new(failure),
-                    rolled_back: old
-                        .as_ref()
-                        .map(|o| self.store().store_dir().full(&o.toplevel)),
-                    rollback_error: rolled_back.err().map(|e| e.to_string()),
-                })
-            }
-            Err(failure) => Err(Error::NotReady {
-                failure: Box::new(failure),
-                rolled_back: None,
-                rollback_error: None,
-            }),
+            Err(e) => Err(self.after_failure(e, old, new, options)),
         }
+    }
+
+    /// Host root must not activate a machine whose container a user
+    /// started in a user namespace: that machine's files belong to the
+    /// user, who is root inside it and can plant what root outside would
+    /// then trust. Its owner activates it.
+    fn check_operator(&self) -> Result<(), Error> {
+        if let Some(c) = self.container()? {
+            let owner = c.uid_map.first().map(|r| r.host);
+            let me = rustix::process::geteuid().as_raw();
+            if c.user_namespace && owner.is_some_and(|o| o != me) {
+                return Err(Error::Container {
+                    root: self.root().to_owned(),
+                    reason: format!(
+                        "its container runs in a user namespace started by uid {}: activate it as that user",
+                        owner.unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// What an activation that failed part way (a step, a service
@@ -333,36 +345,31 @@ impl Machine {
         options: &Options,
     ) -> Error {
         let rolled_back = match old {
-            Some(old) if options.rollback_on_failure => {
-                let back = self
-                    .generation_of(&old.toplevel)
-                    .and_then(|g| match g {
-                        Some(g) => self.set_default_generation(g),
-                        None => Ok(()),
-                    })
-                    .and_then(|()| self.run_activation(Some(new), old, &Quiet).map(|_| ()));
-                Some(back.map(|()| self.store().store_dir().full(&old.toplevel)))
-            }
+            Some(old) if options.rollback_on_failure => Some(
+                self.run_activation(Some(new), old, None, &Quiet)
+                    .map(|_| self.store().store_dir().full(&old.toplevel)),
+            ),
             _ => {
                 let _ = crate::fs::remove_file(&self.journal_file());
+                let _ = self.store().remove_root("activating");
                 None
             }
         };
-        match rolled_back {
-            None => Error::Failed {
-                source: Box::new(e),
-                rolled_back: None,
-                rollback_error: None,
+        let (rolled_back, rollback_error) = match rolled_back {
+            None => (None, None),
+            Some(Ok(to)) => (Some(to), None),
+            Some(Err(r)) => (None, Some(r.to_string())),
+        };
+        match e {
+            Error::NotReady { failure, .. } => Error::NotReady {
+                failure,
+                rolled_back,
+                rollback_error,
             },
-            Some(Ok(to)) => Error::Failed {
+            e => Error::Failed {
                 source: Box::new(e),
-                rolled_back: Some(to),
-                rollback_error: None,
-            },
-            Some(Err(r)) => Error::Failed {
-                source: Box::new(e),
-                rolled_back: None,
-                rollback_error: Some(r.to_string()),
+                rolled_back,
+                rollback_error,
             },
         }
     }
@@ -391,14 +398,14 @@ impl Machine {
             });
         };
         let number = target.number;
-        let toplevel = self.store().store_dir().full(&target.toplevel);
-        let options = Options {
-            allow_downgrade: true,
-            ..options.clone()
-        };
-        let mut report = self.activate(&toplevel, Mode::Test, &options, observer)?;
-        self.set_default_generation(number)?;
-        report.generation = Some(number);
+        let toplevel = target.toplevel.clone();
+        let _lock = self.lock("rollback", options.lock_wait)?;
+        self.check_operator()?;
+        let recovered = self.recover_or_give_up(observer);
+        let new = self.system_at(&toplevel)?;
+        let old = self.running_system()?;
+        let mut report = self.switch_to(old.as_ref(), &new, Some(number), options, observer)?;
+        report.recovered = recovered;
         Ok(report)
     }
 
@@ -413,16 +420,24 @@ impl Machine {
             Some(f) => Some(self.system(f)?),
             None => None,
         };
-        let report = self.run_activation(old.as_ref(), &new, observer)?;
-        // Finished means running: what it started must be ready too.
-        if let Err(failure) = self.health_gate(&report.plan, &new.manifest) {
-            return Err(Error::NotReady {
-                failure: Box::new(failure),
-                rolled_back: None,
-                rollback_error: None,
-            });
-        }
+        // Gate included: finished means running and ready.
+        self.run_activation(old.as_ref(), &new, j.generation, observer)?;
         Ok(Some(j.to))
+    }
+
+    /// Finishes an interrupted activation before a new one; if it cannot
+    /// be finished, gives it up (the new activation plans from what runs,
+    /// and every step is idempotent), so that one broken activation does
+    /// not block every later one. What happened, for the report.
+    fn recover_or_give_up(&self, observer: &dyn Observer) -> Option<String> {
+        match self.recover(observer) {
+            Ok(done) => done.map(|t| format!("finished the interrupted activation of {t}")),
+            Err(e) => {
+                let _ = crate::fs::remove_file(&self.journal_file());
+                let _ = self.store().remove_root("activating");
+                Some(format!("gave up the interrupted activation: {e}"))
+            }
+        }
     }
 
     /// Finishes an interrupted activation, if the journal holds one:
@@ -455,21 +470,13 @@ impl Machine {
         Ok(Some(n))
     }
 
-    fn generation_of(&self, toplevel: &StorePath) -> Result<Option<u64>, Error> {
-        Ok(self
-            .generations()?
-            .iter()
-            .rev()
-            .find(|g| &g.toplevel == toplevel)
-            .map(|g| g.number))
-    }
-
     /// Plans from `old` to `new` against what runs, journals, and runs
     /// every step. The caller holds the lock.
     fn run_activation(
         &self,
         old: Option<&System>,
         new: &System,
+        generation: Option<u64>,
         observer: &dyn Observer,
     ) -> Result<Report, Error> {
         let dir = self.store().store_dir().clone();
@@ -487,7 +494,16 @@ impl Machine {
             from: old.map(|s| dir.full(&s.toplevel)),
             to: dir.full(&new.toplevel),
             done: Vec::new(),
+            generation,
         };
+        // The target stays alive while the journal names it, whether or
+        // not a generation does (`test`).
+        self.store()
+            .add_root("activating", &new.toplevel)
+            .map_err(|source| Error::Store {
+                root: self.root().to_owned(),
+                source: Box::new(source),
+            })?;
         self.write_journal(&journal)?;
         observer.planned(&plan);
         let services = self.services();
@@ -553,14 +569,31 @@ impl Machine {
             self.write_journal(&journal)?;
             observer.step_done(step);
         }
+        // The journal stays until the services are ready: a crash during
+        // the gate is finished (gate included) by the next activation,
+        // and a failed gate is rolled back by the caller.
+        let ready = self
+            .health_gate(&plan, &new.manifest)
+            .map_err(|failure| Error::NotReady {
+                failure: Box::new(failure),
+                rolled_back: None,
+                rollback_error: None,
+            })?;
+        for (s, ms) in &ready {
+            observer.ready(s, Duration::from_millis(*ms as u64));
+        }
+        if let Some(n) = generation {
+            self.set_default_generation(n)?;
+        }
         let file = self.journal_file();
-        std::fs::remove_file(&file).map_err(io_err("remove", &file))?;
+        crate::fs::remove_file(&file)?;
         crate::fs::sync_parent(&file)?;
+        let _ = self.store().remove_root("activating");
         Ok(Report {
             plan,
-            generation: None,
+            generation,
             backups,
-            ready_ms: BTreeMap::new(),
+            ready_ms: ready,
             recovered: None,
         })
     }
@@ -588,6 +621,24 @@ impl Machine {
         env: &[(&str, &str)],
     ) -> Result<(Option<i32>, String), Error> {
         let (r, w) = std::io::pipe().map_err(io_err("create a pipe for", self.root()))?;
+        // Read while it runs: a command that prints more than a pipe holds
+        // would otherwise wait on us while we wait on it. Kept to the last
+        // 1 MiB, which is all a report shows.
+        let reader = std::thread::spawn(move || {
+            let mut r = r;
+            let mut kept: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 1 << 20 {
+                    kept.drain(..kept.len() - (1 << 20));
+                }
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        });
         let status = if self.root() == Path::new("/") {
             let mut cmd = std::process::Command::new(&argv[0]);
             cmd.args(&argv[1..])
@@ -619,9 +670,7 @@ impl Machine {
                 [OwnedFd::from(null), OwnedFd::from(w), OwnedFd::from(err)],
             )?
         };
-        let mut out = String::new();
-        let mut r = r;
-        let _ = r.read_to_string(&mut out);
+        let out = reader.join().unwrap_or_default();
         Ok((status.code(), out))
     }
 

@@ -279,12 +279,13 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, IoError> {
     match rustix::fs::openat(
         &dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        // Non-blocking: a FIFO planted there must not hang the open.
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
         Ok(fd) => {
             let mut bytes = Vec::new();
-            io::Read::read_to_end(&mut fs::File::from(fd), &mut bytes)
+            io::Read::read_to_end(&mut regular(fd, path)?, &mut bytes)
                 .map_err(io_err("read", path))?;
             Ok(Some(bytes))
         }
@@ -356,17 +357,49 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> Result<(), IoError> {
     .map_err(|e| io_err("change the owner of", path)(e.into()))
 }
 
+/// Opens `path` to read and write, creating it: a lock file. A symlink
+/// is refused, and so is anything but a regular file.
+pub fn open_lock_file(path: &Path) -> Result<fs::File, IoError> {
+    let (dir, name) = parent(path)?;
+    let fd = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| io_err("open", path)(e.into()))?;
+    regular(fd, path)
+}
+
+/// `fd` as a file if it is a regular one (not a FIFO a reader would
+/// block on, not a device).
+fn regular(fd: OwnedFd, path: &Path) -> Result<fs::File, IoError> {
+    let st = rustix::fs::fstat(&fd).map_err(|e| io_err("look at", path)(e.into()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io_err("open", path)(io::Error::other("not a regular file")));
+    }
+    Ok(fs::File::from(fd))
+}
+
 /// Opens `path` to append to it, creating it; a symlink is refused.
 pub fn open_append(path: &Path) -> Result<fs::File, IoError> {
     let (dir, name) = parent(path)?;
-    rustix::fs::openat(
+    let fd = rustix::fs::openat(
         &dir,
         name,
-        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::WRONLY
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
     )
-    .map(fs::File::from)
-    .map_err(|e| io_err("open", path)(e.into()))
+    .map_err(|e| io_err("open", path)(e.into()))?;
+    let f = regular(fd, path)?;
+    // Blocking again for the writer that inherits it.
+    rustix::fs::fcntl_setfl(&f, OFlags::APPEND).map_err(|e| io_err("open", path)(e.into()))?;
+    Ok(f)
 }
 
 /// Whether a process reads the FIFO at `path` (opening it for writing

@@ -168,6 +168,8 @@ impl Machine {
     /// nor the running one; returns the numbers deleted. Their toplevels
     /// stop being roots: the next collection may take them.
     pub fn delete_generations(&self, keep: Keep) -> Result<Vec<u64>, Error> {
+        // Not while an activation picks its generation.
+        let _lock = self.lock("delete-generations", Some(Duration::from_secs(600)))?;
         let all = self.generations()?;
         let default = self.default_generation()?;
         let running = self.current_system()?;
@@ -235,23 +237,35 @@ impl Machine {
         }
     }
 
-    /// What runs now: `ROOT/run/current-system`.
+    /// What runs now. Read from activation's own record (in the store's
+    /// state, which the machine cannot write), not from the
+    /// `ROOT/run/current-system` link it publishes for tools.
     pub fn current_system(&self) -> Result<Option<StorePath>, Error> {
-        self.link_target(&self.path("/run/current-system"))
+        self.link_target(&self.state_dir().join("current-system"))
     }
 
-    /// What the machine booted: `ROOT/run/booted-system`.
+    /// What the machine booted (published as `ROOT/run/booted-system`).
     pub fn booted_system(&self) -> Result<Option<StorePath>, Error> {
-        self.link_target(&self.path("/run/booted-system"))
+        self.link_target(&self.state_dir().join("booted-system"))
     }
 
-    /// Points `ROOT/run/<name>` (`current-system` or `booted-system`) at
-    /// `toplevel`: what the engine records once a system runs or booted,
-    /// and what a deploy tool reads to ask a machine what it runs.
+    /// Records `toplevel` as `name` (`current-system` or
+    /// `booted-system`): in activation's record, and as `ROOT/run/<name>`
+    /// for a deploy tool to read what the machine runs. What runs now is
+    /// a root of the store, generation or not.
     pub fn set_run_link(&self, name: &str, toplevel: &StorePath) -> Result<(), Error> {
+        let target = self.store().store_dir().full(toplevel);
+        if name == "current-system" {
+            self.store()
+                .add_root(name, toplevel)
+                .map_err(|source| Error::Store {
+                    root: self.root().to_owned(),
+                    source: Box::new(source),
+                })?;
+        }
+        replace_symlink(Path::new(&target), &self.state_dir().join(name))?;
         let run = self.path("/run");
         create_dirs(&run)?;
-        let target = self.store().store_dir().full(toplevel);
         replace_symlink(Path::new(&target), &run.join(name))?;
         Ok(())
     }

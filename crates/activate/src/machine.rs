@@ -191,13 +191,7 @@ impl Machine {
     /// when `wait`, else fails naming it.
     pub fn lock(&self, what: &str, wait: Option<Duration>) -> Result<ActivationLock, Error> {
         let path = self.state_dir().join("lock");
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
+        let mut file = crate::fs::open_lock_file(&path)?;
         let deadline = wait.map(|w| Instant::now() + w);
         loop {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
@@ -261,7 +255,32 @@ pub fn parse_manifest(text: &str) -> Result<Manifest, String> {
             v.version
         ));
     }
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    let m: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    // Names become paths on the machine: the evaluator checks them, and
+    // so does the engine, which must not trust a manifest it did not
+    // make.
+    let plain = |n: &str| !n.is_empty() && !n.starts_with('.') && !n.contains(['/', '\0']);
+    for name in m.services.keys().chain(m.activation.steps.keys()) {
+        if !plain(name) {
+            return Err(format!(
+                "`{}` cannot name a service or step",
+                name.escape_debug()
+            ));
+        }
+    }
+    for path in m.etc.keys() {
+        let ok = !path.starts_with('/')
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+        if !ok {
+            return Err(format!(
+                "`etc.{}` is not a path below /etc",
+                path.escape_debug()
+            ));
+        }
+    }
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -281,5 +300,9 @@ mod tests {
             .contains("no format version"));
         let ok = parse_manifest(r#"{"version": 1, "name": "web1"}"#).unwrap();
         assert_eq!(ok.name, "web1");
+        let escape = r#"{"version": 1, "name": "x", "etc": {"../../root/.ssh/authorized_keys": {"mode": "0444", "user": "root", "group": "root", "hash": "h"}}}"#;
+        assert!(parse_manifest(escape)
+            .unwrap_err()
+            .contains("not a path below /etc"));
     }
 }

@@ -114,6 +114,22 @@ unsafe fn reset_signals() {
     libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
 }
 
+/// Marks every descriptor above the standard three close-on-exec: none
+/// of the host's may reach a program inside (Rust opens everything
+/// close-on-exec, but a library or an embedder may not have).
+///
+/// # Safety
+///
+/// Only in a child after `clone`, just before `execve`.
+unsafe fn close_the_rest() {
+    libc::syscall(
+        libc::SYS_close_range,
+        3 as libc::c_uint,
+        libc::c_uint::MAX,
+        libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+    );
+}
+
 /// Runs `op`; `false` with `errno` set when it fails.
 ///
 /// # Safety
@@ -232,6 +248,7 @@ pub(super) unsafe fn boot(b: &Boot) -> ! {
     {
         fail(b.report_fd, step::STDIO);
     }
+    close_the_rest();
     reset_signals();
     libc::execve(b.program.as_ptr(), b.argv.as_ptr(), b.envp.as_ptr());
     fail(b.report_fd, step::EXEC)
@@ -246,6 +263,9 @@ pub(super) unsafe fn boot(b: &Boot) -> ! {
 /// Only in the child of a fork-like `clone` of a process whose `e` was
 /// prepared before it.
 pub(super) unsafe fn enter(e: &Enter) -> ! {
+    // Not dumpable: a process inside must not be able to ptrace this one,
+    // which still holds descriptors of the host, once it joins.
+    libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong);
     for fd in &e.namespaces {
         if libc::setns(*fd, 0) != 0 {
             fail(e.report_fd, step::SETNS);
@@ -272,6 +292,7 @@ pub(super) unsafe fn enter(e: &Enter) -> ! {
         {
             fail(e.report_fd, step::STDIO);
         }
+        close_the_rest();
         reset_signals();
         for p in &e.programs {
             libc::execve(p.as_ptr(), e.argv.as_ptr(), e.envp.as_ptr());
@@ -287,9 +308,14 @@ pub(super) unsafe fn enter(e: &Enter) -> ! {
     if libc::WIFEXITED(status) {
         libc::_exit(libc::WEXITSTATUS(status))
     }
-    // Killed by a signal: die of it too, so the caller sees the same.
+    // Killed by a signal: die of it too, so the caller sees the same
+    // (the signal is blocked since the clone: unblock it first).
     let sig = libc::WTERMSIG(status);
     libc::signal(sig, libc::SIG_DFL);
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigaddset(&mut set, sig);
+    libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     libc::kill(libc::getpid(), sig);
     libc::_exit(128 + sig)
 }
@@ -312,6 +338,18 @@ pub(super) unsafe fn probe_tcp(namespaces: &[RawFd], port: u16) -> ! {
     if sock < 0 {
         libc::_exit(2);
     }
+    // A listener with a full backlog must not hold the probe for minutes.
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    libc::setsockopt(
+        sock,
+        libc::SOL_SOCKET,
+        libc::SO_SNDTIMEO,
+        (&timeout as *const libc::timeval).cast(),
+        std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+    );
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),

@@ -154,8 +154,11 @@ fn to_host(userns: bool, map: &[IdRange], id: u32) -> Option<u32> {
 }
 
 impl Machine {
+    /// In the store's state, which the machine cannot write: a record a
+    /// machine could forge would make the host enter any process's
+    /// namespaces.
     fn container_record(&self) -> PathBuf {
-        self.path("/run/bigtop/container.json")
+        self.state_dir().join("container.json")
     }
 
     /// The container running this machine, if one does.
@@ -168,7 +171,19 @@ impl Machine {
             path: file.clone(),
             reason: e.to_string(),
         })?;
-        Ok(alive(c.pid, c.start_ticks).then_some(c))
+        // Its init, still, and rooted at this machine's root (a pid
+        // reused by another process fails one or the other).
+        let same_root = || {
+            use std::os::unix::fs::MetadataExt;
+            let (Ok(inside), Ok(root)) = (
+                fs::metadata(format!("/proc/{}/root", c.pid)),
+                fs::metadata(self.root()),
+            ) else {
+                return false;
+            };
+            (inside.dev(), inside.ino()) == (root.dev(), root.ino())
+        };
+        Ok((alive(c.pid, c.start_ticks) && same_root()).then_some(c))
     }
 
     /// Boots the machine as a container: returns once its init runs and
@@ -277,10 +292,20 @@ impl Machine {
                 ),
             });
         }
+        let Some(ticks) = start_ticks(pid) else {
+            kill_and_reap(pid);
+            return Err(Error::Container {
+                root: self.root().to_owned(),
+                reason: format!(
+                    "its init (pid {pid}) ended at once: see `{}`",
+                    self.path("/var/log/container.log").display()
+                ),
+            });
+        };
         let container = Container {
             name,
             pid,
-            start_ticks: start_ticks(pid).unwrap_or(0),
+            start_ticks: ticks,
             network: options.network,
             started: crate::time::rfc3339(std::time::SystemTime::now()),
             user_namespace: unprivileged,
@@ -297,6 +322,8 @@ impl Machine {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !crate::fs::fifo_has_reader(&control) {
             if !alive(pid, container.start_ticks) || Instant::now() > deadline {
+                kill_and_reap(pid);
+                let _ = crate::fs::remove_file(&self.container_record());
                 return Err(Error::Container {
                     root: self.root().to_owned(),
                     reason: format!(
@@ -341,6 +368,8 @@ impl Machine {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        // Dead now; a zombie of ours until reaped.
+        reap_if_child(c.pid);
         let _ = fs::remove_file(self.container_record());
         Ok(true)
     }
@@ -900,7 +929,7 @@ fn start_ticks(pid: u32) -> Option<u64> {
 }
 
 fn alive(pid: u32, start: u64) -> bool {
-    matches!(stat(pid), Some((t, false)) if t == start || start == 0)
+    matches!(stat(pid), Some((t, false)) if t == start)
 }
 
 /// Where `name` is on this host's `PATH`.

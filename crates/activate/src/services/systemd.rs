@@ -192,11 +192,13 @@ impl Backend for Systemd {
 
     fn wait_up_all(&self, names: &[&str], timeout: Duration) -> Result<bool, Error> {
         let deadline = Instant::now() + timeout;
+        // One unit a call: `is-active A B` succeeds when any one is.
         let units: Vec<String> = names.iter().map(|n| unit(n)).collect();
-        let mut args = vec!["is-active", "--quiet"];
-        args.extend(units.iter().map(String::as_str));
         loop {
-            if self.systemctl(&args).is_ok() {
+            let all = units
+                .iter()
+                .all(|u| self.systemctl(&["is-active", "--quiet", u]).is_ok());
+            if all {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
