@@ -308,6 +308,13 @@ impl RuntimeClosure {
         &self.paths
     }
 
+    /// Whether a path named `name` (or `name-<version>`) is in it.
+    pub fn contains_named(&self, name: &str) -> bool {
+        self.paths
+            .iter()
+            .any(|p| bigtop_eval::closure::is_named(p.name(), name))
+    }
+
     /// Sorted names (the part after the hash), one a line: a snapshot that
     /// changes only when what a machine receives does.
     pub fn render_names(&self) -> String {

@@ -5,6 +5,10 @@
 //! derivation and every source, reached through inputs. It renders as
 //! stable, sorted text for `insta` snapshots (with or without the hashes),
 //! and answers "why does this need that" with the chain of derivations.
+//! Every query counts sources as well as derivations: a toolchain that
+//! enters as an imported tree (the host bootstrap) is in the closure as
+//! much as one built from source, and a test that excludes it must see
+//! it.
 //!
 //! ```
 //! use bigtop_eval::closure::BuildClosure;
@@ -16,7 +20,7 @@
 //! let closure = BuildClosure::of([&app]);
 //! assert_eq!(closure.render_names(), "app\ngcc-13\n");
 //! let why = closure.why("gcc-13").expect("it is in");
-//! assert_eq!(why.iter().map(|d| d.name()).collect::<Vec<_>>(), ["app", "gcc-13"]);
+//! assert_eq!(why.iter().map(|n| n.name()).collect::<Vec<_>>(), ["app", "gcc-13"]);
 //! assert!(closure.check_excludes("gcc").is_err());
 //! # Ok::<(), bigtop_eval::Error>(())
 //! ```
@@ -66,16 +70,26 @@ impl BuildClosure {
         self.sources.values()
     }
 
-    /// Whether a derivation named `name` (exactly, or `name-<version>`)
-    /// is in it.
+    /// Whether a derivation or source named `name` (exactly, or
+    /// `name-<version>`) is in it.
     pub fn contains_named(&self, name: &str) -> bool {
         self.drvs.iter().any(|d| is_named(d.name(), name))
+            || self
+                .sources
+                .values()
+                .any(|s| is_named(s.path().name(), name))
     }
 
-    /// Sorted derivation names, one a line: a snapshot that changes only
-    /// when what is built changes, not when a hash does.
+    /// Sorted names of its derivations and sources, one a line: a
+    /// snapshot that changes only when what is built or imported changes,
+    /// not when a hash does.
     pub fn render_names(&self) -> String {
-        let names: BTreeSet<&str> = self.drvs.iter().map(|d| d.name()).collect();
+        let names: BTreeSet<&str> = self
+            .drvs
+            .iter()
+            .map(|d| d.name())
+            .chain(self.sources.values().map(|s| s.path().name()))
+            .collect();
         names.into_iter().fold(String::new(), |mut s, n| {
             s.push_str(n);
             s.push('\n');
@@ -103,47 +117,92 @@ impl BuildClosure {
         s
     }
 
-    /// A shortest chain from a root to a derivation named `name`: why
-    /// the closure holds it (what `nix why-depends` prints).
-    pub fn why(&self, name: &str) -> Option<Vec<Drv>> {
-        // The derivations as a graph of their `.drv` paths, searched by
-        // the store's why-depends: inputs are visited in path order, as
-        // a derivation keeps them.
-        let by_path: BTreeMap<&StorePath, &Drv> =
-            self.drvs.iter().map(|d| (d.drv_path(), d)).collect();
-        let graph = ReferenceGraph::new_lenient(self.drvs.iter().map(|d| {
-            let inputs = d.input_derivations().iter().map(|i| i.drv_path().clone());
-            (d.drv_path().clone(), inputs)
-        }));
+    /// A shortest chain from a root to a derivation or source named
+    /// `name`: why the closure holds it (what `nix why-depends` prints).
+    pub fn why(&self, name: &str) -> Option<Vec<Node>> {
+        // Derivations and sources as one graph of their paths, searched
+        // by the store's why-depends: inputs are visited in path order,
+        // as a derivation keeps them.
+        let mut nodes: BTreeMap<&StorePath, Node> = self
+            .drvs
+            .iter()
+            .map(|d| (d.drv_path(), Node::Drv(d.clone())))
+            .collect();
+        nodes.extend(
+            self.sources
+                .iter()
+                .map(|(p, src)| (p, Node::Source(src.clone()))),
+        );
+        let graph = ReferenceGraph::new_lenient(
+            self.drvs
+                .iter()
+                .map(|d| {
+                    let inputs = d
+                        .input_derivations()
+                        .iter()
+                        .map(|i| i.drv_path().clone())
+                        .chain(d.input_sources().iter().map(|s| s.path().clone()))
+                        .collect::<Vec<_>>();
+                    (d.drv_path().clone(), inputs)
+                })
+                .chain(self.sources.keys().map(|p| (p.clone(), Vec::new()))),
+        );
         let chain = graph
             .shortest_chain(self.roots.iter().map(Drv::drv_path), |p| {
-                by_path.get(p).is_some_and(|d| is_named(d.name(), name))
+                nodes.get(p).is_some_and(|n| is_named(n.name(), name))
             })
             // Every root is in its own closure.
             .ok()
             .flatten()?;
-        Some(chain.iter().map(|p| by_path[p].clone()).collect())
+        Some(chain.iter().map(|p| nodes[p].clone()).collect())
     }
 
-    /// `Ok` if no derivation named `name` is in it; otherwise the chain
-    /// that pulls it in, rendered.
+    /// `Ok` if no derivation or source named `name` is in it; otherwise
+    /// the chain that pulls it in, rendered.
     pub fn check_excludes(&self, name: &str) -> Result<(), String> {
         match self.why(name) {
             None => Ok(()),
             Some(chain) => Err(chain_message(
                 &format!("the closure contains `{name}`, needed through"),
-                chain
-                    .iter()
-                    .map(|d| format!("{} ({})", d.name(), d.drv_path())),
+                chain.iter().map(|n| format!("{} ({})", n.name(), n.path())),
             )),
         }
     }
 
-    /// Panics, printing why, if a derivation named `name` is in it.
+    /// Panics, printing why, if a derivation or source named `name` is
+    /// in it.
     #[track_caller]
     pub fn assert_excludes(&self, name: &str) {
         if let Err(why) = self.check_excludes(name) {
             panic!("{why}");
+        }
+    }
+}
+
+/// A step of a chain through a build closure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A derivation.
+    Drv(Drv),
+    /// A source (files imported into the store, as the bootstrap's
+    /// tools are).
+    Source(Source),
+}
+
+impl Node {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        match self {
+            Node::Drv(d) => d.name(),
+            Node::Source(s) => s.path().name(),
+        }
+    }
+
+    /// Its path: the `.drv`'s, or the source's.
+    pub fn path(&self) -> &StorePath {
+        match self {
+            Node::Drv(d) => d.drv_path(),
+            Node::Source(s) => s.path(),
         }
     }
 }

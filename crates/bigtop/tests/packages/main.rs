@@ -62,15 +62,28 @@ fn a_c_program_and_its_library_build_in_the_sandbox_and_run() -> Result {
     let boot = bigtop::bootstrap::host(&platform)?;
     let (greet, hello) = greet_and_hello(&boot.stdenv)?;
 
-    // Before building: the build closure holds the bootstrap's source and
-    // both packages (and the builder script), nothing else.
+    // Before building: the build closure holds the bootstrap's tools,
+    // both packages and their source trees (and the builder script),
+    // nothing else.
     let closure = BuildClosure::of([&hello]);
     assert_eq!(
         closure.render_names(),
-        "bigtop-setup.sh\ngreet-1.0\nhello-1.0\n"
+        "bigtop-setup.sh\nbootstrap-tools\ngreet\ngreet-1.0\nhello\nhello-1.0\n"
     );
     assert!(closure.sources().any(|s| s == &boot.tools));
     closure.assert_excludes("openssl");
+    // Regression: the compiler enters as an imported source, not a
+    // derivation; closure checks used to look at derivations only and
+    // passed, vacuously.
+    assert!(closure.contains_named("bootstrap-tools"));
+    let err = closure.check_excludes("bootstrap-tools").unwrap_err();
+    assert!(
+        err.contains("hello-1.0") && err.contains("bootstrap-tools"),
+        "{err}"
+    );
+    let why = closure.why("bootstrap-tools").ok_or("the tools are in")?;
+    assert_eq!(why.first().map(|n| n.name()), Some("hello-1.0"));
+    assert_eq!(why.last().map(|n| n.path()), Some(boot.tools.path()));
 
     let built = bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&hello))?;
     assert_eq!(built.report.built, 3);
@@ -86,6 +99,7 @@ fn a_c_program_and_its_library_build_in_the_sandbox_and_run() -> Result {
     let runtime = RuntimeClosure::of(&store, &[hello.out().path().clone()])?;
     assert_eq!(runtime.render_names(), "greet-1.0\nhello-1.0\n");
     runtime.assert_excludes("bootstrap-tools");
+    assert!(runtime.contains_named("greet") && !runtime.contains_named("bootstrap-tools"));
     let why = runtime.why("greet").ok_or("greet is in")?;
     assert_eq!(
         why,
