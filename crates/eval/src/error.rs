@@ -38,6 +38,16 @@ pub enum Error {
         /// The outputs it has.
         have: String,
     },
+    /// A flag of a package holds a newline, which would split it.
+    #[error("package `{package}`: {kind} flag `{}` holds a newline: each flag is passed as one argument, and flags are separated by newlines", flag.escape_debug())]
+    BadFlag {
+        /// The package.
+        package: String,
+        /// `configure` or `make`.
+        kind: &'static str,
+        /// The flag.
+        flag: String,
+    },
     /// A derivation has no builder.
     #[error("derivation `{name}` has no builder")]
     NoBuilder {

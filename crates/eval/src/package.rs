@@ -276,13 +276,16 @@ impl Package {
         self
     }
 
-    /// Adds a flag for `./configure`.
+    /// Adds a flag for `./configure`: one argument, spaces and all.
     pub fn configure_flag(mut self, flag: impl Into<Str>) -> Self {
         self.configure_flags.push(flag.into());
         self
     }
 
-    /// Adds a flag for every `make`.
+    /// Adds a flag for every `make`: one argument, spaces and all
+    /// (`EXTRA_CFLAGS=-DA -Werror=x`). In a phase of your own, split
+    /// `$makeFlags` on newlines only (`IFS=<newline>; set -f`), as the
+    /// default phases do.
     pub fn make_flag(mut self, flag: impl Into<Str>) -> Self {
         self.make_flags.push(flag.into());
         self
@@ -358,15 +361,26 @@ impl Package {
         if self.check {
             d = d.env("doCheck", "1");
         }
-        let lists = [
-            ("configureFlags", &self.configure_flags),
-            ("makeFlags", &self.make_flags),
-            ("patches", &self.patches),
-        ];
-        for (var, list) in lists {
-            if !list.is_empty() {
-                d = d.env(var, Str::join(list, " "));
+        // One flag a line: `setup.sh` splits these on newlines only, so a
+        // flag with spaces (`EXTRA_CFLAGS=-DA -Werror=x`) reaches the tool
+        // as one argument.
+        for (var, kind, list) in [
+            ("configureFlags", "configure", &self.configure_flags),
+            ("makeFlags", "make", &self.make_flags),
+        ] {
+            if let Some(bad) = list.iter().find(|f| f.as_str().contains('\n')) {
+                return Err(Error::BadFlag {
+                    package: self.full_name(),
+                    kind,
+                    flag: bad.as_str().to_owned(),
+                });
             }
+            if !list.is_empty() {
+                d = d.env(var, Str::join(list, "\n"));
+            }
+        }
+        if !self.patches.is_empty() {
+            d = d.env("patches", Str::join(&self.patches, " "));
         }
         for (phase, script) in &self.phases {
             d = d.env(phase.variable(), script.clone());

@@ -40,9 +40,15 @@ defaultPatch() {
     done
 }
 
+# $configureFlags and $makeFlags hold one flag a line: the subshells
+# below split them on newlines only, and glob nothing, so that each flag
+# is one argument however many spaces it holds.
+NL='
+'
+
 defaultConfigure() {
     if [ -x ./configure ]; then
-        ./configure --prefix="$out" ${configureFlags:-}
+        (IFS=$NL; set -f; exec ./configure --prefix="$out" ${configureFlags:-})
     fi
 }
 
@@ -52,19 +58,19 @@ hasMakefile() {
 
 defaultBuild() {
     if hasMakefile; then
-        make -j"${BIGTOP_BUILD_CORES:-1}" ${makeFlags:-}
+        (IFS=$NL; set -f; exec make -j"${BIGTOP_BUILD_CORES:-1}" ${makeFlags:-})
     fi
 }
 
 defaultCheck() {
     if [ "${doCheck:-}" = 1 ] && hasMakefile; then
-        make check ${makeFlags:-}
+        (IFS=$NL; set -f; exec make check ${makeFlags:-})
     fi
 }
 
 defaultInstall() {
     if hasMakefile; then
-        make install PREFIX="$out" prefix="$out" ${makeFlags:-} ${installFlags:-}
+        (IFS=$NL; set -f; exec make install PREFIX="$out" prefix="$out" ${makeFlags:-} ${installFlags:-})
     fi
 }
 

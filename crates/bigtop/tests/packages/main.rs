@@ -298,3 +298,59 @@ fn the_packages_example_builds_runs_and_then_builds_nothing() -> Result {
     assert!(second.contains("built 0 derivations"), "{second}");
     Ok(())
 }
+
+/// Regression: `make_flag("EXTRA_CFLAGS=-DA -Werror=x")` reached make as
+/// two words (`$makeFlags` was split at spaces), the second taken for a
+/// make option. Each flag is one argument, for configure and make alike.
+#[test]
+fn a_flag_with_spaces_reaches_the_tool_as_one_argument() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (store, platform) = store(tmp.path())?;
+    let boot = bigtop::bootstrap::host(&platform)?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src)?;
+    std::fs::write(
+        src.join("configure"),
+        "#!/bin/sh\nfor a in \"$@\"; do printf '[%s]\\n' \"$a\"; done > configure-args\n",
+    )?;
+    std::fs::set_permissions(
+        src.join("configure"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::write(
+        src.join("Makefile"),
+        "all:\n\tprintf '[%s]\\n' '$(EXTRA_CFLAGS)' '$(MODE)' > make-args\n\
+         install:\n\tmkdir -p $(PREFIX)\n\tcp configure-args make-args $(PREFIX)/\n",
+    )?;
+    let pkg = Package::new("flags")
+        .src(&SourceBuilder::new(&src).build(&platform)?)
+        .configure_flag("--with-x=a b")
+        .configure_flag("--enable-y")
+        .make_flag("EXTRA_CFLAGS=-DA -Werror=x")
+        .make_flag("MODE=*")
+        .build(&boot.stdenv)?;
+    let built = bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&pkg))?;
+    let out = store.physical(&built.path(&pkg.out())?);
+    assert_eq!(
+        std::fs::read_to_string(out.join("configure-args"))?,
+        format!(
+            "[--prefix={}]\n[--with-x=a b]\n[--enable-y]\n",
+            store.store_dir().full(&built.path(&pkg.out())?)
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("make-args"))?,
+        "[-DA -Werror=x]\n[*]\n"
+    );
+    // A flag that a newline would split is refused, naming it.
+    let e = Package::new("bad")
+        .make_flag("A=1\nB=2")
+        .build(&boot.stdenv)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("make flag `A=1\\nB=2` holds a newline"),
+        "{e}"
+    );
+    Ok(())
+}
