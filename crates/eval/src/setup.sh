@@ -11,7 +11,17 @@ for p in $stdenvTools $buildInputs $runtimeInputs; do
     [ -d "$p/include" ] && CPATH="${CPATH:+$CPATH:}$p/include"
     [ -d "$p/lib" ] && LIBRARY_PATH="${LIBRARY_PATH:+$LIBRARY_PATH:}$p/lib"
 done
-export PATH CPATH LIBRARY_PATH
+# The run path of what links here, unless the link names its own
+# (`-rpath`): the package's own libraries, then each input's. GNU ld reads
+# it, so a program linking a library of another package finds it at run
+# time, and the reference scanner finds that package in its output.
+if [ -z "${LD_RUN_PATH+set}" ]; then
+    LD_RUN_PATH="$out/lib"
+    for p in $buildInputs $runtimeInputs; do
+        [ -d "$p/lib" ] && LD_RUN_PATH="$LD_RUN_PATH:$p/lib"
+    done
+fi
+export PATH CPATH LIBRARY_PATH LD_RUN_PATH
 
 defaultUnpack() {
     [ -n "${src:-}" ] || return 0

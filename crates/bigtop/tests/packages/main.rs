@@ -354,3 +354,49 @@ fn a_flag_with_spaces_reaches_the_tool_as_one_argument() -> Result {
     );
     Ok(())
 }
+
+/// Regression: a program linking a library of another package without
+/// naming a run path built, then failed at run time (`libgreet.so: cannot
+/// open shared object file`), and its runtime closure lacked the
+/// library. The package builder gives every link the run path of its
+/// inputs' libraries.
+#[test]
+fn a_program_linking_an_inputs_library_finds_it_at_run_time() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (store, platform) = store(tmp.path())?;
+    let boot = bigtop::bootstrap::host(&platform)?;
+    let (greet, _) = greet_and_hello(&boot.stdenv)?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src)?;
+    std::fs::copy(examples().join("hello/hello.c"), src.join("hello.c"))?;
+    // No `-rpath`: the library is found at link time through
+    // LIBRARY_PATH, and nothing names it for run time.
+    std::fs::write(
+        src.join("Makefile"),
+        "hello: hello.c\n\t$(CC) -O2 -o $@ hello.c -lgreet\n\
+         install: hello\n\tmkdir -p $(PREFIX)/bin\n\tcp hello $(PREFIX)/bin/\n",
+    )?;
+    let hello = Package::new("plain-hello")
+        .src(&SourceBuilder::new(&src).build(&platform)?)
+        .build_input(&greet)
+        .build(&boot.stdenv)?;
+    let built = bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&hello))?;
+    let exe = store.physical(&built.path(&hello.out())?).join("bin/hello");
+    let out = std::process::Command::new(&exe).arg("rpath").output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        "Hello, rpath, from libgreet!\n"
+    );
+    let runtime = RuntimeClosure::of(&store, &[hello.out().path().clone()])?;
+    assert!(
+        runtime.contains_named("greet"),
+        "{}",
+        runtime.render_names()
+    );
+    Ok(())
+}
