@@ -95,6 +95,23 @@ fn parent(path: &Path) -> Result<(OwnedFd, &OsStr), IoError> {
     Ok((open_dir(dir)?, name))
 }
 
+/// Creates the temporary file `path` is written under, in `dir` (its
+/// directory, opened), with `mode`; a leftover of an earlier crash is
+/// removed first.
+fn create_temp(dir: &OwnedFd, path: &Path, mode: u32) -> Result<(PathBuf, fs::File), IoError> {
+    let tmp_path = temp_name(path);
+    let tmp = tmp_path.file_name().expect("a file name");
+    let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+    let fd = rustix::fs::openat(
+        dir,
+        tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| io_err("create", &tmp_path)(e.into()))?;
+    Ok((tmp_path, fs::File::from(fd)))
+}
+
 /// Replaces `path` with `bytes` (mode `mode`): written to a temporary name,
 /// synced, renamed over it, and the directory synced, so that a crash
 /// leaves either the old file or the new one, never a torn one.
@@ -108,17 +125,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoError>
 /// services.
 pub fn write_volatile(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IoError> {
     let (dir, name) = parent(path)?;
-    let tmp_path = temp_name(path);
+    let (tmp_path, mut f) = create_temp(&dir, path, mode)?;
     let tmp = tmp_path.file_name().expect("a file name");
-    let _ = rustix::fs::unlinkat(&dir, tmp, AtFlags::empty());
-    let fd = rustix::fs::openat(
-        &dir,
-        tmp,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(mode),
-    )
-    .map_err(|e| io_err("create", &tmp_path)(e.into()))?;
-    let mut f = fs::File::from(fd);
     let written = f
         .write_all(bytes)
         .map_err(io_err("write", &tmp_path))
@@ -145,18 +153,9 @@ pub fn write_atomic_with<E: From<IoError>>(
     before_rename: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
     let (dir, name) = parent(path)?;
-    let tmp_path = temp_name(path);
-    let tmp = tmp_path.file_name().expect("a file name");
-    let _ = rustix::fs::unlinkat(&dir, tmp, AtFlags::empty());
     // Private until its owner is set; its mode comes last.
-    let fd = rustix::fs::openat(
-        &dir,
-        tmp,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| io_err("create", &tmp_path)(e.into()))?;
-    let mut f = fs::File::from(fd);
+    let (tmp_path, mut f) = create_temp(&dir, path, 0o600)?;
+    let tmp = tmp_path.file_name().expect("a file name");
     let written = f
         .write_all(bytes)
         .and_then(|()| f.sync_all())

@@ -235,16 +235,8 @@ impl Machine {
             log_fd: log.as_raw_fd(),
             dev_null: CString::new("/dev/null").expect("no NUL"),
             program: cstring(svscan.as_os_str())?,
-            argv: argv_c
-                .iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
-                .collect(),
-            envp: env_c
-                .iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
-                .collect(),
+            argv: pointers(&argv_c),
+            envp: pointers(&env_c),
         };
         let mut flags =
             libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
@@ -443,16 +435,8 @@ impl Machine {
             stderr: stderr.as_raw_fd(),
             report_fd: report_w.as_raw_fd(),
             programs,
-            argv: argv_c
-                .iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
-                .collect(),
-            envp: env_c
-                .iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
-                .collect(),
+            argv: pointers(&argv_c),
+            envp: pointers(&env_c),
         };
         let pid = fork_like(0, || {
             // SAFETY: the child of a fork-like clone; `enter` was
@@ -731,6 +715,16 @@ fn describe_step(boot: &Boot, step: u32) -> String {
             None => format!("step {i}"),
         },
     }
+}
+
+/// The null-terminated array of pointers `execve` takes; the strings
+/// must outlive it.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain([std::ptr::null()])
+        .collect()
 }
 
 fn cstring(s: &OsStr) -> Result<CString, Error> {

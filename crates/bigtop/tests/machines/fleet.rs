@@ -2,8 +2,6 @@
 //! restarts, what it reloads, what it leaves alone; and the quickstart,
 //! which does the same from a user's first command.
 
-use std::collections::BTreeMap;
-
 use bigtop::activate::engine::{Mode, Options, Quiet};
 use bigtop::activate::Machine;
 use bigtop::eval::drv::Platform;
@@ -11,7 +9,7 @@ use bigtop::eval::fleet::Fleet;
 use bigtop::eval::module::{force, Module};
 use bigtop::store::build::Builder;
 
-use crate::{definition, example, run_in, Booted, Result};
+use crate::{definition, example, pids, run_in, Booted, Result};
 
 fn build(fleet: &Fleet, m: &Machine) -> Result<String> {
     let machine = fleet
@@ -26,14 +24,6 @@ fn build(fleet: &Fleet, m: &Machine) -> Result<String> {
         std::slice::from_ref(&top.drv),
     )?;
     Ok(m.store().store_dir().full(&built.path(&top.drv.out())?))
-}
-
-fn pids(m: &Machine) -> Result<BTreeMap<String, u32>> {
-    Ok(m.services()
-        .states()?
-        .into_iter()
-        .filter_map(|(n, s)| Some((n, s.pid?)))
-        .collect())
 }
 
 fn get(m: &Machine, port: u16) -> Result<String> {

@@ -96,3 +96,12 @@ fn chain(e: &dyn Error) -> String {
     }
     out
 }
+
+/// The main process of each service of the machine.
+fn pids(m: &Machine) -> Result<std::collections::BTreeMap<String, u32>> {
+    Ok(m.services()
+        .states()?
+        .into_iter()
+        .filter_map(|(n, s)| Some((n, s.pid?)))
+        .collect())
+}

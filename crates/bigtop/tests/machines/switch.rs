@@ -9,7 +9,7 @@ use bigtop::activate::plan::ServiceAction;
 use bigtop::activate::Machine;
 use bigtop::eval::module::ModuleBuilder;
 
-use crate::{build, cmdline, run_in, Booted, Result};
+use crate::{build, cmdline, pids, run_in, Booted, Result};
 
 /// A tiny HTTP server on 127.0.0.1:`port`, in Perl (which every Debian
 /// has).
@@ -48,15 +48,6 @@ fn system(m: &mut ModuleBuilder, app_version: &str) {
         "system.services.proxy.reload",
         vec!["/bin/sh", "-c", "echo reloaded >> /var/log/proxy-reloads"],
     );
-}
-
-/// The main process id of each service.
-fn pids(m: &Machine) -> Result<BTreeMap<String, u32>> {
-    Ok(m.services()
-        .states()?
-        .into_iter()
-        .filter_map(|(n, s)| Some((n, s.pid?)))
-        .collect())
 }
 
 #[test]
