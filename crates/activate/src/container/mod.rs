@@ -189,6 +189,9 @@ impl Machine {
     /// Boots the machine as a container: returns once its init runs and
     /// supervises `/run/service` (services are started by activation).
     pub fn start_container(&self, options: &Options) -> Result<Container, Error> {
+        // One start at a time, and none during an activation: a second
+        // start would empty /run under the first.
+        let _lock = self.lock("container start", Some(Duration::from_secs(600)))?;
         if let Some(c) = self.container()? {
             return Err(Error::Container {
                 root: self.root().to_owned(),
@@ -333,6 +336,8 @@ impl Machine {
     /// exits, which ends the container; after `timeout`, its processes
     /// are killed.
     pub fn stop_container(&self, timeout: Duration) -> Result<bool, Error> {
+        // Not in the middle of an activation.
+        let _lock = self.lock("container stop", Some(Duration::from_secs(600)))?;
         let Some(c) = self.container()? else {
             return Ok(false);
         };
