@@ -119,6 +119,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("gzip", "gzip"),
     ("make", "make"),
     ("patch", "patch"),
+    // The package builder checks that built programs find their libraries.
+    ("readelf", "binutils"),
 ];
 
 /// The directory, inside the tree, holding every program's shared

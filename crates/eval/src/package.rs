@@ -16,6 +16,16 @@
 //! checking), `make install PREFIX=$out prefix=$out` if there is a
 //! Makefile; record the run-time inputs in the output.
 //!
+//! Linking: `LD_RUN_PATH` holds the package's own `lib` and each input's,
+//! so a program linking another package's library finds it at run time
+//! (and the reference scanner puts that package in its runtime closure)
+//! without an `-rpath` of its own. After the phases, every ELF file of
+//! every output must find each library it needs in its run path or among
+//! the stdenv's own (`LD_LIBRARY_PATH`), or the build fails naming the
+//! file and the library; `env("dontCheckLibraries", "1")` turns the check
+//! off. Flags (`configure_flag`, `make_flag`) reach their tool as one
+//! argument each, spaces and all.
+//!
 //! ```
 //! use bigtop_eval::drv::Platform;
 //! use bigtop_eval::package::{OverrideAttrs, Package, Phase, Stdenv};
@@ -350,6 +360,15 @@ impl Package {
             .env("name", self.full_name())
             .env("pname", self.name.clone())
             .env("stdenvTools", Str::join(&s.tools, " "))
+            // The outputs' names, for the phases that walk every output.
+            .env(
+                "outputs",
+                if self.outputs.is_empty() {
+                    "out".to_owned()
+                } else {
+                    self.outputs.join(" ")
+                },
+            )
             .env("buildInputs", Str::join(&self.build_inputs, " "))
             .env("runtimeInputs", Str::join(&self.runtime_inputs, " "));
         if let Some(v) = &self.version {

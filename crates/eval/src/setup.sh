@@ -93,6 +93,67 @@ defaultFixup() {
     fi
 }
 
+# Every ELF file of an output must find each library it needs in its
+# run path (`$ORIGIN` as the loader reads it), or among the libraries the
+# stdenv itself runs with (`$LD_LIBRARY_PATH`: the bootstrap's C library):
+# otherwise it builds, then fails at run time, and its runtime closure
+# lacks the library. `dontCheckLibraries=1` turns this off.
+isElf() {
+    [ "$(head -c 4 "$1" | tr -d '\000')" = "$(printf '\177ELF')" ]
+}
+
+checkElf() {
+    f=$1
+    dynamic=$(readelf -d "$f" 2>/dev/null) || return 0
+    origin=${f%/*}
+    dirs=$(printf '%s\n' "$dynamic" | sed -n 's/.*(R[UN]*PATH).*\[\(.*\)\]/\1/p' |
+        sed "s|\\\$ORIGIN|$origin|g; s|\\\${ORIGIN}|$origin|g" | tr '\n' ':')
+    for lib in $(printf '%s\n' "$dynamic" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+        found=
+        oldIfs=$IFS
+        IFS=:
+        for d in $dirs ${LD_LIBRARY_PATH:-}; do
+            if [ -n "$d" ] && [ -e "$d/$lib" ]; then
+                found=1
+                break
+            fi
+        done
+        IFS=$oldIfs
+        if [ -z "$found" ]; then
+            echo "bigtop: $f needs $lib, which is in none of its run path (${dirs:-empty}):" >&2
+            echo "  add the package that has it as a build input (its lib becomes the run path)," >&2
+            echo "  or set dontCheckLibraries=1 if it is found another way" >&2
+            badLibraries=1
+        fi
+    done
+}
+
+checkTree() {
+    for f in "$1"/* "$1"/.[!.]*; do
+        if [ -L "$f" ] || [ ! -e "$f" ]; then
+            continue
+        elif [ -d "$f" ]; then
+            checkTree "$f"
+        elif [ -f "$f" ] && isElf "$f"; then
+            if ! command -v readelf >/dev/null 2>&1; then
+                echo "bigtop: cannot check the libraries of $f: no readelf in the stdenv (set dontCheckLibraries=1)" >&2
+                exit 1
+            fi
+            checkElf "$f"
+        fi
+    done
+}
+
+checkLibraries() {
+    [ "${dontCheckLibraries:-}" = 1 ] && return 0
+    badLibraries=
+    for o in $outputs; do
+        eval "dir=\${$o:-}"
+        [ -d "$dir" ] && checkTree "$dir"
+    done
+    [ -z "$badLibraries" ]
+}
+
 runPhase() {
     name=$1 lower=$2
     echo "bigtop: $lower phase"
@@ -115,3 +176,4 @@ runPhase Build build
 runPhase Check check
 runPhase Install install
 runPhase Fixup fixup
+checkLibraries

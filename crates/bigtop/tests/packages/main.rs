@@ -398,5 +398,25 @@ fn a_program_linking_an_inputs_library_finds_it_at_run_time() -> Result {
         "{}",
         runtime.render_names()
     );
+
+    // Without a run path (the package empties it), the check phase fails
+    // the build, naming the program and the library; turned off, the
+    // build passes and the program is as broken as it was before.
+    let no_rpath = Package::new("no-rpath-hello")
+        .src(&SourceBuilder::new(&src).build(&platform)?)
+        .build_input(&greet)
+        .env("LD_RUN_PATH", "")
+        .build(&boot.stdenv)?;
+    let e = bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&no_rpath))
+        .expect_err("the check phase fails it");
+    let log = format!("{e:?}");
+    assert!(log.contains("needs libgreet.so"), "{log}");
+    let unchecked = Package::new("unchecked-hello")
+        .src(&SourceBuilder::new(&src).build(&platform)?)
+        .build_input(&greet)
+        .env("LD_RUN_PATH", "")
+        .env("dontCheckLibraries", "1")
+        .build(&boot.stdenv)?;
+    bigtop::realise::realise(&store, &builder(&store), std::slice::from_ref(&unchecked))?;
     Ok(())
 }
