@@ -73,6 +73,19 @@ fn a_service_directory_swapped_for_a_host_service_is_not_driven() -> Result {
     let mut svscan = std::process::Command::new("s6-svscan")
         .arg(host.path())
         .spawn()?;
+    // Supervised first (s6-svwait needs the supervisor), then up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::process::Command::new("s6-svok")
+        .arg(&victim)
+        .status()?
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s6-svscan never supervised the victim"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let up = std::process::Command::new("s6-svwait")
         .args(["-u", "-t", "10000"])
         .arg(&victim)
