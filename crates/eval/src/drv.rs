@@ -309,6 +309,22 @@ impl fmt::Debug for Output {
     }
 }
 
+/// Its full store path (`/bigtop/store/<digest>-<name>`), as a builder
+/// or a machine sees it.
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.drv.platform().store_dir.full(self.path()))
+    }
+}
+
+/// The full store path of its default output: `println!("{hello}")`
+/// prints where `hello` is (or will be) once built.
+impl fmt::Display for Drv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.out().fmt(f)
+    }
+}
+
 impl Output {
     /// The derivation that makes it.
     pub fn drv(&self) -> &Drv {

@@ -104,3 +104,17 @@ fn trivial_builders_make_builtin_derivations() -> TestResult {
     assert_eq!(joined.input_derivations().len(), 2);
     Ok(())
 }
+
+#[test]
+fn a_derivation_displays_as_its_full_output_path() -> crate::TestResult {
+    let p = bigtop_eval::drv::Platform::default();
+    let hello = bigtop_eval::trivial::write_text(&p, "hello", "hi")?;
+    let full = p.store_dir.full(hello.out().path());
+    assert!(
+        full.starts_with("/bigtop/store/") && full.ends_with("-hello"),
+        "{full}"
+    );
+    assert_eq!(hello.to_string(), full);
+    assert_eq!(hello.out().to_string(), full);
+    Ok(())
+}
