@@ -180,6 +180,13 @@ impl Machine {
             })
     }
 
+    /// Forgets an activation that will not be finished: its journal and
+    /// the root that kept its target alive.
+    fn drop_journal(&self) {
+        let _ = crate::fs::remove_file(&self.journal_file());
+        let _ = self.store().remove_root("activating");
+    }
+
     fn write_journal(&self, j: &Journal) -> Result<(), Error> {
         let bytes = serde_json::to_vec_pretty(j).map_err(|e| Error::Record {
             path: self.journal_file(),
@@ -350,8 +357,7 @@ impl Machine {
                     .map(|_| self.store().store_dir().full(&old.toplevel)),
             ),
             _ => {
-                let _ = crate::fs::remove_file(&self.journal_file());
-                let _ = self.store().remove_root("activating");
+                self.drop_journal();
                 None
             }
         };
@@ -433,8 +439,7 @@ impl Machine {
         match self.recover(observer) {
             Ok(done) => done.map(|t| format!("finished the interrupted activation of {t}")),
             Err(e) => {
-                let _ = crate::fs::remove_file(&self.journal_file());
-                let _ = self.store().remove_root("activating");
+                self.drop_journal();
                 Some(format!("gave up the interrupted activation: {e}"))
             }
         }
@@ -739,11 +744,7 @@ impl Machine {
             }
             let mut ok = false;
             while up && !ok && Instant::now() < deadline {
-                ok = r.tcp_port.is_none_or(|p| self.port_open(p))
-                    && r.command.as_ref().is_none_or(|c| {
-                        self.run_inside(c, &[("PATH", "/usr/bin:/bin")])
-                            .is_ok_and(|(code, _)| code == Some(0))
-                    });
+                ok = self.check_passes(&r);
                 if !ok {
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -754,6 +755,16 @@ impl Machine {
             ready.insert(name.clone(), start.elapsed().as_millis());
         }
         Ok(ready)
+    }
+
+    /// Whether a readiness check passes now: its port accepts and its
+    /// command exits 0, inside the machine.
+    pub(crate) fn check_passes(&self, r: &bigtop_core::manifest::Ready) -> bool {
+        r.tcp_port.is_none_or(|p| self.port_open(p))
+            && r.command.as_ref().is_none_or(|c| {
+                self.run_inside(c, &[("PATH", "/usr/bin:/bin")])
+                    .is_ok_and(|(code, _)| code == Some(0))
+            })
     }
 
     /// Whether something accepts on 127.0.0.1:`port` inside the machine

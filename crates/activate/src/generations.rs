@@ -75,11 +75,7 @@ impl Machine {
         for entry in entries {
             let entry = entry.map_err(io_err("read", &dir))?;
             let name = entry.file_name();
-            let Some(number) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("system-")?.strip_suffix("-link"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(number) = name.to_str().and_then(link_number) else {
                 continue;
             };
             let link = entry.path();
@@ -107,10 +103,7 @@ impl Machine {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("read", &link)(e).into()),
         };
-        Ok(target
-            .to_str()
-            .and_then(|t| t.strip_prefix("system-")?.strip_suffix("-link"))
-            .and_then(|n| n.parse().ok()))
+        Ok(target.to_str().and_then(link_number))
     }
 
     /// Generation `number`, if it exists.
@@ -318,4 +311,12 @@ impl Machine {
                 reason: format!("`{}` points outside the store", link.display()),
             })
     }
+}
+
+/// The generation a profile link's name (`system-N-link`) stands for.
+fn link_number(name: &str) -> Option<u64> {
+    name.strip_prefix("system-")?
+        .strip_suffix("-link")?
+        .parse()
+        .ok()
 }

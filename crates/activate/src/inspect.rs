@@ -71,14 +71,11 @@ impl Machine {
         if let Some(sys) = &current {
             for (name, s) in &sys.manifest.services {
                 let state = states.get(name).copied();
-                let ready = s.service.ready.as_ref().map(|r| {
-                    state.is_some_and(|st| st.up)
-                        && r.tcp_port.is_none_or(|p| self.port_open(p))
-                        && r.command.as_ref().is_none_or(|c| {
-                            self.run_inside(c, &[("PATH", "/usr/bin:/bin")])
-                                .is_ok_and(|(code, _)| code == Some(0))
-                        })
-                });
+                let ready = s
+                    .service
+                    .ready
+                    .as_ref()
+                    .map(|r| state.is_some_and(|st| st.up) && self.check_passes(r));
                 services.insert(name.clone(), ServiceStatus { state, ready });
             }
         }

@@ -133,6 +133,34 @@ pub struct IdRange {
 }
 
 impl Container {
+    /// Its init's namespaces, to join in this order: the user namespace
+    /// first (when it has one), then, `all` or not, its network one (when
+    /// it has its own), and with `all` its mount, UTS, IPC and PID ones.
+    fn namespaces(&self, all: bool) -> Result<Vec<OwnedFd>, Error> {
+        let mut kinds = Vec::new();
+        if self.user_namespace {
+            kinds.push("user");
+        }
+        if all {
+            kinds.extend(["mnt", "uts", "ipc"]);
+        }
+        if self.network != Network::Host {
+            kinds.push("net");
+        }
+        if all {
+            kinds.push("pid");
+        }
+        kinds
+            .into_iter()
+            .map(|k| {
+                let p = PathBuf::from(format!("/proc/{}/ns/{k}", self.pid));
+                fs::File::open(&p)
+                    .map(OwnedFd::from)
+                    .map_err(|e| io_err("open", &p)(e).into())
+            })
+            .collect()
+    }
+
     /// The host's uid for `uid` inside (itself without a user namespace).
     pub fn host_uid(&self, uid: u32) -> Option<u32> {
         to_host(self.user_namespace, &self.uid_map, uid)
@@ -391,21 +419,7 @@ impl Machine {
                 reason: "no command to run".into(),
             });
         };
-        let mut kinds = Vec::new();
-        if c.user_namespace {
-            kinds.push("user");
-        }
-        kinds.extend(["mnt", "uts", "ipc"]);
-        if c.network != Network::Host {
-            kinds.push("net");
-        }
-        kinds.push("pid");
-        let mut namespaces = Vec::new();
-        for k in kinds {
-            let p = PathBuf::from(format!("/proc/{}/ns/{k}", c.pid));
-            let f = fs::File::open(&p).map_err(io_err("open", &p))?;
-            namespaces.push(OwnedFd::from(f));
-        }
+        let namespaces = c.namespaces(true)?;
         // The container may have died between the record and the open.
         if !alive(c.pid, c.start_ticks) {
             return Err(not_running());
@@ -477,20 +491,7 @@ impl Machine {
             root: self.root().to_owned(),
             reason: "it is not running".into(),
         })?;
-        let mut kinds = Vec::new();
-        if c.user_namespace {
-            kinds.push("user");
-        }
-        if c.network != Network::Host {
-            kinds.push("net");
-        }
-        let mut fds = Vec::new();
-        for k in kinds {
-            let p = PathBuf::from(format!("/proc/{}/ns/{k}", c.pid));
-            fds.push(OwnedFd::from(
-                fs::File::open(&p).map_err(io_err("open", &p))?,
-            ));
-        }
+        let fds = c.namespaces(false)?;
         let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
         // A child joins the namespaces: a multi-threaded process cannot
         // join a user namespace, and a thread of ours joining only the
