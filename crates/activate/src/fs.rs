@@ -497,6 +497,26 @@ mod tests {
         Ok(())
     }
 
+    /// A machine's process puts a FIFO where activation reads or appends:
+    /// refused at once, not waited on for ever.
+    #[test]
+    fn a_planted_fifo_is_refused_not_waited_on() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let fifo = dir.path().join("record.json");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )?;
+        let e = read_optional(&fifo).unwrap_err();
+        assert_eq!(e.source.to_string(), "not a regular file", "{e}");
+        assert!(open_append(&fifo).is_err());
+        assert!(open_lock_file(&fifo).is_err());
+        Ok(())
+    }
+
     /// A machine's process plants symlinks to a host directory: no write
     /// goes through them, and the host directory is left as it was.
     #[test]
