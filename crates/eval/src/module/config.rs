@@ -10,7 +10,7 @@ use super::error::{nearest_under, Error, Errors, ShownDefinition, Warning};
 use super::merge::{self, Evaluator, KeyToMerge, PlacedDefinition};
 use super::types::Type;
 use super::value::{FromValue, Value};
-use super::{Check, Cond, Lazy, Migration, Module, Opt, OptionDecl};
+use super::{Check, Cond, Key, Lazy, Migration, Module, OptionDecl};
 use crate::set::Pkgs;
 
 /// A memoized computation: under way (asked for again, it is a cycle),
@@ -410,8 +410,8 @@ impl Config {
         })
     }
 
-    /// The option `key` names, as its type.
-    pub fn read<T: FromValue>(&self, key: Opt<T>) -> Result<T, Error> {
+    /// The option (or struct of options) `key` names, as its Rust type.
+    pub fn read<K: Key>(&self, key: K) -> Result<K::Value, Error> {
         self.get(key.path())
     }
 
@@ -464,7 +464,11 @@ impl Config {
             // As deep as the path goes through maps and submodules, a node
             // is merged on its own (unless the whole option already is).
             let mut depth = 0;
-            if !merged {
+            let whole_only = {
+                let d = &self.decls[&option];
+                d.apply.is_some() || d.read_only
+            };
+            if !merged && !whole_only {
                 let mut t = self.decls[&option].ty.clone();
                 while let Some((next, _)) = sub.get(depth).and_then(|k| t.inner(k)) {
                     t = next.clone();
@@ -607,6 +611,40 @@ impl Config {
 
     fn merge(&self, path: &str) -> Result<Value, Error> {
         let decl = &self.decls[path];
+        let v = self.merge_unapplied(path)?;
+        match &decl.apply {
+            Some(f) => f(v).map_err(|reason| Error::Apply {
+                option: path.to_owned(),
+                declared: decl.locs[0].clone(),
+                reason,
+            }),
+            None => Ok(v),
+        }
+    }
+
+    /// A read-only option's definitions whose conditions hold, if more
+    /// than one: the error naming them all.
+    fn check_read_only(&self, path: &str) -> Result<(), Error> {
+        let mut on = Vec::new();
+        for d in self.defs.get(path).into_iter().flatten() {
+            if self.holds(&d.conds)? {
+                on.push(d.shown());
+            }
+        }
+        if on.len() > 1 {
+            return Err(Error::ReadOnly {
+                option: path.to_owned(),
+                defs: on,
+            });
+        }
+        Ok(())
+    }
+
+    fn merge_unapplied(&self, path: &str) -> Result<Value, Error> {
+        let decl = &self.decls[path];
+        if decl.read_only {
+            self.check_read_only(path)?;
+        }
         if decl.ty.is_keyed() {
             let split = self.split(path)?;
             merge::unknown_fields(path, &decl.ty, &split)?;
@@ -732,10 +770,14 @@ impl Config {
                         out.insert(key, v);
                     }
                 }
-                return Ok(Some(Arc::new(Value::Map(out))));
+                return Ok(Some(Arc::new(merge::finish(
+                    p.apply,
+                    &shown,
+                    Value::Map(out),
+                )?)));
             }
-            merge::merge_entry(self, &p.ty, &p.path, p.defs, p.entry.as_deref())
-                .map(|v| Some(Arc::new(v)))
+            let v = merge::merge_entry(self, &p.ty, &p.path, p.defs, p.entry.as_deref())?;
+            Ok(Some(Arc::new(merge::finish(p.apply, &p.path, v)?)))
         })
     }
 

@@ -63,7 +63,7 @@ impl Module {
         Ok(Module::new(file.to_string(), |m: &mut ModuleBuilder| {
             for (path, v) in defs {
                 let loc = Loc::data(file.clone(), path.join("."));
-                m.push_def(path, priority(prio, v), loc);
+                m.push_def(path, priority(prio, v).into(), loc);
             }
         }))
     }

@@ -24,6 +24,10 @@ fn entries<'a>(
     modules: &'a [Arc<str>],
     out: &mut Vec<Entry<'a>>,
 ) {
+    // Internal options, and what is inside them, are for modules only.
+    if decl.internal {
+        return;
+    }
     out.push(Entry {
         path: path.clone(),
         decl,

@@ -146,6 +146,24 @@ pub enum Error {
         /// Its definitions.
         defs: Vec<ShownDefinition>,
     },
+    /// A read-only option defined more than once.
+    #[error("the option `{option}` is read-only, but has {} definitions:{}\nDefine it in one module only", .defs.len(), list(.defs))]
+    ReadOnly {
+        /// The option.
+        option: String,
+        /// Its definitions.
+        defs: Vec<ShownDefinition>,
+    },
+    /// The option's `apply` function refused the merged value.
+    #[error("the option `{option}` was merged, but its `apply` function (declared at {declared}) refused the value: {reason}")]
+    Apply {
+        /// The option.
+        option: String,
+        /// Where it was declared.
+        declared: Loc,
+        /// Why.
+        reason: String,
+    },
     /// A value that is not of the option's type.
     #[error("the option `{option}` is {expected}, but module `{module}` ({loc}) defines it as {value}: {reason}")]
     Type {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::error::{nearest_under, Error, Loc, ShownDefinition};
 use super::types::{Kind, Type};
 use super::value::Value;
-use super::{Cond, Lazy, OptionDecl, ValueOrCode, NORMAL, OPTION_DEFAULT, ORDER};
+use super::{Apply, Cond, Lazy, OptionDecl, ValueOrCode, NORMAL, OPTION_DEFAULT, ORDER};
 use crate::drv::Str;
 
 /// What merging needs of the configuration it merges for: running a
@@ -110,7 +110,7 @@ impl PlacedDefinition {
         Ok(())
     }
 
-    fn shown(&self) -> ShownDefinition {
+    pub(crate) fn shown(&self) -> ShownDefinition {
         ShownDefinition {
             module: self.module.clone(),
             loc: self.loc.clone(),
@@ -530,6 +530,21 @@ pub(crate) struct KeyToMerge {
     pub(crate) ty: Type,
     /// The map entry it is, if it is one (its key).
     pub(crate) entry: Option<String>,
+    /// A submodule field's `apply` function, and where it was declared.
+    pub(crate) apply: Option<(Apply, Loc)>,
+}
+
+/// The merged value of the field at `path`, through its `apply`
+/// function if it has one.
+pub(crate) fn finish(apply: Option<(Apply, Loc)>, path: &str, v: Value) -> Result<Value, Error> {
+    match apply {
+        Some((f, declared)) => f(v).map_err(|reason| Error::Apply {
+            option: path.to_owned(),
+            declared,
+            reason,
+        }),
+        None => Ok(v),
+    }
 }
 
 /// The definitions [`split_level`] gave `key` of a map or submodule
@@ -558,6 +573,7 @@ pub(crate) fn prepare_key(
             defs: active,
             ty: elem.clone(),
             entry: Some(key.to_owned()),
+            apply: None,
         })),
         Kind::Submodule(s) => {
             let Some(decl) = s.fields.get(key) else {
@@ -566,6 +582,12 @@ pub(crate) fn prepare_key(
                     path,
                 });
             };
+            if decl.read_only && active.len() > 1 {
+                return Err(Error::ReadOnly {
+                    option: path,
+                    defs: active.iter().map(PlacedDefinition::shown).collect(),
+                });
+            }
             match (default_of(decl), entry.filter(|_| decl.default_key)) {
                 (Some(d), _) => active.push(d),
                 // The entry's key, as NixOS gives a submodule its `name`.
@@ -583,6 +605,7 @@ pub(crate) fn prepare_key(
                 defs: active,
                 ty: decl.ty.clone(),
                 entry: None,
+                apply: decl.apply.clone().map(|f| (f, decl.locs[0].clone())),
             }))
         }
         _ => Err(Error::NoSuchOption {
@@ -603,7 +626,10 @@ pub(crate) fn merge_key(
     entry: Option<&str>,
 ) -> Result<Option<Value>, Error> {
     match prepare_key(cx, option, ty, key, defs, entry)? {
-        Some(p) => merge_entry(cx, &p.ty, &p.path, p.defs, p.entry.as_deref()).map(Some),
+        Some(p) => {
+            let v = merge_entry(cx, &p.ty, &p.path, p.defs, p.entry.as_deref())?;
+            finish(p.apply, &p.path, v).map(Some)
+        }
         None => Ok(None),
     }
 }

@@ -41,7 +41,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 mod config;
@@ -49,6 +48,7 @@ mod data;
 mod docs;
 mod error;
 mod merge;
+mod typed;
 pub mod types;
 mod value;
 
@@ -57,6 +57,7 @@ pub use data::Format;
 /// The old name of [`ShownDefinition`], which says what it shows.
 pub use error::ShownDefinition as Shown;
 pub use error::{DataKey, Error, Errors, EvalError, Loc, ShownDefinition, Warning};
+pub use typed::{empty, intern, join, take_field, DefinitionOf, Key, Opt, OptionValue, ValueOf};
 pub use value::{FromValue, IntoValue, Json, Value};
 
 /// The priority of an option's own default.
@@ -81,6 +82,7 @@ pub const ORDER: u32 = 1000;
 pub const AFTER: u32 = 1500;
 
 pub(crate) type Lazy = Arc<dyn Fn(&Config) -> Result<Value, Error> + Send + Sync>;
+pub(crate) type Apply = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
 type Cond = Arc<dyn Fn(&Config) -> Result<bool, Error> + Send + Sync>;
 type Test = Arc<dyn Fn(&Config) -> Result<Option<String>, Error> + Send + Sync>;
 
@@ -94,7 +96,8 @@ pub(crate) enum ValueOrCode {
 
 /// What a module gives an option: a value (or code computing it), with a
 /// priority and an order. Any [`IntoValue`] is a definition at
-/// [`NORMAL`] priority.
+/// [`NORMAL`] priority, and so are [`lazy`] code and the priority and
+/// order wrappers ([`force`], [`default`], [`before`], …) around either.
 #[derive(Clone)]
 pub struct Definition {
     value: ValueOrCode,
@@ -112,60 +115,99 @@ impl<T: IntoValue> From<T> for Definition {
     }
 }
 
-/// A definition computed from the configuration when the option is
-/// first read: it may read any other option.
-pub fn lazy<T, F>(f: F) -> Definition
-where
-    T: IntoValue,
-    F: Fn(&Config) -> Result<T, Error> + Send + Sync + 'static,
-{
-    Definition {
-        value: ValueOrCode::Lazy(Arc::new(move |c| f(c).map(IntoValue::into_value))),
-        priority: NORMAL,
-        order: ORDER,
+/// A definition computed from the configuration: what [`lazy`] makes.
+/// It keeps the Rust type `T` its code returns, so that a typed key
+/// ([`ModuleBuilder::set`]) can check it.
+pub struct Computed<T> {
+    code: Code<T>,
+}
+
+/// Code computing a `T` from the configuration.
+type Code<T> = Arc<dyn Fn(&Config) -> Result<T, Error> + Send + Sync>;
+
+impl<T: IntoValue + 'static> From<Computed<T>> for Definition {
+    fn from(c: Computed<T>) -> Self {
+        let code = c.code;
+        Definition {
+            value: ValueOrCode::Lazy(Arc::new(move |cfg| code(cfg).map(IntoValue::into_value))),
+            priority: NORMAL,
+            order: ORDER,
+        }
     }
 }
 
+/// A definition given a priority or an order: what [`force`],
+/// [`default`], [`platform`], [`priority`], [`before`], [`after`] and
+/// [`order`] make. It keeps what it wraps, so that a typed key can still
+/// check the value's type.
+pub struct Prioritized<D> {
+    inner: D,
+    priority: Option<u32>,
+    order: Option<u32>,
+}
+
+impl<D: Into<Definition>> From<Prioritized<D>> for Definition {
+    fn from(p: Prioritized<D>) -> Self {
+        let d = p.inner.into();
+        Definition {
+            priority: p.priority.unwrap_or(d.priority),
+            order: p.order.unwrap_or(d.order),
+            value: d.value,
+        }
+    }
+}
+
+/// A definition computed from the configuration when the option is
+/// first read: it may read any other option.
+pub fn lazy<T, F>(f: F) -> Computed<T>
+where
+    F: Fn(&Config) -> Result<T, Error> + Send + Sync + 'static,
+{
+    Computed { code: Arc::new(f) }
+}
+
 /// `d` at priority `n` (lower numbers win).
-pub fn priority(n: u32, d: impl Into<Definition>) -> Definition {
-    Definition {
-        priority: n,
-        ..d.into()
+pub fn priority<D>(n: u32, d: D) -> Prioritized<D> {
+    Prioritized {
+        inner: d,
+        priority: Some(n),
+        order: None,
     }
 }
 
 /// `d` at [`DEFAULT`] priority: any plain definition overrides it.
-pub fn default(d: impl Into<Definition>) -> Definition {
+pub fn default<D>(d: D) -> Prioritized<D> {
     priority(DEFAULT, d)
 }
 
 /// `d` at [`PLATFORM`] priority: the machine owner's definitions
 /// override it; defaults do not.
-pub fn platform(d: impl Into<Definition>) -> Definition {
+pub fn platform<D>(d: D) -> Prioritized<D> {
     priority(PLATFORM, d)
 }
 
 /// `d` at [`FORCE`] priority: overrides plain definitions.
-pub fn force(d: impl Into<Definition>) -> Definition {
+pub fn force<D>(d: D) -> Prioritized<D> {
     priority(FORCE, d)
 }
 
 /// `d` placed at `n` among a list's or joined string's definitions
 /// (lower first; equal orders keep definition order).
-pub fn order(n: u32, d: impl Into<Definition>) -> Definition {
-    Definition {
-        order: n,
-        ..d.into()
+pub fn order<D>(n: u32, d: D) -> Prioritized<D> {
+    Prioritized {
+        inner: d,
+        priority: None,
+        order: Some(n),
     }
 }
 
 /// `d` before the plain definitions of a list or joined string.
-pub fn before(d: impl Into<Definition>) -> Definition {
+pub fn before<D>(d: D) -> Prioritized<D> {
     order(BEFORE, d)
 }
 
 /// `d` after the plain definitions of a list or joined string.
-pub fn after(d: impl Into<Definition>) -> Definition {
+pub fn after<D>(d: D) -> Prioritized<D> {
     order(AFTER, d)
 }
 
@@ -180,6 +222,12 @@ pub struct OptionDecl {
     pub(crate) default_key: bool,
     pub(crate) description: String,
     pub(crate) example: Option<Value>,
+    /// Applied to the merged value before anyone reads it.
+    pub(crate) apply: Option<Apply>,
+    /// At most one module may define it.
+    pub(crate) read_only: bool,
+    /// Left out of the documentation.
+    pub(crate) internal: bool,
     /// Every declaration merged into this one.
     pub(crate) locs: Vec<Loc>,
     pub(crate) modules: Vec<Arc<str>>,
@@ -194,6 +242,9 @@ impl OptionDecl {
             default_key: false,
             description: String::new(),
             example: None,
+            apply: None,
+            read_only: false,
+            internal: false,
             locs: vec![loc],
             modules: Vec::new(),
         }
@@ -215,6 +266,13 @@ impl OptionDecl {
         self.default = Some(ValueOrCode::Lazy(Arc::new(move |c| {
             f(c).map(IntoValue::into_value)
         })));
+        self.default_text = Some(text.to_owned());
+        self
+    }
+
+    /// How the documentation shows the default, where its value would
+    /// not say it well.
+    pub fn default_text(&mut self, text: &str) -> &mut Self {
         self.default_text = Some(text.to_owned());
         self
     }
@@ -241,9 +299,51 @@ impl OptionDecl {
         self
     }
 
+    /// A function applied to the merged value, whose result is what
+    /// every reader sees (NixOS's `apply`): to normalise (sort, dedupe,
+    /// fill in) what many modules defined. Definitions are checked
+    /// against the type before it runs; its result is not checked again.
+    pub fn apply<T, U, F>(&mut self, f: F) -> &mut Self
+    where
+        T: FromValue,
+        U: IntoValue,
+        F: Fn(T) -> U + Send + Sync + 'static,
+    {
+        self.apply = Some(Arc::new(move |v| {
+            T::from_value(v).map(|t| f(t).into_value())
+        }));
+        self
+    }
+
+    /// Only one definition may be given (besides the default): a second
+    /// one is an error naming both, whatever their priorities (NixOS's
+    /// `readOnly`). For what a central module sets once, such as the
+    /// release a machine runs.
+    pub fn read_only(&mut self) -> &mut Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Left out of the generated documentation (NixOS's `internal`): for
+    /// options modules use to talk to each other, not for users to set.
+    pub fn internal(&mut self) -> &mut Self {
+        self.internal = true;
+        self
+    }
+
     /// The type.
     pub fn ty(&self) -> &types::Type {
         &self.ty
+    }
+
+    /// Its description.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether it is hidden from the documentation.
+    pub fn is_internal(&self) -> bool {
+        self.internal
     }
 
     /// Two declarations of one option as one.
@@ -267,6 +367,13 @@ impl OptionDecl {
         if self.example.is_none() {
             self.example = other.example;
         }
+        self.apply = match (self.apply.take(), other.apply) {
+            (None, f) | (f, None) => f,
+            (Some(a), Some(b)) if Arc::ptr_eq(&a, &b) => Some(a),
+            (Some(_), Some(_)) => return Err("both give a function to apply".into()),
+        };
+        self.read_only |= other.read_only;
+        self.internal |= other.internal;
         self.locs.extend(other.locs);
         self.modules.extend(other.modules);
         Ok(self)
@@ -289,42 +396,6 @@ pub(crate) fn parse_path(path: &str) -> Vec<String> {
     out.push(cur);
     out
 }
-
-/// A typed key for an option: reading it with [`Config::read`] gives a
-/// `T`.
-///
-/// ```
-/// use bigtop_eval::module::Opt;
-/// const PORT: Opt<u16> = Opt::new("services.web.port");
-/// assert_eq!(PORT.path(), "services.web.port");
-/// ```
-pub struct Opt<T> {
-    path: &'static str,
-    _t: PhantomData<fn() -> T>,
-}
-
-impl<T> Opt<T> {
-    /// The key of the option at `path`.
-    pub const fn new(path: &'static str) -> Self {
-        Opt {
-            path,
-            _t: PhantomData,
-        }
-    }
-
-    /// Its dotted path.
-    pub const fn path(&self) -> &'static str {
-        self.path
-    }
-}
-
-impl<T> Clone for Opt<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Opt<T> {}
 
 /// A module: a named set of option declarations, definitions, imports,
 /// assertions and warnings. Cheap to clone; modules are deduplicated by
@@ -440,6 +511,58 @@ impl ModuleBuilder {
     pub fn define(&mut self, path: &str, def: impl Into<Definition>) -> &mut Self {
         let loc = Loc::caller();
         self.push_def(parse_path(path), def.into(), loc)
+    }
+
+    /// Defines the option `key` names (or something inside it) with what
+    /// converts to its Rust type, at any priority: `m.set(web.port,
+    /// 8080)`, `m.set(web.port, force(8443))`, `m.set(ports, lazy(|c| …))`.
+    /// A value of another type does not compile.
+    #[track_caller]
+    pub fn set<K: Key>(&mut self, key: K, def: impl DefinitionOf<K::Value>) -> &mut Self {
+        let loc = Loc::caller();
+        self.push_def(parse_path(key.path()), def.into_definition(), loc)
+    }
+
+    /// Declares the options of `T` (a struct of options, or one option
+    /// of a Rust type) at `path`, and returns their key.
+    ///
+    /// ```
+    /// use bigtop_eval::module::{Config, Module};
+    /// /// A web server.
+    /// #[derive(bigtop_eval::Options, Debug, Clone, PartialEq)]
+    /// struct Web {
+    ///     /// Whether to run it.
+    ///     enable: bool,
+    ///     /// The port it listens on.
+    ///     #[option(default = 80)]
+    ///     port: u16,
+    /// }
+    /// let web = Web::at("services.web");
+    /// let module = Module::new("web", |m| {
+    ///     m.options::<Web>("services.web");
+    /// });
+    /// let host = Module::new("host", |m| {
+    ///     m.import(&module);
+    ///     m.set(web.enable, true);
+    /// });
+    /// let cfg = Config::eval(&[host], None)?;
+    /// assert_eq!(cfg.read(web)?, Web { enable: true, port: 80 });
+    /// assert_eq!(cfg.read(web.port)?, 80);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[track_caller]
+    pub fn options<T: OptionValue>(&mut self, path: &str) -> T::Key {
+        let path = intern(path);
+        T::declare(self, path, &|_| {});
+        T::Key::at(path)
+    }
+
+    /// Declares the option `key` names, of its Rust type; `configure`
+    /// gives its description, default and the like.
+    #[track_caller]
+    pub fn declare<K: Key>(&mut self, key: K, configure: impl Fn(&mut OptionDecl)) -> &mut Self {
+        K::Value::declare(self, key.path(), &configure);
+        self
     }
 
     /// Defines the path given as its segments, for keys that hold dots

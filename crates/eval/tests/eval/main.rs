@@ -6,5 +6,6 @@ mod modules;
 mod overlays;
 mod sources;
 mod system;
+mod typed;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;

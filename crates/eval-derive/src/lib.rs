@@ -1,0 +1,302 @@
+//! `#[derive(Options)]`: a struct whose fields are module options.
+//!
+//! The derive is re-exported as `bigtop_eval::Options`; its documentation
+//! (what it generates, every attribute) is there. This crate only turns
+//! the struct into the trait implementations and the key struct.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as Tokens;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{parse_macro_input, Data, DeriveInput, Expr, Fields, LitStr};
+
+/// Derives `OptionValue` (and the key struct `<Name>Key`) for a struct of
+/// options. See `bigtop_eval::Options`.
+#[proc_macro_derive(Options, attributes(option))]
+pub fn derive_options(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match expand(&input) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// What `#[option(…)]` says about a field.
+#[derive(Default)]
+struct FieldAttrs {
+    default: Option<Expr>,
+    ty: Option<Expr>,
+    example: Option<Expr>,
+    apply: Option<Expr>,
+    rename: Option<LitStr>,
+    default_text: Option<LitStr>,
+    default_key: bool,
+    read_only: bool,
+    internal: bool,
+    required: bool,
+}
+
+impl FieldAttrs {
+    fn parse(attrs: &[syn::Attribute]) -> syn::Result<FieldAttrs> {
+        let mut out = FieldAttrs::default();
+        for a in attrs.iter().filter(|a| a.path().is_ident("option")) {
+            a.parse_nested_meta(|meta| {
+                let p = &meta.path;
+                if p.is_ident("default") {
+                    out.default = Some(meta.value()?.parse()?);
+                } else if p.is_ident("ty") {
+                    out.ty = Some(meta.value()?.parse()?);
+                } else if p.is_ident("example") {
+                    out.example = Some(meta.value()?.parse()?);
+                } else if p.is_ident("apply") {
+                    out.apply = Some(meta.value()?.parse()?);
+                } else if p.is_ident("rename") {
+                    out.rename = Some(meta.value()?.parse()?);
+                } else if p.is_ident("default_text") {
+                    out.default_text = Some(meta.value()?.parse()?);
+                } else if p.is_ident("default_key") {
+                    out.default_key = true;
+                } else if p.is_ident("read_only") {
+                    out.read_only = true;
+                } else if p.is_ident("internal") {
+                    out.internal = true;
+                } else if p.is_ident("required") {
+                    out.required = true;
+                } else {
+                    return Err(meta.error(
+                        "unknown option attribute; expected one of default, ty, example, apply, \
+                         rename, default_text, default_key, read_only, internal, required",
+                    ));
+                }
+                Ok(())
+            })?;
+        }
+        if out.required && (out.default.is_some() || out.default_key) {
+            return Err(syn::Error::new(
+                attrs[0].span(),
+                "`required` and a default contradict each other",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Whether the field must be declared as one option of its own (a
+    /// struct of options with any of these is no longer a group of
+    /// fields but a single submodule option).
+    fn whole(&self) -> bool {
+        self.default.is_some()
+            || self.ty.is_some()
+            || self.apply.is_some()
+            || self.read_only
+            || self.default_key
+            || self.required
+            || self.example.is_some()
+            || self.default_text.is_some()
+    }
+}
+
+/// The doc comment of a field, as an option description.
+fn doc(attrs: &[syn::Attribute]) -> String {
+    let mut lines = Vec::new();
+    for a in attrs.iter().filter(|a| a.path().is_ident("doc")) {
+        if let syn::Meta::NameValue(nv) = &a.meta {
+            if let Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = &nv.value
+            {
+                let v = s.value();
+                lines.push(v.strip_prefix(' ').unwrap_or(&v).to_owned());
+            }
+        }
+    }
+    lines.join("\n").trim().to_owned()
+}
+
+fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
+    let name = &input.ident;
+    let vis = &input.vis;
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            input.generics.span(),
+            "#[derive(Options)] does not take generic parameters",
+        ));
+    }
+    let fields = match &input.data {
+        Data::Struct(s) => match &s.fields {
+            Fields::Named(f) => &f.named,
+            _ => {
+                return Err(syn::Error::new(
+                    input.span(),
+                    "#[derive(Options)] needs a struct with named fields",
+                ))
+            }
+        },
+        _ => {
+            return Err(syn::Error::new(
+                input.span(),
+                "#[derive(Options)] needs a struct with named fields",
+            ))
+        }
+    };
+    let m = quote!(::bigtop_eval::module);
+    let key_name = format_ident!("{}Key", name);
+
+    let mut key_fields = Vec::new();
+    let mut key_inits = Vec::new();
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    let mut sub_decls = Vec::new();
+    let mut decls = Vec::new();
+    for f in fields {
+        let ident = f.ident.as_ref().expect("named field");
+        let fty = &f.ty;
+        let attrs = FieldAttrs::parse(&f.attrs)?;
+        let oname = match &attrs.rename {
+            Some(r) => r.value(),
+            None => ident.to_string().trim_start_matches("r#").to_owned(),
+        };
+        let description = doc(&f.attrs);
+        let key_doc = format!("The key of the option `{oname}`.");
+        key_fields.push(quote! {
+            #[doc = #key_doc]
+            pub #ident: <#fty as #m::OptionValue>::Key
+        });
+        key_inits.push(quote! {
+            #ident: #m::Key::at(#m::join(path, #oname))
+        });
+        reads.push(quote! { #ident: #m::take_field(&mut map, #oname)? });
+        writes.push(quote! {
+            map.insert(#oname.to_owned(), #m::IntoValue::into_value(self.#ident));
+        });
+
+        // What configures the declaration, in both forms.
+        let mut configure = Vec::new();
+        if !description.is_empty() {
+            configure.push(quote! { o.description(#description); });
+        }
+        if let Some(d) = &attrs.default {
+            // Checked against the field's type at compile time.
+            configure.push(quote_spanned! {d.span()=>
+                o.default(#m::ValueOf::<#fty>::into_typed(#d));
+            });
+        }
+        if let Some(t) = &attrs.default_text {
+            configure.push(quote! { o.default_text(#t); });
+        }
+        if attrs.default_key {
+            configure.push(quote! { o.default_key(); });
+        }
+        if let Some(x) = &attrs.example {
+            configure.push(quote_spanned! {x.span()=>
+                o.example(#m::ValueOf::<#fty>::into_typed(#x));
+            });
+        }
+        if let Some(a) = &attrs.apply {
+            configure.push(quote_spanned! {a.span()=> o.apply::<#fty, #fty, _>(#a); });
+        }
+        if attrs.read_only {
+            configure.push(quote! { o.read_only(); });
+        }
+        if attrs.internal {
+            configure.push(quote! { o.internal(); });
+        }
+        let implicit = if attrs.default.is_some() || attrs.default_key || attrs.required {
+            quote!()
+        } else {
+            quote! {
+                if let Some(v) = <#fty as #m::OptionValue>::implicit_default() {
+                    o.default(v);
+                }
+            }
+        };
+        let ty = match &attrs.ty {
+            Some(t) => quote!(#t),
+            None => quote!(<#fty as #m::OptionValue>::option_type()),
+        };
+        sub_decls.push(quote! {
+            s.option(#oname, #ty, |o| { #implicit #(#configure)* });
+        });
+        decls.push(if attrs.whole() {
+            quote! {
+                m.option(#m::join(path, #oname), #ty, |o| { #implicit #(#configure)* });
+            }
+        } else {
+            quote! {
+                <#fty as #m::OptionValue>::declare(m, #m::join(path, #oname), &|o| { #(#configure)* });
+            }
+        });
+    }
+
+    let at_doc = format!(
+        "The key of the struct of options `{name}` at `path` (its options are declared there by `ModuleBuilder::options`)."
+    );
+    let key_struct_doc = format!("The typed keys of the options of `{name}`, at one path.");
+    let name_str = name.to_string();
+    Ok(quote! {
+        #[doc = #key_struct_doc]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #key_name {
+            path: &'static str,
+            #(#key_fields,)*
+        }
+
+        impl #m::Key for #key_name {
+            type Value = #name;
+            fn at(path: &'static str) -> Self {
+                #key_name { path, #(#key_inits,)* }
+            }
+            fn path(&self) -> &'static str {
+                self.path
+            }
+        }
+
+        impl #name {
+            #[doc = #at_doc]
+            #vis fn at(path: &str) -> #key_name {
+                <#key_name as #m::Key>::at(#m::intern(path))
+            }
+        }
+
+        impl #m::FromValue for #name {
+            fn from_value(v: #m::Value) -> ::std::result::Result<Self, ::std::string::String> {
+                match v {
+                    #m::Value::Map(mut map) => Ok(#name { #(#reads,)* }),
+                    other => Err(format!(
+                        "expected the options of `{}` as a map, got {}",
+                        #name_str,
+                        other.kind()
+                    )),
+                }
+            }
+        }
+
+        impl #m::IntoValue for #name {
+            fn into_value(self) -> #m::Value {
+                let mut map = ::std::collections::BTreeMap::new();
+                #(#writes)*
+                #m::Value::Map(map)
+            }
+        }
+
+        ::bigtop_eval::__defines_itself!(#name);
+
+        impl #m::OptionValue for #name {
+            type Key = #key_name;
+            fn option_type() -> #m::types::Type {
+                #m::types::submodule(|s| { #(#sub_decls)* })
+            }
+            fn implicit_default() -> Option<#m::Value> {
+                Some(#m::Value::Map(::std::collections::BTreeMap::new()))
+            }
+            #[track_caller]
+            fn declare(
+                m: &mut #m::ModuleBuilder,
+                path: &str,
+                _configure: &dyn Fn(&mut #m::OptionDecl),
+            ) {
+                #(#decls)*
+            }
+        }
+    })
+}

@@ -1,0 +1,304 @@
+//! Typed options: structs of options, typed keys for reading and
+//! defining, and what NixOS options have beyond types (`apply`,
+//! `read_only`, `internal`).
+
+use std::collections::BTreeMap;
+
+use bigtop_eval::module::{
+    default, force, lazy, types, Config, Error, Key, Module, Opt, OptionValue,
+};
+use bigtop_eval::Options;
+
+use crate::TestResult;
+
+/// TLS for a site.
+#[derive(Options, Debug, Clone, PartialEq)]
+struct Tls {
+    /// Whether to serve over TLS.
+    enable: bool,
+    /// The certificate file.
+    cert: Option<String>,
+}
+
+/// One site.
+#[derive(Options, Debug, Clone, PartialEq)]
+struct Vhost {
+    /// The host name (the entry's key unless given).
+    #[option(default_key)]
+    name: String,
+    /// The directory served.
+    #[option(default = "/srv/www")]
+    root: String,
+    /// Extra headers, in order.
+    headers: Vec<String>,
+}
+
+/// A web server.
+#[derive(Options, Debug, Clone, PartialEq)]
+struct Web {
+    /// Whether to run the web server.
+    enable: bool,
+    /// The port it listens on.
+    #[option(default = 80, ty = types::port(), example = 8080)]
+    port: u16,
+    /// The sites, by host name.
+    vhosts: BTreeMap<String, Vhost>,
+    /// TLS for every site.
+    tls: Tls,
+    /// The ports the firewall opens for it, sorted and without repeats.
+    #[option(apply = |mut v: Vec<u16>| { v.sort(); v.dedup(); v })]
+    open_ports: Vec<u16>,
+    /// The release this server was first installed with.
+    #[option(read_only, default = 1)]
+    state_version: u32,
+    /// How the web module tells the firewall module what it opens.
+    #[option(internal)]
+    firewall_note: Option<String>,
+    /// The process's name (`type` is a Rust keyword).
+    #[option(rename = "type", default = "nginx")]
+    kind: String,
+}
+
+fn web_module() -> Module {
+    Module::new("web", |m| {
+        let web = m.options::<Web>("services.web");
+        m.when(
+            move |c| c.read(web.enable),
+            move |m| {
+                m.set(web.open_ports, lazy(move |c| Ok(vec![c.read(web.port)?])));
+            },
+        );
+    })
+}
+
+#[test]
+fn a_struct_of_options_is_declared_defined_and_read_through_typed_keys() -> TestResult {
+    let web = Web::at("services.web");
+    let host = Module::new("host", move |m| {
+        m.import(&web_module());
+        m.set(web.enable, true);
+        m.set(web.port, default(8080));
+        m.set(web.port, 9000);
+        m.set(web.vhosts.entry("example.com").headers, vec!["X-A: 1"]);
+        m.set(web.vhosts.entry("b.example.org").root, "/srv/b");
+        m.set(web.tls.cert, Some("/etc/cert.pem"));
+        m.set(web.open_ports, [443, 9000, 443]);
+    });
+    let cfg = Config::eval(&[host], None)?;
+    let w = cfg.read(web)?;
+    assert_eq!(w.port, 9000);
+    assert!(w.enable);
+    // An entry's key fills the field that defaults to it, even when it
+    // holds dots (quoted in its path).
+    assert_eq!(w.vhosts["b.example.org"].name, "b.example.org");
+    assert_eq!(w.vhosts["b.example.org"].root, "/srv/b");
+    assert_eq!(w.vhosts["example.com"].root, "/srv/www");
+    assert_eq!(w.vhosts["example.com"].headers, vec!["X-A: 1".to_owned()]);
+    assert_eq!(
+        w.tls,
+        Tls {
+            enable: false,
+            cert: Some("/etc/cert.pem".into())
+        }
+    );
+    // `apply` ran on the merged list: the conditional definition's port
+    // and the host's, sorted and deduplicated.
+    assert_eq!(w.open_ports, vec![443, 9000]);
+    assert_eq!(w.kind, "nginx");
+    // One field by its key, and the same by its dotted path.
+    assert_eq!(cfg.read(web.vhosts.entry("b.example.org"))?.root, "/srv/b");
+    assert_eq!(cfg.get::<u16>("services.web.port")?, 9000);
+    assert_eq!(
+        web.vhosts.entry("b.example.org").root.path(),
+        r#"services.web.vhosts."b.example.org".root"#
+    );
+    assert_eq!(cfg.get::<String>("services.web.type")?, "nginx");
+    Ok(())
+}
+
+#[test]
+fn typed_definitions_keep_priorities_and_conditions() -> TestResult {
+    let web = Web::at("services.web");
+    let host = Module::new("host", move |m| {
+        m.import(&web_module());
+        m.set(web.port, force(8443));
+        m.set(web.port, 8080);
+        // Off: the web server is not enabled, so its ports stay empty.
+    });
+    let cfg = Config::eval(&[host], None)?;
+    assert_eq!(cfg.read(web.port)?, 8443);
+    assert_eq!(cfg.read(web.open_ports)?, Vec::<u16>::new());
+    // Where two definitions disagree at one priority, the error names
+    // both, as for string paths.
+    let clash = Module::new("clash", move |m| {
+        m.import(&web_module());
+        m.set(web.port, 1);
+        m.set(web.port, 2);
+    });
+    let e = Config::eval(&[clash], None).err().expect("a conflict");
+    assert!(e.to_string().contains("conflicting definitions"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn a_read_only_option_refuses_a_second_definition_naming_both() -> TestResult {
+    let web = Web::at("services.web");
+    let one = Module::new("one", move |m| {
+        m.import(&web_module());
+        m.set(web.state_version, 3);
+    });
+    assert_eq!(
+        Config::eval(std::slice::from_ref(&one), None)?.read(web.state_version)?,
+        3
+    );
+    let two = Module::new("two", move |m| {
+        m.import(&one);
+        m.set(web.state_version, force(4));
+    });
+    let e = Config::eval(&[two], None).err().expect("read-only");
+    let Some(Error::ReadOnly { option, defs }) = e.errors.first() else {
+        panic!("not a read-only error: {e}");
+    };
+    assert_eq!(option, "services.web.state_version");
+    let mut modules: Vec<&str> = defs.iter().map(|d| &*d.module).collect();
+    modules.sort();
+    assert_eq!(modules, ["one", "two"]);
+    assert!(e.to_string().contains("is read-only"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn read_only_and_apply_work_on_fields_of_a_map_of_structs() -> TestResult {
+    #[derive(Options, Debug, Clone, PartialEq)]
+    struct Account {
+        #[option(read_only, default = 0)]
+        uid: u32,
+        #[option(apply = |s: String| s.to_lowercase())]
+        #[option(default = "")]
+        shell: String,
+    }
+    let accounts: Opt<BTreeMap<String, Account>> = Opt::new("accounts");
+    let decl = Module::new("decl", move |m| {
+        m.declare(accounts, |o| {
+            o.description("Accounts.");
+        });
+    });
+    let ok = Module::new("ok", |m| {
+        m.import(&decl);
+        m.set(accounts.entry("alice").uid, 1000);
+        m.set(accounts.entry("alice").shell, "/BIN/SH");
+    });
+    let cfg = Config::eval(&[ok], None)?;
+    assert_eq!(
+        cfg.read(accounts.entry("alice"))?,
+        Account {
+            uid: 1000,
+            shell: "/bin/sh".into()
+        }
+    );
+    assert_eq!(cfg.read(accounts.entry("alice").shell)?, "/bin/sh");
+    let twice = Module::new("twice", |m| {
+        m.import(&decl);
+        m.set(accounts.entry("alice").uid, 1000);
+        m.set(accounts.entry("alice").uid, 1001);
+    });
+    let e = Config::eval(&[twice], None).err().expect("read-only");
+    assert!(
+        e.errors
+            .iter()
+            .any(|e| matches!(e, Error::ReadOnly { option, .. } if option == "accounts.alice.uid")),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn apply_errors_name_the_option() -> TestResult {
+    let names: Opt<Vec<String>> = Opt::new("names");
+    let m = Module::new("m", move |m| {
+        m.option("names", types::list(types::str()), |o| {
+            o.default(Vec::<String>::new())
+                .apply(|v: Vec<String>| v.len() as i64);
+        });
+        m.set(names, ["a", "b"]);
+    });
+    let cfg = Config::eval(&[m], None)?;
+    // Its result is what readers see, even of another type.
+    assert_eq!(cfg.get::<i64>("names")?, 2);
+    let bad = Module::new("bad", |m| {
+        m.option("n", types::int(), |o| {
+            o.default(1).apply(|v: String| v);
+        });
+    });
+    let e = Config::eval(&[bad], None).err().expect("apply fails");
+    assert!(
+        e.to_string()
+            .contains("`n` was merged, but its `apply` function"),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn internal_options_are_left_out_of_the_documentation() -> TestResult {
+    let cfg = Config::eval(&[web_module()], None)?;
+    let md = cfg.options_markdown();
+    assert!(md.contains("## `services.web.port`"), "{md}");
+    assert!(md.contains("The port it listens on."), "{md}");
+    assert!(md.contains("- Example: `8080`"), "{md}");
+    assert!(md.contains("## `services.web.vhosts.<name>.root`"), "{md}");
+    assert!(!md.contains("firewall_note"), "{md}");
+    assert!(!cfg
+        .options_json()
+        .as_object()
+        .unwrap()
+        .contains_key("services.web.firewall_note"));
+    // Still an option modules can use.
+    assert_eq!(
+        cfg.get::<Option<String>>("services.web.firewall_note")?,
+        None
+    );
+    Ok(())
+}
+
+#[test]
+fn rust_types_map_to_option_types() {
+    assert_eq!(
+        <u16 as OptionValue>::option_type().to_string(),
+        "integer from 0 to 65535"
+    );
+    assert_eq!(
+        <Vec<String> as OptionValue>::option_type().to_string(),
+        "list of (string)"
+    );
+    assert_eq!(
+        <BTreeMap<String, Option<bool>> as OptionValue>::option_type().to_string(),
+        "map of (null or (boolean))"
+    );
+    assert_eq!(
+        <Tls as OptionValue>::option_type().to_string(),
+        "submodule (cert, enable)"
+    );
+    let k = Web::at("a.b");
+    assert_eq!(k.tls.cert.path(), "a.b.tls.cert");
+    assert_eq!(k.path(), "a.b");
+}
+
+#[test]
+fn a_value_that_does_not_fit_the_declared_type_is_still_refused_at_evaluation() -> TestResult {
+    // The Rust type says u16; the declared type says port, which is the
+    // same range. A field whose `ty` narrows it is checked when merged.
+    #[derive(Options, Debug)]
+    struct Narrow {
+        #[option(ty = types::between(1, 10), default = 1)]
+        level: u8,
+    }
+    let n = Narrow::at("narrow");
+    let m = Module::new("m", move |m| {
+        m.options::<Narrow>("narrow");
+        m.set(n.level, 11);
+    });
+    let e = Config::eval(&[m], None).err().expect("out of range");
+    assert!(e.to_string().contains("between 1 and 10"), "{e}");
+    Ok(())
+}
