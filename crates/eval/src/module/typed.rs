@@ -249,7 +249,32 @@ macro_rules! __defines_itself {
     )*};
 }
 
-crate::__defines_itself!(bool, i8, i16, i32, i64, u8, u16, u32, String, Str, Drv, Output, Value);
+crate::__defines_itself!(
+    bool, i8, i16, i32, i64, u8, u16, u32, u64, String, Str, Drv, Output, Value
+);
+
+/// For an optional option, the value itself stands for `Some` of it:
+/// `m.set(etc.text, "hello")` rather than `Some("hello")`.
+macro_rules! stands_for_some {
+    ($($x:ty => $t:ty),* $(,)?) => {$(
+        impl ValueOf<Option<$t>> for $x {
+            fn into_typed(self) -> Value {
+                ValueOf::<$t>::into_typed(self)
+            }
+        }
+        impl DefinitionOf<Option<$t>> for $x {
+            fn into_definition(self) -> Definition {
+                Definition::from(ValueOf::<$t>::into_typed(self))
+            }
+        }
+    )*};
+}
+
+stands_for_some!(
+    bool => bool, i8 => i8, i16 => i16, i32 => i32, i64 => i64, u8 => u8, u16 => u16,
+    u32 => u32, u64 => u64, String => String, Str => Str, Drv => Drv, Output => Output,
+    &str => String, &str => Str, String => Str, Drv => Str, Drv => Output,
+);
 
 /// `ValueOf<$t> for $x` with `$conv` turning an `$x` into a `Value`, and
 /// the matching `DefinitionOf`.
@@ -379,6 +404,7 @@ scalar_option!(
     u8 => types::between(0, u8::MAX.into()),
     u16 => types::between(0, u16::MAX.into()),
     u32 => types::between(0, u32::MAX.into()),
+    u64 => types::unsigned(),
     String => types::str(),
     Str => types::str(),
     Drv => types::package(),

@@ -269,6 +269,14 @@ impl FromValue for bool {
     }
 }
 
+/// Above `i64::MAX` (which no option type accepts) it is kept as
+/// `i64::MAX`.
+impl IntoValue for u64 {
+    fn into_value(self) -> Value {
+        Value::Int(i64::try_from(self).unwrap_or(i64::MAX))
+    }
+}
+
 impl FromValue for u64 {
     fn from_value(v: Value) -> Result<Self, String> {
         match v {

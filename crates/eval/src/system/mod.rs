@@ -34,21 +34,25 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod options;
 mod render;
+
+pub use options::{
+    ActivationStep, ActivationStepKey, EtcFile, EtcFileKey, Group, GroupKey, ReadyOptions,
+    ReadyOptionsKey, ServiceOptions, ServiceOptionsKey, User, UserKey, ACTIVATION, ETC, GROUPS,
+    NAME, PACKAGES, RELEASE, SERVICES, USERS,
+};
 
 use std::collections::BTreeMap;
 
 use bigtop_core::manifest::{self, Manifest, ManifestService};
 
 use crate::drv::{Context, Drv, Str};
-use crate::module::{types, Config, Error, Module, Value};
+use crate::module::{types, Config, Error, IntoValue, Module, Value};
 use crate::platform::Platform;
 use crate::trivial::{self, TreeEntry};
 
 pub use bigtop_core::manifest::{OnChange, Ready, Restart, Service, Step};
-
-/// The largest user or group id: `(uid_t)-1` means "none" to the kernel.
-const ID_MAX: i64 = u32::MAX as i64 - 1;
 
 /// The base system module, `bigtop/system`: declares every option the
 /// toplevel reads.
@@ -71,117 +75,38 @@ pub fn module() -> Module {
     Module::new("bigtop/system", |m| {
         let hostname = types::matching("^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
             .expect("a valid pattern");
-        m.option("system.name", hostname, |o| {
+        m.option(NAME.path(), hostname, |o| {
             o.description("The host name.");
         });
-        m.option("system.release", types::optional(types::single_line_str()), |o| {
+        m.option(RELEASE.path(), types::optional(types::single_line_str()), |o| {
             o.default(Value::Null).description(
                 "The release the system is built from (a fleet defines it): recorded in the manifest, \
                  so that activation can refuse a downgrade and deploy tools can report it.",
             );
         });
-        m.option("system.packages", types::list(types::package()), |o| {
-            o.default(Vec::<Value>::new())
-                .description("Packages installed system-wide: joined into `sw`.");
+        m.declare(PACKAGES, |o| {
+            o.description("Packages installed system-wide: joined into `sw`.");
         });
-        m.option(
-            "etc",
-            types::map(types::submodule(|s| {
-                s.option("text", types::optional(types::lines()), |o| {
-                    o.default(Value::Null).description("The file's contents.");
-                });
-                s.option("source", types::optional(types::path()), |o| {
-                    o.default(Value::Null)
-                        .description("A file to link instead (a package's, usually).");
-                });
-                s.option(
-                    "mode",
-                    types::matching("^[0-7]{4}$").expect("a valid pattern"),
-                    |o| {
-                        o.default("0444")
-                            .description("Its mode, when activation copies it.");
-                    },
-                );
-                s.option("user", types::non_empty_str(), |o| {
-                    o.default("root");
-                });
-                s.option("group", types::non_empty_str(), |o| {
-                    o.default("root");
-                });
-            })),
-            |o| {
-                o.default(BTreeMap::<String, Value>::new())
-                    .description("Files of /etc, by path below it.");
-            },
-        );
-        m.option(
-            "users.users",
-            types::map(types::submodule(|s| {
-                s.option("uid", types::optional(types::between(0, ID_MAX)), |o| {
-                    o.default(Value::Null)
-                        .description("Its number; activation picks one if null.");
-                });
-                s.option("group", types::non_empty_str(), |o| {
-                    o.default("nogroup");
-                });
-                s.option("home", types::path(), |o| {
-                    o.default("/var/empty");
-                });
-                s.option("shell", types::path(), |o| {
-                    o.default("/usr/sbin/nologin");
-                });
-                s.option("system", types::bool(), |o| {
-                    o.default(true)
-                        .description("A service account rather than a person's.");
-                });
-                s.option("description", types::single_line_str(), |o| {
-                    o.default("");
-                });
-            })),
-            |o| {
-                o.default(BTreeMap::<String, Value>::new())
-                    .description("Accounts, by name (`root` always exists).");
-            },
-        );
-        m.option(
-            "users.groups",
-            types::map(types::submodule(|s| {
-                s.option("gid", types::optional(types::between(0, ID_MAX)), |o| {
-                    o.default(Value::Null);
-                });
-            })),
-            |o| {
-                o.default(BTreeMap::<String, Value>::new())
-                    .description("Groups, by name (`root` and `nogroup` always exist).");
-            },
-        );
-        m.option(
-            "system.activation",
-            types::map(types::submodule(|s| {
-                s.option("script", types::lines(), |o| {
-                    o.description(
-                        "Shell commands; run at every switch, so they must be idempotent.",
-                    );
-                });
-                s.option("after", types::list(types::str()), |o| {
-                    o.default(Vec::<String>::new())
-                        .description("Steps that run before this one.");
-                });
-            })),
-            |o| {
-                o.default(BTreeMap::<String, Value>::new())
-                    .description("Activation steps, by name.");
-            },
-        );
-        m.option("system.services", types::map(service_type()), |o| {
-            o.default(BTreeMap::<String, Value>::new())
-                .description("Services, by name.");
+        m.declare(ETC, |o| {
+            o.description("Files of /etc, by path below it.");
+        });
+        m.declare(USERS, |o| {
+            o.description("Accounts, by name (`root` always exists).");
+        });
+        m.declare(GROUPS, |o| {
+            o.description("Groups, by name (`root` and `nogroup` always exist).");
+        });
+        m.declare(ACTIVATION, |o| {
+            o.description("Activation steps, by name.");
+        });
+        m.declare(SERVICES, |o| {
+            o.description("Services, by name.");
         });
         // Name lookups read it: without it, glibc cannot list a user's
         // groups (which s6-envuidgid does for every service that runs as
         // a user). A default, so that a module may replace it.
-        m.define(
-            r#"etc."nsswitch.conf".text"#,
+        m.set(
+            ETC.entry("nsswitch.conf").text,
             crate::module::default(
                 "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nservices: files\n",
             ),
@@ -193,107 +118,69 @@ pub fn module() -> Module {
     })
 }
 
-fn service_type() -> types::Type {
-    types::submodule(|s| {
-        s.option("enable", types::bool(), |o| {
-            o.default(true);
-        });
-        s.option("description", types::single_line_str(), |o| {
-            o.default("");
-        });
-        s.option("argv", types::list(types::str()), |o| {
-            o.description("The program and its arguments.");
-        });
-        s.option("environment", types::map(types::str()), |o| {
-            o.default(BTreeMap::<String, Value>::new());
-        });
-        s.option("working_directory", types::optional(types::path()), |o| {
-            o.default(Value::Null);
-        });
-        s.option("user", types::non_empty_str(), |o| {
-            o.default("root");
-        });
-        s.option("group", types::non_empty_str(), |o| {
-            o.default("root");
-        });
-        s.option("requires", types::list(types::str()), |o| {
-            o.default(Vec::<String>::new());
-        });
-        s.option("after", types::list(types::str()), |o| {
-            o.default(Vec::<String>::new());
-        });
-        s.option(
-            "restart",
-            types::one_of_str(["always", "on-failure", "never"]),
-            |o| {
-                o.default("on-failure");
-            },
-        );
-        s.option("restart_delay_ms", types::unsigned(), |o| {
-            o.default(1000);
-        });
-        s.option("reload", types::optional(types::list(types::str())), |o| {
-            o.default(Value::Null);
-        });
-        s.option(
-            "on_change",
-            types::one_of_str(["restart", "reload", "nothing"]),
-            |o| {
-                o.default("restart");
-            },
-        );
-        s.option("restart_triggers", types::list(types::str()), |o| {
-            o.default(Vec::<String>::new());
-        });
-        s.option(
-            "ready",
-            types::optional(types::submodule(|r| {
-                r.option("tcp_port", types::optional(types::port()), |o| {
-                    o.default(Value::Null);
-                });
-                r.option("command", types::optional(types::list(types::str())), |o| {
-                    o.default(Value::Null);
-                });
-                r.option("timeout_ms", types::unsigned(), |o| {
-                    o.default(30_000);
-                });
-            })),
-            |o| {
-                o.default(Value::Null);
-            },
-        );
-    })
-}
-
 /// The enabled services of a configuration, typed.
 pub fn services(cfg: &Config) -> Result<BTreeMap<String, Service>, Error> {
     let mut out = BTreeMap::new();
-    for name in cfg.keys("system.services")? {
-        if let Some(s) = service(cfg, &name)? {
-            out.insert(name, s);
+    for name in cfg.keys(SERVICES.path())? {
+        if let Some(s) = service_options(cfg, &name)? {
+            out.insert(name.clone(), service_of(&name, s));
         }
     }
     Ok(out)
 }
 
-/// The service `name`, typed; `None` when disabled. Merged on its own: a
-/// broken service does not keep the others from being read.
-fn service(cfg: &Config, name: &str) -> Result<Option<Service>, Error> {
-    let path = format!("system.services.\"{name}\"");
-    let Value::Map(mut fields) = cfg.value(&path)? else {
-        return Ok(None);
-    };
-    if fields.remove("enable") == Some(Value::Bool(false)) {
-        return Ok(None);
+/// The options of the service `name`; `None` when disabled. Merged on
+/// its own: a broken service does not keep the others from being read.
+fn service_options(cfg: &Config, name: &str) -> Result<Option<ServiceOptions>, Error> {
+    let s = cfg.read(SERVICES.entry(name))?;
+    Ok(s.enable.then_some(s))
+}
+
+/// The service as the manifest and the renderers take it.
+fn service_of(name: &str, s: ServiceOptions) -> Service {
+    let strings = |v: Vec<Str>| v.into_iter().map(|x| x.as_str().to_owned()).collect();
+    Service {
+        name: name.to_owned(),
+        description: s.description,
+        argv: strings(s.argv),
+        environment: s
+            .environment
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().to_owned()))
+            .collect(),
+        working_directory: s.working_directory.map(|w| w.as_str().to_owned()),
+        user: s.user,
+        group: s.group,
+        requires: s.requires,
+        after: s.after,
+        restart: s.restart,
+        restart_delay_ms: s.restart_delay_ms,
+        reload: s.reload.map(strings),
+        on_change: s.on_change,
+        restart_triggers: s
+            .restart_triggers
+            .iter()
+            .map(|t| restart_trigger(t.as_str()))
+            .collect(),
+        ready: s.ready.map(|r| Ready {
+            tcp_port: r.tcp_port,
+            command: r.command.map(strings),
+            timeout_ms: r.timeout_ms,
+        }),
     }
-    fields.insert("name".into(), Value::from(name));
-    serde_json::from_value(Value::Map(fields).to_json())
-        .map(Some)
-        .map_err(|e| Error::Convert {
-            option: format!("system.services.{name}"),
-            rust_type: "Service",
-            reason: e.to_string(),
-        })
+}
+
+/// A restart trigger as the manifest records it: a path as it is (the
+/// activation engine restarts the service when the /etc file it names
+/// changes), anything else (a configuration file's text, typically) by
+/// its content hash, so that the manifest does not hold every service's
+/// configuration twice.
+fn restart_trigger(t: &str) -> String {
+    if t.starts_with('/') && !t.contains('\n') {
+        t.to_owned()
+    } else {
+        content_hash(t.as_bytes())
+    }
 }
 
 /// What the toplevel relies on and types alone cannot say.
@@ -317,12 +204,15 @@ fn check(c: &Config) -> Result<Vec<String>, Error> {
 fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
     // The services that evaluate: a broken one is reported by its option.
     let services: BTreeMap<String, Service> = c
-        .keys("system.services")?
+        .keys(SERVICES.path())?
         .into_iter()
-        .filter_map(|n| service(c, &n).ok().flatten().map(|s| (n, s)))
+        .filter_map(|n| {
+            let s = service_options(c, &n).ok().flatten()?;
+            Some((n.clone(), service_of(&n, s)))
+        })
         .collect();
-    let users: BTreeMap<String, Value> = c.get("users.users")?;
-    let groups: BTreeMap<String, Value> = c.get("users.groups")?;
+    let users = c.read(USERS)?;
+    let groups = c.read(GROUPS)?;
     let user_ok = |u: &str| u == "root" || users.contains_key(u);
     let group_ok = |g: &str| g == "root" || g == "nogroup" || groups.contains_key(g);
     for s in services.values() {
@@ -386,33 +276,24 @@ fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
         }
     }
     for (name, u) in &users {
-        if let Value::Map(f) = u {
-            if let Some(Value::Str(g)) = f.get("group") {
-                if !group_ok(g.as_str()) {
-                    problems.push(format!(
-                        "user `{name}` has group `{}`, which is not in `users.groups`",
-                        g.as_str()
-                    ));
-                }
-            }
+        if !group_ok(&u.group) {
+            problems.push(format!(
+                "user `{name}` has group `{}`, which is not in `users.groups`",
+                u.group
+            ));
         }
     }
     Ok(())
 }
 
 fn check_etc(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
-    let etc: BTreeMap<String, Value> = c.get("etc")?;
-    for (path, e) in &etc {
-        if let Value::Map(f) = e {
-            let text = f.get("text").is_some_and(|v| *v != Value::Null);
-            let source = f.get("source").is_some_and(|v| *v != Value::Null);
-            if text == source {
-                problems.push(format!(
-                    "`etc.{path}` needs exactly one of `text` and `source`"
-                ));
-            }
+    for (path, e) in c.read(ETC)? {
+        if e.text.is_some() == e.source.is_some() {
+            problems.push(format!(
+                "`etc.{path}` needs exactly one of `text` and `source`"
+            ));
         }
-        if let Err(why) = etc_path_ok(path) {
+        if let Err(why) = etc_path_ok(&path) {
             problems.push(why);
         }
     }
@@ -461,9 +342,16 @@ fn etc_path_ok(path: &str) -> Result<(), String> {
 }
 
 fn activation(c: &Config) -> Result<BTreeMap<String, Step>, Error> {
-    let crate::module::Json(steps) =
-        c.get::<crate::module::Json<BTreeMap<String, Step>>>("system.activation")?;
-    Ok(steps)
+    Ok(c.read(ACTIVATION)?
+        .into_iter()
+        .map(|(n, s)| {
+            let step = Step {
+                script: s.script.as_str().to_owned(),
+                after: s.after,
+            };
+            (n, step)
+        })
+        .collect())
 }
 
 /// A built system: its toplevel derivation and the manifest it holds.
@@ -478,15 +366,30 @@ pub struct Toplevel {
 /// The toplevel of an evaluated configuration (which must import
 /// [`module`]), for `platform`.
 pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
-    let name: String = cfg.get("system.name")?;
-    let services = services(cfg)?;
-    let packages: Vec<Drv> = cfg.get("system.packages")?;
-    let etc: BTreeMap<String, Value> = cfg.get("etc")?;
-    let release: Option<String> = cfg.get("system.release")?;
-    let crate::module::Json(users) =
-        cfg.get::<crate::module::Json<BTreeMap<String, manifest::User>>>("users.users")?;
-    let crate::module::Json(groups) =
-        cfg.get::<crate::module::Json<BTreeMap<String, manifest::Group>>>("users.groups")?;
+    let name = cfg.read(NAME)?;
+    let packages = cfg.read(PACKAGES)?;
+    let etc = cfg.read(ETC)?;
+    let release = cfg.read(RELEASE)?;
+    let users = cfg
+        .read(USERS)?
+        .into_iter()
+        .map(|(n, u)| {
+            let u = manifest::User {
+                uid: u.uid,
+                group: u.group,
+                home: u.home,
+                shell: u.shell,
+                system: u.system,
+                description: u.description,
+            };
+            (n, u)
+        })
+        .collect();
+    let groups = cfg
+        .read(GROUPS)?
+        .into_iter()
+        .map(|(n, g)| (n, manifest::Group { gid: g.gid }))
+        .collect();
     let steps = activation(cfg)?;
     let order = render::order_steps(&steps).map_err(Error::msg)?;
 
@@ -494,72 +397,51 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
     let mut manifest_etc = BTreeMap::new();
     for (path, e) in etc {
         etc_path_ok(&path).map_err(Error::msg)?;
-        let Value::Map(mut f) = e else { continue };
-        let field = |f: &mut BTreeMap<String, Value>, k: &str| -> Result<String, Error> {
-            crate::module::FromValue::from_value(f.remove(k).unwrap_or_default()).map_err(
-                |reason| Error::Convert {
-                    option: format!("etc.{path}.{k}"),
-                    rust_type: "String",
-                    reason,
-                },
-            )
-        };
-        let (mode, user, group) = (
-            field(&mut f, "mode")?,
-            field(&mut f, "user")?,
-            field(&mut f, "group")?,
-        );
-        let entry = match (f.remove("text"), f.remove("source")) {
-            (Some(Value::Str(text)), _) => {
-                let hash = content_hash(text.as_str().as_bytes());
-                manifest_etc.insert(
-                    path.clone(),
-                    manifest::EtcEntry {
-                        mode,
-                        user,
-                        group,
-                        hash: Some(hash),
-                        source: None,
-                    },
-                );
+        let (hash, source, entry) = match (e.text, e.source) {
+            (Some(text), None) => (
+                Some(content_hash(text.as_str().as_bytes())),
+                None,
                 TreeEntry::File {
                     path: format!("etc/{path}"),
                     text,
                     executable: false,
-                }
-            }
-            (_, Some(Value::Str(source))) => {
-                manifest_etc.insert(
-                    path.clone(),
-                    manifest::EtcEntry {
-                        mode,
-                        user,
-                        group,
-                        hash: None,
-                        source: Some(source.as_str().to_owned()),
-                    },
-                );
+                },
+            ),
+            (None, Some(source)) => (
+                None,
+                Some(source.as_str().to_owned()),
                 TreeEntry::Link {
                     path: format!("etc/{path}"),
                     target: source,
-                }
-            }
+                },
+            ),
             _ => {
                 return Err(Error::msg(format!(
                     "`etc.{path}` needs exactly one of `text` and `source`"
                 )))
             }
         };
+        manifest_etc.insert(
+            path,
+            manifest::EtcEntry {
+                mode: e.mode,
+                user: e.user,
+                group: e.group,
+                hash,
+                source,
+            },
+        );
         entries.push(entry);
     }
 
     // Services keep the context of their strings (a package's program in
     // `argv`): every rendered file names what it runs.
-    let raw: BTreeMap<String, Value> = cfg.get("system.services")?;
     let mut ctx = Context::default();
-    for (n, v) in &raw {
-        if services.contains_key(n) {
-            collect_context(v, &mut ctx);
+    let mut services = BTreeMap::new();
+    for n in cfg.keys(SERVICES.path())? {
+        if let Some(s) = service_options(cfg, &n)? {
+            collect_context(&s.clone().into_value(), &mut ctx);
+            services.insert(n.clone(), service_of(&n, s));
         }
     }
     let mut manifest_services = BTreeMap::new();
@@ -584,7 +466,7 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
     }
 
     let mut step_ctx = Context::default();
-    collect_context(&cfg.value("system.activation")?, &mut step_ctx);
+    collect_context(&cfg.value(ACTIVATION.path())?, &mut step_ctx);
     for (n, s) in &steps {
         let script = format!("#!/bin/sh\nset -e\n{}\n", s.script.trim_end());
         entries.push(file(format!("activation/{n}"), script, true));
