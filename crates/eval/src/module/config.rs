@@ -68,7 +68,8 @@ type Memo<T> = RefCell<HashMap<NodePath, MemoEntry<T>>>;
 /// Not shared between threads (each machine of a fleet is evaluated by
 /// one); it may be sent to another.
 pub struct Config {
-    decls: BTreeMap<String, OptionDecl>,
+    /// Shared by every configuration of the same declaring modules.
+    decls: Arc<BTreeMap<String, OptionDecl>>,
     defs: HashMap<String, Vec<PlacedDefinition>>,
     modules: Vec<Module>,
     pkgs: Option<Pkgs>,
@@ -87,6 +88,16 @@ pub struct Config {
     key_lists: Memo<Vec<String>>,
     /// The options being merged, innermost last.
     stack: RefCell<Vec<String>>,
+    /// What each path read names.
+    resolved: RefCell<HashMap<String, Arc<Resolved>>>,
+}
+
+/// What a path names: an option (with the keys below it), a group of
+/// options (each child's name and path), or nothing.
+enum Resolved {
+    Option(String, Vec<String>),
+    Group(Vec<(String, String)>),
+    Nothing,
 }
 
 /// One definition of an option, as [`Config::definitions`] reports it.
@@ -172,57 +183,8 @@ impl Config {
     }
 
     fn gather(modules: &[Module], pkgs: Option<Pkgs>) -> (Config, Vec<Error>) {
-        let mut errors = Vec::new();
         let modules = gather(modules);
-        let mut decls: BTreeMap<String, OptionDecl> = BTreeMap::new();
-        for m in &modules {
-            for (path, d) in &m.0.options {
-                let merged = match decls.remove(path) {
-                    None => d.clone(),
-                    Some(old) => {
-                        let first = old.locs[0].clone();
-                        match old.clone().merge(d.clone()) {
-                            Ok(m) => m,
-                            Err(reason) => {
-                                errors.push(Error::Declaration {
-                                    option: path.clone(),
-                                    reason,
-                                    first,
-                                    second: d.locs[0].clone(),
-                                });
-                                old
-                            }
-                        }
-                    }
-                };
-                decls.insert(path.clone(), merged);
-            }
-        }
-        for (path, d) in &decls {
-            for (field, reason, first, second) in d.ty.clashes() {
-                errors.push(Error::Declaration {
-                    option: format!("{path}.{field}"),
-                    reason,
-                    first,
-                    second,
-                });
-            }
-        }
-        // An option cannot also be a group of options.
-        for (path, d) in &decls {
-            let mut prefix = path.as_str();
-            while let Some((head, _)) = prefix.rsplit_once('.') {
-                if let Some(outer) = decls.get(head) {
-                    errors.push(Error::Declaration {
-                        option: head.to_owned(),
-                        reason: format!("it is an option, and `{path}` is declared inside it"),
-                        first: outer.locs[0].clone(),
-                        second: d.locs[0].clone(),
-                    });
-                }
-                prefix = head;
-            }
-        }
+        let (decls, mut errors) = declarations(&modules);
         let mut cfg = Config {
             decls,
             defs: HashMap::new(),
@@ -234,6 +196,7 @@ impl Config {
             keys: RefCell::new(HashMap::new()),
             key_lists: RefCell::new(HashMap::new()),
             stack: RefCell::new(Vec::new()),
+            resolved: RefCell::new(HashMap::new()),
         };
         let migrations: Vec<(&Migration, Arc<str>)> = modules
             .iter()
@@ -371,12 +334,19 @@ impl Config {
     /// The declared option a path of segments is, or is inside (with the
     /// rest, which may hold keys with dots).
     fn option_of_segments(&self, path: &[String]) -> Option<(String, Vec<String>)> {
-        (1..=path.len()).rev().find_map(|n| {
-            let key = path[..n].join(".");
-            self.decls
-                .contains_key(&key)
-                .then(|| (key, path[n..].to_vec()))
-        })
+        // No option is declared inside another (collecting refuses it), so
+        // the first prefix that is an option is the only one.
+        let mut key = String::with_capacity(path.iter().map(|p| p.len() + 1).sum());
+        for (n, seg) in path.iter().enumerate() {
+            if n > 0 {
+                key.push('.');
+            }
+            key.push_str(seg);
+            if self.decls.contains_key(&key) {
+                return Some((key, path[n + 1..].to_vec()));
+            }
+        }
+        None
     }
 
     /// Whether options are declared under `path`.
@@ -455,77 +425,98 @@ impl Config {
 
     /// The value at `path`, untyped.
     pub fn value(&self, path: &str) -> Result<Value, Error> {
-        let segments = super::parse_path(path);
-        if let Some((option, sub)) = self.option_of_segments(&segments) {
-            let merged = matches!(
-                self.memo.borrow().get(option.as_str()),
-                Some(MemoEntry::Done(Ok(_)))
-            );
-            // As deep as the path goes through maps and submodules, a node
-            // is merged on its own (unless the whole option already is).
-            let mut depth = 0;
-            let whole_only = {
-                let d = &self.decls[&option];
-                d.apply.is_some() || d.read_only
-            };
-            if !merged && !whole_only {
-                let mut t = self.decls[&option].ty.clone();
-                while let Some((next, _)) = sub.get(depth).and_then(|k| t.inner(k)) {
-                    t = next.clone();
-                    depth += 1;
+        let resolved = self.resolve(path);
+        match &*resolved {
+            Resolved::Option(option, sub) => self.value_in(option, sub),
+            Resolved::Group(children) => {
+                let mut out = BTreeMap::new();
+                for (name, full) in children {
+                    out.insert(name.clone(), self.value(full)?);
                 }
+                Ok(Value::Map(out))
             }
-            let (whole, rest, mut at) = if depth > 0 {
-                (
-                    self.node_present(&option, &sub[..depth])?,
-                    &sub[depth..],
-                    node_shown(&option, &sub[..depth]),
-                )
-            } else {
-                (self.option(&option)?, &sub[..], option)
-            };
-            let mut v: &Value = &whole;
-            for key in rest {
-                let missing = |keys: Vec<String>| Error::NoSuchOption {
-                    path: format!("{at}.{key}"),
-                    suggestions: nearest_under(&at, key, keys.iter().map(|k| &**k)),
-                };
-                v = match v {
-                    Value::Map(m) => match m.get(key.as_str()) {
-                        Some(v) => v,
-                        None => return Err(missing(m.keys().cloned().collect())),
-                    },
-                    Value::List(l) => match key.parse::<usize>().ok().and_then(|i| l.get(i)) {
-                        Some(v) => v,
-                        None => return Err(missing(Vec::new())),
-                    },
-                    _ => return Err(missing(Vec::new())),
-                };
-                at = format!("{at}.{key}");
-            }
-            return Ok(v.clone());
+            Resolved::Nothing => Err(Error::NoSuchOption {
+                path: path.to_owned(),
+                suggestions: self.suggest(path),
+            }),
         }
-        if self.is_group(path) {
+    }
+
+    /// What `path` names, found once per configuration: the same paths
+    /// are read again and again (by every definition reading an option),
+    /// and finding one parses it and looks up its prefixes.
+    fn resolve(&self, path: &str) -> Arc<Resolved> {
+        if let Some(r) = self.resolved.borrow().get(path) {
+            return r.clone();
+        }
+        let segments = super::parse_path(path);
+        let r = if let Some((option, sub)) = self.option_of_segments(&segments) {
+            Resolved::Option(option, sub)
+        } else if self.is_group(path) {
             let dotted = format!("{path}.");
-            let mut out = BTreeMap::new();
-            let children: Vec<String> = self
+            let mut children: Vec<(String, String)> = Vec::new();
+            for (k, _) in self
                 .decls
                 .range(dotted.clone()..)
                 .take_while(|(k, _)| k.starts_with(&dotted))
-                .map(|(k, _)| k[dotted.len()..].split('.').next().unwrap_or("").to_owned())
-                .collect();
-            for c in children {
-                if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(c) {
-                    let v = self.value(&format!("{path}.{}", slot.key()))?;
-                    slot.insert(v);
+            {
+                let c = k[dotted.len()..].split('.').next().unwrap_or("");
+                if children.last().is_none_or(|(last, _)| last != c) {
+                    children.push((c.to_owned(), format!("{path}.{c}")));
                 }
             }
-            return Ok(Value::Map(out));
+            Resolved::Group(children)
+        } else {
+            Resolved::Nothing
+        };
+        let r = Arc::new(r);
+        self.resolved
+            .borrow_mut()
+            .insert(path.to_owned(), r.clone());
+        r
+    }
+
+    /// The value at `sub` below the declared option `option`.
+    fn value_in(&self, option: &str, sub: &[String]) -> Result<Value, Error> {
+        let merged = matches!(self.memo.borrow().get(option), Some(MemoEntry::Done(Ok(_))));
+        // As deep as the path goes through maps and submodules, a node is
+        // merged on its own (unless the whole option already is).
+        let mut depth = 0;
+        let decl = &self.decls[option];
+        if !merged && decl.apply.is_none() && !decl.read_only {
+            let mut t = &decl.ty;
+            while let Some((next, _)) = sub.get(depth).and_then(|k| t.inner(k)) {
+                t = next;
+                depth += 1;
+            }
         }
-        Err(Error::NoSuchOption {
-            path: path.to_owned(),
-            suggestions: self.suggest(path),
-        })
+        let whole = if depth > 0 {
+            self.node_present(option, &sub[..depth])?
+        } else {
+            self.option(option)?
+        };
+        let mut v: &Value = &whole;
+        for (i, key) in sub.iter().enumerate().skip(depth) {
+            let missing = |keys: Vec<String>| {
+                let at = node_shown(option, &sub[..i]);
+                Error::NoSuchOption {
+                    path: format!("{at}.{key}"),
+                    suggestions: nearest_under(&at, key, keys.iter().map(|k| &**k)),
+                }
+            };
+            v = match v {
+                Value::Map(m) => match m.get(key.as_str()) {
+                    Some(v) => v,
+                    None => return Err(missing(m.keys().cloned().collect())),
+                },
+                Value::List(l) => match key.parse::<usize>().ok().and_then(|i| l.get(i)) {
+                    Some(v) => v,
+                    None => return Err(missing(Vec::new())),
+                },
+                _ => return Err(missing(Vec::new())),
+            };
+        }
+        Ok(v.clone())
     }
 
     /// The merged value of the declared option `path`, once.
@@ -900,6 +891,118 @@ impl Evaluator for Config {
     fn holds(&self, conds: &[Cond]) -> Result<bool, Error> {
         Config::holds(self, conds)
     }
+}
+
+/// Declarations compiled from a set of declaring modules (in order), with
+/// what merging them found; kept for the next configuration of the same
+/// modules.
+struct Compiled {
+    declaring: Vec<Module>,
+    decls: Arc<BTreeMap<String, OptionDecl>>,
+    errors: Vec<Error>,
+}
+
+/// How many sets of declarations are kept: a fleet has a few releases,
+/// each with its set; a program building modules anew for every machine
+/// does not grow this.
+const COMPILED_KEPT: usize = 8;
+
+/// The declarations of `modules`, merged and checked once for every
+/// configuration whose modules declare the same options: the machines of
+/// a fleet share them, and evaluate only their definitions.
+fn declarations(modules: &[Module]) -> (Arc<BTreeMap<String, OptionDecl>>, Vec<Error>) {
+    use std::sync::{Mutex, OnceLock};
+    static KEPT: OnceLock<Mutex<Vec<Compiled>>> = OnceLock::new();
+    let declaring: Vec<Module> = modules
+        .iter()
+        .filter(|m| !m.0.options.is_empty())
+        .cloned()
+        .collect();
+    let same = |c: &Compiled| {
+        c.declaring.len() == declaring.len()
+            && c.declaring
+                .iter()
+                .zip(&declaring)
+                .all(|(a, b)| Arc::ptr_eq(&a.0, &b.0))
+    };
+    let kept = KEPT.get_or_init(Default::default);
+    {
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kept.iter().position(same) {
+            // Most recently used last.
+            let c = kept.remove(i);
+            let out = (c.decls.clone(), c.errors.clone());
+            kept.push(c);
+            return out;
+        }
+    }
+    let (decls, errors) = compile(&declaring);
+    let decls = Arc::new(decls);
+    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.len() >= COMPILED_KEPT {
+        kept.remove(0);
+    }
+    kept.push(Compiled {
+        declaring,
+        decls: decls.clone(),
+        errors: errors.clone(),
+    });
+    (decls, errors)
+}
+
+/// The options `modules` declare, merged, and what is wrong with them.
+fn compile(modules: &[Module]) -> (BTreeMap<String, OptionDecl>, Vec<Error>) {
+    let mut errors = Vec::new();
+    let mut decls: BTreeMap<String, OptionDecl> = BTreeMap::new();
+    for m in modules {
+        for (path, d) in &m.0.options {
+            let merged = match decls.remove(path) {
+                None => d.clone(),
+                Some(old) => {
+                    let first = old.locs[0].clone();
+                    match old.clone().merge(d.clone()) {
+                        Ok(m) => m,
+                        Err(reason) => {
+                            errors.push(Error::Declaration {
+                                option: path.clone(),
+                                reason,
+                                first,
+                                second: d.locs[0].clone(),
+                            });
+                            old
+                        }
+                    }
+                }
+            };
+            decls.insert(path.clone(), merged);
+        }
+    }
+    for (path, d) in &decls {
+        for (field, reason, first, second) in d.ty.clashes() {
+            errors.push(Error::Declaration {
+                option: format!("{path}.{field}"),
+                reason,
+                first,
+                second,
+            });
+        }
+    }
+    // An option cannot also be a group of options.
+    for (path, d) in &decls {
+        let mut prefix = path.as_str();
+        while let Some((head, _)) = prefix.rsplit_once('.') {
+            if let Some(outer) = decls.get(head) {
+                errors.push(Error::Declaration {
+                    option: head.to_owned(),
+                    reason: format!("it is an option, and `{path}` is declared inside it"),
+                    first: outer.locs[0].clone(),
+                    second: d.locs[0].clone(),
+                });
+            }
+            prefix = head;
+        }
+    }
+    (decls, errors)
 }
 
 /// How a cycle or an error names the node `path` below `option`.

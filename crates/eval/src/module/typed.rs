@@ -180,16 +180,28 @@ impl<T: OptionValue> Opt<BTreeMap<String, T>> {
 /// holds a dot, so that the path parses back to the same segments.
 pub fn join(parent: &str, name: &str) -> &'static str {
     let quote = name.is_empty() || name.contains(['.', '"']);
-    let name = if quote {
-        format!("\"{name}\"")
-    } else {
-        name.to_owned()
-    };
-    if parent.is_empty() {
-        intern(&name)
-    } else {
-        intern(&format!("{parent}.{name}"))
+    // Keys are made for every machine from the same few names: the path
+    // is put together in a buffer kept per thread, and allocated only the
+    // first time it is seen.
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        if !parent.is_empty() {
+            b.push_str(parent);
+            b.push('.');
+        }
+        if quote {
+            b.push('"');
+            b.push_str(name);
+            b.push('"');
+        } else {
+            b.push_str(name);
+        }
+        intern(&b)
+    })
 }
 
 /// `path` as a `&'static str`, kept once however often it is asked for.

@@ -203,14 +203,26 @@ fn check(c: &Config) -> Result<Vec<String>, Error> {
 
 fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
     // The services that evaluate: a broken one is reported by its option.
-    let services: BTreeMap<String, Service> = c
-        .keys(SERVICES.path())?
-        .into_iter()
-        .filter_map(|n| {
-            let s = service_options(c, &n).ok().flatten()?;
-            Some((n.clone(), service_of(&n, s)))
-        })
-        .collect();
+    // All of them read at once where they all evaluate (the usual case),
+    // one by one otherwise.
+    let services: BTreeMap<String, Service> = match c.read(SERVICES) {
+        Ok(all) => all
+            .into_iter()
+            .filter(|(_, s)| s.enable)
+            .map(|(n, s)| {
+                let s = service_of(&n, s);
+                (n, s)
+            })
+            .collect(),
+        Err(_) => c
+            .keys(SERVICES.path())?
+            .into_iter()
+            .filter_map(|n| {
+                let s = service_options(c, &n).ok().flatten()?;
+                Some((n.clone(), service_of(&n, s)))
+            })
+            .collect(),
+    };
     let users = c.read(USERS)?;
     let groups = c.read(GROUPS)?;
     let user_ok = |u: &str| u == "root" || users.contains_key(u);
