@@ -204,7 +204,9 @@ const NIX_BASE: &str = r#"  base = { config, ... }: {
       restart = opt (types.enum [ "always" "on-failure" "never" ]) "on-failure"; restart_delay_ms = opt types.ints.unsigned 1000;
       reload = opt (types.nullOr (types.listOf types.str)) null; on_change = opt (types.enum [ "restart" "reload" "nothing" ]) "restart";
       restart_triggers = opt (types.listOf types.str) [];
-      ready = opt (types.nullOr (sub { tcp_port = opt (types.nullOr types.port) null; command = opt (types.nullOr (types.listOf types.str)) null; timeout_ms = opt types.ints.unsigned 30000; })) null;
+      ready = opt (types.nullOr (sub { tcp_port = opt (types.nullOr types.port) null; command = opt (types.nullOr (types.listOf types.str)) null; timeout_ms = opt types.ints.unsigned 30000; notify = opt types.bool false; })) null;
+      limits = opt (sub { open_files = opt (types.nullOr (types.ints.between 0 4294967295)) null; processes = opt (types.nullOr (types.ints.between 0 4294967295)) null; }) {};
+      systemd = opt (sub { unit = opt (types.attrsOf types.singleLineStr) {}; service = opt (types.attrsOf types.singleLineStr) {}; }) {};
     })) {};
     config.etc."nsswitch.conf".text = mkDefault "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nservices: files\n";
   };

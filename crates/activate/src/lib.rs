@@ -30,6 +30,8 @@
 //!         user: "root".into(), group: "root".into(), requires: vec![], after: vec![],
 //!         restart: Restart::OnFailure, restart_delay_ms: 1000, reload: None,
 //!         on_change: OnChange::Restart, restart_triggers: vec![], ready: None,
+//!         limits: Default::default(), systemd_unit: Default::default(),
+//!         systemd_service: Default::default(),
 //!     };
 //!     ManifestService { hash: argv.into(), service }
 //! };

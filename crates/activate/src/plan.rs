@@ -332,6 +332,11 @@ fn field_changes(a: &ManifestService, b: &ManifestService) -> Vec<String> {
     field(a.reload != b.reload, "reload command");
     field(a.on_change != b.on_change, "on_change");
     field(a.ready != b.ready, "readiness check");
+    field(a.limits != b.limits, "limits");
+    field(
+        a.systemd_unit != b.systemd_unit || a.systemd_service != b.systemd_service,
+        "systemd settings",
+    );
     field(a.description != b.description, "description");
     for t in &b.restart_triggers {
         if !a.restart_triggers.contains(t) {
@@ -522,6 +527,9 @@ mod tests {
             reload: Some(vec!["/bin/true".into()]),
             on_change: OnChange::Restart,
             restart_triggers: Vec::new(),
+            limits: Default::default(),
+            systemd_unit: Default::default(),
+            systemd_service: Default::default(),
             ready: None,
         };
         with_hash(service)

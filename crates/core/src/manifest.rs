@@ -105,6 +105,33 @@ pub struct Ready {
     pub command: Option<Vec<String>>,
     /// How long to wait, in milliseconds.
     pub timeout_ms: u64,
+    /// The service tells systemd itself when it is ready (`sd_notify`):
+    /// its unit is `Type=notify`. Other init systems use the checks above.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub notify: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Resource limits of a service, for every init system (systemd's
+/// `LimitNOFILE=` and `LimitNPROC=`, s6's `s6-softlimit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The most files it may have open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u32>,
+    /// The most processes its user may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u32>,
+}
+
+impl Limits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// A service, independent of the init system.
@@ -141,6 +168,18 @@ pub struct Service {
     pub restart_triggers: Vec<String>,
     /// When it counts as started.
     pub ready: Option<Ready>,
+    /// Its resource limits.
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+    /// Keys added to its systemd unit's `[Unit]` section, after those
+    /// bigtop writes (`StartLimitBurst`, …): the way to anything systemd
+    /// has and this description does not.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub systemd_unit: BTreeMap<String, String>,
+    /// Keys added to its systemd unit's `[Service]` section, after those
+    /// bigtop writes (`LimitMEMLOCK`, `ProtectSystem`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub systemd_service: BTreeMap<String, String>,
 }
 
 /// A service as the manifest records it: its definition and the hash of

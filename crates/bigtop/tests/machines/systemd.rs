@@ -46,6 +46,24 @@ fn services(m: &mut ModuleBuilder, tool: &bigtop::eval::drv::Drv, version: &str)
     m.define("system.services.web.on_change", "reload");
     m.define("system.services.web.reload", vec!["/bin/kill", "-HUP", "1"]);
     m.define("system.services.web.restart", "always");
+    // What a NixOS user ports: a target to start after, limits, systemd
+    // settings bigtop has no option for, readiness.
+    let web = system::SERVICES.entry("web");
+    m.set(web.after, ["app", "network-online.target"]);
+    m.set(web.limits.open_files, 65536);
+    m.set(web.limits.processes, 512);
+    m.set(web.systemd.service.entry("ProtectSystem"), "strict");
+    m.set(web.systemd.unit.entry("StartLimitBurst"), "5");
+    let db = system::SERVICES.entry("db");
+    m.set(
+        db.ready,
+        Some(system::ReadyOptions {
+            tcp_port: Some(5432),
+            command: Some(vec!["/bin/true".into()]),
+            timeout_ms: 5000,
+            notify: false,
+        }),
+    );
 }
 
 #[test]
@@ -84,6 +102,25 @@ fn every_rendered_unit_passes_systemd_analyze_verify() -> Result {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+    // What systemd-analyze accepted holds what was asked for.
+    let web = std::fs::read_to_string(units.join("web.service"))?;
+    for line in [
+        "After=app.service network-online.target",
+        "StartLimitBurst=5",
+        "LimitNOFILE=65536",
+        "LimitNPROC=512",
+        "ProtectSystem=strict",
+    ] {
+        assert!(web.lines().any(|l| l == line), "{line} missing in\n{web}");
+    }
+    let db = std::fs::read_to_string(units.join("db.service"))?;
+    for line in [
+        r#"ExecStartPost=/bin/sh -c "until nc -z 127.0.0.1 5432; do sleep 0.1; done""#,
+        r#"ExecStartPost=/bin/sh -c "until '/bin/true'; do sleep 0.1; done""#,
+        "TimeoutStartSec=5000ms",
+    ] {
+        assert!(db.lines().any(|l| l == line), "{line} missing in\n{db}");
     }
     // The check is real: a unit naming a program that is not there fails.
     let broken = tmp.path().join("broken.service");

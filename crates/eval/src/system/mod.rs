@@ -38,9 +38,10 @@ mod options;
 mod render;
 
 pub use options::{
-    ActivationStep, ActivationStepKey, EtcFile, EtcFileKey, Group, GroupKey, ReadyOptions,
-    ReadyOptionsKey, ServiceOptions, ServiceOptionsKey, User, UserKey, ACTIVATION, ETC, GROUPS,
-    NAME, PACKAGES, RELEASE, SERVICES, USERS,
+    ActivationStep, ActivationStepKey, EtcFile, EtcFileKey, Group, GroupKey, LimitsOptions,
+    LimitsOptionsKey, ReadyOptions, ReadyOptionsKey, ServiceOptions, ServiceOptionsKey,
+    SystemdOptions, SystemdOptionsKey, User, UserKey, ACTIVATION, ETC, GROUPS, NAME, PACKAGES,
+    RELEASE, SERVICES, USERS,
 };
 
 use std::collections::BTreeMap;
@@ -52,7 +53,8 @@ use crate::module::{types, Config, Error, IntoValue, Module, Value};
 use crate::platform::Platform;
 use crate::trivial::{self, TreeEntry};
 
-pub use bigtop_core::manifest::{OnChange, Ready, Restart, Service, Step};
+pub use bigtop_core::manifest::{Limits, OnChange, Ready, Restart, Service, Step};
+pub use render::{render_s6, render_systemd, S6File};
 
 /// The base system module, `bigtop/system`: declares every option the
 /// toplevel reads.
@@ -166,7 +168,14 @@ fn service_of(name: &str, s: ServiceOptions) -> Service {
             tcp_port: r.tcp_port,
             command: r.command.map(strings),
             timeout_ms: r.timeout_ms,
+            notify: r.notify,
         }),
+        limits: Limits {
+            open_files: s.limits.open_files,
+            processes: s.limits.processes,
+        },
+        systemd_unit: s.systemd.unit,
+        systemd_service: s.systemd.service,
     }
 }
 
@@ -261,7 +270,15 @@ fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
             problems.push(format!("service `{}` has an empty `argv`", s.name));
         }
         for d in s.requires.iter().chain(&s.after) {
-            if !services.contains_key(d) {
+            if render::is_systemd_unit(d) {
+                if !name_ok(d) {
+                    problems.push(format!(
+                        "service `{}` depends on `{}`, which is not a unit name",
+                        s.name,
+                        d.escape_debug()
+                    ));
+                }
+            } else if !services.contains_key(d) {
                 problems.push(format!(
                     "service `{}` depends on `{d}`, which is not an enabled service",
                     s.name
@@ -279,6 +296,17 @@ fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
                 "service `{}` runs as group `{}`, which is not in `users.groups`",
                 s.name, s.group
             ));
+        }
+        for k in s.systemd_unit.keys().chain(s.systemd_service.keys()) {
+            let ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && k.chars().all(|c| c.is_ascii_alphanumeric());
+            if !ok {
+                problems.push(format!(
+                    "service `{}`: `{}` is not a systemd setting name",
+                    s.name,
+                    k.escape_debug()
+                ));
+            }
         }
         if s.on_change == OnChange::Reload && s.reload.is_none() {
             problems.push(format!(
@@ -458,15 +486,19 @@ pub fn toplevel(cfg: &Config, platform: &Platform) -> Result<Toplevel, Error> {
     }
     let mut manifest_services = BTreeMap::new();
     for s in services.values() {
-        let unit = render::systemd_unit(s);
+        let unit = render::render_systemd(s);
         let hash = content_hash(
             serde_json::to_string(s)
                 .map_err(|e| Error::msg(e.to_string()))?
                 .as_bytes(),
         );
         entries.push(file(format!("systemd/{}.service", s.name), unit, false));
-        for (rel, text, exec) in render::s6_dir(s) {
-            entries.push(file(format!("s6/{}/{rel}", s.name), text, exec));
+        for f in render::render_s6(s) {
+            entries.push(file(
+                format!("s6/{}/{}", s.name, f.path),
+                f.text,
+                f.executable,
+            ));
         }
         manifest_services.insert(
             s.name.clone(),

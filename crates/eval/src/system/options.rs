@@ -123,6 +123,33 @@ pub struct ReadyOptions {
     /// How long to wait, in milliseconds.
     #[option(ty = types::unsigned(), default = 30_000)]
     pub timeout_ms: u64,
+    /// It tells systemd itself when it is ready (`sd_notify`): its unit
+    /// is `Type=notify`. Under s6 the checks above are used.
+    pub notify: bool,
+}
+
+/// A service's resource limits, for every init system.
+#[derive(Options, Debug, Clone, PartialEq, Eq)]
+pub struct LimitsOptions {
+    /// The most files it may have open (systemd's `LimitNOFILE`, s6's
+    /// `s6-softlimit -o`).
+    pub open_files: Option<u32>,
+    /// The most processes its user may run (`LimitNPROC`,
+    /// `s6-softlimit -p`).
+    pub processes: Option<u32>,
+}
+
+/// What a service's systemd unit gets beyond what bigtop writes.
+#[derive(Options, Debug, Clone, PartialEq, Eq)]
+pub struct SystemdOptions {
+    /// Keys of the `[Unit]` section (`StartLimitBurst = "5"`).
+    #[option(ty = types::map(types::single_line_str()))]
+    pub unit: BTreeMap<String, String>,
+    /// Keys of the `[Service]` section (`LimitMEMLOCK = "infinity"`,
+    /// `ProtectSystem = "strict"`), written after bigtop's own, so that
+    /// one of these replaces bigtop's value for a key systemd reads once.
+    #[option(ty = types::map(types::single_line_str()))]
+    pub service: BTreeMap<String, String>,
 }
 
 /// A service, independent of the init system: what a module defines at
@@ -149,9 +176,12 @@ pub struct ServiceOptions {
     /// Its group.
     #[option(ty = types::non_empty_str(), default = "root")]
     pub group: String,
-    /// Services that must run for it to run (started before it).
+    /// Services that must run for it to run (started before it). Under
+    /// systemd, a unit of another kind (`network-online.target`) may be
+    /// named too; other init systems leave those out.
     pub requires: Vec<String>,
-    /// Services started before it when both are started.
+    /// Services started before it when both are started (and, under
+    /// systemd, other units such as `network-online.target`).
     pub after: Vec<String>,
     /// When it is restarted.
     #[option(default = Restart::OnFailure)]
@@ -169,6 +199,10 @@ pub struct ServiceOptions {
     pub restart_triggers: Vec<Str>,
     /// When it counts as started.
     pub ready: Option<ReadyOptions>,
+    /// Its resource limits.
+    pub limits: LimitsOptions,
+    /// Settings for systemd only.
+    pub systemd: SystemdOptions,
 }
 
 /// An enum of the manifest as an option of one of its names.

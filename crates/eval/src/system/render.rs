@@ -39,8 +39,53 @@ fn systemd_line(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// The service as a systemd unit.
-pub(super) fn systemd_unit(s: &Service) -> String {
+/// Whether a dependency names a systemd unit of its own kind
+/// (`network-online.target`) rather than one of the system's services.
+pub(super) fn is_systemd_unit(name: &str) -> bool {
+    const KINDS: [&str; 8] = [
+        ".target", ".socket", ".mount", ".path", ".timer", ".slice", ".device", ".service",
+    ];
+    KINDS
+        .iter()
+        .any(|k| name.len() > k.len() && name.ends_with(k))
+}
+
+/// A shell loop waiting for `check` to pass, every tenth of a second (the
+/// unit's start timeout bounds it).
+fn wait_until(check: &str) -> String {
+    format!("until {check}; do sleep 0.1; done")
+}
+
+/// The service as a systemd unit: what `toplevel` writes at
+/// `systemd/<name>.service`, for a test to look at without building.
+///
+/// Dependencies that name a unit of another kind (`network-online.target`)
+/// are written as they are, services as `<name>.service`. A readiness
+/// check becomes an `ExecStartPost=` that waits for it (so that `systemctl
+/// start` returns, and units ordered after it start, once it passes)
+/// within `TimeoutStartSec=`, or `Type=notify` where the service says it
+/// notifies. The service's extra `[Unit]` and `[Service]` keys come last.
+///
+/// ```
+/// use bigtop_eval::module::{Config, Module};
+/// use bigtop_eval::system::{self, SERVICES};
+/// let host = Module::new("host", |m| {
+///     m.import(&system::module());
+///     m.set(system::NAME, "web1");
+///     let web = SERVICES.entry("web");
+///     m.set(web.argv, ["/bin/web"]);
+///     m.set(web.after, ["network-online.target"]);
+///     m.set(web.limits.open_files, 65536);
+///     m.set(web.systemd.service.entry("ProtectSystem"), "strict");
+/// });
+/// let cfg = Config::eval(&[host], None)?;
+/// let unit = system::render_systemd(&system::services(&cfg)?["web"]);
+/// assert!(unit.contains("After=network-online.target\n"));
+/// assert!(unit.contains("LimitNOFILE=65536\n"));
+/// assert!(unit.ends_with("ProtectSystem=strict\n\n[Install]\nWantedBy=multi-user.target\n"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn render_systemd(s: &Service) -> String {
     let mut u = String::from("[Unit]\n");
     if !s.description.is_empty() {
         let _ = writeln!(u, "Description={}", systemd_plain(&s.description));
@@ -48,7 +93,13 @@ pub(super) fn systemd_unit(s: &Service) -> String {
     let units = |names: &[String]| {
         names
             .iter()
-            .map(|n| format!("{n}.service"))
+            .map(|n| {
+                if is_systemd_unit(n) {
+                    n.clone()
+                } else {
+                    format!("{n}.service")
+                }
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -60,8 +111,33 @@ pub(super) fn systemd_unit(s: &Service) -> String {
         let after: Vec<String> = after.into_iter().cloned().collect();
         let _ = writeln!(u, "After={}", units(&after));
     }
-    u.push_str("\n[Service]\nType=simple\n");
+    // The escape hatch is written as given: specifiers such as `%n` are
+    // the user's to use (the option's type keeps a value to one line).
+    for (k, v) in &s.systemd_unit {
+        let _ = writeln!(u, "{k}={v}");
+    }
+    let notify = s.ready.as_ref().is_some_and(|r| r.notify);
+    let _ = write!(
+        u,
+        "\n[Service]\nType={}\n",
+        if notify { "notify" } else { "simple" }
+    );
     let _ = writeln!(u, "ExecStart={}", systemd_line(&s.argv));
+    if let Some(r) = s.ready.as_ref() {
+        if !r.notify {
+            let mut checks = Vec::new();
+            if let Some(p) = r.tcp_port {
+                checks.push(wait_until(&format!("nc -z 127.0.0.1 {p}")));
+            }
+            if let Some(c) = &r.command {
+                checks.push(wait_until(&sh_line(c)));
+            }
+            for c in checks {
+                let _ = writeln!(u, "ExecStartPost=/bin/sh -c {}", systemd_quote(&c, true));
+            }
+        }
+        let _ = writeln!(u, "TimeoutStartSec={}ms", r.timeout_ms);
+    }
     if let Some(r) = &s.reload {
         let _ = writeln!(u, "ExecReload={}", systemd_line(r));
     }
@@ -87,8 +163,28 @@ pub(super) fn systemd_unit(s: &Service) -> String {
         Restart::Never => "no",
     };
     let _ = writeln!(u, "Restart={restart}\nRestartSec={}ms", s.restart_delay_ms);
+    if let Some(n) = s.limits.open_files {
+        let _ = writeln!(u, "LimitNOFILE={n}");
+    }
+    if let Some(n) = s.limits.processes {
+        let _ = writeln!(u, "LimitNPROC={n}");
+    }
+    for (k, v) in &s.systemd_service {
+        let _ = writeln!(u, "{k}={v}");
+    }
     u.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     u
+}
+
+/// One file of an s6 service directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S6File {
+    /// Its path inside the directory (`run`, `dependencies.d/db`).
+    pub path: String,
+    /// Its contents.
+    pub text: String,
+    /// Whether it is a script.
+    pub executable: bool,
 }
 
 /// A shell word: single-quoted.
@@ -103,8 +199,8 @@ fn sh_line(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// The service as an s6 service directory: (path inside it, text,
-/// executable).
+/// The service as an s6 service directory: what `toplevel` writes at
+/// `s6/<name>/`, for a test to look at without building.
 ///
 /// `run` starts it with exactly its environment (through `env -i`: unlike
 /// systemd, which adds `PATH`, `LANG` and the user's `HOME`), in its
@@ -114,13 +210,24 @@ fn sh_line(argv: &[String]) -> String {
 /// delay (in whole seconds, at most 4, within s6's default finish
 /// timeout). `dependencies.d`
 /// lists its dependencies as s6-rc does; `check` runs its readiness
-/// check when it has one.
-pub(super) fn s6_dir(s: &Service) -> Vec<(String, String, bool)> {
+/// check when it has one. Limits are set by `s6-softlimit`; systemd's own
+/// settings and units other than services have no s6 equivalent and are
+/// left out.
+pub fn render_s6(s: &Service) -> Vec<S6File> {
     let mut run = String::from("#!/bin/sh\nexec 2>&1\n");
     if let Some(d) = &s.working_directory {
         let _ = writeln!(run, "cd {} || exit 111", sh_quote(d));
     }
     run.push_str("exec");
+    if !s.limits.is_empty() {
+        run.push_str(" s6-softlimit");
+        if let Some(n) = s.limits.open_files {
+            let _ = write!(run, " -o {n}");
+        }
+        if let Some(n) = s.limits.processes {
+            let _ = write!(run, " -p {n}");
+        }
+    }
     if (s.user.as_str(), s.group.as_str()) != ("root", "root") {
         // The identity is changed before the environment is emptied (the
         // s6 tools are found on the supervisor's PATH): the user's ids and
@@ -158,18 +265,28 @@ pub(super) fn s6_dir(s: &Service) -> Vec<(String, String, bool)> {
         ),
         Restart::Never => "#!/bin/sh\nexit 125\n".to_owned(),
     };
+    let file = |path: &str, text: String, executable: bool| S6File {
+        path: path.to_owned(),
+        text,
+        executable,
+    };
     let mut out = vec![
-        ("type".to_owned(), "longrun\n".to_owned(), false),
-        ("run".to_owned(), run, true),
-        ("finish".to_owned(), finish, true),
+        file("type", "longrun\n".to_owned(), false),
+        file("run", run, true),
+        file("finish", finish, true),
     ];
-    let deps: BTreeSet<&String> = s.requires.iter().chain(&s.after).collect();
+    let deps: BTreeSet<&String> = s
+        .requires
+        .iter()
+        .chain(&s.after)
+        .filter(|d| !is_systemd_unit(d))
+        .collect();
     for d in deps {
-        out.push((format!("dependencies.d/{d}"), String::new(), false));
+        out.push(file(&format!("dependencies.d/{d}"), String::new(), false));
     }
     if let Some(r) = &s.reload {
         let script = format!("#!/bin/sh\nexec {}\n", sh_line(r));
-        out.push(("reload".to_owned(), script, true));
+        out.push(file("reload", script, true));
     }
     if let Some(ready) = &s.ready {
         let mut check = String::from("#!/bin/sh\n");
@@ -180,11 +297,11 @@ pub(super) fn s6_dir(s: &Service) -> Vec<(String, String, bool)> {
             let _ = writeln!(check, "{} || exit 1", sh_line(c));
         }
         check.push_str("exit 0\n");
-        out.push(("check".to_owned(), check, true));
+        out.push(file("check", check, true));
     }
     if s.on_change == OnChange::Nothing {
         // Read by the activation engine: leave the running one alone.
-        out.push(("keep-on-change".to_owned(), String::new(), false));
+        out.push(file("keep-on-change", String::new(), false));
     }
     out
 }

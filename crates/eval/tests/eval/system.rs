@@ -464,3 +464,78 @@ fn fields_of_one_service_read_each_other() -> TestResult {
     assert_eq!(api.ready.as_ref().and_then(|r| r.tcp_port), Some(8123));
     Ok(())
 }
+
+#[test]
+fn units_render_at_evaluation_time_with_targets_limits_readiness_and_extra_keys() -> TestResult {
+    use bigtop_eval::system::{ReadyOptions, SERVICES};
+    let cfg = Config::eval(
+        &[host(|m| {
+            let api = SERVICES.entry("api");
+            m.set(api.argv, ["/bin/api"]);
+            m.set(api.requires, ["db", "network-online.target"]);
+            m.set(api.limits.open_files, 4096);
+            m.set(api.systemd.service.entry("LimitMEMLOCK"), "infinity");
+            m.set(
+                api.ready,
+                Some(ReadyOptions {
+                    tcp_port: None,
+                    command: None,
+                    timeout_ms: 10_000,
+                    notify: true,
+                }),
+            );
+            m.set(SERVICES.entry("db").argv, ["/bin/db"]);
+        })],
+        None,
+    )?;
+    let services = system::services(&cfg)?;
+    let unit = system::render_systemd(&services["api"]);
+    for line in [
+        "Requires=db.service network-online.target",
+        "After=db.service network-online.target",
+        "Type=notify",
+        "TimeoutStartSec=10000ms",
+        "LimitNOFILE=4096",
+        "LimitMEMLOCK=infinity",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing in\n{unit}");
+    }
+    // A service that notifies waits for nothing else.
+    assert!(!unit.contains("ExecStartPost"), "{unit}");
+    let s6 = system::render_s6(&services["api"]);
+    let paths: Vec<&str> = s6.iter().map(|f| f.path.as_str()).collect();
+    // s6 has no targets: only the service dependency is kept.
+    assert!(paths.contains(&"dependencies.d/db"), "{paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.contains("network-online")),
+        "{paths:?}"
+    );
+    let run = &s6
+        .iter()
+        .find(|f| f.path == "run")
+        .expect("a run script")
+        .text;
+    assert!(run.contains("exec s6-softlimit -o 4096 env -i"), "{run}");
+
+    // A dependency that is neither an enabled service nor a unit, and a
+    // systemd key that would break the unit, are named.
+    let bad = host(|m| {
+        let api = SERVICES.entry("api");
+        m.set(api.argv, ["/bin/api"]);
+        m.set(api.after, ["network-online"]);
+        m.set(api.systemd.service.entry("Exec Start"), "/bin/evil");
+    });
+    let e = Config::eval(&[bad], None)
+        .err()
+        .expect("errors")
+        .to_string();
+    assert!(
+        e.contains("depends on `network-online`, which is not an enabled service"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`Exec Start` is not a systemd setting name"),
+        "{e}"
+    );
+    Ok(())
+}
