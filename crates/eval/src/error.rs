@@ -90,6 +90,22 @@ pub enum Error {
         /// Declared names close to it.
         suggestions: Vec<String>,
     },
+    /// A package set has no value of this name.
+    #[error("no value `{name}` in this package set (give it with `PackageSet::value`){}", did_you_mean(.suggestions))]
+    NoSuchValue {
+        /// The name asked for.
+        name: String,
+        /// Names of values close to it.
+        suggestions: Vec<String>,
+    },
+    /// A package set's value is of another type than asked for.
+    #[error("the value `{name}` of this package set is not a `{expected}`")]
+    ValueType {
+        /// Its name.
+        name: String,
+        /// The type asked for.
+        expected: &'static str,
+    },
     /// Packages that need each other.
     #[error("packages depend on each other: {}", .chain.join(" -> "))]
     Cycle {

@@ -48,6 +48,7 @@ use std::thread::ThreadId;
 
 use crate::drv::{Drv, Remake};
 use crate::error::closest;
+use crate::package::Stdenv;
 use crate::platform::Platform;
 use crate::Error;
 
@@ -59,7 +60,13 @@ pub type Recipe = Arc<dyn Fn(&Args) -> Result<Drv, Error> + Send + Sync>;
 pub struct PackageSet {
     platform: Platform,
     layers: Vec<Arc<Layer>>,
+    /// What recipes take besides packages (the stdenv, a fetcher's
+    /// mirror list, a feature flag), by name; an overlay replaces them.
+    values: Arc<HashMap<Arc<str>, Shared>>,
 }
+
+/// A value of a package set: any type, shared by every recipe.
+type Shared = Arc<dyn std::any::Any + Send + Sync>;
 
 impl fmt::Debug for PackageSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -81,6 +88,7 @@ impl fmt::Debug for PackageSet {
 #[derive(Default)]
 pub struct Overlay {
     recipes: Layer,
+    values: HashMap<Arc<str>, Shared>,
 }
 
 impl Overlay {
@@ -94,7 +102,26 @@ impl Overlay {
             .insert(Arc::from(name.into()), Arc::new(recipe));
         self
     }
+
+    /// Replaces or adds the value `name` (see [`PackageSet::value`]):
+    /// every recipe asking for it gets this one.
+    pub fn value<T: std::any::Any + Send + Sync>(
+        &mut self,
+        name: impl Into<String>,
+        value: T,
+    ) -> &mut Self {
+        self.values.insert(Arc::from(name.into()), Arc::new(value));
+        self
+    }
+
+    /// Replaces the stdenv every recipe builds with.
+    pub fn stdenv(&mut self, stdenv: Stdenv) -> &mut Self {
+        self.value(STDENV, stdenv)
+    }
 }
+
+/// The name the stdenv is kept under among a set's values.
+const STDENV: &str = "stdenv";
 
 impl PackageSet {
     /// An empty set evaluated for `platform`.
@@ -102,7 +129,26 @@ impl PackageSet {
         PackageSet {
             platform,
             layers: vec![Arc::new(Layer::default())],
+            values: Arc::default(),
         }
+    }
+
+    /// Adds (or replaces) a value recipes take by name, as `callPackage`
+    /// passes `stdenv` or `fetchurl`: any type, shared, read with
+    /// [`Args::value`]. An overlay may replace it.
+    pub fn value<T: std::any::Any + Send + Sync>(
+        mut self,
+        name: impl Into<String>,
+        value: T,
+    ) -> Self {
+        Arc::make_mut(&mut self.values).insert(Arc::from(name.into()), Arc::new(value));
+        self
+    }
+
+    /// The stdenv recipes build with ([`Args::stdenv`]): given once to
+    /// the set rather than cloned into every recipe.
+    pub fn stdenv(self, stdenv: Stdenv) -> Self {
+        self.value(STDENV, stdenv)
     }
 
     /// Adds (or replaces) a recipe in the top layer.
@@ -122,6 +168,9 @@ impl PackageSet {
         let mut o = Overlay::default();
         write(&mut o);
         self.layers.push(Arc::new(o.recipes));
+        if !o.values.is_empty() {
+            Arc::make_mut(&mut self.values).extend(o.values);
+        }
         self
     }
 
@@ -292,6 +341,21 @@ impl Pkgs {
                 (name.to_owned(), r)
             })
             .collect()
+    }
+
+    /// The value `name` of the set ([`PackageSet::value`]), as a `T`.
+    pub fn value<T: std::any::Any + Send + Sync>(&self, name: &str) -> Result<Arc<T>, Error> {
+        let values = &self.0.set.values;
+        let Some(v) = values.get(name) else {
+            return Err(Error::NoSuchValue {
+                name: name.to_owned(),
+                suggestions: closest(name, values.keys().map(|k| &**k)),
+            });
+        };
+        v.clone().downcast::<T>().map_err(|_| Error::ValueType {
+            name: name.to_owned(),
+            expected: std::any::type_name::<T>(),
+        })
     }
 
     fn missing(&self, name: &str) -> Error {
@@ -523,6 +587,35 @@ impl Args {
     /// The package being made.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The value `name` of the final set ([`PackageSet::value`]).
+    pub fn value<T: std::any::Any + Send + Sync>(&self, name: &str) -> Result<Arc<T>, Error> {
+        self.pkgs.value(name)
+    }
+
+    /// The stdenv of the final set ([`PackageSet::stdenv`]).
+    ///
+    /// ```
+    /// use bigtop_eval::drv::Platform;
+    /// use bigtop_eval::package::{Package, Phase, Stdenv};
+    /// use bigtop_eval::set::PackageSet;
+    /// let p = Platform::default();
+    /// let stdenv = Stdenv::new(&p, "/bin/sh", Vec::<bigtop_eval::drv::Str>::new())?;
+    /// let pkgs = PackageSet::new(p)
+    ///     .stdenv(stdenv)
+    ///     .add("hello", |a| {
+    ///         Package::new("hello")
+    ///             .version("1.0")
+    ///             .phase(Phase::Install, "mkdir -p $out")
+    ///             .build(&a.stdenv()?)
+    ///     })
+    ///     .eval();
+    /// assert_eq!(pkgs.get("hello")?.name(), "hello-1.0");
+    /// # Ok::<(), bigtop_eval::Error>(())
+    /// ```
+    pub fn stdenv(&self) -> Result<Stdenv, Error> {
+        self.value::<Stdenv>(STDENV).map(|s| (*s).clone())
     }
 }
 

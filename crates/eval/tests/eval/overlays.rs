@@ -290,3 +290,82 @@ fn a_recipe_evaluating_a_whole_set_does_not_wait_on_itself() -> TestResult {
     assert_eq!(all.len(), 65);
     Ok(())
 }
+
+#[test]
+fn recipes_take_the_stdenv_and_other_values_from_the_set_and_an_overlay_replaces_them() -> TestResult
+{
+    use bigtop_eval::package::{Package, Phase, Stdenv};
+    let p = Platform::default();
+    let plain = Stdenv::new(&p, "/bin/sh", Vec::<Str>::new())?;
+    let set = PackageSet::new(p.clone())
+        .stdenv(plain.clone())
+        .value("greeting", String::from("hello"))
+        .add("greet", |a| {
+            let greeting = a.value::<String>("greeting")?;
+            Package::new("greet")
+                .version("1")
+                .phase(Phase::Install, format!("echo {greeting} > $out"))
+                .build(&a.stdenv()?)
+        })
+        .add("app", |a| {
+            let greet = a.get("greet")?;
+            Package::new("app")
+                .version("1")
+                .phase(Phase::Install, text!("cat {}/ > $out", greet))
+                .build(&a.stdenv()?)
+        });
+    let v1 = set.eval();
+    // The same package built with the stdenv given by hand: the set's
+    // stdenv is the one recipes got.
+    let by_hand = Package::new("greet")
+        .version("1")
+        .phase(Phase::Install, "echo hello > $out")
+        .build(&plain)?;
+    assert_eq!(v1.get("greet")?.drv_path(), by_hand.drv_path());
+
+    // An overlay replacing the stdenv rebuilds every package with it.
+    let debug = plain.with_env("NIX_DEBUG", "1");
+    let v2 = set.clone().overlay(|o| {
+        o.stdenv(debug);
+    });
+    let v2 = v2.eval();
+    assert_ne!(v1.get("greet")?.drv_path(), v2.get("greet")?.drv_path());
+    assert_ne!(v1.get("app")?.drv_path(), v2.get("app")?.drv_path());
+
+    // A value not given, or asked for as another type, is named.
+    let missing = PackageSet::new(p.clone())
+        .value("greeting", 1u32)
+        .add("x", |a| {
+            let _ = a.value::<String>("greetng")?;
+            unreachable!("the value does not exist")
+        })
+        .add("y", |a| {
+            let _ = a.value::<String>("greeting")?;
+            unreachable!("the value is not a string")
+        })
+        .add("z", |a| Package::new("z").build(&a.stdenv()?))
+        .eval();
+    let chain = |e: Error| {
+        let mut out = e.to_string();
+        let mut at: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(s) = at {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            at = s.source();
+        }
+        out
+    };
+    let e = chain(missing.get("x").expect_err("no such value"));
+    assert!(
+        e.contains("no value `greetng`") && e.contains("did you mean `greeting`"),
+        "{e}"
+    );
+    let e = chain(missing.get("y").expect_err("wrong type"));
+    assert!(
+        e.contains("`greeting` of this package set is not a `alloc::string::String`"),
+        "{e}"
+    );
+    let e = chain(missing.get("z").expect_err("no stdenv"));
+    assert!(e.contains("no value `stdenv`"), "{e}");
+    Ok(())
+}
