@@ -232,6 +232,25 @@ impl StorePath {
     pub fn is_derivation(&self) -> bool {
         self.name.ends_with(".drv")
     }
+
+    /// Its full path in the store `dir`, for printing: `Display` prints
+    /// only the base name (`<digest>-<name>`), which names it in any
+    /// store.
+    ///
+    /// ```
+    /// use bigtop_core::{StoreDir, StorePath};
+    /// let p = StorePath::from_base_name("00bgd045z0d4icpbc2yyz4gx48ak44la-hello-1.0")?;
+    /// let dir = StoreDir::new("/bigtop/store")?;
+    /// assert_eq!(p.to_string(), "00bgd045z0d4icpbc2yyz4gx48ak44la-hello-1.0");
+    /// assert_eq!(
+    ///     p.display_in(&dir).to_string(),
+    ///     "/bigtop/store/00bgd045z0d4icpbc2yyz4gx48ak44la-hello-1.0"
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn display_in<'a>(&'a self, dir: &'a StoreDir) -> DisplayPath<'a> {
+        dir.display(self)
+    }
 }
 
 impl fmt::Display for StorePath {

@@ -189,8 +189,16 @@ impl Fleet {
 
     /// Evaluates one machine.
     pub fn eval_machine(&self, m: &Machine) -> Result<Evaluated, Errors> {
+        self.eval_machine_unnamed(m).map_err(|e| Errors {
+            machine: Some(m.name.clone()),
+            ..e
+        })
+    }
+
+    fn eval_machine_unnamed(&self, m: &Machine) -> Result<Evaluated, Errors> {
         let Some(pkgs) = self.releases.get(&m.release) else {
             return Err(Errors {
+                machine: None,
                 errors: vec![module::Error::msg(format!(
                     "machine `{}` is pinned to the release `{}`, which the fleet does not have (it has: {})",
                     m.name,
@@ -206,6 +214,7 @@ impl Fleet {
         };
         let config = Config::eval(&self.modules_of(m), Some(pkgs.clone()))?;
         let toplevel = system::toplevel(&config, &self.platform).map_err(|e| Errors {
+            machine: None,
             errors: vec![e],
             warnings: config.warnings().to_vec(),
         })?;
@@ -215,7 +224,7 @@ impl Fleet {
     /// Every machine, on every core: by name, its evaluation or all of
     /// its errors. Machines that share a name are reported, under that
     /// name, as an error.
-    pub fn eval(&self) -> BTreeMap<String, Result<Evaluated, Errors>> {
+    pub fn eval(&self) -> Evaluations {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for m in &self.machines {
             *seen.entry(&m.name).or_default() += 1;
@@ -223,6 +232,7 @@ impl Fleet {
         let results = crate::par::on_every_core(&self.machines, |m| {
             if seen[m.name.as_str()] > 1 {
                 return Err(Errors {
+                    machine: None,
                     errors: vec![module::Error::msg(format!(
                         "the fleet has {} machines named `{}`",
                         seen[m.name.as_str()],
@@ -241,6 +251,7 @@ impl Fleet {
                 // fleet.
                 let r = r.unwrap_or_else(|why| {
                     Err(Errors {
+                        machine: None,
                         errors: vec![module::Error::msg(format!(
                             "evaluating machine `{}` panicked: {why}",
                             m.name
@@ -250,6 +261,82 @@ impl Fleet {
                 });
                 (m.name.clone(), r)
             })
-            .collect()
+            .collect::<BTreeMap<_, _>>()
+            .into()
+    }
+}
+
+/// Every machine's evaluation, by name: what [`Fleet::eval`] gives. A
+/// map (it dereferences to one), with [`Evaluations::machine`] for the
+/// one machine a test or a tool looks at.
+pub struct Evaluations(BTreeMap<String, Result<Evaluated, Errors>>);
+
+impl std::fmt::Debug for Evaluations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let v = match v {
+                    Ok(e) => format!("ok: {}", e.toplevel.drv.drv_path()),
+                    Err(e) => format!("{} errors", e.errors.len()),
+                };
+                (k, v)
+            }))
+            .finish()
+    }
+}
+
+impl Evaluations {
+    /// The machine `name`'s evaluation, or its errors; a name the fleet
+    /// does not have is an error naming the closest ones.
+    pub fn machine(&self, name: &str) -> Result<&Evaluated, Errors> {
+        match self.0.get(name) {
+            Some(Ok(e)) => Ok(e),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(Errors {
+                machine: None,
+                errors: vec![module::Error::msg(format!(
+                    "the fleet has no machine `{name}`{}",
+                    crate::error::did_you_mean(&crate::error::closest(
+                        name,
+                        self.0.keys().map(String::as_str)
+                    ))
+                ))],
+                warnings: Vec::new(),
+            }),
+        }
+    }
+
+    /// The map itself.
+    pub fn into_inner(self) -> BTreeMap<String, Result<Evaluated, Errors>> {
+        self.0
+    }
+}
+
+impl From<BTreeMap<String, Result<Evaluated, Errors>>> for Evaluations {
+    fn from(m: BTreeMap<String, Result<Evaluated, Errors>>) -> Self {
+        Evaluations(m)
+    }
+}
+
+impl std::ops::Deref for Evaluations {
+    type Target = BTreeMap<String, Result<Evaluated, Errors>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl IntoIterator for Evaluations {
+    type Item = (String, Result<Evaluated, Errors>);
+    type IntoIter = std::collections::btree_map::IntoIter<String, Result<Evaluated, Errors>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Evaluations {
+    type Item = (&'a String, &'a Result<Evaluated, Errors>);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Result<Evaluated, Errors>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }

@@ -163,7 +163,11 @@ impl Config {
         if errors.is_empty() {
             Ok(Config { warnings, ..cfg })
         } else {
-            Err(Errors { errors, warnings })
+            Err(Errors {
+                machine: None,
+                errors,
+                warnings,
+            })
         }
     }
 
@@ -176,6 +180,7 @@ impl Config {
             Ok(cfg)
         } else {
             Err(Errors {
+                machine: None,
                 errors,
                 warnings: cfg.warnings,
             })
@@ -838,7 +843,7 @@ impl Config {
             });
         }
         if let Some(mut d) = merge::default_of(decl) {
-            let value = d.force(self).ok().map(|()| d.value);
+            let value = d.force(self, path).ok().map(|()| d.value);
             out.push(DefinitionInfo {
                 shown: ShownDefinition {
                     module: d.module,

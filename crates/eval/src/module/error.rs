@@ -261,6 +261,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The code of a definition failed on its own (a package it asked
+    /// for does not exist, a check of its own): where it was.
+    #[error("the definition of `{option}` in module `{module}` ({loc}) failed: {source}")]
+    InDefinition {
+        /// The option (or key inside one) it defines.
+        option: String,
+        /// The defining module.
+        module: Arc<str>,
+        /// Where.
+        loc: Loc,
+        /// What its code said.
+        source: Box<Error>,
+    },
     /// An error from a definition's own code.
     #[error("{message}")]
     Other {
@@ -331,6 +344,9 @@ impl From<crate::Error> for Error {
 /// warnings its modules gave.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub struct Errors {
+    /// The machine whose configuration this is, when a fleet evaluated
+    /// it.
+    pub machine: Option<String>,
     /// The errors, in the order found.
     pub errors: Vec<Error>,
     /// The warnings.
@@ -340,6 +356,9 @@ pub struct Errors {
 impl fmt::Display for Errors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
+        if let Some(m) = &self.machine {
+            write!(f, "machine `{m}`: ")?;
+        }
         write!(f, "{n} error{}:", if n == 1 { "" } else { "s" })?;
         for e in &self.errors {
             write!(f, "\n- {}", e.to_string().replace('\n', "\n  "))?;

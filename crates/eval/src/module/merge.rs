@@ -103,9 +103,24 @@ impl PlacedDefinition {
     }
 
     /// Computes the value, once.
-    pub(crate) fn force(&mut self, cx: &impl Evaluator) -> Result<(), Error> {
+    /// Computes the value, once; `at` is the option (or key) it is
+    /// for, which an error of the code's own names.
+    pub(crate) fn force(&mut self, cx: &impl Evaluator, at: &str) -> Result<(), Error> {
         if let Some(f) = self.lazy.take() {
-            self.value = cx.run(&f)?;
+            self.value = cx.run(&f).map_err(|e| match e {
+                // Errors of other options read on the way carry their
+                // own place; the code's own get this one.
+                e @ (Error::Eval(_) | Error::Other { .. }) => Error::InDefinition {
+                    option: format!(
+                        "{at}{}",
+                        self.sub.iter().map(|s| format!(".{s}")).collect::<String>()
+                    ),
+                    module: self.module.clone(),
+                    loc: self.loc.clone(),
+                    source: Box::new(e),
+                },
+                e => e,
+            })?;
         }
         Ok(())
     }
@@ -171,7 +186,7 @@ pub(crate) fn merge_entry(
     // The values given for this level are needed now; those for
     // something inside wait until they win there.
     for d in defs.iter_mut().filter(|d| d.sub.is_empty()) {
-        d.force(cx)?;
+        d.force(cx, option)?;
     }
     match &*ty.0 {
         // Priorities apply again key by key, inside.
@@ -435,7 +450,7 @@ pub(crate) fn split_level(
 ) -> Result<BTreeMap<String, Vec<PlacedDefinition>>, Error> {
     let (_, mut defs) = winners(defs);
     for d in defs.iter_mut().filter(|d| d.sub.is_empty()) {
-        d.force(cx)?;
+        d.force(cx, option)?;
     }
     let mut by_key: BTreeMap<String, Vec<PlacedDefinition>> = BTreeMap::new();
     for d in defs {

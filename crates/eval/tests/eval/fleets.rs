@@ -158,3 +158,44 @@ fn each_manifest_names_its_release_and_reads_back_typed() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn one_machine_is_read_by_name_and_a_package_typo_names_option_module_and_machine() -> TestResult {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let r = fleet("2.0", calls).eval();
+    let web1 = r.machine("web1")?;
+    assert!(web1.toplevel.manifest["services"]["app"].is_object());
+    let e = r
+        .machine("web3")
+        .err()
+        .expect("no such machine")
+        .to_string();
+    assert!(e.contains("no machine `web3`"), "{e}");
+    assert!(e.contains("did you mean"), "{e}");
+
+    let typo = Module::new("app-typo", |m| {
+        m.define(
+            "system.services.app.argv",
+            lazy(|c| {
+                let app: Drv = c.pkgs()?.get("ap")?;
+                Ok(vec![text!("{}", app)])
+            }),
+        );
+    });
+    let r = Fleet::new(Platform::default())
+        .release("r", release("1.0", Arc::new(AtomicUsize::new(0))))
+        .module(typo)
+        .machine(Machine::new("web1", "r"))
+        .eval();
+    let e = r.machine("web1").err().expect("a typo").to_string();
+    for want in [
+        "no package `ap`",
+        "did you mean `app`",
+        "system.services.app.argv",
+        "app-typo",
+        "web1",
+    ] {
+        assert!(e.contains(want), "{want:?} missing in: {e}");
+    }
+    Ok(())
+}
