@@ -516,11 +516,21 @@ pub(crate) fn unknown_fields(
     for (field, defs) in by_key {
         if !s.fields.contains_key(field) {
             let d = &defs[0];
+            let mut suggestions = nearest_under(option, field, s.fields.keys().map(|k| &**k));
+            // `etc.nginx.conf.text`, `etc.foo/x.conf.text`: a key holding
+            // a dot was split at it. Where the rest is a field, say how to
+            // quote the key.
+            if let (Some((parent, key)), Some(next)) = (option.rsplit_once('.'), d.sub.first()) {
+                if s.fields.contains_key(next) {
+                    let rest: String = d.sub[1..].iter().map(|x| format!(".{x}")).collect();
+                    suggestions.insert(0, format!("{parent}.\"{key}.{field}\".{next}{rest}"));
+                }
+            }
             return Err(Error::Unknown {
                 path: format!("{option}.{field}"),
                 module: d.module.clone(),
                 loc: d.loc.clone(),
-                suggestions: nearest_under(option, field, s.fields.keys().map(|k| &**k)),
+                suggestions,
             });
         }
     }

@@ -539,3 +539,29 @@ fn units_render_at_evaluation_time_with_targets_limits_readiness_and_extra_keys(
     );
     Ok(())
 }
+
+#[test]
+fn an_unquoted_key_holding_a_dot_suggests_the_quoted_form() -> TestResult {
+    for (path, want) in [
+        (
+            "etc.nginx.conf.text",
+            r#"did you mean `etc."nginx.conf".text`?"#,
+        ),
+        (
+            "etc.foo/x.conf.text",
+            r#"did you mean `etc."foo/x.conf".text`?"#,
+        ),
+    ] {
+        let e = Config::eval(
+            &[host(|m| {
+                m.define(path, "x\n");
+            })],
+            None,
+        )
+        .err()
+        .expect("an unknown field")
+        .to_string();
+        assert!(e.contains(want), "{path}: {e}");
+    }
+    Ok(())
+}
