@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bigtop::eval::drv::Platform;
+use bigtop::eval::system;
 use bigtop::store::build::{BuildOptions, Builder};
 use bigtop::store::Store;
 
@@ -50,7 +51,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                     .unwrap_or_default();
                 println!(
                     "{name} ({}): {} services: {}",
-                    m.config.get::<String>("fleet.release")?,
+                    m.config.read(system::RELEASE)?.unwrap_or_default(),
                     services.len(),
                     services
                         .iter()
@@ -64,12 +65,16 @@ fn main() -> Result<(), Box<dyn Error>> {
             Err(e) => return Err(format!("{name}: {e}").into()),
         }
     }
-    // Who set Globex's database size, at which priority.
-    if let Ok(g) = &evaluated["globex-db1"] {
-        println!("globex-db1 services.db.max_connections:");
-        for d in g.config.definitions("services.db.max_connections")? {
-            println!("  {} {}", if d.wins { "*" } else { " " }, d.shown);
-        }
+    // Who set Globex's database size, at which priority: the typed key
+    // has the dotted path queries and the command line use.
+    let g = evaluated.machine("globex-db1")?;
+    let path = modules::DB.max_connections.path();
+    println!(
+        "globex-db1 {path} = {}:",
+        g.config.read(modules::DB.max_connections)?
+    );
+    for d in g.config.definitions(path)? {
+        println!("  {} {}", if d.wins { "*" } else { " " }, d.shown);
     }
 
     let store = Store::open_chroot(&parent)?;
@@ -85,10 +90,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         start.elapsed().as_secs_f64() * 1e3
     );
     for (name, t) in names.iter().zip(&tops) {
-        println!(
-            "{name} -> {}",
-            store.store_dir().full(&built.path(&t.out())?)
-        );
+        let path = built.path(&t.out())?;
+        println!("{name} -> {}", path.display_in(store.store_dir()));
+        // Rooted, so that `bigtop store gc` keeps what was built.
+        store.add_root(&format!("fleet-{name}"), &path)?;
     }
     let web1 = names
         .iter()

@@ -20,46 +20,46 @@ use bigtop::eval::drv::{Drv, Platform};
 use bigtop::eval::fleet::{Fleet, Machine};
 use bigtop::eval::module::{lazy, types, Module};
 use bigtop::eval::set::PackageSet;
-use bigtop::eval::text;
+use bigtop::eval::system::{ETC, PACKAGES, SERVICES};
 use bigtop::eval::trivial::{self, TreeEntry};
+use bigtop::eval::{text, Options};
 
-/// The hello service: an option to enable it and its greeting, and what
-/// it puts on the machine when enabled.
+/// The hello service's options.
+#[derive(Options, Debug, Clone)]
+struct Hello {
+    /// Whether to greet.
+    enable: bool,
+    /// What it says.
+    #[option(ty = types::single_line_str(), default = "Hello, world")]
+    greeting: String,
+}
+
+/// The hello service: its options under `services.hello`, and what it
+/// puts on the machine when enabled.
 fn hello_module() -> Module {
     Module::new("hello", |m| {
-        m.option("services.hello.enable", types::bool(), |o| {
-            o.default(false).description("Whether to greet.");
-        });
-        m.option("services.hello.greeting", types::single_line_str(), |o| {
-            o.default("Hello, world").description("What it says.");
-        });
+        let hello = m.options::<Hello>("services.hello");
+        let conf = ETC.entry("hello.conf").text;
         m.when(
-            |c| c.get("services.hello.enable"),
-            |m| {
-                m.define(
-                    "etc.\"hello.conf\".text",
-                    lazy(|c| {
-                        Ok(format!(
-                            "greeting = {}\n",
-                            c.get::<String>("services.hello.greeting")?
-                        ))
-                    }),
+            move |c| c.read(hello.enable),
+            move |m| {
+                m.set(
+                    conf,
+                    lazy(move |c| Ok(format!("greeting = {}\n", c.read(hello.greeting)?))),
                 );
-                m.define(
-                    "system.services.hello.argv",
+                let svc = SERVICES.entry("hello");
+                m.set(
+                    svc.argv,
                     lazy(|c| {
                         let hello: Drv = c.pkgs()?.get("hello")?;
                         Ok(vec![text!("{}/bin/hello", hello), text!("/etc/hello.conf")])
                     }),
                 );
-                m.define(
-                    "system.services.hello.restart_triggers",
-                    lazy(|c| Ok(vec![c.get::<String>("etc.\"hello.conf\".text")?])),
+                m.set(
+                    svc.restart_triggers,
+                    lazy(move |c| Ok(vec![c.read(conf)?.unwrap_or_default()])),
                 );
-                m.define(
-                    "system.packages",
-                    lazy(|c| Ok(vec![c.pkgs()?.get("hello")?])),
-                );
+                m.set(PACKAGES, lazy(|c| Ok(vec![c.pkgs()?.get("hello")?])));
             },
         );
     })
@@ -91,21 +91,22 @@ fn main() -> Result<(), Box<dyn Error>> {
             )
         })
         .eval();
+    let hello = Hello::at("services.hello");
     let greeter = Module::new("role/greeter", |m| {
-        m.define("services.hello.enable", true);
+        m.set(hello.enable, true);
     });
     let fleet = Fleet::new(platform)
         .release("2026.11", release)
         .module(hello_module())
         .module(Module::new("motd", |m| {
-            m.define("etc.motd.text", "Managed by bigtop.\n");
+            m.set(ETC.entry("motd").text, "Managed by bigtop.\n");
         }))
         .tag_module("greeter", greeter)
         .machine(Machine::new("web1", "2026.11").tag("greeter"))
         .machine(
             Machine::new("db1", "2026.11").module(Module::new("db1", |m| {
-                m.define("services.hello.greeting", "Hello from the database");
-                m.define("services.hello.enable", true);
+                m.set(hello.greeting, "Hello from the database");
+                m.set(hello.enable, true);
             })),
         );
 
@@ -116,14 +117,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         machines.len(),
         start.elapsed().as_secs_f64() * 1e3
     );
-    for (name, m) in &machines {
-        let m = m.as_ref().map_err(|e| format!("{name}: {e}"))?;
+    for name in machines.keys() {
+        let m = machines.machine(name)?;
         let top = &m.toplevel;
-        println!("\n{name}: {}", text!("{}", top.drv).as_str());
-        println!(
-            "  greeting: {}",
-            m.config.get::<String>("services.hello.greeting")?
-        );
+        println!("\n{name}: {}", top.drv);
+        println!("  greeting: {}", m.config.read(hello.greeting)?);
         let mut order = Vec::new();
         build_order(&top.drv, &mut BTreeSet::new(), &mut order);
         println!("  build order ({} derivations):", order.len());
@@ -132,7 +130,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 "  {:>2}. {} -> {}",
                 i + 1,
                 top.drv.platform().store_dir.full(d.drv_path()),
-                text!("{}", d).as_str()
+                d
             );
         }
     }

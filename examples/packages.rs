@@ -34,54 +34,45 @@ fn main() -> Result<(), Box<dyn Error>> {
     let platform = Platform::default();
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packages");
 
-    // Evaluation: pure, no store.
+    // Evaluation: pure, no store. The stdenv and the sources' directory
+    // are values of the set: each recipe takes them from its arguments,
+    // as nixpkgs' `callPackage` passes `stdenv`.
     let boot = bigtop::bootstrap::host(&platform)?;
-    let stdenv = boot.stdenv.clone();
-    let src_dir = sources.clone();
     let set = PackageSet::new(platform.clone())
-        .add("greet", {
-            let (stdenv, src_dir) = (stdenv.clone(), src_dir.clone());
-            move |_| {
-                Package::new("greet")
-                    .version("1.0")
-                    .src(
-                        &SourceBuilder::new(src_dir.join("greet"))
-                            .gitignore()
-                            .build(stdenv.platform())?,
-                    )
-                    .description("A shared library that greets")
-                    .license("MIT")
-                    .build(&stdenv)
-            }
+        .stdenv(boot.stdenv)
+        .value("sources", sources)
+        .add("greet", |a| {
+            let src = a.value::<PathBuf>("sources")?.join("greet");
+            Package::new("greet")
+                .version("1.0")
+                .src(&SourceBuilder::new(src).gitignore().build(a.platform())?)
+                .description("A shared library that greets")
+                .license("MIT")
+                .build(&a.stdenv()?)
         })
-        .add("hello", {
-            let (stdenv, src_dir) = (stdenv.clone(), src_dir.clone());
-            move |a| {
-                let greet = a.get("greet")?;
-                Package::new("hello")
-                    .version("1.0")
-                    .src(
-                        &SourceBuilder::new(src_dir.join("hello"))
-                            .gitignore()
-                            .build(stdenv.platform())?,
-                    )
-                    .build_input(&greet)
-                    .env("GREET", &greet)
-                    .description("Says hello through libgreet")
-                    .build(&stdenv)
-            }
+        .add("hello", |a| {
+            let greet = a.get("greet")?;
+            let src = a.value::<PathBuf>("sources")?.join("hello");
+            // A library input: its rpath is added and its presence in the
+            // runtime closure is checked after the build.
+            Package::new("hello")
+                .version("1.0")
+                .src(&SourceBuilder::new(src).gitignore().build(a.platform())?)
+                .build_input(&greet)
+                .env("GREET", &greet)
+                .description("Says hello through libgreet")
+                .build(&a.stdenv()?)
         })
         .add("config", |a| {
             let value = serde_json::json!({"owner": "platform team", "port": 8080});
             trivial::write_json(a.platform(), "report.json", &value)
         })
-        .add("report", move |a| {
+        .add("report", |a| {
             let (hello, config) = (a.get("hello")?, a.get("config")?);
-            let body = std::fs::read_to_string(src_dir.join("report/report.sh")).map_err(|e| {
-                bigtop::eval::Error::Source {
-                    path: src_dir.join("report/report.sh"),
-                    source: e,
-                }
+            let file = a.value::<PathBuf>("sources")?.join("report/report.sh");
+            let body = std::fs::read_to_string(&file).map_err(|e| bigtop::eval::Error::Source {
+                path: file,
+                source: e,
             })?;
             let script = text!(
                 "PATH={}/bin:$PATH\nCONFIG={}\nOWNER='platform team'\n{}",
@@ -91,22 +82,19 @@ fn main() -> Result<(), Box<dyn Error>> {
             );
             trivial::write_script(a.platform(), "report", "/bin/sh", script)
         })
-        .add("smoke-test", {
-            let stdenv = stdenv.clone();
-            move |a| {
-                // A package whose build runs another: the check phase
-                // runs hello in the sandbox.
-                let hello = a.get("hello")?;
-                Package::new("hello-smoke-test")
-                    .phase(Phase::Unpack, "")
-                    .do_check(true)
-                    .phase(
-                        Phase::Check,
-                        text!("{}/bin/hello sandbox > greeting", hello),
-                    )
-                    .phase(Phase::Install, "mkdir -p $out && cp greeting $out/")
-                    .build(&stdenv)
-            }
+        .add("smoke-test", |a| {
+            // A package whose build runs another: the check phase runs
+            // hello in the sandbox.
+            let hello = a.get("hello")?;
+            Package::new("hello-smoke-test")
+                .phase(Phase::Unpack, "")
+                .do_check(true)
+                .phase(
+                    Phase::Check,
+                    text!("{}/bin/hello sandbox > greeting", hello),
+                )
+                .phase(Phase::Install, "mkdir -p $out && cp greeting $out/")
+                .build(&a.stdenv()?)
         });
     let pkgs = set.eval();
     let roots = vec![pkgs.get("report")?, pkgs.get("smoke-test")?];
@@ -122,6 +110,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     // The renderer prints the plan, then each build.
     let built = bigtop::realise::realise(&store, &builder, &roots)?;
     println!("built {} derivations", built.report.built);
+    // What a build made is garbage to the next `bigtop store gc` unless
+    // something roots it: a GC root per output, as `bigtop build -o` does.
+    for d in &roots {
+        store.add_root(&format!("example-{}", d.name()), &built.path(&d.out())?)?;
+    }
     let full = |p: &bigtop::core::StorePath| store.store_dir().full(p);
     for d in &roots {
         println!("{} -> {}", d.name(), full(&built.path(&d.out())?));

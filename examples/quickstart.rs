@@ -28,7 +28,7 @@ use bigtop::activate::plan::Plan;
 use bigtop::activate::Machine;
 use bigtop::eval::drv::Platform;
 use bigtop::eval::fleet::Fleet;
-use bigtop::eval::module::Module;
+use bigtop::eval::module::{force, Module};
 use bigtop::store::build::{BuildOptions, Builder, TextRenderer};
 
 /// Prints the engine's progress.
@@ -115,11 +115,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     let start = Instant::now();
     let fleet = definition::fleet(&platform)?;
     let all = fleet.eval();
-    for (n, r) in &all {
-        let e = r.as_ref().map_err(|e| format!("{n}: {e}"))?;
+    for n in all.keys() {
+        let e = all.machine(n)?;
         println!(
             "  {n}: release {}, services {:?}",
-            e.config.get::<String>("fleet.release")?,
+            e.config
+                .read(bigtop::eval::system::RELEASE)?
+                .unwrap_or_default(),
             e.toplevel.manifest["services"]
                 .as_object()
                 .map(|o| o.keys().cloned().collect::<Vec<_>>())
@@ -170,10 +172,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
         println!("4. change one option (the shop's database) and switch");
         let changed = definition::fleet(&platform)?.module(Module::new("change", |m| {
-            m.define(
-                "services.shop.database",
-                bigtop::eval::module::force("acme-db2:5432"),
-            );
+            m.set(modules::SHOP.database, force("acme-db2:5432"));
         }));
         let second = build(&changed, name, &machine)?;
         println!("  the plan, as `bigtop system dry-activate --json` prints it:");

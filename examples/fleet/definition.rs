@@ -12,7 +12,9 @@ use bigtop::eval::module::{force, Format, Module, PLATFORM};
 use bigtop::eval::set::{PackageSet, Pkgs};
 use bigtop::eval::trivial::{self, TreeEntry};
 
-use crate::modules;
+use bigtop::eval::system::ETC;
+
+use crate::modules::{self, DB, SHOP, WEB};
 
 /// A release of the package set: the programs the services run, each a
 /// tiny HTTP server in Perl (which every Debian has), so that the example
@@ -92,21 +94,21 @@ pub fn fleet(platform: &Platform) -> Result<Fleet, Box<dyn Error>> {
     // A customer override: Globex caps its database below what the
     // inventory says, and greets its operators its own way.
     let globex = Module::new("customer/globex", |m| {
-        m.define("services.db.max_connections", force(150));
-        m.define(
-            "etc.motd.text",
+        m.set(DB.max_connections, force(150));
+        m.set(
+            ETC.entry("motd").text,
             "Globex production. Changes go through CAB.\n",
         );
     });
     let acme = Module::new("customer/acme", |m| {
-        m.define("services.shop.database", "acme-db1:5432");
+        m.set(SHOP.database, "acme-db1:5432");
     });
     let web = Module::new("role/web", |m| {
-        m.define("services.web.enable", true);
-        m.define("services.shop.enable", true);
+        m.set(WEB.enable, true);
+        m.set(SHOP.enable, true);
     });
     let db = Module::new("role/db", |m| {
-        m.define("services.db.enable", true);
+        m.set(DB.enable, true);
     });
     let machine = |name: &str, release: &str, role: &str, customer: &Module| {
         let m = Machine::new(name, release)

@@ -7,11 +7,66 @@
 //!
 //! | module | crate | what it holds |
 //! |---|---|---|
-//! | [`core`] | `bigtop-core` | digests, store paths, NAR, derivations, narinfo, signatures, closures |
-//! | [`store`] | `bigtop-store` | the local store, builder, caches (in progress) |
-//! | [`eval`] | `bigtop-eval` | the typed DSL: packages, sources, package sets (modules, services, fleets in progress) |
+//! | [`core`] | `bigtop-core` | digests, store paths, NAR, derivations, narinfo, signatures, closures, the machine manifest |
+//! | [`store`] | `bigtop-store` | the local store, planner, sandboxed builder, GC (binary caches next) |
+//! | [`eval`] | `bigtop-eval` | the typed DSL: packages and package sets, sources, the module system with typed options, services, the system toplevel, fleets |
 //! | [`realise`] | | evaluated packages into a store: sources imported, derivations added, built |
-//! | [`activate`] | `bigtop-activate` | generations, switching, rollback, deploys (in progress) |
+//! | [`activate`] | `bigtop-activate` | generations, atomic switch, readiness gate, rollback, s6 and systemd, containers (deploys over SSH next) |
+//!
+//! A machine's configuration is modules whose options are Rust structs;
+//! typed keys define and read them, so a misspelled option or a value of
+//! the wrong type does not compile:
+//!
+//! ```
+//! use bigtop::eval::drv::Platform;
+//! use bigtop::eval::fleet::{Fleet, Machine};
+//! use bigtop::eval::module::{force, lazy, Module};
+//! use bigtop::eval::set::PackageSet;
+//! use bigtop::eval::system::{ETC, SERVICES};
+//! use bigtop::eval::{trivial, Options};
+//!
+//! /// A greeter's options.
+//! #[derive(Options, Clone)]
+//! struct Hello {
+//!     /// Whether to greet.
+//!     enable: bool,
+//!     /// What it says.
+//!     #[option(default = "hello")]
+//!     greeting: String,
+//! }
+//!
+//! let hello = Hello::at("services.hello");
+//! let module = Module::new("hello", |m| {
+//!     m.options::<Hello>("services.hello");
+//!     m.when(move |c| c.read(hello.enable), move |m| {
+//!         m.set(ETC.entry("hello.conf").text, lazy(move |c| Ok(c.read(hello.greeting)? + "\n")));
+//!         m.set(SERVICES.entry("hello").argv, ["/bin/sh", "-c", "cat /etc/hello.conf; sleep 1000"]);
+//!     });
+//! });
+//! let release = PackageSet::new(Platform::default())
+//!     .add("motd", |a| trivial::write_text(a.platform(), "motd", "hi\n"))
+//!     .eval();
+//! let fleet = Fleet::new(Platform::default())
+//!     .release("2026.11", release)
+//!     .module(module)
+//!     .machine(Machine::new("web1", "2026.11").module(Module::new("web1", |m| {
+//!         m.set(hello.enable, true);
+//!         m.set(hello.greeting, force("hello from web1"));
+//!     })));
+//! let machines = fleet.eval();
+//! let web1 = machines.machine("web1")?;
+//! assert_eq!(web1.config.read(hello.greeting)?, "hello from web1");
+//! // Its toplevel: every store path known, nothing built yet.
+//! println!("{}", web1.toplevel.drv);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Building writes outputs into the store; what nothing roots is garbage
+//! to the next collection, so a tool that keeps what it built roots it:
+//! `store.add_root(name, &built.path(&drv.out())?)` after
+//! [`realise::realise`] (as `bigtop build -o` does).
+//!
+//! The formats alone:
 //!
 //! ```
 //! use bigtop::core::derivation::{Derivation, DerivationOutput, OutputName};

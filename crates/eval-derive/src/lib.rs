@@ -281,6 +281,8 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
 
         ::bigtop_eval::__defines_itself!(#name);
 
+        impl #m::Keyed for #name {}
+
         impl #m::OptionValue for #name {
             type Key = #key_name;
             fn option_type() -> #m::types::Type {

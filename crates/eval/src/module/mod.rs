@@ -57,7 +57,9 @@ pub use data::Format;
 /// The old name of [`ShownDefinition`], which says what it shows.
 pub use error::ShownDefinition as Shown;
 pub use error::{DataKey, Error, Errors, EvalError, Loc, ShownDefinition, Warning};
-pub use typed::{empty, intern, join, take_field, DefinitionOf, Key, Opt, OptionValue, ValueOf};
+pub use typed::{
+    empty, intern, join, take_field, DefinitionOf, Empty, Key, Keyed, Opt, OptionValue, ValueOf,
+};
 pub use value::{FromValue, IntoValue, Json, Value};
 
 /// The priority of an option's own default.

@@ -176,6 +176,15 @@ impl<T: OptionValue> Opt<BTreeMap<String, T>> {
     }
 }
 
+impl<T: OptionValue> Opt<Option<T>> {
+    /// The key of what this optional option holds when it is set: for an
+    /// optional struct of options, its fields (`ready.some().tcp_port`);
+    /// defining one of them sets the option.
+    pub fn some(&self) -> T::Key {
+        T::Key::at(self.path)
+    }
+}
+
 /// The interned path of `name` below `parent`: quoted where the name
 /// holds a dot, so that the path parses back to the same segments.
 pub fn join(parent: &str, name: &str) -> &'static str {
@@ -390,11 +399,39 @@ impl<T, X: ValueOf<T> + 'static> DefinitionOf<T> for Computed<X> {
     }
 }
 
-/// An empty map, for a definition that only makes an entry exist (a
-/// group with every field at its default): `m.define("users.groups.web",
-/// empty())`.
-pub fn empty() -> BTreeMap<String, Value> {
-    BTreeMap::new()
+/// An option whose value is made of fields or entries: a struct of
+/// options or a map. What [`empty`] may define.
+pub trait Keyed {}
+
+impl<T> Keyed for BTreeMap<String, T> {}
+
+/// A definition giving no field and no entry: what makes an entry of a
+/// map exist with every field at its default (`m.set(GROUPS.entry("www"),
+/// empty())`), where `BTreeMap::<String, Value>::new()` was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Empty;
+
+/// An empty definition: see [`Empty`].
+pub fn empty() -> Empty {
+    Empty
+}
+
+impl IntoValue for Empty {
+    fn into_value(self) -> Value {
+        Value::Map(BTreeMap::new())
+    }
+}
+
+impl<T: Keyed> ValueOf<T> for Empty {
+    fn into_typed(self) -> Value {
+        self.into_value()
+    }
+}
+
+impl<T: Keyed> DefinitionOf<T> for Empty {
+    fn into_definition(self) -> Definition {
+        Definition::from(self)
+    }
 }
 
 macro_rules! scalar_option {
