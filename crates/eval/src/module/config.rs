@@ -647,7 +647,16 @@ impl Config {
             let keys = merge::keys_of(&decl.ty, &split);
             let mut values = Vec::with_capacity(keys.len());
             for key in &keys {
-                values.push(self.node_value(path, std::slice::from_ref(key))?);
+                // As in `node_value`: a key whose definitions and defaults
+                // can read nothing is merged directly, without an entry
+                // of its own.
+                let v = if merge::is_plain(&decl.ty, key, split.get(key)) {
+                    let defs = split.get(key).cloned().unwrap_or_default();
+                    merge::merge_key(self, path, &decl.ty, key, defs, None)?.map(Arc::new)
+                } else {
+                    self.node_value(path, std::slice::from_ref(key))?
+                };
+                values.push(v);
             }
             // The whole value takes over from the keys' own entries (a key
             // read later is taken from it), so each key's value is moved
@@ -752,6 +761,12 @@ impl Config {
                 merge::unknown_fields(&shown, &p.ty, &split)?;
                 let mut out = BTreeMap::new();
                 for key in merge::keys_of(&p.ty, &split) {
+                    if !split.contains_key(&key) {
+                        if let Some(v) = merge::untouched_field(&p.ty, &key, p.entry.as_deref()) {
+                            out.insert(key, v);
+                            continue;
+                        }
+                    }
                     // A key whose definitions can read nothing cannot be
                     // in a cycle nor run code twice: merged here, directly.
                     let v = if merge::is_plain(&p.ty, &key, split.get(&key)) {

@@ -473,7 +473,16 @@ fn merge_keyed(
     unknown_fields(option, ty, &by_key)?;
     let mut out = BTreeMap::new();
     for key in keys_of(ty, &by_key) {
-        let defs = by_key.remove(&key).unwrap_or_default();
+        let defs = match by_key.remove(&key) {
+            Some(defs) => defs,
+            None => match untouched_field(ty, &key, entry) {
+                Some(v) => {
+                    out.insert(key, v);
+                    continue;
+                }
+                None => Vec::new(),
+            },
+        };
         if let Some(v) = merge_key(cx, option, ty, &key, defs, entry)? {
             out.insert(key, v);
         }
@@ -501,7 +510,32 @@ pub(crate) fn is_plain(ty: &Type, key: &str, defs: Option<&Vec<PlacedDefinition>
         },
         _ => return false,
     };
-    defs_plain && !child.is_keyed()
+    // A map or submodule inside is merged directly too when nothing in
+    // it can run code: no definition's, no default's.
+    defs_plain && (!child.is_keyed() || !child.lazy_inside())
+}
+
+/// The value of the field `key` of the submodule `ty` when nothing
+/// defines it and merging its default could do nothing else: a plain
+/// default of a type that is not merged key by key, no `apply`, not read
+/// only. `None` where the field must go through the merge (which also
+/// reports a default that does not fit). Most fields of most entries
+/// are left at their defaults; this skips the merge's bookkeeping for
+/// them.
+pub(crate) fn untouched_field(ty: &Type, key: &str, entry: Option<&str>) -> Option<Value> {
+    let Kind::Submodule(s) = &*ty.0 else {
+        return None;
+    };
+    let decl = s.fields.get(key)?;
+    if decl.apply.is_some() || decl.read_only || decl.ty.is_keyed() {
+        return None;
+    }
+    let v = match (&decl.default, entry.filter(|_| decl.default_key)) {
+        (Some(ValueOrCode::Value(v)), _) => v.clone(),
+        (None, Some(name)) => Value::from(name),
+        _ => return None,
+    };
+    decl.ty.coerce(v).ok()
 }
 
 /// The keys a submodule's definitions give that it does not declare.

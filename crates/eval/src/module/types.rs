@@ -83,6 +83,9 @@ pub(crate) enum Kind {
 #[derive(Clone, Default)]
 pub struct Submodule {
     pub(crate) fields: BTreeMap<String, OptionDecl>,
+    /// Whether a field inside (at any depth) has a computed default:
+    /// found once, when first asked.
+    pub(crate) lazy: std::sync::OnceLock<bool>,
     /// Fields declared twice in it that do not merge: (field, why, first
     /// and second place), reported when an option of this type is.
     pub(crate) clashes: Vec<(String, String, Loc, Loc)>,
@@ -375,6 +378,23 @@ impl Type {
         }
     }
 
+    /// Whether merging a value of it may run code besides the
+    /// definitions': a field inside, at any depth, with a computed
+    /// default.
+    pub(crate) fn lazy_inside(&self) -> bool {
+        use Kind as K;
+        match &*self.0 {
+            K::Submodule(s) => *s.lazy.get_or_init(|| {
+                s.fields.values().any(|d| {
+                    matches!(d.default, Some(super::ValueOrCode::Lazy(_))) || d.ty.lazy_inside()
+                })
+            }),
+            K::List(t) | K::Map(t) | K::Optional(t) | K::Unique(t) => t.lazy_inside(),
+            K::OneOf(ts) => ts.iter().any(Type::lazy_inside),
+            _ => false,
+        }
+    }
+
     /// Whether its value is merged key by key (a map or a submodule).
     pub(crate) fn is_keyed(&self) -> bool {
         matches!(&*self.0, Kind::Map(_) | Kind::Submodule(_))
@@ -406,7 +426,11 @@ impl Type {
                     fields.insert(name.clone(), merged);
                 }
                 let clashes = a.clashes.iter().chain(&b.clashes).cloned().collect();
-                Type::new(K::Submodule(Submodule { fields, clashes }))
+                Type::new(K::Submodule(Submodule {
+                    fields,
+                    clashes,
+                    lazy: Default::default(),
+                }))
             }
             (K::List(a), K::List(b)) => list(a.merge_decl(b)?),
             (K::Map(a), K::Map(b)) => map(a.merge_decl(b)?),
