@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::error::{nearest_under, Error, Errors, ShownDefinition, Warning};
-use super::merge::{self, Evaluator, KeyToMerge, PlacedDefinition};
+use super::merge::{self, Evaluator, KeyToMerge, PlacedDefinition, SubPath};
 use super::types::Type;
 use super::value::{FromValue, Value};
 use super::{Check, Cond, Key, Lazy, Migration, Module, OptionDecl};
@@ -36,11 +36,6 @@ type DefsByKey = Arc<BTreeMap<String, Vec<PlacedDefinition>>>;
 struct NodePath(String);
 
 impl NodePath {
-    /// The option `option` itself.
-    fn option(option: &str) -> NodePath {
-        NodePath(option.to_owned())
-    }
-
     /// The node `path` below the option `option`.
     fn below(option: &str, path: &[String]) -> NodePath {
         let mut k = option.to_owned();
@@ -49,6 +44,35 @@ impl NodePath {
             let _ = write!(k, "\0{}:{p}", p.len());
         }
         NodePath(k)
+    }
+}
+
+impl NodePath {
+    /// How errors and cycles name the node: its option's path and the
+    /// keys below it, dotted.
+    fn shown(&self) -> String {
+        let Some((option, mut rest)) = self.0.split_once('\0') else {
+            return self.0.clone();
+        };
+        let mut out = option.to_owned();
+        loop {
+            let Some((len, tail)) = rest.split_once(':') else {
+                break;
+            };
+            let Ok(len) = len.parse::<usize>() else {
+                break;
+            };
+            let Some(key) = tail.get(..len) else {
+                break;
+            };
+            out.push('.');
+            out.push_str(key);
+            match tail[len..].strip_prefix('\0') {
+                Some(next) => rest = next,
+                None => break,
+            }
+        }
+        out
     }
 }
 
@@ -86,8 +110,9 @@ pub struct Config {
     keys: Memo<Option<Arc<Value>>>,
     /// Which keys a map or submodule option has.
     key_lists: Memo<Vec<String>>,
-    /// The options being merged, innermost last.
-    stack: RefCell<Vec<String>>,
+    /// The nodes being merged, innermost last, each with what follows
+    /// its name in a cycle's chain.
+    stack: RefCell<Vec<(NodePath, &'static str)>>,
     /// What each path read names.
     resolved: RefCell<HashMap<String, Arc<Resolved>>>,
 }
@@ -212,7 +237,7 @@ impl Config {
             for d in &m.0.defs {
                 seq += 1;
                 let def = PlacedDefinition {
-                    sub: Vec::new(),
+                    sub: SubPath::default(),
                     value: Value::Null,
                     lazy: None,
                     priority: d.def.priority,
@@ -290,7 +315,10 @@ impl Config {
             }
         }
         if let Some((option, sub)) = self.option_of_segments(path) {
-            let def = PlacedDefinition { sub, ..def };
+            let def = PlacedDefinition {
+                sub: SubPath::new(sub),
+                ..def
+            };
             self.defs.entry(option).or_default().push(def);
             return;
         }
@@ -312,7 +340,7 @@ impl Config {
             };
             for (k, v) in fields {
                 let one = PlacedDefinition {
-                    sub: Vec::new(),
+                    sub: SubPath::default(),
                     value: v,
                     lazy: None,
                     conds: def.conds.clone(),
@@ -401,8 +429,7 @@ impl Config {
         };
         // Which keys are there depends on their definitions' conditions,
         // which may ask for the keys again: a cycle, reported as one.
-        let shown = format!("{path} (its keys)");
-        self.memoized(&self.key_lists, NodePath::option(path), &shown, || {
+        self.memoized(&self.key_lists, path, " (its keys)", || {
             let split = self.split(path)?;
             let mut out = Vec::new();
             for key in merge::keys_of(&decl.ty, &split) {
@@ -526,56 +553,63 @@ impl Config {
 
     /// The merged value of the declared option `path`, once.
     fn option(&self, path: &str) -> Result<Arc<Value>, Error> {
-        self.memoized(&self.memo, NodePath::option(path), path, || {
-            self.merge(path).map(Arc::new)
-        })
+        self.memoized(&self.memo, path, "", || self.merge(path).map(Arc::new))
     }
 
-    /// `compute`d once per `key` of `table`; `shown` names it in a cycle.
+    /// `compute`d once per `key` (a [`NodePath`]'s text) of `table`;
+    /// `suffix` follows the node's name in a cycle's chain. A value
+    /// already computed is found without allocating.
     fn memoized<T: Clone>(
         &self,
         table: &Memo<T>,
-        key: NodePath,
-        shown: &str,
+        key: &str,
+        suffix: &'static str,
         compute: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
-        match table.borrow().get(&key) {
+        match table.borrow().get(key) {
             Some(MemoEntry::Done(r)) => return r.clone(),
             Some(MemoEntry::Running) => {
                 let stack = self.stack.borrow();
-                let start = stack.iter().position(|p| p == shown).unwrap_or(0);
-                let mut chain: Vec<String> = stack[start..].to_vec();
-                chain.push(shown.to_owned());
+                let start = stack
+                    .iter()
+                    .position(|(p, s)| p.0 == key && *s == suffix)
+                    .unwrap_or(0);
+                let mut chain: Vec<String> =
+                    stack[start..].iter().map(|(p, s)| p.shown() + s).collect();
+                chain.push(NodePath(key.to_owned()).shown() + suffix);
                 return Err(Error::Cycle { chain });
             }
             None => {}
         }
+        let key = NodePath(key.to_owned());
         table.borrow_mut().insert(key.clone(), MemoEntry::Running);
-        self.stack.borrow_mut().push(shown.to_owned());
+        self.stack.borrow_mut().push((key, suffix));
         // A definition whose code panics leaves the value uncomputed, not
         // running: a later read is no false cycle.
         struct Unwind<'a, T> {
             cfg: &'a Config,
             table: &'a Memo<T>,
-            key: &'a NodePath,
         }
         impl<T> Drop for Unwind<'_, T> {
             fn drop(&mut self) {
                 if std::thread::panicking() {
-                    self.table.borrow_mut().remove(self.key);
-                    self.cfg.stack.borrow_mut().pop();
+                    if let Some((key, _)) = self.cfg.stack.borrow_mut().pop() {
+                        self.table.borrow_mut().remove(&key);
+                    }
                 }
             }
         }
-        let guard = Unwind {
-            cfg: self,
-            table,
-            key: &key,
-        };
+        let guard = Unwind { cfg: self, table };
         let r = compute();
         std::mem::forget(guard);
-        self.stack.borrow_mut().pop();
-        table.borrow_mut().insert(key, MemoEntry::Done(r.clone()));
+        let (key, _) = self
+            .stack
+            .borrow_mut()
+            .pop()
+            .expect("the entry pushed above");
+        if let Some(slot) = table.borrow_mut().get_mut(&key) {
+            *slot = MemoEntry::Done(r.clone());
+        }
         r
     }
 
@@ -677,7 +711,7 @@ impl Config {
     }
 
     fn split(&self, path: &str) -> Result<DefsByKey, Error> {
-        self.memoized(&self.splits, NodePath::option(path), path, || {
+        self.memoized(&self.splits, path, "", || {
             let decl = &self.decls[path];
             merge::split_level(self, path, &decl.ty, self.active(path)?).map(Arc::new)
         })
@@ -707,12 +741,12 @@ impl Config {
         if path.is_empty() {
             return self.split(option);
         }
-        let shown = node_shown(option, path);
-        self.memoized(&self.splits, NodePath::below(option, path), &shown, || {
+        let key = NodePath::below(option, path);
+        self.memoized(&self.splits, &key.0, "", || {
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(Arc::new(BTreeMap::new()));
             };
-            merge::split_level(self, &shown, &p.ty, p.defs).map(Arc::new)
+            merge::split_level(self, &node_shown(option, path), &p.ty, p.defs).map(Arc::new)
         })
     }
 
@@ -751,8 +785,9 @@ impl Config {
             }
             return Ok(Some(Arc::new(v.clone())));
         }
-        let shown = node_shown(option, path);
-        self.memoized(&self.keys, NodePath::below(option, path), &shown, || {
+        let key = NodePath::below(option, path);
+        self.memoized(&self.keys, &key.0, "", || {
+            let shown = node_shown(option, path);
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(None);
             };
@@ -852,7 +887,7 @@ impl Config {
                     priority: d.priority,
                     value,
                 },
-                sub: d.sub.clone(),
+                sub: d.sub.to_vec(),
                 active,
                 wins: false,
             });

@@ -26,6 +26,42 @@ pub(crate) trait Evaluator {
     fn holds(&self, conds: &[Cond]) -> Result<bool, Error>;
 }
 
+/// The keys below an option a definition is for (`alice.uid` of
+/// `users`): shared by the definition's copies as it moves down, level by
+/// level, to the key it defines.
+#[derive(Clone, Default)]
+pub(crate) struct SubPath {
+    all: Option<Arc<[String]>>,
+    at: usize,
+}
+
+impl SubPath {
+    pub(crate) fn new(keys: Vec<String>) -> SubPath {
+        SubPath {
+            all: (!keys.is_empty()).then(|| keys.into()),
+            at: 0,
+        }
+    }
+
+    /// The path below its first key.
+    fn rest(&self) -> SubPath {
+        SubPath {
+            all: self.all.clone(),
+            at: (self.at + 1).min(self.all.as_ref().map_or(0, |a| a.len())),
+        }
+    }
+}
+
+impl std::ops::Deref for SubPath {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        match &self.all {
+            Some(a) => &a[self.at..],
+            None => &[],
+        }
+    }
+}
+
 /// A definition placed on its option: what `config` keeps for each
 /// definition and what the merge takes, one record for both. Its code
 /// (`lazy`) runs only once the definition wins at the level it is for;
@@ -33,7 +69,7 @@ pub(crate) trait Evaluator {
 #[derive(Clone)]
 pub(crate) struct PlacedDefinition {
     /// The path below the option being merged.
-    pub(crate) sub: Vec<String>,
+    pub(crate) sub: SubPath,
     /// The value given, or computed by `lazy`.
     pub(crate) value: Value,
     /// Code computing the value, until it is run.
@@ -56,7 +92,7 @@ impl PlacedDefinition {
     /// made where `decl` was declared: the shape of a default.
     fn declared(value: &ValueOrCode, decl: &OptionDecl) -> PlacedDefinition {
         PlacedDefinition {
-            sub: Vec::new(),
+            sub: SubPath::default(),
             value: Value::Null,
             lazy: None,
             conds: Vec::new(),
@@ -137,7 +173,7 @@ impl PlacedDefinition {
     /// Everything but the value and sub-path.
     fn shallow(&self) -> PlacedDefinition {
         PlacedDefinition {
-            sub: Vec::new(),
+            sub: SubPath::default(),
             value: Value::Null,
             lazy: None,
             conds: Vec::new(),
@@ -406,9 +442,9 @@ fn article(t: &str) -> String {
 /// A definition of a map or submodule, split by key: a map value gives
 /// one definition per key, a definition addressed below gives one.
 fn split(d: PlacedDefinition, ty: &Type) -> Result<Vec<(String, PlacedDefinition)>, Error> {
-    if let Some((key, rest)) = d.sub.split_first() {
+    if let Some(key) = d.sub.first() {
         let key = key.clone();
-        let rest = rest.to_vec();
+        let rest = d.sub.rest();
         return Ok(vec![(key, PlacedDefinition { sub: rest, ..d })]);
     }
     let base = d.shallow();

@@ -485,10 +485,17 @@ fn units_render_at_evaluation_time_with_targets_limits_readiness_and_extra_keys(
                 }),
             );
             m.set(SERVICES.entry("db").argv, ["/bin/db"]);
+            // One field of an optional struct: the rest at their defaults.
+            m.set(SERVICES.entry("db").ready.some().tcp_port, 5432);
         })],
         None,
     )?;
     let services = system::services(&cfg)?;
+    let ready = services["db"].ready.as_ref().expect("a readiness check");
+    assert_eq!(
+        (ready.tcp_port, ready.timeout_ms, ready.notify),
+        (Some(5432), 30_000, false)
+    );
     let unit = system::render_systemd(&services["api"]);
     for line in [
         "Requires=db.service network-online.target",
