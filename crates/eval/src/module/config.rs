@@ -55,19 +55,13 @@ impl NodePath {
             return self.0.clone();
         };
         let mut out = option.to_owned();
-        loop {
-            let Some((len, tail)) = rest.split_once(':') else {
-                break;
-            };
-            let Ok(len) = len.parse::<usize>() else {
-                break;
-            };
-            let Some(key) = tail.get(..len) else {
+        while let Some((len, tail)) = rest.split_once(':') {
+            let Some(key) = len.parse::<usize>().ok().and_then(|n| tail.get(..n)) else {
                 break;
             };
             out.push('.');
             out.push_str(key);
-            match tail[len..].strip_prefix('\0') {
+            match tail[key.len()..].strip_prefix('\0') {
                 Some(next) => rest = next,
                 None => break,
             }
