@@ -786,7 +786,12 @@ impl Config {
                 return Ok(None);
             };
             if p.ty.is_keyed() {
-                let split = self.node_split(option, path)?;
+                // Split from the definitions just prepared: through
+                // `node_split` they would be prepared again, their
+                // conditions run twice.
+                let split = self.memoized(&self.splits, &key.0, "", || {
+                    merge::split_level(self, &shown, &p.ty, p.defs).map(Arc::new)
+                })?;
                 merge::unknown_fields(&shown, &p.ty, &split)?;
                 let mut out = BTreeMap::new();
                 for key in merge::keys_of(&p.ty, &split) {
