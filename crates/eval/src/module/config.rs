@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::error::{nearest_under, Error, Errors, ShownDefinition, Warning};
-use super::merge::{self, Evaluator, KeyToMerge, PlacedDefinition, SubPath};
+use super::merge::{self, At, Evaluator, KeyToMerge, PlacedDefinition, SubPath};
 use super::types::Type;
 use super::value::{FromValue, Value};
 use super::{Check, Cond, Key, Lazy, Migration, Module, OptionDecl};
@@ -671,7 +671,8 @@ impl Config {
         }
         if decl.ty.is_keyed() {
             let split = self.split(path)?;
-            merge::unknown_fields(path, &decl.ty, &split)?;
+            let at = At::option(path);
+            merge::unknown_fields(&at, &decl.ty, &split)?;
             let keys = merge::keys_of(&decl.ty, &split);
             let mut values = Vec::with_capacity(keys.len());
             for key in &keys {
@@ -680,7 +681,7 @@ impl Config {
                 // of its own.
                 let v = if merge::is_plain(&decl.ty, key, split.get(key)) {
                     let defs = split.get(key).cloned().unwrap_or_default();
-                    merge::merge_key(self, path, &decl.ty, key, defs, None)?.map(Arc::new)
+                    merge::merge_key(self, &at, &decl.ty, key, defs, None)?.map(Arc::new)
                 } else {
                     self.node_value(path, std::slice::from_ref(key))?
                 };
@@ -701,13 +702,13 @@ impl Config {
         }
         // Values are computed by the merge, and only those of the
         // definitions that win: a losing default is never run.
-        merge::merge(self, &decl.ty, path, self.active(path)?)
+        merge::merge(self, &decl.ty, &At::option(path), self.active(path)?)
     }
 
     fn split(&self, path: &str) -> Result<DefsByKey, Error> {
         self.memoized(&self.splits, path, "", || {
             let decl = &self.decls[path];
-            merge::split_level(self, path, &decl.ty, self.active(path)?).map(Arc::new)
+            merge::split_level(self, &At::option(path), &decl.ty, self.active(path)?).map(Arc::new)
         })
     }
 
@@ -740,7 +741,7 @@ impl Config {
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(Arc::new(BTreeMap::new()));
             };
-            merge::split_level(self, &node_shown(option, path), &p.ty, p.defs).map(Arc::new)
+            merge::split_level(self, &At::Node(option, path), &p.ty, p.defs).map(Arc::new)
         })
     }
 
@@ -753,7 +754,7 @@ impl Config {
         let defs = split.get(&last[0]).cloned().unwrap_or_default();
         merge::prepare_key(
             self,
-            &node_shown(option, parent),
+            &At::Node(option, parent),
             &ty,
             &last[0],
             defs,
@@ -781,7 +782,7 @@ impl Config {
         }
         let key = NodePath::below(option, path);
         self.memoized(&self.keys, &key.0, "", || {
-            let shown = node_shown(option, path);
+            let at = At::Node(option, path);
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(None);
             };
@@ -790,9 +791,9 @@ impl Config {
                 // `node_split` they would be prepared again, their
                 // conditions run twice.
                 let split = self.memoized(&self.splits, &key.0, "", || {
-                    merge::split_level(self, &shown, &p.ty, p.defs).map(Arc::new)
+                    merge::split_level(self, &at, &p.ty, p.defs).map(Arc::new)
                 })?;
-                merge::unknown_fields(&shown, &p.ty, &split)?;
+                merge::unknown_fields(&at, &p.ty, &split)?;
                 let mut out = BTreeMap::new();
                 for key in merge::keys_of(&p.ty, &split) {
                     if !split.contains_key(&key) {
@@ -805,7 +806,7 @@ impl Config {
                     // in a cycle nor run code twice: merged here, directly.
                     let v = if merge::is_plain(&p.ty, &key, split.get(&key)) {
                         let defs = split.get(&key).cloned().unwrap_or_default();
-                        merge::merge_key(self, &shown, &p.ty, &key, defs, p.entry.as_deref())?
+                        merge::merge_key(self, &at, &p.ty, &key, defs, p.entry.as_deref())?
                     } else {
                         let mut child = path.to_vec();
                         child.push(key.clone());
@@ -817,12 +818,12 @@ impl Config {
                 }
                 return Ok(Some(Arc::new(merge::finish(
                     p.apply,
-                    &shown,
+                    &at,
                     Value::Map(out),
                 )?)));
             }
-            let v = merge::merge_entry(self, &p.ty, &p.path, p.defs, p.entry.as_deref())?;
-            Ok(Some(Arc::new(merge::finish(p.apply, &p.path, v)?)))
+            let v = merge::merge_entry(self, &p.ty, &at, p.defs, p.entry.as_deref())?;
+            Ok(Some(Arc::new(merge::finish(p.apply, &at, v)?)))
         })
     }
 
@@ -892,7 +893,7 @@ impl Config {
             });
         }
         if let Some(mut d) = merge::default_of(decl) {
-            let value = d.force(self, path).ok().map(|()| d.value);
+            let value = d.force(self, &At::option(path)).ok().map(|()| d.value);
             out.push(DefinitionInfo {
                 shown: ShownDefinition {
                     module: d.module,
