@@ -680,8 +680,8 @@ impl Config {
                 // can read nothing is merged directly, without an entry
                 // of its own.
                 let v = if merge::is_plain(&decl.ty, key, split.get(key)) {
-                    let defs = split.get(key).cloned().unwrap_or_default();
-                    merge::merge_key(self, &at, &decl.ty, key, defs, None)?.map(Arc::new)
+                    let defs = split.get(key).map_or(&[][..], Vec::as_slice);
+                    merge::merge_key(self, &at, &decl.ty, key, defs.into(), None)?.map(Arc::new)
                 } else {
                     self.node_value(path, std::slice::from_ref(key))?
                 };
@@ -751,13 +751,13 @@ impl Config {
         let (parent, last) = path.split_at(path.len() - 1);
         let split = self.node_split(option, parent)?;
         let (ty, entry) = self.node_type(option, parent)?;
-        let defs = split.get(&last[0]).cloned().unwrap_or_default();
+        let defs = split.get(&last[0]).map_or(&[][..], Vec::as_slice);
         merge::prepare_key(
             self,
             &At::Node(option, parent),
             &ty,
             &last[0],
-            defs,
+            defs.into(),
             entry.as_deref(),
         )
     }
@@ -805,8 +805,8 @@ impl Config {
                     // A key whose definitions can read nothing cannot be
                     // in a cycle nor run code twice: merged here, directly.
                     let v = if merge::is_plain(&p.ty, &key, split.get(&key)) {
-                        let defs = split.get(&key).cloned().unwrap_or_default();
-                        merge::merge_key(self, &at, &p.ty, &key, defs, p.entry.as_deref())?
+                        let defs = split.get(&key).map_or(&[][..], Vec::as_slice);
+                        merge::merge_key(self, &at, &p.ty, &key, defs.into(), p.entry.as_deref())?
                     } else {
                         let mut child = path.to_vec();
                         child.push(key.clone());

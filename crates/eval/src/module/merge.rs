@@ -7,6 +7,7 @@
 //! configuration, which memoizes and finds cycles) and never names the
 //! configuration itself: `config` depends on it, not the other way.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -553,7 +554,7 @@ fn merge_keyed(
                 None => Vec::new(),
             },
         };
-        if let Some(v) = merge_key(cx, option, ty, &key, defs, entry)? {
+        if let Some(v) = merge_key(cx, option, ty, &key, Cow::Owned(defs), entry)? {
             out.insert(key, v);
         }
     }
@@ -678,20 +679,32 @@ pub(crate) fn finish(apply: Option<(Apply, Loc)>, path: &At, v: Value) -> Result
 
 /// The definitions [`split_level`] gave `key` of a map or submodule
 /// (`ty`, itself the entry `entry` of a map, if it is one), prepared;
-/// `None` for a map key whose every definition is off.
+/// `None` for a map key whose every definition is off. Borrowed where
+/// a memoized split keeps them: only the active ones are copied.
 pub(crate) fn prepare_key(
     cx: &impl Evaluator,
     option: &At,
     ty: &Type,
     key: &str,
-    defs: Vec<PlacedDefinition>,
+    defs: Cow<'_, [PlacedDefinition]>,
     entry: Option<&str>,
 ) -> Result<Option<KeyToMerge>, Error> {
     let path = || At::Key(option, key).to_string();
-    let mut active = Vec::with_capacity(defs.len());
-    for mut d in defs {
-        if cx.holds(&std::mem::take(&mut d.conds))? {
-            active.push(d);
+    let mut active = Vec::with_capacity(defs.len() + 1);
+    match defs {
+        Cow::Owned(defs) => {
+            for mut d in defs {
+                if cx.holds(&std::mem::take(&mut d.conds))? {
+                    active.push(d);
+                }
+            }
+        }
+        Cow::Borrowed(defs) => {
+            for d in defs {
+                if cx.holds(&d.conds)? {
+                    active.push(d.without_conds());
+                }
+            }
         }
     }
     match &*ty.0 {
@@ -753,7 +766,7 @@ pub(crate) fn merge_key(
     option: &At,
     ty: &Type,
     key: &str,
-    defs: Vec<PlacedDefinition>,
+    defs: Cow<'_, [PlacedDefinition]>,
     entry: Option<&str>,
 ) -> Result<Option<Value>, Error> {
     match prepare_key(cx, option, ty, key, defs, entry)? {
