@@ -733,7 +733,13 @@ pub(crate) fn prepare_key(
                     defs: active.iter().map(PlacedDefinition::shown).collect(),
                 });
             }
+            // A default that cannot win is left out: it would only be
+            // copied, to be dropped by `winners`.
+            let beaten = active
+                .iter()
+                .any(|d| d.priority < OPTION_DEFAULT || !d.sub.is_empty());
             match (default_of(decl), entry.filter(|_| decl.default_key)) {
+                _ if beaten => {}
                 (Some(d), _) => active.push(d),
                 // The entry's key, as NixOS gives a submodule its `name`.
                 (None, Some(name)) => active.push(declared_default(decl, Value::from(name))),
