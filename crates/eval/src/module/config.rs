@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::error::{nearest_under, Error, Errors, ShownDefinition, Warning};
 use super::merge::{self, At, Evaluator, KeyToMerge, PlacedDefinition, SubPath};
@@ -109,7 +109,20 @@ pub struct Config {
     stack: RefCell<Vec<(NodePath, &'static str)>>,
     /// What each path read names.
     resolved: RefCell<HashMap<String, Arc<Resolved>>>,
+    /// What paths name, for every configuration of the same declarations
+    /// (it depends on them alone): a fleet's machines read the same
+    /// paths, each found once.
+    shared: Arc<SharedResolved>,
 }
+
+/// What paths name, by path, shared by the configurations of one set of
+/// declarations.
+type SharedResolved = Mutex<HashMap<String, Arc<Resolved>>>;
+
+/// How many paths [`SharedResolved`] keeps: past that (a program reading
+/// paths of its own making for every machine), each configuration finds
+/// the new ones on its own.
+const SHARED_RESOLVED_KEPT: usize = 10_000;
 
 /// What a path names: an option (with the keys below it), a group of
 /// options (each child's name and path), or nothing.
@@ -208,7 +221,7 @@ impl Config {
 
     fn gather(modules: &[Module], pkgs: Option<Pkgs>) -> (Config, Vec<Error>) {
         let modules = gather(modules);
-        let (decls, mut errors) = declarations(&modules);
+        let (decls, shared, mut errors) = declarations(&modules);
         let mut cfg = Config {
             decls,
             defs: HashMap::new(),
@@ -221,6 +234,7 @@ impl Config {
             key_lists: RefCell::new(HashMap::new()),
             stack: RefCell::new(Vec::new()),
             resolved: RefCell::new(HashMap::new()),
+            shared,
         };
         let migrations: Vec<(&Migration, Arc<str>)> = modules
             .iter()
@@ -475,8 +489,30 @@ impl Config {
         if let Some(r) = self.resolved.borrow().get(path) {
             return r.clone();
         }
+        let known = self.lock_shared().get(path).cloned();
+        let r = known.unwrap_or_else(|| {
+            let r = Arc::new(self.resolve_anew(path));
+            let mut shared = self.lock_shared();
+            if shared.len() < SHARED_RESOLVED_KEPT {
+                shared.insert(path.to_owned(), r.clone());
+            }
+            r
+        });
+        self.resolved
+            .borrow_mut()
+            .insert(path.to_owned(), r.clone());
+        r
+    }
+
+    fn lock_shared(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Resolved>>> {
+        // What is kept is only ever whole entries: a panic elsewhere
+        // while holding the lock leaves nothing half-written.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resolve_anew(&self, path: &str) -> Resolved {
         let segments = super::parse_path(path);
-        let r = if let Some((option, sub)) = self.option_of_segments(&segments) {
+        if let Some((option, sub)) = self.option_of_segments(&segments) {
             Resolved::Option(option, sub)
         } else if self.is_group(path) {
             let dotted = format!("{path}.");
@@ -494,12 +530,7 @@ impl Config {
             Resolved::Group(children)
         } else {
             Resolved::Nothing
-        };
-        let r = Arc::new(r);
-        self.resolved
-            .borrow_mut()
-            .insert(path.to_owned(), r.clone());
-        r
+        }
     }
 
     /// The value at `sub` below the declared option `option`.
@@ -954,6 +985,7 @@ impl Evaluator for Config {
 struct Compiled {
     declaring: Vec<Module>,
     decls: Arc<BTreeMap<String, OptionDecl>>,
+    resolved: Arc<SharedResolved>,
     errors: Vec<Error>,
 }
 
@@ -965,7 +997,14 @@ const COMPILED_KEPT: usize = 8;
 /// The declarations of `modules`, merged and checked once for every
 /// configuration whose modules declare the same options: the machines of
 /// a fleet share them, and evaluate only their definitions.
-fn declarations(modules: &[Module]) -> (Arc<BTreeMap<String, OptionDecl>>, Vec<Error>) {
+/// With them, what paths they name, as configurations find it.
+fn declarations(
+    modules: &[Module],
+) -> (
+    Arc<BTreeMap<String, OptionDecl>>,
+    Arc<SharedResolved>,
+    Vec<Error>,
+) {
     use std::sync::{Mutex, OnceLock};
     static KEPT: OnceLock<Mutex<Vec<Compiled>>> = OnceLock::new();
     let declaring: Vec<Module> = modules
@@ -986,13 +1025,14 @@ fn declarations(modules: &[Module]) -> (Arc<BTreeMap<String, OptionDecl>>, Vec<E
         if let Some(i) = kept.iter().position(same) {
             // Most recently used last.
             let c = kept.remove(i);
-            let out = (c.decls.clone(), c.errors.clone());
+            let out = (c.decls.clone(), c.resolved.clone(), c.errors.clone());
             kept.push(c);
             return out;
         }
     }
     let (decls, errors) = compile(&declaring);
     let decls = Arc::new(decls);
+    let resolved = Arc::new(SharedResolved::default());
     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
     if kept.len() >= COMPILED_KEPT {
         kept.remove(0);
@@ -1000,9 +1040,10 @@ fn declarations(modules: &[Module]) -> (Arc<BTreeMap<String, OptionDecl>>, Vec<E
     kept.push(Compiled {
         declaring,
         decls: decls.clone(),
+        resolved: resolved.clone(),
         errors: errors.clone(),
     });
-    (decls, errors)
+    (decls, resolved, errors)
 }
 
 /// The options `modules` declare, merged, and what is wrong with them.
