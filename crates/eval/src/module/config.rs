@@ -4,10 +4,10 @@ use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::error::{nearest_under, Error, Errors, ShownDefinition, Warning};
-use super::merge::{self, Evaluator, KeyToMerge, PlacedDefinition, SubPath};
+use super::merge::{self, At, Evaluator, KeyToMerge, PlacedDefinition, SubPath};
 use super::types::Type;
 use super::value::{FromValue, Value};
 use super::{Check, Cond, Key, Lazy, Migration, Module, OptionDecl};
@@ -109,7 +109,20 @@ pub struct Config {
     stack: RefCell<Vec<(NodePath, &'static str)>>,
     /// What each path read names.
     resolved: RefCell<HashMap<String, Arc<Resolved>>>,
+    /// What paths name, for every configuration of the same declarations
+    /// (it depends on them alone): a fleet's machines read the same
+    /// paths, each found once.
+    shared: Arc<SharedResolved>,
 }
+
+/// What paths name, by path, shared by the configurations of one set of
+/// declarations.
+type SharedResolved = Mutex<HashMap<String, Arc<Resolved>>>;
+
+/// How many paths [`SharedResolved`] keeps: past that (a program reading
+/// paths of its own making for every machine), each configuration finds
+/// the new ones on its own.
+const SHARED_RESOLVED_KEPT: usize = 10_000;
 
 /// What a path names: an option (with the keys below it), a group of
 /// options (each child's name and path), or nothing.
@@ -208,7 +221,7 @@ impl Config {
 
     fn gather(modules: &[Module], pkgs: Option<Pkgs>) -> (Config, Vec<Error>) {
         let modules = gather(modules);
-        let (decls, mut errors) = declarations(&modules);
+        let (decls, shared, mut errors) = declarations(&modules);
         let mut cfg = Config {
             decls,
             defs: HashMap::new(),
@@ -221,6 +234,7 @@ impl Config {
             key_lists: RefCell::new(HashMap::new()),
             stack: RefCell::new(Vec::new()),
             resolved: RefCell::new(HashMap::new()),
+            shared,
         };
         let migrations: Vec<(&Migration, Arc<str>)> = modules
             .iter()
@@ -475,8 +489,30 @@ impl Config {
         if let Some(r) = self.resolved.borrow().get(path) {
             return r.clone();
         }
+        let known = self.lock_shared().get(path).cloned();
+        let r = known.unwrap_or_else(|| {
+            let r = Arc::new(self.resolve_anew(path));
+            let mut shared = self.lock_shared();
+            if shared.len() < SHARED_RESOLVED_KEPT {
+                shared.insert(path.to_owned(), r.clone());
+            }
+            r
+        });
+        self.resolved
+            .borrow_mut()
+            .insert(path.to_owned(), r.clone());
+        r
+    }
+
+    fn lock_shared(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Resolved>>> {
+        // What is kept is only ever whole entries: a panic elsewhere
+        // while holding the lock leaves nothing half-written.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resolve_anew(&self, path: &str) -> Resolved {
         let segments = super::parse_path(path);
-        let r = if let Some((option, sub)) = self.option_of_segments(&segments) {
+        if let Some((option, sub)) = self.option_of_segments(&segments) {
             Resolved::Option(option, sub)
         } else if self.is_group(path) {
             let dotted = format!("{path}.");
@@ -494,12 +530,7 @@ impl Config {
             Resolved::Group(children)
         } else {
             Resolved::Nothing
-        };
-        let r = Arc::new(r);
-        self.resolved
-            .borrow_mut()
-            .insert(path.to_owned(), r.clone());
-        r
+        }
     }
 
     /// The value at `sub` below the declared option `option`.
@@ -671,7 +702,8 @@ impl Config {
         }
         if decl.ty.is_keyed() {
             let split = self.split(path)?;
-            merge::unknown_fields(path, &decl.ty, &split)?;
+            let at = At::option(path);
+            merge::unknown_fields(&at, &decl.ty, &split)?;
             let keys = merge::keys_of(&decl.ty, &split);
             let mut values = Vec::with_capacity(keys.len());
             for key in &keys {
@@ -679,8 +711,8 @@ impl Config {
                 // can read nothing is merged directly, without an entry
                 // of its own.
                 let v = if merge::is_plain(&decl.ty, key, split.get(key)) {
-                    let defs = split.get(key).cloned().unwrap_or_default();
-                    merge::merge_key(self, path, &decl.ty, key, defs, None)?.map(Arc::new)
+                    let defs = split.get(key).map_or(&[][..], Vec::as_slice);
+                    merge::merge_key(self, &at, &decl.ty, key, defs.into(), None)?.map(Arc::new)
                 } else {
                     self.node_value(path, std::slice::from_ref(key))?
                 };
@@ -701,13 +733,13 @@ impl Config {
         }
         // Values are computed by the merge, and only those of the
         // definitions that win: a losing default is never run.
-        merge::merge(self, &decl.ty, path, self.active(path)?)
+        merge::merge(self, &decl.ty, &At::option(path), self.active(path)?)
     }
 
     fn split(&self, path: &str) -> Result<DefsByKey, Error> {
         self.memoized(&self.splits, path, "", || {
             let decl = &self.decls[path];
-            merge::split_level(self, path, &decl.ty, self.active(path)?).map(Arc::new)
+            merge::split_level(self, &At::option(path), &decl.ty, self.active(path)?).map(Arc::new)
         })
     }
 
@@ -740,7 +772,7 @@ impl Config {
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(Arc::new(BTreeMap::new()));
             };
-            merge::split_level(self, &node_shown(option, path), &p.ty, p.defs).map(Arc::new)
+            merge::split_level(self, &At::Node(option, path), &p.ty, p.defs).map(Arc::new)
         })
     }
 
@@ -750,13 +782,13 @@ impl Config {
         let (parent, last) = path.split_at(path.len() - 1);
         let split = self.node_split(option, parent)?;
         let (ty, entry) = self.node_type(option, parent)?;
-        let defs = split.get(&last[0]).cloned().unwrap_or_default();
+        let defs = split.get(&last[0]).map_or(&[][..], Vec::as_slice);
         merge::prepare_key(
             self,
-            &node_shown(option, parent),
+            &At::Node(option, parent),
             &ty,
             &last[0],
-            defs,
+            defs.into(),
             entry.as_deref(),
         )
     }
@@ -781,13 +813,18 @@ impl Config {
         }
         let key = NodePath::below(option, path);
         self.memoized(&self.keys, &key.0, "", || {
-            let shown = node_shown(option, path);
+            let at = At::Node(option, path);
             let Some(p) = self.node_defs(option, path)? else {
                 return Ok(None);
             };
             if p.ty.is_keyed() {
-                let split = self.node_split(option, path)?;
-                merge::unknown_fields(&shown, &p.ty, &split)?;
+                // Split from the definitions just prepared: through
+                // `node_split` they would be prepared again, their
+                // conditions run twice.
+                let split = self.memoized(&self.splits, &key.0, "", || {
+                    merge::split_level(self, &at, &p.ty, p.defs).map(Arc::new)
+                })?;
+                merge::unknown_fields(&at, &p.ty, &split)?;
                 let mut out = BTreeMap::new();
                 for key in merge::keys_of(&p.ty, &split) {
                     if !split.contains_key(&key) {
@@ -799,8 +836,8 @@ impl Config {
                     // A key whose definitions can read nothing cannot be
                     // in a cycle nor run code twice: merged here, directly.
                     let v = if merge::is_plain(&p.ty, &key, split.get(&key)) {
-                        let defs = split.get(&key).cloned().unwrap_or_default();
-                        merge::merge_key(self, &shown, &p.ty, &key, defs, p.entry.as_deref())?
+                        let defs = split.get(&key).map_or(&[][..], Vec::as_slice);
+                        merge::merge_key(self, &at, &p.ty, &key, defs.into(), p.entry.as_deref())?
                     } else {
                         let mut child = path.to_vec();
                         child.push(key.clone());
@@ -812,12 +849,12 @@ impl Config {
                 }
                 return Ok(Some(Arc::new(merge::finish(
                     p.apply,
-                    &shown,
+                    &at,
                     Value::Map(out),
                 )?)));
             }
-            let v = merge::merge_entry(self, &p.ty, &p.path, p.defs, p.entry.as_deref())?;
-            Ok(Some(Arc::new(merge::finish(p.apply, &p.path, v)?)))
+            let v = merge::merge_entry(self, &p.ty, &at, p.defs, p.entry.as_deref())?;
+            Ok(Some(Arc::new(merge::finish(p.apply, &at, v)?)))
         })
     }
 
@@ -887,7 +924,7 @@ impl Config {
             });
         }
         if let Some(mut d) = merge::default_of(decl) {
-            let value = d.force(self, path).ok().map(|()| d.value);
+            let value = d.force(self, &At::option(path)).ok().map(|()| d.value);
             out.push(DefinitionInfo {
                 shown: ShownDefinition {
                     module: d.module,
@@ -948,6 +985,7 @@ impl Evaluator for Config {
 struct Compiled {
     declaring: Vec<Module>,
     decls: Arc<BTreeMap<String, OptionDecl>>,
+    resolved: Arc<SharedResolved>,
     errors: Vec<Error>,
 }
 
@@ -959,7 +997,14 @@ const COMPILED_KEPT: usize = 8;
 /// The declarations of `modules`, merged and checked once for every
 /// configuration whose modules declare the same options: the machines of
 /// a fleet share them, and evaluate only their definitions.
-fn declarations(modules: &[Module]) -> (Arc<BTreeMap<String, OptionDecl>>, Vec<Error>) {
+/// With them, what paths they name, as configurations find it.
+fn declarations(
+    modules: &[Module],
+) -> (
+    Arc<BTreeMap<String, OptionDecl>>,
+    Arc<SharedResolved>,
+    Vec<Error>,
+) {
     use std::sync::{Mutex, OnceLock};
     static KEPT: OnceLock<Mutex<Vec<Compiled>>> = OnceLock::new();
     let declaring: Vec<Module> = modules
@@ -980,13 +1025,14 @@ fn declarations(modules: &[Module]) -> (Arc<BTreeMap<String, OptionDecl>>, Vec<E
         if let Some(i) = kept.iter().position(same) {
             // Most recently used last.
             let c = kept.remove(i);
-            let out = (c.decls.clone(), c.errors.clone());
+            let out = (c.decls.clone(), c.resolved.clone(), c.errors.clone());
             kept.push(c);
             return out;
         }
     }
     let (decls, errors) = compile(&declaring);
     let decls = Arc::new(decls);
+    let resolved = Arc::new(SharedResolved::default());
     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
     if kept.len() >= COMPILED_KEPT {
         kept.remove(0);
@@ -994,9 +1040,10 @@ fn declarations(modules: &[Module]) -> (Arc<BTreeMap<String, OptionDecl>>, Vec<E
     kept.push(Compiled {
         declaring,
         decls: decls.clone(),
+        resolved: resolved.clone(),
         errors: errors.clone(),
     });
-    (decls, errors)
+    (decls, resolved, errors)
 }
 
 /// The options `modules` declare, merged, and what is wrong with them.

@@ -7,6 +7,7 @@
 //! configuration, which memoizes and finds cycles) and never names the
 //! configuration itself: `config` depends on it, not the other way.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -58,6 +59,42 @@ impl std::ops::Deref for SubPath {
         match &self.all {
             Some(a) => &a[self.at..],
             None => &[],
+        }
+    }
+}
+
+/// Where a merge is, as errors name it: the option's path and the keys
+/// (or list items) below it. Written out only for an error: merging is
+/// done for every key of every map, and hardly ever fails.
+#[derive(Clone, Copy)]
+pub(crate) enum At<'a> {
+    /// The node `keys` below the option of that path.
+    Node(&'a str, &'a [String]),
+    /// A key of a map or submodule.
+    Key(&'a At<'a>, &'a str),
+    /// An item of a list.
+    Item(&'a At<'a>, usize),
+}
+
+impl At<'_> {
+    /// An option's own path.
+    pub(crate) fn option(path: &str) -> At<'_> {
+        At::Node(path, &[])
+    }
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Node(option, keys) => {
+                f.write_str(option)?;
+                for k in *keys {
+                    write!(f, ".{k}")?;
+                }
+                Ok(())
+            }
+            At::Key(parent, key) => write!(f, "{parent}.{key}"),
+            At::Item(parent, i) => write!(f, "{parent}.{i}"),
         }
     }
 }
@@ -141,7 +178,7 @@ impl PlacedDefinition {
     /// Computes the value, once.
     /// Computes the value, once; `at` is the option (or key) it is
     /// for, which an error of the code's own names.
-    pub(crate) fn force(&mut self, cx: &impl Evaluator, at: &str) -> Result<(), Error> {
+    pub(crate) fn force(&mut self, cx: &impl Evaluator, at: &At) -> Result<(), Error> {
         if let Some(f) = self.lazy.take() {
             self.value = cx.run(&f).map_err(|e| match e {
                 // Errors of other options read on the way carry their
@@ -202,7 +239,7 @@ fn declared_default(decl: &OptionDecl, value: Value) -> PlacedDefinition {
 pub(crate) fn merge(
     cx: &impl Evaluator,
     ty: &Type,
-    option: &str,
+    option: &At,
     defs: Vec<PlacedDefinition>,
 ) -> Result<Value, Error> {
     merge_entry(cx, ty, option, defs, None)
@@ -213,7 +250,7 @@ pub(crate) fn merge(
 pub(crate) fn merge_entry(
     cx: &impl Evaluator,
     ty: &Type,
-    option: &str,
+    option: &At,
     defs: Vec<PlacedDefinition>,
     entry: Option<&str>,
 ) -> Result<Value, Error> {
@@ -242,7 +279,7 @@ pub(crate) fn merge_entry(
                     ));
                 };
                 for item in items {
-                    let at = format!("{option}.{}", out.len());
+                    let at = At::Item(option, out.len());
                     let one = PlacedDefinition {
                         value: item,
                         ..base.clone()
@@ -272,7 +309,7 @@ pub(crate) fn merge_entry(
                 merge_entry(cx, elem, option, defs, entry)
             } else {
                 Err(Error::NotUnique {
-                    option: option.to_owned(),
+                    option: option.to_string(),
                     defs: defs.iter().map(PlacedDefinition::shown).collect(),
                 })
             }
@@ -318,9 +355,7 @@ pub(crate) fn merge_entry(
                 }
                 return by_key
                     .into_iter()
-                    .map(|(k, defs)| {
-                        Ok((k.clone(), merge(cx, ty, &format!("{option}.{k}"), defs)?))
-                    })
+                    .map(|(k, defs)| Ok((k.clone(), merge(cx, ty, &At::Key(option, &k), defs)?)))
                     .collect::<Result<_, _>>()
                     .map(Value::Map);
             }
@@ -342,7 +377,7 @@ pub(crate) fn merge_entry(
             let shown: Vec<ShownDefinition> = defs.iter().map(PlacedDefinition::shown).collect();
             c.merge(defs.into_iter().map(|d| d.value).collect())
                 .map_err(|reason| Error::Merge {
-                    option: option.to_owned(),
+                    option: option.to_string(),
                     reason,
                     defs: shown,
                 })
@@ -355,7 +390,7 @@ pub(crate) fn merge_entry(
 }
 
 /// The one value every definition at the winning priority gives.
-fn agreed(option: &str, priority: u32, defs: Vec<PlacedDefinition>) -> Result<Value, Error> {
+fn agreed(option: &At, priority: u32, defs: Vec<PlacedDefinition>) -> Result<Value, Error> {
     let first = &defs[0].value;
     if defs.iter().all(|d| &d.value == first) {
         Ok(first.clone())
@@ -364,9 +399,9 @@ fn agreed(option: &str, priority: u32, defs: Vec<PlacedDefinition>) -> Result<Va
     }
 }
 
-fn conflict(option: &str, priority: u32, defs: &[PlacedDefinition]) -> Error {
+fn conflict(option: &At, priority: u32, defs: &[PlacedDefinition]) -> Error {
     Error::Conflict {
-        option: option.to_owned(),
+        option: option.to_string(),
         priority,
         defs: defs.iter().map(PlacedDefinition::shown).collect(),
     }
@@ -393,7 +428,7 @@ fn winners(defs: Vec<PlacedDefinition>) -> (u32, Vec<PlacedDefinition>) {
 /// Definitions that must address this option itself, not something in it.
 fn leaves(
     defs: Vec<PlacedDefinition>,
-    option: &str,
+    option: &At,
     ty: &Type,
 ) -> Result<Vec<PlacedDefinition>, Error> {
     if let Some(d) = defs.iter().find(|d| !d.sub.is_empty()) {
@@ -409,7 +444,7 @@ fn leaves(
 
 fn checked(
     ty: &Type,
-    option: &str,
+    option: &At,
     defs: Vec<PlacedDefinition>,
 ) -> Result<Vec<PlacedDefinition>, Error> {
     defs.into_iter()
@@ -423,9 +458,9 @@ fn checked(
         .collect()
 }
 
-fn type_error(option: &str, ty: &Type, d: &PlacedDefinition, reason: String) -> Error {
+fn type_error(option: &At, ty: &Type, d: &PlacedDefinition, reason: String) -> Error {
     Error::Type {
-        option: option.to_owned(),
+        option: option.to_string(),
         expected: article(&ty.to_string()),
         value: Box::new(d.value.clone()),
         reason,
@@ -480,7 +515,7 @@ fn split(d: PlacedDefinition, ty: &Type) -> Result<Vec<(String, PlacedDefinition
 /// key, and those given for something inside moved down a level.
 pub(crate) fn split_level(
     cx: &impl Evaluator,
-    option: &str,
+    option: &At,
     ty: &Type,
     defs: Vec<PlacedDefinition>,
 ) -> Result<BTreeMap<String, Vec<PlacedDefinition>>, Error> {
@@ -500,7 +535,7 @@ pub(crate) fn split_level(
 /// A map or submodule merged whole, key by key.
 fn merge_keyed(
     cx: &impl Evaluator,
-    option: &str,
+    option: &At,
     ty: &Type,
     defs: Vec<PlacedDefinition>,
     entry: Option<&str>,
@@ -519,7 +554,7 @@ fn merge_keyed(
                 None => Vec::new(),
             },
         };
-        if let Some(v) = merge_key(cx, option, ty, &key, defs, entry)? {
+        if let Some(v) = merge_key(cx, option, ty, &key, Cow::Owned(defs), entry)? {
             out.insert(key, v);
         }
     }
@@ -576,7 +611,7 @@ pub(crate) fn untouched_field(ty: &Type, key: &str, entry: Option<&str>) -> Opti
 
 /// The keys a submodule's definitions give that it does not declare.
 pub(crate) fn unknown_fields(
-    option: &str,
+    option: &At,
     ty: &Type,
     by_key: &BTreeMap<String, Vec<PlacedDefinition>>,
 ) -> Result<(), Error> {
@@ -585,6 +620,8 @@ pub(crate) fn unknown_fields(
     };
     for (field, defs) in by_key {
         if !s.fields.contains_key(field) {
+            let option = option.to_string();
+            let option = option.as_str();
             let d = &defs[0];
             let mut suggestions = nearest_under(option, field, s.fields.keys().map(|k| &**k));
             // `etc.nginx.conf.text`, `etc.foo/x.conf.text`: a key holding
@@ -619,8 +656,6 @@ pub(crate) fn keys_of(ty: &Type, by_key: &BTreeMap<String, Vec<PlacedDefinition>
 /// A key's definitions ready to merge: conditions checked, defaults
 /// added, with the type and map entry they are merged as.
 pub(crate) struct KeyToMerge {
-    /// The key's path, as errors name it.
-    pub(crate) path: String,
     pub(crate) defs: Vec<PlacedDefinition>,
     pub(crate) ty: Type,
     /// The map entry it is, if it is one (its key).
@@ -631,10 +666,10 @@ pub(crate) struct KeyToMerge {
 
 /// The merged value of the field at `path`, through its `apply`
 /// function if it has one.
-pub(crate) fn finish(apply: Option<(Apply, Loc)>, path: &str, v: Value) -> Result<Value, Error> {
+pub(crate) fn finish(apply: Option<(Apply, Loc)>, path: &At, v: Value) -> Result<Value, Error> {
     match apply {
         Some((f, declared)) => f(v).map_err(|reason| Error::Apply {
-            option: path.to_owned(),
+            option: path.to_string(),
             declared,
             reason,
         }),
@@ -644,27 +679,38 @@ pub(crate) fn finish(apply: Option<(Apply, Loc)>, path: &str, v: Value) -> Resul
 
 /// The definitions [`split_level`] gave `key` of a map or submodule
 /// (`ty`, itself the entry `entry` of a map, if it is one), prepared;
-/// `None` for a map key whose every definition is off.
+/// `None` for a map key whose every definition is off. Borrowed where
+/// a memoized split keeps them: only the active ones are copied.
 pub(crate) fn prepare_key(
     cx: &impl Evaluator,
-    option: &str,
+    option: &At,
     ty: &Type,
     key: &str,
-    defs: Vec<PlacedDefinition>,
+    defs: Cow<'_, [PlacedDefinition]>,
     entry: Option<&str>,
 ) -> Result<Option<KeyToMerge>, Error> {
-    let path = format!("{option}.{key}");
-    let mut active = Vec::with_capacity(defs.len());
-    for mut d in defs {
-        if cx.holds(&std::mem::take(&mut d.conds))? {
-            active.push(d);
+    let path = || At::Key(option, key).to_string();
+    let mut active = Vec::with_capacity(defs.len() + 1);
+    match defs {
+        Cow::Owned(defs) => {
+            for mut d in defs {
+                if cx.holds(&std::mem::take(&mut d.conds))? {
+                    active.push(d);
+                }
+            }
+        }
+        Cow::Borrowed(defs) => {
+            for d in defs {
+                if cx.holds(&d.conds)? {
+                    active.push(d.without_conds());
+                }
+            }
         }
     }
     match &*ty.0 {
         // A key whose every definition is off is not there.
         Kind::Map(_) if active.is_empty() => Ok(None),
         Kind::Map(elem) => Ok(Some(KeyToMerge {
-            path,
             defs: active,
             ty: elem.clone(),
             entry: Some(key.to_owned()),
@@ -673,17 +719,27 @@ pub(crate) fn prepare_key(
         Kind::Submodule(s) => {
             let Some(decl) = s.fields.get(key) else {
                 return Err(Error::NoSuchOption {
-                    suggestions: nearest_under(option, key, s.fields.keys().map(|k| &**k)),
-                    path,
+                    suggestions: nearest_under(
+                        &option.to_string(),
+                        key,
+                        s.fields.keys().map(|k| &**k),
+                    ),
+                    path: path(),
                 });
             };
             if decl.read_only && active.len() > 1 {
                 return Err(Error::ReadOnly {
-                    option: path,
+                    option: path(),
                     defs: active.iter().map(PlacedDefinition::shown).collect(),
                 });
             }
+            // A default that cannot win is left out: it would only be
+            // copied, to be dropped by `winners`.
+            let beaten = active
+                .iter()
+                .any(|d| d.priority < OPTION_DEFAULT || !d.sub.is_empty());
             match (default_of(decl), entry.filter(|_| decl.default_key)) {
+                _ if beaten => {}
                 (Some(d), _) => active.push(d),
                 // The entry's key, as NixOS gives a submodule its `name`.
                 (None, Some(name)) => active.push(declared_default(decl, Value::from(name))),
@@ -691,12 +747,11 @@ pub(crate) fn prepare_key(
             }
             if active.is_empty() {
                 return Err(Error::NoValue {
-                    option: path,
+                    option: path(),
                     declared: decl.locs[0].clone(),
                 });
             }
             Ok(Some(KeyToMerge {
-                path,
                 defs: active,
                 ty: decl.ty.clone(),
                 entry: None,
@@ -704,7 +759,7 @@ pub(crate) fn prepare_key(
             }))
         }
         _ => Err(Error::NoSuchOption {
-            path,
+            path: path(),
             suggestions: Vec::new(),
         }),
     }
@@ -714,22 +769,23 @@ pub(crate) fn prepare_key(
 /// [`split_level`] gave that key; `None` for a map key that is off.
 pub(crate) fn merge_key(
     cx: &impl Evaluator,
-    option: &str,
+    option: &At,
     ty: &Type,
     key: &str,
-    defs: Vec<PlacedDefinition>,
+    defs: Cow<'_, [PlacedDefinition]>,
     entry: Option<&str>,
 ) -> Result<Option<Value>, Error> {
     match prepare_key(cx, option, ty, key, defs, entry)? {
         Some(p) => {
-            let v = merge_entry(cx, &p.ty, &p.path, p.defs, p.entry.as_deref())?;
-            finish(p.apply, &p.path, v).map(Some)
+            let at = At::Key(option, key);
+            let v = merge_entry(cx, &p.ty, &at, p.defs, p.entry.as_deref())?;
+            finish(p.apply, &at, v).map(Some)
         }
         None => Ok(None),
     }
 }
 
-fn with_option(e: Error, option: &str) -> Error {
+fn with_option(e: Error, option: &At) -> Error {
     match e {
         Error::Type {
             option: o,
@@ -739,7 +795,7 @@ fn with_option(e: Error, option: &str) -> Error {
             module,
             loc,
         } if o.is_empty() => Error::Type {
-            option: option.to_owned(),
+            option: option.to_string(),
             expected,
             value,
             reason,
