@@ -145,6 +145,7 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
     let mut key_fields = Vec::new();
     let mut key_inits = Vec::new();
     let mut reads = Vec::new();
+    let mut reads_ref = Vec::new();
     let mut writes = Vec::new();
     let mut sub_decls = Vec::new();
     let mut decls = Vec::new();
@@ -166,6 +167,7 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             #ident: #m::Key::at(#m::join(path, #oname))
         });
         reads.push(quote! { #ident: #m::take_field(&mut map, #oname)? });
+        reads_ref.push(quote! { #ident: #m::field_ref(map, #oname)? });
         writes.push(quote! {
             map.insert(#oname.to_owned(), #m::IntoValue::into_value(self.#ident));
         });
@@ -262,6 +264,16 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             fn from_value(v: #m::Value) -> ::std::result::Result<Self, ::std::string::String> {
                 match v {
                     #m::Value::Map(mut map) => Ok(#name { #(#reads,)* }),
+                    other => Err(format!(
+                        "expected the options of `{}` as a map, got {}",
+                        #name_str,
+                        other.kind()
+                    )),
+                }
+            }
+            fn from_value_ref(v: &#m::Value) -> ::std::result::Result<Self, ::std::string::String> {
+                match v {
+                    #m::Value::Map(map) => Ok(#name { #(#reads_ref,)* }),
                     other => Err(format!(
                         "expected the options of `{}` as a map, got {}",
                         #name_str,

@@ -413,12 +413,26 @@ impl Config {
     /// The value at `path` (an option, something inside one, or a group
     /// of options as a map), read as `T`.
     pub fn get<T: FromValue>(&self, path: &str) -> Result<T, Error> {
-        let v = self.value(path)?;
-        T::from_value(v).map_err(|reason| Error::Convert {
+        let resolved = self.resolve(path);
+        let r = match &*resolved {
+            Resolved::Option(option, sub) => self.with_value_in(option, sub, T::from_value_ref)?,
+            _ => T::from_value(self.value(path)?),
+        };
+        r.map_err(|reason| Error::Convert {
             option: path.to_owned(),
             rust_type: std::any::type_name::<T>(),
             reason,
         })
+    }
+
+    /// The value at `path` as JSON (see [`Value::to_json`]), converted
+    /// where it is kept rather than from a copy: what a tool printing a
+    /// machine's options uses.
+    pub fn json(&self, path: &str) -> Result<serde_json::Value, Error> {
+        match &*self.resolve(path) {
+            Resolved::Option(option, sub) => self.with_value_in(option, sub, Value::to_json),
+            _ => Ok(self.value(path)?.to_json()),
+        }
     }
 
     /// The option (or struct of options) `key` names, as its Rust type.
@@ -535,6 +549,18 @@ impl Config {
 
     /// The value at `sub` below the declared option `option`.
     fn value_in(&self, option: &str, sub: &[String]) -> Result<Value, Error> {
+        self.with_value_in(option, sub, Value::clone)
+    }
+
+    /// `f` of the value at `sub` below the declared option `option`,
+    /// borrowed from where it is kept: a reader converting it to a Rust
+    /// type copies only what it keeps, not the whole tree.
+    fn with_value_in<R>(
+        &self,
+        option: &str,
+        sub: &[String],
+        f: impl FnOnce(&Value) -> R,
+    ) -> Result<R, Error> {
         let merged = matches!(self.memo.borrow().get(option), Some(MemoEntry::Done(Ok(_))));
         // As deep as the path goes through maps and submodules, a node is
         // merged on its own (unless the whole option already is).
@@ -573,7 +599,7 @@ impl Config {
                 _ => return Err(missing(Vec::new())),
             };
         }
-        Ok(v.clone())
+        Ok(f(v))
     }
 
     /// The merged value of the declared option `path`, once.

@@ -502,6 +502,16 @@ impl<T: OptionValue> OptionValue for Option<T> {
 }
 
 /// For `#[derive(Options)]`: the field `name` of a struct of options
+/// read from its merged map, borrowed.
+#[doc(hidden)]
+pub fn field_ref<T: FromValue>(map: &BTreeMap<String, Value>, name: &str) -> Result<T, String> {
+    match map.get(name) {
+        Some(v) => T::from_value_ref(v).map_err(|e| format!("field `{name}`: {e}")),
+        None => T::from_value(Value::Null).map_err(|_| format!("field `{name}` has no value")),
+    }
+}
+
+/// For `#[derive(Options)]`: the field `name` of a struct of options
 /// read from its merged map.
 #[doc(hidden)]
 pub fn take_field<T: FromValue>(

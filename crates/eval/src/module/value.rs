@@ -178,8 +178,11 @@ macro_rules! int_value {
         }
         impl FromValue for $t {
             fn from_value(v: Value) -> Result<Self, String> {
+                Self::from_value_ref(&v)
+            }
+            fn from_value_ref(v: &Value) -> Result<Self, String> {
                 match v {
-                    Value::Int(i) => <$t>::try_from(i)
+                    Value::Int(i) => <$t>::try_from(*i)
                         .map_err(|_| format!("`{i}` does not fit in {}", stringify!($t))),
                     other => Err(format!("expected an integer, got {}", other.kind())),
                 }
@@ -252,6 +255,13 @@ impl<T: IntoValue> IntoValue for Option<T> {
 pub trait FromValue: Sized {
     /// The conversion.
     fn from_value(v: Value) -> Result<Self, String>;
+
+    /// The conversion from a borrowed value: what reading an option
+    /// uses, so that only what the Rust value keeps is copied. Copies the
+    /// whole value unless implemented.
+    fn from_value_ref(v: &Value) -> Result<Self, String> {
+        Self::from_value(v.clone())
+    }
 }
 
 impl FromValue for Value {
@@ -262,8 +272,11 @@ impl FromValue for Value {
 
 impl FromValue for bool {
     fn from_value(v: Value) -> Result<Self, String> {
+        Self::from_value_ref(&v)
+    }
+    fn from_value_ref(v: &Value) -> Result<Self, String> {
         match v {
-            Value::Bool(b) => Ok(b),
+            Value::Bool(b) => Ok(*b),
             other => Err(format!("expected a boolean, got {}", other.kind())),
         }
     }
@@ -279,8 +292,11 @@ impl IntoValue for u64 {
 
 impl FromValue for u64 {
     fn from_value(v: Value) -> Result<Self, String> {
+        Self::from_value_ref(&v)
+    }
+    fn from_value_ref(v: &Value) -> Result<Self, String> {
         match v {
-            Value::Int(i) => u64::try_from(i).map_err(|_| format!("`{i}` is negative")),
+            Value::Int(i) => u64::try_from(*i).map_err(|_| format!("`{i}` is negative")),
             other => Err(format!("expected an integer, got {}", other.kind())),
         }
     }
@@ -293,6 +309,12 @@ impl FromValue for String {
             Value::Package(d) => Ok(crate::text!("{}", d).into_parts().0),
             Value::Output(o) => Ok(crate::text!("{}", o).into_parts().0),
             other => Err(format!("expected a string, got {}", other.kind())),
+        }
+    }
+    fn from_value_ref(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Str(s) => Ok(s.as_str().to_owned()),
+            other => Self::from_value(other.clone()),
         }
     }
 }
@@ -339,6 +361,16 @@ impl<T: FromValue> FromValue for Vec<T> {
             other => Err(format!("expected a list, got {}", other.kind())),
         }
     }
+    fn from_value_ref(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::List(l) => l
+                .iter()
+                .enumerate()
+                .map(|(i, v)| T::from_value_ref(v).map_err(|e| format!("element {i}: {e}")))
+                .collect(),
+            other => Err(format!("expected a list, got {}", other.kind())),
+        }
+    }
 }
 
 impl<T: FromValue> FromValue for BTreeMap<String, T> {
@@ -354,6 +386,18 @@ impl<T: FromValue> FromValue for BTreeMap<String, T> {
             other => Err(format!("expected a map, got {}", other.kind())),
         }
     }
+    fn from_value_ref(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Map(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let v = T::from_value_ref(v).map_err(|e| format!("key `{k}`: {e}"))?;
+                    Ok((k.clone(), v))
+                })
+                .collect(),
+            other => Err(format!("expected a map, got {}", other.kind())),
+        }
+    }
 }
 
 impl<T: FromValue> FromValue for Option<T> {
@@ -361,6 +405,12 @@ impl<T: FromValue> FromValue for Option<T> {
         match v {
             Value::Null => Ok(None),
             v => T::from_value(v).map(Some),
+        }
+    }
+    fn from_value_ref(v: &Value) -> Result<Self, String> {
+        match v {
+            Value::Null => Ok(None),
+            v => T::from_value_ref(v).map(Some),
         }
     }
 }

@@ -215,6 +215,9 @@ macro_rules! enum_option {
         }
         impl FromValue for $t {
             fn from_value(v: Value) -> Result<Self, String> {
+                Self::from_value_ref(&v)
+            }
+            fn from_value_ref(v: &Value) -> Result<Self, String> {
                 match v {
                     $(Value::Str(s) if s.as_str() == $s => Ok(<$t>::$v),)*
                     other => Err(format!(

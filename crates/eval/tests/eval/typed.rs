@@ -109,6 +109,10 @@ fn a_struct_of_options_is_declared_defined_and_read_through_typed_keys() -> Test
     assert_eq!(cfg.read(web.vhosts.entry("b.example.org"))?.root, "/srv/b");
     assert_eq!(cfg.get::<u16>("services.web.port")?, 9000);
     assert_eq!(
+        cfg.json(r#"services.web.vhosts."b.example.org""#)?,
+        serde_json::json!({"name": "b.example.org", "root": "/srv/b", "headers": []})
+    );
+    assert_eq!(
         web.vhosts.entry("b.example.org").root.path(),
         r#"services.web.vhosts."b.example.org".root"#
     );
