@@ -568,9 +568,19 @@ impl Config {
         let decl = &self.decls[option];
         if !merged && decl.apply.is_none() && !decl.read_only {
             let mut t = &decl.ty;
-            while let Some((next, _)) = sub.get(depth).and_then(|k| t.inner(k)) {
+            while let Some(k) = sub.get(depth) {
+                let Some((next, _)) = t.inner(k) else { break };
+                // A field with `apply` (or read only) is merged as a whole
+                // node: what is below it is read from its applied value.
+                let whole = t
+                    .submodule()
+                    .and_then(|s| s.fields.get(k.as_str()))
+                    .is_some_and(|d| d.apply.is_some() || d.read_only);
                 t = next;
                 depth += 1;
+                if whole {
+                    break;
+                }
             }
         }
         let whole = if depth > 0 {

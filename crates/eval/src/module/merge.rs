@@ -598,7 +598,12 @@ pub(crate) fn untouched_field(ty: &Type, key: &str, entry: Option<&str>) -> Opti
         return None;
     };
     let decl = s.fields.get(key)?;
-    if decl.apply.is_some() || decl.read_only || decl.ty.is_keyed() {
+    // A custom type's merge may change even a lone default.
+    if decl.apply.is_some()
+        || decl.read_only
+        || decl.ty.is_keyed()
+        || matches!(&*decl.ty.0, Kind::Custom(_))
+    {
         return None;
     }
     let v = match (&decl.default, entry.filter(|_| decl.default_key)) {

@@ -306,3 +306,66 @@ fn a_value_that_does_not_fit_the_declared_type_is_still_refused_at_evaluation() 
     assert!(e.to_string().contains("between 1 and 10"), "{e}");
     Ok(())
 }
+
+#[test]
+fn a_field_s_apply_holds_for_readers_below_it_and_during_evaluation() -> TestResult {
+    #[derive(Options, Debug, Clone, PartialEq)]
+    struct Site {
+        #[option(apply = |m: BTreeMap<String, String>| m.into_iter().map(|(k, v)| (k, v.to_uppercase())).collect())]
+        headers: BTreeMap<String, String>,
+        seen: Option<String>,
+    }
+    let sites: Opt<BTreeMap<String, Site>> = Opt::new("sites");
+    let m = Module::new("m", move |m| {
+        m.declare(sites, |_| {});
+        let a = sites.entry("a");
+        m.set(a.headers.entry("X"), "low");
+        // Read below the field while the configuration is evaluated.
+        m.set(a.seen, lazy(move |c| c.read(a.headers.entry("X"))));
+    });
+    let cfg = Config::eval(&[m], None)?;
+    assert_eq!(cfg.read(sites.entry("a").seen)?, Some("LOW".to_owned()));
+    assert_eq!(cfg.read(sites.entry("a").headers.entry("X"))?, "LOW");
+    Ok(())
+}
+
+#[test]
+fn a_custom_type_merges_a_lone_default_in_a_map_entry_too() -> TestResult {
+    use bigtop_eval::module::types::CustomType;
+    use bigtop_eval::module::Value;
+    struct Upper;
+    impl CustomType for Upper {
+        fn description(&self) -> String {
+            "upper-cased string".into()
+        }
+        fn check(&self, v: &Value) -> Result<(), String> {
+            matches!(v, Value::Str(_))
+                .then_some(())
+                .ok_or_else(|| "not a string".into())
+        }
+        fn merge(&self, values: Vec<Value>) -> Result<Value, String> {
+            match values.into_iter().next() {
+                Some(Value::Str(s)) => Ok(Value::from(s.as_str().to_uppercase())),
+                _ => Err("no value".into()),
+            }
+        }
+    }
+    let m = Module::new("m", |m| {
+        m.option(
+            "mp",
+            types::map(types::submodule(|s| {
+                s.option("f", types::custom(Upper), |o| {
+                    o.default("abc");
+                });
+                s.option("g", types::int(), |o| {
+                    o.default(1);
+                });
+            })),
+            |_| {},
+        );
+        m.define("mp.x.g", 2);
+    });
+    let cfg = Config::eval(&[m], None)?;
+    assert_eq!(cfg.get::<String>("mp.x.f")?, "ABC");
+    Ok(())
+}
