@@ -61,6 +61,27 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A program that depends on this crate alone gets the derive's code
+//! written against `bigtop::eval` (it reads the program's manifest); one
+//! that renames the dependency says where it is:
+//!
+//! ```
+//! use bigtop::eval::module::{Config, Module};
+//! #[derive(bigtop::eval::Options)]
+//! #[options(crate = "bigtop::eval")]
+//! struct Motd {
+//!     /// What it says.
+//!     #[option(default = "hi")]
+//!     text: String,
+//! }
+//! let motd = Motd::at("motd");
+//! let m = Module::new("m", |m| {
+//!     m.options::<Motd>("motd");
+//! });
+//! assert_eq!(Config::eval(&[m], None)?.read(motd.text)?, "hi");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Building writes outputs into the store; what nothing roots is garbage
 //! to the next collection, so a tool that keeps what it built roots it:
 //! `store.add_root(name, &built.path(&drv.out())?)` after

@@ -12,7 +12,7 @@ use syn::{parse_macro_input, Data, DeriveInput, Expr, Fields, LitStr};
 
 /// Derives `OptionValue` (and the key struct `<Name>Key`) for a struct of
 /// options. See `bigtop_eval::Options`.
-#[proc_macro_derive(Options, attributes(option))]
+#[proc_macro_derive(Options, attributes(option, options))]
 pub fn derive_options(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     match expand(&input) {
@@ -88,6 +88,7 @@ impl FieldAttrs {
             || self.ty.is_some()
             || self.apply.is_some()
             || self.read_only
+            || self.internal
             || self.default_key
             || self.required
             || self.example.is_some()
@@ -111,6 +112,56 @@ fn doc(attrs: &[syn::Attribute]) -> String {
         }
     }
     lines.join("\n").trim().to_owned()
+}
+
+/// The path of `bigtop-eval` in the crate being compiled: `bigtop_eval`
+/// where it is a dependency (or is the crate), `bigtop::eval` where only
+/// the facade is; `#[options(crate = "path")]` on the struct says it
+/// outright (a renamed dependency).
+fn crate_path(input: &DeriveInput) -> syn::Result<Tokens> {
+    for a in input.attrs.iter().filter(|a| a.path().is_ident("options")) {
+        let mut found = None;
+        a.parse_nested_meta(|meta| {
+            if meta.path.is_ident("crate") {
+                let s: LitStr = meta.value()?.parse()?;
+                found = Some(s.parse::<syn::Path>()?);
+                Ok(())
+            } else {
+                Err(meta.error("unknown options attribute; expected `crate = \"path\"`"))
+            }
+        })?;
+        if let Some(p) = found {
+            return Ok(quote!(#p));
+        }
+    }
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")
+        .ok()
+        .and_then(|d| std::fs::read_to_string(std::path::Path::new(&d).join("Cargo.toml")).ok());
+    let own = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
+    Ok(if uses_facade_only(&own, manifest.as_deref()) {
+        quote!(::bigtop::eval)
+    } else {
+        quote!(::bigtop_eval)
+    })
+}
+
+/// Whether the crate `own`, whose manifest reads `manifest`, reaches
+/// bigtop-eval only through the `bigtop` facade.
+fn uses_facade_only(own: &str, manifest: Option<&str>) -> bool {
+    if own == "bigtop-eval" {
+        return false;
+    }
+    let Some(text) = manifest else {
+        return false;
+    };
+    let names_dep = |name: &str| {
+        text.lines().any(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with(['=', '.']))
+        })
+    };
+    !names_dep("bigtop-eval") && (names_dep("bigtop") || own == "bigtop")
 }
 
 fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
@@ -139,7 +190,8 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             ))
         }
     };
-    let m = quote!(::bigtop_eval::module);
+    let krate = crate_path(input)?;
+    let m = quote!(#krate::module);
     let key_name = format_ident!("{}Key", name);
 
     let mut key_fields = Vec::new();
@@ -164,51 +216,53 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             pub #ident: <#fty as #m::OptionValue>::Key
         });
         key_inits.push(quote! {
-            #ident: #m::Key::at(#m::join(path, #oname))
+            #ident: #m::Key::at(#m::join(__bigtop_path, #oname))
         });
-        reads.push(quote! { #ident: #m::take_field(&mut map, #oname)? });
-        reads_ref.push(quote! { #ident: #m::field_ref(map, #oname)? });
+        reads.push(quote! { #ident: #m::take_field(&mut __bigtop_map, #oname)? });
+        reads_ref.push(quote! { #ident: #m::field_ref(__bigtop_map, #oname)? });
         writes.push(quote! {
-            map.insert(#oname.to_owned(), #m::IntoValue::into_value(self.#ident));
+            __bigtop_map.insert(::std::string::ToString::to_string(#oname), #m::IntoValue::into_value(self.#ident));
         });
 
         // What configures the declaration, in both forms.
         let mut configure = Vec::new();
         if !description.is_empty() {
-            configure.push(quote! { o.description(#description); });
+            configure.push(quote! { __bigtop_o.description(#description); });
         }
         if let Some(d) = &attrs.default {
             // Checked against the field's type at compile time.
             configure.push(quote_spanned! {d.span()=>
-                o.default(#m::ValueOf::<#fty>::into_typed(#d));
+                __bigtop_o.default(#m::ValueOf::<#fty>::into_typed(#d));
             });
         }
         if let Some(t) = &attrs.default_text {
-            configure.push(quote! { o.default_text(#t); });
+            configure.push(quote! { __bigtop_o.default_text(#t); });
         }
         if attrs.default_key {
-            configure.push(quote! { o.default_key(); });
+            configure.push(quote! { __bigtop_o.default_key(); });
         }
         if let Some(x) = &attrs.example {
             configure.push(quote_spanned! {x.span()=>
-                o.example(#m::ValueOf::<#fty>::into_typed(#x));
+                __bigtop_o.example(#m::ValueOf::<#fty>::into_typed(#x));
             });
         }
         if let Some(a) = &attrs.apply {
-            configure.push(quote_spanned! {a.span()=> o.apply::<#fty, #fty, _>(#a); });
+            configure.push(quote_spanned! {a.span()=> __bigtop_o.apply::<#fty, #fty, _>(#a); });
         }
         if attrs.read_only {
-            configure.push(quote! { o.read_only(); });
+            configure.push(quote! { __bigtop_o.read_only(); });
         }
         if attrs.internal {
-            configure.push(quote! { o.internal(); });
+            configure.push(quote! { __bigtop_o.internal(); });
         }
         let implicit = if attrs.default.is_some() || attrs.default_key || attrs.required {
             quote!()
         } else {
             quote! {
-                if let Some(v) = <#fty as #m::OptionValue>::implicit_default() {
-                    o.default(v);
+                if let ::std::option::Option::Some(__bigtop_v) =
+                    <#fty as #m::OptionValue>::implicit_default()
+                {
+                    __bigtop_o.default(__bigtop_v);
                 }
             }
         };
@@ -217,15 +271,15 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
             None => quote!(<#fty as #m::OptionValue>::option_type()),
         };
         sub_decls.push(quote! {
-            s.option(#oname, #ty, |o| { #implicit #(#configure)* });
+            __bigtop_s.option(#oname, #ty, |__bigtop_o| { #implicit #(#configure)* });
         });
         decls.push(if attrs.whole() {
             quote! {
-                m.option(#m::join(path, #oname), #ty, |o| { #implicit #(#configure)* });
+                __bigtop_m.option(#m::join(__bigtop_path, #oname), #ty, |__bigtop_o| { #implicit #(#configure)* });
             }
         } else {
             quote! {
-                <#fty as #m::OptionValue>::declare(m, #m::join(path, #oname), &|o| { #(#configure)* });
+                <#fty as #m::OptionValue>::declare(__bigtop_m, #m::join(__bigtop_path, #oname), &|__bigtop_o| { #(#configure)* });
             }
         });
     }
@@ -239,78 +293,89 @@ fn expand(input: &DeriveInput) -> syn::Result<Tokens> {
         #[doc = #key_struct_doc]
         #[derive(Clone, Copy, Debug)]
         #vis struct #key_name {
-            path: &'static str,
+            __bigtop_path: &'static str,
             #(#key_fields,)*
         }
 
         impl #m::Key for #key_name {
             type Value = #name;
-            fn at(path: &'static str) -> Self {
-                #key_name { path, #(#key_inits,)* }
+            fn at(__bigtop_path: &'static str) -> Self {
+                #key_name { __bigtop_path, #(#key_inits,)* }
             }
             fn path(&self) -> &'static str {
-                self.path
+                self.__bigtop_path
             }
         }
 
         impl #name {
             #[doc = #at_doc]
-            #vis fn at(path: &str) -> #key_name {
-                <#key_name as #m::Key>::at(#m::intern(path))
+            #vis fn at(__bigtop_path: &str) -> #key_name {
+                <#key_name as #m::Key>::at(#m::intern(__bigtop_path))
             }
         }
 
         impl #m::FromValue for #name {
-            fn from_value(v: #m::Value) -> ::std::result::Result<Self, ::std::string::String> {
-                match v {
-                    #m::Value::Map(mut map) => Ok(#name { #(#reads,)* }),
-                    other => Err(format!(
-                        "expected the options of `{}` as a map, got {}",
-                        #name_str,
-                        other.kind()
-                    )),
+            fn from_value(__bigtop_v: #m::Value) -> ::std::result::Result<Self, ::std::string::String> {
+                match __bigtop_v {
+                    #m::Value::Map(mut __bigtop_map) => ::std::result::Result::Ok(#name { #(#reads,)* }),
+                    __bigtop_other => ::std::result::Result::Err(#m::not_a_struct(#name_str, &__bigtop_other)),
                 }
             }
-            fn from_value_ref(v: &#m::Value) -> ::std::result::Result<Self, ::std::string::String> {
-                match v {
-                    #m::Value::Map(map) => Ok(#name { #(#reads_ref,)* }),
-                    other => Err(format!(
-                        "expected the options of `{}` as a map, got {}",
-                        #name_str,
-                        other.kind()
-                    )),
+            fn from_value_ref(__bigtop_v: &#m::Value) -> ::std::result::Result<Self, ::std::string::String> {
+                match __bigtop_v {
+                    #m::Value::Map(__bigtop_map) => ::std::result::Result::Ok(#name { #(#reads_ref,)* }),
+                    __bigtop_other => ::std::result::Result::Err(#m::not_a_struct(#name_str, __bigtop_other)),
                 }
             }
         }
 
         impl #m::IntoValue for #name {
             fn into_value(self) -> #m::Value {
-                let mut map = ::std::collections::BTreeMap::new();
+                let mut __bigtop_map = ::std::collections::BTreeMap::new();
                 #(#writes)*
-                #m::Value::Map(map)
+                #m::Value::Map(__bigtop_map)
             }
         }
 
-        ::bigtop_eval::__defines_itself!(#name);
+        #krate::__defines_itself!(#name);
 
         impl #m::Keyed for #name {}
 
         impl #m::OptionValue for #name {
             type Key = #key_name;
             fn option_type() -> #m::types::Type {
-                #m::types::submodule(|s| { #(#sub_decls)* })
+                #m::types::submodule(|__bigtop_s| { #(#sub_decls)* })
             }
-            fn implicit_default() -> Option<#m::Value> {
-                Some(#m::Value::Map(::std::collections::BTreeMap::new()))
+            fn implicit_default() -> ::std::option::Option<#m::Value> {
+                ::std::option::Option::Some(#m::Value::Map(::std::collections::BTreeMap::new()))
             }
             #[track_caller]
             fn declare(
-                m: &mut #m::ModuleBuilder,
-                path: &str,
+                __bigtop_m: &mut #m::ModuleBuilder,
+                __bigtop_path: &str,
                 _configure: &dyn Fn(&mut #m::OptionDecl),
             ) {
                 #(#decls)*
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uses_facade_only;
+
+    #[test]
+    fn the_facade_path_is_used_only_where_bigtop_eval_is_not_a_dependency() {
+        let facade = "[dependencies]\nbigtop = { path = \"../bigtop\" }\nserde = \"1\"\n";
+        let both = "[dependencies]\nbigtop = \"0.1\"\nbigtop-eval = { workspace = true }\n";
+        let eval = "[dependencies]\nbigtop-eval.workspace = true\n";
+        let neither = "[dependencies]\nbigtop-evaluator = \"1\"\n";
+        assert!(uses_facade_only("app", Some(facade)));
+        assert!(!uses_facade_only("app", Some(both)));
+        assert!(!uses_facade_only("app", Some(eval)));
+        assert!(!uses_facade_only("app", Some(neither)));
+        assert!(!uses_facade_only("bigtop-eval", Some(facade)));
+        assert!(!uses_facade_only("app", None));
+    }
 }

@@ -91,6 +91,13 @@ extern crate self as bigtop_eval;
 ///   key;
 /// * `rename = "name"`: the option's name, where it is not the field's.
 ///
+/// The generated code names this crate as `bigtop_eval`, or as
+/// `bigtop::eval` in a crate that depends on the `bigtop` facade and not
+/// on this crate; `#[options(crate = "path")]` on the struct names it
+/// where neither holds (a renamed dependency). A field that is itself a
+/// struct of options is declared as its fields, each an option of its own
+/// (its doc comment is not kept), unless it has attributes of its own.
+///
 /// ```
 /// use std::collections::BTreeMap;
 /// use bigtop_eval::module::{force, Config, Module};

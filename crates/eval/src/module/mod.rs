@@ -58,8 +58,8 @@ pub use data::Format;
 pub use error::ShownDefinition as Shown;
 pub use error::{DataKey, Error, Errors, EvalError, Loc, ShownDefinition, Warning};
 pub use typed::{
-    empty, field_ref, intern, join, take_field, DefinitionOf, Empty, Key, Keyed, Opt, OptionValue,
-    ValueOf,
+    empty, field_ref, intern, join, not_a_struct, take_field, DefinitionOf, Empty, Key, Keyed, Opt,
+    OptionValue, ValueOf,
 };
 pub use value::{FromValue, IntoValue, Json, Value};
 

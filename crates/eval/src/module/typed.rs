@@ -501,6 +501,16 @@ impl<T: OptionValue> OptionValue for Option<T> {
     }
 }
 
+/// For `#[derive(Options)]`: why a value is not the map of a struct of
+/// options.
+#[doc(hidden)]
+pub fn not_a_struct(name: &str, v: &Value) -> String {
+    format!(
+        "expected the options of `{name}` as a map, got {}",
+        v.kind()
+    )
+}
+
 /// For `#[derive(Options)]`: the field `name` of a struct of options
 /// read from its merged map, borrowed.
 #[doc(hidden)]

@@ -369,3 +369,42 @@ fn a_custom_type_merges_a_lone_default_in_a_map_entry_too() -> TestResult {
     assert_eq!(cfg.get::<String>("mp.x.f")?, "ABC");
     Ok(())
 }
+
+/// A user function named like the derive's own locals.
+fn o() -> String {
+    "from o()".into()
+}
+
+#[test]
+fn a_field_named_path_and_user_names_like_the_derive_s_locals_compile() -> TestResult {
+    #[derive(Options, Debug, Clone, PartialEq)]
+    struct File {
+        /// Where it goes.
+        #[option(default = "/etc/x")]
+        path: String,
+        #[option(default = o())]
+        owner: String,
+        /// Internal settings, hidden with all their fields.
+        #[option(internal)]
+        tls: Tls,
+    }
+    let f = File::at("file");
+    let m = Module::new("m", |m| {
+        m.options::<File>("file");
+        m.set(f.path, "/etc/y");
+    });
+    let cfg = Config::eval(&[m], None)?;
+    let file = cfg.read(f)?;
+    assert_eq!(
+        (file.path.as_str(), file.owner.as_str()),
+        ("/etc/y", "from o()")
+    );
+    assert_eq!(f.path.path(), "file.path");
+    assert_eq!(Key::path(&f), "file");
+    let md = cfg.options_markdown();
+    assert!(
+        md.contains("## `file.path`") && !md.contains("file.tls"),
+        "{md}"
+    );
+    Ok(())
+}
