@@ -527,24 +527,27 @@ impl Config {
     fn resolve_anew(&self, path: &str) -> Resolved {
         let segments = super::parse_path(path);
         if let Some((option, sub)) = self.option_of_segments(&segments) {
-            Resolved::Option(option, sub)
-        } else if self.is_group(path) {
-            let dotted = format!("{path}.");
-            let mut children: Vec<(String, String)> = Vec::new();
-            for (k, _) in self
-                .decls
-                .range(dotted.clone()..)
-                .take_while(|(k, _)| k.starts_with(&dotted))
-            {
-                let c = k[dotted.len()..].split('.').next().unwrap_or("");
-                if children.last().is_none_or(|(last, _)| last != c) {
-                    children.push((c.to_owned(), format!("{path}.{c}")));
-                }
-            }
-            Resolved::Group(children)
-        } else {
-            Resolved::Nothing
+            return Resolved::Option(option, sub);
         }
+        // Options are declared by their segments joined with dots: a
+        // group given with a quoted segment is looked up that way too.
+        let path = segments.join(".");
+        if !self.is_group(&path) {
+            return Resolved::Nothing;
+        }
+        let dotted = format!("{path}.");
+        let mut children: Vec<(String, String)> = Vec::new();
+        for (k, _) in self
+            .decls
+            .range(dotted.clone()..)
+            .take_while(|(k, _)| k.starts_with(&dotted))
+        {
+            let c = k[dotted.len()..].split('.').next().unwrap_or("");
+            if children.last().is_none_or(|(last, _)| last != c) {
+                children.push((c.to_owned(), format!("{path}.{c}")));
+            }
+        }
+        Resolved::Group(children)
     }
 
     /// The value at `sub` below the declared option `option`.

@@ -389,8 +389,12 @@ pub(crate) fn parse_path(path: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
-    for c in path.chars() {
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
         match c {
+            // Inside quotes, a backslash keeps the next character as it
+            // is: a key may hold a quote (`join` writes `\"`).
+            '\\' if quoted => cur.extend(chars.next()),
             '"' => quoted = !quoted,
             '.' if !quoted => out.push(std::mem::take(&mut cur)),
             c => cur.push(c),
@@ -503,7 +507,15 @@ impl ModuleBuilder {
         let mut d = OptionDecl::new(ty, Loc::caller());
         d.modules.push(self.data.name.clone());
         configure(&mut d);
-        self.data.options.push((path.to_owned(), d));
+        // Options are found by their segments joined with dots: a path
+        // given quoted (`join` quotes a name holding a dot) is declared
+        // as its segments say.
+        let path = if path.contains('"') {
+            parse_path(path).join(".")
+        } else {
+            path.to_owned()
+        };
+        self.data.options.push((path, d));
         self
     }
 

@@ -188,7 +188,7 @@ impl<T: OptionValue> Opt<Option<T>> {
 /// The interned path of `name` below `parent`: quoted where the name
 /// holds a dot, so that the path parses back to the same segments.
 pub fn join(parent: &str, name: &str) -> &'static str {
-    let quote = name.is_empty() || name.contains(['.', '"']);
+    let quote = name.is_empty() || name.contains(['.', '"', '\\']);
     // Keys are made for every machine from the same few names: the path
     // is put together in a buffer kept per thread, and allocated only the
     // first time it is seen.
@@ -204,7 +204,12 @@ pub fn join(parent: &str, name: &str) -> &'static str {
         }
         if quote {
             b.push('"');
-            b.push_str(name);
+            for c in name.chars() {
+                if matches!(c, '"' | '\\') {
+                    b.push('\\');
+                }
+                b.push(c);
+            }
             b.push('"');
         } else {
             b.push_str(name);

@@ -408,3 +408,36 @@ fn a_field_named_path_and_user_names_like_the_derive_s_locals_compile() -> TestR
     );
     Ok(())
 }
+
+#[test]
+fn keys_holding_dots_quotes_and_backslashes_reach_their_entry() -> TestResult {
+    let things: Opt<BTreeMap<String, Tls>> = Opt::new("things");
+    let odd = ["a\"b", "c.d", "e\\f", "", "g\\\"h.i"];
+    let m = Module::new("m", |m| {
+        m.declare(things, |_| {});
+        for k in odd {
+            m.set(things.entry(k).enable, true);
+        }
+    });
+    let cfg = Config::eval(&[m], None)?;
+    let all = cfg.read(things)?;
+    assert_eq!(all.keys().map(String::as_str).collect::<Vec<_>>(), {
+        let mut v = odd.to_vec();
+        v.sort();
+        v
+    });
+    for k in odd {
+        assert!(cfg.read(things.entry(k).enable)?, "{k:?}");
+    }
+    // Options declared at a quoted path (a service named with a dot) are
+    // reached by their keys.
+    let web = Web::at(bigtop_eval::module::join("services", "my.app"));
+    let m = Module::new("m", move |m| {
+        m.options::<Web>(web.path());
+        m.set(web.enable, true);
+    });
+    let cfg = Config::eval(&[m], None)?;
+    assert!(cfg.read(web.enable)?);
+    assert!(cfg.read(web)?.enable);
+    Ok(())
+}
