@@ -335,3 +335,36 @@ fn deleted_generations_stop_keeping_their_toplevels_alive() -> Result {
     assert_eq!(m.generations()?.len(), 1);
     Ok(())
 }
+
+#[test]
+fn limits_are_set_soft_and_hard_under_s6() -> Result {
+    let booted = Booted::new()?;
+    let m = &booted.machine;
+    let top = build(m, |m| {
+        sleeper(m, "limited", "1001");
+        let s = bigtop::eval::system::SERVICES.entry("limited");
+        // Above the usual hard limit of open files (4096): s6-softlimit
+        // alone could not.
+        m.set(s.limits.open_files, 8192);
+        m.set(s.limits.processes, 333);
+    })?;
+    m.activate(&top, Mode::Switch, &Options::default(), &Quiet)?;
+    let pid = pids(m)?["limited"];
+    let (_, limits) = run_in(m, &["cat", &format!("/proc/{pid}/limits")])?;
+    let row = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert!(
+        row("Max open files").starts_with("Max open files 8192 8192"),
+        "{limits}"
+    );
+    assert!(
+        row("Max processes").starts_with("Max processes 333 333"),
+        "{limits}"
+    );
+    Ok(())
+}

@@ -172,7 +172,7 @@ pub fn str() -> Type {
     })
 }
 
-/// A string without a line break.
+/// A string without a line break (`\n` or `\r`).
 pub fn single_line_str() -> Type {
     Type::new(Kind::Str {
         single_line: true,
@@ -467,7 +467,7 @@ impl Type {
                 Value::Str(s),
             ) => {
                 let t = s.as_str();
-                if *single_line && t.contains('\n') {
+                if *single_line && t.contains(['\n', '\r']) {
                     fail(Value::Str(s), "it has a line break".into())
                 } else if *non_empty && t.is_empty() {
                     fail(Value::Str(s), "it is empty".into())

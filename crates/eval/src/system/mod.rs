@@ -297,7 +297,7 @@ fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
                 s.name, s.group
             ));
         }
-        for k in s.systemd_unit.keys().chain(s.systemd_service.keys()) {
+        for (k, v) in s.systemd_unit.iter().chain(&s.systemd_service) {
             let ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                 && k.chars().all(|c| c.is_ascii_alphanumeric());
             if !ok {
@@ -307,6 +307,23 @@ fn check_accounts(c: &Config, problems: &mut Vec<String>) -> Result<(), Error> {
                     k.escape_debug()
                 ));
             }
+            // Written as given: a control character could end its line
+            // (systemd ends lines at `\r` and NUL too) and a trailing
+            // backslash would join the next one to it.
+            if v.chars().any(char::is_control) || v.ends_with('\\') {
+                problems.push(format!(
+                    "service `{}`: the systemd setting `{k}` = `{}` holds a control character or ends in a backslash",
+                    s.name,
+                    v.escape_debug()
+                ));
+            }
+        }
+        if s.description.chars().any(char::is_control) {
+            problems.push(format!(
+                "service `{}`: its description `{}` holds a control character",
+                s.name,
+                s.description.escape_debug()
+            ));
         }
         if s.on_change == OnChange::Reload && s.reload.is_none() {
             problems.push(format!(

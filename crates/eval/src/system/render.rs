@@ -17,6 +17,12 @@ fn systemd_quote(s: &str, in_command: bool) -> String {
             '\\' => o.push_str("\\\\"),
             '\n' => o.push_str("\\n"),
             '\t' => o.push_str("\\t"),
+            '\r' => o.push_str("\\r"),
+            // Any other control character, as a C escape: systemd ends
+            // a line at some of them.
+            c if c.is_control() => {
+                let _ = write!(o, "\\x{:02x}", u32::from(c));
+            }
             '$' if in_command => o.push_str("$$"),
             '%' => o.push_str("%%"),
             c => o.push(c),
@@ -210,7 +216,8 @@ fn sh_line(argv: &[String]) -> String {
 /// delay (in whole seconds, at most 4, within s6's default finish
 /// timeout). `dependencies.d`
 /// lists its dependencies as s6-rc does; `check` runs its readiness
-/// check when it has one. Limits are set by `s6-softlimit`; systemd's own
+/// check when it has one. Limits are set by `prlimit` (util-linux), soft
+/// and hard; systemd's own
 /// settings and units other than services have no s6 equivalent and are
 /// left out.
 pub fn render_s6(s: &Service) -> Vec<S6File> {
@@ -220,12 +227,15 @@ pub fn render_s6(s: &Service) -> Vec<S6File> {
     }
     run.push_str("exec");
     if !s.limits.is_empty() {
-        run.push_str(" s6-softlimit");
+        // Soft and hard limit both, as systemd's `Limit…=` sets them:
+        // `s6-softlimit` only moves the soft one, and fails above the
+        // hard one. Set while still root, before the identity changes.
+        run.push_str(" prlimit");
         if let Some(n) = s.limits.open_files {
-            let _ = write!(run, " -o {n}");
+            let _ = write!(run, " --nofile={n}:{n}");
         }
         if let Some(n) = s.limits.processes {
-            let _ = write!(run, " -p {n}");
+            let _ = write!(run, " --nproc={n}:{n}");
         }
     }
     if (s.user.as_str(), s.group.as_str()) != ("root", "root") {

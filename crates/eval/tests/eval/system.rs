@@ -311,7 +311,13 @@ fn systemd_and_s6_renderings_escape_each_by_its_rules() -> TestResult {
         &[host(|m| {
             m.define(
                 "system.services.odd.argv",
-                vec!["/bin/echo", "50% of $HOME", "it's \"quoted\"", "two\nlines"],
+                vec![
+                    "/bin/echo",
+                    "50% of $HOME",
+                    "it's \"quoted\"",
+                    "two\nlines",
+                    "cr\rbell\u{7}",
+                ],
             );
             m.define("system.services.odd.environment.PS1", "$HOME 50%");
             m.define("system.services.odd.description", "Runs 50% of the time");
@@ -327,7 +333,9 @@ fn systemd_and_s6_renderings_escape_each_by_its_rules() -> TestResult {
         "{unit}"
     );
     assert!(
-        unit.contains(r#"ExecStart="/bin/echo" "50%% of $$HOME" "it's \"quoted\"" "two\nlines""#),
+        unit.contains(
+            r#"ExecStart="/bin/echo" "50%% of $$HOME" "it's \"quoted\"" "two\nlines" "cr\rbell\x07""#
+        ),
         "{unit}"
     );
     // `Environment=` expands no variables: `$` stays as it is.
@@ -522,7 +530,10 @@ fn units_render_at_evaluation_time_with_targets_limits_readiness_and_extra_keys(
         .find(|f| f.path == "run")
         .expect("a run script")
         .text;
-    assert!(run.contains("exec s6-softlimit -o 4096 env -i"), "{run}");
+    assert!(
+        run.contains("exec prlimit --nofile=4096:4096 env -i"),
+        "{run}"
+    );
 
     // A dependency that is neither an enabled service nor a unit, and a
     // systemd key that would break the unit, are named.
@@ -531,6 +542,11 @@ fn units_render_at_evaluation_time_with_targets_limits_readiness_and_extra_keys(
         m.set(api.argv, ["/bin/api"]);
         m.set(api.after, ["network-online"]);
         m.set(api.systemd.service.entry("Exec Start"), "/bin/evil");
+        m.set(api.systemd.service.entry("Environment"), "A=1\\");
+        m.set(
+            api.systemd.unit.entry("Documentation"),
+            "x\u{0}ExecStartPre=/bin/evil",
+        );
     });
     let e = Config::eval(&[bad], None)
         .err()
