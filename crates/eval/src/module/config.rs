@@ -1073,6 +1073,11 @@ fn declarations(
     let decls = Arc::new(decls);
     let resolved = Arc::new(SharedResolved::default());
     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+    // Threads that started together compiled the same set: the first
+    // one kept is used by all, rather than kept twice.
+    if let Some(c) = kept.iter().find(|c| same(c)) {
+        return (c.decls.clone(), c.resolved.clone(), c.errors.clone());
+    }
     if kept.len() >= COMPILED_KEPT {
         kept.remove(0);
     }

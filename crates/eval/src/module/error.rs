@@ -263,7 +263,7 @@ pub enum Error {
     },
     /// The code of a definition failed on its own (a package it asked
     /// for does not exist, a check of its own): where it was.
-    #[error("the definition of `{option}` in module `{module}` ({loc}) failed: {source}")]
+    #[error("the definition of `{option}` in module `{module}` ({loc}) failed: {cause}")]
     InDefinition {
         /// The option (or key inside one) it defines.
         option: String,
@@ -271,8 +271,9 @@ pub enum Error {
         module: Arc<str>,
         /// Where.
         loc: Loc,
-        /// What its code said.
-        source: Box<Error>,
+        /// What its code said (part of this error's message, so not
+        /// given again as its source).
+        cause: Box<Error>,
     },
     /// An error from a definition's own code.
     #[error("{message}")]

@@ -190,7 +190,7 @@ impl PlacedDefinition {
                     ),
                     module: self.module.clone(),
                     loc: self.loc.clone(),
-                    source: Box::new(e),
+                    cause: Box::new(e),
                 },
                 e => e,
             })?;
