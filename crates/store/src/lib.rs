@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod build;
+pub mod cache;
 mod db;
 pub mod error;
 pub mod export;
