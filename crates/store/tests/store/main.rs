@@ -3,6 +3,7 @@
 //! `child_*` entry points, ignored unless called so).
 
 mod basics;
+mod cache;
 mod crash;
 mod gc;
 mod hostile;

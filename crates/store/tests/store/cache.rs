@@ -1,0 +1,368 @@
+//! Binary caches: round trips through a `file://` cache in each
+//! compression, what a forged, corrupt or hostile cache gets refused with,
+//! and interoperation with the real Nix (2.8) in both directions.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use bigtop_store::cache::{
+    fetch, upload, BinaryCache, CacheError, Compression, FetchOptions, FileCache, UploadOptions,
+};
+use bigtop_store::core::{SecretKey, StoreDir, StorePath, TrustedKeys};
+use bigtop_store::Store;
+
+use crate::{assert_consistent, text, Result};
+
+/// A store with `dep` and `app` (which refers to `dep`).
+fn two(store: &Store) -> Result<(StorePath, StorePath)> {
+    let dep = text(store, "dep", "the library", &[])?;
+    let app = text(store, "app", &"an app ".repeat(2000), &[&dep])?;
+    Ok((dep, app))
+}
+
+fn key() -> Result<(SecretKey, TrustedKeys)> {
+    let key = SecretKey::generate("cache.example.org-1")?;
+    let trusted = [key.public()].into_iter().collect();
+    Ok((key, trusted))
+}
+
+#[test]
+fn closures_round_trip_in_every_compression_and_only_what_is_missing_moves() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let from = Store::open_chroot(tmp.path().join("from"))?;
+    let (dep, app) = two(&from)?;
+    let (key, trusted) = key()?;
+    for c in [Compression::Zstd, Compression::Xz, Compression::None] {
+        let cache = FileCache::open(tmp.path().join(format!("cache-{}", c.name())))?;
+        let options = UploadOptions {
+            compression: c,
+            key: Some(key.clone()),
+        };
+        let up = upload(&from, &cache, std::slice::from_ref(&app), &options)?;
+        assert_eq!(up.copied.len(), 2, "{c:?}");
+        // Again: the cache has everything.
+        let again = upload(&from, &cache, std::slice::from_ref(&app), &options)?;
+        assert_eq!((again.copied.len(), again.present), (0, 2));
+
+        let to = Store::open_chroot(tmp.path().join(format!("to-{}", c.name())))?;
+        let down = fetch(
+            &to,
+            &cache,
+            std::slice::from_ref(&app),
+            &FetchOptions::trusting(trusted.clone()),
+        )?;
+        // References first.
+        assert_eq!(down.copied, [dep.clone(), app.clone()], "{c:?}");
+        assert_eq!(
+            std::fs::read(to.physical(&app))?,
+            std::fs::read(from.physical(&app))?
+        );
+        assert_eq!(to.references(&app)?, BTreeSet::from([dep.clone()]));
+        // Signatures travel with the paths.
+        assert_eq!(to.path_info(&app)?.map(|i| i.signatures.len()), Some(1));
+        assert_consistent(&to)?;
+        // Nothing left to fetch.
+        let again = fetch(
+            &to,
+            &cache,
+            std::slice::from_ref(&app),
+            &FetchOptions::trusting(trusted.clone()),
+        )?;
+        assert_eq!((again.copied.len(), again.present), (0, 1));
+    }
+    Ok(())
+}
+
+/// A cache holding `app` and `dep`, written by a store in `tmp`, and the
+/// key that signed it.
+fn cache_with_two(tmp: &Path) -> Result<(FileCache, StorePath, StorePath, TrustedKeys)> {
+    let from = Store::open_chroot(tmp.join("from"))?;
+    let (dep, app) = two(&from)?;
+    let (key, trusted) = key()?;
+    let cache = FileCache::open(tmp.join("cache"))?;
+    upload(
+        &from,
+        &cache,
+        std::slice::from_ref(&app),
+        &UploadOptions {
+            compression: Compression::Zstd,
+            key: Some(key),
+        },
+    )?;
+    Ok((cache, dep, app, trusted))
+}
+
+fn narinfo_file(cache: &FileCache, p: &StorePath) -> std::path::PathBuf {
+    cache.dir().join(format!("{}.narinfo", p.digest()))
+}
+
+fn nar_file(cache: &FileCache, p: &StorePath) -> Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(narinfo_file(cache, p))?;
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .ok_or("no URL")?;
+    Ok(cache.dir().join(url))
+}
+
+#[test]
+fn a_narinfo_not_signed_by_a_trusted_key_is_refused_naming_path_cache_and_keys() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (cache, _, app, _) = cache_with_two(tmp.path())?;
+    let (_, other) = key()?;
+    let mut other = other;
+    other.insert(SecretKey::generate("someone-else-1")?.public());
+    let to = Store::open_chroot(tmp.path().join("to"))?;
+    let e = fetch(
+        &to,
+        &cache,
+        std::slice::from_ref(&app),
+        &FetchOptions::trusting(other),
+    )
+    .expect_err("untrusted");
+    let msg = e.to_string();
+    assert!(matches!(e, CacheError::Untrusted { .. }), "{msg}");
+    assert!(msg.contains(&to.store_dir().full(&app)), "{msg}");
+    assert!(msg.contains(&cache.describe()), "{msg}");
+    assert!(msg.contains("signed by: cache.example.org-1"), "{msg}");
+    assert!(to.all_valid_paths()?.is_empty());
+    // Without signatures required, the same cache is taken.
+    let open = FetchOptions {
+        require_sigs: false,
+        ..FetchOptions::default()
+    };
+    fetch(&to, &cache, std::slice::from_ref(&app), &open)?;
+    assert!(to.is_valid(&app)?);
+    Ok(())
+}
+
+#[test]
+fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_nothing_registered(
+) -> Result {
+    let open = FetchOptions {
+        require_sigs: false,
+        ..FetchOptions::default()
+    };
+    // Each case breaks a fresh cache one way; the fetch must fail and
+    // leave the store empty.
+    type Break = fn(&FileCache, &StorePath, &StorePath) -> Result<&'static str>;
+    let cases: [Break; 5] = [
+        // A flipped byte in the compressed NAR of `dep`.
+        |c, dep, _| {
+            let f = nar_file(c, dep)?;
+            let mut b = std::fs::read(&f)?;
+            let mid = b.len() / 2;
+            b[mid] ^= 0x55;
+            std::fs::write(&f, b)?;
+            Ok("")
+        },
+        // The NAR cut in half.
+        |c, dep, _| {
+            let f = nar_file(c, dep)?;
+            let b = std::fs::read(&f)?;
+            std::fs::write(&f, &b[..b.len() / 2])?;
+            Ok("")
+        },
+        // `app`'s narinfo served for `dep`.
+        |c, dep, app| {
+            std::fs::copy(narinfo_file(c, app), narinfo_file(c, dep))?;
+            Ok("not the")
+        },
+        // A URL leaving the cache.
+        |c, dep, _| {
+            let f = narinfo_file(c, dep);
+            let text = std::fs::read_to_string(&f)?;
+            let text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("URL: ") {
+                        "URL: ../../etc/passwd".to_owned()
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(&f, text + "\n")?;
+            Ok("leaves the cache")
+        },
+        // A NAR that decompresses to far more than its narinfo says.
+        |c, dep, _| {
+            let f = nar_file(c, dep)?;
+            let bomb = zstd_of(&vec![0u8; 64 << 20])?;
+            std::fs::write(&f, bomb)?;
+            Ok("")
+        },
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let tmp = tempfile::tempdir()?;
+        let (cache, dep, app, _) = cache_with_two(tmp.path())?;
+        let want = case(&cache, &dep, &app)?;
+        let to = Store::open_chroot(tmp.path().join("to"))?;
+        let e = fetch(&to, &cache, std::slice::from_ref(&app), &open).expect_err("a broken cache");
+        let msg = format!(
+            "{e}: {:?}",
+            std::error::Error::source(&e).map(|s| s.to_string())
+        );
+        assert!(msg.contains(want), "case {i}: {msg}");
+        assert!(
+            to.all_valid_paths()?.is_empty(),
+            "case {i}: something was registered"
+        );
+        assert_consistent(&to)?;
+    }
+    Ok(())
+}
+
+fn zstd_of(data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut e = zstd::stream::write::Encoder::new(&mut out, 3)?;
+    std::io::Write::write_all(&mut e, data)?;
+    e.finish()?;
+    Ok(out)
+}
+
+/// The real Nix, run as root without a daemon on a store under `root`.
+fn nix(root: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("nix")
+        .args(args)
+        .env(
+            "NIX_CONFIG",
+            "build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters =\n",
+        )
+        .env("HOME", root)
+        .env("XDG_CACHE_HOME", root.join("cache-home"))
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "nix {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn nix_store_dir() -> Result<StoreDir> {
+    Ok(StoreDir::new("/nix/store")?)
+}
+
+#[test]
+fn nix_substitutes_from_a_cache_bigtop_wrote_and_checks_its_signatures() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let ours = Store::builder()
+        .store_dir(nix_store_dir()?)
+        .chroot(tmp.path().join("ours"))
+        .open()?;
+    let (dep, app) = two(&ours)?;
+    let (key, _) = key()?;
+    for c in [Compression::Zstd, Compression::Xz] {
+        let dir = tmp.path().join(format!("cache-{}", c.name()));
+        let cache = FileCache::open(&dir)?;
+        upload(
+            &ours,
+            &cache,
+            std::slice::from_ref(&app),
+            &UploadOptions {
+                compression: c,
+                key: Some(key.clone()),
+            },
+        )?;
+        let root = tmp.path().join(format!("nix-{}", c.name()));
+        let store = format!("local?root={}", root.display());
+        let full = ours.store_dir().full(&app);
+        nix(
+            &root,
+            &[
+                "copy",
+                "--from",
+                &format!("file://{}", dir.display()),
+                "--to",
+                &store,
+                "--option",
+                "trusted-public-keys",
+                &key.public().to_string(),
+                &full,
+            ],
+        )?;
+        let physical = root.join(full.trim_start_matches('/'));
+        assert_eq!(
+            std::fs::read(&physical)?,
+            std::fs::read(ours.physical(&app))?
+        );
+        let refs = nix(&root, &["path-info", "--store", &store, "--json", &full])?;
+        assert!(refs.contains(&ours.store_dir().full(&dep)), "{refs}");
+
+        // Nix refuses it under a key it does not trust.
+        let other = tmp.path().join(format!("nix-untrusting-{}", c.name()));
+        let e = nix(
+            &other,
+            &[
+                "copy",
+                "--from",
+                &format!("file://{}", dir.display()),
+                "--to",
+                &format!("local?root={}", other.display()),
+                "--option",
+                "trusted-public-keys",
+                &SecretKey::generate("other-1")?.public().to_string(),
+                &full,
+            ],
+        )
+        .expect_err("an untrusted cache");
+        assert!(e.to_string().contains("signature"), "{e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn bigtop_substitutes_from_caches_nix_wrote_in_xz_and_zstd() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("nix");
+    let store = format!("local?root={}", root.display());
+    let file = tmp.path().join("hello.txt");
+    std::fs::write(&file, "hello from nix\n")?;
+    let added = nix(
+        &root,
+        &[
+            "store",
+            "add-file",
+            "--store",
+            &store,
+            &file.display().to_string(),
+        ],
+    )?;
+    let added = added.trim().to_owned();
+    for c in ["xz", "zstd"] {
+        let dir = tmp.path().join(format!("cache-{c}"));
+        nix(
+            &root,
+            &[
+                "copy",
+                "--from",
+                &store,
+                "--to",
+                &format!("file://{}?compression={c}", dir.display()),
+                &added,
+            ],
+        )?;
+        let cache = FileCache::open(&dir)?;
+        let ours = Store::builder()
+            .store_dir(nix_store_dir()?)
+            .chroot(tmp.path().join(format!("ours-{c}")))
+            .open()?;
+        let path = ours.store_dir().parse_path(&added)?;
+        let open = FetchOptions {
+            require_sigs: false,
+            ..FetchOptions::default()
+        };
+        let r = fetch(&ours, &cache, std::slice::from_ref(&path), &open)?;
+        assert_eq!(r.copied, [path.clone()], "{c}");
+        assert_eq!(
+            std::fs::read_to_string(ours.physical(&path))?,
+            "hello from nix\n"
+        );
+    }
+    Ok(())
+}
