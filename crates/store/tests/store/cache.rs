@@ -358,7 +358,7 @@ fn bigtop_substitutes_from_caches_nix_wrote_in_xz_and_zstd() -> Result {
             ..FetchOptions::default()
         };
         let r = fetch(&ours, &cache, std::slice::from_ref(&path), &open)?;
-        assert_eq!(r.copied, [path.clone()], "{c}");
+        assert_eq!(r.copied, std::slice::from_ref(&path), "{c}");
         assert_eq!(
             std::fs::read_to_string(ours.physical(&path))?,
             "hello from nix\n"
