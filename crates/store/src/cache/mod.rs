@@ -30,6 +30,7 @@
 //! ```
 
 mod file;
+mod substituter;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader, Read, Write};
@@ -43,6 +44,7 @@ use thiserror::Error;
 use crate::{PathInfo, Store};
 
 pub use file::FileCache;
+pub use substituter::CacheSubstituter;
 
 /// What can go wrong with a binary cache.
 #[derive(Debug, Error)]
@@ -153,7 +155,7 @@ impl Compression {
     }
 
     /// A reader of the uncompressed bytes of `r`.
-    fn decoder<'a>(self, r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    fn decoder<'a>(self, r: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Compression::None => Box::new(r),
             Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
@@ -542,7 +544,7 @@ pub fn fetch(
             present.insert(path);
             continue;
         }
-        let narinfo = read_narinfo(store, cache, &path, options)?;
+        let narinfo = read_narinfo(store.store_dir(), cache, &path, options)?;
         todo.extend(narinfo.references.iter().filter(|r| **r != path).cloned());
         infos.insert(path, narinfo);
     }
@@ -563,7 +565,7 @@ pub fn fetch(
 /// `path`'s narinfo from the cache, checked: it exists, parses, is about
 /// `path` and is signed as `options` require.
 fn read_narinfo(
-    store: &Store,
+    store_dir: &bigtop_core::StoreDir,
     cache: &dyn BinaryCache,
     path: &StorePath,
     options: &FetchOptions,
@@ -573,11 +575,11 @@ fn read_narinfo(
     let Some(mut r) = cache.get(&file)? else {
         return Err(CacheError::Missing {
             cache: name,
-            path: store.store_dir().display(path).to_string(),
+            path: store_dir.display(path).to_string(),
         });
     };
     let text = read_small(cache, &file, &mut r)?;
-    let narinfo = NarInfo::parse(store.store_dir(), &text).map_err(|e| CacheError::Bad {
+    let narinfo = NarInfo::parse(store_dir, &text).map_err(|e| CacheError::Bad {
         cache: name.clone(),
         reason: format!("`{file}`: {e}"),
     })?;
@@ -590,10 +592,10 @@ fn read_narinfo(
             ),
         });
     }
-    if options.require_sigs && narinfo.verify(store.store_dir(), &options.trusted).is_err() {
+    if options.require_sigs && narinfo.verify(store_dir, &options.trusted).is_err() {
         return Err(CacheError::Untrusted {
             cache: name,
-            path: store.store_dir().display(path).to_string(),
+            path: store_dir.display(path).to_string(),
             seen: narinfo
                 .signatures
                 .iter()

@@ -223,3 +223,122 @@ fn an_input_output_that_does_not_exist_is_refused_when_added() -> TestResult {
     );
     Ok(())
 }
+
+/// A signed binary cache as the substituter: what it has and vouches for
+/// is fetched through its NARs; under a key not trusted, or when the
+/// cache is gone, the same paths are built instead, and the plan says why.
+#[test]
+fn a_binary_cache_substitutes_what_it_signed_and_builds_are_the_fallback() -> TestResult {
+    use bigtop_store::cache::{
+        upload, CacheSubstituter, Compression, FetchOptions, FileCache, UploadOptions,
+    };
+    use bigtop_store::core::{SecretKey, TrustedKeys};
+    let tmp = tempfile::tempdir()?;
+    // A build machine builds `data` and `lib` (referring to it) and
+    // uploads them.
+    let builder_dir = tempfile::tempdir()?;
+    let build_machine = direct_store(builder_dir.path());
+    let write = |s: &bigtop_store::Store,
+                 name: &str,
+                 text: String,
+                 inputs: &[&bigtop_store::core::StorePath]| {
+        let mut d = Derivation::new(name, "builtin", builtin::WRITE_FILE);
+        d.env.insert("text".into(), text);
+        for i in inputs {
+            d.input_drvs
+                .insert((*i).clone(), BTreeSet::from([OutputName::out()]));
+        }
+        fill(s, &mut d);
+        d
+    };
+    let data = write(&build_machine, "data", "42".into(), &[]);
+    let data_drv = build_machine.add_derivation(&data)?;
+    let data_out = data
+        .output_path(build_machine.store_dir(), &OutputName::out())
+        .unwrap();
+    let lib = write(
+        &build_machine,
+        "lib",
+        format!("uses {}", build_machine.store_dir().display(&data_out)),
+        &[&data_drv],
+    );
+    let lib_drv = build_machine.add_derivation(&lib)?;
+    let lib_out = lib
+        .output_path(build_machine.store_dir(), &OutputName::out())
+        .unwrap();
+    Builder::new(&build_machine)
+        .options(plain())
+        .build(&[(lib_drv.clone(), BTreeSet::new())])?;
+    let key = SecretKey::generate("builds.example.org-1")?;
+    let cache = FileCache::open(tmp.path().join("cache"))?;
+    upload(
+        &build_machine,
+        &cache,
+        std::slice::from_ref(&lib_out),
+        &UploadOptions {
+            compression: Compression::Zstd,
+            key: Some(key.clone()),
+        },
+    )?;
+
+    // A machine with the same store dir (the same paths) and the cache.
+    let machine =
+        |dir: &std::path::Path| -> Result<bigtop_store::Store, Box<dyn std::error::Error>> {
+            let s = bigtop_store::Store::builder()
+                .store_dir(build_machine.store_dir().clone())
+                .physical_root(dir.join("store"))
+                .state_dir(dir.join("var"))
+                .open()?;
+            s.add_derivation(&data)?;
+            s.add_derivation(&lib)?;
+            Ok(s)
+        };
+    let trusted: TrustedKeys = [key.public()].into_iter().collect();
+    let here = tempfile::tempdir()?;
+    let store = machine(here.path())?;
+    let sub = CacheSubstituter::new(&store, cache.clone(), FetchOptions::trusting(trusted));
+    let builder = Builder::new(&store).options(plain()).substituter(&sub);
+    let targets = [(lib_drv.clone(), BTreeSet::new())];
+    let plan = builder.dry_run(&targets)?;
+    assert_eq!((plan.build_count(), plan.fetch_count()), (0, 2), "{plan}");
+    let report = builder.build(&targets)?;
+    assert_eq!((report.built, report.fetched), (0, 2));
+    assert_eq!(
+        std::fs::read(store.physical(&lib_out))?,
+        std::fs::read(build_machine.physical(&lib_out))?
+    );
+    assert_eq!(
+        store.references(&lib_out)?,
+        BTreeSet::from([data_out.clone()])
+    );
+
+    // Under a key it does not trust, nothing is offered: both are built.
+    let other = tempfile::tempdir()?;
+    let store = machine(other.path())?;
+    let untrusted: TrustedKeys = [SecretKey::generate("other-1")?.public()]
+        .into_iter()
+        .collect();
+    let sub = CacheSubstituter::new(&store, cache.clone(), FetchOptions::trusting(untrusted));
+    let report = Builder::new(&store)
+        .options(plain())
+        .substituter(&sub)
+        .build(&targets)?;
+    assert_eq!((report.built, report.fetched), (2, 0));
+
+    // A cache that is not there offers nothing either, and says why.
+    let gone = tempfile::tempdir()?;
+    let store = machine(gone.path())?;
+    let missing = FileCache::open(gone.path().join("no-cache"))?;
+    let sub = CacheSubstituter::new(&store, missing, FetchOptions::default());
+    let report = Builder::new(&store)
+        .options(plain())
+        .substituter(&sub)
+        .build(&targets)?;
+    assert_eq!((report.built, report.fetched), (2, 0));
+    assert!(
+        sub.unusable().is_some_and(|w| w.contains("nix-cache-info")),
+        "{:?}",
+        sub.unusable()
+    );
+    Ok(())
+}

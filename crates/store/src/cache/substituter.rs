@@ -1,0 +1,157 @@
+//! A binary cache as a substituter of the planner and builder.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read};
+use std::sync::Mutex;
+
+use bigtop_core::narinfo::NarInfo;
+use bigtop_core::StorePath;
+
+use super::{
+    checked_name, read_cache_info, read_narinfo, BinaryCache, CacheError, Compression, FetchOptions,
+};
+use crate::build::{Substitutable, Substituter};
+use crate::error::Error;
+use crate::{PathInfo, Store};
+
+/// A binary cache the planner asks for the paths it would otherwise
+/// build: a path is substitutable when the cache has a narinfo for it
+/// that is about it and (unless signatures are not required) signed by a
+/// trusted key. A cache that cannot be reached, or lacks or cannot vouch
+/// for a path, offers nothing, and the path is built: the plan says so.
+/// The builder streams the NAR through its decompressor into the store's
+/// unpacker, which checks its hash and size.
+pub struct CacheSubstituter<C> {
+    cache: C,
+    name: String,
+    options: FetchOptions,
+    store_dir: bigtop_core::StoreDir,
+    /// What `query` found, for `nar`.
+    found: Mutex<HashMap<StorePath, NarInfo>>,
+    /// Why the cache could not be used, if it could not (for messages).
+    unusable: Mutex<Option<String>>,
+}
+
+impl<C: BinaryCache> CacheSubstituter<C> {
+    /// `cache` as a substituter of `store`, trusting what `options` say.
+    pub fn new(store: &Store, cache: C, options: FetchOptions) -> Self {
+        CacheSubstituter {
+            name: cache.describe(),
+            cache,
+            options,
+            store_dir: store.store_dir().clone(),
+            found: Mutex::default(),
+            unusable: Mutex::default(),
+        }
+    }
+
+    /// Why the cache offered nothing, when it could not be used at all (no
+    /// `nix-cache-info`, another store dir, unreachable).
+    pub fn unusable(&self) -> Option<String> {
+        self.unusable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn usable(&self) -> bool {
+        let mut why = self.unusable.lock().unwrap_or_else(|e| e.into_inner());
+        if why.is_some() {
+            return false;
+        }
+        let problem = match read_cache_info(&self.cache) {
+            Ok(Some(info)) if info.store_dir == self.store_dir.as_str() => return true,
+            Ok(Some(info)) => format!(
+                "it holds paths of `{}`, not of `{}`",
+                info.store_dir, self.store_dir
+            ),
+            Ok(None) => "it has no `nix-cache-info`".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        *why = Some(problem);
+        false
+    }
+}
+
+impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn query(
+        &self,
+        paths: &BTreeSet<StorePath>,
+    ) -> Result<BTreeMap<StorePath, Substitutable>, Error> {
+        let mut out = BTreeMap::new();
+        if !self.usable() {
+            return Ok(out);
+        }
+        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        for p in paths {
+            // Missing, untrusted, malformed or unreadable: not offered.
+            let Ok(narinfo) = read_narinfo(&self.store_dir, &self.cache, p, &self.options) else {
+                continue;
+            };
+            let mut info = PathInfo::new(
+                p.clone(),
+                narinfo.nar_hash,
+                narinfo.nar_size,
+                narinfo.references.clone(),
+            );
+            info.deriver = narinfo.deriver.clone();
+            info.ca = narinfo.ca;
+            info.signatures = narinfo.signatures.clone();
+            let download_size = narinfo.file_size.unwrap_or(narinfo.nar_size);
+            found.insert(p.clone(), narinfo);
+            out.insert(
+                p.clone(),
+                Substitutable {
+                    info,
+                    download_size,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn nar(&self, path: &StorePath) -> Result<Box<dyn BufRead + Send + '_>, Error> {
+        let narinfo = self
+            .found
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned()
+            .ok_or_else(|| Error::NotValid { path: path.clone() })?;
+        let bad = |reason: String| {
+            Error::Cache(Box::new(CacheError::Bad {
+                cache: self.name.clone(),
+                reason: format!("`{path}`: {reason}"),
+            }))
+        };
+        let compression = narinfo
+            .compression
+            .as_deref()
+            .and_then(Compression::parse)
+            .ok_or_else(|| {
+                bad(format!(
+                    "compression {:?} is not one bigtop reads",
+                    narinfo.compression
+                ))
+            })?;
+        let url = checked_name(&narinfo.url)
+            .ok_or_else(|| bad(format!("its URL `{}` leaves the cache", narinfo.url)))?;
+        let raw = self
+            .cache
+            .get(url)
+            .map_err(|e| Error::Cache(Box::new(e)))?
+            .ok_or_else(|| bad(format!("its NAR `{url}` is missing")))?;
+        let decoder = compression
+            .decoder(raw)
+            .map_err(|e| bad(format!("cannot decompress: {e}")))?;
+        // At most one byte past what the NAR claims is decompressed.
+        Ok(Box::new(BufReader::with_capacity(
+            1 << 16,
+            decoder.take(narinfo.nar_size.saturating_add(1)),
+        )))
+    }
+}
