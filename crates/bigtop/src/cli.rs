@@ -32,6 +32,7 @@ use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
 pub mod build;
+pub mod copy;
 pub mod derivation;
 pub mod hash;
 pub mod key;
@@ -41,6 +42,7 @@ pub mod store;
 pub mod system;
 
 pub use build::{BuildArgs, LogArgs};
+pub use copy::CopyArgs;
 pub use derivation::{DerivationAddArgs, DerivationCommand, ShowDerivationArgs};
 pub use hash::{Algo, HashCommand, HashPathArgs};
 pub use key::KeyCommand;
@@ -103,6 +105,9 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the build log of a derivation, or of an output's deriver.
     Log(LogArgs),
+    /// Copy closures to a binary cache (`--to URL`, signed with `--sign`)
+    /// or substitute them from one (`--from URL`, signatures checked).
+    Copy(CopyArgs),
     /// Switch a machine to a built system, roll it back, list its
     /// generations, check it for drift.
     #[command(subcommand)]
@@ -138,6 +143,9 @@ pub enum Error {
     /// `bigtop system …` and `bigtop container …`.
     #[error(transparent)]
     System(#[from] system::Error),
+    /// `bigtop copy`.
+    #[error(transparent)]
+    Copy(#[from] copy::Error),
     /// `--json` was given to a command that writes a stream, not data.
     #[error("`bigtop {command}` writes {what}, which has no JSON form: drop `--json`")]
     NoJson {
@@ -160,6 +168,7 @@ impl Error {
             Error::Derivation(e) => e.is_broken_pipe(),
             Error::Build(e) => e.is_broken_pipe(),
             Error::System(e) => e.is_broken_pipe(),
+            Error::Copy(e) => e.is_broken_pipe(),
             Error::NoJson { .. } => false,
         }
     }
@@ -231,6 +240,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             Ok(derivation::show(&args, global)?)
         }
         Command::Build(args) => Ok(build::build(&args, global)?),
+        Command::Copy(args) => Ok(copy::copy(&args, global)?),
         Command::Log(args) => {
             no_json("log", "a build log")?;
             Ok(build::log(&args, global)?)

@@ -1041,3 +1041,84 @@ fn json_is_refused_by_a_command_that_writes_a_stream() -> Result {
     }
     Ok(())
 }
+
+#[test]
+fn copy_moves_a_signed_closure_through_a_file_cache_and_refuses_an_untrusted_one() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    ok(bigtop(&["key", "generate", "cache-1"], b"", tmp.path())?)?;
+    fs::write(tmp.path().join("src.txt"), "hello cache\n")?;
+    let added = ok(bigtop(
+        &[
+            "store",
+            "add",
+            "--store",
+            a.to_str().ok_or("path")?,
+            "src.txt",
+        ],
+        b"",
+        tmp.path(),
+    )?)?;
+    let path = String::from_utf8(added)?.trim().to_owned();
+    let up = ok(bigtop(
+        &[
+            "copy",
+            "--store",
+            a.to_str().ok_or("path")?,
+            "--to",
+            &cache,
+            "--sign",
+            "cache-1.secret",
+            "--json",
+            &path,
+        ],
+        b"",
+        tmp.path(),
+    )?)?;
+    let up: Value = serde_json::from_slice(&up)?;
+    assert_eq!(up["copied"].as_array().map(Vec::len), Some(1), "{up}");
+    let public = fs::read_to_string(tmp.path().join("cache-1.public"))?;
+    let b_store = b.to_str().ok_or("path")?;
+    // Under a key it does not trust: refused, named.
+    let out = bigtop(
+        &[
+            "copy",
+            "--store",
+            b_store,
+            "--from",
+            &cache,
+            "--trusted-public-key",
+            "other-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            &path,
+        ],
+        b"",
+        tmp.path(),
+    )?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not signed by a trusted key") && err.contains("cache-1"),
+        "{err}"
+    );
+    let down = ok(bigtop(
+        &[
+            "copy",
+            "--store",
+            b_store,
+            "--from",
+            &cache,
+            "--trusted-public-key",
+            public.trim(),
+            &path,
+        ],
+        b"",
+        tmp.path(),
+    )?)?;
+    assert!(String::from_utf8(down)?.starts_with("copied 1 paths from"));
+    let copied = Store::open_chroot(&b)?;
+    let p = copied.store_dir().parse_path(&path)?;
+    assert_eq!(fs::read_to_string(copied.physical(&p))?, "hello cache\n");
+    Ok(())
+}

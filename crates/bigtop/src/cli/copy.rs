@@ -1,0 +1,182 @@
+//! `bigtop copy`: closures between the local store and binary caches.
+
+use std::io;
+use std::path::PathBuf;
+
+use bigtop_core::signing::{PublicKey, SecretKey, TrustedKeys};
+use bigtop_store::cache::{self, CacheError, Compression, FetchOptions, FileCache, UploadOptions};
+use clap::Args;
+use thiserror::Error;
+
+use super::store::{parse_path, Error as StoreError};
+use super::GlobalArgs;
+
+/// `bigtop copy --to URL PATH…` / `bigtop copy --from URL PATH…`
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Write the closures of PATHS into the cache at URL (`file:///DIR`).
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "from",
+        required_unless_present = "from"
+    )]
+    pub to: Option<String>,
+    /// Substitute the closures of PATHS from the cache at URL into the
+    /// store.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// With `--to`: sign what is uploaded with this secret key file (Nix's
+    /// `NAME:base64` format, as `bigtop key generate` writes).
+    #[arg(long, value_name = "KEYFILE")]
+    pub sign: Option<PathBuf>,
+    /// With `--to`: how NARs are compressed (`zstd`, `xz`, `none`).
+    #[arg(long, default_value = "zstd", value_parser = parse_compression)]
+    pub compression: Compression,
+    /// With `--from`: a public key (`NAME:base64`) whose signatures are
+    /// trusted; repeatable.
+    #[arg(long = "trusted-public-key", value_name = "KEY")]
+    pub trusted_public_keys: Vec<String>,
+    /// With `--from`: take paths whatever signs them (Nix's
+    /// `require-sigs = false`).
+    #[arg(long)]
+    pub no_require_sigs: bool,
+    /// Store paths (or paths into them) whose closures are copied.
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    Compression::parse(s).ok_or_else(|| format!("`{s}` is not one of zstd, xz, none"))
+}
+
+/// Why `bigtop copy` failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store or a path argument.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The cache.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A URL of a kind not served yet.
+    #[error("`{url}`: only `file://` caches are supported yet")]
+    Url {
+        /// The URL.
+        url: String,
+    },
+    /// The key file could not be read or parsed.
+    #[error("secret key file `{path}`: {reason}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A trusted public key did not parse.
+    #[error("trusted public key `{key}`: {reason}")]
+    PublicKey {
+        /// The key as given.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Writing to standard output failed.
+    #[error("cannot write to standard output")]
+    Stdout(#[source] io::Error),
+}
+
+impl Error {
+    /// Whether the reader of standard output went away.
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            Error::Store(e) => e.is_broken_pipe(),
+            Error::Stdout(e) => e.kind() == io::ErrorKind::BrokenPipe,
+            _ => false,
+        }
+    }
+}
+
+fn open_cache(url: &str) -> Result<FileCache, Error> {
+    if !url.starts_with("file://") {
+        return Err(Error::Url {
+            url: url.to_owned(),
+        });
+    }
+    Ok(FileCache::from_url(url)?)
+}
+
+/// Runs `bigtop copy`.
+pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let store = global.store.open()?;
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| parse_path(&store, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (direction, url, report) = match (&args.to, &args.from) {
+        (Some(url), _) => {
+            let key = match &args.sign {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| Error::Key {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    Some(text.trim().parse::<SecretKey>().map_err(|e| Error::Key {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?)
+                }
+                None => None,
+            };
+            let options = UploadOptions {
+                compression: args.compression,
+                key,
+            };
+            let report = cache::upload(&store, &open_cache(url)?, &paths, &options)?;
+            ("to", url, report)
+        }
+        (None, Some(url)) => {
+            let mut trusted = TrustedKeys::new();
+            for k in &args.trusted_public_keys {
+                let key = k.parse::<PublicKey>().map_err(|e| Error::PublicKey {
+                    key: k.clone(),
+                    reason: e.to_string(),
+                })?;
+                trusted.insert(key);
+            }
+            let options = FetchOptions {
+                trusted,
+                require_sigs: !args.no_require_sigs,
+            };
+            let report = cache::fetch(&store, &open_cache(url)?, &paths, &options)?;
+            ("from", url, report)
+        }
+        (None, None) => unreachable!("clap requires --to or --from"),
+    };
+    let out = if global.json {
+        serde_json::json!({
+            "direction": direction,
+            "cache": url,
+            "copied": report.copied.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "present": report.present,
+            "nar_bytes": report.nar_bytes,
+            "file_bytes": report.file_bytes,
+        })
+        .to_string()
+            + "\n"
+    } else {
+        format!(
+            "copied {} paths {direction} {url} ({} NAR bytes, {} in the cache's files); {} already there\n",
+            report.copied.len(),
+            report.nar_bytes,
+            report.file_bytes,
+            report.present
+        )
+    };
+    use std::io::Write as _;
+    io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(Error::Stdout)
+}
