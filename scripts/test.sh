@@ -20,6 +20,10 @@ command -v patch >/dev/null || need+=(patch)
 command -v s6-applyuidgid >/dev/null || need+=(s6)
 # systemd-analyze checks every rendered unit (no systemd need be running).
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# nginx with WebDAV: the binary cache tests start one on 127.0.0.1 to
+# upload to (PUT) and substitute from, for bigtop and for Nix.
+command -v nginx >/dev/null || need+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] || need+=(libnginx-mod-http-dav-ext)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=
   [ "$(id -u)" = 0 ] || sudo=sudo

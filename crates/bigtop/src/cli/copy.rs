@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use bigtop_core::signing::{PublicKey, SecretKey, TrustedKeys};
-use bigtop_store::cache::{self, CacheError, Compression, FetchOptions, FileCache, UploadOptions};
+use bigtop_store::cache::{self, CacheError, Compression, FetchOptions, UploadOptions};
 use clap::Args;
 use thiserror::Error;
 
@@ -14,7 +14,8 @@ use super::GlobalArgs;
 /// `bigtop copy --to URL PATH…` / `bigtop copy --from URL PATH…`
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// Write the closures of PATHS into the cache at URL (`file:///DIR`).
+    /// Write the closures of PATHS into the cache at URL (`file:///DIR`,
+    /// or `http(s)://…` that takes `PUT`).
     #[arg(
         long,
         value_name = "URL",
@@ -60,12 +61,6 @@ pub enum Error {
     /// The cache.
     #[error(transparent)]
     Cache(#[from] CacheError),
-    /// A URL of a kind not served yet.
-    #[error("`{url}`: only `file://` caches are supported yet")]
-    Url {
-        /// The URL.
-        url: String,
-    },
     /// The key file could not be read or parsed.
     #[error("secret key file `{path}`: {reason}")]
     Key {
@@ -98,13 +93,8 @@ impl Error {
     }
 }
 
-fn open_cache(url: &str) -> Result<FileCache, Error> {
-    if !url.starts_with("file://") {
-        return Err(Error::Url {
-            url: url.to_owned(),
-        });
-    }
-    Ok(FileCache::from_url(url)?)
+fn open_cache(url: &str) -> Result<Box<dyn cache::BinaryCache>, Error> {
+    Ok(cache::open(url)?)
 }
 
 /// Runs `bigtop copy`.

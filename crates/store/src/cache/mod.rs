@@ -3,8 +3,8 @@
 //! fingerprint, so that a cache bigtop writes is one Nix reads and the
 //! other way round.
 //!
-//! A [`BinaryCache`] is a transport (a directory here; HTTP and SSH
-//! come next) that gets and puts files. [`upload`] writes closures into
+//! A [`BinaryCache`] is a transport (a directory, [`FileCache`]; HTTP,
+//! [`HttpCache`]; [`open`] picks one by URL) that gets and puts files. [`upload`] writes closures into
 //! one; [`fetch`] substitutes closures from one into a store, checking
 //! every narinfo's signature against trusted keys, that it is about the
 //! path asked for, and every NAR's size and hashes while it streams, so
@@ -30,6 +30,7 @@
 //! ```
 
 mod file;
+mod http;
 mod substituter;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +45,7 @@ use thiserror::Error;
 use crate::{PathInfo, Store};
 
 pub use file::FileCache;
+pub use http::HttpCache;
 pub use substituter::CacheSubstituter;
 
 /// What can go wrong with a binary cache.
@@ -230,6 +232,36 @@ pub trait BinaryCache: Send + Sync {
     /// Stores `data` as the file `name`, whole or not at all: a reader
     /// never sees half of it.
     fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError>;
+}
+
+/// A boxed cache is one too (what [`open`] gives).
+impl<T: BinaryCache + ?Sized> BinaryCache for Box<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn get(&self, name: &str) -> Result<Option<Box<dyn Read + Send>>, CacheError> {
+        (**self).get(name)
+    }
+    fn has(&self, name: &str) -> Result<bool, CacheError> {
+        (**self).has(name)
+    }
+    fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError> {
+        (**self).put(name, data)
+    }
+}
+
+/// The cache at `url`: `file:///DIR` or `http(s)://…`.
+pub fn open(url: &str) -> Result<Box<dyn BinaryCache>, CacheError> {
+    if url.starts_with("file://") {
+        Ok(Box::new(FileCache::from_url(url)?))
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(Box::new(HttpCache::new(url)?))
+    } else {
+        Err(CacheError::Bad {
+            cache: url.to_owned(),
+            reason: "not a cache URL bigtop knows (`file://`, `http://`, `https://`)".into(),
+        })
+    }
 }
 
 /// The name of a file a narinfo points to, if it stays inside the cache:

@@ -366,3 +366,158 @@ fn bigtop_substitutes_from_caches_nix_wrote_in_xz_and_zstd() -> Result {
     }
     Ok(())
 }
+
+/// nginx with WebDAV `PUT`, serving a temporary directory on 127.0.0.1,
+/// stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start() -> Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let conf = dir.path().join("nginx.conf");
+        let module = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so";
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module {module};\n\
+                 daemon off;\nmaster_process off;\nuser root;\nworker_processes 1;\n\
+                 pid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
+                 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+                 uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 server {{\n    listen 127.0.0.1:{port};\n    root {r};\n\
+                 location / {{ dav_methods PUT; create_full_put_path on; client_max_body_size 0; }}\n  }}\n}}\n",
+                d = dir.path().display(),
+                r = root.display(),
+            ),
+        )?;
+        let child = Command::new("nginx")
+            .args([
+                "-c",
+                &conf.display().to_string(),
+                "-p",
+                &dir.path().display().to_string(),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Nginx {
+                    child,
+                    port,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err("nginx did not start".into())
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_cache_on_nginx_takes_uploads_over_put_and_serves_bigtop_and_nix() -> Result {
+    let server = Nginx::start()?;
+    let cache = bigtop_store::cache::open(&server.url())?;
+    let tmp = tempfile::tempdir()?;
+    let from = Store::builder()
+        .store_dir(nix_store_dir()?)
+        .chroot(tmp.path().join("from"))
+        .open()?;
+    let (dep, app) = two(&from)?;
+    let (key, trusted) = key()?;
+    let up = upload(
+        &from,
+        &cache,
+        std::slice::from_ref(&app),
+        &UploadOptions {
+            compression: Compression::Zstd,
+            key: Some(key.clone()),
+        },
+    )?;
+    assert_eq!(up.copied.len(), 2);
+    // Asked again, the server says it has them (HEAD).
+    assert_eq!(
+        upload(
+            &from,
+            &cache,
+            std::slice::from_ref(&app),
+            &UploadOptions::default()
+        )?
+        .present,
+        2
+    );
+
+    let to = Store::builder()
+        .store_dir(nix_store_dir()?)
+        .chroot(tmp.path().join("to"))
+        .open()?;
+    let down = fetch(
+        &to,
+        &cache,
+        std::slice::from_ref(&app),
+        &FetchOptions::trusting(trusted),
+    )?;
+    assert_eq!(down.copied, [dep.clone(), app.clone()]);
+    assert_eq!(
+        std::fs::read(to.physical(&app))?,
+        std::fs::read(from.physical(&app))?
+    );
+
+    // Nix substitutes from the same server.
+    let root = tmp.path().join("nix");
+    let full = from.store_dir().full(&app);
+    nix(
+        &root,
+        &[
+            "copy",
+            "--from",
+            &server.url(),
+            "--to",
+            &format!("local?root={}", root.display()),
+            "--option",
+            "trusted-public-keys",
+            &key.public().to_string(),
+            &full,
+        ],
+    )?;
+    assert_eq!(
+        std::fs::read(root.join(full.trim_start_matches('/')))?,
+        std::fs::read(from.physical(&app))?
+    );
+
+    // A server that is gone: retried, then an error naming the cache.
+    let url = server.url();
+    drop(server);
+    let gone = bigtop_store::cache::open(&url)?;
+    let again = Store::open_chroot(tmp.path().join("again"))?;
+    let e = fetch(
+        &again,
+        &gone,
+        std::slice::from_ref(&app),
+        &FetchOptions::default(),
+    )
+    .expect_err("no server");
+    assert!(e.to_string().contains(&url), "{e}");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! A binary cache over HTTP(S): `GET` and `HEAD` to read, `PUT` to write
+//! (what nginx's WebDAV module and most object stores accept).
+
+use std::io::{self, Read};
+use std::time::Duration;
+
+use super::{checked_name, BinaryCache, CacheError};
+
+/// A binary cache at an `http://` or `https://` URL.
+#[derive(Debug, Clone)]
+pub struct HttpCache {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// How often a request that failed for a reason worth retrying (a
+/// connection refused or dropped, a 5xx, a 429) is tried in all.
+const TRIES: u32 = 3;
+
+impl HttpCache {
+    /// The cache at `url` (`http://host[:port]/path`); connections are
+    /// kept alive and reused.
+    pub fn new(url: &str) -> Result<HttpCache, CacheError> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(CacheError::Bad {
+                cache: url.to_owned(),
+                reason: "not an `http://` or `https://` URL".into(),
+            });
+        }
+        let base = url
+            .split('?')
+            .next()
+            .unwrap_or(url)
+            .trim_end_matches('/')
+            .to_owned();
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                // Statuses are answers here (404: the cache lacks it).
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(10)))
+                .timeout_recv_response(Some(Duration::from_secs(60)))
+                .user_agent(concat!("bigtop/", env!("CARGO_PKG_VERSION")))
+                .build(),
+        );
+        Ok(HttpCache { base, agent })
+    }
+
+    fn url(&self, name: &str) -> Result<String, CacheError> {
+        checked_name(name)
+            .map(|n| format!("{}/{n}", self.base))
+            .ok_or_else(|| CacheError::Bad {
+                cache: self.base.clone(),
+                reason: format!("`{name}` is not a file name inside the cache"),
+            })
+    }
+
+    fn failed(&self, action: &'static str, name: &str, why: String) -> CacheError {
+        CacheError::Io {
+            cache: self.base.clone(),
+            action,
+            file: name.to_owned(),
+            source: io::Error::other(why),
+        }
+    }
+
+    /// `request` tried up to [`TRIES`] times, waiting longer each time,
+    /// while it fails for a reason another try may not meet.
+    fn retrying<T>(
+        &self,
+        action: &'static str,
+        name: &str,
+        mut request: impl FnMut() -> Result<ureq::http::Response<T>, ureq::Error>,
+    ) -> Result<ureq::http::Response<T>, CacheError> {
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=TRIES {
+            let retry = match request() {
+                Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                    format!("HTTP status {}", r.status())
+                }
+                Ok(r) => return Ok(r),
+                Err(
+                    e @ (ureq::Error::Io(_)
+                    | ureq::Error::Timeout(_)
+                    | ureq::Error::ConnectionFailed),
+                ) => e.to_string(),
+                Err(e) => return Err(self.failed(action, name, e.to_string())),
+            };
+            if attempt == TRIES {
+                return Err(self.failed(action, name, format!("{retry} ({TRIES} tries)")));
+            }
+            std::thread::sleep(wait);
+            wait *= 2;
+        }
+        unreachable!("the last try returns")
+    }
+}
+
+impl BinaryCache for HttpCache {
+    fn describe(&self) -> String {
+        self.base.clone()
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Box<dyn Read + Send>>, CacheError> {
+        let url = self.url(name)?;
+        let r = self.retrying("get", name, || self.agent.get(&url).call())?;
+        match r.status().as_u16() {
+            200 => Ok(Some(Box::new(r.into_body().into_reader()))),
+            404 | 403 | 410 => Ok(None),
+            s => Err(self.failed("get", name, format!("HTTP status {s}"))),
+        }
+    }
+
+    fn has(&self, name: &str) -> Result<bool, CacheError> {
+        let url = self.url(name)?;
+        let r = self.retrying("look for", name, || self.agent.head(&url).call())?;
+        match r.status().as_u16() {
+            200 => Ok(true),
+            404 | 403 | 410 => Ok(false),
+            s => Err(self.failed("look for", name, format!("HTTP status {s}"))),
+        }
+    }
+
+    fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError> {
+        let url = self.url(name)?;
+        // Buffered whole: a retry must send the same bytes again, and a
+        // NAR file is written to a temporary file first anyway.
+        let mut body = Vec::new();
+        data.read_to_end(&mut body)
+            .map_err(|e| self.failed("read what to put as", name, e.to_string()))?;
+        let r = self.retrying("put", name, || self.agent.put(&url).send(&body[..]))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.failed("put", name, format!("HTTP status {}", r.status())))
+        }
+    }
+}
