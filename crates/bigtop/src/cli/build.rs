@@ -31,6 +31,18 @@ pub enum Error {
     /// Opening the store, reading paths or printing failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A substituter's URL.
+    #[error(transparent)]
+    Cache(bigtop_store::cache::CacheError),
+    /// A trusted public key that does not parse.
+    #[error("trusted public key `{key}`")]
+    TrustedKey {
+        /// The key as given.
+        key: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::signing::ParseError,
+    },
     /// Naming a target's derivation failed.
     #[error(transparent)]
     Derivation(#[from] derivation::Error),
@@ -177,6 +189,19 @@ pub struct BuildArgs {
     /// by the derivation's name.
     #[arg(short = 'L', long)]
     pub print_build_logs: bool,
+    /// Binary caches to fetch outputs from instead of building them
+    /// (`file:///DIR`, `http(s)://…`), asked in this order; repeatable, or
+    /// several in one argument separated by spaces (as Nix's option). A
+    /// cache that is down or lacks a path leaves it to be built.
+    #[arg(long, value_name = "URL", value_delimiter = ' ')]
+    pub substituters: Vec<String>,
+    /// A public key (`NAME:base64`) whose signatures make a cache's
+    /// narinfo trusted; repeatable.
+    #[arg(long = "trusted-public-key", value_name = "KEY")]
+    pub trusted_public_keys: Vec<String>,
+    /// Take what the substituters hold whatever signs it.
+    #[arg(long)]
+    pub no_require_sigs: bool,
 }
 
 /// Arguments of `bigtop log`.
@@ -244,7 +269,33 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> Result<(), Error> {
         options.cores = c as usize;
     }
     let progress = Progress::stderr(store.store_dir().clone(), args.print_build_logs);
-    let builder = Builder::new(&store).options(options).observer(&progress);
+    let mut trusted = bigtop_core::signing::TrustedKeys::new();
+    for k in &args.trusted_public_keys {
+        trusted.insert(k.parse().map_err(|source| Error::TrustedKey {
+            key: k.clone(),
+            source,
+        })?);
+    }
+    let fetch = bigtop_store::cache::FetchOptions {
+        trusted,
+        require_sigs: !args.no_require_sigs,
+    };
+    let substituters = args
+        .substituters
+        .iter()
+        .map(|url| {
+            let cache = bigtop_store::cache::open(url).map_err(Error::Cache)?;
+            Ok(bigtop_store::cache::CacheSubstituter::new(
+                &store,
+                cache,
+                fetch.clone(),
+            ))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut builder = Builder::new(&store).options(options).observer(&progress);
+    for s in &substituters {
+        builder = builder.substituter(s);
+    }
     if args.dry_run {
         let plan = builder.dry_run(&targets)?;
         return print_plan(&plan, global.json);

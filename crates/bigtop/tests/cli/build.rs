@@ -522,3 +522,86 @@ fn a_registration_failure_shows_the_database_cause() -> Result {
     assert!(!cli.valid(&out)?);
     Ok(())
 }
+
+/// `bigtop build --substituters`: what a signed cache holds is fetched,
+/// not built; without the key it is built.
+#[test]
+fn build_fetches_from_a_trusted_substituter_and_builds_without_one() -> Result {
+    let tmp = tempfile::tempdir()?;
+    for d in ["a", "b", "c"] {
+        fs::create_dir(tmp.path().join(d))?;
+    }
+    let a = Cli::chroot(&tmp.path().join("a"))?;
+    let drv = json!({
+        "name": "cached",
+        "system": host_system(),
+        "builder": "builtin:write-file",
+        "env": {"text": "from the cache"},
+        "outputs": {"out": "deferred"},
+    });
+    let (drv_path, out) = a.add(&drv)?;
+    a.ok(&["build", &drv_path], b"")?;
+    crate::bigtop(&["key", "generate", "c-1"], b"", tmp.path())?;
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    let secret = tmp.path().join("c-1.secret");
+    a.ok(
+        &[
+            "copy",
+            "--to",
+            &cache,
+            "--sign",
+            secret.to_str().ok_or("path")?,
+            &out,
+        ],
+        b"",
+    )?;
+    let public = fs::read_to_string(tmp.path().join("c-1.public"))?;
+
+    let b = Cli::chroot(&tmp.path().join("b"))?;
+    let (drv_b, _) = b.add(&drv)?;
+    let plan: Value = serde_json::from_str(&b.ok(
+        &[
+            "build",
+            "--dry-run",
+            "--json",
+            "--substituters",
+            &cache,
+            "--trusted-public-key",
+            public.trim(),
+            &drv_b,
+        ],
+        b"",
+    )?)?;
+    assert_eq!(plan["fetch"].as_array().map(Vec::len), Some(1), "{plan}");
+    assert_eq!(plan["build"].as_array().map(Vec::len), Some(0), "{plan}");
+    b.ok(
+        &[
+            "build",
+            "--substituters",
+            &cache,
+            "--trusted-public-key",
+            public.trim(),
+            &drv_b,
+        ],
+        b"",
+    )?;
+    let store = (b.open)()?;
+    let path = store.store_dir().parse_path(&out)?;
+    assert_eq!(fs::read_to_string(store.physical(&path))?, "from the cache");
+    // Without the key, the cache offers nothing: it would be built.
+    let c = Cli::chroot(&tmp.path().join("c"))?;
+    let (drv_c, _) = c.add(&drv)?;
+    let plan: Value = serde_json::from_str(&c.ok(
+        &[
+            "build",
+            "--dry-run",
+            "--json",
+            "--substituters",
+            &cache,
+            &drv_c,
+        ],
+        b"",
+    )?)?;
+    assert_eq!(plan["build"].as_array().map(Vec::len), Some(1), "{plan}");
+    Ok(())
+}

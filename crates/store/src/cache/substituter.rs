@@ -14,6 +14,9 @@ use crate::build::{Substitutable, Substituter};
 use crate::error::Error;
 use crate::{PathInfo, Store};
 
+/// How many narinfos are looked up at once.
+const LOOKUPS_AT_ONCE: usize = 8;
+
 /// A binary cache the planner asks for the paths it would otherwise
 /// build: a path is substitutable when the cache has a narinfo for it
 /// that is about it and (unless signatures are not required) signed by a
@@ -86,12 +89,27 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
         if !self.usable() {
             return Ok(out);
         }
+        // Looked up on a few connections at once: over HTTP each lookup
+        // is a round trip.
+        let paths: Vec<&StorePath> = paths.iter().collect();
+        let lookups = std::sync::Mutex::new(Vec::with_capacity(paths.len()));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..LOOKUPS_AT_ONCE.min(paths.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(p) = paths.get(i) else { break };
+                    // Missing, untrusted, malformed or unreadable: not
+                    // offered, and built instead.
+                    if let Ok(n) = read_narinfo(&self.store_dir, &self.cache, p, &self.options) {
+                        lookups.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+                    }
+                });
+            }
+        });
         let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
-        for p in paths {
-            // Missing, untrusted, malformed or unreadable: not offered.
-            let Ok(narinfo) = read_narinfo(&self.store_dir, &self.cache, p, &self.options) else {
-                continue;
-            };
+        for narinfo in lookups.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            let p = narinfo.store_path.clone();
             let mut info = PathInfo::new(
                 p.clone(),
                 narinfo.nar_hash,
@@ -104,7 +122,7 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
             let download_size = narinfo.file_size.unwrap_or(narinfo.nar_size);
             found.insert(p.clone(), narinfo);
             out.insert(
-                p.clone(),
+                p,
                 Substitutable {
                     info,
                     download_size,
