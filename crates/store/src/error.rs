@@ -221,9 +221,6 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// A binary cache failed or refused what it held.
-    #[error(transparent)]
-    Cache(Box<crate::cache::CacheError>),
     /// An export stream is malformed.
     #[error("invalid export stream: {reason}")]
     BadStream {

@@ -7,9 +7,7 @@ use std::sync::Mutex;
 use bigtop_core::narinfo::NarInfo;
 use bigtop_core::StorePath;
 
-use super::{
-    checked_name, read_cache_info, read_narinfo, BinaryCache, CacheError, Compression, FetchOptions,
-};
+use super::{checked_name, read_cache_info, read_narinfo, BinaryCache, Compression, FetchOptions};
 use crate::build::{Substitutable, Substituter};
 use crate::error::Error;
 use crate::{PathInfo, Store};
@@ -140,11 +138,11 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
             .get(path)
             .cloned()
             .ok_or_else(|| Error::NotValid { path: path.clone() })?;
-        let bad = |reason: String| {
-            Error::Cache(Box::new(CacheError::Bad {
-                cache: self.name.clone(),
-                reason: format!("`{path}`: {reason}"),
-            }))
+        // The store's error knows nothing of caches (they are built on
+        // it): what went wrong is said in words, the cache named.
+        let bad = |reason: String| Error::BadMetadata {
+            path: path.to_string(),
+            reason: format!("from cache `{}`: {reason}", self.name),
         };
         let compression = narinfo
             .compression
@@ -161,7 +159,7 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
         let raw = self
             .cache
             .get(url)
-            .map_err(|e| Error::Cache(Box::new(e)))?
+            .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad(format!("its NAR `{url}` is missing")))?;
         let decoder = compression
             .decoder(raw)
