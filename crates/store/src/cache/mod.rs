@@ -669,6 +669,20 @@ fn references_first(infos: &BTreeMap<StorePath, NarInfo>) -> Vec<StorePath> {
     out
 }
 
+/// What the store records of a path a narinfo describes.
+fn path_info_of(narinfo: &NarInfo) -> PathInfo {
+    let mut info = PathInfo::new(
+        narinfo.store_path.clone(),
+        narinfo.nar_hash,
+        narinfo.nar_size,
+        narinfo.references.clone(),
+    );
+    info.deriver = narinfo.deriver.clone();
+    info.ca = narinfo.ca;
+    info.signatures = narinfo.signatures.clone();
+    info
+}
+
 /// A reader that hashes and counts what passes through it.
 struct HashingReader<R> {
     inner: R,
@@ -719,15 +733,7 @@ fn fetch_one(store: &Store, cache: &dyn BinaryCache, narinfo: &NarInfo) -> Resul
         hasher: Hasher::new(algo),
         read: 0,
     };
-    let mut info = PathInfo::new(
-        path.clone(),
-        narinfo.nar_hash,
-        narinfo.nar_size,
-        narinfo.references.clone(),
-    );
-    info.deriver = narinfo.deriver.clone();
-    info.ca = narinfo.ca;
-    info.signatures = narinfo.signatures.clone();
+    let info = path_info_of(narinfo);
     let mut batch = store.batch();
     {
         // At most one byte more than the NAR claims is ever decompressed:

@@ -7,10 +7,13 @@ use std::sync::Mutex;
 use bigtop_core::narinfo::NarInfo;
 use bigtop_core::StorePath;
 
-use super::{checked_name, read_cache_info, read_narinfo, BinaryCache, Compression, FetchOptions};
+use super::{
+    checked_name, path_info_of, read_cache_info, read_narinfo, BinaryCache, Compression,
+    FetchOptions,
+};
 use crate::build::{Substitutable, Substituter};
 use crate::error::Error;
-use crate::{PathInfo, Store};
+use crate::Store;
 
 /// How many narinfos are looked up at once.
 const LOOKUPS_AT_ONCE: usize = 8;
@@ -108,15 +111,7 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
         let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
         for narinfo in lookups.into_inner().unwrap_or_else(|e| e.into_inner()) {
             let p = narinfo.store_path.clone();
-            let mut info = PathInfo::new(
-                p.clone(),
-                narinfo.nar_hash,
-                narinfo.nar_size,
-                narinfo.references.clone(),
-            );
-            info.deriver = narinfo.deriver.clone();
-            info.ca = narinfo.ca;
-            info.signatures = narinfo.signatures.clone();
+            let info = path_info_of(&narinfo);
             let download_size = narinfo.file_size.unwrap_or(narinfo.nar_size);
             found.insert(p.clone(), narinfo);
             out.insert(

@@ -45,6 +45,24 @@ fn a_plan_names_builds_reasons_and_the_critical_path() -> TestResult {
     Ok(())
 }
 
+/// A builtin derivation writing `text`, with `inputs`' outputs as inputs:
+/// builds anywhere.
+fn write(
+    s: &bigtop_store::Store,
+    name: &str,
+    text: String,
+    inputs: &[&bigtop_store::core::StorePath],
+) -> Derivation {
+    let mut d = Derivation::new(name, "builtin", builtin::WRITE_FILE);
+    d.env.insert("text".into(), text);
+    for i in inputs {
+        d.input_drvs
+            .insert((*i).clone(), BTreeSet::from([OutputName::out()]));
+    }
+    fill(s, &mut d);
+    d
+}
+
 /// Outputs a substituter has are fetched, with their references first,
 /// and the derivations that made them are not looked at.
 #[test]
@@ -59,19 +77,6 @@ fn substitutable_outputs_are_fetched_instead_of_built() -> TestResult {
         .state_dir(cache_dir.path().join("var"))
         .open()?;
     // Builtins build anywhere: make `data` and `lib` (referring to it) there.
-    let write = |s: &bigtop_store::Store,
-                 name: &str,
-                 text: String,
-                 inputs: &[&bigtop_store::core::StorePath]| {
-        let mut d = Derivation::new(name, "builtin", builtin::WRITE_FILE);
-        d.env.insert("text".into(), text);
-        for i in inputs {
-            d.input_drvs
-                .insert((*i).clone(), BTreeSet::from([OutputName::out()]));
-        }
-        fill(s, &mut d);
-        d
-    };
     let data = write(&store, "data", "42".into(), &[]);
     let data_out = data
         .output_path(store.store_dir(), &OutputName::out())
@@ -238,19 +243,6 @@ fn a_binary_cache_substitutes_what_it_signed_and_builds_are_the_fallback() -> Te
     // uploads them.
     let builder_dir = tempfile::tempdir()?;
     let build_machine = direct_store(builder_dir.path());
-    let write = |s: &bigtop_store::Store,
-                 name: &str,
-                 text: String,
-                 inputs: &[&bigtop_store::core::StorePath]| {
-        let mut d = Derivation::new(name, "builtin", builtin::WRITE_FILE);
-        d.env.insert("text".into(), text);
-        for i in inputs {
-            d.input_drvs
-                .insert((*i).clone(), BTreeSet::from([OutputName::out()]));
-        }
-        fill(s, &mut d);
-        d
-    };
     let data = write(&build_machine, "data", "42".into(), &[]);
     let data_drv = build_machine.add_derivation(&data)?;
     let data_out = data
