@@ -92,20 +92,25 @@ impl BinaryCache for FileCache {
         let dest = self.path(name)?;
         let parent = dest.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent).map_err(self.io("create the folder of", name))?;
-        // Written beside it, synced, then renamed over: a reader sees the
-        // old file or the whole new one, and a crash leaves a `.tmp-`
-        // file, never half a NAR under its real name.
+        // Written beside it, then renamed over: a reader sees the old file
+        // or the whole new one. Synced by `flush`, once for many files:
+        // an upload flushes its NARs before it writes the narinfos that
+        // name them.
         let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), unique()));
         let result = (|| {
             let mut f = File::create(&tmp)?;
             io::copy(data, &mut f)?;
-            f.sync_all()?;
             fs::rename(&tmp, &dest)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         result.map_err(self.io("write", name))
+    }
+
+    fn flush(&self) -> Result<(), CacheError> {
+        let dir = File::open(&self.dir).map_err(self.io("open", "."))?;
+        rustix::fs::syncfs(&dir).map_err(|e| self.io("sync", ".")(e.into()))
     }
 }
 

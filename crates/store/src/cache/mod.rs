@@ -230,8 +230,15 @@ pub trait BinaryCache: Send + Sync {
     fn has(&self, name: &str) -> Result<bool, CacheError>;
 
     /// Stores `data` as the file `name`, whole or not at all: a reader
-    /// never sees half of it.
+    /// never sees half of it. It is durable once [`flush`](Self::flush)
+    /// returns.
     fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError>;
+
+    /// Makes what was put durable (a transport whose writes are durable
+    /// when they return has nothing to do).
+    fn flush(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
 }
 
 /// A boxed cache is one too (what [`open`] gives).
@@ -247,6 +254,9 @@ impl<T: BinaryCache + ?Sized> BinaryCache for Box<T> {
     }
     fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError> {
         (**self).put(name, data)
+    }
+    fn flush(&self) -> Result<(), CacheError> {
+        (**self).flush()
     }
 }
 
@@ -318,24 +328,83 @@ pub fn upload(
         source: Box::new(e),
     };
     ensure_cache_info(store, cache)?;
-    let closure = store.closure(roots).map_err(|e| store_err(&roots[0], e))?;
-    let mut report = CopyReport::default();
-    for path in &closure {
+    let closure: Vec<StorePath> = store
+        .closure(roots)
+        .map_err(|e| store_err(&roots[0], e))?
+        .into_iter()
+        .collect();
+    // NARs first, several at once (compressing is the work), each made
+    // durable before any narinfo naming one is written.
+    let uploaded = in_parallel(&closure, |path| {
         if cache.has(&narinfo_name(path))? {
-            report.present += 1;
-            continue;
+            return Ok(None);
         }
         let info = store
             .path_info(path)
             .map_err(|e| store_err(path, e))?
             .ok_or_else(|| store_err(path, crate::Error::NotValid { path: path.clone() }))?;
-        let (narinfo, nar_size, file_size) = upload_one(store, cache, &info, options)?;
-        cache.put(&narinfo_name(path), &mut narinfo.as_bytes())?;
-        report.copied.push(path.clone());
-        report.nar_bytes += nar_size;
-        report.file_bytes += file_size;
+        upload_one(store, cache, &info, options).map(Some)
+    })?;
+    cache.flush()?;
+    let mut report = CopyReport::default();
+    let mut narinfos = Vec::new();
+    for (path, up) in closure.iter().zip(uploaded) {
+        match up {
+            None => report.present += 1,
+            Some((narinfo, nar_size, file_size)) => {
+                narinfos.push((path, narinfo));
+                report.copied.push(path.clone());
+                report.nar_bytes += nar_size;
+                report.file_bytes += file_size;
+            }
+        }
     }
+    in_parallel(&narinfos, |(path, text)| {
+        cache.put(&narinfo_name(path), &mut text.as_bytes())
+    })?;
+    cache.flush()?;
     Ok(report)
+}
+
+/// How many paths are compressed or sent at once.
+const AT_ONCE: usize = 4;
+
+/// `f` of each item, on up to [`AT_ONCE`] threads; the results in the
+/// items' order, or the first error.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, CacheError> + Sync,
+) -> Result<Vec<R>, CacheError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<std::sync::Mutex<Option<Result<R, CacheError>>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..AT_ONCE.min(items.len()) {
+            s.spawn(|| loop {
+                // After a failure, nothing new starts.
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for r in results {
+        // An item not started because another failed has no result: that
+        // error comes first in the items' order or is returned below.
+        if let Some(r) = r.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            out.push(r?);
+        }
+    }
+    Ok(out)
 }
 
 fn ensure_cache_info(store: &Store, cache: &dyn BinaryCache) -> Result<(), CacheError> {
@@ -536,8 +605,8 @@ impl FetchOptions {
 /// be about the path asked for and (unless `require_sigs` is off) signed
 /// by a trusted key; each NAR is decompressed as it streams into the
 /// store's unpacker, which checks its size and hash, and its file hash
-/// and size are checked too before the path is registered. A path that
-/// fails is not registered, nor anything that refers to it.
+/// and size are checked too. The closure is registered in one batch, whole
+/// or not at all.
 pub fn fetch(
     store: &Store,
     cache: &dyn BinaryCache,
@@ -584,13 +653,21 @@ pub fn fetch(
         present: present.len(),
         ..CopyReport::default()
     };
+    // One batch: the closure is registered whole or not at all, with one
+    // database transaction and one or two file-system syncs.
+    let mut batch = store.batch();
     for path in references_first(&infos) {
         let narinfo = &infos[&path];
-        fetch_one(store, cache, narinfo)?;
+        fetch_one(&mut batch, cache, narinfo)?;
         report.nar_bytes += narinfo.nar_size;
         report.file_bytes += narinfo.file_size.unwrap_or(narinfo.nar_size);
         report.copied.push(path);
     }
+    batch.commit().map_err(|e| CacheError::Store {
+        cache: name.clone(),
+        path: format!("{} paths", report.copied.len()),
+        source: Box::new(e),
+    })?;
     Ok(report)
 }
 
@@ -699,9 +776,13 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Streams one NAR from the cache into the store, registering it only if
-/// every check passes.
-fn fetch_one(store: &Store, cache: &dyn BinaryCache, narinfo: &NarInfo) -> Result<(), CacheError> {
+/// Streams one NAR from the cache into `batch`, staging it only if every
+/// check passes.
+fn fetch_one(
+    batch: &mut crate::AddBatch<'_>,
+    cache: &dyn BinaryCache,
+    narinfo: &NarInfo,
+) -> Result<(), CacheError> {
     let name = cache.describe();
     let path = &narinfo.store_path;
     let bad = |reason: String| CacheError::Bad {
@@ -734,7 +815,6 @@ fn fetch_one(store: &Store, cache: &dyn BinaryCache, narinfo: &NarInfo) -> Resul
         read: 0,
     };
     let info = path_info_of(narinfo);
-    let mut batch = store.batch();
     {
         // At most one byte more than the NAR claims is ever decompressed:
         // a stream that would expand further is refused, not unpacked.
@@ -772,10 +852,5 @@ fn fetch_one(store: &Store, cache: &dyn BinaryCache, narinfo: &NarInfo) -> Resul
             )));
         }
     }
-    batch.commit().map_err(|e| CacheError::Store {
-        cache: name,
-        path: path.to_string(),
-        source: Box::new(e),
-    })?;
     Ok(())
 }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Side by side, in one run: writing a binary cache — `bigtop copy --to
+# file://DIR` against `nix copy --to file://DIR` of Nix 2.8 with its
+# default compression (xz) and with `?compression=zstd` — for the same
+# 1,000 store paths (990 small files of 1 to 16 KiB, 10 of about 20 MiB
+# taken from the host's programs and libraries, ~200 MiB in all) added to
+# each side's own chroot store with the same logical dir (/nix/store).
+# Then substituting all of them back into an empty store from the cache
+# each side wrote with zstd.
+#
+#   benches/compare-nix-copy.sh        env: RUNS (3), BENCH_DIR (a new dir)
+#
+# Needs hyperfine, nix-bin and python3. Prints hyperfine's tables and the
+# ratios the README quotes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for tool in hyperfine nix python3; do
+  command -v "$tool" >/dev/null || { echo "error: \`$tool\` not found (apt-get install hyperfine nix-bin python3)" >&2; exit 1; }
+done
+export NIX_CONFIG=$'build-users-group =\nsandbox = false\nexperimental-features = nix-command\nsubstituters ='
+cargo build --release -q -p bigtop
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+bt=$target/release/bigtop
+runs=${RUNS:-3}
+work=${BENCH_DIR:-$(mktemp -d -p "$target" copy-bench.XXXX)}
+mkdir -p "$work"
+trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+export HOME=$work/home XDG_CACHE_HOME=$work/home/cache
+mkdir -p "$HOME"
+
+# The files: small ones of random text, big ones of real binaries.
+python3 - "$work/files" <<'PY'
+import os, random, sys, glob
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+rnd = random.Random(7)
+words = [''.join(rnd.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(rnd.randint(2, 9))) for _ in range(5000)]
+for i in range(990):
+    size = rnd.randint(1024, 16384)
+    text, n = [], 0
+    while n < size:
+        w = rnd.choice(words); text.append(w); n += len(w) + 1
+    open(f"{out}/small-{i:04}.txt", "w").write(" ".join(text))
+blobs = sorted(p for p in glob.glob("/usr/lib/x86_64-linux-gnu/*.so*") + glob.glob("/usr/bin/*") if os.path.isfile(p) and not os.path.islink(p))
+data = bytearray()
+for p in blobs:
+    if len(data) >= 10 * 20 * 2**20: break
+    data += open(p, "rb").read()
+for i in range(10):
+    open(f"{out}/big-{i}.bin", "wb").write(data[i * 20 * 2**20:(i + 1) * 20 * 2**20])
+PY
+du -sh "$work/files"
+
+# Each side's store, /nix/store inside.
+"$bt" store add --store "$work/ours" --store-dir /nix/store "$work"/files/* > "$work/ours.paths"
+nix-store --store "local?root=$work/nix" --add "$work"/files/* > "$work/nix.paths"
+echo "$(wc -l < "$work/ours.paths") paths on each side"
+nixstore="local?root=$work/nix"
+
+hyperfine --warmup 1 --runs "$runs" --export-json "$work/upload.json" \
+  --prepare "rm -rf '$work/c-ours' '$work/c-xz' '$work/c-zstd'; sync" \
+  -n "bigtop copy --to file:// (zstd)" "'$bt' copy --store '$work/ours' --store-dir /nix/store --to 'file://$work/c-ours' \$(cat '$work/ours.paths') > /dev/null" \
+  -n "nix copy --to file:// (xz, its default)" "nix copy --from '$nixstore' --to 'file://$work/c-xz' \$(cat '$work/nix.paths')" \
+  -n "nix copy --to file://?compression=zstd" "nix copy --from '$nixstore' --to 'file://$work/c-zstd?compression=zstd' \$(cat '$work/nix.paths')"
+
+# The caches, written once more, to substitute from.
+"$bt" copy --store "$work/ours" --store-dir /nix/store --to "file://$work/c-ours" $(cat "$work/ours.paths") > /dev/null
+nix copy --from "$nixstore" --to "file://$work/c-zstd?compression=zstd" $(cat "$work/nix.paths")
+hyperfine --warmup 1 --runs "$runs" --export-json "$work/fetch.json" \
+  --prepare "rm -rf '$work/into-ours' '$work/into-nix'; sync" \
+  -n "bigtop copy --from file:// (zstd)" "'$bt' copy --store '$work/into-ours' --store-dir /nix/store --from 'file://$work/c-ours' --no-require-sigs \$(cat '$work/ours.paths') > /dev/null" \
+  -n "nix copy --from file:// (zstd)" "nix copy --from 'file://$work/c-zstd' --to 'local?root=$work/into-nix' --no-check-sigs \$(cat '$work/nix.paths')"
+
+python3 - "$work/upload.json" "$work/fetch.json" <<'PY'
+import json, statistics, sys
+for f in sys.argv[1:]:
+    r = [(x["command"], statistics.median(x["times"])) for x in json.load(open(f))["results"]]
+    ours = r[0][1]
+    for name, t in r:
+        print(f"{name}: {t:.2f} s" + ("" if name == r[0][0] else f"  (bigtop {t / ours:.1f}x faster)"))
+PY
