@@ -653,15 +653,31 @@ pub fn fetch(
         present: present.len(),
         ..CopyReport::default()
     };
-    // One batch: the closure is registered whole or not at all, with one
-    // database transaction and one or two file-system syncs.
+    // Several NARs stream and unpack at once; the closure is then
+    // registered in one batch, whole or not at all, with one database
+    // transaction and one or two file-system syncs.
+    let order = references_first(&infos);
+    let staged = in_parallel(&order, |path| Ok(fetch_one(store, cache, &infos[path])))?;
     let mut batch = store.batch();
-    for path in references_first(&infos) {
-        let narinfo = &infos[&path];
-        fetch_one(&mut batch, cache, narinfo)?;
-        report.nar_bytes += narinfo.nar_size;
-        report.file_bytes += narinfo.file_size.unwrap_or(narinfo.nar_size);
-        report.copied.push(path);
+    let mut first_error = None;
+    for (path, r) in order.into_iter().zip(staged) {
+        match r {
+            // In the batch even when another failed: dropping the batch
+            // removes what it staged.
+            Ok((info, tmp)) => {
+                batch.add_built(info, tmp);
+                let narinfo = &infos[&path];
+                report.nar_bytes += narinfo.nar_size;
+                report.file_bytes += narinfo.file_size.unwrap_or(narinfo.nar_size);
+                report.copied.push(path);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     batch.commit().map_err(|e| CacheError::Store {
         cache: name.clone(),
@@ -776,13 +792,14 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Streams one NAR from the cache into `batch`, staging it only if every
-/// check passes.
+/// Streams one NAR from the cache into a staged tree of `store`, checked
+/// (its NAR hash and size while it unpacks, its file's hash and size
+/// after): the path's record and where it is staged.
 fn fetch_one(
-    batch: &mut crate::AddBatch<'_>,
+    store: &Store,
     cache: &dyn BinaryCache,
     narinfo: &NarInfo,
-) -> Result<(), CacheError> {
+) -> Result<(PathInfo, std::path::PathBuf), CacheError> {
     let name = cache.describe();
     let path = &narinfo.store_path;
     let bad = |reason: String| CacheError::Bad {
@@ -809,48 +826,56 @@ fn fetch_one(
         .file_hash
         .as_ref()
         .map_or(HashAlgo::Sha256, Hash::algo);
+    // Never more than one byte past the file's claimed size is read.
+    let limit = narinfo.file_size.map_or(u64::MAX, |n| n.saturating_add(1));
     let mut counted = HashingReader {
-        inner: raw,
+        inner: raw.take(limit),
         hasher: Hasher::new(algo),
         read: 0,
     };
     let info = path_info_of(narinfo);
-    {
+    let tmp = {
         // At most one byte more than the NAR claims is ever decompressed:
         // a stream that would expand further is refused, not unpacked.
         let decoder = compression
             .decoder(&mut counted)
             .map_err(|e| bad(format!("cannot decompress: {e}")))?;
         let mut nar = BufReader::new(decoder.take(narinfo.nar_size.saturating_add(1)));
-        batch
-            .add_nar(info, &mut nar)
-            .map_err(|e| CacheError::Store {
-                cache: name.clone(),
-                path: path.to_string(),
-                source: Box::new(e),
-            })?;
-    }
+        crate::store::add::stage_nar(store, &info, &mut nar).map_err(|e| CacheError::Store {
+            cache: name.clone(),
+            path: path.to_string(),
+            source: Box::new(e),
+        })?
+    };
+    let discard = |e: CacheError| {
+        let _ = crate::fs::remove_tree(&tmp);
+        e
+    };
     // The rest of the file (a decoder may stop before its end) counts
     // for its hash and size too.
-    io::copy(&mut counted, &mut io::sink()).map_err(|source| CacheError::Io {
-        cache: name.clone(),
-        action: "read",
-        file: url.to_owned(),
-        source,
-    })?;
+    io::copy(&mut counted, &mut io::sink())
+        .map_err(|source| CacheError::Io {
+            cache: name.clone(),
+            action: "read",
+            file: url.to_owned(),
+            source,
+        })
+        .map_err(discard)?;
     let file_hash = std::mem::replace(&mut counted.hasher, Hasher::new(algo)).finish();
     if let Some(want) = &narinfo.file_hash {
         if *want != file_hash {
-            return Err(bad(format!("its file hashes to {file_hash}, not {want}")));
+            return Err(discard(bad(format!(
+                "its file hashes to {file_hash}, not {want}"
+            ))));
         }
     }
     if let Some(want) = narinfo.file_size {
         if want != counted.read {
-            return Err(bad(format!(
+            return Err(discard(bad(format!(
                 "its file has {} bytes, not {want}",
                 counted.read
-            )));
+            ))));
         }
     }
-    Ok(())
+    Ok((info, tmp))
 }

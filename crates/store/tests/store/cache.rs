@@ -211,6 +211,11 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
             "case {i}: something was registered"
         );
         assert_consistent(&to)?;
+        // Nor anything left staged in the store.
+        let left: Vec<_> = std::fs::read_dir(to.root())?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        assert!(left.is_empty(), "case {i}: left in the store: {left:?}");
     }
     Ok(())
 }
