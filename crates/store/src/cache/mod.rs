@@ -771,7 +771,10 @@ fn path_info_of(narinfo: &NarInfo) -> PathInfo {
         narinfo.references.clone(),
     );
     info.deriver = narinfo.deriver.clone();
-    info.ca = narinfo.ca;
+    // `CA:` is not covered by the signature (Nix's fingerprint is the
+    // path, NAR hash and size, and references): a cache could claim any
+    // content address, so none is taken from it.
+    info.ca = None;
     info.signatures = narinfo.signatures.clone();
     info
 }
