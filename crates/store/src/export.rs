@@ -247,7 +247,7 @@ impl Store {
     /// Checks each staged tree of an import against what the stream
     /// claimed: its content address holds for its contents, and its
     /// references include every valid or imported path its contents name.
-    fn check_staged_contents(
+    pub(crate) fn check_staged_contents(
         &self,
         batch: &AddBatch<'_>,
         imported: &BTreeSet<StorePath>,

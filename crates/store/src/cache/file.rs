@@ -2,10 +2,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{checked_name, BinaryCache, CacheError};
+use super::{checked_name, BinaryCache, CacheError, Contents};
 
 /// A binary cache kept in a directory (Nix's `file://` store).
 #[derive(Debug, Clone)]
@@ -14,7 +15,9 @@ pub struct FileCache {
 }
 
 impl FileCache {
-    /// The cache in `dir`, created (with its `nar/` folder) if missing.
+    /// The cache in `dir`. Nothing is created until something is put:
+    /// reading a cache that does not exist fails on its missing
+    /// `nix-cache-info`, and leaves no empty folder behind.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileCache, CacheError> {
         let dir = std::path::absolute(dir.into()).map_err(|source| CacheError::Io {
             cache: "file://".into(),
@@ -22,14 +25,7 @@ impl FileCache {
             file: String::new(),
             source,
         })?;
-        let cache = FileCache { dir };
-        fs::create_dir_all(cache.dir.join("nar")).map_err(|source| CacheError::Io {
-            cache: cache.describe(),
-            action: "create",
-            file: "nar".into(),
-            source,
-        })?;
-        Ok(cache)
+        Ok(FileCache { dir })
     }
 
     /// The cache a `file:///DIR` URL names.
@@ -73,22 +69,40 @@ impl BinaryCache for FileCache {
     }
 
     fn get(&self, name: &str) -> Result<Option<Box<dyn Read + Send>>, CacheError> {
-        match File::open(self.path(name)?) {
-            Ok(f) => Ok(Some(Box::new(f))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io("open", name)(e)),
+        // Not through a symbolic link (a cache's files are plain files),
+        // and without blocking on a FIFO: whoever can write the cache
+        // must not be able to make a reader read elsewhere or hang.
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.path(name)?);
+        let f = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io("open", name)(e)),
+        };
+        let meta = f.metadata().map_err(self.io("look at", name))?;
+        if !meta.is_file() {
+            return Err(CacheError::Bad {
+                cache: self.describe(),
+                reason: format!("`{name}` is not a regular file"),
+            });
         }
+        Ok(Some(Box::new(f)))
     }
 
     fn has(&self, name: &str) -> Result<bool, CacheError> {
+        // An empty file is what a crash can leave of one renamed into
+        // place before it reached the disk: not a file the cache has, so
+        // that the next upload writes it again.
         match fs::symlink_metadata(self.path(name)?) {
-            Ok(_) => Ok(true),
+            Ok(m) => Ok(m.is_file() && m.len() > 0),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.io("look at", name)(e)),
         }
     }
 
-    fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError> {
+    fn put(&self, name: &str, data: Contents<'_>) -> Result<(), CacheError> {
         let dest = self.path(name)?;
         let parent = dest.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent).map_err(self.io("create the folder of", name))?;
@@ -97,12 +111,26 @@ impl BinaryCache for FileCache {
         // an upload flushes its NARs before it writes the narinfos that
         // name them.
         let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), unique()));
+        let mut created = false;
         let result = (|| {
-            let mut f = File::create(&tmp)?;
-            io::copy(data, &mut f)?;
+            // A new file, never one already there (or a symbolic link
+            // someone placed under that name).
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            created = true;
+            match data {
+                Contents::Bytes(b) => io::Write::write_all(&mut f, b)?,
+                Contents::File(mut from) => {
+                    from.rewind()?;
+                    io::copy(&mut from, &mut f)?;
+                }
+            }
             fs::rename(&tmp, &dest)
         })();
-        if result.is_err() {
+        if result.is_err() && created {
             let _ = fs::remove_file(&tmp);
         }
         result.map_err(self.io("write", name))
@@ -119,36 +147,28 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A temporary file, removed when dropped: where a NAR is compressed
-/// before its hash (its name in the cache) is known.
+/// A temporary file with no name (`O_TMPFILE`): no one can open it, put
+/// something under its name first, or find it left behind after a
+/// crash. Where a NAR is compressed before its hash (its name in the
+/// cache) is known.
 pub(super) struct TempFile {
-    path: PathBuf,
     file: File,
 }
 
 impl TempFile {
-    pub(super) fn new() -> io::Result<TempFile> {
-        let path =
-            std::env::temp_dir().join(format!("bigtop-nar-{}-{}", std::process::id(), unique()));
+    /// One in the folder `dir` (which must be on a file system that
+    /// supports unnamed files, as ext4, xfs, btrfs and tmpfs do).
+    pub(super) fn new_in(dir: &Path) -> io::Result<TempFile> {
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(TempFile { path, file })
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)?;
+        Ok(TempFile { file })
     }
 
     pub(super) fn file(&self) -> &File {
         &self.file
-    }
-
-    pub(super) fn rewind(&mut self) -> io::Result<()> {
-        self.file.rewind()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
     }
 }

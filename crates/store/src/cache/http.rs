@@ -1,10 +1,10 @@
 //! A binary cache over HTTP(S): `GET` and `HEAD` to read, `PUT` to write
 //! (what nginx's WebDAV module and most object stores accept).
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::time::Duration;
 
-use super::{checked_name, BinaryCache, CacheError};
+use super::{checked_name, BinaryCache, CacheError, Contents};
 
 /// A binary cache at an `http://` or `https://` URL.
 #[derive(Debug, Clone)]
@@ -16,6 +16,31 @@ pub struct HttpCache {
 /// How often a request that failed for a reason worth retrying (a
 /// connection refused or dropped, a 5xx, a 429) is tried in all.
 const TRIES: u32 = 3;
+
+fn agent(stall: Duration) -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            // Statuses are answers here (404: the cache lacks it).
+            .http_status_as_error(false)
+            .timeout_resolve(Some(Duration::from_secs(10)))
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A server that stops sending mid-NAR fails the read
+            // (and the fetch is retried or another source used) rather
+            // than hanging a build forever; a whole body may take as
+            // long as it needs.
+            .timeout_per_read(Some(stall))
+            .timeout_per_write(Some(stall))
+            // A cache may send readers elsewhere (a CDN); never more
+            // than a few hops.
+            .max_redirects(4)
+            .user_agent(concat!("bigtop/", env!("CARGO_PKG_VERSION")))
+            .build(),
+    )
+}
+
+/// How long a connection may stay silent before it counts as dropped.
+const STALL: Duration = Duration::from_secs(30);
 
 impl HttpCache {
     /// The cache at `url` (`http://host[:port]/path`); connections are
@@ -33,16 +58,17 @@ impl HttpCache {
             .unwrap_or(url)
             .trim_end_matches('/')
             .to_owned();
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                // Statuses are answers here (404: the cache lacks it).
-                .http_status_as_error(false)
-                .timeout_connect(Some(Duration::from_secs(10)))
-                .timeout_recv_response(Some(Duration::from_secs(60)))
-                .user_agent(concat!("bigtop/", env!("CARGO_PKG_VERSION")))
-                .build(),
-        );
-        Ok(HttpCache { base, agent })
+        Ok(HttpCache {
+            base,
+            agent: agent(STALL),
+        })
+    }
+
+    /// The same cache, counting a connection silent for `stall` as
+    /// dropped (30 seconds unless set).
+    pub fn stall_after(mut self, stall: Duration) -> HttpCache {
+        self.agent = agent(stall);
+        self
     }
 
     fn url(&self, name: &str) -> Result<String, CacheError> {
@@ -120,16 +146,37 @@ impl BinaryCache for HttpCache {
         }
     }
 
-    fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError> {
+    fn put(&self, name: &str, data: Contents<'_>) -> Result<(), CacheError> {
         let url = self.url(name)?;
-        // Buffered whole: a retry must send the same bytes again, and a
-        // NAR file is written to a temporary file first anyway.
-        let mut body = Vec::new();
-        data.read_to_end(&mut body)
-            .map_err(|e| self.failed("read what to put as", name, e.to_string()))?;
-        let r = self.retrying("put", name, || self.agent.put(&url).send(&body[..]))?;
+        let r = self.retrying("put", name, || {
+            // Never redirected: a redirect turns a PUT into a GET, whose
+            // success would be taken for an upload.
+            let request = self.agent.put(&url).config().max_redirects(0).build();
+            match data {
+                Contents::Bytes(b) => request.send(b),
+                // From its start on every try; sent with its length.
+                Contents::File(mut f) => {
+                    f.rewind().map_err(ureq::Error::Io)?;
+                    request.send(f)
+                }
+            }
+        })?;
         if r.status().is_success() {
             Ok(())
+        } else if r.status().is_redirection() {
+            let to = r
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("?");
+            Err(self.failed(
+                "put",
+                name,
+                format!(
+                    "redirected ({}) to `{to}`: uploads are not redirected",
+                    r.status()
+                ),
+            ))
         } else {
             Err(self.failed("put", name, format!("HTTP status {}", r.status())))
         }

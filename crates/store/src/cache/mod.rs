@@ -160,11 +160,25 @@ impl Compression {
     fn decoder<'a>(self, r: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Compression::None => Box::new(r),
-            Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
+            // Only the .xz format (not legacy .lzma), concatenated streams
+            // as `xz` writes them, in bounded memory: a header may ask for
+            // any dictionary size.
+            Compression::Xz => {
+                let stream = liblzma::stream::Stream::new_stream_decoder(
+                    XZ_MEMORY,
+                    liblzma::stream::CONCATENATED,
+                )
+                .map_err(io::Error::other)?;
+                Box::new(liblzma::read::XzDecoder::new_stream(r, stream))
+            }
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
         })
     }
 }
+
+/// The most memory an xz stream may need to be read: enough for `xz -9e`
+/// (a 64 MiB dictionary), which Nix never exceeds.
+const XZ_MEMORY: u64 = 80 << 20;
 
 /// `nix-cache-info`: what a cache says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +231,17 @@ impl CacheInfo {
     }
 }
 
+/// What is put into a cache: bytes, or a whole file read from its
+/// start. Either can be read again, so a transport may retry a put.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Contents<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// The file's contents, from its start whatever its offset.
+    File(&'a std::fs::File),
+}
+
 /// A binary cache's files, wherever they are kept.
 pub trait BinaryCache: Send + Sync {
     /// How messages name it (its URL).
@@ -232,7 +257,7 @@ pub trait BinaryCache: Send + Sync {
     /// Stores `data` as the file `name`, whole or not at all: a reader
     /// never sees half of it. It is durable once [`flush`](Self::flush)
     /// returns.
-    fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError>;
+    fn put(&self, name: &str, data: Contents<'_>) -> Result<(), CacheError>;
 
     /// Makes what was put durable (a transport whose writes are durable
     /// when they return has nothing to do).
@@ -252,7 +277,7 @@ impl<T: BinaryCache + ?Sized> BinaryCache for Box<T> {
     fn has(&self, name: &str) -> Result<bool, CacheError> {
         (**self).has(name)
     }
-    fn put(&self, name: &str, data: &mut dyn Read) -> Result<(), CacheError> {
+    fn put(&self, name: &str, data: Contents<'_>) -> Result<(), CacheError> {
         (**self).put(name, data)
     }
     fn flush(&self) -> Result<(), CacheError> {
@@ -275,13 +300,17 @@ pub fn open(url: &str) -> Result<Box<dyn BinaryCache>, CacheError> {
 }
 
 /// The name of a file a narinfo points to, if it stays inside the cache:
-/// relative, no `..`, no empty or odd components.
+/// relative, no `.` or `..` or empty components, and only characters
+/// that mean themselves in a file name and in a URL (no `%` escapes a
+/// server would decode into `..`, no `?` or `#`).
 fn checked_name(url: &str) -> Option<&str> {
     let ok = !url.is_empty()
-        && !url.starts_with('/')
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-=".contains(&b))
         && url
             .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(['\0', '\\']));
+            .all(|c| !c.is_empty() && c != "." && c != "..");
     ok.then_some(url)
 }
 
@@ -328,9 +357,21 @@ pub fn upload(
         source: Box::new(e),
     };
     ensure_cache_info(store, cache)?;
+    for root in roots {
+        if !store.is_valid(root).map_err(|e| store_err(root, e))? {
+            return Err(store_err(
+                root,
+                crate::Error::NotValid { path: root.clone() },
+            ));
+        }
+    }
     let closure: Vec<StorePath> = store
         .closure(roots)
-        .map_err(|e| store_err(&roots[0], e))?
+        .map_err(|e| CacheError::Store {
+            cache: name.clone(),
+            path: format!("the closure of {} paths", roots.len()),
+            source: Box::new(e),
+        })?
         .into_iter()
         .collect();
     // NARs first, several at once (compressing is the work), each made
@@ -360,7 +401,7 @@ pub fn upload(
         }
     }
     in_parallel(&narinfos, |(path, text)| {
-        cache.put(&narinfo_name(path), &mut text.as_bytes())
+        cache.put(&narinfo_name(path), Contents::Bytes(text.as_bytes()))
     })?;
     cache.flush()?;
     Ok(report)
@@ -424,7 +465,7 @@ fn ensure_cache_info(store: &Store, cache: &dyn BinaryCache) -> Result<(), Cache
                 want_mass_query: true,
                 priority: 40,
             };
-            cache.put("nix-cache-info", &mut info.to_text().as_bytes())
+            cache.put("nix-cache-info", Contents::Bytes(info.to_text().as_bytes()))
         }
     }
 }
@@ -442,10 +483,14 @@ fn read_cache_info(cache: &dyn BinaryCache) -> Result<Option<CacheInfo>, CacheEr
         })
 }
 
-/// A small text file of the cache, at most 1 MiB.
+/// The most a narinfo or `nix-cache-info` may hold.
+const SMALL_FILE: u64 = 1 << 20;
+
+/// A small text file of the cache: at most [`SMALL_FILE`] bytes, or an
+/// error (a longer one is not cut short and parsed as if whole).
 fn read_small(cache: &dyn BinaryCache, name: &str, r: &mut dyn Read) -> Result<String, CacheError> {
     let mut text = String::new();
-    r.take(1 << 20)
+    r.take(SMALL_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|source| CacheError::Io {
             cache: cache.describe(),
@@ -453,6 +498,12 @@ fn read_small(cache: &dyn BinaryCache, name: &str, r: &mut dyn Read) -> Result<S
             file: name.to_owned(),
             source,
         })?;
+    if text.len() as u64 > SMALL_FILE {
+        return Err(CacheError::Bad {
+            cache: cache.describe(),
+            reason: format!("`{name}` is longer than {SMALL_FILE} bytes"),
+        });
+    }
     Ok(text)
 }
 
@@ -476,8 +527,10 @@ fn upload_one(
         }
     };
     // The compressed NAR goes to a temporary file first: its name in the
-    // cache is its hash.
-    let mut tmp = file::TempFile::new().map_err(io("create a temporary file for", "a NAR"))?;
+    // cache is its hash. It is kept in the store (on its disk, not in a
+    // `/tmp` that may be memory), under a name no one else can take.
+    let tmp =
+        file::TempFile::new_in(store.root()).map_err(io("create a temporary file for", "a NAR"))?;
     let file_writer = HashingWriter::new(tmp.file(), HashAlgo::Sha256);
     let (nar_hash, nar_size, file_writer, changed) = {
         let compressor =
@@ -519,19 +572,23 @@ fn upload_one(
         file_hash.to_base32(),
         options.compression.extension()
     );
-    tmp.rewind().map_err(io("read", "a NAR"))?;
-    cache.put(&url, &mut tmp.file())?;
+    cache.put(&url, Contents::File(tmp.file()))?;
     let mut narinfo = NarInfo::new(path.clone(), url, nar_hash, nar_size);
     narinfo.compression = Some(options.compression.name().to_owned());
     narinfo.file_hash = Some(file_hash);
     narinfo.file_size = Some(file_size);
     narinfo.references = info.references.clone();
     narinfo.deriver = info.deriver.clone();
+    // Signatures the path already has (from its builder or the cache it
+    // came from) go along, as Nix's copy does; each covers the same
+    // fingerprint, so a reader checks them against its own keys.
+    narinfo.signatures = info.signatures.clone();
     // Nix reads only the hash algorithms it knows in `CA:`; bigtop's own
     // content addresses (BLAKE3) are left out, and the path is trusted by
     // its signature instead, as an input-addressed one is.
     narinfo.ca = info.ca.filter(|ca| ca.hash.algo() != HashAlgo::Blake3);
     if let Some(key) = &options.key {
+        narinfo.signatures.retain(|s| s.name() != key.name());
         narinfo.sign(store.store_dir(), key);
     }
     Ok((narinfo.to_text(store.store_dir()), nar_size, file_size))
@@ -655,37 +712,90 @@ pub fn fetch(
     };
     // Several NARs stream and unpack at once; the closure is then
     // registered in one batch, whole or not at all, with one database
-    // transaction and one or two file-system syncs.
+    // transaction and one or two file-system syncs. After a failure no
+    // new download starts, and every tree staged so far is removed.
     let order = references_first(&infos);
-    let staged = in_parallel(&order, |path| Ok(fetch_one(store, cache, &infos[path])))?;
+    let staged = in_parallel(&order, |path| {
+        fetch_retrying(store, cache, &infos[path], options)
+    })?;
     let mut batch = store.batch();
-    let mut first_error = None;
-    for (path, r) in order.into_iter().zip(staged) {
-        match r {
-            // In the batch even when another failed: dropping the batch
-            // removes what it staged.
-            Ok((info, tmp)) => {
-                batch.add_built(info, tmp);
-                let narinfo = &infos[&path];
-                report.nar_bytes += narinfo.nar_size;
-                report.file_bytes += narinfo.file_size.unwrap_or(narinfo.nar_size);
-                report.copied.push(path);
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
+    let mut unverified = false;
+    for (path, staged) in order.into_iter().zip(staged) {
+        let narinfo = &infos[&path];
+        unverified |= staged.info.signatures.is_empty();
+        let (info, tmp) = staged.into_parts();
+        batch.add_built(info, tmp);
+        report.nar_bytes += narinfo.nar_size;
+        report.file_bytes += narinfo.file_size.unwrap_or(narinfo.nar_size);
+        report.copied.push(path);
     }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    batch.commit().map_err(|e| CacheError::Store {
+    let whole = |e| CacheError::Store {
         cache: name.clone(),
         path: format!("{} paths", report.copied.len()),
         source: Box::new(e),
-    })?;
+    };
+    // References no trusted key vouched for are checked against the
+    // contents, as an import's are: an undeclared one would let the
+    // collector delete a path still in use.
+    if unverified {
+        let imported = report.copied.iter().cloned().collect();
+        store
+            .check_staged_contents(&batch, &imported)
+            .map_err(whole)?;
+    }
+    batch.commit().map_err(whole)?;
     Ok(report)
 }
+
+/// A NAR unpacked under a temporary name, removed unless taken.
+struct Staged {
+    info: PathInfo,
+    tmp: Option<std::path::PathBuf>,
+}
+
+impl Staged {
+    fn into_parts(mut self) -> (PathInfo, std::path::PathBuf) {
+        let tmp = self.tmp.take().expect("taken once");
+        (self.info.clone(), tmp)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = crate::fs::remove_tree(tmp);
+        }
+    }
+}
+
+/// [`fetch_one`], tried again (from the start: nothing is resumed) when
+/// it fails, up to [`TRIES`] times in all: a connection dropped mid-NAR
+/// or a stalled server costs a retry, not the whole copy. A path the
+/// cache lacks is not retried.
+fn fetch_retrying(
+    store: &Store,
+    cache: &dyn BinaryCache,
+    narinfo: &NarInfo,
+    options: &FetchOptions,
+) -> Result<Staged, CacheError> {
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match fetch_one(store, cache, narinfo, options) {
+            Ok(staged) => return Ok(staged),
+            Err(e @ CacheError::Missing { .. }) => return Err(e),
+            Err(e) if attempt >= TRIES => return Err(e),
+            Err(_) => {
+                std::thread::sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// How often a NAR is fetched before its path fails.
+pub const TRIES: u32 = 3;
 
 /// `path`'s narinfo from the cache, checked: it exists, parses, is about
 /// `path` and is signed as `options` require.
@@ -736,34 +846,45 @@ fn read_narinfo(
     Ok(narinfo)
 }
 
-/// The paths of `infos`, each after those of its references among them.
+/// The paths of `infos`, each after those of its references among them
+/// (a depth-first walk with its own stack: a chain of many thousand
+/// paths must not overflow the thread's).
 fn references_first(infos: &BTreeMap<StorePath, NarInfo>) -> Vec<StorePath> {
     let mut out = Vec::with_capacity(infos.len());
     let mut done: BTreeSet<&StorePath> = BTreeSet::new();
-    fn visit<'a>(
-        p: &'a StorePath,
-        infos: &'a BTreeMap<StorePath, NarInfo>,
-        done: &mut BTreeSet<&'a StorePath>,
-        out: &mut Vec<StorePath>,
-    ) {
-        if !done.insert(p) {
-            return;
+    for root in infos.keys() {
+        if !done.insert(root) {
+            continue;
         }
-        for r in &infos[p].references {
-            if r != p && infos.contains_key(r) {
-                visit(r, infos, done, out);
+        // Each entry: a path and its references not yet visited.
+        let mut stack = vec![(root, infos[root].references.iter())];
+        while let Some((path, refs)) = stack.last_mut() {
+            let (path, next) = (*path, refs.next());
+            match next {
+                Some(r) => {
+                    if r != path && infos.contains_key(r) && done.insert(r) {
+                        let (r, info) = infos.get_key_value(r).expect("checked");
+                        stack.push((r, info.references.iter()));
+                    }
+                }
+                None => {
+                    out.push(path.clone());
+                    stack.pop();
+                }
             }
         }
-        out.push(p.clone());
-    }
-    for p in infos.keys() {
-        visit(p, infos, &mut done, &mut out);
     }
     out
 }
 
-/// What the store records of a path a narinfo describes.
-fn path_info_of(narinfo: &NarInfo) -> PathInfo {
+/// What the store records of a path a narinfo describes: only the
+/// signatures that a trusted key made over it are kept (the others are
+/// not covered by anything the reader checked).
+fn path_info_of(
+    narinfo: &NarInfo,
+    store_dir: &bigtop_core::StoreDir,
+    trusted: &TrustedKeys,
+) -> PathInfo {
     let mut info = PathInfo::new(
         narinfo.store_path.clone(),
         narinfo.nar_hash,
@@ -775,7 +896,17 @@ fn path_info_of(narinfo: &NarInfo) -> PathInfo {
     // path, NAR hash and size, and references): a cache could claim any
     // content address, so none is taken from it.
     info.ca = None;
-    info.signatures = narinfo.signatures.clone();
+    let fingerprint = narinfo.fingerprint(store_dir);
+    info.signatures = narinfo
+        .signatures
+        .iter()
+        .filter(|s| {
+            trusted
+                .get(s.name())
+                .is_some_and(|k| k.verify(fingerprint.as_bytes(), s))
+        })
+        .cloned()
+        .collect();
     info
 }
 
@@ -802,7 +933,8 @@ fn fetch_one(
     store: &Store,
     cache: &dyn BinaryCache,
     narinfo: &NarInfo,
-) -> Result<(PathInfo, std::path::PathBuf), CacheError> {
+    options: &FetchOptions,
+) -> Result<Staged, CacheError> {
     let name = cache.describe();
     let path = &narinfo.store_path;
     let bad = |reason: String| CacheError::Bad {
@@ -829,14 +961,20 @@ fn fetch_one(
         .file_hash
         .as_ref()
         .map_or(HashAlgo::Sha256, Hash::algo);
-    // Never more than one byte past the file's claimed size is read.
-    let limit = narinfo.file_size.map_or(u64::MAX, |n| n.saturating_add(1));
+    // Never more than one byte past the file's claimed size is read; a
+    // narinfo that claims none (nix-serve's, made on the fly) gets a
+    // bound no honest compressed NAR reaches, so that an endless stream
+    // ends.
+    let limit = narinfo.file_size.map_or_else(
+        || narinfo.nar_size.saturating_mul(2).saturating_add(1 << 20),
+        |n| n.saturating_add(1),
+    );
     let mut counted = HashingReader {
         inner: raw.take(limit),
         hasher: Hasher::new(algo),
         read: 0,
     };
-    let info = path_info_of(narinfo);
+    let info = path_info_of(narinfo, store.store_dir(), &options.trusted);
     let tmp = {
         // At most one byte more than the NAR claims is ever decompressed:
         // a stream that would expand further is refused, not unpacked.
@@ -850,35 +988,103 @@ fn fetch_one(
             source: Box::new(e),
         })?
     };
-    let discard = |e: CacheError| {
-        let _ = crate::fs::remove_tree(&tmp);
-        e
+    let staged = Staged {
+        info,
+        tmp: Some(tmp),
     };
     // The rest of the file (a decoder may stop before its end) counts
     // for its hash and size too.
-    io::copy(&mut counted, &mut io::sink())
-        .map_err(|source| CacheError::Io {
-            cache: name.clone(),
-            action: "read",
-            file: url.to_owned(),
-            source,
-        })
-        .map_err(discard)?;
+    io::copy(&mut counted, &mut io::sink()).map_err(|source| CacheError::Io {
+        cache: name.clone(),
+        action: "read",
+        file: url.to_owned(),
+        source,
+    })?;
     let file_hash = std::mem::replace(&mut counted.hasher, Hasher::new(algo)).finish();
     if let Some(want) = &narinfo.file_hash {
         if *want != file_hash {
-            return Err(discard(bad(format!(
-                "its file hashes to {file_hash}, not {want}"
-            ))));
+            return Err(bad(format!("its file hashes to {file_hash}, not {want}")));
         }
     }
-    if let Some(want) = narinfo.file_size {
-        if want != counted.read {
-            return Err(discard(bad(format!(
+    match narinfo.file_size {
+        Some(want) if want != counted.read => {
+            return Err(bad(format!(
                 "its file has {} bytes, not {want}",
                 counted.read
-            ))));
+            )))
+        }
+        None if counted.read >= limit => {
+            return Err(bad(format!(
+                "its file has more bytes than a compressed NAR of {} bytes could ({limit})",
+                narinfo.nar_size
+            )))
+        }
+        _ => {}
+    }
+    Ok(staged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bigtop_core::hash::{Hash, HashAlgo};
+
+    /// A path whose digest spells `n` in Nix's base-32 alphabet.
+    fn path(n: usize) -> StorePath {
+        const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+        let mut digest = [b'0'; 32];
+        let mut rest = n;
+        for c in digest.iter_mut().rev() {
+            *c = ALPHABET[rest % 32];
+            rest /= 32;
+        }
+        let digest = std::str::from_utf8(&digest).expect("ASCII");
+        StorePath::from_base_name(&format!("{digest}-p")).expect("a store path")
+    }
+
+    #[test]
+    fn a_chain_far_deeper_than_the_stack_is_ordered_references_first() {
+        // Each path refers to the one before it; a recursive walk from the
+        // last would need 100,000 frames.
+        let n = 100_000;
+        let infos: BTreeMap<StorePath, NarInfo> = (0..n)
+            .map(|i| {
+                let mut info = NarInfo::new(
+                    path(i),
+                    "nar/x.nar",
+                    Hash::digest(HashAlgo::Sha256, b""),
+                    0,
+                );
+                info.references = (i > 0).then(|| path(i - 1)).into_iter().collect();
+                // A path may name itself; it comes first regardless.
+                info.references.insert(path(i));
+                (path(i), info)
+            })
+            .collect();
+        let order = references_first(&infos);
+        assert_eq!(order, (0..n).map(path).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn names_that_could_leave_the_cache_are_refused() {
+        for ok in ["nar/1abc.nar.zst", "x.narinfo", "log/abc-hello.drv", "a/b_c+d=e"] {
+            assert_eq!(checked_name(ok), Some(ok));
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "nar/../x",
+            "nar/./x",
+            "nar//x",
+            "nar/%2e%2e/x",
+            "nar/x?y",
+            "nar/x#y",
+            "nar\\x",
+            "nar/x\0",
+            "nar/ x",
+            "https://elsewhere/x",
+        ] {
+            assert_eq!(checked_name(bad), None, "{bad:?}");
         }
     }
-    Ok((info, tmp))
 }

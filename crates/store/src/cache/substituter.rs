@@ -111,7 +111,7 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
         let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
         for narinfo in lookups.into_inner().unwrap_or_else(|e| e.into_inner()) {
             let p = narinfo.store_path.clone();
-            let info = path_info_of(&narinfo);
+            let info = path_info_of(&narinfo, &self.store_dir, &self.options.trusted);
             let download_size = narinfo.file_size.unwrap_or(narinfo.nar_size);
             found.insert(p.clone(), narinfo);
             out.insert(

@@ -147,7 +147,7 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
     // Each case breaks a fresh cache one way; the fetch must fail and
     // leave the store empty.
     type Break = fn(&FileCache, &StorePath, &StorePath) -> Result<&'static str>;
-    let cases: [Break; 5] = [
+    let cases: [Break; 11] = [
         // A flipped byte in the compressed NAR of `dep`.
         |c, dep, _| {
             let f = nar_file(c, dep)?;
@@ -194,6 +194,57 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
             std::fs::write(&f, bomb)?;
             Ok("")
         },
+        // A URL whose escapes a server would decode into `..`.
+        |c, dep, _| {
+            set_field(
+                &narinfo_file(c, dep),
+                "URL",
+                Some("nar/%2e%2e/%2e%2e/etc/passwd"),
+            )?;
+            Ok("leaves the cache")
+        },
+        // A narinfo too long to be one (not cut short and parsed).
+        |c, dep, _| {
+            let f = narinfo_file(c, dep);
+            let mut text = std::fs::read_to_string(&f)?;
+            text.push_str(&format!("X-Padding: {}\n", "a".repeat(2 << 20)));
+            std::fs::write(&f, text)?;
+            Ok("longer than")
+        },
+        // A narinfo that is a symbolic link to another file.
+        |c, dep, app| {
+            let f = narinfo_file(c, dep);
+            std::fs::remove_file(&f)?;
+            std::os::unix::fs::symlink(narinfo_file(c, app), &f)?;
+            Ok("cannot open")
+        },
+        // A NAR file that is a FIFO no one writes: refused, not waited on.
+        |c, dep, _| {
+            let f = nar_file(c, dep)?;
+            std::fs::remove_file(&f)?;
+            let status = Command::new("mkfifo").arg(&f).status()?;
+            assert!(status.success(), "mkfifo");
+            Ok("not a regular file")
+        },
+        // No file size or hash claimed (as nix-serve's narinfos), and
+        // an uncompressed NAR followed by endless bytes: the read stops.
+        |c, dep, _| {
+            let n = narinfo_file(c, dep);
+            let f = nar_file(c, dep)?;
+            let nar = zstd::decode_all(std::fs::File::open(&f)?)?;
+            let mut file = nar;
+            file.extend(std::iter::repeat_n(0u8, 8 << 20));
+            std::fs::write(&f, file)?;
+            set_field(&n, "Compression", Some("none"))?;
+            set_field(&n, "FileSize", None)?;
+            set_field(&n, "FileHash", None)?;
+            Ok("more bytes than")
+        },
+        // A Sig line that is not a signature at all.
+        |c, dep, _| {
+            set_field(&narinfo_file(c, dep), "Sig", Some("garbage"))?;
+            Ok("")
+        },
     ];
     for (i, case) in cases.iter().enumerate() {
         let tmp = tempfile::tempdir()?;
@@ -217,6 +268,25 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
             .collect::<std::io::Result<_>>()?;
         assert!(left.is_empty(), "case {i}: left in the store: {left:?}");
     }
+    Ok(())
+}
+
+/// Replaces the line `key: …` of a narinfo (or removes it).
+fn set_field(narinfo: &Path, key: &str, value: Option<&str>) -> Result {
+    let text = std::fs::read_to_string(narinfo)?;
+    let prefix = format!("{key}: ");
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with(&prefix) {
+            if let Some(v) = value {
+                out.push_str(&format!("{key}: {v}\n"));
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(narinfo, out)?;
     Ok(())
 }
 
@@ -524,5 +594,98 @@ fn a_cache_on_nginx_takes_uploads_over_put_and_serves_bigtop_and_nix() -> Result
     )
     .expect_err("no server");
     assert!(e.to_string().contains(&url), "{e}");
+    Ok(())
+}
+
+#[test]
+fn only_signatures_that_verify_are_kept_and_they_travel_on_upload() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (cache, dep, app, trusted) = cache_with_two(tmp.path())?;
+    // A second signature under a trusted name that does not verify, and
+    // one by a key no one trusts.
+    let forged = SecretKey::generate("cache.example.org-1")?;
+    let stranger = SecretKey::generate("stranger-1")?;
+    for key in [&forged, &stranger] {
+        let f = narinfo_file(&cache, &app);
+        let text = std::fs::read_to_string(&f)?;
+        let mut info = bigtop_store::core::narinfo::NarInfo::parse(&StoreDir::default(), &text)?;
+        let mut other = info.clone();
+        other.signatures.clear();
+        other.sign(&StoreDir::default(), key);
+        info.signatures.extend(other.signatures);
+        std::fs::write(&f, info.to_text(&StoreDir::default()))?;
+    }
+    let to = Store::open_chroot(tmp.path().join("to"))?;
+    fetch(
+        &to,
+        &cache,
+        std::slice::from_ref(&app),
+        &FetchOptions::trusting(trusted.clone()),
+    )?;
+    let sigs = to.path_info(&app)?.ok_or("app")?.signatures;
+    assert_eq!(sigs.len(), 1, "{sigs:?}");
+
+    // Uploaded on with a second key: the first signature goes along.
+    let second = SecretKey::generate("second-1")?;
+    let onward = FileCache::open(tmp.path().join("onward"))?;
+    upload(
+        &to,
+        &onward,
+        std::slice::from_ref(&app),
+        &UploadOptions {
+            compression: Compression::Zstd,
+            key: Some(second.clone()),
+        },
+    )?;
+    let text = std::fs::read_to_string(narinfo_file(&onward, &app))?;
+    let info = bigtop_store::core::narinfo::NarInfo::parse(&StoreDir::default(), &text)?;
+    let mut names: Vec<&str> = info.signatures.iter().map(|s| s.name()).collect();
+    names.sort();
+    assert_eq!(names, ["cache.example.org-1", "second-1"]);
+    // Each still verifies: trusted by either key alone, a reader takes it.
+    let mut by_second = TrustedKeys::default();
+    by_second.insert(second.public());
+    for keys in [trusted, by_second] {
+        let fresh = Store::open_chroot(tempfile::tempdir_in(tmp.path())?.keep())?;
+        fetch(
+            &fresh,
+            &onward,
+            std::slice::from_ref(&app),
+            &FetchOptions::trusting(keys),
+        )?;
+        assert!(fresh.is_valid(&dep)?);
+    }
+    Ok(())
+}
+
+#[test]
+fn without_signatures_references_are_checked_against_the_contents() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (cache, dep, app, _) = cache_with_two(tmp.path())?;
+    // `app`'s contents name `dep`; its narinfo now says they do not (and
+    // its signature no longer verifies, which `--no-require-sigs` allows).
+    set_field(&narinfo_file(&cache, &app), "References", Some(""))?;
+    let to = Store::open_chroot(tmp.path().join("to"))?;
+    // `dep` is there already: only the lie about `app` is left to catch.
+    fetch(
+        &to,
+        &cache,
+        std::slice::from_ref(&dep),
+        &FetchOptions::default(),
+    )?;
+    let e = fetch(
+        &to,
+        &cache,
+        std::slice::from_ref(&app),
+        &FetchOptions::default(),
+    )
+    .expect_err("an undeclared reference");
+    let chain = format!(
+        "{e}: {:?}",
+        std::error::Error::source(&e).map(|s| s.to_string())
+    );
+    assert!(chain.contains(&dep.to_string()), "{chain}");
+    assert!(!to.is_valid(&app)?);
+    assert_consistent(&to)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod basics;
 mod cache;
+mod cache_faults;
 mod crash;
 mod gc;
 mod hostile;
