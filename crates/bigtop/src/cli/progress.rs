@@ -237,6 +237,15 @@ impl BuildObserver for Progress {
         self.print(&mut state, &text);
     }
 
+    fn fell_back(&self, path: &StorePath) {
+        let mut state = self.lock();
+        let text = format!(
+            "building {} from its derivation instead of fetching it",
+            self.dir.display(path)
+        );
+        self.print(&mut state, &text);
+    }
+
     fn progress(&self, done: usize, running: usize, remaining: usize) {
         let mut state = self.lock();
         state.counts = (done, running, remaining);

@@ -87,6 +87,10 @@ impl CheckResult {
     }
 }
 
+/// How often a path is fetched from its substituter before the fetch
+/// fails (and the path is built instead, if it can be).
+pub const FETCH_TRIES: u32 = 3;
+
 impl<'s> Builder<'s> {
     /// A builder for `store` with default options, no substituters and no
     /// observer.
@@ -144,7 +148,7 @@ impl<'s> Builder<'s> {
             self.store.clean_processes()?;
         }
         self.observer.planned(&plan);
-        let mut report = self.run(&plan)?;
+        let mut report = self.run_falling_back(targets, plan)?;
         for (drv, wanted) in targets {
             let recorded = self.store.derivation_outputs(drv)?;
             let outs = recorded
@@ -156,7 +160,63 @@ impl<'s> Builder<'s> {
         Ok(report)
     }
 
-    fn run(&self, plan: &Plan) -> Result<BuildReport, super::Error> {
+    /// Runs `plan`; when fetches failed (each tried [`FETCH_TRIES`]
+    /// times) and nothing else did, plans again without fetching those
+    /// paths, so that they are built from their derivations, and runs
+    /// that. What was done meanwhile stays done. When a path cannot be
+    /// built instead (a source, not an output), the fetch's failure is
+    /// what is reported.
+    fn run_falling_back(
+        &self,
+        targets: &[(StorePath, BTreeSet<OutputName>)],
+        plan: Plan,
+    ) -> Result<BuildReport, super::Error> {
+        let mut avoid = BTreeSet::new();
+        let mut plan = plan;
+        let mut total = BuildReport::default();
+        loop {
+            let (report, failures) = self.run(&plan)?;
+            total.built += report.built;
+            total.fetched += report.fetched;
+            total.checks.extend(report.checks);
+            if failures.is_empty() {
+                return Ok(total);
+            }
+            let fetches: Vec<&BuildFailure> = failures
+                .iter()
+                .filter(|f| matches!(f.kind, FailureKind::Fetch(_)))
+                .collect();
+            let only_fetches = failures.iter().all(|f| {
+                matches!(
+                    f.kind,
+                    FailureKind::Fetch(_) | FailureKind::DependencyFailed(_)
+                )
+            });
+            let new = fetches.iter().any(|f| !avoid.contains(&f.path));
+            if fetches.is_empty() || !only_fetches || !new {
+                return Err(super::Error::BuildFailed(failures));
+            }
+            avoid.extend(fetches.iter().map(|f| f.path.clone()));
+            let again = plan::plan_avoiding(
+                self.store,
+                targets,
+                &self.substituters,
+                self.options.check,
+                &avoid,
+            );
+            let Ok(again) = again else {
+                return Err(super::Error::BuildFailed(failures));
+            };
+            for f in &fetches {
+                self.observer.fell_back(&f.path);
+            }
+            self.observer.planned(&again);
+            plan = again;
+        }
+    }
+
+    /// Runs `plan`: what was done, and every job that failed.
+    fn run(&self, plan: &Plan) -> Result<(BuildReport, Vec<BuildFailure>), super::Error> {
         let mut report = BuildReport::default();
         let n = plan.jobs.len();
         let mut waiting: Vec<usize> = plan.jobs.iter().map(|j| j.deps.len()).collect();
@@ -398,10 +458,8 @@ impl<'s> Builder<'s> {
         })?;
         if interrupted() {
             Err(super::Error::Interrupted)
-        } else if failures.is_empty() {
-            Ok(report)
         } else {
-            Err(super::Error::BuildFailed(failures))
+            Ok((report, failures))
         }
     }
 
@@ -482,9 +540,25 @@ impl<'s> Builder<'s> {
                     return Ok(Finished::nothing(Some(locks)));
                 }
                 let s = self.substituters[*substituter];
-                let mut nar = s.nar(path).map_err(fail)?;
-                let tmp = crate::store::add::stage_nar(self.store, &info.info, &mut *nar)
-                    .map_err(fail)?;
+                // From the start each time (a dropped connection, a stalled
+                // server, a NAR corrupted on the way): a staged tree that
+                // failed is removed by `stage_nar`.
+                let mut attempt = 1;
+                let mut wait = std::time::Duration::from_millis(200);
+                let tmp = loop {
+                    let staged = s.nar(path).and_then(|mut nar| {
+                        crate::store::add::stage_nar(self.store, &info.info, &mut *nar)
+                    });
+                    match staged {
+                        Ok(tmp) => break tmp,
+                        Err(e) if attempt >= FETCH_TRIES => return Err(fail(e)),
+                        Err(_) => {
+                            std::thread::sleep(wait);
+                            wait *= 2;
+                            attempt += 1;
+                        }
+                    }
+                };
                 Ok(Finished {
                     staged: vec![(info.info.clone(), tmp)],
                     outputs: Vec::new(),

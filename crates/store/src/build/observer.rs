@@ -22,6 +22,9 @@ pub trait BuildObserver: Send + Sync {
     fn finished(&self, _path: &StorePath, _outputs: &[StorePath]) {}
     /// A job failed.
     fn failed(&self, _failure: &BuildFailure) {}
+    /// Fetching `path` failed (reported through [`failed`](Self::failed)),
+    /// and it is built from its derivation instead.
+    fn fell_back(&self, _path: &StorePath) {}
     /// Counts after each change: jobs done, running and left.
     fn progress(&self, _done: usize, _running: usize, _remaining: usize) {}
 }
@@ -108,5 +111,9 @@ impl<W: Write + Send> BuildObserver for TextRenderer<W> {
 
     fn failed(&self, failure: &BuildFailure) {
         self.line(format_args!("error: {failure}"));
+    }
+
+    fn fell_back(&self, path: &StorePath) {
+        self.line(format_args!("building {path} instead of fetching it"));
     }
 }

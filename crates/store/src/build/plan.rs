@@ -278,9 +278,22 @@ pub fn plan(
     substituters: &[&dyn Substituter],
     check: bool,
 ) -> Result<Plan, Error> {
+    plan_avoiding(store, targets, substituters, check, &BTreeSet::new())
+}
+
+/// [`plan`], fetching none of `avoid` (paths whose fetch failed): they
+/// are built, when they are outputs of a derivation.
+pub(crate) fn plan_avoiding(
+    store: &Store,
+    targets: &[(StorePath, BTreeSet<OutputName>)],
+    substituters: &[&dyn Substituter],
+    check: bool,
+    avoid: &BTreeSet<StorePath>,
+) -> Result<Plan, Error> {
     Planner {
         store,
         substituters,
+        avoid,
         jobs: Vec::new(),
         build_of: HashMap::new(),
         fetch_of: HashMap::new(),
@@ -291,6 +304,7 @@ pub fn plan(
 struct Planner<'a> {
     store: &'a Store,
     substituters: &'a [&'a dyn Substituter],
+    avoid: &'a BTreeSet<StorePath>,
     jobs: Vec<Job>,
     build_of: HashMap<StorePath, usize>,
     fetch_of: HashMap<StorePath, usize>,
@@ -553,7 +567,7 @@ impl Planner<'_> {
     /// Fetch jobs for `paths` and the missing part of their closure, if the
     /// substituters have all of it; the jobs for `paths` themselves.
     fn fetch_closure(&mut self, paths: &BTreeSet<StorePath>) -> Result<Option<Vec<usize>>, Error> {
-        if self.substituters.is_empty() {
+        if self.substituters.is_empty() || paths.iter().any(|p| self.avoid.contains(p)) {
             return Ok(None);
         }
         let mut found: BTreeMap<StorePath, (usize, Substitutable)> = BTreeMap::new();
@@ -567,7 +581,7 @@ impl Planner<'_> {
             for (i, s) in self.substituters.iter().enumerate() {
                 let left: BTreeSet<StorePath> = todo
                     .iter()
-                    .filter(|p| !offered.contains_key(*p))
+                    .filter(|p| !offered.contains_key(*p) && !self.avoid.contains(*p))
                     .cloned()
                     .collect();
                 if left.is_empty() {

@@ -31,6 +31,7 @@
 
 mod file;
 mod http;
+mod memo;
 mod substituter;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,6 +47,7 @@ use crate::{PathInfo, Store};
 
 pub use file::FileCache;
 pub use http::HttpCache;
+pub use memo::NarinfoMemo;
 pub use substituter::CacheSubstituter;
 
 /// What can go wrong with a binary cache.
@@ -1049,12 +1051,8 @@ mod tests {
         let n = 100_000;
         let infos: BTreeMap<StorePath, NarInfo> = (0..n)
             .map(|i| {
-                let mut info = NarInfo::new(
-                    path(i),
-                    "nar/x.nar",
-                    Hash::digest(HashAlgo::Sha256, b""),
-                    0,
-                );
+                let mut info =
+                    NarInfo::new(path(i), "nar/x.nar", Hash::digest(HashAlgo::Sha256, b""), 0);
                 info.references = (i > 0).then(|| path(i - 1)).into_iter().collect();
                 // A path may name itself; it comes first regardless.
                 info.references.insert(path(i));
@@ -1067,7 +1065,12 @@ mod tests {
 
     #[test]
     fn names_that_could_leave_the_cache_are_refused() {
-        for ok in ["nar/1abc.nar.zst", "x.narinfo", "log/abc-hello.drv", "a/b_c+d=e"] {
+        for ok in [
+            "nar/1abc.nar.zst",
+            "x.narinfo",
+            "log/abc-hello.drv",
+            "a/b_c+d=e",
+        ] {
             assert_eq!(checked_name(ok), Some(ok));
         }
         for bad in [

@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bigtop_core::narinfo::NarInfo;
 use bigtop_core::StorePath;
 
 use super::{
-    checked_name, path_info_of, read_cache_info, read_narinfo, BinaryCache, Compression,
-    FetchOptions,
+    checked_name, path_info_of, read_cache_info, read_narinfo, BinaryCache, CacheError,
+    Compression, FetchOptions, NarinfoMemo,
 };
 use crate::build::{Substitutable, Substituter};
 use crate::error::Error;
@@ -34,6 +34,10 @@ pub struct CacheSubstituter<C> {
     found: Mutex<HashMap<StorePath, NarInfo>>,
     /// Why the cache could not be used, if it could not (for messages).
     unusable: Mutex<Option<String>>,
+    /// Where misses are remembered, if anywhere.
+    memo: Option<Arc<NarinfoMemo>>,
+    /// Its `nix-cache-info`'s priority, once read.
+    priority: Mutex<Option<u32>>,
 }
 
 impl<C: BinaryCache> CacheSubstituter<C> {
@@ -46,7 +50,25 @@ impl<C: BinaryCache> CacheSubstituter<C> {
             store_dir: store.store_dir().clone(),
             found: Mutex::default(),
             unusable: Mutex::default(),
+            memo: None,
+            priority: Mutex::default(),
         }
+    }
+
+    /// Remembers in `memo` the paths the cache lacks, and does not ask
+    /// for them again while the memo remembers.
+    pub fn remembering_misses(mut self, memo: Arc<NarinfoMemo>) -> Self {
+        self.memo = Some(memo);
+        self
+    }
+
+    /// The cache's priority (its `nix-cache-info`'s `Priority:`; lower is
+    /// asked first), or `None` when it cannot be used.
+    pub fn priority(&self) -> Option<u32> {
+        if !self.usable() {
+            return None;
+        }
+        *self.priority.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Why the cache offered nothing, when it could not be used at all (no
@@ -64,7 +86,10 @@ impl<C: BinaryCache> CacheSubstituter<C> {
             return false;
         }
         let problem = match read_cache_info(&self.cache) {
-            Ok(Some(info)) if info.store_dir == self.store_dir.as_str() => return true,
+            Ok(Some(info)) if info.store_dir == self.store_dir.as_str() => {
+                *self.priority.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.priority);
+                return true;
+            }
             Ok(Some(info)) => format!(
                 "it holds paths of `{}`, not of `{}`",
                 info.store_dir, self.store_dir
@@ -91,9 +116,18 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
             return Ok(out);
         }
         // Looked up on a few connections at once: over HTTP each lookup
-        // is a round trip.
-        let paths: Vec<&StorePath> = paths.iter().collect();
+        // is a round trip. What the cache lacked a moment ago is not
+        // asked for again.
+        let known_missing: BTreeSet<&StorePath> = match &self.memo {
+            Some(memo) => memo.missing(&self.name, paths).into_iter().collect(),
+            None => BTreeSet::new(),
+        };
+        let paths: Vec<&StorePath> = paths
+            .iter()
+            .filter(|p| !known_missing.contains(p))
+            .collect();
         let lookups = std::sync::Mutex::new(Vec::with_capacity(paths.len()));
+        let misses = std::sync::Mutex::new(Vec::new());
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..LOOKUPS_AT_ONCE.min(paths.len()) {
@@ -102,14 +136,25 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
                     let Some(p) = paths.get(i) else { break };
                     // Missing, untrusted, malformed or unreadable: not
                     // offered, and built instead.
-                    if let Ok(n) = read_narinfo(&self.store_dir, &self.cache, p, &self.options) {
-                        lookups.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+                    match read_narinfo(&self.store_dir, &self.cache, p, &self.options) {
+                        Ok(n) => lookups.lock().unwrap_or_else(|e| e.into_inner()).push(n),
+                        Err(CacheError::Missing { .. }) => {
+                            misses.lock().unwrap_or_else(|e| e.into_inner()).push(*p)
+                        }
+                        Err(_) => {}
                     }
                 });
             }
         });
+        let lookups = lookups.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(memo) = &self.memo {
+            let misses = misses.into_inner().unwrap_or_else(|e| e.into_inner());
+            let found: Vec<&StorePath> = lookups.iter().map(|n| &n.store_path).collect();
+            // A memo that cannot be written only costs round trips later.
+            let _ = memo.record(&self.name, &misses, &found);
+        }
         let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
-        for narinfo in lookups.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        for narinfo in lookups {
             let p = narinfo.store_path.clone();
             let info = path_info_of(&narinfo, &self.store_dir, &self.options.trusted);
             let download_size = narinfo.file_size.unwrap_or(narinfo.nar_size);

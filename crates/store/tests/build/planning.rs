@@ -332,5 +332,45 @@ fn a_binary_cache_substitutes_what_it_signed_and_builds_are_the_fallback() -> Te
         "{:?}",
         sub.unusable()
     );
+
+    // A cache whose NAR of `lib` is corrupt: `data` is fetched, `lib`
+    // tried three times, then built from its derivation, and the
+    // observer told so.
+    let text = std::fs::read_to_string(cache.dir().join(format!("{}.narinfo", lib_out.digest())))?;
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .ok_or("no URL")?;
+    let nar = cache.dir().join(url);
+    let mut bytes = std::fs::read(&nar)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&nar, bytes)?;
+    let broken = tempfile::tempdir()?;
+    let store = machine(broken.path())?;
+    let sub = CacheSubstituter::new(
+        &store,
+        cache.clone(),
+        FetchOptions::trusting([key.public()].into_iter().collect()),
+    );
+    #[derive(Default)]
+    struct FellBack(std::sync::Mutex<Vec<bigtop_store::core::StorePath>>);
+    impl bigtop_store::build::BuildObserver for FellBack {
+        fn fell_back(&self, path: &bigtop_store::core::StorePath) {
+            self.0.lock().unwrap().push(path.clone());
+        }
+    }
+    let seen = FellBack::default();
+    let report = Builder::new(&store)
+        .options(plain())
+        .substituter(&sub)
+        .observer(&seen)
+        .build(&targets)?;
+    assert_eq!((report.built, report.fetched), (1, 1));
+    assert_eq!(*seen.0.lock().unwrap(), [lib_out.clone()]);
+    assert_eq!(
+        std::fs::read(store.physical(&lib_out))?,
+        std::fs::read(build_machine.physical(&lib_out))?
+    );
     Ok(())
 }

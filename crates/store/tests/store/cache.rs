@@ -689,3 +689,43 @@ fn without_signatures_references_are_checked_against_the_contents() -> Result {
     assert_consistent(&to)?;
     Ok(())
 }
+
+#[test]
+fn a_cache_s_misses_are_remembered_for_their_time_to_live() -> Result {
+    use bigtop_store::build::Substituter;
+    use bigtop_store::cache::{CacheSubstituter, NarinfoMemo};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir()?;
+    let from = Store::open_chroot(tmp.path().join("from"))?;
+    let (dep, app) = two(&from)?;
+    let (key, trusted) = key()?;
+    let cache = FileCache::open(tmp.path().join("cache"))?;
+    let options = UploadOptions {
+        compression: Compression::Zstd,
+        key: Some(key),
+    };
+    upload(&from, &cache, std::slice::from_ref(&dep), &options)?;
+    let to = Store::open_chroot(tmp.path().join("to"))?;
+    let both = BTreeSet::from([dep.clone(), app.clone()]);
+    let file = tmp.path().join("memo/misses.sqlite");
+    let offered = |ttl: Duration| -> Result<Vec<StorePath>> {
+        let memo = Arc::new(NarinfoMemo::open(&file, ttl)?);
+        let sub =
+            CacheSubstituter::new(&to, cache.clone(), FetchOptions::trusting(trusted.clone()))
+                .remembering_misses(memo);
+        Ok(sub.query(&both)?.into_keys().collect())
+    };
+    assert_eq!(offered(Duration::from_secs(3600))?, [dep.clone()]);
+    // `app` arrives in the cache; for the hour, it is still taken to be
+    // missing, and not asked for.
+    upload(&from, &cache, std::slice::from_ref(&app), &options)?;
+    assert_eq!(offered(Duration::from_secs(3600))?, [dep.clone()]);
+    // With nothing remembered for long, it is asked for and found, and
+    // found it is forgotten as a miss.
+    let mut want = vec![dep.clone(), app.clone()];
+    want.sort();
+    assert_eq!(offered(Duration::ZERO)?, want);
+    assert_eq!(offered(Duration::from_secs(3600))?, want);
+    Ok(())
+}
