@@ -367,7 +367,7 @@ fn a_binary_cache_substitutes_what_it_signed_and_builds_are_the_fallback() -> Te
         .observer(&seen)
         .build(&targets)?;
     assert_eq!((report.built, report.fetched), (1, 1));
-    assert_eq!(*seen.0.lock().unwrap(), [lib_out.clone()]);
+    assert_eq!(*seen.0.lock().unwrap(), std::slice::from_ref(&lib_out));
     assert_eq!(
         std::fs::read(store.physical(&lib_out))?,
         std::fs::read(build_machine.physical(&lib_out))?
