@@ -32,6 +32,7 @@ use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
 pub mod build;
+pub mod config;
 pub mod copy;
 pub mod derivation;
 pub mod hash;

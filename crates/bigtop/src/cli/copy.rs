@@ -29,18 +29,26 @@ pub struct CopyArgs {
     pub from: Option<String>,
     /// With `--to`: sign what is uploaded with this secret key file (Nix's
     /// `NAME:base64` format, as `bigtop key generate` writes).
-    #[arg(long, value_name = "KEYFILE")]
+    #[arg(long, value_name = "KEYFILE", conflicts_with = "from")]
     pub sign: Option<PathBuf>,
-    /// With `--to`: how NARs are compressed (`zstd`, `xz`, `none`).
-    #[arg(long, default_value = "zstd", value_parser = parse_compression)]
-    pub compression: Compression,
-    /// With `--from`: a public key (`NAME:base64`) whose signatures are
-    /// trusted; repeatable.
-    #[arg(long = "trusted-public-key", value_name = "KEY")]
+    /// With `--to`: how NARs are compressed (`zstd`, the default; `xz`,
+    /// `none`).
+    #[arg(long, value_parser = parse_compression, conflicts_with = "from")]
+    pub compression: Option<Compression>,
+    /// With `--from`: public keys (`NAME:base64`) whose signatures are
+    /// trusted; repeatable, or several separated by whitespace. Replaces
+    /// the configuration files' `trusted-public-keys`.
+    #[arg(
+        long = "trusted-public-keys",
+        alias = "trusted-public-key",
+        value_name = "KEY",
+        conflicts_with = "to"
+    )]
     pub trusted_public_keys: Vec<String>,
     /// With `--from`: take paths whatever signs them (Nix's
-    /// `require-sigs = false`).
-    #[arg(long)]
+    /// `require-sigs = false`); their contents are scanned for
+    /// undeclared references.
+    #[arg(long, conflicts_with = "to")]
     pub no_require_sigs: bool,
     /// Store paths (or paths into them) whose closures are copied.
     #[arg(required = true)]
@@ -61,6 +69,9 @@ pub enum Error {
     /// The cache.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// A configuration file.
+    #[error(transparent)]
+    Config(#[from] super::config::Error),
     /// The key file could not be read or parsed.
     #[error("secret key file `{path}`: {reason}")]
     Key {
@@ -121,15 +132,18 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
                 None => None,
             };
             let options = UploadOptions {
-                compression: args.compression,
+                compression: args.compression.unwrap_or_default(),
                 key,
             };
             let report = cache::upload(&store, &open_cache(url)?, &paths, &options)?;
             ("to", url, report)
         }
         (None, Some(url)) => {
+            let config = super::config::Config::load()?;
+            let keys = super::config::words(&args.trusted_public_keys)
+                .unwrap_or(config.trusted_public_keys);
             let mut trusted = TrustedKeys::new();
-            for k in &args.trusted_public_keys {
+            for k in &keys {
                 let key = k.parse::<PublicKey>().map_err(|e| Error::PublicKey {
                     key: k.clone(),
                     reason: e.to_string(),
@@ -138,7 +152,7 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
             }
             let options = FetchOptions {
                 trusted,
-                require_sigs: !args.no_require_sigs,
+                require_sigs: !args.no_require_sigs && config.require_sigs,
             };
             let report = cache::fetch(&store, &open_cache(url)?, &paths, &options)?;
             ("from", url, report)

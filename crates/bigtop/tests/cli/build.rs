@@ -605,3 +605,105 @@ fn build_fetches_from_a_trusted_substituter_and_builds_without_one() -> Result {
     assert_eq!(plan["build"].as_array().map(Vec::len), Some(1), "{plan}");
     Ok(())
 }
+
+/// Substituters and keys come from the machine's configuration file, the
+/// user's replaces what it sets, a flag replaces both (`''`: none); a
+/// mistyped key is an error naming the file.
+#[test]
+fn configuration_files_set_substituters_and_flags_override_them() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let a = Cli::chroot(&tmp.path().join("a").tap_mkdir()?)?;
+    let drv = json!({
+        "name": "configured",
+        "system": host_system(),
+        "builder": "builtin:write-file",
+        "env": {"text": "from the configured cache"},
+        "outputs": {"out": "deferred"},
+    });
+    let (drv_path, out) = a.add(&drv)?;
+    a.ok(&["build", &drv_path], b"")?;
+    crate::bigtop(&["key", "generate", "c-1"], b"", tmp.path())?;
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    let secret = tmp.path().join("c-1.secret");
+    a.ok(
+        &[
+            "copy",
+            "--to",
+            &cache,
+            "--sign",
+            secret.to_str().ok_or("path")?,
+            &out,
+        ],
+        b"",
+    )?;
+    let public = fs::read_to_string(tmp.path().join("c-1.public"))?;
+
+    let b_dir = tmp.path().join("b").tap_mkdir()?;
+    let b = Cli::chroot(&b_dir)?;
+    let (drv_b, _) = b.add(&drv)?;
+    let plan = |extra: &[&str]| -> Result<(usize, usize)> {
+        let mut args = vec!["build", "--dry-run", "--json"];
+        args.extend(extra);
+        args.push(&drv_b);
+        let plan: Value = serde_json::from_str(&b.ok(&args, b"")?)?;
+        Ok((
+            plan["fetch"].as_array().map_or(0, Vec::len),
+            plan["build"].as_array().map_or(0, Vec::len),
+        ))
+    };
+    // Nothing configured: built.
+    assert_eq!(plan(&[])?, (0, 1));
+    // The machine's file names the cache, the user's trusts its key.
+    let etc = b_dir.join(".etc-bigtop").tap_mkdir()?;
+    fs::write(
+        etc.join("bigtop.toml"),
+        format!("substituters = [\"{cache}\"]\ntrusted-public-keys = [\"other-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n"),
+    )?;
+    assert_eq!(plan(&[])?, (0, 1), "the machine's key is not the cache's");
+    let user = b_dir.join(".config/bigtop").tap_mkdir()?;
+    fs::write(
+        user.join("bigtop.toml"),
+        format!("trusted-public-keys = [\"{}\"]\n", public.trim()),
+    )?;
+    assert_eq!(plan(&[])?, (1, 0));
+    // Flags replace the files: no substituters at all, or an untrusting
+    // key list.
+    assert_eq!(plan(&["--substituters", ""])?, (0, 1));
+    assert_eq!(
+        plan(&[
+            "--trusted-public-keys",
+            "x-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        ])?,
+        (0, 1)
+    );
+    b.ok(&["build", &drv_b], b"")?;
+    let store = (b.open)()?;
+    let path = store.store_dir().parse_path(&out)?;
+    assert_eq!(
+        fs::read_to_string(store.physical(&path))?,
+        "from the configured cache"
+    );
+
+    // A typo in a file: an error naming the file and the key.
+    fs::write(user.join("bigtop.toml"), "substituter = []\n")?;
+    let failed = b.run(&["build", "--dry-run", &drv_b], b"")?;
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(".config/bigtop/bigtop.toml") && err.contains("substituter"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// `mkdir -p`, returning the path.
+trait TapMkdir: Sized {
+    fn tap_mkdir(self) -> Result<Self>;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Result<Self> {
+        fs::create_dir_all(&self)?;
+        Ok(self)
+    }
+}

@@ -20,9 +20,15 @@ use serde_json::Value;
 type Result<T = ()> = std::result::Result<T, Box<dyn Error>>;
 
 fn bigtop(args: &[&str], stdin: &[u8], cwd: &Path) -> Result<Output> {
+    // The machine's and the user's configuration files, and the memo of
+    // caches' misses, are the test's own (in its directory), never the
+    // host's.
     let mut child = Command::new(env!("CARGO_BIN_EXE_bigtop"))
         .args(args)
         .current_dir(cwd)
+        .env("BIGTOP_CONF_DIR", cwd.join(".etc-bigtop"))
+        .env("XDG_CONFIG_HOME", cwd.join(".config"))
+        .env("XDG_CACHE_HOME", cwd.join(".cache"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1120,5 +1126,34 @@ fn copy_moves_a_signed_closure_through_a_file_cache_and_refuses_an_untrusted_one
     let copied = Store::open_chroot(&b)?;
     let p = copied.store_dir().parse_path(&path)?;
     assert_eq!(fs::read_to_string(copied.physical(&p))?, "hello cache\n");
+    Ok(())
+}
+
+/// Options of one direction of `bigtop copy` given with the other are a
+/// usage error, not silently ignored.
+#[test]
+fn copy_refuses_options_of_the_other_direction() -> Result {
+    let tmp = tempfile::tempdir()?;
+    for args in [
+        &["copy", "--from", "file:///x", "--sign", "k", "p"][..],
+        &["copy", "--from", "file:///x", "--compression", "xz", "p"],
+        &[
+            "copy",
+            "--to",
+            "file:///x",
+            "--trusted-public-keys",
+            "k-1:x",
+            "p",
+        ],
+        &["copy", "--to", "file:///x", "--no-require-sigs", "p"],
+    ] {
+        let out = bigtop(args, b"", tmp.path())?;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }

@@ -716,11 +716,17 @@ fn a_cache_s_misses_are_remembered_for_their_time_to_live() -> Result {
                 .remembering_misses(memo);
         Ok(sub.query(&both)?.into_keys().collect())
     };
-    assert_eq!(offered(Duration::from_secs(3600))?, std::slice::from_ref(&dep));
+    assert_eq!(
+        offered(Duration::from_secs(3600))?,
+        std::slice::from_ref(&dep)
+    );
     // `app` arrives in the cache; for the hour, it is still taken to be
     // missing, and not asked for.
     upload(&from, &cache, std::slice::from_ref(&app), &options)?;
-    assert_eq!(offered(Duration::from_secs(3600))?, std::slice::from_ref(&dep));
+    assert_eq!(
+        offered(Duration::from_secs(3600))?,
+        std::slice::from_ref(&dep)
+    );
     // With nothing remembered for long, it is asked for and found, and
     // found it is forgotten as a miss.
     let mut want = vec![dep.clone(), app.clone()];
