@@ -6,8 +6,10 @@ use std::path::PathBuf;
 
 use bigtop_core::{nar, StorePath};
 
+use crate::build::Substituter;
 use crate::error::{io_err, Error};
 use crate::fs::remove_physical;
+use crate::store::lock::LockSet;
 use crate::store::Store;
 
 /// What to check.
@@ -16,8 +18,10 @@ pub struct VerifyOptions {
     /// Re-hash every path and compare with its recorded NAR hash (slow:
     /// reads the whole store). Default: only check that paths exist.
     pub check_contents: bool,
-    /// Unregister broken paths (with every path that refers to them, which
-    /// would otherwise refer to nothing) and delete unregistered entries.
+    /// Fetch broken paths again from substituters (see
+    /// [`Store::verify_with`]); unregister the ones none has (with every
+    /// path that refers to them, which would otherwise refer to nothing);
+    /// delete unregistered entries.
     /// Default: report only (leftovers of processes that are gone are
     /// removed either way: see [`VerifyReport::garbage`]).
     pub repair: bool,
@@ -37,6 +41,9 @@ pub struct VerifyReport {
     pub unregistered: Vec<String>,
     /// With repair: the paths unregistered.
     pub unregistered_paths: Vec<StorePath>,
+    /// With repair: the broken paths fetched again from a substituter,
+    /// whole and as recorded.
+    pub refetched: Vec<StorePath>,
     /// What interrupted adds and builds of processes that are gone left
     /// behind (staged trees and sandbox roots in the store dir, build dirs
     /// in the state dir), removed by this verification. Never registered,
@@ -60,6 +67,19 @@ impl Store {
     /// against the registrations. Removes what processes that are gone
     /// left half-made, with or without repair (reported as garbage).
     pub fn verify(&self, options: VerifyOptions) -> Result<VerifyReport, Error> {
+        self.verify_with(options, &[])
+    }
+
+    /// [`verify`](Self::verify); with repair, each broken path is first
+    /// asked of `substituters` in order, and one that has it replaces the
+    /// broken files with its NAR, checked against the hash and size this
+    /// store recorded (not what the substituter says). Only paths none can
+    /// give back are unregistered, with their referrers.
+    pub fn verify_with(
+        &self,
+        options: VerifyOptions,
+        substituters: &[&dyn Substituter],
+    ) -> Result<VerifyReport, Error> {
         let mut report = VerifyReport::default();
         let valid = self.all_valid_paths()?;
         report.checked = valid.len();
@@ -105,12 +125,14 @@ impl Store {
         }
         report.unregistered.sort();
         if options.repair {
-            let broken: Vec<StorePath> = report
-                .missing
-                .iter()
-                .chain(&report.corrupt)
-                .cloned()
-                .collect();
+            let mut broken: Vec<StorePath> = Vec::new();
+            for path in report.missing.iter().chain(&report.corrupt) {
+                if self.refetch(path, substituters)? {
+                    report.refetched.push(path.clone());
+                } else {
+                    broken.push(path.clone());
+                }
+            }
             if !broken.is_empty() {
                 report.unregistered_paths = self.unregister_with_referrers(&broken)?;
             }
@@ -122,6 +144,57 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Puts `path`'s files back from the first of `substituters` that has
+    /// them as recorded; whether one did. A substituter that fails is
+    /// passed over.
+    fn refetch(&self, path: &StorePath, substituters: &[&dyn Substituter]) -> Result<bool, Error> {
+        if substituters.is_empty() {
+            return Ok(false);
+        }
+        let info = self
+            .path_info(path)?
+            .ok_or_else(|| Error::NotValid { path: path.clone() })?;
+        // No build or collection touches it meanwhile.
+        let mut locks = LockSet::new(self);
+        locks.lock_all([path])?;
+        let wanted = BTreeSet::from([path.clone()]);
+        for s in substituters {
+            if !s.query(&wanted).is_ok_and(|o| o.contains_key(path)) {
+                continue;
+            }
+            let staged = s
+                .nar(path)
+                .and_then(|mut nar| crate::store::add::stage_nar(self, &info, &mut *nar));
+            let Ok(tmp) = staged else { continue };
+            let physical = self.physical(path);
+            // The broken files go aside first (a directory cannot be
+            // renamed over), and come back if the new ones cannot take
+            // their place.
+            let aside = self.temp_name("broken");
+            let had = fs::symlink_metadata(&physical).is_ok();
+            if had {
+                if let Err(e) = fs::rename(&physical, &aside) {
+                    let _ = crate::fs::remove_tree(&tmp);
+                    return Err(io_err("move aside", &physical)(e));
+                }
+            }
+            if let Err(e) = fs::rename(&tmp, &physical) {
+                if had {
+                    let _ = fs::rename(&aside, &physical);
+                }
+                let _ = crate::fs::remove_tree(&tmp);
+                return Err(io_err("put back", &physical)(e));
+            }
+            if had {
+                remove_physical(&aside)?;
+            }
+            let root = fs::File::open(self.root()).map_err(io_err("open", self.root()))?;
+            rustix::fs::syncfs(&root).map_err(|e| io_err("sync", self.root())(e.into()))?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Prefixes of temporary names that live handles may be writing.

@@ -31,21 +31,12 @@ pub enum Error {
     /// Opening the store, reading paths or printing failed.
     #[error(transparent)]
     Store(#[from] store::Error),
-    /// A substituter's URL.
+    /// A substituter or a trusted key.
     #[error(transparent)]
-    Cache(bigtop_store::cache::CacheError),
+    Substituter(#[from] super::config::SubstituterError),
     /// A configuration file.
     #[error(transparent)]
     Config(#[from] super::config::Error),
-    /// A trusted public key that does not parse.
-    #[error("trusted public key `{key}`")]
-    TrustedKey {
-        /// The key as given.
-        key: String,
-        /// Why.
-        #[source]
-        source: bigtop_core::signing::ParseError,
-    },
     /// Naming a target's derivation failed.
     #[error(transparent)]
     Derivation(#[from] derivation::Error),
@@ -192,35 +183,9 @@ pub struct BuildArgs {
     /// by the derivation's name.
     #[arg(short = 'L', long)]
     pub print_build_logs: bool,
-    /// Binary caches to fetch outputs from instead of building them
-    /// (`file:///DIR`, `http(s)://…`, `?priority=N` to order them), asked
-    /// by priority; repeatable, or several in one argument separated by
-    /// whitespace (as Nix's option); `''` for none. Replaces the
-    /// configuration files' `substituters`. A cache that is down or lacks
-    /// a path leaves it to be built; a fetch that fails three times too.
-    #[arg(long, value_name = "URL")]
-    pub substituters: Vec<String>,
-    /// Public keys (`NAME:base64`) whose signatures make a cache's
-    /// narinfo trusted; repeatable, or several separated by whitespace.
-    /// Replaces the configuration files' `trusted-public-keys`.
-    #[arg(
-        long = "trusted-public-keys",
-        alias = "trusted-public-key",
-        value_name = "KEY"
-    )]
-    pub trusted_public_keys: Vec<String>,
-    /// Take what the substituters hold whatever signs it (the contents
-    /// are then scanned for undeclared references).
-    #[arg(long, conflicts_with = "require_sigs")]
-    pub no_require_sigs: bool,
-    /// Require signatures by a trusted key even if a configuration file
-    /// says `require-sigs = false`.
-    #[arg(long)]
-    pub require_sigs: bool,
-    /// Seconds a cache's miss is remembered, so that it is not asked
-    /// again (0: not remembered); default 3600.
-    #[arg(long, value_name = "SECONDS")]
-    pub narinfo_cache_negative_ttl: Option<u64>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub substituters: super::config::SubstituterArgs,
 }
 
 /// Arguments of `bigtop log`.
@@ -258,15 +223,6 @@ fn parse_target(store: &Store, input: &str) -> Result<(StorePath, BTreeSet<Outpu
     Ok((drv, wanted))
 }
 
-/// The `priority=N` of a URL's query (`…?priority=10`), as Nix reads it.
-fn url_priority(url: &str) -> Option<u32> {
-    url.split_once('?')?
-        .1
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("priority="))
-        .and_then(|n| n.parse().ok())
-}
-
 /// Runs `bigtop build`.
 pub fn build(args: &BuildArgs, global: &GlobalArgs) -> Result<(), Error> {
     // First, before any thread starts: threads inherit the blocked mask,
@@ -298,53 +254,7 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> Result<(), Error> {
         options.cores = c as usize;
     }
     let progress = Progress::stderr(store.store_dir().clone(), args.print_build_logs);
-    let mut trusted = bigtop_core::signing::TrustedKeys::new();
-    let keys = super::config::words(&args.trusted_public_keys)
-        .unwrap_or_else(|| config.trusted_public_keys.clone());
-    for k in &keys {
-        trusted.insert(k.parse().map_err(|source| Error::TrustedKey {
-            key: k.clone(),
-            source,
-        })?);
-    }
-    let fetch = bigtop_store::cache::FetchOptions {
-        trusted,
-        require_sigs: if args.no_require_sigs {
-            false
-        } else {
-            args.require_sigs || config.require_sigs
-        },
-    };
-    let urls =
-        super::config::words(&args.substituters).unwrap_or_else(|| config.substituters.clone());
-    let ttl = args
-        .narinfo_cache_negative_ttl
-        .unwrap_or(config.narinfo_cache_negative_ttl);
-    // Misses are remembered where the user's caches are; a memo that
-    // cannot be opened only costs round trips.
-    let memo = (ttl > 0 && !urls.is_empty())
-        .then(super::config::memo_file)
-        .flatten()
-        .and_then(|f| {
-            bigtop_store::cache::NarinfoMemo::open(f, std::time::Duration::from_secs(ttl)).ok()
-        })
-        .map(std::sync::Arc::new);
-    let mut substituters = urls
-        .iter()
-        .map(|url| {
-            let cache = bigtop_store::cache::open(url).map_err(Error::Cache)?;
-            let mut s = bigtop_store::cache::CacheSubstituter::new(&store, cache, fetch.clone());
-            if let Some(memo) = &memo {
-                s = s.remembering_misses(memo.clone());
-            }
-            Ok((url_priority(url), s))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    // Lower priority first, as Nix orders them; a cache that cannot be
-    // used last; ties in the order given.
-    substituters
-        .sort_by_cached_key(|(given, s)| given.or_else(|| s.priority()).unwrap_or(u32::MAX));
-    let substituters: Vec<_> = substituters.into_iter().map(|(_, s)| s).collect();
+    let substituters = args.substituters.open(&store, &config)?;
     let mut builder = Builder::new(&store).options(options).observer(&progress);
     for s in &substituters {
         builder = builder.substituter(s);

@@ -216,6 +216,135 @@ pub fn words(args: &[String]) -> Option<Vec<String>> {
     })
 }
 
+/// The flags that choose substituters and how far to trust them, shared
+/// by the commands that fetch (`build`, `store verify --repair`); each
+/// replaces its configuration files' setting.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SubstituterArgs {
+    /// Binary caches to fetch from instead of building (`file:///DIR`,
+    /// `http(s)://…`, `?priority=N` to order them), asked by priority;
+    /// repeatable, or several in one argument separated by whitespace (as
+    /// Nix's option); `''` for none. A cache that is down or lacks a path
+    /// leaves it to be built; a fetch that fails three times too.
+    #[arg(long, value_name = "URL")]
+    pub substituters: Vec<String>,
+    /// Public keys (`NAME:base64`) whose signatures make a cache's
+    /// narinfo trusted; repeatable, or several separated by whitespace.
+    #[arg(
+        long = "trusted-public-keys",
+        alias = "trusted-public-key",
+        value_name = "KEY"
+    )]
+    pub trusted_public_keys: Vec<String>,
+    /// Take what the substituters hold whatever signs it (the contents
+    /// are then scanned for undeclared references).
+    #[arg(long, conflicts_with = "require_sigs")]
+    pub no_require_sigs: bool,
+    /// Require signatures by a trusted key even if a configuration file
+    /// says `require-sigs = false`.
+    #[arg(long)]
+    pub require_sigs: bool,
+    /// Seconds a cache's miss is remembered, so that it is not asked
+    /// again (0: not remembered); default 3600.
+    #[arg(long, value_name = "SECONDS")]
+    pub narinfo_cache_negative_ttl: Option<u64>,
+}
+
+/// A substituter the command line or a configuration file names.
+pub type CacheSubstituter =
+    bigtop_store::cache::CacheSubstituter<Box<dyn bigtop_store::cache::BinaryCache>>;
+
+/// Why the substituters could not be set up.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SubstituterError {
+    /// A URL that is no cache.
+    #[error(transparent)]
+    Cache(#[from] bigtop_store::cache::CacheError),
+    /// A trusted public key that does not parse.
+    #[error("trusted public key `{key}`")]
+    TrustedKey {
+        /// The key as given.
+        key: String,
+        /// Why.
+        #[source]
+        source: bigtop_core::signing::ParseError,
+    },
+}
+
+impl SubstituterArgs {
+    /// How far caches are trusted: flags over `config`.
+    pub fn fetch_options(
+        &self,
+        config: &Config,
+    ) -> Result<bigtop_store::cache::FetchOptions, SubstituterError> {
+        let mut trusted = bigtop_core::signing::TrustedKeys::new();
+        let keys =
+            words(&self.trusted_public_keys).unwrap_or_else(|| config.trusted_public_keys.clone());
+        for k in &keys {
+            trusted.insert(k.parse().map_err(|source| SubstituterError::TrustedKey {
+                key: k.clone(),
+                source,
+            })?);
+        }
+        Ok(bigtop_store::cache::FetchOptions {
+            trusted,
+            require_sigs: if self.no_require_sigs {
+                false
+            } else {
+                self.require_sigs || config.require_sigs
+            },
+        })
+    }
+
+    /// The substituters of `store`, lowest priority first (a cache that
+    /// cannot be used last; ties in the order given), remembering misses
+    /// for the configured time.
+    pub fn open(
+        &self,
+        store: &bigtop_store::Store,
+        config: &Config,
+    ) -> Result<Vec<CacheSubstituter>, SubstituterError> {
+        let fetch = self.fetch_options(config)?;
+        let urls = words(&self.substituters).unwrap_or_else(|| config.substituters.clone());
+        let ttl = self
+            .narinfo_cache_negative_ttl
+            .unwrap_or(config.narinfo_cache_negative_ttl);
+        // Misses are remembered where the user's caches are; a memo that
+        // cannot be opened only costs round trips.
+        let memo = (ttl > 0 && !urls.is_empty())
+            .then(memo_file)
+            .flatten()
+            .and_then(|f| {
+                bigtop_store::cache::NarinfoMemo::open(f, std::time::Duration::from_secs(ttl)).ok()
+            })
+            .map(std::sync::Arc::new);
+        let mut substituters = urls
+            .iter()
+            .map(|url| {
+                let cache = bigtop_store::cache::open(url)?;
+                let mut s = bigtop_store::cache::CacheSubstituter::new(store, cache, fetch.clone());
+                if let Some(memo) = &memo {
+                    s = s.remembering_misses(memo.clone());
+                }
+                Ok((url_priority(url), s))
+            })
+            .collect::<Result<Vec<_>, SubstituterError>>()?;
+        substituters
+            .sort_by_cached_key(|(given, s)| given.or_else(|| s.priority()).unwrap_or(u32::MAX));
+        Ok(substituters.into_iter().map(|(_, s)| s).collect())
+    }
+}
+
+/// The `priority=N` of a URL's query (`…?priority=10`), as Nix reads it.
+fn url_priority(url: &str) -> Option<u32> {
+    url.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("priority="))
+        .and_then(|n| n.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,12 @@ use super::GlobalArgs;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A configuration file.
+    #[error(transparent)]
+    Config(#[from] Box<super::config::Error>),
+    /// A substituter or trusted key (of `store verify --repair`).
+    #[error(transparent)]
+    Substituter(#[from] Box<super::config::SubstituterError>),
     /// A store could not be opened or created.
     #[error("cannot open the store at `{dir}`")]
     OpenStore {
@@ -296,10 +302,15 @@ pub struct VerifyArgs {
     /// Re-hash every path and compare with its record (reads the whole store).
     #[arg(long)]
     pub check_contents: bool,
-    /// Unregister and delete broken paths with every path that refers to
-    /// them, and delete unregistered entries.
+    /// Fetch broken paths again from the substituters (checked against
+    /// the hashes this store recorded); unregister and delete the ones
+    /// none has, with every path that refers to them; delete unregistered
+    /// entries.
     #[arg(long)]
     pub repair: bool,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub substituters: super::config::SubstituterArgs,
 }
 
 /// Arguments of `bigtop store export`.
@@ -708,10 +719,23 @@ fn print_gc_report(
 
 fn verify(args: &VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
     let store = global.store.open()?;
-    let report: VerifyReport = store.verify(VerifyOptions {
-        check_contents: args.check_contents,
-        repair: args.repair,
-    })?;
+    let substituters = if args.repair {
+        let config = super::config::Config::load().map_err(Box::new)?;
+        args.substituters.open(&store, &config).map_err(Box::new)?
+    } else {
+        Vec::new()
+    };
+    let substituters: Vec<&dyn bigtop_store::build::Substituter> = substituters
+        .iter()
+        .map(|s| s as &dyn bigtop_store::build::Substituter)
+        .collect();
+    let report: VerifyReport = store.verify_with(
+        VerifyOptions {
+            check_contents: args.check_contents,
+            repair: args.repair,
+        },
+        &substituters,
+    )?;
     let mut out = Out::new();
     if global.json {
         out.json(&report)?;
@@ -728,6 +752,9 @@ fn verify(args: &VerifyArgs, global: &GlobalArgs) -> Result<(), Error> {
                 "unregistered: {}",
                 store.root().join(name).display()
             ))?;
+        }
+        for p in &report.refetched {
+            out.line(format_args!("repaired, fetched again: {}", dir.display(p)))?;
         }
         for p in &report.unregistered_paths {
             out.line(format_args!("repaired, unregistered: {}", dir.display(p)))?;

@@ -1126,6 +1126,36 @@ fn copy_moves_a_signed_closure_through_a_file_cache_and_refuses_an_untrusted_one
     let copied = Store::open_chroot(&b)?;
     let p = copied.store_dir().parse_path(&path)?;
     assert_eq!(fs::read_to_string(copied.physical(&p))?, "hello cache\n");
+
+    // Its file damaged, `store verify --repair` fetches it again from the
+    // cache the configuration names.
+    let file = copied.physical(&p);
+    fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    fs::write(&file, "damaged\n")?;
+    let etc = tmp.path().join(".etc-bigtop");
+    fs::create_dir_all(&etc)?;
+    fs::write(
+        etc.join("bigtop.toml"),
+        format!(
+            "substituters = [\"{cache}\"]\ntrusted-public-keys = [\"{}\"]\n",
+            public.trim()
+        ),
+    )?;
+    let repaired = ok(bigtop(
+        &[
+            "store",
+            "verify",
+            "--check-contents",
+            "--repair",
+            "--store",
+            b_store,
+        ],
+        b"",
+        tmp.path(),
+    )?)?;
+    let repaired = String::from_utf8(repaired)?;
+    assert!(repaired.contains("repaired, fetched again"), "{repaired}");
+    assert_eq!(fs::read_to_string(copied.physical(&p))?, "hello cache\n");
     Ok(())
 }
 

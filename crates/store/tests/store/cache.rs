@@ -735,3 +735,57 @@ fn a_cache_s_misses_are_remembered_for_their_time_to_live() -> Result {
     assert_eq!(offered(Duration::from_secs(3600))?, want);
     Ok(())
 }
+
+#[test]
+fn verify_repair_fetches_broken_paths_again_as_recorded() -> Result {
+    use bigtop_store::build::Substituter;
+    use bigtop_store::cache::CacheSubstituter;
+    use bigtop_store::VerifyOptions;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    let (cache, dep, app, trusted) = cache_with_two(tmp.path())?;
+    let from = Store::open_chroot(tmp.path().join("from"))?;
+    let lonely = text(&from, "lonely", "in no cache", &[])?;
+    let store = Store::open_chroot(tmp.path().join("to"))?;
+    fetch(
+        &store,
+        &cache,
+        std::slice::from_ref(&app),
+        &FetchOptions::trusting(trusted.clone()),
+    )?;
+    // `lonely` comes by export, so no cache has it.
+    let mut stream = Vec::new();
+    from.export(std::slice::from_ref(&lonely), &mut stream)?;
+    store.import(&mut stream.as_slice())?;
+    let good = std::fs::read(store.physical(&app))?;
+    // `app` altered on disk, `dep` gone, `lonely` altered.
+    for p in [&app, &lonely] {
+        let f = store.physical(p);
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::write(&f, b"tampered")?;
+    }
+    std::fs::remove_file(store.physical(&dep))?;
+    let sub = CacheSubstituter::new(&store, cache.clone(), FetchOptions::trusting(trusted));
+    let subs: [&dyn Substituter; 1] = [&sub];
+    let options = VerifyOptions {
+        check_contents: true,
+        repair: true,
+    };
+    let report = store.verify_with(options, &subs)?;
+    let mut want = vec![dep.clone(), app.clone()];
+    want.sort();
+    let mut got = report.refetched.clone();
+    got.sort();
+    assert_eq!(got, want);
+    // What no substituter has is unregistered, as without them.
+    assert_eq!(report.unregistered_paths, std::slice::from_ref(&lonely));
+    assert_eq!(std::fs::read(store.physical(&app))?, good);
+    assert!(store.physical(&dep).exists());
+    let again = store.verify(VerifyOptions {
+        check_contents: true,
+        repair: false,
+    })?;
+    assert!(again.is_clean(), "{again:?}");
+    assert_consistent(&store)?;
+    Ok(())
+}
