@@ -135,7 +135,10 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
                 compression: args.compression.unwrap_or_default(),
                 key,
             };
-            let report = cache::upload(&store, &open_cache(url)?, &paths, &options)?;
+            let bar = super::progress::CopyBar::stderr();
+            let report = cache::upload_observed(&store, &open_cache(url)?, &paths, &options, &bar);
+            bar.finish();
+            let report = report?;
             ("to", url, report)
         }
         (None, Some(url)) => {
@@ -154,7 +157,10 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
                 trusted,
                 require_sigs: !args.no_require_sigs && config.require_sigs,
             };
-            let report = cache::fetch(&store, &open_cache(url)?, &paths, &options)?;
+            let bar = super::progress::CopyBar::stderr();
+            let report = cache::fetch_observed(&store, &open_cache(url)?, &paths, &options, &bar);
+            bar.finish();
+            let report = report?;
             ("from", url, report)
         }
         (None, None) => unreachable!("clap requires --to or --from"),

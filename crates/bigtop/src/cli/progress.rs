@@ -10,11 +10,13 @@
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bigtop_core::{StoreDir, StorePath};
 use bigtop_store::build::{Activity, BuildFailure, BuildObserver, FailureKind, Plan};
+use bigtop_store::cache::CopyObserver;
 
 /// How often the status line is redrawn at most: builtin builds finish by
 /// the thousand per second, and a terminal need not see each.
@@ -150,6 +152,101 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// The width of the terminal on standard error: from the terminal, else
 /// `$COLUMNS`, else 80.
+/// A [`CopyObserver`] that draws a bar on standard error while closures
+/// are copied: paths and bytes done of all, redrawn in place at most
+/// every [`REDRAW_EVERY`]. Draws nothing when standard error is not a
+/// terminal (the command's summary says what was done).
+#[derive(Debug)]
+pub struct CopyBar {
+    width: Option<usize>,
+    paths: AtomicUsize,
+    bytes: AtomicU64,
+    total: Mutex<(usize, u64)>,
+    last_draw: Mutex<Option<Instant>>,
+}
+
+impl CopyBar {
+    /// A bar for this process's standard error.
+    pub fn stderr() -> Self {
+        CopyBar {
+            width: io::stderr().is_terminal().then(terminal_width),
+            paths: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+            total: Mutex::new((0, 0)),
+            last_draw: Mutex::new(None),
+        }
+    }
+
+    /// Erases the bar; call before printing results.
+    pub fn finish(&self) {
+        if self.width.is_some() && self.last_draw.lock().is_ok_and(|l| l.is_some()) {
+            let _ = io::stderr().lock().write_all(b"\r\x1b[K");
+        }
+    }
+
+    fn draw(&self, force: bool) {
+        let Some(width) = self.width else { return };
+        let mut last = self.last_draw.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && last.is_some_and(|t| t.elapsed() < REDRAW_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let total = *self.total.lock().unwrap_or_else(|e| e.into_inner());
+        let line = copy_line(
+            (self.paths.load(Ordering::Relaxed), total.0),
+            (self.bytes.load(Ordering::Relaxed), total.1),
+            width,
+        );
+        let _ = write!(io::stderr().lock(), "\r\x1b[K{line}");
+    }
+}
+
+impl CopyObserver for CopyBar {
+    fn planned(&self, paths: usize, nar_bytes: u64) {
+        *self.total.lock().unwrap_or_else(|e| e.into_inner()) = (paths, nar_bytes);
+        self.draw(true);
+    }
+
+    fn bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.draw(false);
+    }
+
+    fn copied(&self, _path: &StorePath) {
+        let done = self.paths.fetch_add(1, Ordering::Relaxed) + 1;
+        // The last one is always shown: the bar ends full.
+        let all = self.total.lock().unwrap_or_else(|e| e.into_inner()).0;
+        self.draw(done == all);
+    }
+}
+
+/// `[3/10 paths] 1.5/20.0 MiB [###.......]`, the bar filling what is left
+/// of `width` (bytes past the total, from a retried path, show as full).
+fn copy_line(paths: (usize, usize), bytes: (u64, u64), width: usize) -> String {
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    let text = format!(
+        "[{}/{} paths] {:.1}/{:.1} MiB",
+        paths.0,
+        paths.1,
+        mib(bytes.0.min(bytes.1)),
+        mib(bytes.1)
+    );
+    let room = width.saturating_sub(text.chars().count() + 4).min(40);
+    if room < 5 {
+        return truncate(&text, width.saturating_sub(1));
+    }
+    let filled = if bytes.1 == 0 {
+        room
+    } else {
+        (room as u128 * u128::from(bytes.0.min(bytes.1)) / u128::from(bytes.1)) as usize
+    };
+    format!(
+        "{text} [{}{}]",
+        "#".repeat(filled),
+        ".".repeat(room - filled)
+    )
+}
+
 fn terminal_width() -> usize {
     rustix::termios::tcgetwinsize(io::stderr())
         .ok()
@@ -285,6 +382,18 @@ mod tests {
             "[3/3/10] building a, b; fetching c"
         );
         assert_eq!(status_line(&[], (0, 0, 0), 80), "[0/0/0]");
+    }
+
+    #[test]
+    fn the_copy_line_shows_paths_bytes_and_a_bar_that_fits() {
+        assert_eq!(
+            copy_line((3, 10), (1 << 20, 4 << 20), 60),
+            "[3/10 paths] 1.0/4.0 MiB [########........................]"
+        );
+        assert_eq!(copy_line((3, 10), (1, 2), 60).chars().count(), 59);
+        // A retried path counts its bytes twice: never past full.
+        assert!(copy_line((1, 1), (9, 4), 60).ends_with("#]"));
+        assert_eq!(copy_line((0, 0), (0, 0), 20), "[0/0 paths] 0.0/0.…");
     }
 
     #[test]

@@ -1187,3 +1187,49 @@ fn copy_refuses_options_of_the_other_direction() -> Result {
     }
     Ok(())
 }
+
+/// On a terminal, `bigtop copy` draws its progress (paths and bytes, with
+/// a bar) on standard error, and erases it before the summary.
+#[test]
+fn copy_draws_a_progress_bar_on_a_terminal() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let a = tmp.path().join("a");
+    fs::write(tmp.path().join("src.txt"), "x".repeat(100_000))?;
+    let added = ok(bigtop(
+        &[
+            "store",
+            "add",
+            "--store",
+            a.to_str().ok_or("path")?,
+            "src.txt",
+        ],
+        b"",
+        tmp.path(),
+    )?)?;
+    let path = String::from_utf8(added)?.trim().to_owned();
+    let cache = format!("file://{}", tmp.path().join("cache").display());
+    // `script` gives the command a pseudo-terminal and copies what it
+    // writes there to its own output.
+    let command = format!(
+        "{} copy --store {} --to {cache} {path}",
+        env!("CARGO_BIN_EXE_bigtop"),
+        a.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(tmp.path())
+        .env("BIGTOP_CONF_DIR", tmp.path().join(".etc-bigtop"))
+        .env("XDG_CONFIG_HOME", tmp.path().join(".config"))
+        .env("XDG_CACHE_HOME", tmp.path().join(".cache"))
+        .env("COLUMNS", "80")
+        .output()?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("[0/1 paths]"), "{shown:?}");
+    assert!(
+        shown.contains("[1/1 paths]") && shown.contains('#'),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\r\x1b[Kcopied 1 paths to"), "{shown:?}");
+    Ok(())
+}

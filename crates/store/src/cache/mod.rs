@@ -321,6 +321,48 @@ fn narinfo_name(path: &StorePath) -> String {
     format!("{}.narinfo", path.digest())
 }
 
+/// Hears how a copy goes, to render progress. Every method has an empty
+/// default; calls come from several threads.
+pub trait CopyObserver: Send + Sync {
+    /// What is to be copied: paths and their NAR bytes (uncompressed).
+    fn planned(&self, _paths: usize, _nar_bytes: u64) {}
+    /// `n` more NAR bytes went through (often: per buffer).
+    fn bytes(&self, _n: u64) {}
+    /// A path is through (uploaded, or fetched and staged).
+    fn copied(&self, _path: &StorePath) {}
+}
+
+/// A [`CopyObserver`] that renders nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl CopyObserver for Quiet {}
+
+/// Counts what passes into `observer` as it goes.
+struct Counting<'o, T> {
+    inner: T,
+    observer: &'o dyn CopyObserver,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.observer.bytes(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observer.bytes(n as u64);
+        Ok(n)
+    }
+}
+
 /// How to write into a cache.
 #[derive(Debug, Clone, Default)]
 pub struct UploadOptions {
@@ -352,6 +394,17 @@ pub fn upload(
     roots: &[StorePath],
     options: &UploadOptions,
 ) -> Result<CopyReport, CacheError> {
+    upload_observed(store, cache, roots, options, &Quiet)
+}
+
+/// [`upload`], telling `observer` how it goes.
+pub fn upload_observed(
+    store: &Store,
+    cache: &dyn BinaryCache,
+    roots: &[StorePath],
+    options: &UploadOptions,
+    observer: &dyn CopyObserver,
+) -> Result<CopyReport, CacheError> {
     let name = cache.describe();
     let store_err = |path: &StorePath, e: crate::Error| CacheError::Store {
         cache: name.clone(),
@@ -376,17 +429,31 @@ pub fn upload(
         })?
         .into_iter()
         .collect();
-    // NARs first, several at once (compressing is the work), each made
-    // durable before any narinfo naming one is written.
-    let uploaded = in_parallel(&closure, |path| {
+    // What the cache lacks, asked on many connections at once (over HTTP
+    // each is a round trip, and nothing to compute).
+    let missing = in_parallel(LOOKUPS_AT_ONCE, &closure, |path| {
         if cache.has(&narinfo_name(path))? {
             return Ok(None);
         }
-        let info = store
+        store
             .path_info(path)
             .map_err(|e| store_err(path, e))?
-            .ok_or_else(|| store_err(path, crate::Error::NotValid { path: path.clone() }))?;
-        upload_one(store, cache, &info, options).map(Some)
+            .ok_or_else(|| store_err(path, crate::Error::NotValid { path: path.clone() }))
+            .map(Some)
+    })?;
+    observer.planned(
+        missing.iter().flatten().count(),
+        missing.iter().flatten().map(|i| i.nar_size).sum(),
+    );
+    // NARs first, several at once (compressing is the work), each made
+    // durable before any narinfo naming one is written.
+    let uploaded = in_parallel(AT_ONCE, &missing, |info| match info {
+        None => Ok(None),
+        Some(info) => {
+            let up = upload_one(store, cache, info, options, observer)?;
+            observer.copied(&info.path);
+            Ok(Some(up))
+        }
     })?;
     cache.flush()?;
     let mut report = CopyReport::default();
@@ -402,7 +469,7 @@ pub fn upload(
             }
         }
     }
-    in_parallel(&narinfos, |(path, text)| {
+    in_parallel(AT_ONCE, &narinfos, |(path, text)| {
         cache.put(&narinfo_name(path), Contents::Bytes(text.as_bytes()))
     })?;
     cache.flush()?;
@@ -412,9 +479,13 @@ pub fn upload(
 /// How many paths are compressed or sent at once.
 const AT_ONCE: usize = 4;
 
-/// `f` of each item, on up to [`AT_ONCE`] threads; the results in the
+/// How many narinfos are looked up at once.
+const LOOKUPS_AT_ONCE: usize = 16;
+
+/// `f` of each item, on up to `threads` threads; the results in the
 /// items' order, or the first error.
 fn in_parallel<T: Sync, R: Send>(
+    threads: usize,
     items: &[T],
     f: impl Fn(&T) -> Result<R, CacheError> + Sync,
 ) -> Result<Vec<R>, CacheError> {
@@ -423,7 +494,7 @@ fn in_parallel<T: Sync, R: Send>(
     let results: Vec<std::sync::Mutex<Option<Result<R, CacheError>>>> =
         items.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
-        for _ in 0..AT_ONCE.min(items.len()) {
+        for _ in 0..threads.min(items.len()) {
             s.spawn(|| loop {
                 // After a failure, nothing new starts.
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -516,6 +587,7 @@ fn upload_one(
     cache: &dyn BinaryCache,
     info: &PathInfo,
     options: &UploadOptions,
+    observer: &dyn CopyObserver,
 ) -> Result<(String, u64, u64), CacheError> {
     let name = cache.describe();
     let path = &info.path;
@@ -540,7 +612,10 @@ fn upload_one(
         // Nix's narinfo says the NAR's SHA-256; the store may record it
         // with another algorithm, checked too.
         let nar = HashingWriter::new(compressor, HashAlgo::Sha256);
-        let mut recorded = HashingWriter::new(nar, info.nar_hash.algo());
+        let mut recorded = Counting {
+            inner: HashingWriter::new(nar, info.nar_hash.algo()),
+            observer,
+        };
         bigtop_core::nar::dump_path(&store.physical(path), &mut recorded).map_err(|e| {
             CacheError::Store {
                 cache: name.clone(),
@@ -548,7 +623,7 @@ fn upload_one(
                 source: Box::new(crate::Error::from(e)),
             }
         })?;
-        let (recorded_hash, _, nar) = recorded.finish();
+        let (recorded_hash, _, nar) = recorded.inner.finish();
         let (hash, size, compressor) = nar.finish();
         let changed = recorded_hash != info.nar_hash;
         (
@@ -672,6 +747,17 @@ pub fn fetch(
     roots: &[StorePath],
     options: &FetchOptions,
 ) -> Result<CopyReport, CacheError> {
+    fetch_observed(store, cache, roots, options, &Quiet)
+}
+
+/// [`fetch`], telling `observer` how it goes.
+pub fn fetch_observed(
+    store: &Store,
+    cache: &dyn BinaryCache,
+    roots: &[StorePath],
+    options: &FetchOptions,
+    observer: &dyn CopyObserver,
+) -> Result<CopyReport, CacheError> {
     let name = cache.describe();
     let info = read_cache_info(cache)?.ok_or_else(|| CacheError::Bad {
         cache: name.clone(),
@@ -687,26 +773,30 @@ pub fn fetch(
             ),
         });
     }
-    let store_err = |path: &StorePath, e: crate::Error| CacheError::Store {
-        cache: name.clone(),
-        path: path.to_string(),
-        source: Box::new(e),
-    };
-    // Every missing path of the closures, with its narinfo.
+    // Every missing path of the closures, with its narinfo: a level of
+    // references at a time, each level's narinfos asked for on many
+    // connections at once (over HTTP each is a round trip).
     let mut infos: BTreeMap<StorePath, NarInfo> = BTreeMap::new();
     let mut present = BTreeSet::new();
-    let mut todo: Vec<StorePath> = roots.to_vec();
-    while let Some(path) = todo.pop() {
-        if infos.contains_key(&path) || present.contains(&path) {
-            continue;
+    let mut level: BTreeSet<StorePath> = roots.iter().cloned().collect();
+    while !level.is_empty() {
+        let valid = store.valid_among(&level).map_err(|e| CacheError::Store {
+            cache: name.clone(),
+            path: format!("{} paths", level.len()),
+            source: Box::new(e),
+        })?;
+        let wanted: Vec<StorePath> = level.difference(&valid).cloned().collect();
+        present.extend(valid);
+        let found = in_parallel(LOOKUPS_AT_ONCE, &wanted, |path| {
+            read_narinfo(store.store_dir(), cache, path, options)
+        })?;
+        let mut next = BTreeSet::new();
+        for narinfo in found {
+            next.extend(narinfo.references.iter().cloned());
+            infos.insert(narinfo.store_path.clone(), narinfo);
         }
-        if store.is_valid(&path).map_err(|e| store_err(&path, e))? {
-            present.insert(path);
-            continue;
-        }
-        let narinfo = read_narinfo(store.store_dir(), cache, &path, options)?;
-        todo.extend(narinfo.references.iter().filter(|r| **r != path).cloned());
-        infos.insert(path, narinfo);
+        next.retain(|p| !infos.contains_key(p) && !present.contains(p));
+        level = next;
     }
     let mut report = CopyReport {
         present: present.len(),
@@ -717,8 +807,11 @@ pub fn fetch(
     // transaction and one or two file-system syncs. After a failure no
     // new download starts, and every tree staged so far is removed.
     let order = references_first(&infos);
-    let staged = in_parallel(&order, |path| {
-        fetch_retrying(store, cache, &infos[path], options)
+    observer.planned(order.len(), infos.values().map(|n| n.nar_size).sum());
+    let staged = in_parallel(AT_ONCE, &order, |path| {
+        let staged = fetch_retrying(store, cache, &infos[path], options, observer)?;
+        observer.copied(path);
+        Ok(staged)
     })?;
     let mut batch = store.batch();
     let mut unverified = false;
@@ -779,11 +872,12 @@ fn fetch_retrying(
     cache: &dyn BinaryCache,
     narinfo: &NarInfo,
     options: &FetchOptions,
+    observer: &dyn CopyObserver,
 ) -> Result<Staged, CacheError> {
     let mut wait = std::time::Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match fetch_one(store, cache, narinfo, options) {
+        match fetch_one(store, cache, narinfo, options, observer) {
             Ok(staged) => return Ok(staged),
             Err(e @ CacheError::Missing { .. }) => return Err(e),
             Err(e) if attempt >= TRIES => return Err(e),
@@ -936,6 +1030,7 @@ fn fetch_one(
     cache: &dyn BinaryCache,
     narinfo: &NarInfo,
     options: &FetchOptions,
+    observer: &dyn CopyObserver,
 ) -> Result<Staged, CacheError> {
     let name = cache.describe();
     let path = &narinfo.store_path;
@@ -983,7 +1078,10 @@ fn fetch_one(
         let decoder = compression
             .decoder(&mut counted)
             .map_err(|e| bad(format!("cannot decompress: {e}")))?;
-        let mut nar = BufReader::new(decoder.take(narinfo.nar_size.saturating_add(1)));
+        let mut nar = BufReader::new(Counting {
+            inner: decoder.take(narinfo.nar_size.saturating_add(1)),
+            observer,
+        });
         crate::store::add::stage_nar(store, &info, &mut nar).map_err(|e| CacheError::Store {
             cache: name.clone(),
             path: path.to_string(),
