@@ -444,14 +444,14 @@ fn bigtop_substitutes_from_caches_nix_wrote_in_xz_and_zstd() -> Result {
 
 /// nginx with WebDAV `PUT`, serving a temporary directory on 127.0.0.1,
 /// stopped when dropped.
-struct Nginx {
+pub(crate) struct Nginx {
     child: std::process::Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Nginx {
-    fn start() -> Result<Nginx> {
+    pub(crate) fn start() -> Result<Nginx> {
         let dir = tempfile::tempdir()?;
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root)?;
@@ -487,19 +487,20 @@ impl Nginx {
             .spawn()?;
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Nginx {
-                    child,
-                    port,
-                    _dir: dir,
-                });
+                return Ok(Nginx { child, port, dir });
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         Err("nginx did not start".into())
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The folder it serves.
+    pub(crate) fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("root")
     }
 }
 

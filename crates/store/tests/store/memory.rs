@@ -1,7 +1,8 @@
-//! Export and import stream: a closure holding a 4 GiB file moves between
-//! two stores in bounded memory. The two sides run as child processes
-//! (this binary again) joined by a pipe, and their peak resident memory is
-//! read from the kernel's accounting of waited-for children.
+//! A closure holding a 4 GiB file moves between two stores in bounded
+//! memory: through the export and import stream, and substituted from a
+//! binary cache over HTTP. Each side runs as a child process (this binary
+//! again), and its peak resident memory is read from the kernel's
+//! accounting of waited-for children.
 
 use std::collections::BTreeSet;
 use std::io::{self, BufReader, Read};
@@ -183,6 +184,105 @@ fn a_4_gib_closure_moves_in_bounded_memory() -> Result {
     assert_eq!(std::fs::metadata(store.physical(&path))?.len(), FILE_SIZE);
     eprintln!(
         "peak resident memory of export and import: {} MiB",
+        peak >> 20
+    );
+    Ok(())
+}
+
+const URL_VAR: &str = "BIGTOP_TEST_URL";
+const KEY_VAR: &str = "BIGTOP_TEST_KEY";
+
+#[test]
+#[ignore = "entry point for a child process of the memory test"]
+fn child_substitute() -> Result {
+    use bigtop_store::cache::{fetch, FetchOptions, HttpCache};
+    let store = Store::open_chroot(std::env::var(DIR_VAR)?)?;
+    let path = StorePath::from_base_name(&std::env::var(PATH_VAR)?)?;
+    let cache = HttpCache::new(&std::env::var(URL_VAR)?)?;
+    let key: bigtop_store::core::PublicKey = std::env::var(KEY_VAR)?.parse()?;
+    let report = fetch(
+        &store,
+        &cache,
+        &[path],
+        &FetchOptions::trusting([key].into_iter().collect()),
+    )?;
+    eprintln!("fetched {}", report.copied.len());
+    Ok(())
+}
+
+/// A cache on nginx holds one path of a 4 GiB file, its NAR compressed
+/// with zstd (made here as it is generated, never whole on disk
+/// uncompressed); a child substitutes it and peaks under 64 MiB.
+#[test]
+fn a_4_gib_nar_substitutes_from_a_cache_over_http_in_bounded_memory() -> Result {
+    use bigtop_store::core::hash::HashingWriter;
+    use bigtop_store::core::narinfo::NarInfo;
+    use bigtop_store::core::SecretKey;
+    let server = crate::cache::Nginx::start()?;
+    let root = server.root();
+    std::fs::create_dir_all(root.join("nar"))?;
+    let tmp = tempfile::tempdir()?;
+    let dir = bigtop_store::core::StoreDir::default();
+    std::fs::write(
+        root.join("nix-cache-info"),
+        format!("StoreDir: {dir}\nWantMassQuery: 1\nPriority: 40\n"),
+    )?;
+    // One pass makes the compressed file and both hashes.
+    let staged = root.join("nar/staged");
+    let file = HashingWriter::new(std::fs::File::create(&staged)?, HashAlgo::Sha256);
+    let encoder = zstd::stream::write::Encoder::new(file, 1)?;
+    let mut nar = HashingWriter::new(encoder, HashAlgo::Sha256);
+    io::copy(&mut ZeroFileNar::new(FILE_SIZE), &mut nar)?;
+    let (nar_hash, nar_size, encoder) = nar.finish();
+    let (file_hash, file_size, _) = encoder.finish()?.finish();
+    let url = format!("nar/{}.nar.zst", file_hash.to_base32());
+    std::fs::rename(&staged, root.join(&url))?;
+    let path = dir.make_source_path("big", &nar_hash, [], false)?;
+    let key = SecretKey::generate("big.example.org-1")?;
+    let mut info = NarInfo::new(path.clone(), url, nar_hash, nar_size);
+    info.compression = Some("zstd".into());
+    info.file_hash = Some(file_hash);
+    info.file_size = Some(file_size);
+    info.sign(&dir, &key);
+    std::fs::write(
+        root.join(format!("{}.narinfo", path.digest())),
+        info.to_text(&dir),
+    )?;
+
+    let baseline = peak_rss_of_children();
+    let dst = tmp.path().join("dst");
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "memory::child_substitute",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DIR_VAR, &dst)
+        .env(PATH_VAR, path.to_string())
+        .env(URL_VAR, server.url())
+        .env(KEY_VAR, key.public().to_string())
+        .stdout(Stdio::null())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "substitution failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak = peak_rss_of_children();
+    assert!(
+        peak < LIMIT_BYTES,
+        "the child peaked at {} MiB (limit 64 MiB)",
+        peak >> 20
+    );
+    assert!(peak >= baseline);
+    let store = Store::open_chroot(&dst)?;
+    let recorded = store.path_info(&path)?.ok_or("not substituted")?;
+    assert_eq!(recorded.nar_size, FILE_SIZE + 112);
+    assert_eq!(std::fs::metadata(store.physical(&path))?.len(), FILE_SIZE);
+    eprintln!(
+        "peak resident memory substituting 4 GiB over HTTP: {} MiB ({file_size} compressed bytes)",
         peak >> 20
     );
     Ok(())
