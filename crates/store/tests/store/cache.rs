@@ -147,7 +147,7 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
     // Each case breaks a fresh cache one way; the fetch must fail and
     // leave the store empty.
     type Break = fn(&FileCache, &StorePath, &StorePath) -> Result<&'static str>;
-    let cases: [Break; 11] = [
+    let cases: [Break; 12] = [
         // A flipped byte in the compressed NAR of `dep`.
         |c, dep, _| {
             let f = nar_file(c, dep)?;
@@ -239,6 +239,20 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
             set_field(&n, "FileSize", None)?;
             set_field(&n, "FileHash", None)?;
             Ok("more bytes than")
+        },
+        // A reference the cache does not have.
+        |c, dep, _| {
+            let f = narinfo_file(c, dep);
+            let text = std::fs::read_to_string(&f)?;
+            let refs = text
+                .lines()
+                .find_map(|l| l.strip_prefix("References:"))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            let ghost = "00000000000000000000000000000000-ghost";
+            set_field(&f, "References", Some(format!("{refs} {ghost}").trim()))?;
+            Ok("does not have")
         },
         // A Sig line that is not a signature at all.
         |c, dep, _| {
