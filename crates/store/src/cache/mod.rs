@@ -148,7 +148,9 @@ impl Compression {
         }
     }
 
-    fn extension(self) -> &'static str {
+    /// The extension of a NAR file in this compression (`.zst`, `.xz`,
+    /// or none), after `.nar`.
+    pub fn extension(self) -> &'static str {
         match self {
             Compression::None => "",
             Compression::Xz => ".xz",
@@ -537,45 +539,77 @@ fn upload_one(
     Ok((narinfo.to_text(store.store_dir()), nar_size, file_size))
 }
 
-/// A compressing writer of any [`Compression`], finished explicitly.
-enum Compressor<W: Write> {
+/// A compressing writer of any [`Compression`], finished explicitly:
+/// what [`upload`] writes NAR files with, for a server that compresses
+/// NARs as it sends them.
+///
+/// ```
+/// use std::io::Write;
+/// use bigtop_store::cache::{Compression, Compressor};
+/// let mut c = Compressor::new(Compression::Zstd, Vec::new())?;
+/// c.write_all(&[0; 4096])?;
+/// let compressed = c.finish()?;
+/// assert!(compressed.len() < 4096);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Compressor<W: Write>(CompressorKind<W>);
+
+enum CompressorKind<W: Write> {
     None(W),
     Xz(liblzma::write::XzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
+impl<W: Write> std::fmt::Debug for Compressor<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match &self.0 {
+            CompressorKind::None(_) => "none",
+            CompressorKind::Xz(_) => "xz",
+            CompressorKind::Zstd(_) => "zstd",
+        };
+        f.debug_tuple("Compressor").field(&name).finish()
+    }
+}
+
 impl<W: Write> Compressor<W> {
-    fn new(c: Compression, w: W) -> io::Result<Self> {
-        Ok(match c {
-            Compression::None => Compressor::None(w),
-            // Level 6, as `xz` and Nix use.
-            Compression::Xz => Compressor::Xz(liblzma::write::XzEncoder::new(w, 6)),
-            Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(w, 3)?),
-        })
+    /// Compresses what is written into `w`: xz at level 6 (as `xz` and
+    /// Nix write it; its encoder holds about 94 MiB), zstd at level 3
+    /// (a few MiB).
+    pub fn new(c: Compression, w: W) -> io::Result<Self> {
+        Ok(Compressor(match c {
+            Compression::None => CompressorKind::None(w),
+            Compression::Xz => CompressorKind::Xz(liblzma::write::XzEncoder::new(w, 6)),
+            Compression::Zstd => {
+                CompressorKind::Zstd(zstd::stream::write::Encoder::new(w, 3)?)
+            }
+        }))
     }
 
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Compressor::None(w) => Ok(w),
-            Compressor::Xz(e) => e.finish(),
-            Compressor::Zstd(e) => e.finish(),
+    /// Writes the end of the compressed stream and gives the writer back.
+    /// A stream never finished is not a whole one, and a decompressor
+    /// says so.
+    pub fn finish(self) -> io::Result<W> {
+        match self.0 {
+            CompressorKind::None(w) => Ok(w),
+            CompressorKind::Xz(e) => e.finish(),
+            CompressorKind::Zstd(e) => e.finish(),
         }
     }
 }
 
 impl<W: Write> Write for Compressor<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::None(w) => w.write(buf),
-            Compressor::Xz(e) => e.write(buf),
-            Compressor::Zstd(e) => e.write(buf),
+        match &mut self.0 {
+            CompressorKind::None(w) => w.write(buf),
+            CompressorKind::Xz(e) => e.write(buf),
+            CompressorKind::Zstd(e) => e.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::None(w) => w.flush(),
-            Compressor::Xz(e) => e.flush(),
-            Compressor::Zstd(e) => e.flush(),
+        match &mut self.0 {
+            CompressorKind::None(w) => w.flush(),
+            CompressorKind::Xz(e) => e.flush(),
+            CompressorKind::Zstd(e) => e.flush(),
         }
     }
 }
