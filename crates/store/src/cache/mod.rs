@@ -579,9 +579,7 @@ impl<W: Write> Compressor<W> {
         Ok(Compressor(match c {
             Compression::None => CompressorKind::None(w),
             Compression::Xz => CompressorKind::Xz(liblzma::write::XzEncoder::new(w, 6)),
-            Compression::Zstd => {
-                CompressorKind::Zstd(zstd::stream::write::Encoder::new(w, 3)?)
-            }
+            Compression::Zstd => CompressorKind::Zstd(zstd::stream::write::Encoder::new(w, 3)?),
         }))
     }
 
