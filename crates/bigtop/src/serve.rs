@@ -15,8 +15,9 @@
 //! - `/nar/<digest>-<recorded NAR hash>.nar[.zst|.xz]`: the path's NAR,
 //!   dumped from the store as it is sent and compressed as its name
 //!   says. It streams through a bounded channel, so a download holds a
-//!   few 64 KiB chunks and the compressor's state (a few MiB for zstd;
-//!   about 94 MiB for xz, Nix's level 6) whatever the path's size, and it
+//!   few 64 KiB chunks and the compressor's state whatever the path's
+//!   size (sized to the NAR: at most about 3 MiB for zstd, 94 MiB for
+//!   xz at Nix's level 6), and it
 //!   is checked against the recorded hash and size as it goes: a path
 //!   changed on disk is never sent whole, the connection is cut before
 //!   the end instead (and reported through [`Options::on_error`]).
@@ -168,8 +169,9 @@ pub struct Options {
     /// `Priority:` in `nix-cache-info` (lower is tried first). Default:
     /// 30, as nix-serve says.
     pub priority: u32,
-    /// NARs dumped at once at most; more wait for one to finish.
-    /// Default: 64.
+    /// NARs dumped at once at most; more wait for one to finish. Times
+    /// the compressor's state per NAR (at most about 3 MiB for zstd, 94
+    /// MiB for xz), this bounds the memory downloads take. Default: 64.
     pub max_nar_streams: usize,
     /// Paths whose NAR's SHA-256 is kept in memory at most (for stores
     /// that record BLAKE3). Default: 16,384 (a few MiB).

@@ -74,7 +74,8 @@ pub(crate) fn send(
         path: path.clone(),
         source,
     };
-    let compressor = Compressor::new(compression, sink).map_err(|e| stopped(compress_err(e)))?;
+    let compressor = Compressor::with_size(compression, sink, info.nar_size)
+        .map_err(|e| stopped(compress_err(e)))?;
     let mut checked = Checked::new(compressor, info.nar_hash.algo(), info.nar_size);
     let dumped = bigtop_core::nar::dump_path(&store.physical(path), &mut checked);
     let over = checked.over;

@@ -583,6 +583,57 @@ impl<W: Write> Compressor<W> {
         }))
     }
 
+    /// [`new`](Self::new), for exactly `size` bytes: zstd sizes its
+    /// window and tables to them and records the size in the frame, xz
+    /// takes a dictionary no bigger than them, so that a small NAR's
+    /// encoder holds kilobytes, not megabytes (a NAR of 8 MiB or more
+    /// still costs xz its 94 MiB). Writing another number of bytes makes
+    /// zstd's [`finish`](Self::finish) fail.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use bigtop_store::cache::{Compression, Compressor};
+    /// let mut c = Compressor::with_size(Compression::Zstd, Vec::new(), 5)?;
+    /// c.write_all(b"hello")?;
+    /// assert_eq!(zstd::decode_all(&c.finish()?[..])?, b"hello");
+    /// let mut wrong = Compressor::with_size(Compression::Zstd, Vec::new(), 6)?;
+    /// wrong.write_all(b"hello")?;
+    /// assert!(wrong.finish().is_err());
+    ///
+    /// let mut c = Compressor::with_size(Compression::Xz, Vec::new(), 5)?;
+    /// c.write_all(b"hello")?;
+    /// let mut text = Vec::new();
+    /// std::io::Read::read_to_end(&mut liblzma::read::XzDecoder::new(&c.finish()?[..]), &mut text)?;
+    /// assert_eq!(text, b"hello");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_size(c: Compression, w: W, size: u64) -> io::Result<Self> {
+        Ok(match c {
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(w, 3)?;
+                e.set_pledged_src_size(Some(size))?;
+                Compressor(CompressorKind::Zstd(e))
+            }
+            Compression::Xz => {
+                use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
+                // Level 6's dictionary is 8 MiB; xz's smallest is 4 KiB.
+                let dict = size.clamp(4 << 10, 8 << 20) as u32;
+                let stream = LzmaOptions::new_preset(6)
+                    .and_then(|mut options| {
+                        options.dict_size(dict);
+                        let mut filters = Filters::new();
+                        filters.lzma2(&options);
+                        Stream::new_stream_encoder(&filters, Check::Crc64)
+                    })
+                    .map_err(io::Error::other)?;
+                Compressor(CompressorKind::Xz(liblzma::write::XzEncoder::new_stream(
+                    w, stream,
+                )))
+            }
+            Compression::None => Compressor::new(c, w)?,
+        })
+    }
+
     /// Writes the end of the compressed stream and gives the writer back.
     /// A stream never finished is not a whole one, and a decompressor
     /// says so.
