@@ -116,7 +116,7 @@ pub enum Error {
         what: String,
         /// Why.
         #[source]
-        source: bigtop_store::Error,
+        source: Box<bigtop_store::Error>,
     },
     /// A path's NAR could not be read.
     #[error("cannot archive `{path}`")]
@@ -125,7 +125,7 @@ pub enum Error {
         path: StorePath,
         /// Why.
         #[source]
-        source: DumpError,
+        source: Box<DumpError>,
     },
     /// A path on disk no longer matches the NAR hash and size the store
     /// recorded for it: it is not served.
@@ -449,7 +449,7 @@ fn lookup(store: &Store, digest: &StorePathDigest) -> Result<Option<PathInfo>, E
     let store_err = |what: String| {
         move |source| Error::Store {
             what: what.clone(),
-            source,
+            source: Box::new(source),
         }
     };
     let Some(path) = store

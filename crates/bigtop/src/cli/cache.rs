@@ -86,20 +86,22 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
         .transpose()?;
     let store = global.store.open()?;
     let store_dir = store.store_dir().to_string();
-    let mut options = serve::Options::default();
-    options.compression = args.compression;
-    options.key = key;
-    options.priority = args.priority;
-    // What the server cannot serve is said and served around, not fatal.
-    options.on_error = Some(Arc::new(|e: &serve::Error| {
-        let mut text = format!("warning: {e}");
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(&format!("\n  caused by: {s}"));
-            source = s.source();
-        }
-        eprintln!("{text}");
-    }));
+    let options = serve::Options {
+        compression: args.compression,
+        key,
+        priority: args.priority,
+        // What the server cannot serve is said and served around, not fatal.
+        on_error: Some(Arc::new(|e: &serve::Error| {
+            let mut text = format!("warning: {e}");
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!("\n  caused by: {s}"));
+                source = s.source();
+            }
+            eprintln!("{text}");
+        })),
+        ..serve::Options::default()
+    };
     let server = serve::Server::bind(Arc::new(store), args.listen, options)?;
     let addr = server.local_addr();
     let line = if global.json {

@@ -86,7 +86,7 @@ pub(crate) fn send(
         Err(source) => {
             return Err(stopped(Error::Dump {
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             }))
         }
         Ok(_) if hash != info.nar_hash || size != info.nar_size => {

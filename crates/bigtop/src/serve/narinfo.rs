@@ -111,7 +111,7 @@ fn compute(store: &Store, info: &PathInfo) -> Result<Hash, Error> {
         Err(_) if over => Err(Error::Changed { path: path.clone() }),
         Err(source) => Err(Error::Dump {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         }),
         Ok(_) if recorded != info.nar_hash || size != info.nar_size => {
             Err(Error::Changed { path: path.clone() })

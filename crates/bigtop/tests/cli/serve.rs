@@ -633,8 +633,8 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
         let dir = file.parent().ok_or("parent")?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
-        let mut f = fs::OpenOptions::new().write(true).open(&file)?;
-        std::os::unix::fs::FileExt::write_all_at(&mut f, b"THE CHANGE", at)?;
+        let f = fs::OpenOptions::new().write(true).open(&file)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, b"THE CHANGE", at)?;
     }
     let server = Serving::start(&served, &[])?;
     for info in [&small, &big] {
