@@ -56,8 +56,9 @@ pub(crate) fn send(
     tx: mpsc::Sender<Chunk>,
 ) -> Result<(), Stopped> {
     let path = &info.path;
-    // Tells a write that failed because the client left from a failure
-    // here; dropped before returning, with the writer's sender.
+    // Whether the client has left tells a write that failed for that
+    // reason from a failure here. Dropped on return with the writer's
+    // sender, which closes the channel.
     let client = tx.clone();
     let stopped = |e: Error| {
         if client.is_closed() {

@@ -672,3 +672,36 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
     }
     Ok(())
 }
+
+#[test]
+fn serve_names_a_bad_key_file_and_an_address_it_cannot_listen_on() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = tmp.path().join("s");
+    let store = store.to_str().ok_or("path")?;
+    fs::write(tmp.path().join("bad.secret"), "not a key")?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken = taken.local_addr()?.to_string();
+    for (args, message) in [
+        (
+            vec!["--listen", "127.0.0.1:0", "--sign", "missing.secret"],
+            "error: cannot read secret key file `missing.secret`".to_owned(),
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--sign", "bad.secret"],
+            "error: secret key file `bad.secret` holds no secret key".to_owned(),
+        ),
+        (
+            vec!["--listen", &taken],
+            format!("error: cannot listen on `{taken}`"),
+        ),
+    ] {
+        let mut all = vec!["cache", "serve", "--store", store];
+        all.extend(args);
+        let out = crate::bigtop(&all, b"", tmp.path())?;
+        let err = String::from_utf8(out.stderr)?;
+        assert_eq!(out.status.code(), Some(1), "{all:?}: {err}");
+        assert!(out.stdout.is_empty(), "{all:?}");
+        assert!(err.starts_with(&message), "{all:?}: {err}");
+    }
+    Ok(())
+}
