@@ -642,14 +642,18 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
         // No narinfo: its SHA-256 cannot be known.
         let (status, _) = get(&format!("{}/{d}.narinfo", server.url()))?;
         assert_eq!(status, 404, "{}", info.path);
-        // The NAR, asked for by name, starts but never ends.
+        // The NAR, asked for by name, never ends.
         for ext in [".nar", ".nar.zst", ".nar.xz"] {
             let url = format!(
                 "{}/nar/{d}-{}{ext}",
                 server.url(),
                 info.nar_hash.to_base32()
             );
-            let r = agent().get(&url).call()?;
+            // Cut before the status line when the dump fails before
+            // hyper sends the head (a small path), after it otherwise.
+            let Ok(r) = agent().get(&url).call() else {
+                continue;
+            };
             assert_eq!(r.status().as_u16(), 200);
             let mut body = Vec::new();
             let read = r.into_body().into_reader().read_to_end(&mut body);
