@@ -4,8 +4,9 @@
 //! This module parses and dispatches; each command group lives in its own
 //! module with its own error type: archives in [`nar`], hashes in
 //! [`hash`], signing keys in [`key`], the store in [`store`], derivations
-//! as JSON in [`derivation`], building and build logs in [`build`], with
-//! progress rendered by [`progress`].
+//! as JSON in [`derivation`], building and build logs in [`build`],
+//! binary caches in [`copy`] and [`cache`] (serving one), with progress
+//! rendered by [`progress`].
 //!
 //! The global flags (`--store`, `--store-dir`, `--json`) go anywhere on
 //! the line, before or after the command, as `nix --store` does; like
@@ -33,6 +34,7 @@ use thiserror::Error;
 
 pub mod build;
 pub mod config;
+pub mod cache;
 pub mod copy;
 pub mod derivation;
 pub mod hash;
@@ -43,6 +45,7 @@ pub mod store;
 pub mod system;
 
 pub use build::{BuildArgs, LogArgs};
+pub use cache::{CacheCommand, ServeArgs};
 pub use copy::CopyArgs;
 pub use derivation::{DerivationAddArgs, DerivationCommand, ShowDerivationArgs};
 pub use hash::{Algo, HashCommand, HashPathArgs};
@@ -109,6 +112,9 @@ pub enum Command {
     /// Copy closures to a binary cache (`--to URL`, signed with `--sign`)
     /// or substitute them from one (`--from URL`, signatures checked).
     Copy(CopyArgs),
+    /// Serve the store as a binary cache over HTTP.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Switch a machine to a built system, roll it back, list its
     /// generations, check it for drift.
     #[command(subcommand)]
@@ -147,6 +153,9 @@ pub enum Error {
     /// `bigtop copy`.
     #[error(transparent)]
     Copy(#[from] copy::Error),
+    /// `bigtop cache …`.
+    #[error(transparent)]
+    Cache(#[from] cache::Error),
     /// `--json` was given to a command that writes a stream, not data.
     #[error("`bigtop {command}` writes {what}, which has no JSON form: drop `--json`")]
     NoJson {
@@ -170,6 +179,7 @@ impl Error {
             Error::Build(e) => e.is_broken_pipe(),
             Error::System(e) => e.is_broken_pipe(),
             Error::Copy(e) => e.is_broken_pipe(),
+            Error::Cache(e) => e.is_broken_pipe(),
             Error::NoJson { .. } => false,
         }
     }
@@ -242,6 +252,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Build(args) => Ok(build::build(&args, global)?),
         Command::Copy(args) => Ok(copy::copy(&args, global)?),
+        Command::Cache(command) => Ok(cache::run(command, global)?),
         Command::Log(args) => {
             no_json("log", "a build log")?;
             Ok(build::log(&args, global)?)

@@ -12,6 +12,7 @@
 //! | [`eval`] | `bigtop-eval` | the typed DSL: packages and package sets, sources, the module system with typed options, services, the system toplevel, fleets |
 //! | [`realise`] | | evaluated packages into a store: sources imported, derivations added, built |
 //! | [`activate`] | `bigtop-activate` | generations, atomic switch, readiness gate, rollback, s6 and systemd, containers (deploys over SSH next) |
+//! | [`serve`] | | a store served over HTTP as a read-only binary cache (`bigtop cache serve`) |
 //!
 //! A machine's configuration is modules whose options are Rust structs;
 //! typed keys define and read them, so a misspelled option or a value of
@@ -110,3 +111,4 @@ pub use bigtop_store as store;
 pub mod bootstrap;
 pub mod cli;
 pub mod realise;
+pub mod serve;

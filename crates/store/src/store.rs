@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bigtop_core::derivation::{Derivation, OutputName};
 use bigtop_core::signing::Signature;
-use bigtop_core::{ContentAddress, Hash, StoreDir, StorePath};
+use bigtop_core::{ContentAddress, Hash, StoreDir, StorePath, StorePathDigest};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub mod add;
@@ -339,6 +339,32 @@ impl Store {
             .prepare_cached("SELECT 1 FROM ValidPaths WHERE path = ?1")
             .map_err(self.db_err())?;
         stmt.exists([path.to_string()]).map_err(self.db_err())
+    }
+
+    /// The valid path whose digest is `digest`, if there is one: how a
+    /// binary cache's `<digest>.narinfo` names a path (Nix's
+    /// `queryPathFromHashPart`).
+    pub fn valid_path_with_digest(
+        &self,
+        digest: &StorePathDigest,
+    ) -> Result<Option<StorePath>, Error> {
+        // Base names are `<digest>-<name>`, and `.` follows `-` in ASCII:
+        // the range is that digest's paths, found through the index.
+        let (from, to) = (format!("{digest}-"), format!("{digest}."));
+        let conn = self.db();
+        let name: Option<String> = conn
+            .prepare_cached(
+                "SELECT path FROM ValidPaths WHERE path > ?1 AND path < ?2 ORDER BY path LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row([from, to], |r| r.get(0)).optional())
+            .map_err(self.db_err())?;
+        name.map(|n| {
+            StorePath::from_base_name(&n).map_err(|e| Error::BadMetadata {
+                path: n.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
     }
 
     /// What the store records about `path`, or `None` if it is not valid.

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use bigtop_core::signing::{PublicKey, SecretKey, TrustedKeys};
+use bigtop_core::signing::{PublicKey, TrustedKeys};
 use bigtop_store::cache::{self, CacheError, Compression, FetchOptions, UploadOptions};
 use clap::Args;
 use thiserror::Error;
@@ -55,7 +55,8 @@ pub struct CopyArgs {
     pub paths: Vec<String>,
 }
 
-fn parse_compression(s: &str) -> Result<Compression, String> {
+/// `--compression`'s value.
+pub(super) fn parse_compression(s: &str) -> Result<Compression, String> {
     Compression::parse(s).ok_or_else(|| format!("`{s}` is not one of zstd, xz, none"))
 }
 
@@ -73,13 +74,8 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] super::config::Error),
     /// The key file could not be read or parsed.
-    #[error("secret key file `{path}`: {reason}")]
-    Key {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Key(#[from] super::key::Error),
     /// A trusted public key did not parse.
     #[error("trusted public key `{key}`: {reason}")]
     PublicKey {
@@ -118,19 +114,11 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let (direction, url, report) = match (&args.to, &args.from) {
         (Some(url), _) => {
-            let key = match &args.sign {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| Error::Key {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    Some(text.trim().parse::<SecretKey>().map_err(|e| Error::Key {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?)
-                }
-                None => None,
-            };
+            let key = args
+                .sign
+                .as_deref()
+                .map(super::key::read_secret_key)
+                .transpose()?;
             let options = UploadOptions {
                 compression: args.compression.unwrap_or_default(),
                 key,

@@ -54,6 +54,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A secret key file could not be read.
+    #[error("cannot read secret key file `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A secret key file does not hold a key in Nix's format.
+    #[error("secret key file `{path}` holds no secret key")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: bigtop_core::signing::ParseError,
+    },
     /// Writing to standard output failed.
     #[error("cannot write to standard output")]
     Stdout(#[source] io::Error),
@@ -81,6 +99,20 @@ pub fn run(command: KeyCommand, json: bool) -> Result<(), Error> {
             json,
         ),
     }
+}
+
+/// The secret key in the file at `path` (Nix's `NAME:base64`, as
+/// `bigtop key generate` and `nix-store --generate-binary-cache-key`
+/// write it).
+pub fn read_secret_key(path: &Path) -> Result<SecretKey, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.trim().parse().map_err(|source| Error::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {

@@ -150,7 +150,9 @@ impl Compression {
         }
     }
 
-    fn extension(self) -> &'static str {
+    /// The extension of a NAR file in this compression (`.zst`, `.xz`,
+    /// or none), after `.nar`.
+    pub fn extension(self) -> &'static str {
         match self {
             Compression::None => "",
             Compression::Xz => ".xz",
@@ -671,45 +673,126 @@ fn upload_one(
     Ok((narinfo.to_text(store.store_dir()), nar_size, file_size))
 }
 
-/// A compressing writer of any [`Compression`], finished explicitly.
-enum Compressor<W: Write> {
+/// A compressing writer of any [`Compression`], finished explicitly:
+/// what [`upload`] writes NAR files with, for a server that compresses
+/// NARs as it sends them.
+///
+/// ```
+/// use std::io::Write;
+/// use bigtop_store::cache::{Compression, Compressor};
+/// let mut c = Compressor::new(Compression::Zstd, Vec::new())?;
+/// c.write_all(&[0; 4096])?;
+/// let compressed = c.finish()?;
+/// assert!(compressed.len() < 4096);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Compressor<W: Write>(CompressorKind<W>);
+
+enum CompressorKind<W: Write> {
     None(W),
     Xz(liblzma::write::XzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
+impl<W: Write> std::fmt::Debug for Compressor<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match &self.0 {
+            CompressorKind::None(_) => "none",
+            CompressorKind::Xz(_) => "xz",
+            CompressorKind::Zstd(_) => "zstd",
+        };
+        f.debug_tuple("Compressor").field(&name).finish()
+    }
+}
+
 impl<W: Write> Compressor<W> {
-    fn new(c: Compression, w: W) -> io::Result<Self> {
+    /// Compresses what is written into `w`: xz at level 6 (as `xz` and
+    /// Nix write it; its encoder holds about 94 MiB), zstd at level 3
+    /// (a few MiB).
+    pub fn new(c: Compression, w: W) -> io::Result<Self> {
+        Ok(Compressor(match c {
+            Compression::None => CompressorKind::None(w),
+            Compression::Xz => CompressorKind::Xz(liblzma::write::XzEncoder::new(w, 6)),
+            Compression::Zstd => CompressorKind::Zstd(zstd::stream::write::Encoder::new(w, 3)?),
+        }))
+    }
+
+    /// [`new`](Self::new), for exactly `size` bytes: zstd sizes its
+    /// window and tables to them and records the size in the frame, xz
+    /// takes a dictionary no bigger than them, so that a small NAR's
+    /// encoder holds kilobytes, not megabytes (a NAR of 8 MiB or more
+    /// still costs xz its 94 MiB). Writing another number of bytes makes
+    /// zstd's [`finish`](Self::finish) fail.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use bigtop_store::cache::{Compression, Compressor};
+    /// let mut c = Compressor::with_size(Compression::Zstd, Vec::new(), 5)?;
+    /// c.write_all(b"hello")?;
+    /// assert_eq!(zstd::decode_all(&c.finish()?[..])?, b"hello");
+    /// let mut wrong = Compressor::with_size(Compression::Zstd, Vec::new(), 6)?;
+    /// wrong.write_all(b"hello")?;
+    /// assert!(wrong.finish().is_err());
+    ///
+    /// let mut c = Compressor::with_size(Compression::Xz, Vec::new(), 5)?;
+    /// c.write_all(b"hello")?;
+    /// let mut text = Vec::new();
+    /// std::io::Read::read_to_end(&mut liblzma::read::XzDecoder::new(&c.finish()?[..]), &mut text)?;
+    /// assert_eq!(text, b"hello");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_size(c: Compression, w: W, size: u64) -> io::Result<Self> {
         Ok(match c {
-            Compression::None => Compressor::None(w),
-            // Level 6, as `xz` and Nix use.
-            Compression::Xz => Compressor::Xz(liblzma::write::XzEncoder::new(w, 6)),
-            Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(w, 3)?),
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(w, 3)?;
+                e.set_pledged_src_size(Some(size))?;
+                Compressor(CompressorKind::Zstd(e))
+            }
+            Compression::Xz => {
+                use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
+                // Level 6's dictionary is 8 MiB; xz's smallest is 4 KiB.
+                let dict = size.clamp(4 << 10, 8 << 20) as u32;
+                let stream = LzmaOptions::new_preset(6)
+                    .and_then(|mut options| {
+                        options.dict_size(dict);
+                        let mut filters = Filters::new();
+                        filters.lzma2(&options);
+                        Stream::new_stream_encoder(&filters, Check::Crc64)
+                    })
+                    .map_err(io::Error::other)?;
+                Compressor(CompressorKind::Xz(liblzma::write::XzEncoder::new_stream(
+                    w, stream,
+                )))
+            }
+            Compression::None => Compressor::new(c, w)?,
         })
     }
 
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Compressor::None(w) => Ok(w),
-            Compressor::Xz(e) => e.finish(),
-            Compressor::Zstd(e) => e.finish(),
+    /// Writes the end of the compressed stream and gives the writer back.
+    /// A stream never finished is not a whole one, and a decompressor
+    /// says so.
+    pub fn finish(self) -> io::Result<W> {
+        match self.0 {
+            CompressorKind::None(w) => Ok(w),
+            CompressorKind::Xz(e) => e.finish(),
+            CompressorKind::Zstd(e) => e.finish(),
         }
     }
 }
 
 impl<W: Write> Write for Compressor<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::None(w) => w.write(buf),
-            Compressor::Xz(e) => e.write(buf),
-            Compressor::Zstd(e) => e.write(buf),
+        match &mut self.0 {
+            CompressorKind::None(w) => w.write(buf),
+            CompressorKind::Xz(e) => e.write(buf),
+            CompressorKind::Zstd(e) => e.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::None(w) => w.flush(),
-            Compressor::Xz(e) => e.flush(),
-            Compressor::Zstd(e) => e.flush(),
+        match &mut self.0 {
+            CompressorKind::None(w) => w.flush(),
+            CompressorKind::Xz(e) => e.flush(),
+            CompressorKind::Zstd(e) => e.flush(),
         }
     }
 }

@@ -180,6 +180,29 @@ fn queries_walk_the_reference_graph() -> Result {
 }
 
 #[test]
+fn a_valid_path_is_found_by_its_digest_alone() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = Store::open_chroot(tmp.path())?;
+    let paths = [
+        text(&store, "a", "one", &[])?,
+        text(&store, "a-b", "two", &[])?,
+        text(&store, "z.txt", "three", &[])?,
+    ];
+    for p in &paths {
+        assert_eq!(store.valid_path_with_digest(p.digest())?.as_ref(), Some(p));
+    }
+    let unknown = bigtop_store::core::StorePathDigest::parse("00000000000000000000000000000000")?;
+    assert_eq!(store.valid_path_with_digest(&unknown)?, None);
+    // Once deleted, its digest names nothing (a new handle: this one's
+    // temporary roots hold what it added).
+    drop(store);
+    let store = Store::open_chroot(tmp.path())?;
+    store.delete_paths(&[paths[1].clone()])?;
+    assert_eq!(store.valid_path_with_digest(paths[1].digest())?, None);
+    Ok(())
+}
+
+#[test]
 fn derivation_outputs_are_recorded() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = Store::open_chroot(tmp.path())?;

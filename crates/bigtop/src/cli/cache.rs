@@ -1,0 +1,122 @@
+//! `bigtop cache …`: the store as a binary cache for others.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bigtop_store::cache::Compression;
+use clap::{Args, Subcommand};
+use thiserror::Error;
+
+use super::store::Error as StoreError;
+use super::GlobalArgs;
+use crate::serve;
+
+/// `bigtop cache …`
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum CacheCommand {
+    /// Serve the store over HTTP as a read-only binary cache that bigtop
+    /// (`copy --from`) and Nix (`substituters`) read, until stopped.
+    /// Prints the address it listens on first.
+    Serve(ServeArgs),
+}
+
+/// `bigtop cache serve --listen ADDR`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on, and only there (`127.0.0.1:8080`,
+    /// `[::]:80`; port 0 picks a free port, printed at startup).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Sign each narinfo with this secret key file (Nix's `NAME:base64`
+    /// format, as `bigtop key generate` writes).
+    #[arg(long, value_name = "KEYFILE")]
+    pub sign: Option<PathBuf>,
+    /// How NARs are compressed as they are sent (`zstd`, `xz`, `none`).
+    #[arg(long, default_value = "zstd", value_parser = super::copy::parse_compression)]
+    pub compression: Compression,
+    /// The cache's priority in `nix-cache-info` (lower is tried first).
+    #[arg(long, default_value_t = 30)]
+    pub priority: u32,
+}
+
+/// Why a `bigtop cache` command failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key file could not be read or parsed.
+    #[error(transparent)]
+    Key(#[from] super::key::Error),
+    /// The server could not start.
+    #[error(transparent)]
+    Serve(#[from] serve::Error),
+    /// Writing to standard output failed.
+    #[error("cannot write to standard output")]
+    Stdout(#[source] io::Error),
+}
+
+impl Error {
+    /// Whether the reader of standard output went away.
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            Error::Store(e) => e.is_broken_pipe(),
+            Error::Stdout(e) => e.kind() == io::ErrorKind::BrokenPipe,
+            _ => false,
+        }
+    }
+}
+
+/// Runs a `bigtop cache` command.
+pub fn run(command: CacheCommand, global: &GlobalArgs) -> Result<(), Error> {
+    match command {
+        CacheCommand::Serve(args) => serve(&args, global),
+    }
+}
+
+fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let key = args
+        .sign
+        .as_deref()
+        .map(super::key::read_secret_key)
+        .transpose()?;
+    let store = global.store.open()?;
+    let store_dir = store.store_dir().to_string();
+    let options = serve::Options {
+        compression: args.compression,
+        key,
+        priority: args.priority,
+        // What the server cannot serve is said and served around, not fatal.
+        on_error: Some(Arc::new(|e: &serve::Error| {
+            let mut text = format!("warning: {e}");
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!("\n  caused by: {s}"));
+                source = s.source();
+            }
+            eprintln!("{text}");
+        })),
+        ..serve::Options::default()
+    };
+    let server = serve::Server::bind(Arc::new(store), args.listen, options)?;
+    let addr = server.local_addr();
+    let line = if global.json {
+        serde_json::json!({
+            "listen": addr.to_string(),
+            "url": format!("http://{addr}"),
+            "store_dir": store_dir,
+        })
+        .to_string()
+    } else {
+        format!("serving {store_dir} at http://{addr}")
+    };
+    // Printed (and flushed: a line) once listening, so that a script can
+    // wait for it and read the port.
+    writeln!(io::stdout(), "{line}").map_err(Error::Stdout)?;
+    server.run();
+    Ok(())
+}
