@@ -3,6 +3,7 @@
 mod build;
 mod derivation;
 mod paths;
+mod ssh;
 
 use std::collections::BTreeSet;
 use std::error::Error;
