@@ -67,6 +67,11 @@
 //! registers nothing: the import's batch is never committed, and a
 //! killed importer's staged trees are the store's leftovers, removed by
 //! the next `verify` or collection.
+//!
+//! A remote that ends mid-stream makes this side's writes to ssh fail
+//! with `EPIPE`, which becomes the error: Rust programs ignore `SIGPIPE`,
+//! and an embedder that restored its default action is killed by it
+//! instead.
 
 mod serve;
 mod ssh;
