@@ -24,6 +24,10 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # upload to (PUT) and substitute from, for bigtop and for Nix.
 command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] || need+=(libnginx-mod-http-dav-ext)
+# sshd and the ssh client: `bigtop copy` over SSH is tested against a real
+# sshd on 127.0.0.1, with keys made by ssh-keygen.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -33,8 +33,8 @@ use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 
 pub mod build;
-pub mod config;
 pub mod cache;
+pub mod config;
 pub mod copy;
 pub mod derivation;
 pub mod hash;
@@ -110,7 +110,8 @@ pub enum Command {
     /// Print the build log of a derivation, or of an output's deriver.
     Log(LogArgs),
     /// Copy closures to a binary cache (`--to URL`, signed with `--sign`)
-    /// or substitute them from one (`--from URL`, signatures checked).
+    /// or substitute them from one (`--from URL`, signatures checked), or
+    /// between this store and another machine's (`ssh://[user@]host[:port]`).
     Copy(CopyArgs),
     /// Serve the store as a binary cache over HTTP.
     #[command(subcommand)]
@@ -243,6 +244,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Store(StoreCommand::Export(args)) => {
             no_json("store export", "an export stream")?;
             Ok(store::run(StoreCommand::Export(args), global)?)
+        }
+        Command::Store(StoreCommand::Serve(args)) => {
+            no_json("store serve", "the store protocol")?;
+            Ok(store::run(StoreCommand::Serve(args), global)?)
         }
         Command::Store(command) => Ok(store::run(command, global)?),
         Command::WhyDepends(args) => Ok(store::why_depends(&args, global)?),

@@ -45,11 +45,11 @@ use crate::store::{PathInfo, Store};
 
 const MAGIC: &str = "bigtop-export-1";
 /// Longest metadata string accepted (a signature or path is far shorter).
-const MAX_FIELD: u64 = 4096;
+pub(crate) const MAX_FIELD: u64 = 4096;
 /// Most references accepted for one path.
 const MAX_REFS: u64 = 1 << 20;
 
-fn put(w: &mut impl Write, s: &[u8]) -> io::Result<()> {
+pub(crate) fn put(w: &mut impl Write, s: &[u8]) -> io::Result<()> {
     w.write_all(&(s.len() as u64).to_le_bytes())?;
     w.write_all(s)?;
     w.write_all(&[0u8; 8][..(8 - s.len() % 8) % 8])
@@ -61,7 +61,7 @@ fn bad(reason: impl Into<String>) -> Error {
     }
 }
 
-fn get(r: &mut impl Read, what: &str) -> Result<String, Error> {
+pub(crate) fn get(r: &mut impl Read, what: &str) -> Result<String, Error> {
     let mut len = [0u8; 8];
     r.read_exact(&mut len)
         .map_err(|e| bad(format!("stream ends before {what}: {e}")))?;
@@ -82,7 +82,7 @@ fn get(r: &mut impl Read, what: &str) -> Result<String, Error> {
     String::from_utf8(buf).map_err(|_| bad(format!("{what} is not UTF-8")))
 }
 
-fn get_number(r: &mut impl Read, what: &str, max: u64) -> Result<u64, Error> {
+pub(crate) fn get_number(r: &mut impl Read, what: &str, max: u64) -> Result<u64, Error> {
     let s = get(r, what)?;
     let n: u64 = s
         .parse()
@@ -103,17 +103,35 @@ impl Store {
         w: &mut impl Write,
     ) -> Result<Vec<StorePath>, Error> {
         let closure = self.closure(paths)?;
-        let mut infos = Vec::with_capacity(closure.len());
-        for p in &closure {
+        self.export_only(&closure, w)
+    }
+
+    /// Writes exactly `paths` to `w`, not their closure, each after those
+    /// of its references among them: for a receiver that already has the
+    /// rest of their closure (what a copy between stores sends once it
+    /// knows what the other side lacks).
+    pub fn export_only(
+        &self,
+        paths: &BTreeSet<StorePath>,
+        w: &mut impl Write,
+    ) -> Result<Vec<StorePath>, Error> {
+        let mut infos = Vec::with_capacity(paths.len());
+        for p in paths {
             infos.push(
                 self.path_info(p)?
                     .ok_or_else(|| Error::NotValid { path: p.clone() })?,
             );
         }
+        // References outside the set are the receiver's already; only the
+        // order among those sent matters.
         let graph = ReferenceGraph::new(infos.iter().map(|i| {
             (
                 i.path.clone(),
-                i.references.iter().cloned().collect::<Vec<_>>(),
+                i.references
+                    .iter()
+                    .filter(|r| paths.contains(*r))
+                    .cloned()
+                    .collect::<Vec<_>>(),
             )
         }))
         .map_err(|e| bad(e.to_string()))?;

@@ -44,6 +44,7 @@ mod fs;
 pub mod gc;
 mod liveness;
 mod pidfd;
+pub mod remote;
 pub mod sandbox;
 pub mod scan;
 mod store;

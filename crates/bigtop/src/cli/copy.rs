@@ -1,10 +1,12 @@
-//! `bigtop copy`: closures between the local store and binary caches.
+//! `bigtop copy`: closures between the local store and binary caches, or
+//! another machine's store over SSH.
 
 use std::io;
 use std::path::PathBuf;
 
 use bigtop_core::signing::{PublicKey, TrustedKeys};
-use bigtop_store::cache::{self, CacheError, Compression, FetchOptions, UploadOptions};
+use bigtop_store::cache::{self, CacheError, Compression, CopyReport, FetchOptions, UploadOptions};
+use bigtop_store::remote::{self, RemoteError, SshOptions, SshStore};
 use clap::Args;
 use thiserror::Error;
 
@@ -15,7 +17,9 @@ use super::GlobalArgs;
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// Write the closures of PATHS into the cache at URL (`file:///DIR`,
-    /// or `http(s)://…` that takes `PUT`).
+    /// or `http(s)://…` that takes `PUT`), or into the store of another
+    /// machine (`ssh://[user@]host[:port]`, which runs `bigtop store
+    /// serve` there).
     #[arg(
         long,
         value_name = "URL",
@@ -24,9 +28,22 @@ pub struct CopyArgs {
     )]
     pub to: Option<String>,
     /// Substitute the closures of PATHS from the cache at URL into the
-    /// store.
+    /// store, or copy them from another machine's store (`ssh://…`).
     #[arg(long, value_name = "URL")]
     pub from: Option<String>,
+    /// With `ssh://`: the bigtop to run on the other machine.
+    #[arg(long, value_name = "PATH", default_value = "bigtop")]
+    pub remote_program: String,
+    /// With `ssh://`: the other machine's store, as its `--store DIR`
+    /// (default: its default store). This side's `--store-dir`, if given,
+    /// is passed on too: both must agree.
+    #[arg(long, value_name = "DIR")]
+    pub remote_store: Option<String>,
+    /// With `ssh://`: an argument for `ssh`, before the host; repeatable
+    /// (`--ssh-option=-i --ssh-option=KEY`). Those in `$BIGTOP_SSH_OPTS`
+    /// (split at whitespace) come first.
+    #[arg(long = "ssh-option", value_name = "ARG", allow_hyphen_values = true)]
+    pub ssh_options: Vec<String>,
     /// With `--to`: sign what is uploaded with this secret key file (Nix's
     /// `NAME:base64` format, as `bigtop key generate` writes).
     #[arg(long, value_name = "KEYFILE", conflicts_with = "from")]
@@ -73,6 +90,15 @@ pub enum Error {
     /// A configuration file.
     #[error(transparent)]
     Config(#[from] super::config::Error),
+    /// The remote store.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A flag about binary caches' signatures was given for an SSH copy.
+    #[error("`{flag}` is for binary caches: over SSH the other side is trusted as far as its login, and nothing is signed or checked for signatures")]
+    NotForSsh {
+        /// The flag.
+        flag: &'static str,
+    },
     /// The key file could not be read or parsed.
     #[error(transparent)]
     Key(#[from] super::key::Error),
@@ -104,14 +130,58 @@ fn open_cache(url: &str) -> Result<Box<dyn cache::BinaryCache>, Error> {
     Ok(cache::open(url)?)
 }
 
+/// The remote store at an `ssh://` URL, reached as the arguments and
+/// `$BIGTOP_SSH_OPTS` say.
+fn ssh_store(url: &str, args: &CopyArgs, global: &GlobalArgs) -> Result<SshStore, Error> {
+    let refused = [
+        ("--sign", args.sign.is_some()),
+        ("--compression", args.compression.is_some()),
+        (
+            "--trusted-public-keys",
+            !args.trusted_public_keys.is_empty(),
+        ),
+        ("--no-require-sigs", args.no_require_sigs),
+    ];
+    if let Some((flag, _)) = refused.iter().find(|(_, given)| *given) {
+        return Err(Error::NotForSsh { flag });
+    }
+    let mut options = SshOptions::default();
+    // As Nix's `NIX_SSHOPTS`: whitespace-separated, no quoting.
+    if let Some(env) = std::env::var_os("BIGTOP_SSH_OPTS") {
+        options
+            .ssh_args
+            .extend(env.to_string_lossy().split_whitespace().map(str::to_owned));
+    }
+    options.ssh_args.extend(args.ssh_options.iter().cloned());
+    options.remote_program = args.remote_program.clone();
+    options.remote_store = args.remote_store.clone();
+    options.remote_store_dir = global.store.store_dir.clone();
+    Ok(SshStore::new(url, options)?)
+}
+
 /// Runs `bigtop copy`.
 pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
+    let ssh_url = |url: &Option<String>| url.as_ref().filter(|u| u.starts_with("ssh://")).cloned();
+    // The remote is checked before the store is opened: a bad URL is a
+    // mistake in the command, whatever the store.
+    let remote = match ssh_url(&args.to).or_else(|| ssh_url(&args.from)) {
+        Some(url) => Some(ssh_store(&url, args, global)?),
+        None => None,
+    };
     let store = global.store.open()?;
     let paths = args
         .paths
         .iter()
         .map(|p| parse_path(&store, p))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(remote) = remote {
+        let (direction, report) = if args.to.is_some() {
+            ("to", remote::copy_to(&store, &remote, &paths)?)
+        } else {
+            ("from", remote::copy_from(&store, &remote, &paths)?)
+        };
+        return print_ssh_report(direction, remote.describe(), &report, global.json);
+    }
     let (direction, url, report) = match (&args.to, &args.from) {
         (Some(url), _) => {
             let key = args
@@ -167,6 +237,40 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
     } else {
         format!(
             "copied {} paths {direction} {url} ({} NAR bytes, {} in the cache's files); {} already there\n",
+            report.copied.len(),
+            report.nar_bytes,
+            report.file_bytes,
+            report.present
+        )
+    };
+    use std::io::Write as _;
+    io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(Error::Stdout)
+}
+
+/// Prints what an SSH copy did: the stream's bytes in place of a cache's
+/// file bytes.
+fn print_ssh_report(
+    direction: &str,
+    url: &str,
+    report: &CopyReport,
+    json: bool,
+) -> Result<(), Error> {
+    let out = if json {
+        serde_json::json!({
+            "direction": direction,
+            "remote": url,
+            "copied": report.copied.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "present": report.present,
+            "nar_bytes": report.nar_bytes,
+            "stream_bytes": report.file_bytes,
+        })
+        .to_string()
+            + "\n"
+    } else {
+        format!(
+            "copied {} paths {direction} {url} ({} NAR bytes, {} bytes streamed); {} already there\n",
             report.copied.len(),
             report.nar_bytes,
             report.file_bytes,

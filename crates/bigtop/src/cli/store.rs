@@ -248,6 +248,11 @@ pub enum StoreCommand {
     Import(ImportArgs),
     /// List the garbage collector roots: each link and the path it keeps.
     Roots(RootsArgs),
+    /// Serve this store on standard input and output to a `bigtop copy
+    /// --to/--from ssh://…` on another machine, which runs this over
+    /// `ssh`. The other side is trusted as far as its login is: what it
+    /// sends is checked as any import is, not for signatures.
+    Serve(ServeArgs),
 }
 
 /// Arguments of `bigtop store add`.
@@ -324,6 +329,10 @@ pub struct ExportArgs {
 /// Arguments of `bigtop store import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {}
+
+/// Arguments of `bigtop store serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {}
 
 /// Arguments of `bigtop store roots`.
 #[derive(Debug, Args)]
@@ -537,6 +546,14 @@ pub fn run(command: StoreCommand, global: &GlobalArgs) -> Result<(), Error> {
             let store = global.store.open()?;
             let imported = store.import(&mut io::stdin().lock())?;
             print_paths(&store, &imported, global.json)
+        }
+        StoreCommand::Serve(ServeArgs {}) => {
+            let store = global.store.open()?;
+            // Large buffers: an export or import streams through them.
+            let mut input = io::BufReader::with_capacity(256 * 1024, io::stdin().lock());
+            let mut output = BufWriter::with_capacity(256 * 1024, io::stdout().lock());
+            bigtop_store::remote::serve(&store, &mut input, &mut output)?;
+            Ok(())
         }
         StoreCommand::Roots(RootsArgs {}) => {
             let store = global.store.open()?;

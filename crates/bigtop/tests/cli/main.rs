@@ -4,6 +4,7 @@ mod build;
 mod derivation;
 mod paths;
 mod serve;
+mod ssh;
 
 use std::collections::BTreeSet;
 use std::error::Error;

@@ -383,7 +383,8 @@ pub struct CopyReport {
     pub present: usize,
     /// Uncompressed NAR bytes copied.
     pub nar_bytes: u64,
-    /// Bytes of NAR files as stored in the cache (compressed).
+    /// Bytes of NAR files as stored in the cache (compressed); over SSH,
+    /// of the export stream sent (the NARs and their records).
     pub file_bytes: u64,
 }
 

@@ -9,6 +9,7 @@ mod crash;
 mod gc;
 mod hostile;
 mod memory;
+mod remote;
 
 use std::collections::BTreeSet;
 use std::error::Error;
