@@ -22,7 +22,6 @@ fn agent(stall: Duration) -> ureq::Agent {
         ureq::Agent::config_builder()
             // Statuses are answers here (404: the cache lacks it).
             .http_status_as_error(false)
-            .timeout_resolve(Some(Duration::from_secs(10)))
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             // A server that stops sending mid-NAR fails the read

@@ -327,6 +327,8 @@ fn narinfo_name(path: &StorePath) -> String {
 /// default; calls come from several threads.
 pub trait CopyObserver: Send + Sync {
     /// What is to be copied: paths and their NAR bytes (uncompressed).
+    /// A fetch finds its closure as it goes, and tells the totals again
+    /// each time they grow.
     fn planned(&self, _paths: usize, _nar_bytes: u64) {}
     /// `n` more NAR bytes went through (often: per buffer).
     fn bytes(&self, _n: u64) {}
@@ -857,49 +859,52 @@ pub fn fetch_observed(
             ),
         });
     }
-    // Every missing path of the closures, with its narinfo: a level of
-    // references at a time, each level's narinfos asked for on many
-    // connections at once (over HTTP each is a round trip).
-    let mut infos: BTreeMap<StorePath, NarInfo> = BTreeMap::new();
-    let mut present = BTreeSet::new();
-    let mut level: BTreeSet<StorePath> = roots.iter().cloned().collect();
-    while !level.is_empty() {
-        let valid = store.valid_among(&level).map_err(|e| CacheError::Store {
-            cache: name.clone(),
-            path: format!("{} paths", level.len()),
-            source: Box::new(e),
-        })?;
-        let wanted: Vec<StorePath> = level.difference(&valid).cloned().collect();
-        present.extend(valid);
-        let found = in_parallel(LOOKUPS_AT_ONCE, &wanted, |path| {
-            read_narinfo(store.store_dir(), cache, path, options)
-        })?;
-        let mut next = BTreeSet::new();
-        for narinfo in found {
-            next.extend(narinfo.references.iter().cloned());
-            infos.insert(narinfo.store_path.clone(), narinfo);
+    // Each worker takes a path, asks for its narinfo, queues the
+    // references it has not seen, and streams the NAR into a staged tree:
+    // looking up the closure and downloading it overlap, many paths at
+    // once. Nothing is registered until all are staged (below), so the
+    // order they arrive in does not matter. After a failure no new path
+    // starts, and every tree staged so far is removed.
+    let walk = Walk {
+        state: std::sync::Mutex::new(WalkState {
+            queue: roots.iter().cloned().collect(),
+            seen: roots.iter().cloned().collect(),
+            ..WalkState::default()
+        }),
+        wake: std::sync::Condvar::new(),
+    };
+    std::thread::scope(|s| {
+        for _ in 0..FETCHES_AT_ONCE {
+            s.spawn(|| walk.work(store, cache, options, observer));
         }
-        next.retain(|p| !infos.contains_key(p) && !present.contains(p));
-        level = next;
+    });
+    let state = walk
+        .state
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = state.failed {
+        return Err(e);
     }
+    let mut staged = state.staged;
     let mut report = CopyReport {
-        present: present.len(),
+        present: state.present,
         ..CopyReport::default()
     };
-    // Several NARs stream and unpack at once; the closure is then
-    // registered in one batch, whole or not at all, with one database
-    // transaction and one or two file-system syncs. After a failure no
-    // new download starts, and every tree staged so far is removed.
+    let infos: BTreeMap<StorePath, NarInfo> = staged
+        .iter()
+        .map(|(p, (n, _))| (p.clone(), n.clone()))
+        .collect();
     let order = references_first(&infos);
-    observer.planned(order.len(), infos.values().map(|n| n.nar_size).sum());
-    let staged = in_parallel(AT_ONCE, &order, |path| {
-        let staged = fetch_retrying(store, cache, &infos[path], options, observer)?;
-        observer.copied(path);
-        Ok(staged)
-    })?;
+    let staged: Vec<(StorePath, Staged)> = order
+        .into_iter()
+        .map(|p| {
+            let (_, s) = staged.remove(&p).expect("staged");
+            (p, s)
+        })
+        .collect();
     let mut batch = store.batch();
     let mut unverified = false;
-    for (path, staged) in order.into_iter().zip(staged) {
+    for (path, staged) in staged {
         let narinfo = &infos[&path];
         unverified |= staged.info.signatures.is_empty();
         let (info, tmp) = staged.into_parts();
@@ -924,6 +929,118 @@ pub fn fetch_observed(
     }
     batch.commit().map_err(whole)?;
     Ok(report)
+}
+
+/// How many paths a fetch looks up and streams at once.
+const FETCHES_AT_ONCE: usize = 8;
+
+/// The closure walk of a fetch, shared by its workers.
+struct Walk {
+    state: std::sync::Mutex<WalkState>,
+    /// Signalled when a path is queued, or a worker ends its path.
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct WalkState {
+    /// Paths to look at.
+    queue: Vec<StorePath>,
+    /// Every path queued so far.
+    seen: BTreeSet<StorePath>,
+    /// Paths being worked on.
+    busy: usize,
+    /// Paths the store had.
+    present: usize,
+    /// The paths fetched, with their narinfos.
+    staged: BTreeMap<StorePath, (NarInfo, Staged)>,
+    /// Paths and NAR bytes found missing so far (for the observer).
+    planned: (usize, u64),
+    failed: Option<CacheError>,
+}
+
+impl Walk {
+    fn work(
+        &self,
+        store: &Store,
+        cache: &dyn BinaryCache,
+        options: &FetchOptions,
+        observer: &dyn CopyObserver,
+    ) {
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let path = {
+                let mut state = lock();
+                loop {
+                    if state.failed.is_some() {
+                        return;
+                    }
+                    if let Some(p) = state.queue.pop() {
+                        state.busy += 1;
+                        break p;
+                    }
+                    if state.busy == 0 {
+                        // Nothing queued and no one who could queue more.
+                        self.wake.notify_all();
+                        return;
+                    }
+                    state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let result = self.one(store, cache, options, observer, &path);
+            let mut state = lock();
+            state.busy -= 1;
+            match result {
+                Ok(None) => state.present += 1,
+                Ok(Some((narinfo, staged))) => {
+                    observer.copied(&path);
+                    state.staged.insert(path, (narinfo, staged));
+                }
+                Err(e) => {
+                    state.failed.get_or_insert(e);
+                }
+            }
+            self.wake.notify_all();
+        }
+    }
+
+    /// Looks `path` up and fetches it, queueing its references; `None`
+    /// when the store has it.
+    fn one(
+        &self,
+        store: &Store,
+        cache: &dyn BinaryCache,
+        options: &FetchOptions,
+        observer: &dyn CopyObserver,
+        path: &StorePath,
+    ) -> Result<Option<(NarInfo, Staged)>, CacheError> {
+        let valid = store.is_valid(path).map_err(|e| CacheError::Store {
+            cache: cache.describe(),
+            path: path.to_string(),
+            source: Box::new(e),
+        })?;
+        if valid {
+            return Ok(None);
+        }
+        let narinfo = read_narinfo(store.store_dir(), cache, path, options)?;
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queued = false;
+            for r in &narinfo.references {
+                if state.seen.insert(r.clone()) {
+                    state.queue.push(r.clone());
+                    queued = true;
+                }
+            }
+            state.planned.0 += 1;
+            state.planned.1 += narinfo.nar_size;
+            observer.planned(state.planned.0, state.planned.1);
+            if queued {
+                self.wake.notify_all();
+            }
+        }
+        let staged = fetch_retrying(store, cache, &narinfo, options, observer)?;
+        Ok(Some((narinfo, staged)))
+    }
 }
 
 /// A NAR unpacked under a temporary name, removed unless taken.
