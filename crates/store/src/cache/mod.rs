@@ -867,7 +867,7 @@ pub fn fetch_observed(
     // starts, and every tree staged so far is removed.
     let walk = Walk {
         state: std::sync::Mutex::new(WalkState {
-            queue: roots.iter().cloned().collect(),
+            queue: roots.to_vec(),
             seen: roots.iter().cloned().collect(),
             ..WalkState::default()
         }),
