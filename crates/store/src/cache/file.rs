@@ -44,12 +44,43 @@ impl FileCache {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, CacheError> {
+        self.relative(name).map(|n| self.dir.join(n))
+    }
+
+    /// `name` checked, without the query a narinfo's URL may carry.
+    fn relative<'n>(&self, name: &'n str) -> Result<&'n str, CacheError> {
         checked_name(name)
-            .map(|n| self.dir.join(n))
+            .map(|n| n.split('?').next().unwrap_or(n))
             .ok_or_else(|| CacheError::Bad {
                 cache: self.describe(),
                 reason: format!("`{name}` is not a file name inside the cache"),
             })
+    }
+
+    /// Opens `relative` inside the cache through no symbolic link at all
+    /// (in any component: a cache's files are plain files in plain
+    /// folders) and without blocking on a FIFO: whoever can write the
+    /// cache must not be able to make a reader read elsewhere or hang.
+    fn open_beneath(&self, relative: &str, flags: rustix::fs::OFlags) -> io::Result<File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let dir = rustix::fs::open(
+            &self.dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let fd = rustix::fs::openat2(
+            &dir,
+            relative,
+            // O_PATH takes no other flags (and opens nothing to block on).
+            if flags.contains(OFlags::PATH) {
+                flags | OFlags::CLOEXEC
+            } else {
+                flags | OFlags::NONBLOCK | OFlags::CLOEXEC
+            },
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        )?;
+        Ok(File::from(fd))
     }
 
     fn io(&self, action: &'static str, name: &str) -> impl FnOnce(io::Error) -> CacheError {
@@ -69,14 +100,8 @@ impl BinaryCache for FileCache {
     }
 
     fn get(&self, name: &str) -> Result<Option<Box<dyn Read + Send>>, CacheError> {
-        // Not through a symbolic link (a cache's files are plain files),
-        // and without blocking on a FIFO: whoever can write the cache
-        // must not be able to make a reader read elsewhere or hang.
-        let opened = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(self.path(name)?);
-        let f = match opened {
+        let relative = self.relative(name)?;
+        let f = match self.open_beneath(relative, rustix::fs::OFlags::RDONLY) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io("open", name)(e)),
@@ -95,7 +120,11 @@ impl BinaryCache for FileCache {
         // An empty file is what a crash can leave of one renamed into
         // place before it reached the disk: not a file the cache has, so
         // that the next upload writes it again.
-        match fs::symlink_metadata(self.path(name)?) {
+        let relative = self.relative(name)?;
+        match self
+            .open_beneath(relative, rustix::fs::OFlags::PATH)
+            .and_then(|f| f.metadata())
+        {
             Ok(m) => Ok(m.is_file() && m.len() > 0),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.io("look at", name)(e)),

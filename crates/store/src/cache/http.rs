@@ -74,14 +74,14 @@ impl HttpCache {
         checked_name(name)
             .map(|n| format!("{}/{n}", self.base))
             .ok_or_else(|| CacheError::Bad {
-                cache: self.base.clone(),
+                cache: self.describe(),
                 reason: format!("`{name}` is not a file name inside the cache"),
             })
     }
 
     fn failed(&self, action: &'static str, name: &str, why: String) -> CacheError {
         CacheError::Io {
-            cache: self.base.clone(),
+            cache: self.describe(),
             action,
             file: name.to_owned(),
             source: io::Error::other(why),
@@ -122,7 +122,7 @@ impl HttpCache {
 
 impl BinaryCache for HttpCache {
     fn describe(&self) -> String {
-        self.base.clone()
+        without_userinfo(&self.base)
     }
 
     fn get(&self, name: &str) -> Result<Option<Box<dyn Read + Send>>, CacheError> {
@@ -178,6 +178,40 @@ impl BinaryCache for HttpCache {
             ))
         } else {
             Err(self.failed("put", name, format!("HTTP status {}", r.status())))
+        }
+    }
+}
+
+/// `url` without a `user:password@` before its host: what messages, reports
+/// and the memo of misses show, so that they do not spread a password.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_password_in_a_cache_url_is_never_shown() {
+        for (url, shown) in [
+            (
+                "https://u:p@cache.example.org/x",
+                "https://cache.example.org/x",
+            ),
+            (
+                "http://cache.example.org:8080",
+                "http://cache.example.org:8080",
+            ),
+            ("http://h/a@b", "http://h/a@b"),
+            ("https://u@h", "https://h"),
+        ] {
+            assert_eq!(super::without_userinfo(url), shown);
         }
     }
 }

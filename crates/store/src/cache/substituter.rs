@@ -201,8 +201,10 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
             .get(url)
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad(format!("its NAR `{url}` is missing")))?;
+        // A stream that would never end (or never produce) is cut where
+        // no honest compressed NAR of the signed size reaches.
         let decoder = compression
-            .decoder(raw)
+            .decoder(raw.take(super::compressed_limit(&narinfo)))
             .map_err(|e| bad(format!("cannot decompress: {e}")))?;
         // At most one byte past what the NAR claims is decompressed.
         Ok(Box::new(BufReader::with_capacity(

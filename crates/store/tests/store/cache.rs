@@ -147,7 +147,7 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
     // Each case breaks a fresh cache one way; the fetch must fail and
     // leave the store empty.
     type Break = fn(&FileCache, &StorePath, &StorePath) -> Result<&'static str>;
-    let cases: [Break; 12] = [
+    let cases: [Break; 13] = [
         // A flipped byte in the compressed NAR of `dep`.
         |c, dep, _| {
             let f = nar_file(c, dep)?;
@@ -239,6 +239,15 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
             set_field(&n, "FileSize", None)?;
             set_field(&n, "FileHash", None)?;
             Ok("more bytes than")
+        },
+        // The NARs' folder a symbolic link to where they are: not
+        // followed, whatever it points to.
+        |c, _, _| {
+            let nar = c.dir().join("nar");
+            let elsewhere = c.dir().with_file_name("elsewhere");
+            std::fs::rename(&nar, &elsewhere)?;
+            std::os::unix::fs::symlink(&elsewhere, &nar)?;
+            Ok("cannot open")
         },
         // A reference the cache does not have.
         |c, dep, _| {
@@ -802,5 +811,53 @@ fn verify_repair_fetches_broken_paths_again_as_recorded() -> Result {
     })?;
     assert!(again.is_clean(), "{again:?}");
     assert_consistent(&store)?;
+    Ok(())
+}
+
+/// harmonia's narinfos point to `nar/<hash>.nar?hash=<path hash>`: the
+/// query is sent to an HTTP cache and ignored by a directory.
+#[test]
+fn a_nar_url_with_a_query_is_read() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (cache, dep, app, trusted) = cache_with_two(tmp.path())?;
+    for p in [&dep, &app] {
+        let f = narinfo_file(&cache, p);
+        let text = std::fs::read_to_string(&f)?;
+        let url = text
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .ok_or("no URL")?
+            .to_owned();
+        set_field(&f, "URL", Some(&format!("{url}?hash={}", p.digest())))?;
+    }
+    let server = Nginx::start()?;
+    let root = server.root();
+    for entry in std::fs::read_dir(cache.dir())? {
+        let entry = entry?;
+        let to = root.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&to)?;
+            for f in std::fs::read_dir(entry.path())? {
+                let f = f?;
+                std::fs::copy(f.path(), to.join(f.file_name()))?;
+            }
+        } else {
+            std::fs::copy(entry.path(), to)?;
+        }
+    }
+    let over_http = bigtop_store::cache::open(&server.url())?;
+    for (i, source) in [&cache as &dyn BinaryCache, &*over_http]
+        .into_iter()
+        .enumerate()
+    {
+        let to = Store::open_chroot(tmp.path().join(format!("to-{i}")))?;
+        fetch(
+            &to,
+            source,
+            std::slice::from_ref(&app),
+            &FetchOptions::trusting(trusted.clone()),
+        )?;
+        assert!(to.is_valid(&app)? && to.is_valid(&dep)?);
+    }
     Ok(())
 }

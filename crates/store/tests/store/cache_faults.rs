@@ -25,6 +25,9 @@ enum Fault {
     Drop,
     /// Sends half the body, then sends nothing more (until stopped).
     Stall,
+    /// Sends empty zstd frames for ever, with no length: a stream that
+    /// decompresses to nothing and never ends.
+    Endless,
 }
 
 struct FaultyServer {
@@ -121,15 +124,21 @@ fn serve(
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         );
     };
-    write!(
-        conn,
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
+    if !(matches!(fault, Fault::Endless) && target.starts_with("/nar/")) {
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+    }
     if method == "HEAD" {
         return Ok(());
     }
     let is_nar = target.starts_with("/nar/");
+    if is_nar && matches!(fault, Fault::Endless) {
+        nar_requests.fetch_add(1, Ordering::SeqCst);
+        return endless(conn, stop);
+    }
     if is_nar && nar_requests.fetch_add(1, Ordering::SeqCst) < faulty {
         conn.write_all(&body[..body.len() / 2])?;
         conn.flush()?;
@@ -141,6 +150,20 @@ fn serve(
         return conn.shutdown(std::net::Shutdown::Both);
     }
     conn.write_all(&body)
+}
+
+/// Skippable zstd frames (magic 0x184D2A50, a length, that many bytes),
+/// sent until the client goes or the server stops; the body has no
+/// length, and ends only when the connection does.
+fn endless(mut conn: TcpStream, stop: &AtomicBool) -> std::io::Result<()> {
+    conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+    let mut frame = vec![0x50, 0x2A, 0x4D, 0x18];
+    frame.extend_from_slice(&(60_000u32).to_le_bytes());
+    frame.resize(8 + 60_000, 0);
+    while !stop.load(Ordering::SeqCst) {
+        conn.write_all(&frame)?;
+    }
+    Ok(())
 }
 
 /// A file cache holding `app` (which refers to `dep`), with NARs large
@@ -262,5 +285,42 @@ fn an_upload_redirected_elsewhere_fails_instead_of_passing_for_done() -> Result 
         std::error::Error::source(&e).map(|s| s.to_string())
     );
     assert!(chain.contains("redirected"), "{chain}");
+    Ok(())
+}
+
+#[test]
+fn a_nar_that_never_ends_is_cut_where_no_compressed_nar_could_reach() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let (cache, _, app, trusted) = cache(tmp.path())?;
+    // `FileSize` is not signed: a cache that claims the largest one must
+    // not lift the bound.
+    for entry in std::fs::read_dir(cache.dir())? {
+        let f = entry?.path();
+        if f.extension().is_some_and(|e| e == "narinfo") {
+            let text = std::fs::read_to_string(&f)?
+                .lines()
+                .map(|l| {
+                    if l.starts_with("FileSize: ") {
+                        "FileSize: 18446744073709551615".to_owned()
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(&f, text + "\n")?;
+        }
+    }
+    let server = FaultyServer::start(cache.dir().to_owned(), Fault::Endless, usize::MAX)?;
+    let to = Store::open_chroot(tmp.path().join("to"))?;
+    let e = fetch(
+        &to,
+        &HttpCache::new(&server.url())?,
+        std::slice::from_ref(&app),
+        &FetchOptions::trusting(trusted),
+    )
+    .expect_err("an endless NAR");
+    assert!(e.to_string().contains(&server.url()), "{e}");
+    assert_empty(&to)?;
     Ok(())
 }
