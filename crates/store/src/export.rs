@@ -278,25 +278,45 @@ impl Store {
         drop(valid);
         let mut buf = Vec::new();
         for (info, tree) in batch.staged_trees() {
-            let file_algo = info.ca.and_then(|ca| match ca.method {
-                ContentAddressMethod::Recursive => None,
-                _ => Some(ca.hash.algo()),
-            });
-            let file_hash =
-                scan_tree(&mut scanner, tree, file_algo, &mut buf).map_err(io_err("scan", tree))?;
-            let found = scanner.take_found();
-            if let Some(reference) = found.difference(&info.references).next() {
-                return Err(Error::UndeclaredReference {
-                    path: info.path.clone(),
-                    reference: reference.clone(),
-                });
-            }
-            if let Some(ca) = info.ca {
-                check_ca_contents(info, &ca, tree, file_hash)?;
-            }
+            check_tree(&mut scanner, info, tree, &mut buf)?;
         }
         Ok(())
     }
+
+    /// [`check_staged_contents`](Self::check_staged_contents) for one tree
+    /// staged for `info`, whose references are valid paths or itself.
+    pub(crate) fn check_staged_tree(&self, info: &PathInfo, tree: &Path) -> Result<(), Error> {
+        let valid = self.all_valid_paths()?;
+        let mut scanner = ReferenceScanner::new(valid.iter().chain([&info.path]));
+        drop(valid);
+        check_tree(&mut scanner, info, tree, &mut Vec::new())
+    }
+}
+
+/// Scans `tree`, staged for `info`, for references `info` does not
+/// declare, and checks its content address, if it claims one.
+fn check_tree(
+    scanner: &mut ReferenceScanner,
+    info: &PathInfo,
+    tree: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let file_algo = info.ca.and_then(|ca| match ca.method {
+        ContentAddressMethod::Recursive => None,
+        _ => Some(ca.hash.algo()),
+    });
+    let file_hash = scan_tree(scanner, tree, file_algo, buf).map_err(io_err("scan", tree))?;
+    let found = scanner.take_found();
+    if let Some(reference) = found.difference(&info.references).next() {
+        return Err(Error::UndeclaredReference {
+            path: info.path.clone(),
+            reference: reference.clone(),
+        });
+    }
+    if let Some(ca) = info.ca {
+        check_ca_contents(info, &ca, tree, file_hash)?;
+    }
+    Ok(())
 }
 
 /// Scans `tree` for references. When `file_algo` is given (a flat or text

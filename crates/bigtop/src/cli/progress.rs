@@ -337,7 +337,7 @@ impl BuildObserver for Progress {
     fn fell_back(&self, path: &StorePath) {
         let mut state = self.lock();
         let text = format!(
-            "building {} from its derivation instead of fetching it",
+            "fetching {} failed: trying another substituter, or building it from its derivation",
             self.dir.display(path)
         );
         self.print(&mut state, &text);

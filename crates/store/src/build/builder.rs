@@ -161,17 +161,19 @@ impl<'s> Builder<'s> {
     }
 
     /// Runs `plan`; when fetches failed (each tried [`FETCH_TRIES`]
-    /// times) and nothing else did, plans again without fetching those
-    /// paths, so that they are built from their derivations, and runs
-    /// that. What was done meanwhile stays done. When a path cannot be
-    /// built instead (a source, not an output), the fetch's failure is
-    /// what is reported.
+    /// times) and nothing else did, plans again without asking the
+    /// substituters that failed for those paths, so that another one
+    /// provides them or they are built from their derivations (and then
+    /// so is what refers to them: a fetched path's references must be
+    /// there first), and runs that. What was done meanwhile stays done.
+    /// When a path can be neither fetched nor built (a source, not an
+    /// output), the fetch's failure is what is reported.
     fn run_falling_back(
         &self,
         targets: &[(StorePath, BTreeSet<OutputName>)],
         plan: Plan,
     ) -> Result<BuildReport, super::Error> {
-        let mut avoid = BTreeSet::new();
+        let mut avoid: BTreeSet<(StorePath, usize)> = BTreeSet::new();
         let mut plan = plan;
         let mut total = BuildReport::default();
         loop {
@@ -192,11 +194,24 @@ impl<'s> Builder<'s> {
                     FailureKind::Fetch(_) | FailureKind::DependencyFailed(_)
                 )
             });
-            let new = fetches.iter().any(|f| !avoid.contains(&f.path));
+            // Each failed fetch, with the substituter it came from: that
+            // one is not asked for it again, the next one may be.
+            let failed: Vec<(StorePath, usize)> = fetches
+                .iter()
+                .filter_map(|f| {
+                    plan.jobs.iter().find_map(|j| match &j.kind {
+                        JobKind::Fetch {
+                            path, substituter, ..
+                        } if *path == f.path => Some((path.clone(), *substituter)),
+                        _ => None,
+                    })
+                })
+                .collect();
+            let new = failed.iter().any(|f| !avoid.contains(f));
             if fetches.is_empty() || !only_fetches || !new {
                 return Err(super::Error::BuildFailed(failures));
             }
-            avoid.extend(fetches.iter().map(|f| f.path.clone()));
+            avoid.extend(failed);
             let again = plan::plan_avoiding(
                 self.store,
                 targets,
@@ -551,14 +566,31 @@ impl<'s> Builder<'s> {
                     });
                     match staged {
                         Ok(tmp) => break tmp,
-                        Err(e) if attempt >= FETCH_TRIES => return Err(fail(e)),
-                        Err(_) => {
+                        // What went wrong on the way (a stream cut or
+                        // corrupted) may not the next time; the store's
+                        // own errors would.
+                        Err(
+                            Error::Nar { .. }
+                            | Error::HashMismatch { .. }
+                            | Error::SizeMismatch { .. }
+                            | Error::BadMetadata { .. },
+                        ) if attempt < FETCH_TRIES => {
                             std::thread::sleep(wait);
                             wait *= 2;
                             attempt += 1;
                         }
+                        Err(e) => return Err(fail(e)),
                     }
                 };
+                // References no trusted key vouched for are checked
+                // against the contents: one left out would let the
+                // collector delete a path still in use.
+                if !info.vouched {
+                    if let Err(e) = self.store.check_staged_tree(&info.info, &tmp) {
+                        let _ = crate::fs::remove_tree(&tmp);
+                        return Err(fail(e));
+                    }
+                }
                 Ok(Finished {
                     staged: vec![(info.info.clone(), tmp)],
                     outputs: Vec::new(),

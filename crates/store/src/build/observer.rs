@@ -22,8 +22,9 @@ pub trait BuildObserver: Send + Sync {
     fn finished(&self, _path: &StorePath, _outputs: &[StorePath]) {}
     /// A job failed.
     fn failed(&self, _failure: &BuildFailure) {}
-    /// Fetching `path` failed (reported through [`failed`](Self::failed)),
-    /// and it is built from its derivation instead.
+    /// Fetching `path` failed (reported through [`failed`](Self::failed)):
+    /// it is fetched from another substituter, or built from its
+    /// derivation, instead.
     fn fell_back(&self, _path: &StorePath) {}
     /// Counts after each change: jobs done, running and left.
     fn progress(&self, _done: usize, _running: usize, _remaining: usize) {}
@@ -114,6 +115,8 @@ impl<W: Write + Send> BuildObserver for TextRenderer<W> {
     }
 
     fn fell_back(&self, path: &StorePath) {
-        self.line(format_args!("building {path} instead of fetching it"));
+        self.line(format_args!(
+            "fetching {path} failed: trying another substituter, or building it"
+        ));
     }
 }

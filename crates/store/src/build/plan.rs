@@ -48,6 +48,11 @@ pub struct Substitutable {
     pub info: PathInfo,
     /// Bytes to download (the compressed size, for a cache).
     pub download_size: u64,
+    /// Whether the substituter vouches for `info` (a trusted key signed
+    /// it, or it is a store on this machine). When it does not, the
+    /// contents are scanned for references it failed to declare before
+    /// the path is registered.
+    pub vouched: bool,
 }
 
 /// Another local store used as a substituter: paths valid there are
@@ -70,6 +75,7 @@ impl Substituter for Store {
                     Substitutable {
                         info,
                         download_size,
+                        vouched: true,
                     },
                 );
             }
@@ -281,14 +287,16 @@ pub fn plan(
     plan_avoiding(store, targets, substituters, check, &BTreeSet::new())
 }
 
-/// [`plan`], fetching none of `avoid` (paths whose fetch failed): they
-/// are built, when they are outputs of a derivation.
+/// [`plan`], not asking for a path the substituter whose fetch of it
+/// failed (`avoid`: path and index of the substituter): another may have
+/// it; else it is built, when it is the output of a derivation (and so
+/// is what refers to it).
 pub(crate) fn plan_avoiding(
     store: &Store,
     targets: &[(StorePath, BTreeSet<OutputName>)],
     substituters: &[&dyn Substituter],
     check: bool,
-    avoid: &BTreeSet<StorePath>,
+    avoid: &BTreeSet<(StorePath, usize)>,
 ) -> Result<Plan, Error> {
     Planner {
         store,
@@ -304,7 +312,7 @@ pub(crate) fn plan_avoiding(
 struct Planner<'a> {
     store: &'a Store,
     substituters: &'a [&'a dyn Substituter],
-    avoid: &'a BTreeSet<StorePath>,
+    avoid: &'a BTreeSet<(StorePath, usize)>,
     jobs: Vec<Job>,
     build_of: HashMap<StorePath, usize>,
     fetch_of: HashMap<StorePath, usize>,
@@ -567,7 +575,7 @@ impl Planner<'_> {
     /// Fetch jobs for `paths` and the missing part of their closure, if the
     /// substituters have all of it; the jobs for `paths` themselves.
     fn fetch_closure(&mut self, paths: &BTreeSet<StorePath>) -> Result<Option<Vec<usize>>, Error> {
-        if self.substituters.is_empty() || paths.iter().any(|p| self.avoid.contains(p)) {
+        if self.substituters.is_empty() {
             return Ok(None);
         }
         let mut found: BTreeMap<StorePath, (usize, Substitutable)> = BTreeMap::new();
@@ -581,11 +589,17 @@ impl Planner<'_> {
             for (i, s) in self.substituters.iter().enumerate() {
                 let left: BTreeSet<StorePath> = todo
                     .iter()
-                    .filter(|p| !offered.contains_key(*p) && !self.avoid.contains(*p))
+                    .filter(|p| {
+                        !offered.contains_key(*p) && !self.avoid.contains(&((*p).clone(), i))
+                    })
                     .cloned()
                     .collect();
-                if left.is_empty() {
+                if offered.len() == todo.len() {
                     break;
+                }
+                // All left are ones this substituter failed to give.
+                if left.is_empty() {
+                    continue;
                 }
                 for (p, sub) in s.query(&left)? {
                     offered.insert(p, (i, sub));

@@ -162,6 +162,7 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
             out.insert(
                 p,
                 Substitutable {
+                    vouched: !info.signatures.is_empty(),
                     info,
                     download_size,
                 },

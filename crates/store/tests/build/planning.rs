@@ -374,3 +374,126 @@ fn a_binary_cache_substitutes_what_it_signed_and_builds_are_the_fallback() -> Te
     );
     Ok(())
 }
+
+/// A fetch that fails at one cache is tried at the next, before anything
+/// is built; a cache that cannot vouch for a path's references (no
+/// signatures required, a narinfo that leaves one out) has its contents
+/// scanned, and the path is built when they name what it did not declare.
+#[test]
+fn a_failed_fetch_tries_the_next_cache_and_unvouched_references_are_scanned() -> TestResult {
+    use bigtop_store::cache::{
+        upload, CacheSubstituter, Compression, FetchOptions, FileCache, UploadOptions,
+    };
+    use bigtop_store::core::SecretKey;
+    let tmp = tempfile::tempdir()?;
+    let builder_dir = tempfile::tempdir()?;
+    let build_machine = direct_store(builder_dir.path());
+    let data = write(&build_machine, "data", "42".into(), &[]);
+    let data_drv = build_machine.add_derivation(&data)?;
+    let data_out = data
+        .output_path(build_machine.store_dir(), &OutputName::out())
+        .unwrap();
+    let lib = write(
+        &build_machine,
+        "lib",
+        format!("uses {}", build_machine.store_dir().display(&data_out)),
+        &[&data_drv],
+    );
+    let lib_drv = build_machine.add_derivation(&lib)?;
+    let lib_out = lib
+        .output_path(build_machine.store_dir(), &OutputName::out())
+        .unwrap();
+    Builder::new(&build_machine)
+        .options(plain())
+        .build(&[(lib_drv.clone(), BTreeSet::new())])?;
+    let key = SecretKey::generate("builds.example.org-1")?;
+    let options = UploadOptions {
+        compression: Compression::Zstd,
+        key: Some(key.clone()),
+    };
+    let broken = FileCache::open(tmp.path().join("broken"))?;
+    let good = FileCache::open(tmp.path().join("good"))?;
+    for cache in [&broken, &good] {
+        upload(
+            &build_machine,
+            cache,
+            std::slice::from_ref(&lib_out),
+            &options,
+        )?;
+    }
+    let narinfo = |c: &FileCache| c.dir().join(format!("{}.narinfo", lib_out.digest()));
+    let text = std::fs::read_to_string(narinfo(&broken))?;
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .ok_or("no URL")?;
+    let nar = broken.dir().join(url);
+    let mut bytes = std::fs::read(&nar)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&nar, bytes)?;
+
+    let machine =
+        |dir: &std::path::Path| -> Result<bigtop_store::Store, Box<dyn std::error::Error>> {
+            let s = bigtop_store::Store::builder()
+                .store_dir(build_machine.store_dir().clone())
+                .physical_root(dir.join("store"))
+                .state_dir(dir.join("var"))
+                .open()?;
+            s.add_derivation(&data)?;
+            s.add_derivation(&lib)?;
+            Ok(s)
+        };
+    let targets = [(lib_drv.clone(), BTreeSet::new())];
+    let trusted = FetchOptions::trusting([key.public()].into_iter().collect());
+
+    // The broken cache first, then the good one: fetched from the good one.
+    let here = tempfile::tempdir()?;
+    let store = machine(here.path())?;
+    let first = CacheSubstituter::new(&store, broken.clone(), trusted.clone());
+    let second = CacheSubstituter::new(&store, good.clone(), trusted.clone());
+    let report = Builder::new(&store)
+        .options(plain())
+        .substituter(&first)
+        .substituter(&second)
+        .build(&targets)?;
+    assert_eq!((report.built, report.fetched), (0, 2));
+    assert_eq!(
+        std::fs::read(store.physical(&lib_out))?,
+        std::fs::read(build_machine.physical(&lib_out))?
+    );
+
+    // Signatures not required, and `lib`'s narinfo leaves out `data`: the
+    // scan finds it, the fetch fails, and `lib` is built instead (its
+    // references then right).
+    let text = std::fs::read_to_string(narinfo(&good))?
+        .lines()
+        .map(|l| {
+            if l.starts_with("References:") {
+                "References: ".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(narinfo(&good), text + "\n")?;
+    let there = tempfile::tempdir()?;
+    let store = machine(there.path())?;
+    // `data` is here (the collector could take it): what `lib` names.
+    Builder::new(&store)
+        .options(plain())
+        .build(&[(data_drv.clone(), BTreeSet::new())])?;
+    let unsigned = FetchOptions {
+        require_sigs: false,
+        ..FetchOptions::default()
+    };
+    let sub = CacheSubstituter::new(&store, good.clone(), unsigned);
+    let report = Builder::new(&store)
+        .options(plain())
+        .substituter(&sub)
+        .build(&targets)?;
+    assert_eq!((report.built, report.fetched), (1, 0));
+    assert_eq!(store.references(&lib_out)?, BTreeSet::from([data_out]));
+    Ok(())
+}
