@@ -12,6 +12,16 @@ use crate::fs::remove_physical;
 use crate::store::lock::LockSet;
 use crate::store::Store;
 
+/// What became of a broken path a substituter was asked for.
+enum Refetch {
+    /// Its files are back.
+    Done,
+    /// No substituter could give it.
+    Unavailable,
+    /// It is no longer registered (collected meanwhile).
+    Gone,
+}
+
 /// What to check.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyOptions {
@@ -127,10 +137,12 @@ impl Store {
         if options.repair {
             let mut broken: Vec<StorePath> = Vec::new();
             for path in report.missing.iter().chain(&report.corrupt) {
-                if self.refetch(path, substituters)? {
-                    report.refetched.push(path.clone());
-                } else {
-                    broken.push(path.clone());
+                // A path that cannot be fetched, for whatever reason, is
+                // repaired as it would be without substituters.
+                match self.refetch(path, substituters) {
+                    Ok(Refetch::Done) => report.refetched.push(path.clone()),
+                    Ok(Refetch::Gone) => {}
+                    Ok(Refetch::Unavailable) | Err(_) => broken.push(path.clone()),
                 }
             }
             if !broken.is_empty() {
@@ -147,27 +159,54 @@ impl Store {
     }
 
     /// Puts `path`'s files back from the first of `substituters` that has
-    /// them as recorded; whether one did. A substituter that fails is
-    /// passed over.
-    fn refetch(&self, path: &StorePath, substituters: &[&dyn Substituter]) -> Result<bool, Error> {
+    /// them: as recorded, or, when the substituter vouches for a build of
+    /// the path with other bytes but the same references (a build that is
+    /// not bit for bit reproducible), as it has them, its hash and
+    /// signatures then recorded. A substituter that fails is passed over.
+    fn refetch(
+        &self,
+        path: &StorePath,
+        substituters: &[&dyn Substituter],
+    ) -> Result<Refetch, Error> {
         if substituters.is_empty() {
-            return Ok(false);
+            return Ok(Refetch::Unavailable);
         }
-        let info = self
-            .path_info(path)?
-            .ok_or_else(|| Error::NotValid { path: path.clone() })?;
-        // No build or collection touches it meanwhile.
+        // No build or collection touches it meanwhile; one that came
+        // first may have collected it since it was found broken.
         let mut locks = LockSet::new(self);
         locks.lock_all([path])?;
+        let Some(recorded) = self.path_info(path)? else {
+            return Ok(Refetch::Gone);
+        };
         let wanted = BTreeSet::from([path.clone()]);
         for s in substituters {
-            if !s.query(&wanted).is_ok_and(|o| o.contains_key(path)) {
+            let Some(offered) = s.query(&wanted).ok().and_then(|mut o| o.remove(path)) else {
                 continue;
+            };
+            // As recorded (the hash is checked in the store's algorithm,
+            // which may not be the substituter's); else, if the
+            // substituter vouches for its own build of the path with the
+            // same references, as it has it.
+            let mut candidates = vec![recorded.clone()];
+            if offered.vouched
+                && offered.info.references == recorded.references
+                && recorded.ca.is_none()
+                && offered.info.nar_hash != recorded.nar_hash
+            {
+                let mut theirs = recorded.clone();
+                theirs.nar_hash = offered.info.nar_hash;
+                theirs.nar_size = offered.info.nar_size;
+                theirs.signatures = offered.info.signatures.clone();
+                candidates.push(theirs);
             }
-            let staged = s
-                .nar(path)
-                .and_then(|mut nar| crate::store::add::stage_nar(self, &info, &mut *nar));
-            let Ok(tmp) = staged else { continue };
+            let staged = candidates.into_iter().find_map(|info| {
+                s.nar(path)
+                    .and_then(|mut nar| crate::store::add::stage_nar(self, &info, &mut *nar))
+                    .ok()
+                    .map(|tmp| (info, tmp))
+            });
+            let Some((info, tmp)) = staged else { continue };
+            let same = info == recorded;
             let physical = self.physical(path);
             // The broken files go aside first (a directory cannot be
             // renamed over), and come back if the new ones cannot take
@@ -192,9 +231,31 @@ impl Store {
             }
             let root = fs::File::open(self.root()).map_err(io_err("open", self.root()))?;
             rustix::fs::syncfs(&root).map_err(|e| io_err("sync", self.root())(e.into()))?;
-            return Ok(true);
+            // After the files are on disk: a crash before this leaves the
+            // old record, and the next verify fetches the path again.
+            if !same {
+                self.record_contents(&info)?;
+            }
+            return Ok(Refetch::Done);
         }
-        Ok(false)
+        Ok(Refetch::Unavailable)
+    }
+
+    /// Records `info`'s NAR hash, size and signatures for its path.
+    fn record_contents(&self, info: &crate::PathInfo) -> Result<(), Error> {
+        let sigs: Vec<String> = info.signatures.iter().map(|s| s.to_string()).collect();
+        self.db()
+            .execute(
+                "UPDATE ValidPaths SET nar_hash = ?1, nar_size = ?2, signatures = ?3 WHERE path = ?4",
+                rusqlite::params![
+                    info.nar_hash.to_string(),
+                    info.nar_size as i64,
+                    sigs.join(" "),
+                    info.path.to_string()
+                ],
+            )
+            .map_err(self.db_err())?;
+        Ok(())
     }
 
     /// Prefixes of temporary names that live handles may be writing.

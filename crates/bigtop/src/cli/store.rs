@@ -308,9 +308,10 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub check_contents: bool,
     /// Fetch broken paths again from the substituters (checked against
-    /// the hashes this store recorded); unregister and delete the ones
-    /// none has, with every path that refers to them; delete unregistered
-    /// entries.
+    /// the hashes this store recorded, or, for a build a trusted key
+    /// signed with the same references but other bytes, against its own,
+    /// then recorded); unregister and delete the ones none has, with
+    /// every path that refers to them; delete unregistered entries.
     #[arg(long)]
     pub repair: bool,
     #[allow(missing_docs)]

@@ -861,3 +861,93 @@ fn a_nar_url_with_a_query_is_read() -> Result {
     }
     Ok(())
 }
+
+/// A build that is not bit for bit reproducible: the cache's copy of a
+/// broken path has other bytes (same references, signed by a trusted
+/// key). Repair takes it and records its hash, rather than deleting the
+/// path and everything that refers to it.
+#[test]
+fn verify_repair_takes_a_trusted_build_with_other_bytes() -> Result {
+    use bigtop_store::build::Substituter;
+    use bigtop_store::cache::CacheSubstituter;
+    use bigtop_store::{PathInfo, VerifyOptions};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    let nar_of = |text: &str| -> Result<(Vec<u8>, bigtop_store::core::Hash)> {
+        let f = tmp.path().join("build-output");
+        std::fs::write(&f, text)?;
+        let mut nar = Vec::new();
+        bigtop_store::core::nar::dump_path(&f, &mut nar)?;
+        std::fs::remove_file(&f)?;
+        let hash = bigtop_store::core::Hash::digest(bigtop_store::core::HashAlgo::Sha256, &nar);
+        Ok((nar, hash))
+    };
+    let path: StorePath = "0c6kzph7l0dcbfmjap64f0czdafn3b7x-nonrepro".parse()?;
+    let add = |store: &Store, text: &str| -> Result {
+        let (nar, hash) = nar_of(text)?;
+        let info = PathInfo::new(path.clone(), hash, nar.len() as u64, BTreeSet::new());
+        store.add_nar(info, &mut nar.as_slice())?;
+        Ok(())
+    };
+    let builder = Store::open_chroot(tmp.path().join("builder"))?;
+    add(&builder, "built on the build machine")?;
+    let (key, trusted) = key()?;
+    let cache = FileCache::open(tmp.path().join("cache"))?;
+    upload(
+        &builder,
+        &cache,
+        std::slice::from_ref(&path),
+        &UploadOptions {
+            compression: Compression::Zstd,
+            key: Some(key.clone()),
+        },
+    )?;
+    let store = Store::open_chroot(tmp.path().join("here"))?;
+    add(&store, "built here, a little differently")?;
+    let user = text(&store, "user", "uses it", &[&path])?;
+    // `user` (recorded with BLAKE3) is in the cache too, the same bytes
+    // under Nix's SHA-256: damaged, it comes back with its record as it was.
+    upload(
+        &store,
+        &cache,
+        std::slice::from_ref(&user),
+        &UploadOptions {
+            compression: Compression::Zstd,
+            key: Some(key),
+        },
+    )?;
+    let user_record = store.path_info(&user)?.ok_or("user")?;
+    let f = store.physical(&path);
+    for p in [&path, &user] {
+        let file = store.physical(p);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::write(&file, "damaged")?;
+    }
+
+    let sub = CacheSubstituter::new(&store, cache.clone(), FetchOptions::trusting(trusted));
+    let subs: [&dyn Substituter; 1] = [&sub];
+    let report = store.verify_with(
+        VerifyOptions {
+            check_contents: true,
+            repair: true,
+        },
+        &subs,
+    )?;
+    let mut want = vec![path.clone(), user.clone()];
+    want.sort();
+    let mut got = report.refetched.clone();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(report.unregistered_paths.is_empty(), "{report:?}");
+    assert_eq!(store.path_info(&user)?.as_ref(), Some(&user_record));
+    assert_eq!(std::fs::read_to_string(&f)?, "built on the build machine");
+    assert!(store.is_valid(&user)?);
+    let recorded = store.path_info(&path)?.ok_or("path")?;
+    assert_eq!(recorded.signatures.len(), 1);
+    let again = store.verify(VerifyOptions {
+        check_contents: true,
+        repair: false,
+    })?;
+    assert!(again.is_clean(), "{again:?}");
+    Ok(())
+}
