@@ -330,8 +330,13 @@ impl SubstituterArgs {
                 Ok((url_priority(url), s))
             })
             .collect::<Result<Vec<_>, SubstituterError>>()?;
-        substituters
-            .sort_by_cached_key(|(given, s)| given.or_else(|| s.priority()).unwrap_or(u32::MAX));
+        // Ordering asks each cache without a `?priority=` for its
+        // `nix-cache-info` now: only when there is an order to find.
+        if substituters.len() > 1 {
+            substituters.sort_by_cached_key(|(given, s)| {
+                given.or_else(|| s.priority()).unwrap_or(u32::MAX)
+            });
+        }
         Ok(substituters.into_iter().map(|(_, s)| s).collect())
     }
 }

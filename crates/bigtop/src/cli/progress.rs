@@ -150,8 +150,6 @@ fn truncate(text: &str, max: usize) -> String {
     cut
 }
 
-/// The width of the terminal on standard error: from the terminal, else
-/// `$COLUMNS`, else 80.
 /// A [`CopyObserver`] that draws a bar on standard error while closures
 /// are copied: paths and bytes done of all, redrawn in place at most
 /// every [`REDRAW_EVERY`]. Draws nothing when standard error is not a
@@ -247,6 +245,8 @@ fn copy_line(paths: (usize, usize), bytes: (u64, u64), width: usize) -> String {
     )
 }
 
+/// The width of the terminal on standard error: from the terminal, else
+/// `$COLUMNS`, else 80.
 fn terminal_width() -> usize {
     rustix::termios::tcgetwinsize(io::stderr())
         .ok()
