@@ -261,7 +261,11 @@ pub fn build(args: &BuildArgs, global: &GlobalArgs) -> Result<(), Error> {
     }
     if args.dry_run {
         let plan = builder.dry_run(&targets)?;
-        return print_plan(&plan, global.json);
+        let names: Vec<String> = substituters
+            .iter()
+            .map(|s| bigtop_store::build::Substituter::name(s).to_owned())
+            .collect();
+        return print_plan(&plan, &names, global.json);
     }
     if args.no_sandbox {
         refuse_unsandboxed_chroot(&store, &builder.dry_run(&targets)?)?;
@@ -508,8 +512,10 @@ fn check_results(
     Ok(())
 }
 
-/// `--dry-run`: the plan as `Plan`'s text, or as JSON.
-fn print_plan(plan: &Plan, json: bool) -> Result<(), Error> {
+/// `--dry-run`: the plan as `Plan`'s text, or as JSON (each fetch with
+/// the substituter it comes from, of `substituters` in the builder's
+/// order).
+fn print_plan(plan: &Plan, substituters: &[String], json: bool) -> Result<(), Error> {
     let mut out = Out::new();
     if json {
         let mut build = Vec::new();
@@ -520,9 +526,14 @@ fn print_plan(plan: &Plan, json: bool) -> Result<(), Error> {
                     "drv": drv,
                     "reason": j.reason.to_string(),
                 })),
-                JobKind::Fetch { path, info, .. } => fetch.push(serde_json::json!({
+                JobKind::Fetch {
+                    path,
+                    info,
+                    substituter,
+                } => fetch.push(serde_json::json!({
                     "path": path,
                     "download_size": info.download_size,
+                    "from": substituters.get(*substituter),
                 })),
                 _ => {}
             }

@@ -684,6 +684,53 @@ fn configuration_files_set_substituters_and_flags_override_them() -> Result {
         "from the configured cache"
     );
 
+    // Two caches with the path: the one of lower priority is asked first,
+    // whatever the order given; `?priority=` on a URL overrides what the
+    // cache says of itself.
+    let second = format!("file://{}", tmp.path().join("second").display());
+    a.ok(
+        &[
+            "copy",
+            "--to",
+            &second,
+            "--sign",
+            secret.to_str().ok_or("path")?,
+            &out,
+        ],
+        b"",
+    )?;
+    fs::write(
+        tmp.path().join("second/nix-cache-info"),
+        "StoreDir: /bigtop/store\nWantMassQuery: 1\nPriority: 10\n",
+    )?;
+    let c = Cli::chroot(&tmp.path().join("c").tap_mkdir()?)?;
+    let (drv_c, _) = c.add(&drv)?;
+    let from = |extra: &[&str]| -> Result<String> {
+        let mut args = vec![
+            "build",
+            "--dry-run",
+            "--json",
+            "--trusted-public-keys",
+            public.trim(),
+        ];
+        args.extend(extra);
+        args.push(&drv_c);
+        let plan: Value = serde_json::from_str(&c.ok(&args, b"")?)?;
+        Ok(plan["fetch"][0]["from"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    assert_eq!(
+        from(&["--substituters", &format!("{cache} {second}")])?,
+        second
+    );
+    let first = format!("{cache}?priority=5");
+    assert_eq!(
+        from(&["--substituters", &format!("{first} {second}")])?,
+        cache
+    );
+
     // A typo in a file: an error naming the file and the key.
     fs::write(user.join("bigtop.toml"), "substituter = []\n")?;
     let failed = b.run(&["build", "--dry-run", &drv_b], b"")?;
