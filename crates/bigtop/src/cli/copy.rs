@@ -175,11 +175,20 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
         .map(|p| parse_path(&store, p))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(remote) = remote {
+        let bar = super::progress::CopyBar::stderr();
         let (direction, report) = if args.to.is_some() {
-            ("to", remote::copy_to(&store, &remote, &paths)?)
+            (
+                "to",
+                remote::copy_to_observed(&store, &remote, &paths, &bar),
+            )
         } else {
-            ("from", remote::copy_from(&store, &remote, &paths)?)
+            (
+                "from",
+                remote::copy_from_observed(&store, &remote, &paths, &bar),
+            )
         };
+        bar.finish();
+        let report = report?;
         return print_ssh_report(direction, remote.describe(), &report, global.json);
     }
     let (direction, url, report) = match (&args.to, &args.from) {

@@ -366,11 +366,32 @@ fn copy_from_ssh_fetches_the_closure_and_only_what_is_missing_here() -> Result {
         .args(["--remote-store", there.dir.to_str().ok_or("path")?])
         .args(["--store", local.dir.to_str().ok_or("path")?])
         .arg(full(&g.tool))
-        .env("BIGTOP_SSH_OPTS", env_opts)
+        .env("BIGTOP_SSH_OPTS", &env_opts)
         .output()?;
     let tool = json(out)?;
     assert_eq!(copied(&tool)?, names(&[&g.tool]), "{tool}");
     assert_eq!(tool["present"], 1);
+
+    // On a terminal, the copy draws its progress: paths and bytes.
+    let fresh = local.dir.with_file_name("by-terminal");
+    let command = format!(
+        "{BIGTOP} copy --from {url} --remote-program {BIGTOP} --remote-store {} --store {} {}",
+        there.dir.display(),
+        fresh.display(),
+        full(&g.app)
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("BIGTOP_SSH_OPTS", &env_opts)
+        .env("COLUMNS", "80")
+        .output()?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("[0/3 paths]"), "{shown:?}");
+    assert!(
+        shown.contains("[3/3 paths]") && shown.contains("#]"),
+        "{shown:?}"
+    );
 
     // A path the remote does not have: it says so.
     let gone = there

@@ -349,9 +349,9 @@ pub struct Quiet;
 impl CopyObserver for Quiet {}
 
 /// Counts what passes into `observer` as it goes.
-struct Counting<'o, T> {
-    inner: T,
-    observer: &'o dyn CopyObserver,
+pub(crate) struct Counting<'o, T> {
+    pub(crate) inner: T,
+    pub(crate) observer: &'o dyn CopyObserver,
 }
 
 impl<W: Write> Write for Counting<'_, W> {
@@ -370,6 +370,17 @@ impl<R: Read> Read for Counting<'_, R> {
         let n = self.inner.read(buf)?;
         self.observer.bytes(n as u64);
         Ok(n)
+    }
+}
+
+/// Counted as consumed, so that nothing read ahead of the reader counts.
+impl<R: io::BufRead> io::BufRead for Counting<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, n: usize) {
+        self.observer.bytes(n as u64);
+        self.inner.consume(n);
     }
 }
 

@@ -81,7 +81,7 @@ use std::fmt;
 use thiserror::Error;
 
 pub use serve::serve;
-pub use ssh::{copy_from, copy_to, SshOptions, SshStore};
+pub use ssh::{copy_from, copy_from_observed, copy_to, copy_to_observed, SshOptions, SshStore};
 
 /// The first string of each side's greeting.
 const MAGIC: &str = "bigtop-serve";

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bigtop_core::{StoreDir, StorePath};
 
 use super::{RemoteError, Status, MAGIC, MAX_PATHS, PROTOCOL_VERSION};
-use crate::cache::CopyReport;
+use crate::cache::{CopyObserver, CopyReport, Counting, Quiet};
 use crate::export::{get, get_number, put};
 use crate::Store;
 
@@ -197,6 +197,17 @@ pub fn copy_to(
     remote: &SshStore,
     roots: &[StorePath],
 ) -> Result<CopyReport, RemoteError> {
+    copy_to_observed(store, remote, roots, &Quiet)
+}
+
+/// [`copy_to`], telling `observer` how it goes (the bytes are those of
+/// the stream, a little more than the NARs').
+pub fn copy_to_observed(
+    store: &Store,
+    remote: &SshStore,
+    roots: &[StorePath],
+    observer: &dyn CopyObserver,
+) -> Result<CopyReport, RemoteError> {
     let local = |source| RemoteError::Store {
         host: remote.url.clone(),
         source: Box::new(source),
@@ -205,7 +216,7 @@ pub fn copy_to(
     store.add_temp_roots(roots).map_err(local)?;
     let closure = store.closure(roots).map_err(local)?;
     let mut session = Session::open(remote, store.store_dir())?;
-    match session.send_missing(store, &closure) {
+    match session.send_missing(store, &closure, observer) {
         Ok(report) => session.finish().map(|()| report),
         Err(failure) => Err(session.fail(failure)),
     }
@@ -220,8 +231,19 @@ pub fn copy_from(
     remote: &SshStore,
     roots: &[StorePath],
 ) -> Result<CopyReport, RemoteError> {
+    copy_from_observed(store, remote, roots, &Quiet)
+}
+
+/// [`copy_from`], telling `observer` how it goes (the bytes are those of
+/// the stream, a little more than the NARs').
+pub fn copy_from_observed(
+    store: &Store,
+    remote: &SshStore,
+    roots: &[StorePath],
+    observer: &dyn CopyObserver,
+) -> Result<CopyReport, RemoteError> {
     let mut session = Session::open(remote, store.store_dir())?;
-    match session.fetch_missing(store, roots) {
+    match session.fetch_missing(store, roots, observer) {
         Ok(report) => session.finish().map(|()| report),
         Err(failure) => Err(session.fail(failure)),
     }
@@ -531,6 +553,7 @@ impl<'r> Session<'r> {
         &mut self,
         store: &Store,
         closure: &BTreeSet<StorePath>,
+        observer: &dyn CopyObserver,
     ) -> Result<CopyReport, Failure> {
         const ASKING: &str = "asking which paths it has";
         self.send_paths("valid", closure.iter(), ASKING)?;
@@ -556,9 +579,16 @@ impl<'r> Session<'r> {
             report.nar_bytes += info.nar_size;
         }
         const SENDING: &str = "receiving the export stream";
+        observer.planned(missing.len(), report.nar_bytes);
         self.send(&[b"import"], SENDING)?;
         let before = self.to().get_ref().bytes;
-        let sent = store.export_only(&missing, self.to());
+        let sent = store.export_only(
+            &missing,
+            &mut Counting {
+                inner: self.to(),
+                observer,
+            },
+        );
         report.file_bytes = self.to().get_ref().bytes - before;
         let order = match sent {
             Ok(order) => order,
@@ -596,12 +626,18 @@ impl<'r> Session<'r> {
                 .into(),
             });
         }
+        order.iter().for_each(|p| observer.copied(p));
         report.copied = order;
         Ok(report)
     }
 
     /// The copy from the remote, once greeted.
-    fn fetch_missing(&mut self, store: &Store, roots: &[StorePath]) -> Result<CopyReport, Failure> {
+    fn fetch_missing(
+        &mut self,
+        store: &Store,
+        roots: &[StorePath],
+        observer: &dyn CopyObserver,
+    ) -> Result<CopyReport, Failure> {
         const ASKING: &str = "listing the closure";
         self.send_paths("closure", roots.iter(), ASKING)?;
         self.answer(ASKING)?;
@@ -641,13 +677,19 @@ impl<'r> Session<'r> {
             return Ok(report);
         }
         const SENDING: &str = "sending the export stream";
+        observer.planned(missing.len(), report.nar_bytes);
         self.send_paths("export", missing.iter(), SENDING)?;
         self.answer(SENDING)?;
         let before = self.consumed();
-        let imported = store.import(self.from()).map_err(|source| Failure::Local {
-            during: SENDING,
-            source: Box::new(source),
-        })?;
+        let imported = store
+            .import(&mut Counting {
+                inner: self.from(),
+                observer,
+            })
+            .map_err(|source| Failure::Local {
+                during: SENDING,
+                source: Box::new(source),
+            })?;
         report.file_bytes = self.consumed() - before;
         if let Some(p) = missing.iter().find(|p| !imported.contains(p)) {
             return Err(Failure::Channel {
@@ -655,6 +697,7 @@ impl<'r> Session<'r> {
                 source: format!("its export stream left out `{p}`, which was asked for").into(),
             });
         }
+        imported.iter().for_each(|p| observer.copied(p));
         report.copied = imported;
         Ok(report)
     }
