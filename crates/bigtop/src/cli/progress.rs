@@ -152,7 +152,7 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// A [`CopyObserver`] that draws a bar on standard error while closures
 /// are copied: paths and bytes done of all, redrawn in place at most
-/// every [`REDRAW_EVERY`]. Draws nothing when standard error is not a
+/// every 50 ms. Draws nothing when standard error is not a
 /// terminal (the command's summary says what was done).
 #[derive(Debug)]
 pub struct CopyBar {
