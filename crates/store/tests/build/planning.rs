@@ -2,6 +2,7 @@ use std::collections::BTreeSet;
 
 use bigtop_store::build::{builtin, Builder, JobKind, Reason};
 use bigtop_store::core::derivation::{Derivation, OutputName};
+use bigtop_store::core::StorePath;
 
 use crate::{direct_store, fill, plain, sh, TestResult};
 
@@ -229,6 +230,70 @@ fn an_input_output_that_does_not_exist_is_refused_when_added() -> TestResult {
     Ok(())
 }
 
+/// A build machine's store where `data` and `lib` (which refers to
+/// `data`'s output) are built.
+struct BuiltPair {
+    _dir: tempfile::TempDir,
+    build_machine: bigtop_store::Store,
+    data: Derivation,
+    data_drv: StorePath,
+    data_out: StorePath,
+    lib: Derivation,
+    lib_drv: StorePath,
+    lib_out: StorePath,
+}
+
+fn built_pair() -> Result<BuiltPair, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let build_machine = direct_store(dir.path());
+    let data = write(&build_machine, "data", "42".into(), &[]);
+    let data_drv = build_machine.add_derivation(&data)?;
+    let data_out = data
+        .output_path(build_machine.store_dir(), &OutputName::out())
+        .ok_or("data's output")?;
+    let lib = write(
+        &build_machine,
+        "lib",
+        format!("uses {}", build_machine.store_dir().display(&data_out)),
+        &[&data_drv],
+    );
+    let lib_drv = build_machine.add_derivation(&lib)?;
+    let lib_out = lib
+        .output_path(build_machine.store_dir(), &OutputName::out())
+        .ok_or("lib's output")?;
+    Builder::new(&build_machine)
+        .options(plain())
+        .build(&[(lib_drv.clone(), BTreeSet::new())])?;
+    Ok(BuiltPair {
+        _dir: dir,
+        build_machine,
+        data,
+        data_drv,
+        data_out,
+        lib,
+        lib_drv,
+        lib_out,
+    })
+}
+
+/// A machine with `like`'s store dir (so the same paths) kept in `dir`,
+/// knowing `drvs`.
+fn machine_like(
+    like: &bigtop_store::Store,
+    dir: &std::path::Path,
+    drvs: &[&Derivation],
+) -> Result<bigtop_store::Store, Box<dyn std::error::Error>> {
+    let s = bigtop_store::Store::builder()
+        .store_dir(like.store_dir().clone())
+        .physical_root(dir.join("store"))
+        .state_dir(dir.join("var"))
+        .open()?;
+    for d in drvs {
+        s.add_derivation(d)?;
+    }
+    Ok(s)
+}
+
 /// A signed binary cache as the substituter: what it has and vouches for
 /// is fetched through its NARs; under a key not trusted, or when the
 /// cache is gone, the same paths are built instead, and the plan says why.
@@ -241,26 +306,16 @@ fn a_binary_cache_substitutes_what_it_signed_and_builds_are_the_fallback() -> Te
     let tmp = tempfile::tempdir()?;
     // A build machine builds `data` and `lib` (referring to it) and
     // uploads them.
-    let builder_dir = tempfile::tempdir()?;
-    let build_machine = direct_store(builder_dir.path());
-    let data = write(&build_machine, "data", "42".into(), &[]);
-    let data_drv = build_machine.add_derivation(&data)?;
-    let data_out = data
-        .output_path(build_machine.store_dir(), &OutputName::out())
-        .unwrap();
-    let lib = write(
-        &build_machine,
-        "lib",
-        format!("uses {}", build_machine.store_dir().display(&data_out)),
-        &[&data_drv],
-    );
-    let lib_drv = build_machine.add_derivation(&lib)?;
-    let lib_out = lib
-        .output_path(build_machine.store_dir(), &OutputName::out())
-        .unwrap();
-    Builder::new(&build_machine)
-        .options(plain())
-        .build(&[(lib_drv.clone(), BTreeSet::new())])?;
+    let BuiltPair {
+        _dir: _builder_dir,
+        build_machine,
+        data,
+        data_drv: _,
+        data_out,
+        lib,
+        lib_drv,
+        lib_out,
+    } = built_pair()?;
     let key = SecretKey::generate("builds.example.org-1")?;
     let cache = FileCache::open(tmp.path().join("cache"))?;
     upload(
@@ -274,17 +329,7 @@ fn a_binary_cache_substitutes_what_it_signed_and_builds_are_the_fallback() -> Te
     )?;
 
     // A machine with the same store dir (the same paths) and the cache.
-    let machine =
-        |dir: &std::path::Path| -> Result<bigtop_store::Store, Box<dyn std::error::Error>> {
-            let s = bigtop_store::Store::builder()
-                .store_dir(build_machine.store_dir().clone())
-                .physical_root(dir.join("store"))
-                .state_dir(dir.join("var"))
-                .open()?;
-            s.add_derivation(&data)?;
-            s.add_derivation(&lib)?;
-            Ok(s)
-        };
+    let machine = |dir: &std::path::Path| machine_like(&build_machine, dir, &[&data, &lib]);
     let trusted: TrustedKeys = [key.public()].into_iter().collect();
     let here = tempfile::tempdir()?;
     let store = machine(here.path())?;
@@ -386,26 +431,16 @@ fn a_failed_fetch_tries_the_next_cache_and_unvouched_references_are_scanned() ->
     };
     use bigtop_store::core::SecretKey;
     let tmp = tempfile::tempdir()?;
-    let builder_dir = tempfile::tempdir()?;
-    let build_machine = direct_store(builder_dir.path());
-    let data = write(&build_machine, "data", "42".into(), &[]);
-    let data_drv = build_machine.add_derivation(&data)?;
-    let data_out = data
-        .output_path(build_machine.store_dir(), &OutputName::out())
-        .unwrap();
-    let lib = write(
-        &build_machine,
-        "lib",
-        format!("uses {}", build_machine.store_dir().display(&data_out)),
-        &[&data_drv],
-    );
-    let lib_drv = build_machine.add_derivation(&lib)?;
-    let lib_out = lib
-        .output_path(build_machine.store_dir(), &OutputName::out())
-        .unwrap();
-    Builder::new(&build_machine)
-        .options(plain())
-        .build(&[(lib_drv.clone(), BTreeSet::new())])?;
+    let BuiltPair {
+        _dir: _builder_dir,
+        build_machine,
+        data,
+        data_drv,
+        data_out,
+        lib,
+        lib_drv,
+        lib_out,
+    } = built_pair()?;
     let key = SecretKey::generate("builds.example.org-1")?;
     let options = UploadOptions {
         compression: Compression::Zstd,
@@ -433,17 +468,7 @@ fn a_failed_fetch_tries_the_next_cache_and_unvouched_references_are_scanned() ->
     bytes[mid] ^= 0x55;
     std::fs::write(&nar, bytes)?;
 
-    let machine =
-        |dir: &std::path::Path| -> Result<bigtop_store::Store, Box<dyn std::error::Error>> {
-            let s = bigtop_store::Store::builder()
-                .store_dir(build_machine.store_dir().clone())
-                .physical_root(dir.join("store"))
-                .state_dir(dir.join("var"))
-                .open()?;
-            s.add_derivation(&data)?;
-            s.add_derivation(&lib)?;
-            Ok(s)
-        };
+    let machine = |dir: &std::path::Path| machine_like(&build_machine, dir, &[&data, &lib]);
     let targets = [(lib_drv.clone(), BTreeSet::new())];
     let trusted = FetchOptions::trusting([key.public()].into_iter().collect());
 

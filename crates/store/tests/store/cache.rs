@@ -295,7 +295,7 @@ fn corrupt_truncated_swapped_escaping_and_exploding_caches_are_refused_with_noth
 }
 
 /// Replaces the line `key: …` of a narinfo (or removes it).
-fn set_field(narinfo: &Path, key: &str, value: Option<&str>) -> Result {
+pub(crate) fn set_field(narinfo: &Path, key: &str, value: Option<&str>) -> Result {
     let text = std::fs::read_to_string(narinfo)?;
     let prefix = format!("{key}: ");
     let mut out = String::new();

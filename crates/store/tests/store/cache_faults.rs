@@ -297,18 +297,7 @@ fn a_nar_that_never_ends_is_cut_where_no_compressed_nar_could_reach() -> Result 
     for entry in std::fs::read_dir(cache.dir())? {
         let f = entry?.path();
         if f.extension().is_some_and(|e| e == "narinfo") {
-            let text = std::fs::read_to_string(&f)?
-                .lines()
-                .map(|l| {
-                    if l.starts_with("FileSize: ") {
-                        "FileSize: 18446744073709551615".to_owned()
-                    } else {
-                        l.to_owned()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            std::fs::write(&f, text + "\n")?;
+            crate::cache::set_field(&f, "FileSize", Some("18446744073709551615"))?;
         }
     }
     let server = FaultyServer::start(cache.dir().to_owned(), Fault::Endless, usize::MAX)?;
