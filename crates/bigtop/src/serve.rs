@@ -13,8 +13,11 @@
 //!   is compressed as it is sent (Nix, and bigtop's fetch, take narinfos
 //!   without them);
 //! - `/nar/<digest>-<recorded NAR hash>.nar[.zst|.xz]`: the path's NAR,
-//!   dumped from the store as it is sent and compressed as its name
-//!   says. It streams through a bounded channel, so a download holds a
+//!   dumped from the store as it is sent and compressed with
+//!   [`Options::compression`], the only extension served (another is
+//!   404: the client does not choose what a download costs the server;
+//!   narinfos kept by clients from before a change of compression name
+//!   NARs no longer served, which they fetch elsewhere or build). It streams through a bounded channel, so a download holds a
 //!   few 64 KiB chunks and the compressor's state whatever the path's
 //!   size (sized to the NAR: at most about 3 MiB for zstd, 94 MiB for
 //!   xz at Nix's level 6), and it
@@ -161,8 +164,8 @@ pub type OnError = Arc<dyn Fn(&Error) + Send + Sync>;
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Options {
-    /// How NARs are compressed (what narinfos name; a request may name
-    /// another). Default: zstd.
+    /// How NARs are compressed: what narinfos name, and the only
+    /// compression served. Default: zstd.
     pub compression: Compression,
     /// Signs each narinfo, when given. Default: none.
     pub key: Option<SecretKey>,
@@ -405,6 +408,9 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             state.cache_info.clone(),
         ))),
         Route::NarInfo(digest) => narinfo(state, digest, head).await,
+        // Only the compression the server was told: the client does not
+        // choose what a download costs it (xz's state is up to 94 MiB).
+        Route::Nar { compression, .. } if compression != state.options.compression => Ok(None),
         Route::Nar {
             digest,
             nar_hash,

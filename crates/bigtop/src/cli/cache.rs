@@ -34,7 +34,8 @@ pub struct ServeArgs {
     /// format, as `bigtop key generate` writes).
     #[arg(long, value_name = "KEYFILE")]
     pub sign: Option<PathBuf>,
-    /// How NARs are compressed as they are sent (`zstd`, `xz`, `none`).
+    /// How NARs are compressed as they are sent (`zstd`, `xz`, `none`):
+    /// the one compression served, whatever a client asks.
     #[arg(long, default_value = "zstd", value_parser = super::copy::parse_compression)]
     pub compression: Compression,
     /// The cache's priority in `nix-cache-info` (lower is tried first).

@@ -379,7 +379,8 @@ fn bad_names_and_methods_are_refused_and_no_file_is_ever_read() -> Result {
     let stray = StorePath::from_base_name("00000000000000000000000000000000-stray")?;
     fs::write(store.physical(&stray), "root:x:0:0 not served\n")?;
     drop(store);
-    let server = Serving::start(&served, &[])?;
+    // Uncompressed: a NAR's HEAD has a length.
+    let server = Serving::start(&served, &["--compression", "none"])?;
     let addr = &server.addr;
     let h = info.nar_hash.to_base32();
     let d = app.digest();
@@ -452,10 +453,10 @@ fn bad_names_and_methods_are_refused_and_no_file_is_ever_read() -> Result {
         "{answer}"
     );
 
-    // And what the narinfo names is served, uncompressed as asked.
+    // And what the narinfo names is served.
     let narinfo = get_text(&format!("{}/{d}.narinfo", server.url()))?;
     let url = field(&narinfo, "URL")?;
-    assert_eq!(url, format!("nar/{d}-{h}.nar.zst"));
+    assert_eq!(url, format!("nar/{d}-{h}.nar"));
     let (status, nar) = get(&format!("{}/nar/{d}-{h}.nar", server.url()))?;
     assert_eq!(status, 200);
     let mut want = Vec::new();
@@ -561,7 +562,11 @@ fn a_client_leaving_mid_nar_stops_its_dump_and_the_server_serves_on() -> Result 
         (path.clone(), info, store.physical(&path))
     };
     let server = Serving::start(&served, &[])?;
-    let nar = format!("/nar/{}-{}.nar", path.digest(), info.nar_hash.to_base32());
+    let nar = format!(
+        "/nar/{}-{}.nar.zst",
+        path.digest(),
+        info.nar_hash.to_base32()
+    );
     let wait_closed = |what: &str| -> Result {
         let deadline = Instant::now() + Duration::from_secs(20);
         while server.open_count(&physical)? > 0 {
@@ -594,19 +599,12 @@ fn a_client_leaving_mid_nar_stops_its_dump_and_the_server_serves_on() -> Result 
     // Others are served, whole, meanwhile and after.
     let narinfo = get_text(&format!("{}/{}.narinfo", server.url(), path.digest()))?;
     assert_eq!(field(&narinfo, "NarSize")?, info.nar_size.to_string());
-    for zstd in [false, true] {
-        let url = if zstd {
-            format!("{}{nar}.zst", server.url())
-        } else {
-            format!("{}{nar}", server.url())
-        };
-        let r = agent().get(&url).call()?;
-        assert_eq!(r.status().as_u16(), 200);
-        assert_eq!(
-            hash_nar(r.into_body().into_reader(), zstd)?,
-            (info.nar_hash, info.nar_size)
-        );
-    }
+    let r = agent().get(&format!("{}{nar}", server.url())).call()?;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        hash_nar(r.into_body().into_reader(), true)?,
+        (info.nar_hash, info.nar_size)
+    );
     assert_eq!(server.stderr()?, "");
     Ok(())
 }
@@ -636,14 +634,14 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
         let f = fs::OpenOptions::new().write(true).open(&file)?;
         std::os::unix::fs::FileExt::write_all_at(&f, b"THE CHANGE", at)?;
     }
-    let server = Serving::start(&served, &[])?;
-    for info in [&small, &big] {
-        let d = info.path.digest();
-        // No narinfo: its SHA-256 cannot be known.
-        let (status, _) = get(&format!("{}/{d}.narinfo", server.url()))?;
-        assert_eq!(status, 404, "{}", info.path);
-        // The NAR, asked for by name, never ends.
-        for ext in [".nar", ".nar.zst", ".nar.xz"] {
+    for (compression, ext) in [("none", ".nar"), ("zstd", ".nar.zst"), ("xz", ".nar.xz")] {
+        let server = Serving::start(&served, &["--compression", compression])?;
+        for info in [&small, &big] {
+            let d = info.path.digest();
+            // No narinfo: its SHA-256 cannot be known.
+            let (status, _) = get(&format!("{}/{d}.narinfo", server.url()))?;
+            assert_eq!(status, 404, "{}", info.path);
+            // The NAR, asked for by name, never ends.
             let url = format!(
                 "{}/nar/{d}-{}{ext}",
                 server.url(),
@@ -663,16 +661,16 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
                 body.len()
             );
         }
-    }
-    let log = server.stderr()?;
-    for info in [&small, &big] {
-        assert!(
-            log.contains(&format!(
-                "warning: `{}` in the store no longer matches its recorded NAR hash and size",
-                info.path
-            )),
-            "{log}"
-        );
+        let log = server.stderr()?;
+        for info in [&small, &big] {
+            assert!(
+                log.contains(&format!(
+                    "warning: `{}` in the store no longer matches its recorded NAR hash and size",
+                    info.path
+                )),
+                "{compression}: {log}"
+            );
+        }
     }
     Ok(())
 }
@@ -706,6 +704,38 @@ fn serve_names_a_bad_key_file_and_an_address_it_cannot_listen_on() -> Result {
         assert_eq!(out.status.code(), Some(1), "{all:?}: {err}");
         assert!(out.stdout.is_empty(), "{all:?}");
         assert!(err.starts_with(&message), "{all:?}: {err}");
+    }
+    Ok(())
+}
+
+/// The client does not pick what the server spends: a NAR is served in
+/// the compression the server was told only (xz takes up to 94 MiB per
+/// download, zstd several, none the most bandwidth), any other name of
+/// it is 404, as a file the cache lacks.
+#[test]
+fn a_nar_is_served_only_in_the_servers_compression() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let served = tmp.path().join("served");
+    let store = Store::open_chroot(&served)?;
+    let (lib, _) = closure(&store)?;
+    let info = store.path_info(&lib)?.ok_or("no info")?;
+    drop(store);
+    let name = format!("nar/{}-{}.nar", lib.digest(), info.nar_hash.to_base32());
+    for (compression, ext) in [("zstd", ".zst"), ("xz", ".xz"), ("none", "")] {
+        let server = Serving::start(&served, &["--compression", compression])?;
+        let narinfo = get_text(&format!("{}/{}.narinfo", server.url(), lib.digest()))?;
+        assert_eq!(field(&narinfo, "URL")?, format!("{name}{ext}"));
+        for other in ["", ".zst", ".xz"] {
+            let url = format!("{}/{name}{other}", server.url());
+            let want = if other == ext { 200 } else { 404 };
+            assert_eq!(get(&url)?.0, want, "{compression}: {url}");
+            let (status, _) = raw(&server.addr, &format!("HEAD /{name}{other}"))?;
+            assert!(
+                status.contains(&format!(" {want} ")),
+                "{compression}: HEAD {url}: {status}"
+            );
+        }
+        assert_eq!(server.stderr()?, "");
     }
     Ok(())
 }
