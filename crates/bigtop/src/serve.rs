@@ -30,7 +30,16 @@
 //! digests and hashes, never joined to a file-system path. Store queries
 //! and dumps run on blocking threads, never on the threads that serve
 //! connections; at most [`Options::max_nar_streams`] NARs are dumped at
-//! once (more wait their turn), so lookups always find a thread.
+//! once: a request for another waits its turn for at most
+//! [`Options::nar_wait`], then is answered 503 with `Retry-After`.
+//!
+//! A client that takes none of an answer's bytes for
+//! [`Options::send_timeout`] (more exactly: lets the connection's send
+//! buffer stay full that long) is disconnected, which stops its NAR's
+//! dump and frees its turn: connections that ask for NARs and never read
+//! hold the streams for that long, not for good. A client that reads
+//! slowly but steadily keeps its stream as long as it likes; the number
+//! of streams bounds what such clients cost.
 //!
 //! The store is not locked against garbage collection while a path is
 //! sent: a path collected meanwhile fails its download (the connection
@@ -65,6 +74,7 @@
 mod nar;
 mod narinfo;
 mod route;
+mod stall;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -81,7 +91,7 @@ use bigtop_core::{StorePath, StorePathDigest};
 use bigtop_store::cache::{CacheInfo, Compression};
 use bigtop_store::{PathInfo, Store};
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -172,10 +182,23 @@ pub struct Options {
     /// `Priority:` in `nix-cache-info` (lower is tried first). Default:
     /// 30, as nix-serve says.
     pub priority: u32,
-    /// NARs dumped at once at most; more wait for one to finish. Times
-    /// the compressor's state per NAR (at most about 3 MiB for zstd, 94
-    /// MiB for xz), this bounds the memory downloads take. Default: 64.
+    /// NARs dumped at once at most; more wait for one to finish (see
+    /// [`nar_wait`](Self::nar_wait)). Times the compressor's state per
+    /// NAR (at most about 3 MiB for zstd, 94 MiB for xz), this bounds
+    /// the memory downloads take. Default: 64.
     pub max_nar_streams: usize,
+    /// How long a request for a NAR waits for one of the
+    /// [`max_nar_streams`](Self::max_nar_streams) to free before it is
+    /// answered 503 Service Unavailable, with `Retry-After` (clients,
+    /// bigtop's and Nix's, retry a 503 a few times). Default: 30
+    /// seconds.
+    pub nar_wait: Duration,
+    /// How long a client may take no bytes of an answer under way (more
+    /// exactly: leave the connection's send buffer full) before its
+    /// connection is closed, which stops its NAR's dump and frees its
+    /// stream: a client that asks and never reads holds nothing for
+    /// longer. Default: 60 seconds.
+    pub send_timeout: Duration,
     /// Paths whose NAR's SHA-256 is kept in memory at most (for stores
     /// that record BLAKE3). Default: 16,384 (a few MiB).
     pub sha256_cache: usize,
@@ -194,6 +217,8 @@ impl Default for Options {
             key: None,
             priority: 30,
             max_nar_streams: 64,
+            nar_wait: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             sha256_cache: 16_384,
             shutdown_grace: Duration::from_secs(10),
             on_error: None,
@@ -208,6 +233,8 @@ impl fmt::Debug for Options {
             .field("key", &self.key.as_ref().map(SecretKey::name))
             .field("priority", &self.priority)
             .field("max_nar_streams", &self.max_nar_streams)
+            .field("nar_wait", &self.nar_wait)
+            .field("send_timeout", &self.send_timeout)
             .field("sha256_cache", &self.sha256_cache)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("on_error", &self.on_error.is_some())
@@ -338,6 +365,7 @@ impl Server {
                         Ok((tcp, _)) => {
                             // Narinfos are small answers: sent at once.
                             let _ = tcp.set_nodelay(true);
+                            let tcp = stall::StallTimeout::new(tcp, state.options.send_timeout);
                             connections.spawn(connection(tcp, state.clone(), stop.subscribe()));
                         }
                         Err(e) => {
@@ -364,7 +392,7 @@ impl Server {
 /// Serves one connection until it closes, or until the server stops and
 /// the response under way is sent.
 async fn connection(
-    tcp: tokio::net::TcpStream,
+    tcp: stall::StallTimeout<tokio::net::TcpStream>,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -494,6 +522,11 @@ async fn narinfo(
     .await
 }
 
+/// `Retry-After` of a NAR refused for want of a stream: a guess, since
+/// when one frees depends on clients; a few seconds costs a retrying
+/// client little.
+const RETRY_AFTER_SECONDS: &str = "5";
+
 async fn nar(
     state: &Arc<State>,
     digest: StorePathDigest,
@@ -522,9 +555,15 @@ async fn nar(
     if head {
         return Ok(Some(r));
     }
-    let Ok(permit) = state.streams.clone().acquire_owned().await else {
-        // The semaphore is never closed.
-        return Ok(Some(status(StatusCode::SERVICE_UNAVAILABLE)));
+    let turn = state.streams.clone().acquire_owned();
+    let Ok(Ok(permit)) = tokio::time::timeout(state.options.nar_wait, turn).await else {
+        // Every stream taken for a while: clients that never read, say,
+        // until the send timeout cuts them. The semaphore is never
+        // closed.
+        let mut r = status(StatusCode::SERVICE_UNAVAILABLE);
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        return Ok(Some(r));
     };
     let (tx, rx) = mpsc::channel(nar::DEPTH);
     let st = state.clone();

@@ -676,7 +676,7 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
 }
 
 #[test]
-fn serve_names_a_bad_key_file_and_an_address_it_cannot_listen_on() -> Result {
+fn serve_names_a_bad_key_file_a_bad_limit_and_an_address_it_cannot_listen_on() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = tmp.path().join("s");
     let store = store.to_str().ok_or("path")?;
@@ -704,6 +704,27 @@ fn serve_names_a_bad_key_file_and_an_address_it_cannot_listen_on() -> Result {
         assert_eq!(out.status.code(), Some(1), "{all:?}: {err}");
         assert!(out.stdout.is_empty(), "{all:?}");
         assert!(err.starts_with(&message), "{all:?}: {err}");
+    }
+    for (flag, value) in [
+        ("--send-timeout", "0"),
+        ("--nar-wait", "soon"),
+        ("--max-nar-streams", "0"),
+    ] {
+        let args = [
+            "cache",
+            "serve",
+            "--store",
+            store,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let out = crate::bigtop(&[&args[..], &[flag, value]].concat(), b"", tmp.path())?;
+        let err = String::from_utf8(out.stderr)?;
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(
+            err.starts_with(&format!("error: invalid value '{value}' for '{flag} ")),
+            "{err}"
+        );
     }
     Ok(())
 }
@@ -737,5 +758,105 @@ fn a_nar_is_served_only_in_the_servers_compression() -> Result {
         }
         assert_eq!(server.stderr()?, "");
     }
+    Ok(())
+}
+
+/// Clients that ask for NARs and never read them hold the server's NAR
+/// streams only until `--send-timeout`: before, as many such
+/// connections as streams (64 by default) blocked every later download
+/// for good, each holding a dump thread and a compressor.
+#[test]
+fn clients_that_never_read_hold_nar_streams_only_until_the_send_timeout() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let served = tmp.path().join("served");
+    let (path, info, physical) = {
+        let store = Store::open_chroot(&served)?;
+        let src = tmp.path().join("noise");
+        // More than the socket buffers on both sides hold: the server
+        // is left with bytes the client does not take.
+        fs::write(&src, noise(64 << 20))?;
+        let path = store.add_path("noise", &src, &|_| true)?;
+        let info = store.path_info(&path)?.ok_or("not added")?;
+        (path.clone(), info, store.physical(&path))
+    };
+    let nar = format!(
+        "/nar/{}-{}.nar.zst",
+        path.digest(),
+        info.nar_hash.to_base32()
+    );
+    // Asks for the NAR and reads the head (sent once a stream is
+    // taken), and no more.
+    let stall = |server: &Serving| -> Result<TcpStream> {
+        let mut s = TcpStream::connect(&server.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(s, "GET {nar} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut head = [0u8; 1024];
+        s.read_exact(&mut head)?;
+        assert!(head.starts_with(b"HTTP/1.1 200 OK"));
+        Ok(s)
+    };
+    let wait_closed = |server: &Serving| -> Result {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.open_count(&physical)? > 0 {
+            assert!(Instant::now() < deadline, "the dumps go on");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let whole = |server: &Serving| -> Result {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build(),
+        );
+        let r = agent.get(&format!("{}{nar}", server.url())).call()?;
+        assert_eq!(r.status().as_u16(), 200);
+        let got = hash_nar(r.into_body().into_reader(), true)?;
+        assert_eq!(got, (info.nar_hash, info.nar_size));
+        Ok(())
+    };
+
+    // Both streams taken and no turn freed in time: 503, at once.
+    let server = Serving::start(
+        &served,
+        &[
+            "--max-nar-streams",
+            "2",
+            "--send-timeout",
+            "2",
+            "--nar-wait",
+            "0.2",
+        ],
+    )?;
+    let stalled = [stall(&server)?, stall(&server)?];
+    let (status, answer) = raw(&server.addr, &format!("GET {nar}"))?;
+    assert!(status.contains(" 503 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nretry-after: "),
+        "{answer}"
+    );
+    // Their connections are closed and their dumps stopped once they
+    // took nothing for 2 seconds; then a NAR is served whole.
+    wait_closed(&server)?;
+    whole(&server)?;
+    // What they had not read was cut: never the end of the body.
+    for mut s in stalled {
+        let mut answer = Vec::new();
+        if s.read_to_end(&mut answer).is_ok() {
+            assert!(!answer.ends_with(b"\r\n0\r\n\r\n"), "a whole answer");
+        }
+    }
+    assert_eq!(server.stderr()?, "");
+    drop(server);
+
+    // A request that may wait long enough gets its turn once the send
+    // timeout frees one.
+    let server = Serving::start(&served, &["--max-nar-streams", "2", "--send-timeout", "2"])?;
+    let stalled = [stall(&server)?, stall(&server)?];
+    whole(&server)?;
+    drop(stalled);
+    wait_closed(&server)?;
+    assert_eq!(server.stderr()?, "");
     Ok(())
 }
