@@ -7,8 +7,7 @@
 //! - `/nix-cache-info`: the store's dir, `WantMassQuery: 1` and the
 //!   priority of [`Options::priority`];
 //! - `/<digest>.narinfo`: made from what the store records of the valid
-//!   path with that digest, its NAR hash as SHA-256 (computed once and
-//!   kept in memory when the store records BLAKE3), signed on the fly
+//!   path with that digest, its NAR hash as SHA-256, signed on the fly
 //!   with [`Options::key`]; no `FileHash` or `FileSize`, since the file
 //!   is compressed as it is sent (Nix, and bigtop's fetch, take narinfos
 //!   without them);
@@ -16,22 +15,41 @@
 //!   dumped from the store as it is sent and compressed with
 //!   [`Options::compression`], the only extension served (another is
 //!   404: the client does not choose what a download costs the server;
-//!   narinfos kept by clients from before a change of compression name
-//!   NARs no longer served, which they fetch elsewhere or build). It streams through a bounded channel, so a download holds a
-//!   few 64 KiB chunks and the compressor's state whatever the path's
-//!   size (sized to the NAR: at most about 3 MiB for zstd, 94 MiB for
-//!   xz at Nix's level 6), and it
-//!   is checked against the recorded hash and size as it goes: a path
-//!   changed on disk is never sent whole, the connection is cut before
-//!   the end instead (and reported through [`Options::on_error`]).
+//!   narinfos that clients kept from before a change of compression
+//!   name NARs no longer served, which they fetch elsewhere or build).
+//!   It streams through a bounded channel, so a download holds a few
+//!   64 KiB chunks and the compressor's state whatever the path's size
+//!   (sized to the NAR: at most about 3 MiB for zstd, 94 MiB for xz at
+//!   Nix's level 6), and it is checked against the recorded hash and
+//!   size as it goes: a path changed on disk is never sent whole, the
+//!   connection is cut before the end instead (and reported through
+//!   [`Options::on_error`]).
 //!
 //! Anything else is 404, a name shaped as a narinfo's or NAR's but not
 //! valid is 400, another method is 405. Request paths are parsed as
-//! digests and hashes, never joined to a file-system path. Store queries
-//! and dumps run on blocking threads, never on the threads that serve
-//! connections; at most [`Options::max_nar_streams`] NARs are dumped at
-//! once: a request for another waits its turn for at most
-//! [`Options::nar_wait`], then is answered 503 with `Retry-After`.
+//! digests and hashes, never joined to a file-system path.
+//!
+//! Store queries, hashes and dumps run on blocking threads, never on the
+//! threads that serve connections, and each kind has its own bound, so
+//! none starves the others of threads: at most
+//! [`Options::max_nar_streams`] NARs are dumped at once, and a request
+//! for another waits its turn for at most [`Options::nar_wait`], then is
+//! answered 503 with `Retry-After`; at most [`Options::max_hash_jobs`]
+//! NARs are hashed at once for narinfos; 64 more threads are left for
+//! lookups.
+//!
+//! When the store records BLAKE3 (bigtop's does), a path's SHA-256 is
+//! computed by dumping its NAR the first time its narinfo is asked for,
+//! then kept in memory (for [`Options::sha256_cache`] paths). Requests
+//! for a path being hashed wait for that one computation without holding
+//! a thread. The narinfo is answered once the hash is known, which for a
+//! NAR of many GiB may take longer than a client waits for an answer to
+//! begin (bigtop's: 60 seconds): the computation goes on without that
+//! client, and keeps its result, so the client's retry (bigtop's client
+//! tries a request three times) or a later request is answered at once.
+//! (A 503 until hashed was the other way: clients retry a 503 a few
+//! times within seconds, then give up on the path, sooner than they do
+//! waiting.) `HEAD` computes no hash.
 //!
 //! A client that takes none of an answer's bytes for
 //! [`Options::send_timeout`] (more exactly: lets the connection's send
@@ -202,6 +220,10 @@ pub struct Options {
     /// Paths whose NAR's SHA-256 is kept in memory at most (for stores
     /// that record BLAKE3). Default: 16,384 (a few MiB).
     pub sha256_cache: usize,
+    /// NARs hashed at once at most to answer narinfos (for stores that
+    /// record BLAKE3), each on a thread of its own; more wait their
+    /// turn. Default: twice the CPUs.
+    pub max_hash_jobs: usize,
     /// How long [`Server::run`] waits, once shut down, for responses
     /// under way to finish before cutting them. Default: 10 seconds.
     pub shutdown_grace: Duration,
@@ -220,6 +242,7 @@ impl Default for Options {
             nar_wait: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
             sha256_cache: 16_384,
+            max_hash_jobs: std::thread::available_parallelism().map_or(2, |n| 2 * n.get()),
             shutdown_grace: Duration::from_secs(10),
             on_error: None,
         }
@@ -236,11 +259,16 @@ impl fmt::Debug for Options {
             .field("nar_wait", &self.nar_wait)
             .field("send_timeout", &self.send_timeout)
             .field("sha256_cache", &self.sha256_cache)
+            .field("max_hash_jobs", &self.max_hash_jobs)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("on_error", &self.on_error.is_some())
             .finish()
     }
 }
+
+/// Blocking threads for store queries, beyond those dumps and hashes may
+/// take.
+const LOOKUP_THREADS: usize = 64;
 
 /// A binary cache server bound to its address, not yet serving.
 pub struct Server {
@@ -299,9 +327,11 @@ impl Server {
             .enable_io()
             .enable_time()
             .thread_name("bigtop-serve")
-            // Dumps take at most `max_nar_streams` of these: lookups
-            // always have threads left.
-            .max_blocking_threads(options.max_nar_streams.max(1) + 64)
+            // Dumps and hashes take at most their limits' worth of these:
+            // lookups always have threads left.
+            .max_blocking_threads(
+                options.max_nar_streams.max(1) + options.max_hash_jobs.max(1) + LOOKUP_THREADS,
+            )
             .build()
             .map_err(Error::Runtime)?;
         let bind = |source| Error::Bind { addr, source };
@@ -322,7 +352,7 @@ impl Server {
             store,
             cache_info: Bytes::from(cache_info),
             streams: Arc::new(Semaphore::new(options.max_nar_streams.max(1))),
-            sha256s: narinfo::Sha256s::new(options.sha256_cache),
+            sha256s: narinfo::Sha256s::new(options.sha256_cache, options.max_hash_jobs),
             options,
         });
         Ok(Server {
@@ -501,25 +531,30 @@ async fn narinfo(
     head: bool,
 ) -> Result<Option<Response<Body>>, Error> {
     let st = state.clone();
-    blocking(format!("{digest}.narinfo"), move || {
-        let Some(info) = lookup(&st.store, &digest)? else {
-            return Ok(None);
-        };
-        // Whether it is there is all HEAD asks: no hash to compute.
-        if head {
-            return Ok(Some(full("text/x-nix-narinfo", Bytes::new())));
-        }
-        let sha256 = st.sha256s.get(&st.store, &info)?;
-        let text = narinfo::text(
-            &st.store,
-            &info,
-            sha256,
-            st.options.compression,
-            st.options.key.as_ref(),
-        );
-        Ok(Some(full("text/x-nix-narinfo", Bytes::from(text))))
+    let info = blocking(format!("{digest}.narinfo"), move || {
+        lookup(&st.store, &digest)
     })
-    .await
+    .await?;
+    let Some(info) = info else {
+        return Ok(None);
+    };
+    // Whether it is there is all HEAD asks: no hash to compute.
+    if head {
+        return Ok(Some(full("text/x-nix-narinfo", Bytes::new())));
+    }
+    let compute = {
+        let (st, info) = (state.clone(), info.clone());
+        move || narinfo::compute(&st.store, &info)
+    };
+    let sha256 = state.sha256s.get(&info, compute).await?;
+    let text = narinfo::text(
+        &state.store,
+        &info,
+        sha256,
+        state.options.compression,
+        state.options.key.as_ref(),
+    );
+    Ok(Some(full("text/x-nix-narinfo", Bytes::from(text))))
 }
 
 /// `Retry-After` of a NAR refused for want of a stream: a guess, since

@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// connection is closed (freeing its NAR's turn). Default: 60.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub send_timeout: Option<Duration>,
+    /// NARs hashed at once at most to answer narinfos (a store that
+    /// records BLAKE3 hashes each path's NAR with SHA-256 once, for Nix);
+    /// more wait their turn. Default: twice the CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hash_jobs: Option<u32>,
 }
 
 /// A duration given in seconds, fractions allowed (`0.5`, `60`).
@@ -120,6 +125,9 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
             .map_or(defaults.max_nar_streams, |n| n as usize),
         nar_wait: args.nar_wait.unwrap_or(defaults.nar_wait),
         send_timeout: args.send_timeout.unwrap_or(defaults.send_timeout),
+        max_hash_jobs: args
+            .max_hash_jobs
+            .map_or(defaults.max_hash_jobs, |n| n as usize),
         // What the server cannot serve is said and served around, not fatal.
         on_error: Some(Arc::new(|e: &serve::Error| {
             let mut text = format!("warning: {e}");

@@ -98,10 +98,15 @@ impl Serving {
 
     /// How many of its open descriptors are `file`.
     fn open_count(&self, file: &Path) -> Result<usize> {
+        self.open_where(|l| l == file)
+    }
+
+    /// How many of its open descriptors are files `is` says yes to.
+    fn open_where(&self, is: impl Fn(&Path) -> bool) -> Result<usize> {
         let mut n = 0;
         for fd in fs::read_dir(format!("/proc/{}/fd", self.pid()))? {
             // A descriptor closed while listing is not open.
-            if fs::read_link(fd?.path()).is_ok_and(|l| l == file) {
+            if fs::read_link(fd?.path()).is_ok_and(|l| is(&l)) {
                 n += 1;
             }
         }
@@ -709,6 +714,7 @@ fn serve_names_a_bad_key_file_a_bad_limit_and_an_address_it_cannot_listen_on() -
         ("--send-timeout", "0"),
         ("--nar-wait", "soon"),
         ("--max-nar-streams", "0"),
+        ("--max-hash-jobs", "many"),
     ] {
         let args = [
             "cache",
@@ -857,6 +863,48 @@ fn clients_that_never_read_hold_nar_streams_only_until_the_send_timeout() -> Res
     whole(&server)?;
     drop(stalled);
     wait_closed(&server)?;
+    assert_eq!(server.stderr()?, "");
+    Ok(())
+}
+
+/// Narinfos for paths recorded with BLAKE3 cost a NAR dump each, to
+/// hash it with SHA-256: those computations used to run on as many
+/// threads as there were requests; `--max-hash-jobs` bounds them.
+#[test]
+fn narinfos_hash_at_most_max_hash_jobs_nars_at_once() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let served = tmp.path().join("served");
+    let paths = {
+        let store = Store::open_chroot(&served)?;
+        let mut paths = Vec::new();
+        for i in 0..4 {
+            let src = tmp.path().join(format!("zeros-{i}"));
+            fs::File::create(&src)?.set_len(32 << 20)?;
+            paths.push(store.add_path(&format!("zeros-{i}"), &src, &|_| true)?);
+        }
+        paths
+    };
+    let files: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| served.join("bigtop/store").join(p.to_string()))
+        .collect();
+    let server = Serving::start(&served, &["--max-hash-jobs", "1"])?;
+    let requests: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let url = format!("{}/{}.narinfo", server.url(), p.digest());
+            std::thread::spawn(move || get(&url).map(|(status, _)| status).ok())
+        })
+        .collect();
+    let mut most = 0;
+    while !requests.iter().all(|r| r.is_finished()) {
+        most = most.max(server.open_where(|l| files.iter().any(|f| f == l))?);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for r in requests {
+        assert_eq!(r.join().map_err(|_| "a client panicked")?, Some(200));
+    }
+    assert_eq!(most, 1, "NARs hashed at once");
     assert_eq!(server.stderr()?, "");
     Ok(())
 }
