@@ -2,7 +2,8 @@
 //! as nix-serve and harmonia serve Nix's: `bigtop cache serve`, and the
 //! same server for a program that embeds it.
 //!
-//! It answers, for `GET` and `HEAD`:
+//! It answers, for `GET` and `HEAD` (which says the length `GET` would
+//! send, unless that is a compressed NAR's, known only once sent):
 //!
 //! - `/nix-cache-info`: the store's dir, `WantMassQuery: 1` and the
 //!   priority of [`Options::priority`];
@@ -489,7 +490,12 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     if head {
-        // hyper sends no body for HEAD; the length is what GET would send.
+        // hyper sends no body for HEAD, nor its length: said here, as
+        // GET sends it (a NAR's is set already when it has one).
+        if let Body::Full(Some(data)) = r.body() {
+            let length = HeaderValue::from(data.len());
+            r.headers_mut().entry(CONTENT_LENGTH).or_insert(length);
+        }
         *r.body_mut() = Body::Full(None);
     }
     r
@@ -538,15 +544,16 @@ async fn narinfo(
     let Some(info) = info else {
         return Ok(None);
     };
-    // Whether it is there is all HEAD asks: no hash to compute.
-    if head {
-        return Ok(Some(full("text/x-nix-narinfo", Bytes::new())));
-    }
-    let compute = {
-        let (st, info) = (state.clone(), info.clone());
-        move || narinfo::compute(&st.store, &info)
+    let sha256 = if head {
+        // Whether it is there is all HEAD asks: no hash to compute.
+        narinfo::stand_in(&info)
+    } else {
+        let compute = {
+            let (st, info) = (state.clone(), info.clone());
+            move || narinfo::compute(&st.store, &info)
+        };
+        state.sha256s.get(&info, compute).await?
     };
-    let sha256 = state.sha256s.get(&info, compute).await?;
     let text = narinfo::text(
         &state.store,
         &info,

@@ -173,6 +173,20 @@ fn raw(addr: &str, request_line: &str) -> Result<(String, String)> {
     Ok((status, answer))
 }
 
+/// The `Content-Length` of `HEAD target`, which must answer 200 with no
+/// body.
+fn head_length(addr: &str, target: &str) -> Result<Option<u64>> {
+    let (status, answer) = raw(addr, &format!("HEAD {target}"))?;
+    assert!(status.contains(" 200 "), "HEAD {target}: {answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "a body: {answer:?}");
+    let length = answer.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse())
+    });
+    Ok(length.transpose()?)
+}
+
 fn nix_dir() -> Result<StoreDir> {
     Ok(StoreDir::new("/nix/store")?)
 }
@@ -212,6 +226,19 @@ fn bigtop_substitutes_a_closure_from_cache_serve_under_the_trusted_key_only() ->
         info,
         "StoreDir: /bigtop/store\nWantMassQuery: 1\nPriority: 30\n"
     );
+    // HEAD says the length GET sends; for a narinfo, before its hash is
+    // known (HEAD computes none) and signed.
+    assert_eq!(
+        head_length(&server.addr, "/nix-cache-info")?,
+        Some(info.len() as u64)
+    );
+    for p in [&lib, &app] {
+        let target = format!("/{}.narinfo", p.digest());
+        let length = head_length(&server.addr, &target)?;
+        let narinfo = get_text(&format!("{}{target}", server.url()))?;
+        assert!(narinfo.contains("\nSig: cache-1:"), "{narinfo}");
+        assert_eq!(length, Some(narinfo.len() as u64), "{narinfo}");
+    }
 
     // Under another key: refused, naming the key that signed.
     let other = SecretKey::generate("other-1")?;
@@ -438,9 +465,7 @@ fn bad_names_and_methods_are_refused_and_no_file_is_ever_read() -> Result {
     );
 
     // HEAD: the answers GET gives, without their bodies.
-    let (status, answer) = raw(addr, &format!("HEAD /{d}.narinfo"))?;
-    assert!(status.contains(" 200 "), "{answer}");
-    assert!(answer.ends_with("\r\n\r\n"), "a body: {answer:?}");
+    let narinfo_length = head_length(addr, &format!("/{d}.narinfo"))?;
     let (status, _) = raw(addr, &format!("HEAD /{stray_digest}.narinfo"))?;
     assert!(status.contains(" 404 "), "{status}");
     let (status, answer) = raw(addr, &format!("HEAD /nar/{d}-{h}.nar"))?;
@@ -460,6 +485,7 @@ fn bad_names_and_methods_are_refused_and_no_file_is_ever_read() -> Result {
 
     // And what the narinfo names is served.
     let narinfo = get_text(&format!("{}/{d}.narinfo", server.url()))?;
+    assert_eq!(narinfo_length, Some(narinfo.len() as u64));
     let url = field(&narinfo, "URL")?;
     assert_eq!(url, format!("nar/{d}-{h}.nar"));
     let (status, nar) = get(&format!("{}/nar/{d}-{h}.nar", server.url()))?;
