@@ -5,8 +5,8 @@
 # and `serve-bench` (benches/src/bin/serve-bench.rs) as the clients:
 #
 # 1. narinfo requests per second, 16 and 64 connections in parallel (the
-#    store records BLAKE3, so the first round also computes each path's
-#    SHA-256; a warm-up round comes first);
+#    store records BLAKE3, so a warm-up round first computes each path's
+#    SHA-256, at most `--max-hash-jobs` at once: twice the CPUs);
 # 2. NAR throughput, every path once over 16 connections, zstd and
 #    uncompressed;
 # 3. the server's peak resident memory (VmHWM) after all that, and while

@@ -2,32 +2,63 @@
 //! as nix-serve and harmonia serve Nix's: `bigtop cache serve`, and the
 //! same server for a program that embeds it.
 //!
-//! It answers, for `GET` and `HEAD`:
+//! It answers, for `GET` and `HEAD` (which says the length `GET` would
+//! send, unless that is a compressed NAR's, known only once sent):
 //!
 //! - `/nix-cache-info`: the store's dir, `WantMassQuery: 1` and the
 //!   priority of [`Options::priority`];
 //! - `/<digest>.narinfo`: made from what the store records of the valid
-//!   path with that digest, its NAR hash as SHA-256 (computed once and
-//!   kept in memory when the store records BLAKE3), signed on the fly
+//!   path with that digest, its NAR hash as SHA-256, signed on the fly
 //!   with [`Options::key`]; no `FileHash` or `FileSize`, since the file
 //!   is compressed as it is sent (Nix, and bigtop's fetch, take narinfos
 //!   without them);
 //! - `/nar/<digest>-<recorded NAR hash>.nar[.zst|.xz]`: the path's NAR,
-//!   dumped from the store as it is sent and compressed as its name
-//!   says. It streams through a bounded channel, so a download holds a
-//!   few 64 KiB chunks and the compressor's state whatever the path's
-//!   size (sized to the NAR: at most about 3 MiB for zstd, 94 MiB for
-//!   xz at Nix's level 6), and it
-//!   is checked against the recorded hash and size as it goes: a path
-//!   changed on disk is never sent whole, the connection is cut before
-//!   the end instead (and reported through [`Options::on_error`]).
+//!   dumped from the store as it is sent and compressed with
+//!   [`Options::compression`], the only extension served (another is
+//!   404: the client does not choose what a download costs the server;
+//!   narinfos that clients kept from before a change of compression
+//!   name NARs no longer served, which they fetch elsewhere or build).
+//!   It streams through a bounded channel, so a download holds a few
+//!   64 KiB chunks and the compressor's state whatever the path's size
+//!   (sized to the NAR: at most about 3 MiB for zstd, 94 MiB for xz at
+//!   Nix's level 6), and it is checked against the recorded hash and
+//!   size as it goes: a path changed on disk is never sent whole, the
+//!   connection is cut before the end instead (and reported through
+//!   [`Options::on_error`]).
 //!
 //! Anything else is 404, a name shaped as a narinfo's or NAR's but not
 //! valid is 400, another method is 405. Request paths are parsed as
-//! digests and hashes, never joined to a file-system path. Store queries
-//! and dumps run on blocking threads, never on the threads that serve
-//! connections; at most [`Options::max_nar_streams`] NARs are dumped at
-//! once (more wait their turn), so lookups always find a thread.
+//! digests and hashes, never joined to a file-system path.
+//!
+//! Store queries, hashes and dumps run on blocking threads, never on the
+//! threads that serve connections, and each kind has its own bound, so
+//! none starves the others of threads: at most
+//! [`Options::max_nar_streams`] NARs are dumped at once, and a request
+//! for another waits its turn for at most [`Options::nar_wait`], then is
+//! answered 503 with `Retry-After`; at most [`Options::max_hash_jobs`]
+//! NARs are hashed at once for narinfos; 64 more threads are left for
+//! lookups.
+//!
+//! When the store records BLAKE3 (bigtop's does), a path's SHA-256 is
+//! computed by dumping its NAR the first time its narinfo is asked for,
+//! then kept in memory (for [`Options::sha256_cache`] paths). Requests
+//! for a path being hashed wait for that one computation without holding
+//! a thread. The narinfo is answered once the hash is known, which for a
+//! NAR of many GiB may take longer than a client waits for an answer to
+//! begin (bigtop's: 60 seconds): the computation goes on without that
+//! client, and keeps its result, so the client's retry (bigtop's client
+//! tries a request three times) or a later request is answered at once.
+//! (A 503 until hashed was the other way: clients retry a 503 a few
+//! times within seconds, then give up on the path, sooner than they do
+//! waiting.) `HEAD` computes no hash.
+//!
+//! A client that takes none of an answer's bytes for
+//! [`Options::send_timeout`] (more exactly: lets the connection's send
+//! buffer stay full that long) is disconnected, which stops its NAR's
+//! dump and frees its turn: connections that ask for NARs and never read
+//! hold the streams for that long, not for good. A client that reads
+//! slowly but steadily keeps its stream as long as it likes; the number
+//! of streams bounds what such clients cost.
 //!
 //! The store is not locked against garbage collection while a path is
 //! sent: a path collected meanwhile fails its download (the connection
@@ -62,6 +93,7 @@
 mod nar;
 mod narinfo;
 mod route;
+mod stall;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -78,7 +110,7 @@ use bigtop_core::{StorePath, StorePathDigest};
 use bigtop_store::cache::{CacheInfo, Compression};
 use bigtop_store::{PathInfo, Store};
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -161,21 +193,38 @@ pub type OnError = Arc<dyn Fn(&Error) + Send + Sync>;
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Options {
-    /// How NARs are compressed (what narinfos name; a request may name
-    /// another). Default: zstd.
+    /// How NARs are compressed: what narinfos name, and the only
+    /// compression served. Default: zstd.
     pub compression: Compression,
     /// Signs each narinfo, when given. Default: none.
     pub key: Option<SecretKey>,
     /// `Priority:` in `nix-cache-info` (lower is tried first). Default:
     /// 30, as nix-serve says.
     pub priority: u32,
-    /// NARs dumped at once at most; more wait for one to finish. Times
-    /// the compressor's state per NAR (at most about 3 MiB for zstd, 94
-    /// MiB for xz), this bounds the memory downloads take. Default: 64.
+    /// NARs dumped at once at most; more wait for one to finish (see
+    /// [`nar_wait`](Self::nar_wait)). Times the compressor's state per
+    /// NAR (at most about 3 MiB for zstd, 94 MiB for xz), this bounds
+    /// the memory downloads take. Default: 64.
     pub max_nar_streams: usize,
+    /// How long a request for a NAR waits for one of the
+    /// [`max_nar_streams`](Self::max_nar_streams) to free before it is
+    /// answered 503 Service Unavailable, with `Retry-After` (clients,
+    /// bigtop's and Nix's, retry a 503 a few times). Default: 30
+    /// seconds.
+    pub nar_wait: Duration,
+    /// How long a client may take no bytes of an answer under way (more
+    /// exactly: leave the connection's send buffer full) before its
+    /// connection is closed, which stops its NAR's dump and frees its
+    /// stream: a client that asks and never reads holds nothing for
+    /// longer. Default: 60 seconds.
+    pub send_timeout: Duration,
     /// Paths whose NAR's SHA-256 is kept in memory at most (for stores
     /// that record BLAKE3). Default: 16,384 (a few MiB).
     pub sha256_cache: usize,
+    /// NARs hashed at once at most to answer narinfos (for stores that
+    /// record BLAKE3), each on a thread of its own; more wait their
+    /// turn. Default: twice the CPUs.
+    pub max_hash_jobs: usize,
     /// How long [`Server::run`] waits, once shut down, for responses
     /// under way to finish before cutting them. Default: 10 seconds.
     pub shutdown_grace: Duration,
@@ -191,7 +240,10 @@ impl Default for Options {
             key: None,
             priority: 30,
             max_nar_streams: 64,
+            nar_wait: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             sha256_cache: 16_384,
+            max_hash_jobs: std::thread::available_parallelism().map_or(2, |n| 2 * n.get()),
             shutdown_grace: Duration::from_secs(10),
             on_error: None,
         }
@@ -205,12 +257,19 @@ impl fmt::Debug for Options {
             .field("key", &self.key.as_ref().map(SecretKey::name))
             .field("priority", &self.priority)
             .field("max_nar_streams", &self.max_nar_streams)
+            .field("nar_wait", &self.nar_wait)
+            .field("send_timeout", &self.send_timeout)
             .field("sha256_cache", &self.sha256_cache)
+            .field("max_hash_jobs", &self.max_hash_jobs)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("on_error", &self.on_error.is_some())
             .finish()
     }
 }
+
+/// Blocking threads for store queries, beyond those dumps and hashes may
+/// take.
+const LOOKUP_THREADS: usize = 64;
 
 /// A binary cache server bound to its address, not yet serving.
 pub struct Server {
@@ -269,9 +328,11 @@ impl Server {
             .enable_io()
             .enable_time()
             .thread_name("bigtop-serve")
-            // Dumps take at most `max_nar_streams` of these: lookups
-            // always have threads left.
-            .max_blocking_threads(options.max_nar_streams.max(1) + 64)
+            // Dumps and hashes take at most their limits' worth of these:
+            // lookups always have threads left.
+            .max_blocking_threads(
+                options.max_nar_streams.max(1) + options.max_hash_jobs.max(1) + LOOKUP_THREADS,
+            )
             .build()
             .map_err(Error::Runtime)?;
         let bind = |source| Error::Bind { addr, source };
@@ -292,7 +353,7 @@ impl Server {
             store,
             cache_info: Bytes::from(cache_info),
             streams: Arc::new(Semaphore::new(options.max_nar_streams.max(1))),
-            sha256s: narinfo::Sha256s::new(options.sha256_cache),
+            sha256s: narinfo::Sha256s::new(options.sha256_cache, options.max_hash_jobs),
             options,
         });
         Ok(Server {
@@ -335,6 +396,7 @@ impl Server {
                         Ok((tcp, _)) => {
                             // Narinfos are small answers: sent at once.
                             let _ = tcp.set_nodelay(true);
+                            let tcp = stall::StallTimeout::new(tcp, state.options.send_timeout);
                             connections.spawn(connection(tcp, state.clone(), stop.subscribe()));
                         }
                         Err(e) => {
@@ -361,7 +423,7 @@ impl Server {
 /// Serves one connection until it closes, or until the server stops and
 /// the response under way is sent.
 async fn connection(
-    tcp: tokio::net::TcpStream,
+    tcp: stall::StallTimeout<tokio::net::TcpStream>,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -405,6 +467,9 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             state.cache_info.clone(),
         ))),
         Route::NarInfo(digest) => narinfo(state, digest, head).await,
+        // Only the compression the server was told: the client does not
+        // choose what a download costs it (xz's state is up to 94 MiB).
+        Route::Nar { compression, .. } if compression != state.options.compression => Ok(None),
         Route::Nar {
             digest,
             nar_hash,
@@ -425,7 +490,12 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     if head {
-        // hyper sends no body for HEAD; the length is what GET would send.
+        // hyper sends no body for HEAD, nor its length: said here, as
+        // GET sends it (a NAR's is set already when it has one).
+        if let Body::Full(Some(data)) = r.body() {
+            let length = HeaderValue::from(data.len());
+            r.headers_mut().entry(CONTENT_LENGTH).or_insert(length);
+        }
         *r.body_mut() = Body::Full(None);
     }
     r
@@ -467,26 +537,37 @@ async fn narinfo(
     head: bool,
 ) -> Result<Option<Response<Body>>, Error> {
     let st = state.clone();
-    blocking(format!("{digest}.narinfo"), move || {
-        let Some(info) = lookup(&st.store, &digest)? else {
-            return Ok(None);
-        };
-        // Whether it is there is all HEAD asks: no hash to compute.
-        if head {
-            return Ok(Some(full("text/x-nix-narinfo", Bytes::new())));
-        }
-        let sha256 = st.sha256s.get(&st.store, &info)?;
-        let text = narinfo::text(
-            &st.store,
-            &info,
-            sha256,
-            st.options.compression,
-            st.options.key.as_ref(),
-        );
-        Ok(Some(full("text/x-nix-narinfo", Bytes::from(text))))
+    let info = blocking(format!("{digest}.narinfo"), move || {
+        lookup(&st.store, &digest)
     })
-    .await
+    .await?;
+    let Some(info) = info else {
+        return Ok(None);
+    };
+    let sha256 = if head {
+        // Whether it is there is all HEAD asks: no hash to compute.
+        narinfo::stand_in(&info)
+    } else {
+        let compute = {
+            let (st, info) = (state.clone(), info.clone());
+            move || narinfo::compute(&st.store, &info)
+        };
+        state.sha256s.get(&info, compute).await?
+    };
+    let text = narinfo::text(
+        &state.store,
+        &info,
+        sha256,
+        state.options.compression,
+        state.options.key.as_ref(),
+    );
+    Ok(Some(full("text/x-nix-narinfo", Bytes::from(text))))
 }
+
+/// `Retry-After` of a NAR refused for want of a stream: a guess, since
+/// when one frees depends on clients; a few seconds costs a retrying
+/// client little.
+const RETRY_AFTER_SECONDS: &str = "5";
 
 async fn nar(
     state: &Arc<State>,
@@ -516,9 +597,15 @@ async fn nar(
     if head {
         return Ok(Some(r));
     }
-    let Ok(permit) = state.streams.clone().acquire_owned().await else {
-        // The semaphore is never closed.
-        return Ok(Some(status(StatusCode::SERVICE_UNAVAILABLE)));
+    let turn = state.streams.clone().acquire_owned();
+    let Ok(Ok(permit)) = tokio::time::timeout(state.options.nar_wait, turn).await else {
+        // Every stream taken for a while: clients that never read, say,
+        // until the send timeout cuts them. The semaphore is never
+        // closed.
+        let mut r = status(StatusCode::SERVICE_UNAVAILABLE);
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        return Ok(Some(r));
     };
     let (tx, rx) = mpsc::channel(nar::DEPTH);
     let st = state.clone();

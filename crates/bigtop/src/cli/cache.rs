@@ -4,6 +4,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bigtop_store::cache::Compression;
 use clap::{Args, Subcommand};
@@ -34,12 +35,40 @@ pub struct ServeArgs {
     /// format, as `bigtop key generate` writes).
     #[arg(long, value_name = "KEYFILE")]
     pub sign: Option<PathBuf>,
-    /// How NARs are compressed as they are sent (`zstd`, `xz`, `none`).
+    /// How NARs are compressed as they are sent (`zstd`, `xz`, `none`):
+    /// the one compression served, whatever a client asks.
     #[arg(long, default_value = "zstd", value_parser = super::copy::parse_compression)]
     pub compression: Compression,
     /// The cache's priority in `nix-cache-info` (lower is tried first).
     #[arg(long, default_value_t = 30)]
     pub priority: u32,
+    /// NARs sent at once at most, each holding a thread and a
+    /// compressor's state (up to 3 MiB for zstd, 94 MiB for xz); a
+    /// request for another waits its turn. Default: 64.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_nar_streams: Option<u32>,
+    /// How long a request for a NAR waits for its turn before it is
+    /// answered 503 with `Retry-After`. Default: 30.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub nar_wait: Option<Duration>,
+    /// How long a client may take no bytes of an answer before its
+    /// connection is closed (freeing its NAR's turn). Default: 60.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub send_timeout: Option<Duration>,
+    /// NARs hashed at once at most to answer narinfos (a store that
+    /// records BLAKE3 hashes each path's NAR with SHA-256 once, for Nix);
+    /// more wait their turn. Default: twice the CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hash_jobs: Option<u32>,
+}
+
+/// A duration given in seconds, fractions allowed (`0.5`, `60`).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .and_then(|n| Duration::try_from_secs_f64(n).ok())
+        .ok_or_else(|| format!("`{s}` is not a positive number of seconds"))
 }
 
 /// Why a `bigtop cache` command failed.
@@ -86,10 +115,19 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
         .transpose()?;
     let store = global.store.open()?;
     let store_dir = store.store_dir().to_string();
+    let defaults = serve::Options::default();
     let options = serve::Options {
         compression: args.compression,
         key,
         priority: args.priority,
+        max_nar_streams: args
+            .max_nar_streams
+            .map_or(defaults.max_nar_streams, |n| n as usize),
+        nar_wait: args.nar_wait.unwrap_or(defaults.nar_wait),
+        send_timeout: args.send_timeout.unwrap_or(defaults.send_timeout),
+        max_hash_jobs: args
+            .max_hash_jobs
+            .map_or(defaults.max_hash_jobs, |n| n as usize),
         // What the server cannot serve is said and served around, not fatal.
         on_error: Some(Arc::new(|e: &serve::Error| {
             let mut text = format!("warning: {e}");
@@ -100,7 +138,7 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
             }
             eprintln!("{text}");
         })),
-        ..serve::Options::default()
+        ..defaults
     };
     let server = serve::Server::bind(Arc::new(store), args.listen, options)?;
     let addr = server.local_addr();

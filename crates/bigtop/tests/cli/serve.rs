@@ -98,10 +98,15 @@ impl Serving {
 
     /// How many of its open descriptors are `file`.
     fn open_count(&self, file: &Path) -> Result<usize> {
+        self.open_where(|l| l == file)
+    }
+
+    /// How many of its open descriptors are files `is` says yes to.
+    fn open_where(&self, is: impl Fn(&Path) -> bool) -> Result<usize> {
         let mut n = 0;
         for fd in fs::read_dir(format!("/proc/{}/fd", self.pid()))? {
             // A descriptor closed while listing is not open.
-            if fs::read_link(fd?.path()).is_ok_and(|l| l == file) {
+            if fs::read_link(fd?.path()).is_ok_and(|l| is(&l)) {
                 n += 1;
             }
         }
@@ -168,6 +173,20 @@ fn raw(addr: &str, request_line: &str) -> Result<(String, String)> {
     Ok((status, answer))
 }
 
+/// The `Content-Length` of `HEAD target`, which must answer 200 with no
+/// body.
+fn head_length(addr: &str, target: &str) -> Result<Option<u64>> {
+    let (status, answer) = raw(addr, &format!("HEAD {target}"))?;
+    assert!(status.contains(" 200 "), "HEAD {target}: {answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "a body: {answer:?}");
+    let length = answer.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse())
+    });
+    Ok(length.transpose()?)
+}
+
 fn nix_dir() -> Result<StoreDir> {
     Ok(StoreDir::new("/nix/store")?)
 }
@@ -207,6 +226,19 @@ fn bigtop_substitutes_a_closure_from_cache_serve_under_the_trusted_key_only() ->
         info,
         "StoreDir: /bigtop/store\nWantMassQuery: 1\nPriority: 30\n"
     );
+    // HEAD says the length GET sends; for a narinfo, before its hash is
+    // known (HEAD computes none) and signed.
+    assert_eq!(
+        head_length(&server.addr, "/nix-cache-info")?,
+        Some(info.len() as u64)
+    );
+    for p in [&lib, &app] {
+        let target = format!("/{}.narinfo", p.digest());
+        let length = head_length(&server.addr, &target)?;
+        let narinfo = get_text(&format!("{}{target}", server.url()))?;
+        assert!(narinfo.contains("\nSig: cache-1:"), "{narinfo}");
+        assert_eq!(length, Some(narinfo.len() as u64), "{narinfo}");
+    }
 
     // Under another key: refused, naming the key that signed.
     let other = SecretKey::generate("other-1")?;
@@ -379,7 +411,8 @@ fn bad_names_and_methods_are_refused_and_no_file_is_ever_read() -> Result {
     let stray = StorePath::from_base_name("00000000000000000000000000000000-stray")?;
     fs::write(store.physical(&stray), "root:x:0:0 not served\n")?;
     drop(store);
-    let server = Serving::start(&served, &[])?;
+    // Uncompressed: a NAR's HEAD has a length.
+    let server = Serving::start(&served, &["--compression", "none"])?;
     let addr = &server.addr;
     let h = info.nar_hash.to_base32();
     let d = app.digest();
@@ -432,9 +465,7 @@ fn bad_names_and_methods_are_refused_and_no_file_is_ever_read() -> Result {
     );
 
     // HEAD: the answers GET gives, without their bodies.
-    let (status, answer) = raw(addr, &format!("HEAD /{d}.narinfo"))?;
-    assert!(status.contains(" 200 "), "{answer}");
-    assert!(answer.ends_with("\r\n\r\n"), "a body: {answer:?}");
+    let narinfo_length = head_length(addr, &format!("/{d}.narinfo"))?;
     let (status, _) = raw(addr, &format!("HEAD /{stray_digest}.narinfo"))?;
     assert!(status.contains(" 404 "), "{status}");
     let (status, answer) = raw(addr, &format!("HEAD /nar/{d}-{h}.nar"))?;
@@ -452,10 +483,11 @@ fn bad_names_and_methods_are_refused_and_no_file_is_ever_read() -> Result {
         "{answer}"
     );
 
-    // And what the narinfo names is served, uncompressed as asked.
+    // And what the narinfo names is served.
     let narinfo = get_text(&format!("{}/{d}.narinfo", server.url()))?;
+    assert_eq!(narinfo_length, Some(narinfo.len() as u64));
     let url = field(&narinfo, "URL")?;
-    assert_eq!(url, format!("nar/{d}-{h}.nar.zst"));
+    assert_eq!(url, format!("nar/{d}-{h}.nar"));
     let (status, nar) = get(&format!("{}/nar/{d}-{h}.nar", server.url()))?;
     assert_eq!(status, 200);
     let mut want = Vec::new();
@@ -561,7 +593,11 @@ fn a_client_leaving_mid_nar_stops_its_dump_and_the_server_serves_on() -> Result 
         (path.clone(), info, store.physical(&path))
     };
     let server = Serving::start(&served, &[])?;
-    let nar = format!("/nar/{}-{}.nar", path.digest(), info.nar_hash.to_base32());
+    let nar = format!(
+        "/nar/{}-{}.nar.zst",
+        path.digest(),
+        info.nar_hash.to_base32()
+    );
     let wait_closed = |what: &str| -> Result {
         let deadline = Instant::now() + Duration::from_secs(20);
         while server.open_count(&physical)? > 0 {
@@ -594,19 +630,12 @@ fn a_client_leaving_mid_nar_stops_its_dump_and_the_server_serves_on() -> Result 
     // Others are served, whole, meanwhile and after.
     let narinfo = get_text(&format!("{}/{}.narinfo", server.url(), path.digest()))?;
     assert_eq!(field(&narinfo, "NarSize")?, info.nar_size.to_string());
-    for zstd in [false, true] {
-        let url = if zstd {
-            format!("{}{nar}.zst", server.url())
-        } else {
-            format!("{}{nar}", server.url())
-        };
-        let r = agent().get(&url).call()?;
-        assert_eq!(r.status().as_u16(), 200);
-        assert_eq!(
-            hash_nar(r.into_body().into_reader(), zstd)?,
-            (info.nar_hash, info.nar_size)
-        );
-    }
+    let r = agent().get(&format!("{}{nar}", server.url())).call()?;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        hash_nar(r.into_body().into_reader(), true)?,
+        (info.nar_hash, info.nar_size)
+    );
     assert_eq!(server.stderr()?, "");
     Ok(())
 }
@@ -636,14 +665,14 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
         let f = fs::OpenOptions::new().write(true).open(&file)?;
         std::os::unix::fs::FileExt::write_all_at(&f, b"THE CHANGE", at)?;
     }
-    let server = Serving::start(&served, &[])?;
-    for info in [&small, &big] {
-        let d = info.path.digest();
-        // No narinfo: its SHA-256 cannot be known.
-        let (status, _) = get(&format!("{}/{d}.narinfo", server.url()))?;
-        assert_eq!(status, 404, "{}", info.path);
-        // The NAR, asked for by name, never ends.
-        for ext in [".nar", ".nar.zst", ".nar.xz"] {
+    for (compression, ext) in [("none", ".nar"), ("zstd", ".nar.zst"), ("xz", ".nar.xz")] {
+        let server = Serving::start(&served, &["--compression", compression])?;
+        for info in [&small, &big] {
+            let d = info.path.digest();
+            // No narinfo: its SHA-256 cannot be known.
+            let (status, _) = get(&format!("{}/{d}.narinfo", server.url()))?;
+            assert_eq!(status, 404, "{}", info.path);
+            // The NAR, asked for by name, never ends.
             let url = format!(
                 "{}/nar/{d}-{}{ext}",
                 server.url(),
@@ -663,22 +692,22 @@ fn a_path_changed_on_disk_is_never_served_whole() -> Result {
                 body.len()
             );
         }
-    }
-    let log = server.stderr()?;
-    for info in [&small, &big] {
-        assert!(
-            log.contains(&format!(
-                "warning: `{}` in the store no longer matches its recorded NAR hash and size",
-                info.path
-            )),
-            "{log}"
-        );
+        let log = server.stderr()?;
+        for info in [&small, &big] {
+            assert!(
+                log.contains(&format!(
+                    "warning: `{}` in the store no longer matches its recorded NAR hash and size",
+                    info.path
+                )),
+                "{compression}: {log}"
+            );
+        }
     }
     Ok(())
 }
 
 #[test]
-fn serve_names_a_bad_key_file_and_an_address_it_cannot_listen_on() -> Result {
+fn serve_names_a_bad_key_file_a_bad_limit_and_an_address_it_cannot_listen_on() -> Result {
     let tmp = tempfile::tempdir()?;
     let store = tmp.path().join("s");
     let store = store.to_str().ok_or("path")?;
@@ -707,5 +736,201 @@ fn serve_names_a_bad_key_file_and_an_address_it_cannot_listen_on() -> Result {
         assert!(out.stdout.is_empty(), "{all:?}");
         assert!(err.starts_with(&message), "{all:?}: {err}");
     }
+    for (flag, value) in [
+        ("--send-timeout", "0"),
+        ("--nar-wait", "soon"),
+        ("--max-nar-streams", "0"),
+        ("--max-hash-jobs", "many"),
+    ] {
+        let args = [
+            "cache",
+            "serve",
+            "--store",
+            store,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let out = crate::bigtop(&[&args[..], &[flag, value]].concat(), b"", tmp.path())?;
+        let err = String::from_utf8(out.stderr)?;
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(
+            err.starts_with(&format!("error: invalid value '{value}' for '{flag} ")),
+            "{err}"
+        );
+    }
+    Ok(())
+}
+
+/// The client does not pick what the server spends: a NAR is served in
+/// the compression the server was told only (xz takes up to 94 MiB per
+/// download, zstd several, none the most bandwidth), any other name of
+/// it is 404, as a file the cache lacks.
+#[test]
+fn a_nar_is_served_only_in_the_servers_compression() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let served = tmp.path().join("served");
+    let store = Store::open_chroot(&served)?;
+    let (lib, _) = closure(&store)?;
+    let info = store.path_info(&lib)?.ok_or("no info")?;
+    drop(store);
+    let name = format!("nar/{}-{}.nar", lib.digest(), info.nar_hash.to_base32());
+    for (compression, ext) in [("zstd", ".zst"), ("xz", ".xz"), ("none", "")] {
+        let server = Serving::start(&served, &["--compression", compression])?;
+        let narinfo = get_text(&format!("{}/{}.narinfo", server.url(), lib.digest()))?;
+        assert_eq!(field(&narinfo, "URL")?, format!("{name}{ext}"));
+        for other in ["", ".zst", ".xz"] {
+            let url = format!("{}/{name}{other}", server.url());
+            let want = if other == ext { 200 } else { 404 };
+            assert_eq!(get(&url)?.0, want, "{compression}: {url}");
+            let (status, _) = raw(&server.addr, &format!("HEAD /{name}{other}"))?;
+            assert!(
+                status.contains(&format!(" {want} ")),
+                "{compression}: HEAD {url}: {status}"
+            );
+        }
+        assert_eq!(server.stderr()?, "");
+    }
+    Ok(())
+}
+
+/// Clients that ask for NARs and never read them hold the server's NAR
+/// streams only until `--send-timeout`: before, as many such
+/// connections as streams (64 by default) blocked every later download
+/// for good, each holding a dump thread and a compressor.
+#[test]
+fn clients_that_never_read_hold_nar_streams_only_until_the_send_timeout() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let served = tmp.path().join("served");
+    let (path, info, physical) = {
+        let store = Store::open_chroot(&served)?;
+        let src = tmp.path().join("noise");
+        // More than the socket buffers on both sides hold: the server
+        // is left with bytes the client does not take.
+        fs::write(&src, noise(64 << 20))?;
+        let path = store.add_path("noise", &src, &|_| true)?;
+        let info = store.path_info(&path)?.ok_or("not added")?;
+        (path.clone(), info, store.physical(&path))
+    };
+    let nar = format!(
+        "/nar/{}-{}.nar.zst",
+        path.digest(),
+        info.nar_hash.to_base32()
+    );
+    // Asks for the NAR and reads the head (sent once a stream is
+    // taken), and no more.
+    let stall = |server: &Serving| -> Result<TcpStream> {
+        let mut s = TcpStream::connect(&server.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(s, "GET {nar} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut head = [0u8; 1024];
+        s.read_exact(&mut head)?;
+        assert!(head.starts_with(b"HTTP/1.1 200 OK"));
+        Ok(s)
+    };
+    let wait_closed = |server: &Serving| -> Result {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.open_count(&physical)? > 0 {
+            assert!(Instant::now() < deadline, "the dumps go on");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let whole = |server: &Serving| -> Result {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build(),
+        );
+        let r = agent.get(&format!("{}{nar}", server.url())).call()?;
+        assert_eq!(r.status().as_u16(), 200);
+        let got = hash_nar(r.into_body().into_reader(), true)?;
+        assert_eq!(got, (info.nar_hash, info.nar_size));
+        Ok(())
+    };
+
+    // Both streams taken and no turn freed in time: 503, at once.
+    let server = Serving::start(
+        &served,
+        &[
+            "--max-nar-streams",
+            "2",
+            "--send-timeout",
+            "2",
+            "--nar-wait",
+            "0.2",
+        ],
+    )?;
+    let stalled = [stall(&server)?, stall(&server)?];
+    let (status, answer) = raw(&server.addr, &format!("GET {nar}"))?;
+    assert!(status.contains(" 503 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nretry-after: "),
+        "{answer}"
+    );
+    // Their connections are closed and their dumps stopped once they
+    // took nothing for 2 seconds; then a NAR is served whole.
+    wait_closed(&server)?;
+    whole(&server)?;
+    // What they had not read was cut: never the end of the body.
+    for mut s in stalled {
+        let mut answer = Vec::new();
+        if s.read_to_end(&mut answer).is_ok() {
+            assert!(!answer.ends_with(b"\r\n0\r\n\r\n"), "a whole answer");
+        }
+    }
+    assert_eq!(server.stderr()?, "");
+    drop(server);
+
+    // A request that may wait long enough gets its turn once the send
+    // timeout frees one.
+    let server = Serving::start(&served, &["--max-nar-streams", "2", "--send-timeout", "2"])?;
+    let stalled = [stall(&server)?, stall(&server)?];
+    whole(&server)?;
+    drop(stalled);
+    wait_closed(&server)?;
+    assert_eq!(server.stderr()?, "");
+    Ok(())
+}
+
+/// Narinfos for paths recorded with BLAKE3 cost a NAR dump each, to
+/// hash it with SHA-256: those computations used to run on as many
+/// threads as there were requests; `--max-hash-jobs` bounds them.
+#[test]
+fn narinfos_hash_at_most_max_hash_jobs_nars_at_once() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let served = tmp.path().join("served");
+    let paths = {
+        let store = Store::open_chroot(&served)?;
+        let mut paths = Vec::new();
+        for i in 0..4 {
+            let src = tmp.path().join(format!("zeros-{i}"));
+            fs::File::create(&src)?.set_len(32 << 20)?;
+            paths.push(store.add_path(&format!("zeros-{i}"), &src, &|_| true)?);
+        }
+        paths
+    };
+    let files: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| served.join("bigtop/store").join(p.to_string()))
+        .collect();
+    let server = Serving::start(&served, &["--max-hash-jobs", "1"])?;
+    let requests: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let url = format!("{}/{}.narinfo", server.url(), p.digest());
+            std::thread::spawn(move || get(&url).map(|(status, _)| status).ok())
+        })
+        .collect();
+    let mut most = 0;
+    while !requests.iter().all(|r| r.is_finished()) {
+        most = most.max(server.open_where(|l| files.iter().any(|f| f == l))?);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for r in requests {
+        assert_eq!(r.join().map_err(|_| "a client panicked")?, Some(200));
+    }
+    assert_eq!(most, 1, "NARs hashed at once");
+    assert_eq!(server.stderr()?, "");
     Ok(())
 }
