@@ -226,15 +226,20 @@ impl Store {
                 let _ = crate::fs::remove_tree(&tmp);
                 return Err(io_err("put back", &physical)(e));
             }
+            // The new files are in place: nothing after this may count the
+            // repair as failed (which would unregister the path). What
+            // cannot be removed now is a leftover the collector removes
+            // by its temporary name.
             if had {
-                remove_physical(&aside)?;
+                let _ = remove_physical(&aside);
             }
-            let root = fs::File::open(self.root()).map_err(io_err("open", self.root()))?;
-            rustix::fs::syncfs(&root).map_err(|e| io_err("sync", self.root())(e.into()))?;
-            // After the files are on disk: a crash before this leaves the
-            // old record, and the next verify fetches the path again.
-            if !same {
-                self.record_contents(&info)?;
+            let synced = fs::File::open(self.root())
+                .and_then(|root| rustix::fs::syncfs(&root).map_err(std::io::Error::from));
+            // After the files are on disk: a crash (or a failed sync)
+            // leaves the old record, and the next verify finds the
+            // path's bytes do not match it and fetches it again.
+            if !same && synced.is_ok() {
+                let _ = self.record_contents(&info);
             }
             return Ok(Refetch::Done);
         }

@@ -203,10 +203,12 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
                 key,
             };
             let bar = super::progress::CopyBar::stderr();
-            let report = cache::upload_observed(&store, &open_cache(url)?, &paths, &options, &bar);
+            let cache = open_cache(url)?;
+            let report = cache::upload_observed(&store, &cache, &paths, &options, &bar);
             bar.finish();
             let report = report?;
-            ("to", url, report)
+            // As the cache names itself: without a password in its URL.
+            ("to", cache.describe(), report)
         }
         (None, Some(url)) => {
             let config = super::config::Config::load()?;
@@ -225,10 +227,11 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
                 require_sigs: !args.no_require_sigs && config.require_sigs,
             };
             let bar = super::progress::CopyBar::stderr();
-            let report = cache::fetch_observed(&store, &open_cache(url)?, &paths, &options, &bar);
+            let cache = open_cache(url)?;
+            let report = cache::fetch_observed(&store, &cache, &paths, &options, &bar);
             bar.finish();
             let report = report?;
-            ("from", url, report)
+            ("from", cache.describe(), report)
         }
         (None, None) => unreachable!("clap requires --to or --from"),
     };

@@ -174,6 +174,25 @@ fn wait_peak_rss(pid: i32) -> Result<i64> {
     Ok(usage.ru_maxrss * 1024)
 }
 
+/// The highest `VmHWM` (peak resident memory of that process alone) seen
+/// in `/proc/PID/status` until the process is gone, read every 5 ms.
+fn own_peak_rss(pid: u32) -> i64 {
+    let mut peak = 0;
+    while let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
+        // A zombie has no memory lines: it is over.
+        let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        else {
+            break;
+        };
+        peak = peak.max(kib * 1024);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    peak
+}
+
 /// `bigtop copy` over SSH from or to `local`, with the remote store at
 /// `remote` and `extra` arguments.
 fn copy(
@@ -764,10 +783,15 @@ fn a_1_gib_path_moves_both_ways_in_bounded_memory() -> Result {
             .stdout(fs::File::create(&out_file)?)
             .stderr(fs::File::create(tmp.path().join("copy.err"))?)
             .spawn()?;
-        // Reaped here, with its rusage; dropping a `Child` waits for
-        // nothing.
-        let local_peak = wait_peak_rss(i32::try_from(child.id())?)?;
+        // bigtop's own peak, read from the kernel while it runs: its
+        // rusage on exit would count its `ssh` child too, whose buffers
+        // grow with how far the other side lags, which is not bigtop's.
+        let pid = child.id();
+        let watcher = std::thread::spawn(move || own_peak_rss(pid));
+        // Reaped here; dropping a `Child` waits for nothing.
+        wait_peak_rss(i32::try_from(pid)?)?;
         drop(child);
+        let local_peak = watcher.join().map_err(|_| "the watcher panicked")?;
         let report: Value = serde_json::from_slice(&fs::read(&out_file)?).map_err(|e| {
             format!(
                 "{e}: {}",

@@ -68,18 +68,25 @@ impl FileCache {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let fd = rustix::fs::openat2(
+        let flags = if flags.contains(OFlags::PATH) {
+            flags | OFlags::CLOEXEC
+        } else {
+            flags | OFlags::NONBLOCK | OFlags::CLOEXEC
+        };
+        let fd = match rustix::fs::openat2(
             &dir,
             relative,
-            // O_PATH takes no other flags (and opens nothing to block on).
-            if flags.contains(OFlags::PATH) {
-                flags | OFlags::CLOEXEC
-            } else {
-                flags | OFlags::NONBLOCK | OFlags::CLOEXEC
-            },
+            flags,
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-        )?;
+        ) {
+            // Before Linux 5.6, or under a filter that forbids it: each
+            // component opened in turn, none through a symbolic link.
+            Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => {
+                open_by_components(dir, relative, flags)?
+            }
+            r => r?,
+        };
         Ok(File::from(fd))
     }
 
@@ -176,6 +183,36 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Opens `relative` under `dir` one component at a time, none through a
+/// symbolic link: what `openat2(RESOLVE_NO_SYMLINKS)` does, for kernels
+/// without it.
+fn open_by_components(
+    dir: std::os::fd::OwnedFd,
+    relative: &str,
+    flags: rustix::fs::OFlags,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let mut at = dir;
+    let mut parts = relative.split('/').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            return Ok(rustix::fs::openat(
+                &at,
+                part,
+                flags | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )?);
+        }
+        at = rustix::fs::openat(
+            &at,
+            part,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty name"))
+}
+
 /// A temporary file with no name (`O_TMPFILE`): no one can open it, put
 /// something under its name first, or find it left behind after a
 /// crash. Where a NAR is compressed before its hash (its name in the
@@ -199,5 +236,39 @@ impl TempFile {
 
     pub(super) fn file(&self) -> &File {
         &self.file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_openat2_no_component_is_followed_through_a_symlink() -> io::Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        let scratch = tempfile::tempdir()?;
+        let tmp = scratch.path();
+        fs::create_dir_all(tmp.join("cache/real"))?;
+        fs::write(tmp.join("cache/real/x"), b"inside")?;
+        fs::write(tmp.join("outside"), b"outside")?;
+        std::os::unix::fs::symlink(tmp.join("cache/real"), tmp.join("cache/link"))?;
+        std::os::unix::fs::symlink(tmp.join("outside"), tmp.join("cache/real/y"))?;
+        let dir = || {
+            rustix::fs::open(
+                tmp.join("cache"),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let read = |name: &str| -> io::Result<Vec<u8>> {
+            let fd = open_by_components(dir()?, name, OFlags::RDONLY | OFlags::CLOEXEC)?;
+            let mut out = Vec::new();
+            File::from(fd).read_to_end(&mut out)?;
+            Ok(out)
+        };
+        assert_eq!(read("real/x")?, b"inside");
+        assert!(read("link/x").is_err(), "a symlinked folder was followed");
+        assert!(read("real/y").is_err(), "a symlinked file was followed");
+        Ok(())
     }
 }

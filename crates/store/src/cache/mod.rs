@@ -882,10 +882,11 @@ pub fn fetch_observed(
     // once. Nothing is registered until all are staged (below), so the
     // order they arrive in does not matter. After a failure no new path
     // starts, and every tree staged so far is removed.
+    let seen: BTreeSet<StorePath> = roots.iter().cloned().collect();
     let walk = Walk {
         state: std::sync::Mutex::new(WalkState {
-            queue: roots.to_vec(),
-            seen: roots.iter().cloned().collect(),
+            queue: seen.iter().cloned().collect(),
+            seen,
             ..WalkState::default()
         }),
         wake: std::sync::Condvar::new(),
@@ -1000,7 +1001,22 @@ impl Walk {
                     state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let result = self.one(store, cache, options, observer, &path);
+            // A panic (in a decoder, an observer) fails the fetch like an
+            // error: the other workers must not wait for this one for ever.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.one(store, cache, options, observer, &path)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(CacheError::Bad {
+                    cache: cache.describe(),
+                    reason: format!("fetching `{path}` panicked: {what}"),
+                })
+            });
             let mut state = lock();
             state.busy -= 1;
             match result {
@@ -1050,6 +1066,15 @@ impl Walk {
             observer.planned(state.planned.0, state.planned.1);
             if queued {
                 self.wake.notify_all();
+            }
+            // Another path failed meanwhile: the fetch is over, and this
+            // one is not downloaded for nothing (the first error is the
+            // one reported).
+            if state.failed.is_some() {
+                return Err(CacheError::Bad {
+                    cache: cache.describe(),
+                    reason: "stopped".into(),
+                });
             }
         }
         let staged = fetch_retrying(store, cache, &narinfo, options, observer)?;
