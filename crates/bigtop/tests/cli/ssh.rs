@@ -7,6 +7,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bigtop::core::StorePath;
@@ -172,6 +174,35 @@ fn wait_peak_rss(pid: i32) -> Result<i64> {
         return Err(format!("wait4: {}", std::io::Error::last_os_error()).into());
     }
     Ok(usage.ru_maxrss * 1024)
+}
+
+/// The highest `VmHWM` of any `bigtop store serve` process whose command
+/// line names `marker`, read from `/proc` every 5 ms until `stop`.
+fn peak_of_processes_naming(marker: &str, stop: &AtomicBool) -> i64 {
+    let mut peak = 0;
+    while !stop.load(Ordering::SeqCst) {
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let dir = entry.path();
+            let Ok(cmdline) = fs::read(dir.join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if !(cmdline.contains("store serve") && cmdline.contains(marker)) {
+                continue;
+            }
+            let hwm = fs::read_to_string(dir.join("status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+                })
+                .unwrap_or(0);
+            peak = peak.max(hwm * 1024);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    peak
 }
 
 /// The highest `VmHWM` (peak resident memory of that process alone) seen
@@ -766,6 +797,15 @@ fn a_1_gib_path_moves_both_ways_in_bounded_memory() -> Result {
         let url = sshd.url();
         let options = sshd.options();
         let out_file = tmp.path().join("copy.out");
+        // The remote bigtop's own peak, read while it runs: sshd's rusage
+        // would also count what each process forked from the test
+        // binary held before it exec'd (the whole test binary's memory,
+        // when other tests run beside this one).
+        let stop = Arc::new(AtomicBool::new(false));
+        let remote_watch = {
+            let (stop, marker) = (stop.clone(), remote.display().to_string());
+            std::thread::spawn(move || peak_of_processes_naming(&marker, &stop))
+        };
         let child = Command::new(BIGTOP)
             .args([
                 "copy",
@@ -800,7 +840,9 @@ fn a_1_gib_path_moves_both_ways_in_bounded_memory() -> Result {
         })?;
         assert_eq!(copied(&report)?, names(&[&big]), "{report}");
         assert_eq!(report["nar_bytes"], SIZE + 112);
-        let remote_peak = sshd.stop_measuring()?;
+        sshd.stop_measuring()?;
+        stop.store(true, Ordering::SeqCst);
+        let remote_peak = remote_watch.join().map_err(|_| "the watcher panicked")?;
         eprintln!(
             "copy {direction}: peak resident memory here {} MiB, remote side {} MiB",
             local_peak >> 20,
