@@ -843,6 +843,10 @@ fn a_1_gib_path_moves_both_ways_in_bounded_memory() -> Result {
         sshd.stop_measuring()?;
         stop.store(true, Ordering::SeqCst);
         let remote_peak = remote_watch.join().map_err(|_| "the watcher panicked")?;
+        assert!(
+            remote_peak > 0,
+            "{direction}: the remote bigtop was never seen"
+        );
         eprintln!(
             "copy {direction}: peak resident memory here {} MiB, remote side {} MiB",
             local_peak >> 20,
