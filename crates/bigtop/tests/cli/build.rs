@@ -523,27 +523,30 @@ fn a_registration_failure_shows_the_database_cause() -> Result {
     Ok(())
 }
 
-/// `bigtop build --substituters`: what a signed cache holds is fetched,
-/// not built; without the key it is built.
-#[test]
-fn build_fetches_from_a_trusted_substituter_and_builds_without_one() -> Result {
-    let tmp = tempfile::tempdir()?;
-    for d in ["a", "b", "c"] {
-        fs::create_dir(tmp.path().join(d))?;
-    }
-    let a = Cli::chroot(&tmp.path().join("a"))?;
+/// A derivation writing `text`, built in a store in `tmp/a` and copied,
+/// signed, into the cache `tmp/cache`.
+struct Signed {
+    drv: Value,
+    out: String,
+    cache: String,
+    secret: std::path::PathBuf,
+    public: String,
+}
+
+fn signed_in_a_cache(tmp: &Path, name: &str, text: &str) -> Result<Signed> {
+    let a = Cli::chroot(&tmp.join("a").tap_mkdir()?)?;
     let drv = json!({
-        "name": "cached",
+        "name": name,
         "system": host_system(),
         "builder": "builtin:write-file",
-        "env": {"text": "from the cache"},
+        "env": {"text": text},
         "outputs": {"out": "deferred"},
     });
     let (drv_path, out) = a.add(&drv)?;
     a.ok(&["build", &drv_path], b"")?;
-    crate::bigtop(&["key", "generate", "c-1"], b"", tmp.path())?;
-    let cache = format!("file://{}", tmp.path().join("cache").display());
-    let secret = tmp.path().join("c-1.secret");
+    crate::bigtop(&["key", "generate", "c-1"], b"", tmp)?;
+    let cache = format!("file://{}", tmp.join("cache").display());
+    let secret = tmp.join("c-1.secret");
     a.ok(
         &[
             "copy",
@@ -555,7 +558,31 @@ fn build_fetches_from_a_trusted_substituter_and_builds_without_one() -> Result {
         ],
         b"",
     )?;
-    let public = fs::read_to_string(tmp.path().join("c-1.public"))?;
+    let public = fs::read_to_string(tmp.join("c-1.public"))?;
+    Ok(Signed {
+        drv,
+        out,
+        cache,
+        secret,
+        public,
+    })
+}
+
+/// `bigtop build --substituters`: what a signed cache holds is fetched,
+/// not built; without the key it is built.
+#[test]
+fn build_fetches_from_a_trusted_substituter_and_builds_without_one() -> Result {
+    let tmp = tempfile::tempdir()?;
+    for d in ["b", "c"] {
+        fs::create_dir(tmp.path().join(d))?;
+    }
+    let Signed {
+        drv,
+        out,
+        cache,
+        secret: _,
+        public,
+    } = signed_in_a_cache(tmp.path(), "cached", "from the cache")?;
 
     let b = Cli::chroot(&tmp.path().join("b"))?;
     let (drv_b, _) = b.add(&drv)?;
@@ -612,31 +639,14 @@ fn build_fetches_from_a_trusted_substituter_and_builds_without_one() -> Result {
 #[test]
 fn configuration_files_set_substituters_and_flags_override_them() -> Result {
     let tmp = tempfile::tempdir()?;
-    let a = Cli::chroot(&tmp.path().join("a").tap_mkdir()?)?;
-    let drv = json!({
-        "name": "configured",
-        "system": host_system(),
-        "builder": "builtin:write-file",
-        "env": {"text": "from the configured cache"},
-        "outputs": {"out": "deferred"},
-    });
-    let (drv_path, out) = a.add(&drv)?;
-    a.ok(&["build", &drv_path], b"")?;
-    crate::bigtop(&["key", "generate", "c-1"], b"", tmp.path())?;
-    let cache = format!("file://{}", tmp.path().join("cache").display());
-    let secret = tmp.path().join("c-1.secret");
-    a.ok(
-        &[
-            "copy",
-            "--to",
-            &cache,
-            "--sign",
-            secret.to_str().ok_or("path")?,
-            &out,
-        ],
-        b"",
-    )?;
-    let public = fs::read_to_string(tmp.path().join("c-1.public"))?;
+    let Signed {
+        drv,
+        out,
+        cache,
+        secret,
+        public,
+    } = signed_in_a_cache(tmp.path(), "configured", "from the configured cache")?;
+    let a = Cli::chroot(&tmp.path().join("a"))?;
 
     let b_dir = tmp.path().join("b").tap_mkdir()?;
     let b = Cli::chroot(&b_dir)?;
