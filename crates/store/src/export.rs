@@ -357,7 +357,7 @@ fn scan_tree(
 
 /// Checks that `info`'s content address, if any, gives `info.path`: the
 /// path is recomputed from the claim as adding or building it would.
-fn check_ca_path(dir: &StoreDir, info: &PathInfo) -> Result<(), Error> {
+pub(crate) fn check_ca_path(dir: &StoreDir, info: &PathInfo) -> Result<(), Error> {
     let Some(ca) = info.ca else { return Ok(()) };
     let path = &info.path;
     let name = path.name();

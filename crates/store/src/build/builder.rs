@@ -584,8 +584,9 @@ impl<'s> Builder<'s> {
                 };
                 // References no trusted key vouched for are checked
                 // against the contents: one left out would let the
-                // collector delete a path still in use.
-                if !info.vouched {
+                // collector delete a path still in use. A content
+                // address is checked against them too.
+                if !info.vouched || info.info.ca.is_some() {
                     if let Err(e) = self.store.check_staged_tree(&info.info, &tmp) {
                         let _ = crate::fs::remove_tree(&tmp);
                         return Err(fail(e));

@@ -921,7 +921,7 @@ pub fn fetch_observed(
     let mut unverified = false;
     for (path, staged) in staged {
         let narinfo = &infos[&path];
-        unverified |= staged.info.signatures.is_empty();
+        unverified |= staged.info.signatures.is_empty() || staged.info.ca.is_some();
         let (info, tmp) = staged.into_parts();
         batch.add_built(info, tmp);
         report.nar_bytes += narinfo.nar_size;
@@ -935,7 +935,7 @@ pub fn fetch_observed(
     };
     // References no trusted key vouched for are checked against the
     // contents, as an import's are: an undeclared one would let the
-    // collector delete a path still in use.
+    // collector delete a path still in use. So are content addresses.
     if unverified {
         let imported = report.copied.iter().cloned().collect();
         store
@@ -1163,7 +1163,13 @@ fn read_narinfo(
             ),
         });
     }
-    if options.require_sigs && narinfo.verify(store_dir, &options.trusted).is_err() {
+    // A content address that gives the very path asked for vouches for it
+    // as a signature would (as Nix takes such paths unsigned): its
+    // contents are checked against it before they are registered.
+    if options.require_sigs
+        && narinfo.verify(store_dir, &options.trusted).is_err()
+        && content_address_of(&narinfo, store_dir).is_none()
+    {
         return Err(CacheError::Untrusted {
             cache: name,
             path: store_dir.display(path).to_string(),
@@ -1229,9 +1235,10 @@ fn path_info_of(
     );
     info.deriver = narinfo.deriver.clone();
     // `CA:` is not covered by the signature (Nix's fingerprint is the
-    // path, NAR hash and size, and references): a cache could claim any
-    // content address, so none is taken from it.
-    info.ca = None;
+    // path, NAR hash and size, and references): it is taken only when it
+    // gives the path's very name, and the contents are checked against it
+    // before anything is registered.
+    info.ca = content_address_of(narinfo, store_dir);
     let fingerprint = narinfo.fingerprint(store_dir);
     info.signatures = narinfo
         .signatures
@@ -1260,6 +1267,25 @@ pub(crate) fn compressed_limit(narinfo: &NarInfo) -> u64 {
     narinfo
         .file_size
         .map_or(most, |n| n.saturating_add(1).min(most))
+}
+
+/// The narinfo's `CA:`, when it gives the path's very name (its name and
+/// references included): a claim the contents can then be checked
+/// against. Any other claim is worth nothing.
+fn content_address_of(
+    narinfo: &NarInfo,
+    store_dir: &bigtop_core::StoreDir,
+) -> Option<bigtop_core::ContentAddress> {
+    let ca = narinfo.ca?;
+    let mut info = PathInfo::new(
+        narinfo.store_path.clone(),
+        narinfo.nar_hash,
+        narinfo.nar_size,
+        narinfo.references.clone(),
+    );
+    info.ca = Some(ca);
+    crate::export::check_ca_path(store_dir, &info).ok()?;
+    Some(ca)
 }
 
 /// A reader that counts what passes through it.

@@ -162,7 +162,9 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
             out.insert(
                 p,
                 Substitutable {
-                    vouched: !info.signatures.is_empty(),
+                    // A content address that gives the path is checked
+                    // against the contents before the path is registered.
+                    vouched: !info.signatures.is_empty() || info.ca.is_some(),
                     info,
                     download_size,
                 },

@@ -951,3 +951,89 @@ fn verify_repair_takes_a_trusted_build_with_other_bytes() -> Result {
     assert!(again.is_clean(), "{again:?}");
     Ok(())
 }
+
+/// A path whose content address gives its very name is taken without a
+/// signature (as Nix takes such paths), its contents checked against the
+/// address; a forged address is no reason to trust anything.
+#[test]
+fn a_content_address_that_gives_the_path_vouches_for_it() -> Result {
+    use bigtop_store::core::{ContentAddress, ContentAddressMethod, Hash, HashAlgo};
+    use bigtop_store::PathInfo;
+    let tmp = tempfile::tempdir()?;
+    let from = Store::open_chroot(tmp.path().join("from"))?;
+    let contents = b"a source tarball, say\n";
+    let ca = ContentAddress {
+        method: ContentAddressMethod::Flat,
+        hash: Hash::digest(HashAlgo::Sha256, contents),
+    };
+    let path = from.store_dir().make_fixed_output_path("src.tar", &ca)?;
+    let file = tmp.path().join("src.tar");
+    std::fs::write(&file, contents)?;
+    let mut nar = Vec::new();
+    bigtop_store::core::nar::dump_path(&file, &mut nar)?;
+    let mut info = PathInfo::new(
+        path.clone(),
+        Hash::digest(HashAlgo::Sha256, &nar),
+        nar.len() as u64,
+        BTreeSet::new(),
+    );
+    info.ca = Some(ca);
+    from.add_nar(info, &mut nar.as_slice())?;
+    // Uploaded unsigned.
+    let cache = FileCache::open(tmp.path().join("cache"))?;
+    upload(
+        &from,
+        &cache,
+        std::slice::from_ref(&path),
+        &UploadOptions::default(),
+    )?;
+    let strict = FetchOptions::trusting(TrustedKeys::default());
+    let to = Store::open_chroot(tmp.path().join("to"))?;
+    fetch(&to, &cache, std::slice::from_ref(&path), &strict)?;
+    let recorded = to.path_info(&path)?.ok_or("path")?;
+    assert_eq!(recorded.ca, Some(ca));
+    assert!(recorded.signatures.is_empty());
+    assert_eq!(std::fs::read(to.physical(&path))?, contents);
+
+    // Other contents under the same address (the narinfo's NAR hash and
+    // size made to match them): the address does not hold for them.
+    let narinfo = narinfo_file(&cache, &path);
+    let evil = tmp.path().join("evil");
+    std::fs::write(&evil, b"something else entirely\n")?;
+    let mut evil_nar = Vec::new();
+    bigtop_store::core::nar::dump_path(&evil, &mut evil_nar)?;
+    std::fs::write(cache.dir().join("nar/evil.nar"), &evil_nar)?;
+    let original = std::fs::read_to_string(&narinfo)?;
+    set_field(&narinfo, "URL", Some("nar/evil.nar"))?;
+    set_field(&narinfo, "Compression", Some("none"))?;
+    set_field(&narinfo, "FileHash", None)?;
+    set_field(&narinfo, "FileSize", None)?;
+    let evil_hash = Hash::digest(HashAlgo::Sha256, &evil_nar);
+    set_field(&narinfo, "NarHash", Some(&evil_hash.to_string()))?;
+    set_field(&narinfo, "NarSize", Some(&evil_nar.len().to_string()))?;
+    let victim = Store::open_chroot(tmp.path().join("victim"))?;
+    let e = fetch(&victim, &cache, std::slice::from_ref(&path), &strict)
+        .expect_err("contents the content address does not hold for");
+    let chain = format!(
+        "{e}: {:?}",
+        std::error::Error::source(&e).map(|s| s.to_string())
+    );
+    assert!(chain.contains(&ca.hash.to_string()), "{chain}");
+    assert!(victim.all_valid_paths()?.is_empty());
+    assert_consistent(&victim)?;
+    std::fs::write(&narinfo, original)?;
+
+    // The address changed: it no longer gives the path, and nothing else
+    // vouches for it.
+    let other = ContentAddress {
+        method: ContentAddressMethod::Flat,
+        hash: Hash::digest(HashAlgo::Sha256, b"something else"),
+    };
+    set_field(&narinfo, "CA", Some(&other.to_string()))?;
+    let elsewhere = Store::open_chroot(tmp.path().join("elsewhere"))?;
+    let e = fetch(&elsewhere, &cache, std::slice::from_ref(&path), &strict)
+        .expect_err("a content address that does not give the path");
+    assert!(matches!(e, CacheError::Untrusted { .. }), "{e}");
+    assert!(elsewhere.all_valid_paths()?.is_empty());
+    Ok(())
+}
