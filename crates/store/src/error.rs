@@ -258,3 +258,44 @@ impl std::fmt::Display for Chain<'_> {
         Ok(())
     }
 }
+
+impl Error {
+    /// Whether fetching again may succeed where this failed: what came
+    /// over the network was cut, corrupt or not what was claimed. Not a
+    /// local failure (a full disk while unpacking, the database): trying
+    /// again would only download it all again to fail the same way.
+    pub(crate) fn worth_fetching_again(&self) -> bool {
+        match self {
+            Error::Nar { source, .. } => {
+                !matches!(source, bigtop_core::nar::ReadError::Sink { .. })
+            }
+            Error::HashMismatch { .. } | Error::SizeMismatch { .. } | Error::BadMetadata { .. } => {
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_cut_is_worth_fetching_again_and_a_full_disk_is_not() {
+        let path: StorePath = "00000000000000000000000000000000-x"
+            .parse()
+            .expect("a store path");
+        let nar = |source| Error::Nar {
+            path: path.clone(),
+            source,
+        };
+        assert!(nar(bigtop_core::nar::ReadError::Truncated { offset: 8 }).worth_fetching_again());
+        let full = bigtop_core::nar::ReadError::Sink {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(!nar(full).worth_fetching_again());
+        assert!(!Error::NotValid { path }.worth_fetching_again());
+    }
+}

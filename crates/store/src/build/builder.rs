@@ -569,12 +569,7 @@ impl<'s> Builder<'s> {
                         // What went wrong on the way (a stream cut or
                         // corrupted) may not the next time; the store's
                         // own errors would.
-                        Err(
-                            Error::Nar { .. }
-                            | Error::HashMismatch { .. }
-                            | Error::SizeMismatch { .. }
-                            | Error::BadMetadata { .. },
-                        ) if attempt < FETCH_TRIES => {
+                        Err(e) if e.worth_fetching_again() && attempt < FETCH_TRIES => {
                             std::thread::sleep(wait);
                             wait *= 2;
                             attempt += 1;

@@ -142,6 +142,25 @@ impl BinaryCache for FileCache {
         let dest = self.path(name)?;
         let parent = dest.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent).map_err(self.io("create the folder of", name))?;
+        // Written where it is read: through no symbolic link (reads follow
+        // none, so what went elsewhere could never be read back).
+        let relative = self.relative(name)?;
+        let mut at = self.dir.clone();
+        for part in relative
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, d)| d)
+        {
+            at.push(part);
+            let meta = fs::symlink_metadata(&at).map_err(self.io("look at", name))?;
+            if !meta.is_dir() {
+                return Err(CacheError::Bad {
+                    cache: self.describe(),
+                    reason: format!("`{name}`: `{part}` is not a folder (a symbolic link?)"),
+                });
+            }
+        }
         // Written beside it, then renamed over: a reader sees the old file
         // or the whole new one. Synced by `flush`, once for many files:
         // an upload flushes its NARs before it writes the narinfos that

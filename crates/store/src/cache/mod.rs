@@ -1120,6 +1120,19 @@ fn fetch_retrying(
         match fetch_one(store, cache, narinfo, options, observer) {
             Ok(staged) => return Ok(staged),
             Err(e @ CacheError::Missing { .. }) => return Err(e),
+            // A local failure (a full disk, the database) would only
+            // repeat after another download.
+            Err(CacheError::Store {
+                source,
+                cache,
+                path,
+            }) if !source.worth_fetching_again() => {
+                return Err(CacheError::Store {
+                    source,
+                    cache,
+                    path,
+                })
+            }
             Err(e) if attempt >= TRIES => return Err(e),
             Err(_) => {
                 std::thread::sleep(wait);

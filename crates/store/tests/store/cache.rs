@@ -1037,3 +1037,27 @@ fn a_content_address_that_gives_the_path_vouches_for_it() -> Result {
     assert!(elsewhere.all_valid_paths()?.is_empty());
     Ok(())
 }
+
+/// A cache whose `nar/` folder is a symbolic link takes no upload: reads
+/// follow no symbolic link, so what went there could never be read back.
+#[test]
+fn an_upload_through_a_symlinked_folder_is_refused() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let from = Store::open_chroot(tmp.path().join("from"))?;
+    let (_, app) = two(&from)?;
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere)?;
+    std::fs::create_dir_all(tmp.path().join("cache"))?;
+    std::os::unix::fs::symlink(&elsewhere, tmp.path().join("cache/nar"))?;
+    let cache = FileCache::open(tmp.path().join("cache"))?;
+    let e = upload(
+        &from,
+        &cache,
+        std::slice::from_ref(&app),
+        &UploadOptions::default(),
+    )
+    .expect_err("a symlinked nar/");
+    assert!(e.to_string().contains("not a folder"), "{e}");
+    assert_eq!(std::fs::read_dir(&elsewhere)?.count(), 0);
+    Ok(())
+}
