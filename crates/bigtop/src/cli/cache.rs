@@ -87,6 +87,9 @@ pub enum Error {
     /// Writing to standard output failed.
     #[error("cannot write to standard output")]
     Stdout(#[source] io::Error),
+    /// The handling of SIGINT, SIGTERM and SIGHUP could not be set up.
+    #[error("cannot set up the handling of SIGINT, SIGTERM and SIGHUP")]
+    Signals(#[source] io::Error),
 }
 
 impl Error {
@@ -113,6 +116,11 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
         .as_deref()
         .map(super::key::read_secret_key)
         .transpose()?;
+    // SIGINT, SIGTERM and SIGHUP stop the server cleanly (responses under
+    // way finish): blocked here, before any thread starts, so that every
+    // thread inherits the mask and only the one that waits for them gets
+    // them.
+    let signals = block_stop_signals().map_err(Error::Signals)?;
     let store = global.store.open()?;
     let store_dir = store.store_dir().to_string();
     let defaults = serve::Options::default();
@@ -155,6 +163,37 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
     // Printed (and flushed: a line) once listening, so that a script can
     // wait for it and read the port.
     writeln!(io::stdout(), "{line}").map_err(Error::Stdout)?;
+    let handle = server.shutdown_handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits for a signal of `signals`, writing only `sig`.
+            if unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+                eprintln!("signal {sig}: finishing the responses under way");
+                handle.shutdown();
+            }
+        })
+        .map_err(Error::Signals)?;
     server.run();
     Ok(())
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every
+/// thread it starts); the set, for `sigwait`.
+fn block_stop_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: the set is initialized by sigemptyset before use; the mask
+    // change concerns this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(set)
+    }
 }

@@ -934,3 +934,38 @@ fn narinfos_hash_at_most_max_hash_jobs_nars_at_once() -> Result {
     assert_eq!(server.stderr()?, "");
     Ok(())
 }
+
+/// SIGTERM stops `cache serve` cleanly: it stops accepting, lets what is
+/// under way finish, and exits with success.
+#[test]
+fn sigterm_stops_the_server_cleanly() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let store = tmp.path().join("store");
+    bigtop::store::Store::open_chroot(&store)?;
+    let mut serving = Serving::start(&store, &[])?;
+    let pid = i32::try_from(serving.pid())?;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serving.child.try_wait()? {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}: {}", serving.stderr()?);
+    assert!(
+        serving.stderr()?.contains("finishing"),
+        "{}",
+        serving.stderr()?
+    );
+    assert!(
+        std::net::TcpStream::connect(&serving.addr).is_err(),
+        "still listening"
+    );
+    Ok(())
+}
