@@ -277,6 +277,27 @@ impl Error {
     }
 }
 
+/// `f`, tried up to `tries` times in all while `again` says its error may
+/// pass another time: after 200 ms, then twice as long each time.
+pub(crate) fn retrying<T, E>(
+    tries: u32,
+    again: impl Fn(&E) -> bool,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Err(e) if attempt < tries && again(&e) => {
+                std::thread::sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -558,25 +558,14 @@ impl<'s> Builder<'s> {
                 // From the start each time (a dropped connection, a stalled
                 // server, a NAR corrupted on the way): a staged tree that
                 // failed is removed by `stage_nar`.
-                let mut attempt = 1;
-                let mut wait = std::time::Duration::from_millis(200);
-                let tmp = loop {
-                    let staged = s.nar(path).and_then(|mut nar| {
+                // What went wrong on the way (a stream cut or corrupted)
+                // may not the next time; the store's own errors would.
+                let tmp = crate::error::retrying(FETCH_TRIES, Error::worth_fetching_again, || {
+                    s.nar(path).and_then(|mut nar| {
                         crate::store::add::stage_nar(self.store, &info.info, &mut *nar)
-                    });
-                    match staged {
-                        Ok(tmp) => break tmp,
-                        // What went wrong on the way (a stream cut or
-                        // corrupted) may not the next time; the store's
-                        // own errors would.
-                        Err(e) if e.worth_fetching_again() && attempt < FETCH_TRIES => {
-                            std::thread::sleep(wait);
-                            wait *= 2;
-                            attempt += 1;
-                        }
-                        Err(e) => return Err(fail(e)),
-                    }
-                };
+                    })
+                })
+                .map_err(fail)?;
                 // References no trusted key vouched for are checked
                 // against the contents: one left out would let the
                 // collector delete a path still in use. A content

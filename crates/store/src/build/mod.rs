@@ -61,7 +61,7 @@ use bigtop_core::derivation::OutputName;
 use bigtop_core::hash::Hash;
 use bigtop_core::StorePath;
 
-pub use builder::{BuildReport, Builder, CheckResult};
+pub use builder::{BuildReport, Builder, CheckResult, FETCH_TRIES};
 pub use error::Error;
 pub use in_sandbox::RunDirs;
 pub use interrupt::Interrupt;

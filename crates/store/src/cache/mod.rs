@@ -1114,37 +1114,21 @@ fn fetch_retrying(
     options: &FetchOptions,
     observer: &dyn CopyObserver,
 ) -> Result<Staged, CacheError> {
-    let mut wait = std::time::Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match fetch_one(store, cache, narinfo, options, observer) {
-            Ok(staged) => return Ok(staged),
-            Err(e @ CacheError::Missing { .. }) => return Err(e),
-            // A local failure (a full disk, the database) would only
-            // repeat after another download.
-            Err(CacheError::Store {
-                source,
-                cache,
-                path,
-            }) if !source.worth_fetching_again() => {
-                return Err(CacheError::Store {
-                    source,
-                    cache,
-                    path,
-                })
-            }
-            Err(e) if attempt >= TRIES => return Err(e),
-            Err(_) => {
-                std::thread::sleep(wait);
-                wait *= 2;
-                attempt += 1;
-            }
-        }
-    }
+    let again = |e: &CacheError| match e {
+        CacheError::Missing { .. } => false,
+        // A local failure (a full disk, the database) would only repeat
+        // after another download.
+        CacheError::Store { source, .. } => source.worth_fetching_again(),
+        _ => true,
+    };
+    crate::error::retrying(TRIES, again, || {
+        fetch_one(store, cache, narinfo, options, observer)
+    })
 }
 
-/// How often a NAR is fetched before its path fails.
-pub const TRIES: u32 = 3;
+/// How often a NAR is fetched before its path fails: as often as the
+/// builder fetches one.
+pub const TRIES: u32 = crate::build::FETCH_TRIES;
 
 /// `path`'s narinfo from the cache, checked: it exists, parses, is about
 /// `path` and is signed as `options` require.
@@ -1266,6 +1250,36 @@ fn path_info_of(
     info
 }
 
+/// The NAR file a narinfo points to, opened: its compression, its name in
+/// the cache, and the raw (compressed, unbounded) stream. Refused when the
+/// compression is one bigtop does not read or the name leaves the cache.
+pub(crate) fn nar_file<'n>(
+    cache: &dyn BinaryCache,
+    narinfo: &'n NarInfo,
+) -> Result<(Compression, &'n str, Box<dyn Read + Send>), CacheError> {
+    let bad = |reason: String| CacheError::Bad {
+        cache: cache.describe(),
+        reason: format!("`{}`: {reason}", narinfo.store_path),
+    };
+    let compression = match narinfo.compression.as_deref() {
+        Some(c) => {
+            Compression::parse(c).ok_or_else(|| bad(format!("unknown compression `{c}`")))?
+        }
+        None => {
+            return Err(bad(
+                "no `Compression` (bzip2 to Nix), which bigtop does not read".into(),
+            ))
+        }
+    };
+    let url = checked_name(&narinfo.url)
+        .ok_or_else(|| bad(format!("its URL `{}` leaves the cache", narinfo.url)))?;
+    let raw = cache.get(url)?.ok_or_else(|| CacheError::Missing {
+        cache: cache.describe(),
+        path: url.to_owned(),
+    })?;
+    Ok((compression, url, raw))
+}
+
 /// The most bytes of a NAR's compressed file that are read: one past its
 /// claimed size, and never past what a compressed NAR of its signed size
 /// could take (`FileSize` is not signed: a cache could claim any). A
@@ -1331,22 +1345,7 @@ fn fetch_one(
         cache: name.clone(),
         reason: format!("`{path}`: {reason}"),
     };
-    let compression = match narinfo.compression.as_deref() {
-        Some(c) => {
-            Compression::parse(c).ok_or_else(|| bad(format!("unknown compression `{c}`")))?
-        }
-        None => {
-            return Err(bad(
-                "no `Compression` (bzip2 to Nix), which bigtop does not read".into(),
-            ))
-        }
-    };
-    let url = checked_name(&narinfo.url)
-        .ok_or_else(|| bad(format!("its URL `{}` leaves the cache", narinfo.url)))?;
-    let raw = cache.get(url)?.ok_or_else(|| CacheError::Missing {
-        cache: name.clone(),
-        path: url.to_owned(),
-    })?;
+    let (compression, url, raw) = nar_file(cache, narinfo)?;
     let limit = compressed_limit(narinfo);
     // The compressed file's hash (`FileHash`) is not checked: every byte
     // unpacked is checked against the NAR hash, which is what the

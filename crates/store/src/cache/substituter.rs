@@ -8,8 +8,8 @@ use bigtop_core::narinfo::NarInfo;
 use bigtop_core::StorePath;
 
 use super::{
-    checked_name, path_info_of, read_cache_info, read_narinfo, BinaryCache, CacheError,
-    Compression, FetchOptions, NarinfoMemo,
+    nar_file, path_info_of, read_cache_info, read_narinfo, BinaryCache, CacheError, FetchOptions,
+    NarinfoMemo,
 };
 use crate::build::{Substitutable, Substituter};
 use crate::error::Error;
@@ -187,23 +187,8 @@ impl<C: BinaryCache> Substituter for CacheSubstituter<C> {
             path: path.to_string(),
             reason: format!("from cache `{}`: {reason}", self.name),
         };
-        let compression = narinfo
-            .compression
-            .as_deref()
-            .and_then(Compression::parse)
-            .ok_or_else(|| {
-                bad(format!(
-                    "compression {:?} is not one bigtop reads",
-                    narinfo.compression
-                ))
-            })?;
-        let url = checked_name(&narinfo.url)
-            .ok_or_else(|| bad(format!("its URL `{}` leaves the cache", narinfo.url)))?;
-        let raw = self
-            .cache
-            .get(url)
-            .map_err(|e| bad(e.to_string()))?
-            .ok_or_else(|| bad(format!("its NAR `{url}` is missing")))?;
+        let (compression, _, raw) =
+            nar_file(&self.cache, &narinfo).map_err(|e| bad(e.to_string()))?;
         // A stream that would never end (or never produce) is cut where
         // no honest compressed NAR of the signed size reaches.
         let decoder = compression
