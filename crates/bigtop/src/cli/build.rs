@@ -410,20 +410,7 @@ fn refuse_unsandboxed_chroot(store: &Store, plan: &Plan) -> Result<(), Error> {
 /// and clean up before the process exits, where the default action would
 /// have ended bigtop at once and left its builders running.
 fn catch_signals(interrupt: &Interrupt) -> std::io::Result<Arc<AtomicI32>> {
-    // SAFETY: the set is initialized by sigemptyset before use; the mask
-    // change concerns this thread only.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(std::io::Error::from_raw_os_error(r));
-        }
-        set
-    };
+    let set = block_stop_signals()?;
     let caught = Arc::new(AtomicI32::new(0));
     let (interrupt, record) = (interrupt.clone(), caught.clone());
     std::thread::Builder::new()
@@ -437,6 +424,25 @@ fn catch_signals(interrupt: &Interrupt) -> std::io::Result<Arc<AtomicI32>> {
             }
         })?;
     Ok(caught)
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every
+/// thread it starts, which must come after); the set, for `sigwait`.
+pub(super) fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: the set is initialized by sigemptyset before use; the mask
+    // change concerns this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+        Ok(set)
+    }
 }
 
 /// The CLI's form of a build error; `signal` is the one caught, if the

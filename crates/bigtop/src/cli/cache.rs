@@ -120,7 +120,7 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
     // way finish): blocked here, before any thread starts, so that every
     // thread inherits the mask and only the one that waits for them gets
     // them.
-    let signals = block_stop_signals().map_err(Error::Signals)?;
+    let signals = super::build::block_stop_signals().map_err(Error::Signals)?;
     let store = global.store.open()?;
     let store_dir = store.store_dir().to_string();
     let defaults = serve::Options::default();
@@ -177,23 +177,4 @@ fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<(), Error> {
         .map_err(Error::Signals)?;
     server.run();
     Ok(())
-}
-
-/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in every
-/// thread it starts); the set, for `sigwait`.
-fn block_stop_signals() -> io::Result<libc::sigset_t> {
-    // SAFETY: the set is initialized by sigemptyset before use; the mask
-    // change concerns this thread only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
-        Ok(set)
-    }
 }

@@ -189,7 +189,13 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
         };
         bar.finish();
         let report = report?;
-        return print_ssh_report(direction, remote.describe(), &report, global.json);
+        return print_report(
+            direction,
+            ("remote", remote.describe()),
+            STREAM,
+            &report,
+            global.json,
+        );
     }
     let (direction, url, report) = match (&args.to, &args.from) {
         (Some(url), _) => {
@@ -235,57 +241,52 @@ pub fn copy(args: &CopyArgs, global: &GlobalArgs) -> Result<(), Error> {
         }
         (None, None) => unreachable!("clap requires --to or --from"),
     };
-    let out = if global.json {
-        serde_json::json!({
-            "direction": direction,
-            "cache": url,
-            "copied": report.copied.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "present": report.present,
-            "nar_bytes": report.nar_bytes,
-            "file_bytes": report.file_bytes,
-        })
-        .to_string()
-            + "\n"
-    } else {
-        format!(
-            "copied {} paths {direction} {url} ({} NAR bytes, {} in the cache's files); {} already there\n",
-            report.copied.len(),
-            report.nar_bytes,
-            report.file_bytes,
-            report.present
-        )
-    };
-    use std::io::Write as _;
-    io::stdout()
-        .write_all(out.as_bytes())
-        .map_err(Error::Stdout)
+    print_report(
+        direction,
+        ("cache", &url),
+        CACHE_FILES,
+        &report,
+        global.json,
+    )
 }
 
-/// Prints what an SSH copy did: the stream's bytes in place of a cache's
-/// file bytes.
-fn print_ssh_report(
+/// How a copy's second count of bytes is named: its JSON key, and the
+/// words after the number in the text.
+type BytesNamed = (&'static str, &'static str);
+
+/// A cache's: the bytes of its (compressed) NAR files.
+const CACHE_FILES: BytesNamed = ("file_bytes", "in the cache's files");
+
+/// An SSH copy's: the bytes of the stream.
+const STREAM: BytesNamed = ("stream_bytes", "bytes streamed");
+
+/// Prints what a copy did, to or from `place` (the JSON key naming it,
+/// and its URL); `report.file_bytes` is named as `bytes` says.
+fn print_report(
     direction: &str,
-    url: &str,
+    place: (&str, &str),
+    bytes: BytesNamed,
     report: &CopyReport,
     json: bool,
 ) -> Result<(), Error> {
+    let (key, url) = place;
     let out = if json {
-        serde_json::json!({
+        let mut value = serde_json::json!({
             "direction": direction,
-            "remote": url,
+            key: url,
             "copied": report.copied.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "present": report.present,
             "nar_bytes": report.nar_bytes,
-            "stream_bytes": report.file_bytes,
-        })
-        .to_string()
-            + "\n"
+        });
+        value[bytes.0] = report.file_bytes.into();
+        value.to_string() + "\n"
     } else {
         format!(
-            "copied {} paths {direction} {url} ({} NAR bytes, {} bytes streamed); {} already there\n",
+            "copied {} paths {direction} {url} ({} NAR bytes, {} {}); {} already there\n",
             report.copied.len(),
             report.nar_bytes,
             report.file_bytes,
+            bytes.1,
             report.present
         )
     };
