@@ -39,6 +39,20 @@ fn bigtop(args: &[&str], stdin: &[u8], cwd: &Path) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// A process's peak resident memory in bytes, from the text of its
+/// `/proc/PID/status` (`VmHWM`); `None` when it has none (a zombie).
+fn vm_hwm(status: &str) -> Option<i64> {
+    let kib: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 fn ok(out: Output) -> Result<Vec<u8>> {
     if !out.status.success() {
         return Err(format!("bigtop failed: {}", String::from_utf8_lossy(&out.stderr)).into());

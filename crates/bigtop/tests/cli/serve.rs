@@ -83,17 +83,8 @@ impl Serving {
     /// Its peak resident memory in bytes (`VmHWM`).
     fn peak_rss(&self) -> Result<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .ok_or("no VmHWM")?;
-        let kib: u64 = line
-            .trim_start_matches("VmHWM:")
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kib * 1024)
+        let hwm = crate::vm_hwm(&status).ok_or("no VmHWM")?;
+        Ok(u64::try_from(hwm)?)
     }
 
     /// How many of its open descriptors are `file`.

@@ -188,15 +188,8 @@ fn peak_of_processes_naming(marker: &str, stop: &AtomicBool) -> i64 {
             if !(cmdline.contains("store serve") && cmdline.contains(marker)) {
                 continue;
             }
-            let hwm = fs::read_to_string(dir.join("status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmHWM:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-                })
-                .unwrap_or(0);
-            peak = peak.max(hwm * 1024);
+            let hwm = fs::read_to_string(dir.join("status")).ok();
+            peak = peak.max(hwm.as_deref().and_then(crate::vm_hwm).unwrap_or(0));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -209,14 +202,10 @@ fn own_peak_rss(pid: u32) -> i64 {
     let mut peak = 0;
     while let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
         // A zombie has no memory lines: it is over.
-        let Some(kib) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        else {
+        let Some(hwm) = crate::vm_hwm(&status) else {
             break;
         };
-        peak = peak.max(kib * 1024);
+        peak = peak.max(hwm);
         std::thread::sleep(Duration::from_millis(5));
     }
     peak
