@@ -36,7 +36,8 @@ pub struct CacheSubstituter<C> {
     unusable: Mutex<Option<String>>,
     /// Where misses are remembered, if anywhere.
     memo: Option<Arc<NarinfoMemo>>,
-    /// Its `nix-cache-info`'s priority, once read.
+    /// Its `nix-cache-info`'s priority, once read and found fit: set, the
+    /// cache is usable and its info is not read again.
     priority: Mutex<Option<u32>>,
 }
 
@@ -84,6 +85,16 @@ impl<C: BinaryCache> CacheSubstituter<C> {
         let mut why = self.unusable.lock().unwrap_or_else(|e| e.into_inner());
         if why.is_some() {
             return false;
+        }
+        // Read once: every level of a plan asks again, and over HTTP each
+        // read is a round trip.
+        if self
+            .priority
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return true;
         }
         let problem = match read_cache_info(&self.cache) {
             Ok(Some(info)) if info.store_dir == self.store_dir.as_str() => {
