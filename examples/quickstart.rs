@@ -76,6 +76,69 @@ fn build(fleet: &Fleet, name: &str, m: &Machine) -> Result<String, Box<dyn Error
     Ok(top)
 }
 
+/// Uploads the closure of `top` from `m`'s store into a signed binary
+/// cache in `dir`, then builds the same machine into a second, empty
+/// store that has the cache as substituter: it fetches, and builds
+/// nothing. What a build machine and a fleet do with a real cache.
+fn publish_and_fetch(
+    fleet: &Fleet,
+    name: &str,
+    m: &Machine,
+    top: &str,
+    dir: &std::path::Path,
+) -> Result<(), Box<dyn Error>> {
+    use bigtop::core::{SecretKey, TrustedKeys};
+    use bigtop::store::cache::{
+        upload, CacheSubstituter, Compression, FetchOptions, FileCache, UploadOptions,
+    };
+    let key = SecretKey::generate("quickstart-1")?;
+    let cache = FileCache::open(dir.join("cache"))?;
+    let start = Instant::now();
+    let up = upload(
+        m.store(),
+        &cache,
+        &[m.store().parse_user_path(top)?],
+        &UploadOptions {
+            compression: Compression::Zstd,
+            key: Some(key.clone()),
+        },
+    )?;
+    println!(
+        "  uploaded {} paths ({:.1} MiB of NARs, {:.1} MiB compressed) to {}, signed by {}, in {:.1} ms",
+        up.copied.len(),
+        up.nar_bytes as f64 / 1048576.0,
+        up.file_bytes as f64 / 1048576.0,
+        cache.dir().display(),
+        key.name(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let second = Machine::open(dir.join("second"))?;
+    let trusted: TrustedKeys = [key.public()].into_iter().collect();
+    let sub = CacheSubstituter::new(second.store(), cache, FetchOptions::trusting(trusted));
+    let machine = fleet
+        .machines()
+        .iter()
+        .find(|x| x.name() == name)
+        .ok_or("no such machine")?;
+    let evaluated = fleet.eval_machine(machine)?;
+    let builder = Builder::new(second.store())
+        .options(BuildOptions::default())
+        .substituter(&sub);
+    let start = Instant::now();
+    let built = bigtop::realise::realise(
+        second.store(),
+        &builder,
+        std::slice::from_ref(&evaluated.toplevel.drv),
+    )?;
+    println!(
+        "  a second machine's empty store: {} paths fetched, {} derivations built, in {:.1} ms",
+        built.report.fetched,
+        built.report.built,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
 /// The main process of each service.
 fn pids(m: &Machine) -> Result<BTreeMap<String, u32>, Box<dyn Error>> {
     Ok(m.services()
@@ -140,6 +203,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     let machine = Machine::open(&root)?;
     let first = build(&fleet, name, &machine)?;
+
+    println!("   publish it to a signed binary cache; a second machine fetches it");
+    let elsewhere = tempfile::Builder::new()
+        .prefix("bigtop-quickstart-cache-")
+        .tempdir()?;
+    publish_and_fetch(&fleet, name, &machine, &first, elsewhere.path())?;
 
     println!("3. boot it as a container");
     machine.activate(&first, Mode::Boot, &Options::default(), &Say)?;
